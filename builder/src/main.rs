@@ -1,0 +1,2 @@
+//! placeholder until the cli lands
+fn main() {}

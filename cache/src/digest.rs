@@ -1,0 +1,121 @@
+//! `sha256:<hex>` digests, the names of everything in the store.
+
+use sha2::{Digest as _, Sha256};
+use std::fmt;
+use std::str::FromStr;
+
+/// A sha256 content digest.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Digest([u8; 32]);
+
+/// A string that is not a `sha256:` digest.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DigestError {
+    /// Another algorithm, or none.
+    #[error("unsupported digest algorithm in {0:?}: only sha256 is supported")]
+    Algorithm(String),
+    /// Not 64 lower-case hex digits.
+    #[error("malformed sha256 digest {0:?}: expected 64 lower-case hex digits")]
+    Hex(String),
+}
+
+impl Digest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Digest(Sha256::digest(bytes).into())
+    }
+
+    /// The 64 hex digits, without the algorithm.
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.hex())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for Digest {
+    type Err = DigestError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let hex = s
+            .strip_prefix("sha256:")
+            .ok_or_else(|| DigestError::Algorithm(s.to_string()))?;
+        if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(DigestError::Hex(s.to_string()));
+        }
+        let mut out = [0u8; 32];
+        for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
+            let text = std::str::from_utf8(chunk).map_err(|_| DigestError::Hex(s.to_string()))?;
+            out[i] = u8::from_str_radix(text, 16).map_err(|_| DigestError::Hex(s.to_string()))?;
+        }
+        Ok(Digest(out))
+    }
+}
+
+/// Computes a digest over bytes written in pieces.
+#[derive(Default)]
+pub struct Hasher(Sha256);
+
+impl fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Hasher")
+    }
+}
+
+impl Hasher {
+    /// A new hasher.
+    pub fn new() -> Self {
+        Hasher(Sha256::new())
+    }
+
+    /// Feeds bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The digest of everything fed.
+    pub fn finish(self) -> Digest {
+        Digest(self.0.finalize().into())
+    }
+}
+
+impl std::io::Write for Hasher {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects() {
+        let d = Digest::of(b"");
+        assert_eq!(
+            d.to_string(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(d.to_string().parse::<Digest>(), Ok(d));
+        assert!(matches!("md5:abc".parse::<Digest>(), Err(DigestError::Algorithm(_))));
+        assert!(matches!("sha256:ABC".parse::<Digest>(), Err(DigestError::Hex(_))));
+        let mut h = Hasher::new();
+        h.update(b"a");
+        h.update(b"bc");
+        assert_eq!(h.finish(), Digest::of(b"abc"));
+    }
+}
