@@ -1,2 +1,8 @@
-//! placeholder until the cli lands
-fn main() {}
+//! The `estiba` binary: parses arguments, runs the command, and turns any
+//! error into a message and an exit code (1: the build failed, 2: usage).
+
+mod cli;
+
+fn main() {
+    std::process::exit(cli::main());
+}

@@ -111,8 +111,14 @@ mod tests {
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         assert_eq!(d.to_string().parse::<Digest>(), Ok(d));
-        assert!(matches!("md5:abc".parse::<Digest>(), Err(DigestError::Algorithm(_))));
-        assert!(matches!("sha256:ABC".parse::<Digest>(), Err(DigestError::Hex(_))));
+        assert!(matches!(
+            "md5:abc".parse::<Digest>(),
+            Err(DigestError::Algorithm(_))
+        ));
+        assert!(matches!(
+            "sha256:ABC".parse::<Digest>(),
+            Err(DigestError::Hex(_))
+        ));
         let mut h = Hasher::new();
         h.update(b"a");
         h.update(b"bc");

@@ -13,8 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// An instruction that is not what its instruction allows.
-#[derive(Debug, thiserror::Error)]
-#[error("{kind}")]
+#[derive(Debug)]
 pub struct InstructionError {
     /// The instruction's lines.
     pub span: Span,
@@ -89,7 +88,9 @@ pub enum InstructionErrorKind {
     #[error("FROM requires either one or three arguments (FROM image [AS name])")]
     FromArguments,
     /// `FROM x AS 1st`.
-    #[error("invalid name for build stage: {0:?}, name can't start with a number or contain symbols")]
+    #[error(
+        "invalid name for build stage: {0:?}, name can't start with a number or contain symbols"
+    )]
     BadStageName(String),
     /// `ONBUILD ONBUILD`.
     #[error("chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed")]
@@ -107,7 +108,9 @@ pub enum InstructionErrorKind {
     #[error("unknown type {0:?} in HEALTHCHECK (try CMD)")]
     HealthcheckType(String),
     /// `--interval=5` (no unit).
-    #[error("invalid duration {value:?} for --{flag}: use a number with a unit (300ms, 5s, 1m30s)")]
+    #[error(
+        "invalid duration {value:?} for --{flag}: use a number with a unit (300ms, 5s, 1m30s)"
+    )]
     BadDuration {
         /// The flag.
         flag: String,
@@ -582,9 +585,19 @@ fn parse_run(node: &Node) -> Result2<Kind> {
         ],
     )?;
     let network = flags.string("network");
-    check_choice("network", network.as_deref(), &["default", "none", "host"], "default, none, host")?;
+    check_choice(
+        "network",
+        network.as_deref(),
+        &["default", "none", "host"],
+        "default, none, host",
+    )?;
     let security = flags.string("security");
-    check_choice("security", security.as_deref(), &["sandbox", "insecure"], "sandbox, insecure")?;
+    check_choice(
+        "security",
+        security.as_deref(),
+        &["sandbox", "insecure"],
+        "sandbox, insecure",
+    )?;
     let mounts = flags.strings("mount");
     for mount in &mounts {
         check_mount_from(mount)?;
@@ -620,8 +633,9 @@ fn check_mount_from(value: &str) -> Result2<()> {
             if key.eq_ignore_ascii_case("from") && v.find('$').is_some_and(|i| i + 1 != v.len()) {
                 return Err(InstructionErrorKind::BadMount {
                     value: value.to_string(),
-                    reason: "'from' doesn't support variable expansion, define an alias stage instead"
-                        .to_string(),
+                    reason:
+                        "'from' doesn't support variable expansion, define an alias stage instead"
+                            .to_string(),
                 });
             }
         }
@@ -1038,8 +1052,17 @@ pub fn parse_mount_with(
                 "required" if matches!(m.kind, MountKind::Secret | MountKind::Ssh) => {
                     m.required = true;
                 }
-                "required" => return Err(bad(format!("unexpected key 'required' for mount type '{}'", kind_name(m.kind)))),
-                _ => return Err(bad(format!("invalid field '{field}' must be a key=value pair"))),
+                "required" => {
+                    return Err(bad(format!(
+                        "unexpected key 'required' for mount type '{}'",
+                        kind_name(m.kind)
+                    )))
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "invalid field '{field}' must be a key=value pair"
+                    )))
+                }
             }
             continue;
         };
@@ -1052,7 +1075,8 @@ pub fn parse_mount_with(
                     "secret" => MountKind::Secret,
                     "ssh" => MountKind::Ssh,
                     _ => {
-                        let hint = suggest::nearest(&v, ["bind", "cache", "tmpfs", "secret", "ssh"]);
+                        let hint =
+                            suggest::nearest(&v, ["bind", "cache", "tmpfs", "secret", "ssh"]);
                         return Err(bad(format!(
                             "unsupported mount type {v:?}{}",
                             did_you_mean(&hint.map(str::to_string))
@@ -1069,36 +1093,83 @@ pub fn parse_mount_with(
                 m.required = parse_bool(&key, &v)?;
             }
             "size" if m.kind == MountKind::Tmpfs => {
-                m.size = Some(parse_size(&v).ok_or_else(|| bad(format!("invalid value for size: {v}")))?);
+                m.size = Some(
+                    parse_size(&v).ok_or_else(|| bad(format!("invalid value for size: {v}")))?,
+                );
             }
             "id" => m.id = Some(v),
             "sharing" => match v.to_ascii_lowercase().as_str() {
                 s @ ("shared" | "private" | "locked") => m.sharing = Some(s.to_string()),
-                _ => return Err(bad(format!("unsupported sharing value {v:?} (shared, private or locked)"))),
+                _ => {
+                    return Err(bad(format!(
+                        "unsupported sharing value {v:?} (shared, private or locked)"
+                    )))
+                }
             },
             "mode" => {
-                m.mode = Some(u32::from_str_radix(&v, 8).map_err(|_| bad(format!("invalid value {v} for mode")))?)
+                m.mode = Some(
+                    u32::from_str_radix(&v, 8)
+                        .map_err(|_| bad(format!("invalid value {v} for mode")))?,
+                )
             }
-            "uid" => m.uid = Some(v.parse().map_err(|_| bad(format!("invalid value {v} for uid")))?),
-            "gid" => m.gid = Some(v.parse().map_err(|_| bad(format!("invalid value {v} for gid")))?),
+            "uid" => {
+                m.uid = Some(
+                    v.parse()
+                        .map_err(|_| bad(format!("invalid value {v} for uid")))?,
+                )
+            }
+            "gid" => {
+                m.gid = Some(
+                    v.parse()
+                        .map_err(|_| bad(format!("invalid value {v} for gid")))?,
+                )
+            }
             "env" => m.env = Some(v),
             "required" | "size" => {
-                return Err(bad(format!("unexpected key '{key}' for mount type '{}'", kind_name(m.kind))))
+                return Err(bad(format!(
+                    "unexpected key '{key}' for mount type '{}'",
+                    kind_name(m.kind)
+                )))
             }
             _ => {
                 const KEYS: [&str; 19] = [
-                    "type", "from", "source", "target", "readonly", "id", "sharing", "required",
-                    "size", "mode", "uid", "gid", "src", "dst", "destination", "ro", "rw",
-                    "readwrite", "env",
+                    "type",
+                    "from",
+                    "source",
+                    "target",
+                    "readonly",
+                    "id",
+                    "sharing",
+                    "required",
+                    "size",
+                    "mode",
+                    "uid",
+                    "gid",
+                    "src",
+                    "dst",
+                    "destination",
+                    "ro",
+                    "rw",
+                    "readwrite",
+                    "env",
                 ];
                 let hint = suggest::nearest(&key, KEYS).map(str::to_string);
-                return Err(bad(format!("unexpected key '{key}'{}", did_you_mean(&hint))));
+                return Err(bad(format!(
+                    "unexpected key '{key}'{}",
+                    did_you_mean(&hint)
+                )));
             }
         }
     }
-    let file_info = matches!(m.kind, MountKind::Secret | MountKind::Ssh | MountKind::Cache);
+    let file_info = matches!(
+        m.kind,
+        MountKind::Secret | MountKind::Ssh | MountKind::Cache
+    );
     if !file_info && (m.mode.is_some() || m.uid.is_some() || m.gid.is_some()) {
-        return Err(bad(format!("mode, uid and gid are not allowed for {} mounts", kind_name(m.kind))));
+        return Err(bad(format!(
+            "mode, uid and gid are not allowed for {} mounts",
+            kind_name(m.kind)
+        )));
     }
     if !ro_set {
         m.readonly = !matches!(m.kind, MountKind::Cache | MountKind::Tmpfs);
@@ -1111,16 +1182,25 @@ pub fn parse_mount_with(
             return Err(bad("secret mount should not define sharing".to_string()));
         }
         if m.source.is_none() && m.target.is_none() && m.id.is_none() {
-            return Err(bad("a secret mount needs an id, source or target".to_string()));
+            return Err(bad(
+                "a secret mount needs an id, source or target".to_string()
+            ));
         }
         if m.source.is_some() && m.id.is_some() {
             return Err(bad("both source and id can't be set".to_string()));
         }
     }
     if m.sharing.is_some() && m.kind != MountKind::Cache {
-        return Err(bad(format!("sharing is only for cache mounts, not {}", kind_name(m.kind))));
+        return Err(bad(format!(
+            "sharing is only for cache mounts, not {}",
+            kind_name(m.kind)
+        )));
     }
-    if matches!(m.kind, MountKind::Bind | MountKind::Cache | MountKind::Tmpfs) && m.target.is_none() {
+    if matches!(
+        m.kind,
+        MountKind::Bind | MountKind::Cache | MountKind::Tmpfs
+    ) && m.target.is_none()
+    {
         return Err(bad("a target is required".to_string()));
     }
     Ok(m)
@@ -1217,6 +1297,24 @@ mod tests {
         assert!(parse_mount("type=bind,target=/a,mode=0700").is_err());
         let e = parse_mount("type=cahce,target=/a").expect_err("typo");
         assert!(e.to_string().contains("did you mean cache"), "{e}");
-        assert_eq!(parse_mount("type=tmpfs,target=/t,size=64m").expect("ok").size, Some(64 << 20));
+        assert_eq!(
+            parse_mount("type=tmpfs,target=/t,size=64m")
+                .expect("ok")
+                .size,
+            Some(64 << 20)
+        );
+    }
+}
+
+impl std::fmt::Display for InstructionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.kind, f)
+    }
+}
+
+/// The kind is the message; its cause, if any, is the cause.
+impl std::error::Error for InstructionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.kind)
     }
 }

@@ -16,8 +16,7 @@ use std::collections::BTreeMap;
 pub const DEFAULT_ESCAPE: char = '\\';
 
 /// A parse failure with the lines it happened on.
-#[derive(Debug, thiserror::Error)]
-#[error("{kind}")]
+#[derive(Debug)]
 pub struct ParseError {
     /// Where the failing instruction or directive is.
     pub span: Span,
@@ -535,7 +534,8 @@ fn parse_health(rest: &str) -> Result<(Vec<String>, bool), ParseErrorKind> {
         return Ok((Vec::new(), false));
     }
     let (kind, cmd) = rest.split_at(sep);
-    let (cmd_args, json) = parse_maybe_json(cmd.trim_start_matches(|c: char| c.is_ascii_whitespace()))?;
+    let (cmd_args, json) =
+        parse_maybe_json(cmd.trim_start_matches(|c: char| c.is_ascii_whitespace()))?;
     let mut args = vec![kind.to_string()];
     args.extend(cmd_args);
     Ok((args, json))
@@ -620,7 +620,11 @@ fn parse_name_value(
             return Err(ParseErrorKind::MissingValue(what));
         };
         let value = rest[at..].trim_start_matches(is_word_space);
-        return Ok(vec![rest[..at].to_string(), value.to_string(), String::new()]);
+        return Ok(vec![
+            rest[..at].to_string(),
+            value.to_string(),
+            String::new(),
+        ]);
     }
     let mut args = Vec::with_capacity(words.len() * 3);
     for word in words {
@@ -767,4 +771,17 @@ fn go_printable(c: char) -> bool {
         0xad | 0x600..=0x605 | 0x61c | 0x6dd | 0x70f | 0x180e | 0x200b..=0x200f
         | 0x202a..=0x202e | 0x2060..=0x206f | 0xd800..=0xdfff | 0xe000..=0xf8ff
         | 0xfeff | 0xfff9..=0xfffb | 0xfffe | 0xffff | 0xf0000..)
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.kind, f)
+    }
+}
+
+/// The kind is the message; its cause, if any, is the cause.
+impl std::error::Error for ParseError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.kind)
+    }
 }

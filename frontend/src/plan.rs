@@ -42,8 +42,7 @@ pub const PROXY_ARGS: [&str; 10] = [
 ];
 
 /// A planning failure.
-#[derive(Debug, thiserror::Error)]
-#[error("{kind}")]
+#[derive(Debug)]
 pub struct PlanError {
     /// The instruction it concerns, when there is one.
     pub span: Option<Span>,
@@ -90,7 +89,9 @@ pub enum PlanErrorKind {
     #[error("variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround")]
     FromExpansion,
     /// `COPY --from=3` with fewer stages.
-    #[error("invalid stage index {index}: the Dockerfile defines stages 0 to {last} before this one")]
+    #[error(
+        "invalid stage index {index}: the Dockerfile defines stages 0 to {last} before this one"
+    )]
     BadStageIndex {
         /// The index given.
         index: usize,
@@ -98,7 +99,9 @@ pub enum PlanErrorKind {
         last: isize,
     },
     /// `COPY --from=later` or `FROM` a stage that is not defined yet.
-    #[error("cannot copy from stage {from:?}, it needs to be defined before current stage {current:?}")]
+    #[error(
+        "cannot copy from stage {from:?}, it needs to be defined before current stage {current:?}"
+    )]
     StageOrder {
         /// The stage named.
         from: String,
@@ -326,7 +329,12 @@ impl<'a> Planner<'a> {
                 }),
                 (Kind::Arg(_), None) => meta_args.push(ins),
                 (_, None) => {
-                    let name = ins.original.split_whitespace().next().unwrap_or("").to_uppercase();
+                    let name = ins
+                        .original
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .to_uppercase();
                     return Err(err(&ins.span, PlanErrorKind::BeforeFrom(name)).into());
                 }
                 (_, Some(stage)) => stage.commands.push(ins),
@@ -354,20 +362,26 @@ impl<'a> Planner<'a> {
         for (i, stage) in raw.iter().enumerate() {
             if let Some(name) = &stage.name {
                 if names.insert(name.clone(), i).is_some() {
-                    return Err(err(&stage.from.span, PlanErrorKind::DuplicateStage(name.clone())).into());
+                    return Err(err(
+                        &stage.from.span,
+                        PlanErrorKind::DuplicateStage(name.clone()),
+                    )
+                    .into());
                 }
             }
         }
         let target = match &self.opts.target {
             None => raw.len() - 1,
-            Some(t) => *names.get(&t.to_ascii_lowercase()).ok_or_else(|| PlanError {
-                span: None,
-                kind: PlanErrorKind::NoSuchTarget {
-                    name: t.clone(),
-                    suggestion: suggest::nearest(t, names.keys().map(String::as_str))
-                        .map(str::to_string),
-                },
-            })?,
+            Some(t) => *names
+                .get(&t.to_ascii_lowercase())
+                .ok_or_else(|| PlanError {
+                    span: None,
+                    kind: PlanErrorKind::NoSuchTarget {
+                        name: t.clone(),
+                        suggestion: suggest::nearest(t, names.keys().map(String::as_str))
+                            .map(str::to_string),
+                    },
+                })?,
         };
 
         // FROM lines: expanded with global args only; a base naming an
@@ -383,7 +397,8 @@ impl<'a> Planner<'a> {
             let platform = match &stage.platform {
                 Some(p) => {
                     let text = self.expand(p, &self.global, span)?;
-                    Platform::parse(&text).ok_or_else(|| err(span, PlanErrorKind::BadPlatform(text)))?
+                    Platform::parse(&text)
+                        .ok_or_else(|| err(span, PlanErrorKind::BadPlatform(text)))?
                 }
                 None => self.opts.platform.clone(),
             };
@@ -404,8 +419,14 @@ impl<'a> Planner<'a> {
         // BuildKit parses all stages); only the ones the target needs run.
         let mut stages: Vec<Stage> = Vec::with_capacity(raw.len());
         for (i, stage) in raw.into_iter().enumerate() {
-            let lowered =
-                self.lower_stage(i, stage, bases[i].clone(), platforms[i].clone(), &names, &stages)?;
+            let lowered = self.lower_stage(
+                i,
+                stage,
+                bases[i].clone(),
+                platforms[i].clone(),
+                &names,
+                &stages,
+            )?;
             stages.push(lowered);
         }
 
@@ -693,7 +714,13 @@ impl<'a> Planner<'a> {
                     })?;
                     for w in words {
                         specs.extend(parse_port(&w).map_err(|reason| {
-                            err(span, PlanErrorKind::BadPort { port: w.clone(), reason })
+                            err(
+                                span,
+                                PlanErrorKind::BadPort {
+                                    port: w.clone(),
+                                    reason,
+                                },
+                            )
                         })?);
                     }
                 }
@@ -877,7 +904,9 @@ impl<'a> Planner<'a> {
                 source
             }
         };
-        let msg = Self::copy_message("COPY", c.parents, &chown, &chmod, &sources, &contents, &dest);
+        let msg = Self::copy_message(
+            "COPY", c.parents, &chown, &chmod, &sources, &contents, &dest,
+        );
         let copy = CopyStep {
             add: false,
             from,
@@ -1027,7 +1056,9 @@ impl<'a> Planner<'a> {
         let mut needs = BTreeSet::new();
         for m in &r.mounts {
             let mut mount = instructions::parse_mount_with(m, &mut |v: &str| {
-                self.lexer.expand_word(v, &st.env).map_err(|e| e.to_string())
+                self.lexer
+                    .expand_word(v, &st.env)
+                    .map_err(|e| e.to_string())
             })
             .map_err(|kind| err(span, kind.into()))?;
             if let Some(from) = &mount.from {
@@ -1207,7 +1238,11 @@ fn normalize_workdir(current: &str, requested: &str) -> String {
 /// A COPY/ADD destination made absolute against WORKDIR, keeping a trailing
 /// slash (which means "into this directory").
 fn normalize_dest(workdir: &str, dest: &str) -> String {
-    let dest = if dest.is_empty() || dest == "." { "./" } else { dest };
+    let dest = if dest.is_empty() || dest == "." {
+        "./"
+    } else {
+        dest
+    };
     let keep_slash = dest.ends_with('/') || dest.ends_with("/.");
     let joined = if dest.starts_with('/') {
         clean_path(dest)
@@ -1256,8 +1291,8 @@ fn parse_port(raw: &str) -> Result<Vec<String>, String> {
 
 const SIGNALS: [&str; 31] = [
     "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL",
-    "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM", "TRAP",
-    "TSTP", "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM",
+    "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM", "TRAP", "TSTP",
+    "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM",
 ];
 
 /// Whether docker accepts `sig` as a STOPSIGNAL (name with or without SIG,
@@ -1318,5 +1353,18 @@ mod tests {
         assert!(is_signal("SIGTERM") && is_signal("kill") && is_signal("9"));
         assert!(is_signal("SIGRTMIN+3"));
         assert!(!is_signal("SIGFOO"));
+    }
+}
+
+impl std::fmt::Display for PlanError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.kind, f)
+    }
+}
+
+/// The kind is the message; its cause, if any, is the cause.
+impl std::error::Error for PlanError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.kind)
     }
 }

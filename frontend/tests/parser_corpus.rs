@@ -36,7 +36,13 @@ fn every_testfile_dumps_to_its_result() {
             Err(e) => failures.push(format!("{}: error {e}", case.display())),
         }
     }
-    assert!(failures.is_empty(), "{} of {} failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -52,8 +58,13 @@ fn every_negative_testfile_is_rejected() {
 
 #[test]
 fn testfile_line_ranges_match_buildkit() {
-    let text = std::fs::read_to_string(corpus().join("testfile-line/Dockerfile")).expect("Dockerfile");
+    let text =
+        std::fs::read_to_string(corpus().join("testfile-line/Dockerfile")).expect("Dockerfile");
     let parsed = parser::parse("Dockerfile", &text).expect("parses");
-    let ranges: Vec<(usize, usize)> = parsed.nodes.iter().map(|n| (n.span.line, n.span.end_line)).collect();
+    let ranges: Vec<(usize, usize)> = parsed
+        .nodes
+        .iter()
+        .map(|n| (n.span.line, n.span.end_line))
+        .collect();
     assert_eq!(ranges, vec![(5, 5), (11, 12), (17, 31)]);
 }

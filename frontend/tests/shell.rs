@@ -144,22 +144,27 @@ fn required_variable_messages() {
     let no_empty = "${VAR:?message here$ARG}";
     let no_unset = "${VAR?message here$ARG}";
 
-    assert_eq!(expand(no_empty, &set).unwrap(), "plain");
-    let err = expand(no_empty, &empty).unwrap_err();
+    assert_eq!(expand(no_empty, &set).expect("must expand"), "plain");
+    let err = expand(no_empty, &empty).expect_err("must fail");
     assert_eq!(err.to_string(), "VAR: message herex");
-    let err = expand(no_empty, &unset).unwrap_err();
+    let err = expand(no_empty, &unset).expect_err("must fail");
     assert_eq!(err.to_string(), "VAR: message herex");
 
-    assert_eq!(expand(no_unset, &set).unwrap(), "plain");
-    assert_eq!(expand(no_unset, &empty).unwrap(), "");
-    assert_eq!(expand(no_unset, &unset).unwrap_err().to_string(), "VAR: message herex");
+    assert_eq!(expand(no_unset, &set).expect("must expand"), "plain");
+    assert_eq!(expand(no_unset, &empty).expect("must expand"), "");
+    assert_eq!(
+        expand(no_unset, &unset).expect_err("must fail").to_string(),
+        "VAR: message herex"
+    );
 
     assert_eq!(
-        expand("${VAR:?}", &empty).unwrap_err().to_string(),
+        expand("${VAR:?}", &empty)
+            .expect_err("must fail")
+            .to_string(),
         "VAR: is not allowed to be empty"
     );
     assert_eq!(
-        expand("ab${VAR?}", &[]).unwrap_err(),
+        expand("ab${VAR?}", &[]).expect_err("must fail"),
         ShellError::Required {
             name: "VAR".into(),
             message: "is not allowed to be unset".into(),
@@ -172,18 +177,54 @@ fn required_variable_messages() {
 /// an error (`None`).
 #[test]
 fn matches_and_patterns() {
-    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a str>, &'a [&'a str], &'a [&'a str]);
+    type Case<'a> = (
+        &'a str,
+        &'a [(&'a str, &'a str)],
+        Option<&'a str>,
+        &'a [&'a str],
+        &'a [&'a str],
+    );
     let foo_bar: &[(&str, &str)] = &[("FOO", "xxx"), ("BAR", "")];
     let cases: &[Case] = &[
         ("x", &[("DUMMY", "dummy")], Some("x"), &[], &[]),
-        ("x ${UNUSED}", &[("DUMMY", "dummy")], Some("x "), &[], &["UNUSED"]),
+        (
+            "x ${UNUSED}",
+            &[("DUMMY", "dummy")],
+            Some("x "),
+            &[],
+            &["UNUSED"],
+        ),
         ("x ${FOO}", &[("FOO", "y")], Some("x y"), &["FOO"], &[]),
-        ("${FOO-aaa} ${BAR-bbb} ${BAZ-ccc}", foo_bar, Some("xxx  ccc"), &["FOO", "BAR"], &["BAZ"]),
-        ("${FOO:-aaa} ${BAR:-bbb} ${BAZ:-ccc}", foo_bar, Some("xxx bbb ccc"), &["FOO", "BAR"], &["BAZ"]),
+        (
+            "${FOO-aaa} ${BAR-bbb} ${BAZ-ccc}",
+            foo_bar,
+            Some("xxx  ccc"),
+            &["FOO", "BAR"],
+            &["BAZ"],
+        ),
+        (
+            "${FOO:-aaa} ${BAR:-bbb} ${BAZ:-ccc}",
+            foo_bar,
+            Some("xxx bbb ccc"),
+            &["FOO", "BAR"],
+            &["BAZ"],
+        ),
         ("${FOO:-}", foo_bar, Some("xxx"), &["FOO"], &[]),
         ("${FOO:-}", &[], Some(""), &[], &["FOO"]),
-        ("${FOO+aaa} ${BAR+bbb} ${BAZ+ccc}", foo_bar, Some("aaa bbb "), &["FOO", "BAR"], &["BAZ"]),
-        ("${FOO:+aaa} ${BAR:+bbb} ${BAZ:+ccc}", foo_bar, Some("aaa  "), &["FOO", "BAR"], &["BAZ"]),
+        (
+            "${FOO+aaa} ${BAR+bbb} ${BAZ+ccc}",
+            foo_bar,
+            Some("aaa bbb "),
+            &["FOO", "BAR"],
+            &["BAZ"],
+        ),
+        (
+            "${FOO:+aaa} ${BAR:+bbb} ${BAZ:+ccc}",
+            foo_bar,
+            Some("aaa  "),
+            &["FOO", "BAR"],
+            &["BAZ"],
+        ),
         ("${FOO?aaa}", foo_bar, Some("xxx"), &["FOO"], &[]),
         ("${BAR?bbb}", foo_bar, Some(""), &["BAR"], &[]),
         ("${BAZ?ccc}", foo_bar, None, &[], &[]),
@@ -194,20 +235,62 @@ fn matches_and_patterns() {
         ("${FOO=aaa}", foo_bar, None, &[], &[]),
         ("${FOO=:aaa}", foo_bar, None, &[], &[]),
         ("${FOO=}", &[], None, &[], &[]),
-        ("${FOO#()[]{\\}^$.\\*\\?|\\\\}", &[("FOO", "()[]{}^$.*?|\\x")], Some("x"), &["FOO"], &[]),
-        ("${FOO%%\\**}", &[("FOO", "xx**")], Some("xx"), &["FOO"], &[]),
+        (
+            "${FOO#()[]{\\}^$.\\*\\?|\\\\}",
+            &[("FOO", "()[]{}^$.*?|\\x")],
+            Some("x"),
+            &["FOO"],
+            &[],
+        ),
+        (
+            "${FOO%%\\**}",
+            &[("FOO", "xx**")],
+            Some("xx"),
+            &["FOO"],
+            &[],
+        ),
         ("${FOO#*x*y}", &[("FOO", "xxyy")], Some("y"), &["FOO"], &[]),
         ("${FOO#*}", &[("FOO", "xxyy")], Some("xxyy"), &["FOO"], &[]),
-        ("${FOO#$BAR}", &[("FOO", "xxyy"), ("BAR", "x")], Some("xyy"), &["FOO", "BAR"], &[]),
-        ("${FOO#$BAR}", &[("FOO", "xxyy"), ("BAR", "")], Some("xxyy"), &["FOO", "BAR"], &[]),
+        (
+            "${FOO#$BAR}",
+            &[("FOO", "xxyy"), ("BAR", "x")],
+            Some("xyy"),
+            &["FOO", "BAR"],
+            &[],
+        ),
+        (
+            "${FOO#$BAR}",
+            &[("FOO", "xxyy"), ("BAR", "")],
+            Some("xxyy"),
+            &["FOO", "BAR"],
+            &[],
+        ),
         ("${FOO#}", &[("FOO", "xxyy")], Some("xxyy"), &["FOO"], &[]),
         ("${FOO##*x}", &[("FOO", "xxyy")], Some("yy"), &["FOO"], &[]),
         ("${FOO##}", &[("FOO", "xxyy")], Some("xxyy"), &["FOO"], &[]),
         ("${FOO#?\\?}", &[("FOO", "???y")], Some("?y"), &["FOO"], &[]),
-        ("${ABC:-.}${FOO%x}${ABC:-.}", &[("FOO", "xxyy")], Some(".xxyy."), &["FOO"], &["ABC"]),
-        ("${FOO%%\\**\\*}", &[("FOO", "a***yy*")], Some("a"), &["FOO"], &[]),
+        (
+            "${ABC:-.}${FOO%x}${ABC:-.}",
+            &[("FOO", "xxyy")],
+            Some(".xxyy."),
+            &["FOO"],
+            &["ABC"],
+        ),
+        (
+            "${FOO%%\\**\\*}",
+            &[("FOO", "a***yy*")],
+            Some("a"),
+            &["FOO"],
+            &[],
+        ),
         ("${FOO%}", &[("FOO", "xxyy")], Some("xxyy"), &["FOO"], &[]),
-        ("${FOO%%$BAR}", &[("FOO", "xxyy"), ("BAR", "")], Some("xxyy"), &["FOO", "BAR"], &[]),
+        (
+            "${FOO%%$BAR}",
+            &[("FOO", "xxyy"), ("BAR", "")],
+            Some("xxyy"),
+            &["FOO", "BAR"],
+            &[],
+        ),
         ("${FOO:#}", &[], None, &[], &[]),
         ("${FOO:##}", &[], None, &[], &[]),
         ("${FOO:%}", &[], None, &[], &[]),
@@ -228,20 +311,40 @@ fn matches_and_patterns() {
         ),
         (
             "${FOO/$NEEDLE/$REPLACEMENT} - ${FOO//$NEEDLE/$REPLACEMENT}",
-            &[("FOO", "/a/foo/b/c.txt"), ("NEEDLE", "/?/"), ("REPLACEMENT", "/")],
+            &[
+                ("FOO", "/a/foo/b/c.txt"),
+                ("NEEDLE", "/?/"),
+                ("REPLACEMENT", "/"),
+            ],
             Some("/foo/b/c.txt - /foo/c.txt"),
             &["FOO", "NEEDLE", "REPLACEMENT"],
             &[],
         ),
         (
             "${FOO/$NEEDLE/$REPLACEMENT}",
-            &[("FOO", "http://google.de"), ("NEEDLE", "http://"), ("REPLACEMENT", "https://")],
+            &[
+                ("FOO", "http://google.de"),
+                ("NEEDLE", "http://"),
+                ("REPLACEMENT", "https://"),
+            ],
             Some("https://google.de"),
             &["FOO", "NEEDLE", "REPLACEMENT"],
             &[],
         ),
-        ("${FOO//\\//\\/}", &[("FOO", "/tmp/foo.txt")], Some("\\/tmp\\/foo.txt"), &["FOO"], &[]),
-        ("${FOO/$BAR/ww}", &[("FOO", "xxyy"), ("BAR", "")], Some("wwxxyy"), &["FOO", "BAR"], &[]),
+        (
+            "${FOO//\\//\\/}",
+            &[("FOO", "/tmp/foo.txt")],
+            Some("\\/tmp\\/foo.txt"),
+            &["FOO"],
+            &[],
+        ),
+        (
+            "${FOO/$BAR/ww}",
+            &[("FOO", "xxyy"), ("BAR", "")],
+            Some("wwxxyy"),
+            &["FOO", "BAR"],
+            &[],
+        ),
         ("${FOO//ww}", &[("FOO", "xxyy")], None, &[], &[]),
         ("${FOO//}", &[("FOO", "xxyy")], None, &[], &[]),
         ("${FOO///}", &[("FOO", "xxyy")], Some("xxyy"), &["FOO"], &[]),
@@ -254,7 +357,9 @@ fn matches_and_patterns() {
         let ok = match (&got, expected) {
             (Err(_), None) => true,
             (Ok(e), Some(expected)) => {
-                e.value == expected && e.matched == names(matched) && e.unmatched == names(unmatched)
+                e.value == expected
+                    && e.matched == names(matched)
+                    && e.unmatched == names(unmatched)
             }
             _ => false,
         };
@@ -267,17 +372,23 @@ fn matches_and_patterns() {
 
 #[test]
 fn matches_for_platform_release_name() {
-    let release = "something-${VERSION}.${TARGETOS}-${TARGETARCH}${TARGETVARIANT:+-${TARGETVARIANT}}.tar.gz";
+    let release =
+        "something-${VERSION}.${TARGETOS}-${TARGETARCH}${TARGETVARIANT:+-${TARGETVARIANT}}.tar.gz";
     let lexer = Lexer::new('\\');
     let base = [("VERSION", "v1.2.3"), ("TARGETOS", "linux")];
     let with = |extra: &[(&'static str, &'static str)]| {
         let mut env = env_of(&base);
         env.extend(env_of(extra));
-        lexer.expand_word_with_matches(release, &env).unwrap()
+        lexer
+            .expand_word_with_matches(release, &env)
+            .expect("must expand")
     };
     let (value, matched) = with(&[("TARGETARCH", "arm"), ("TARGETVARIANT", "v7")]);
     assert_eq!(value, "something-v1.2.3.linux-arm-v7.tar.gz");
-    assert_eq!(matched, names(&["TARGETARCH", "TARGETOS", "TARGETVARIANT", "VERSION"]));
+    assert_eq!(
+        matched,
+        names(&["TARGETARCH", "TARGETOS", "TARGETVARIANT", "VERSION"])
+    );
     let (value, _) = with(&[("TARGETARCH", "arm64"), ("TARGETVARIANT", "")]);
     assert_eq!(value, "something-v1.2.3.linux-arm64.tar.gz");
     let (value, matched) = with(&[("TARGETARCH", "arm64")]);
@@ -288,7 +399,12 @@ fn matches_for_platform_release_name() {
 #[test]
 fn hash_map_env_works_like_btree_map() {
     let env: HashMap<String, String> = [("A".to_string(), "1".to_string())].into();
-    assert_eq!(Lexer::new('\\').expand_word("$A-${B:-2}", &env).unwrap(), "1-2");
+    assert_eq!(
+        Lexer::new('\\')
+            .expand_word("$A-${B:-2}", &env)
+            .expect("must expand"),
+        "1-2"
+    );
     let by_ref: &dyn Env = &&env;
     assert_eq!(by_ref.lookup("A"), Some("1"));
 }
@@ -299,15 +415,18 @@ fn hash_map_env_works_like_btree_map() {
 fn raw_quotes_keep_quotes_and_skip_unset_keeps_references() {
     let lexer = Lexer::new('\\').raw_quotes(true).skip_unset_env(true);
     let env = env_of(&[("space", "abc  def")]);
-    let words = |w: &str| lexer.expand_words(w, &env).unwrap();
+    let words = |w: &str| lexer.expand_words(w, &env).expect("must expand");
     assert_eq!(words("hello\"${space}\"bye"), ["hello\"abc  def\"bye"]);
     assert_eq!(words("hello '$there' x"), ["hello", "'$there'", "x"]);
     assert_eq!(words("hello${unset}bye"), ["hello${unset}bye"]);
     assert_eq!(words("a $unset"), ["a", "$unset"]);
-    assert_eq!(lexer.expand_word("'a b'\"c\"", &env).unwrap(), "'a b'\"c\"");
+    assert_eq!(
+        lexer.expand_word("'a b'\"c\"", &env).expect("must expand"),
+        "'a b'\"c\""
+    );
 
     let skip = Lexer::new('\\').skip_unset_env(true);
-    let expand = |w: &str| skip.expand_word(w, &env).unwrap();
+    let expand = |w: &str| skip.expand_word(w, &env).expect("must expand");
     assert_eq!(expand("${X:-a b}"), "${X:-a b}");
     assert_eq!(expand("${X:-$space}"), "${X:-abc  def}");
     assert_eq!(expand("${X#*}|${X%%a}"), "${X#*}|${X%%a}");
@@ -331,19 +450,38 @@ fn heredoc_markers_stay_one_word() {
         .skip_unset_env(true);
     let words = lexer
         .expand_words("cat <<  \"EOF\" > /dest <<-'END' \\$x", &EmptyEnv)
-        .unwrap();
-    assert_eq!(words, ["cat", "<<  \"EOF\"", ">", "/dest", "<<-'END'", "\\$x"]);
-    assert_eq!(lexer.expand_word("a\\ b", &EmptyEnv).unwrap(), "a\\ b");
+        .expect("must expand");
+    assert_eq!(
+        words,
+        ["cat", "<<  \"EOF\"", ">", "/dest", "<<-'END'", "\\$x"]
+    );
+    assert_eq!(
+        lexer.expand_word("a\\ b", &EmptyEnv).expect("must expand"),
+        "a\\ b"
+    );
 }
 
 #[test]
 fn skip_process_quotes_treats_quotes_as_text() {
     let lexer = Lexer::new('\\').skip_process_quotes(true);
     let env = env_of(&[("FOO", "x")]);
-    assert_eq!(lexer.expand_word("'$FOO' \"$FOO\"", &env).unwrap(), "'x' \"x\"");
+    assert_eq!(
+        lexer
+            .expand_word("'$FOO' \"$FOO\"", &env)
+            .expect("must expand"),
+        "'x' \"x\""
+    );
     // An unbalanced quote is no error in a heredoc body.
-    assert_eq!(lexer.expand_word("it's ${FOO:-\"}", &env).unwrap(), "it's x");
-    assert_eq!(lexer.expand_word("\\$FOO \\\"", &env).unwrap(), "$FOO \"");
+    assert_eq!(
+        lexer
+            .expand_word("it's ${FOO:-\"}", &env)
+            .expect("must expand"),
+        "it's x"
+    );
+    assert_eq!(
+        lexer.expand_word("\\$FOO \\\"", &env).expect("must expand"),
+        "$FOO \""
+    );
 }
 
 #[test]
@@ -351,13 +489,16 @@ fn backtick_escape() {
     let lexer = Lexer::new('`');
     let env = env_of(&[("PWD", "/home")]);
     let expand = |w: &str| lexer.expand_word(w, &env);
-    assert_eq!(expand("he`$PWD").unwrap(), "he$PWD");
-    assert_eq!(expand("c:\\dir\\$PWD").unwrap(), "c:\\dir\\/home");
-    assert_eq!(expand("\"a`\"b``c`d\"").unwrap(), "a\"b`c`d");
-    assert_eq!(expand("\"c:\\\"").unwrap(), "c:\\");
-    assert_eq!(expand("a` b`").unwrap(), "a b");
+    assert_eq!(expand("he`$PWD").expect("must expand"), "he$PWD");
     assert_eq!(
-        lexer.expand_words("a` b c``", &env).unwrap(),
+        expand("c:\\dir\\$PWD").expect("must expand"),
+        "c:\\dir\\/home"
+    );
+    assert_eq!(expand("\"a`\"b``c`d\"").expect("must expand"), "a\"b`c`d");
+    assert_eq!(expand("\"c:\\\"").expect("must expand"), "c:\\");
+    assert_eq!(expand("a` b`").expect("must expand"), "a b");
+    assert_eq!(
+        lexer.expand_words("a` b c``", &env).expect("must expand"),
         ["a b", "c`"]
     );
     assert!(expand("\"a`\"").is_err());
@@ -367,10 +508,18 @@ fn backtick_escape() {
 fn raw_escapes_keep_escape_characters() {
     let lexer = Lexer::new('\\').raw_escapes(true);
     let env = env_of(&[("A", "1")]);
-    assert_eq!(lexer.expand_word("\\$A \\a", &env).unwrap(), "\\$A \\a");
+    assert_eq!(
+        lexer.expand_word("\\$A \\a", &env).expect("must expand"),
+        "\\$A \\a"
+    );
     // Inside double quotes a kept escape before an ordinary character shows twice,
     // as in BuildKit.
-    assert_eq!(lexer.expand_word("\"\\$A \\t\"", &env).unwrap(), "\\$A \\\\t");
+    assert_eq!(
+        lexer
+            .expand_word("\"\\$A \\t\"", &env)
+            .expect("must expand"),
+        "\\$A \\\\t"
+    );
 }
 
 /// BuildKit shares one buffer between a word being split and the word of a
@@ -381,48 +530,77 @@ fn raw_escapes_keep_escape_characters() {
 fn words_before_modifier_substitution_are_dropped_as_in_buildkit() {
     let lexer = Lexer::new('\\');
     let env = env_of(&[("X", "x")]);
-    let words = |w: &str| lexer.expand_words(w, &env).unwrap();
+    let words = |w: &str| lexer.expand_words(w, &env).expect("must expand");
     assert_eq!(words("a b${U:-c}d"), ["a", "cd"]);
     assert_eq!(words("a b${X}d"), ["a", "bxd"]);
     // Quoted text is added to the word only after the quote closes.
     assert_eq!(words("a x\"b${U:-c}\"d"), ["a", "bcd"]);
-    assert_eq!(lexer.expand_word("a b${U:-c}d", &env).unwrap(), "a bcd");
+    assert_eq!(
+        lexer.expand_word("a b${U:-c}d", &env).expect("must expand"),
+        "a bcd"
+    );
 }
 
 #[test]
 fn empty_quotes_make_no_word() {
     let lexer = Lexer::new('\\');
-    assert_eq!(lexer.expand_words("\"\"", &EmptyEnv).unwrap(), Vec::<String>::new());
-    assert_eq!(lexer.expand_words("a '' b", &EmptyEnv).unwrap(), ["a", "b"]);
-    assert_eq!(lexer.expand_words("  ", &EmptyEnv).unwrap(), Vec::<String>::new());
+    assert_eq!(
+        lexer.expand_words("\"\"", &EmptyEnv).expect("must expand"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        lexer
+            .expand_words("a '' b", &EmptyEnv)
+            .expect("must expand"),
+        ["a", "b"]
+    );
+    assert_eq!(
+        lexer.expand_words("  ", &EmptyEnv).expect("must expand"),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
 fn patterns_follow_go_regexp_rules() {
     let nl = [("V", "a\nb.c"), ("P", "/usr/local/bin")];
     // `*` and `?` do not match a newline.
-    assert_eq!(expand("${V#*b}", &nl).unwrap(), "a\nb.c");
-    assert_eq!(expand("${V#a?b}", &nl).unwrap(), "a\nb.c");
-    assert_eq!(expand("${V%.*}", &nl).unwrap(), "a\nb");
-    assert_eq!(expand("${P#*/}|${P##*/}|${P%/*}|${P%%/*}", &nl).unwrap(), "usr/local/bin|bin|/usr/local|");
+    assert_eq!(expand("${V#*b}", &nl).expect("must expand"), "a\nb.c");
+    assert_eq!(expand("${V#a?b}", &nl).expect("must expand"), "a\nb.c");
+    assert_eq!(expand("${V%.*}", &nl).expect("must expand"), "a\nb");
+    assert_eq!(
+        expand("${P#*/}|${P##*/}|${P%/*}|${P%%/*}", &nl).expect("must expand"),
+        "usr/local/bin|bin|/usr/local|"
+    );
     // Replace-all: `$0` is the match, `$$` a dollar, other names nothing.
     let v = [("V", "abcb")];
-    assert_eq!(expand("${V//b/<\\$0>}", &v).unwrap(), "a<\\b>c<\\b>");
-    assert_eq!(expand("${V//b/'[$0|${0}|$$|$1|${x}|$}|$]'}", &v).unwrap(), "a[b|b|$|||$}|$]c[b|b|$|||$}|$]");
+    assert_eq!(
+        expand("${V//b/<\\$0>}", &v).expect("must expand"),
+        "a<\\b>c<\\b>"
+    );
+    assert_eq!(
+        expand("${V//b/'[$0|${0}|$$|$1|${x}|$}|$]'}", &v).expect("must expand"),
+        "a[b|b|$|||$}|$]c[b|b|$|||$}|$]"
+    );
     // The single replacement has no template.
-    assert_eq!(expand("${V/b/'$0'}", &v).unwrap(), "a$0cb");
+    assert_eq!(expand("${V/b/'$0'}", &v).expect("must expand"), "a$0cb");
     // Empty matches: one replacement per position, none right after a match.
-    assert_eq!(expand("${V//*(/-}", &v).unwrap(), "abcb");
-    assert_eq!(expand("${V//x*/-}", &v).unwrap(), "abcb");
-    assert_eq!(expand("${V///-}", &v).unwrap(), "-a-b-c-b-");
+    assert_eq!(expand("${V//*(/-}", &v).expect("must expand"), "abcb");
+    assert_eq!(expand("${V//x*/-}", &v).expect("must expand"), "abcb");
+    assert_eq!(expand("${V///-}", &v).expect("must expand"), "-a-b-c-b-");
     // Bad escapes are errors even when the variable is unset.
     assert!(matches!(
         expand("${U#\\a}", &[]),
-        Err(ShellError::InvalidPattern { escaped: Some('a'), .. })
+        Err(ShellError::InvalidPattern {
+            escaped: Some('a'),
+            ..
+        })
     ));
     // Unicode is matched by character.
     let k = [("K", "한국어한")];
-    assert_eq!(expand("${K#?}|${K%?}|${K/국/-}|${K//한/}", &k).unwrap(), "국어한|한국어|한-어한|국어");
+    assert_eq!(
+        expand("${K#?}|${K%?}|${K/국/-}|${K//한/}", &k).expect("must expand"),
+        "국어한|한국어|한-어한|국어"
+    );
 }
 
 #[test]
@@ -433,17 +611,39 @@ fn errors_carry_offsets() {
         ("x${a:-b", ShellError::MissingBrace { offset: 1 }),
         ("x${a/b", ShellError::MissingSlash { offset: 1 }),
         ("x${a", ShellError::MissingBrace { offset: 1 }),
-        ("xy${}", ShellError::BadSubstitution { text: "${}".into(), offset: 2 }),
-        ("${a:=b}", ShellError::UnsupportedModifier { modifier: ":=".into(), offset: 0 }),
-        ("é${a:%b}", ShellError::UnsupportedModifier { modifier: ":%".into(), offset: 2 }),
+        (
+            "xy${}",
+            ShellError::BadSubstitution {
+                text: "${}".into(),
+                offset: 2,
+            },
+        ),
+        (
+            "${a:=b}",
+            ShellError::UnsupportedModifier {
+                modifier: ":=".into(),
+                offset: 0,
+            },
+        ),
+        (
+            "é${a:%b}",
+            ShellError::UnsupportedModifier {
+                modifier: ":%".into(),
+                offset: 2,
+            },
+        ),
     ];
     for (input, expected) in cases {
         let got = expand(input, &[]);
         assert_eq!(got.as_ref(), Err(expected), "{input:?}");
-        assert_eq!(expected.offset(), got.unwrap_err().offset());
+        assert_eq!(expected.offset(), got.expect_err("must fail").offset());
     }
     assert_eq!(
-        ShellError::BadSubstitution { text: "${}".into(), offset: 0 }.to_string(),
+        ShellError::BadSubstitution {
+            text: "${}".into(),
+            offset: 0
+        }
+        .to_string(),
         "bad substitution: ${}"
     );
 }
@@ -451,42 +651,63 @@ fn errors_carry_offsets() {
 #[test]
 fn positional_and_unicode_names() {
     let env = env_of(&[("1", "one"), ("é", "e"), ("x٣", "arabic digit")]);
-    assert_eq!(expand("$1 $10 ${1}", &[("1", "one")]).unwrap(), "one  one");
+    assert_eq!(
+        expand("$1 $10 ${1}", &[("1", "one")]).expect("must expand"),
+        "one  one"
+    );
     // Go's unicode.IsLetter / IsDigit decide what a name is: a combining
     // mark (category Mn) ends it, an Arabic-Indic digit does not.
     let lexer = Lexer::new('\\');
-    assert_eq!(lexer.expand_word("$é\u{301}|$x٣", &env).unwrap(), "e\u{301}|arabic digit");
-    assert_eq!(lexer.expand_word("$٣x", &env).unwrap(), "x");
+    assert_eq!(
+        lexer
+            .expand_word("$é\u{301}|$x٣", &env)
+            .expect("must expand"),
+        "e\u{301}|arabic digit"
+    );
+    assert_eq!(lexer.expand_word("$٣x", &env).expect("must expand"), "x");
 }
 
 #[test]
 fn leading_byte_order_mark_is_dropped() {
-    assert_eq!(expand("\u{FEFF}a\u{FEFF}", &[]).unwrap(), "a\u{FEFF}");
+    assert_eq!(
+        expand("\u{FEFF}a\u{FEFF}", &[]).expect("must expand"),
+        "a\u{FEFF}"
+    );
 }
 
 #[test]
 fn deep_nesting_is_an_error_not_a_crash() {
     let deep = "${a:-".repeat(10_000) + &"}".repeat(10_000);
-    assert!(matches!(expand(&deep, &[]), Err(ShellError::TooDeep { .. })));
+    assert!(matches!(
+        expand(&deep, &[]),
+        Err(ShellError::TooDeep { .. })
+    ));
     let fine = "${a:-".repeat(50) + "x" + &"}".repeat(50);
-    assert_eq!(expand(&fine, &[]).unwrap(), "x");
+    assert_eq!(expand(&fine, &[]).expect("must expand"), "x");
 }
 
 #[test]
 fn no_panic_on_odd_input() {
     let pieces = [
-        "$", "{", "}", ":", "-", "+", "?", "#", "%", "/", "\\", "`", "'", "\"", "<", "a", "é", "*", " ", "\n", "0",
-        "\u{FEFF}",
+        "$", "{", "}", ":", "-", "+", "?", "#", "%", "/", "\\", "`", "'", "\"", "<", "a", "é", "*",
+        " ", "\n", "0", "\u{FEFF}",
     ];
     let env = env_of(&[("a", "a*b/c\n"), ("0", "")]);
     let lexers = [
         Lexer::new('\\'),
         Lexer::new('`').raw_quotes(true).raw_escapes(true),
-        Lexer::new('\\').skip_unset_env(true).skip_process_quotes(true),
+        Lexer::new('\\')
+            .skip_unset_env(true)
+            .skip_process_quotes(true),
     ];
     // Every string of up to four pieces.
     let mut word = Vec::new();
-    fn walk(word: &mut Vec<usize>, pieces: &[&str], lexers: &[Lexer], env: &BTreeMap<String, String>) {
+    fn walk(
+        word: &mut Vec<usize>,
+        pieces: &[&str],
+        lexers: &[Lexer],
+        env: &BTreeMap<String, String>,
+    ) {
         let text: String = word.iter().map(|&i| pieces[i]).collect();
         for lexer in lexers {
             let _ = lexer.expand_word(&text, env);
