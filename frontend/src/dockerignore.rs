@@ -17,14 +17,20 @@
 //!   small engine that follows Go's RE2 syntax for everything a pattern can
 //!   produce, quirks included: `[*]` or `[a?]` put Docker's `[^/]*` and `[^/]`
 //!   inside the user's class, `\d` or `\b` mean what they mean to Go's regexp,
+//!   `{`, `|` and `}` are left unescaped by Docker, so in a pattern that needs
+//!   a regexp they are operators (`a|b*` is an alternation, unanchored on each
+//!   side; `a{2}*` counts) while `*.{js,ts}` only matches that literal name,
 //!   and an expression Go cannot compile (`[Local-Only]`, a range from `l` to
-//!   `O`) is accepted by [`Matcher::new`] but fails every match that reaches it.
+//!   `O`) is accepted by [`Matcher::new`] but fails every match that reaches
+//!   it.
 //! - Later patterns win; `!pattern` re-includes. A path is excluded when a
 //!   pattern matches it or one of its parent directories
-//!   ([`Matcher::matches_or_parent_matches`]); a tree walk gets the same answer
-//!   more cheaply with [`Matcher::matches_using_parent`], which carries each
-//!   directory's per-pattern results down to its children (Docker's
-//!   `MatchesUsingParentResults`, what BuildKit's file sync uses).
+//!   ([`Matcher::matches_or_parent_matches`]). A tree walk uses
+//!   [`Matcher::matches_using_parent`] instead, which carries each directory's
+//!   per-pattern results down to its children (Docker's
+//!   `MatchesUsingParentResults`, what BuildKit's file sync uses): cheaper, and
+//!   the same answers except in the rare orderings where Docker's two entry
+//!   points disagree too.
 //!
 //! Paths are context-relative and `/`-separated; the `_bytes` variants take
 //! paths that are not UTF-8, which Go treats byte by byte.
@@ -567,8 +573,11 @@ fn compile_pattern(cleaned: &str) -> Kind {
                 expr.push_str("[^/]");
                 found = Found::Regex;
             }
-            // Special to a regular expression but not to a glob.
-            '.' | '+' | '(' | ')' | '|' | '{' | '}' | '$' => {
+            // Special to a regular expression but not to a glob. Docker means
+            // to escape `{`, `|` and `}` too, but its bitmap of characters to
+            // escape overflows above `?` (0x3F), so those reach the regexp
+            // as operators: `a|b*` is an alternation, `a{2}*` a count.
+            '.' | '+' | '(' | ')' | '$' => {
                 expr.push('\\');
                 expr.push(ch);
             }
@@ -621,9 +630,8 @@ fn clean(path: &[u8]) -> Cow<'_, [u8]> {
     let at = |i: usize| path.get(i).copied();
     while r < n {
         let ends_element = |i: usize| i == n || at(i) == Some(b'/');
-        if at(r) == Some(b'/') {
-            r += 1;
-        } else if at(r) == Some(b'.') && ends_element(r + 1) {
+        if at(r) == Some(b'/') || (at(r) == Some(b'.') && ends_element(r + 1)) {
+            // An empty or `.` element.
             r += 1;
         } else if at(r) == Some(b'.') && at(r + 1) == Some(b'.') && ends_element(r + 2) {
             r += 2;
@@ -891,9 +899,9 @@ fn class_char(chunk: &[u8]) -> Result<(u32, &[u8]), BadPattern> {
 
 /// The subset of Go's RE2 syntax (Perl flags: `.` excludes `\n`, negated
 /// classes include it, `^`/`$` are text anchors) that Docker's translation of
-/// a pattern can produce, compiled to a small program and run by a
-/// backtracking matcher that never revisits a (step, position) pair, so a
-/// match is linear in the path length times the program size.
+/// a pattern can produce, compiled to a small program and run as a Pike VM:
+/// a match is linear in the path length times the program size, and needs
+/// memory only for the program.
 mod regex {
     use super::{decode_rune, RegexError};
 
@@ -901,6 +909,10 @@ mod regex {
     const RUNE_ERROR: u32 = 0xFFFD;
     /// Go's limit on nesting.
     const MAX_DEPTH: usize = 1000;
+    /// Go's limit on a repetition count (and on nested counts multiplied).
+    const MAX_REPEAT: u32 = 1000;
+    /// Instructions a program may have (Go refuses huge expressions too).
+    const MAX_INSTS: usize = 1 << 20;
 
     type Ranges = Vec<(u32, u32)>;
 
@@ -917,6 +929,11 @@ mod regex {
         Star,
         Plus,
         Quest,
+        /// `{min}`, `{min,}` (`max` is `None`) or `{min,max}`.
+        Count {
+            min: u32,
+            max: Option<u32>,
+        },
     }
 
     #[derive(Debug)]
@@ -946,12 +963,7 @@ mod regex {
     #[derive(Debug, Clone)]
     pub(super) struct Program {
         insts: Vec<Inst>,
-        /// Starts with `^`: only position 0 can start a match.
-        anchored: bool,
-        /// Bytes every match must start with (after `^`).
-        prefix: Vec<u8>,
-        /// Bytes every match must end with (before `$`).
-        suffix: Vec<u8>,
+        hints: Hints,
     }
 
     impl Program {
@@ -965,82 +977,113 @@ mod regex {
             if parser.pos < expr.len() {
                 return Err(RegexError::new("unexpected )", expr));
             }
-            let (anchored, prefix, suffix) = literal_hints(&node);
+            let hints = Hints::of(&node);
             let mut insts = Vec::new();
-            emit(&node, &mut insts);
+            if !emit(&node, &mut insts) {
+                return Err(RegexError::new("expression too large", expr));
+            }
             insts.push(Inst::Match);
-            Ok(Program {
-                insts,
-                anchored,
-                prefix,
-                suffix,
-            })
+            Ok(Program { insts, hints })
         }
 
         pub(super) fn is_match(&self, text: &[u8]) -> bool {
-            if !text.starts_with(&self.prefix) || !text.ends_with(&self.suffix) {
+            if !self.hints.admits(text) {
                 return false;
             }
-            let width = text.len() + 1;
-            let cells = self.insts.len().saturating_mul(width);
-            let mut visited = vec![0u64; cells.div_ceil(64)];
-            let mut stack: Vec<(usize, usize)> = Vec::new();
-            let mut start = 0;
+            let anchored = self.hints.anchored;
+            let mut current = Threads::new(self.insts.len());
+            let mut next = Threads::new(self.insts.len());
+            let mut stack = Vec::new();
+            let mut pos = 0;
             loop {
-                stack.push((0, start));
-                while let Some((mut pc, mut pos)) = stack.pop() {
-                    loop {
-                        let cell = pc * width + pos;
-                        match visited.get_mut(cell / 64) {
-                            Some(word) if *word & (1 << (cell % 64)) == 0 => {
-                                *word |= 1 << (cell % 64);
-                            }
-                            _ => break,
-                        }
-                        let rest = text.get(pos..).unwrap_or_default();
-                        match self.insts.get(pc) {
-                            None => break,
-                            Some(Inst::Match) => return true,
-                            Some(Inst::Rune(want)) => match decode_rune(rest) {
-                                (rune, width) if width > 0 && rune == *want => {
-                                    pc += 1;
-                                    pos += width;
-                                }
-                                _ => break,
-                            },
-                            Some(Inst::Class(ranges)) => match decode_rune(rest) {
-                                (rune, width) if width > 0 && class_contains(ranges, rune) => {
-                                    pc += 1;
-                                    pos += width;
-                                }
-                                _ => break,
-                            },
-                            Some(Inst::AnyNotNl) => match decode_rune(rest) {
-                                (rune, width) if width > 0 && rune != u32::from(b'\n') => {
-                                    pc += 1;
-                                    pos += width;
-                                }
-                                _ => break,
-                            },
-                            Some(Inst::Look(look)) => {
-                                if !look_holds(*look, text, pos) {
-                                    break;
-                                }
-                                pc += 1;
-                            }
-                            Some(Inst::Split(first, second)) => {
-                                stack.push((*second, pos));
-                                pc = *first;
-                            }
-                            Some(Inst::Jmp(to)) => pc = *to,
-                        }
-                    }
+                if (pos == 0 || !anchored) && self.add(&mut current, &mut stack, 0, text, pos) {
+                    return true;
                 }
-                if self.anchored || start >= text.len() {
+                if pos >= text.len() || (anchored && current.list.is_empty()) {
                     return false;
                 }
-                let (_, width) = decode_rune(text.get(start..).unwrap_or_default());
-                start += width.max(1);
+                let (rune, width) = decode_rune(text.get(pos..).unwrap_or_default());
+                let after = pos + width.max(1);
+                for &pc in &current.list {
+                    let consumes = match self.insts.get(pc) {
+                        Some(Inst::Rune(want)) => rune == *want,
+                        Some(Inst::Class(ranges)) => class_contains(ranges, rune),
+                        Some(Inst::AnyNotNl) => rune != u32::from(b'\n'),
+                        _ => false,
+                    };
+                    if consumes && self.add(&mut next, &mut stack, pc + 1, text, after) {
+                        return true;
+                    }
+                }
+                std::mem::swap(&mut current, &mut next);
+                next.clear();
+                pos = after;
+            }
+        }
+
+        /// Adds `pc` and everything reachable from it without consuming input
+        /// at `pos`; true when that reaches a match.
+        fn add(
+            &self,
+            threads: &mut Threads,
+            stack: &mut Vec<usize>,
+            pc: usize,
+            text: &[u8],
+            pos: usize,
+        ) -> bool {
+            stack.clear();
+            stack.push(pc);
+            while let Some(pc) = stack.pop() {
+                if !threads.insert(pc) {
+                    continue;
+                }
+                match self.insts.get(pc) {
+                    Some(Inst::Match) => return true,
+                    Some(Inst::Jmp(to)) => stack.push(*to),
+                    Some(Inst::Split(first, second)) => {
+                        stack.push(*second);
+                        stack.push(*first);
+                    }
+                    Some(Inst::Look(look)) if look_holds(*look, text, pos) => {
+                        stack.push(pc + 1);
+                    }
+                    _ => {}
+                }
+            }
+            false
+        }
+    }
+
+    /// The set of program counters alive at one position.
+    struct Threads {
+        list: Vec<usize>,
+        member: Vec<bool>,
+    }
+
+    impl Threads {
+        fn new(size: usize) -> Self {
+            Threads {
+                list: Vec::new(),
+                member: vec![false; size],
+            }
+        }
+
+        fn insert(&mut self, pc: usize) -> bool {
+            match self.member.get_mut(pc) {
+                Some(member) if !*member => {
+                    *member = true;
+                    self.list.push(pc);
+                    true
+                }
+                _ => false,
+            }
+        }
+
+        fn clear(&mut self) {
+            for pc in self.list.drain(..) {
+                if let Some(member) = self.member.get_mut(pc) {
+                    *member = false;
+                }
             }
         }
     }
@@ -1075,42 +1118,100 @@ mod regex {
         }
     }
 
-    /// Literal bytes every match must start and end with.
-    fn literal_hints(node: &Node) -> (bool, Vec<u8>, Vec<u8>) {
-        let items = match node {
-            Node::Concat(items) => items.as_slice(),
-            other => std::slice::from_ref(other),
-        };
-        let literal = |node: &Node| match node {
-            // U+FFFD also matches invalid bytes, so it is no byte literal.
-            Node::Rune(rune) if *rune != RUNE_ERROR => char::from_u32(*rune),
-            _ => None,
-        };
-        let encode = |chars: &mut dyn Iterator<Item = char>| {
-            let mut bytes = Vec::new();
-            for ch in chars {
-                bytes.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
-            }
-            bytes
-        };
-        let anchored = matches!(items.first(), Some(Node::Look(Look::BeginText)));
-        let prefix = if anchored {
-            encode(&mut items.iter().skip(1).map_while(literal))
-        } else {
-            Vec::new()
-        };
-        let suffix = match items.split_last() {
-            Some((Node::Look(Look::EndText), body)) => {
-                let mut chars: Vec<char> = body.iter().rev().map_while(literal).collect();
-                chars.reverse();
-                encode(&mut chars.into_iter())
-            }
-            _ => Vec::new(),
-        };
-        (anchored, prefix, suffix)
+    /// What every match must look like, from the top-level sequence.
+    #[derive(Debug, Clone, Default)]
+    struct Hints {
+        /// Starts with `^`: only position 0 can start a match.
+        anchored: bool,
+        /// Bytes every matching path starts with (after `^`).
+        prefix: Vec<u8>,
+        /// Bytes every matching path ends with (before `$`).
+        suffix: Vec<u8>,
+        /// Bytes every matching path contains somewhere, when longer than
+        /// both of the above.
+        inner: Vec<u8>,
     }
 
-    fn emit(node: &Node, insts: &mut Vec<Inst>) {
+    impl Hints {
+        fn of(node: &Node) -> Self {
+            let items = match node {
+                Node::Concat(items) => items.as_slice(),
+                other => std::slice::from_ref(other),
+            };
+            let literal = |node: &Node| match node {
+                // U+FFFD also matches invalid bytes, so it is no byte literal.
+                Node::Rune(rune) if *rune != RUNE_ERROR => char::from_u32(*rune),
+                _ => None,
+            };
+            let encode = |chars: &[char]| {
+                let mut bytes = Vec::new();
+                for ch in chars {
+                    bytes.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
+                }
+                bytes
+            };
+            let mut hints = Hints {
+                anchored: matches!(items.first(), Some(Node::Look(Look::BeginText))),
+                ..Hints::default()
+            };
+            if hints.anchored {
+                let chars: Vec<char> = items.iter().skip(1).map_while(literal).collect();
+                hints.prefix = encode(&chars);
+            }
+            if let Some((Node::Look(Look::EndText), body)) = items.split_last() {
+                let mut chars: Vec<char> = body.iter().rev().map_while(literal).collect();
+                chars.reverse();
+                hints.suffix = encode(&chars);
+            }
+            let mut run: Vec<char> = Vec::new();
+            let mut longest: Vec<char> = Vec::new();
+            for item in items {
+                match literal(item) {
+                    Some(ch) => run.push(ch),
+                    None => run.clear(),
+                }
+                if run.len() > longest.len() {
+                    longest.clone_from(&run);
+                }
+            }
+            let inner = encode(&longest);
+            if inner.len() > hints.prefix.len() && inner.len() > hints.suffix.len() {
+                hints.inner = inner;
+            }
+            hints
+        }
+
+        /// A cheap necessary condition for a match.
+        fn admits(&self, text: &[u8]) -> bool {
+            text.starts_with(&self.prefix)
+                && text.ends_with(&self.suffix)
+                && contains(text, &self.inner)
+        }
+    }
+
+    /// Whether `needle` occurs in `haystack`.
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        let Some((&first, rest)) = needle.split_first() else {
+            return true;
+        };
+        let Some(last_start) = haystack.len().checked_sub(needle.len()) else {
+            return false;
+        };
+        haystack
+            .iter()
+            .take(last_start + 1)
+            .enumerate()
+            .any(|(at, &byte)| {
+                byte == first && haystack.get(at + 1..at + needle.len()) == Some(rest)
+            })
+    }
+
+    /// Appends the instructions for `node`; false when the program grows
+    /// past [`MAX_INSTS`].
+    fn emit(node: &Node, insts: &mut Vec<Inst>) -> bool {
+        if insts.len() > MAX_INSTS {
+            return false;
+        }
         match node {
             Node::Empty => {}
             Node::Rune(rune) => insts.push(Inst::Rune(*rune)),
@@ -1119,7 +1220,9 @@ mod regex {
             Node::Look(look) => insts.push(Inst::Look(*look)),
             Node::Concat(items) => {
                 for item in items {
-                    emit(item, insts);
+                    if !emit(item, insts) {
+                        return false;
+                    }
                 }
             }
             Node::Alt(branches) => {
@@ -1127,12 +1230,16 @@ mod regex {
                 let last = branches.len().saturating_sub(1);
                 for (index, branch) in branches.iter().enumerate() {
                     if index == last {
-                        emit(branch, insts);
+                        if !emit(branch, insts) {
+                            return false;
+                        }
                         break;
                     }
                     let split = insts.len();
                     insts.push(Inst::Split(0, 0));
-                    emit(branch, insts);
+                    if !emit(branch, insts) {
+                        return false;
+                    }
                     exits.push(insts.len());
                     insts.push(Inst::Jmp(0));
                     let next = insts.len();
@@ -1146,23 +1253,53 @@ mod regex {
             Node::Repeat(inner, Rep::Star) => {
                 let split = insts.len();
                 insts.push(Inst::Split(0, 0));
-                emit(inner, insts);
+                if !emit(inner, insts) {
+                    return false;
+                }
                 insts.push(Inst::Jmp(split));
                 insts[split] = Inst::Split(split + 1, insts.len());
             }
             Node::Repeat(inner, Rep::Plus) => {
                 let start = insts.len();
-                emit(inner, insts);
+                if !emit(inner, insts) {
+                    return false;
+                }
                 let split = insts.len();
                 insts.push(Inst::Split(start, split + 1));
             }
             Node::Repeat(inner, Rep::Quest) => {
                 let split = insts.len();
                 insts.push(Inst::Split(0, 0));
-                emit(inner, insts);
+                if !emit(inner, insts) {
+                    return false;
+                }
                 insts[split] = Inst::Split(split + 1, insts.len());
             }
+            Node::Repeat(inner, Rep::Count { min, max }) => {
+                // `x{2,4}` is `xxx?x?`, `x{2,}` is `xxx*`.
+                for _ in 0..*min {
+                    if !emit(inner, insts) {
+                        return false;
+                    }
+                }
+                let (rep, extra) = match max {
+                    None => (Rep::Star, 1),
+                    Some(max) => (Rep::Quest, max.saturating_sub(*min)),
+                };
+                for _ in 0..extra {
+                    let split = insts.len();
+                    insts.push(Inst::Split(0, 0));
+                    if !emit(inner, insts) {
+                        return false;
+                    }
+                    if matches!(rep, Rep::Star) {
+                        insts.push(Inst::Jmp(split));
+                    }
+                    insts[split] = Inst::Split(split + 1, insts.len());
+                }
+            }
         }
+        insts.len() <= MAX_INSTS
     }
 
     struct Parser<'a> {
@@ -1258,8 +1395,41 @@ mod regex {
                         items.push(Node::Look(Look::EndText));
                     }
                     b'[' => items.push(self.parse_class()?),
-                    b'{' if is_counted_repeat(rest) => {
-                        return Err(RegexError::new("unsupported counted repetition", rest));
+                    b'{' => {
+                        let Some((min, max, mut len)) = parse_count(rest) else {
+                            // Not a count: a literal `{`.
+                            self.pos += 1;
+                            items.push(Node::Rune(u32::from('{')));
+                            after_repeat = false;
+                            continue;
+                        };
+                        let op = rest.get(..len).unwrap_or_default();
+                        if min > MAX_REPEAT || max.is_some_and(|max| max > MAX_REPEAT || min > max)
+                        {
+                            return Err(RegexError::new("invalid repeat count", op));
+                        }
+                        if rest.as_bytes().get(len) == Some(&b'?') {
+                            len += 1; // non-greedy
+                        }
+                        if after_repeat {
+                            return Err(RegexError::new("invalid nested repetition operator", op));
+                        }
+                        let Some(last) = items.pop() else {
+                            return Err(RegexError::new(
+                                "missing argument to repetition operator",
+                                op,
+                            ));
+                        };
+                        let node = Node::Repeat(Box::new(last), Rep::Count { min, max });
+                        if (min >= 2 || max.is_some_and(|max| max >= 2))
+                            && !repeat_is_valid(&node, MAX_REPEAT)
+                        {
+                            return Err(RegexError::new("invalid repeat count", op));
+                        }
+                        items.push(node);
+                        self.pos += len;
+                        after_repeat = true;
+                        continue;
                     }
                     b'\\' => self.parse_escape_atom(&mut items)?,
                     _ => {
@@ -1392,24 +1562,67 @@ mod regex {
         depth
     }
 
-    /// `{n}`, `{n,}` or `{n,m}`: Go's counted repetition, which a translated
-    /// pattern never contains (its `{` are escaped).
-    fn is_counted_repeat(s: &str) -> bool {
-        let Some(body) = s.strip_prefix('{') else {
-            return false;
+    /// Go's `parseRepeat`: `{n}`, `{n,}` or `{n,m}` at the start of `s`, as
+    /// (min, max, bytes used); `None` when `{` is a literal. Numbers of 10^8
+    /// and more come back as `u32::MAX`, which the caller rejects.
+    fn parse_count(s: &str) -> Option<(u32, Option<u32>, usize)> {
+        let bytes = s.as_bytes();
+        let number = |from: usize| -> Option<(u32, usize)> {
+            let digits = bytes
+                .get(from..)?
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+            // At least one digit, and no leading zero.
+            if digits == 0 || (digits > 1 && bytes.get(from) == Some(&b'0')) {
+                return None;
+            }
+            let mut value: u32 = 0;
+            for &digit in bytes.get(from..from + digits)? {
+                if value >= 100_000_000 {
+                    return Some((u32::MAX, from + digits));
+                }
+                value = value * 10 + u32::from(digit - b'0');
+            }
+            Some((value, from + digits))
         };
-        let Some(end) = body.find('}') else {
-            return false;
+        if bytes.first() != Some(&b'{') {
+            return None;
+        }
+        let (min, at) = number(1)?;
+        let (max, at) = match bytes.get(at) {
+            Some(b',') => match bytes.get(at + 1) {
+                Some(b'}') => (None, at + 1),
+                _ => {
+                    let (max, at) = number(at + 1)?;
+                    (Some(max), at)
+                }
+            },
+            Some(_) => (Some(min), at),
+            None => return None,
         };
-        let body = &body[..end];
-        let (min, max) = match body.split_once(',') {
-            Some((min, max)) => (min, Some(max)),
-            None => (body, None),
-        };
-        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-        match max {
-            None => digits(min),
-            Some(max) => digits(min) && (max.is_empty() || digits(max)),
+        (bytes.get(at) == Some(&b'}')).then_some((min, max, at + 1))
+    }
+
+    /// Go's `repeatIsValid`: nested counts may not multiply past `limit`.
+    fn repeat_is_valid(node: &Node, mut limit: u32) -> bool {
+        if let Node::Repeat(_, Rep::Count { min, max }) = node {
+            let most = match max {
+                Some(0) => return true,
+                Some(max) => *max,
+                None => *min,
+            };
+            if most > limit {
+                return false;
+            }
+            limit = limit.checked_div(most).unwrap_or(limit);
+        }
+        match node {
+            Node::Concat(items) | Node::Alt(items) => {
+                items.iter().all(|item| repeat_is_valid(item, limit))
+            }
+            Node::Repeat(inner, _) => repeat_is_valid(inner, limit),
+            _ => true,
         }
     }
 

@@ -11,7 +11,8 @@ use estiba_frontend::dockerignore::{
 use serde_json::Value;
 
 fn cases(key: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/dockerignore/cases.json");
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/dockerignore/cases.json");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|error| panic!("reading {}: {error}", path.display()));
     let mut all: Value = serde_json::from_str(&text)
@@ -63,7 +64,9 @@ fn walk_decision(matcher: &Matcher, path: &str) -> Result<bool, IgnoreError> {
     if parent != "." {
         let elements: Vec<&str> = parent.split('/').collect();
         for end in 1..=elements.len() {
-            info = matcher.matches_using_parent(&elements[..end].join("/"), info)?.1;
+            info = matcher
+                .matches_using_parent(&elements[..end].join("/"), info)?
+                .1;
         }
     }
     Ok(matcher.matches_using_parent(path, info)?.0)
@@ -82,7 +85,10 @@ fn check_all_entry_points(matcher: &Matcher, text: &str, want: bool, label: &str
         "matches_or_parent_matches",
         matcher.matches_or_parent_matches(text),
     );
-    check("walk with matches_using_parent", walk_decision(matcher, text));
+    check(
+        "walk with matches_using_parent",
+        walk_decision(matcher, text),
+    );
     check(
         "matches_using_parent without context",
         matcher
@@ -109,7 +115,11 @@ fn matches_or_parent_matches() {
     let cases = cases("matches_or_parent_matches");
     let cases = cases.as_array().map(Vec::as_slice).unwrap_or_default();
     for case in cases {
-        let (pattern, path, want) = (text(case, "pattern"), text(case, "text"), flag(case, "pass"));
+        let (pattern, path, want) = (
+            text(case, "pattern"),
+            text(case, "text"),
+            flag(case, "pass"),
+        );
         let label = format!("pattern {pattern:?} path {path:?}");
         match Matcher::new(&[&pattern]) {
             Ok(matcher) => failures.extend(check_all_entry_points(&matcher, &path, want, &label)),
@@ -125,7 +135,11 @@ fn multi_pattern() {
     let cases = cases("multi_pattern");
     let cases = cases.as_array().map(Vec::as_slice).unwrap_or_default();
     for case in cases {
-        let (patterns, path, want) = (list(case, "patterns"), text(case, "text"), flag(case, "pass"));
+        let (patterns, path, want) = (
+            list(case, "patterns"),
+            text(case, "text"),
+            flag(case, "pass"),
+        );
         let label = format!("patterns {patterns:?} path {path:?}");
         match Matcher::new(&patterns) {
             Ok(matcher) => failures.extend(check_all_entry_points(&matcher, &path, want, &label)),
@@ -141,7 +155,11 @@ fn unix_only() {
     let cases = cases("unix_only");
     let cases = cases.as_array().map(Vec::as_slice).unwrap_or_default();
     for case in cases {
-        let (pattern, path, want) = (text(case, "pattern"), text(case, "text"), flag(case, "pass"));
+        let (pattern, path, want) = (
+            text(case, "pattern"),
+            text(case, "text"),
+            flag(case, "pass"),
+        );
         let label = format!("pattern {pattern:?} path {path:?}");
         match Matcher::new(&[&pattern]) {
             Ok(matcher) => failures.extend(check_all_entry_points(&matcher, &path, want, &label)),
@@ -162,12 +180,19 @@ fn filepath_match_semantics() {
         let label = format!("pattern {pattern:?} path {path:?}");
 
         // Through Docker's `Matches`, as the upstream table runs them.
-        match (go_matches(&path, std::slice::from_ref(&pattern)), want_error) {
+        match (
+            go_matches(&path, std::slice::from_ref(&pattern)),
+            want_error,
+        ) {
             (Err(IgnoreError::BadPattern { .. }), true) => {}
             (Ok(got), false) if got == want => {}
             (got, _) => failures.push(format!(
                 "{label}: Matches gave {got:?}, want {}",
-                if want_error { "a bad-pattern error".to_owned() } else { want.to_string() }
+                if want_error {
+                    "a bad-pattern error".to_owned()
+                } else {
+                    want.to_string()
+                }
             )),
         }
 
@@ -180,7 +205,11 @@ fn filepath_match_semantics() {
             (Ok(got), false) if got == want_plain => {}
             (got, _) => failures.push(format!(
                 "{label}: path_match gave {got:?}, want {}",
-                if want_error { "a bad-pattern error".to_owned() } else { want_plain.to_string() }
+                if want_error {
+                    "a bad-pattern error".to_owned()
+                } else {
+                    want_plain.to_string()
+                }
             )),
         }
     }
@@ -193,7 +222,11 @@ fn simple_matches_api() {
     let cases = cases("simple_matches_api");
     let cases = cases.as_array().map(Vec::as_slice).unwrap_or_default();
     for case in cases {
-        let (patterns, path, want) = (list(case, "patterns"), text(case, "text"), flag(case, "match"));
+        let (patterns, path, want) = (
+            list(case, "patterns"),
+            text(case, "text"),
+            flag(case, "match"),
+        );
         match go_matches(&path, &patterns) {
             Ok(got) if got == want => {}
             got => failures.push(format!(
@@ -238,7 +271,9 @@ fn errors() {
                 }
             }
         } else {
-            failures.push(format!("{label}: case expects neither error nor error_on_match"));
+            failures.push(format!(
+                "{label}: case expects neither error nor error_on_match"
+            ));
         }
     }
     report("errors", cases.len(), 3, &failures);
@@ -266,7 +301,10 @@ fn error_messages_name_the_pattern() {
     };
     match matcher.matches_or_parent_matches("x") {
         Err(error @ IgnoreError::UnusablePattern { .. }) => {
-            assert_eq!(error.to_string(), "syntax error in pattern \"[Local-Only]/\"");
+            assert_eq!(
+                error.to_string(),
+                "syntax error in pattern \"[Local-Only]/\""
+            );
             let cause = std::error::Error::source(&error).map(ToString::to_string);
             assert_eq!(
                 cause.as_deref(),
@@ -286,7 +324,10 @@ fn ignore_file_next_to_the_dockerfile_comes_first() {
             "build.Dockerfile",
             &["build.Dockerfile.dockerignore", ".dockerignore"],
         ),
-        ("Dockerfile.api", &["Dockerfile.api.dockerignore", ".dockerignore"]),
+        (
+            "Dockerfile.api",
+            &["Dockerfile.api.dockerignore", ".dockerignore"],
+        ),
         (
             "docker/api.Dockerfile",
             &["docker/api.Dockerfile.dockerignore", ".dockerignore"],
@@ -352,7 +393,12 @@ fn clean_path_matches_go() {
     let failures: Vec<String> = table
         .iter()
         .filter(|(path, want)| clean_path(path) != *want)
-        .map(|(path, want)| format!("clean_path({path:?}) = {:?}, want {want:?}", clean_path(path)))
+        .map(|(path, want)| {
+            format!(
+                "clean_path({path:?}) = {:?}, want {want:?}",
+                clean_path(path)
+            )
+        })
         .collect();
     report("clean_path", table.len(), 30, &failures);
 }
@@ -419,7 +465,9 @@ fn walk_disagreements(matcher: &Matcher) -> Vec<String> {
                     infos.push((path.to_owned(), info));
                 }
             }
-            (walked, direct) => failures.push(format!("{path}: walk {walked:?}, direct {direct:?}")),
+            (walked, direct) => {
+                failures.push(format!("{path}: walk {walked:?}, direct {direct:?}"))
+            }
         }
     }
     failures
@@ -448,7 +496,8 @@ const PATTERN_SETS: &[&[&str]] = &[
 fn walk_with_parent_info_agrees_with_per_path_matching() {
     let mut failures = Vec::new();
     for patterns in PATTERN_SETS {
-        let matcher = Matcher::new(patterns).unwrap_or_else(|error| panic!("{patterns:?}: {error}"));
+        let matcher =
+            Matcher::new(patterns).unwrap_or_else(|error| panic!("{patterns:?}: {error}"));
         failures.extend(
             walk_disagreements(&matcher)
                 .into_iter()
@@ -467,7 +516,11 @@ fn walk_with_more_patterns_than_match_info_holds() {
         let small = Matcher::new(patterns).unwrap_or_else(|error| panic!("{patterns:?}: {error}"));
         let large = Matcher::new(&many).unwrap_or_else(|error| panic!("{patterns:?}: {error}"));
         assert_eq!(large.len(), small.len() + 200);
-        assert_eq!(walk_disagreements(&large), Vec::<String>::new(), "{patterns:?}");
+        assert_eq!(
+            walk_disagreements(&large),
+            Vec::<String>::new(),
+            "{patterns:?}"
+        );
         assert_eq!(ignored_paths(&large), ignored_paths(&small), "{patterns:?}");
     }
 }
@@ -498,7 +551,10 @@ fn match_info_from_another_matcher_is_refused() {
         .unwrap_or_else(|error| panic!("{error}"));
     assert!(matches!(
         two.matches_using_parent("a/x", info),
-        Err(IgnoreError::MatchInfoMismatch { got: 1, expected: 2 })
+        Err(IgnoreError::MatchInfoMismatch {
+            got: 1,
+            expected: 2
+        })
     ));
 }
 
@@ -523,11 +579,24 @@ fn docker_quirks_are_kept() {
     // A `^` outside a class is an anchor once the pattern needs a regexp.
     assert!(ignored(&["^a*"], "abc"));
     assert!(ignored(&["^a"], "^a"));
+    // Docker leaves `{`, `|` and `}` unescaped (its escape bitmap overflows
+    // above 0x3F): in a pattern that needs a regexp they are operators.
+    assert!(ignored(&["a|b*"], "zb"));
+    assert!(ignored(&["a|b*"], "a/q"));
+    assert!(ignored(&["q|*b"], "q"));
+    assert!(!ignored(&["q|*b"], "a/q"));
+    assert!(ignored(&["a{2}*"], "aab"));
+    assert!(!ignored(&["a{2}*"], "a"));
+    assert!(ignored(&["*.{js,ts}"], "x.{js,ts}"));
+    assert!(!ignored(&["*.{js,ts}"], "x.js"));
+    // Without a wildcard the pattern is compared as it is.
+    assert!(!ignored(&["a{2}"], "aa"));
+    assert!(ignored(&["a{2}"], "a{2}"));
     // Leading `/`, `./` and trailing `/` are cleaned away by the matcher too.
     assert!(ignored(&["./src/"], "src/main.rs"));
     // Patterns are trimmed; the path is not.
     assert!(ignored(&["  *.log  "], "a.log"));
-    // `.` in a path never matches `..` cleaning tricks: `a/../b` is `b`.
+    // Patterns are cleaned: `a/../b` is `b`.
     assert!(ignored(&["a/../b"], "b"));
 }
 
@@ -535,7 +604,16 @@ fn docker_quirks_are_kept() {
 fn non_utf8_paths_match_like_go() {
     let matcher = Matcher::new(&["a?b", "*.bin"]).unwrap_or_else(|error| panic!("{error}"));
     // An invalid byte is one character to `?`.
-    assert_eq!(matcher.matches_or_parent_matches_bytes(b"a\xffb").ok(), Some(true));
-    assert_eq!(matcher.matches_or_parent_matches_bytes(b"x\xff.bin").ok(), Some(true));
-    assert_eq!(matcher.matches_or_parent_matches_bytes(b"a\xff\xfeb").ok(), Some(false));
+    assert_eq!(
+        matcher.matches_or_parent_matches_bytes(b"a\xffb").ok(),
+        Some(true)
+    );
+    assert_eq!(
+        matcher.matches_or_parent_matches_bytes(b"x\xff.bin").ok(),
+        Some(true)
+    );
+    assert_eq!(
+        matcher.matches_or_parent_matches_bytes(b"a\xff\xfeb").ok(),
+        Some(false)
+    );
 }
