@@ -320,9 +320,9 @@ pub struct Stage {
     /// Stages it reads: its base stage and every `needs` of its steps.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub deps: BTreeSet<usize>,
-    /// Steps in order.
+    /// Steps in order, ONBUILD triggers of the base first; none when pruned.
     pub steps: Vec<Step>,
-    /// The image config it ends with.
+    /// The image config it ends with (empty when pruned).
     pub config: ImageConfig,
     /// The image's author (MAINTAINER).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -351,7 +351,8 @@ pub struct Warning {
 /// The whole plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildGraph {
-    /// Every stage, pruned ones included (with `needed: false`).
+    /// Every stage, pruned ones included (with `needed: false`, and neither
+    /// steps nor config: a stage the target does not need is never lowered).
     pub stages: Vec<Stage>,
     /// The stage whose result is the build's result.
     pub target: usize,
@@ -368,6 +369,44 @@ impl BuildGraph {
     /// the stages it reads.
     pub fn needed_stages(&self) -> impl Iterator<Item = &Stage> {
         self.stages.iter().filter(|s| s.needed)
+    }
+
+    /// A step as the plan shows it: its history line without BuildKit's
+    /// marker, with where a COPY reads from and the mounts a RUN uses.
+    fn describe(&self, step: &Step) -> String {
+        // Heredoc bodies make history lines span lines; keep one step a line.
+        let escaped = step
+            .created_by
+            .trim_end_matches(" # buildkit")
+            .replace('\n', "\\n");
+        let text = escaped.as_str();
+        match &step.op {
+            Op::Copy(copy) => {
+                let from = match &copy.from {
+                    CopySource::Context => return text.to_string(),
+                    CopySource::Stage { index } => self.stages[*index].display_name(),
+                    CopySource::Image { reference } => reference.clone(),
+                };
+                let (word, rest) = text.split_once(' ').unwrap_or((text, ""));
+                format!("{word} --from={from} {rest}")
+            }
+            Op::Run(run) if !run.mounts.is_empty() => {
+                let mounts: Vec<String> = run
+                    .mounts
+                    .iter()
+                    .map(|m| {
+                        let target = m.target.as_deref().unwrap_or("");
+                        let kind = serde_json::to_value(m.kind)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default();
+                        format!("{kind}:{target}")
+                    })
+                    .collect();
+                format!("{text}  (mounts {})", mounts.join(", "))
+            }
+            _ => text.to_string(),
+        }
     }
 
     /// A readable plan: stages, what each reads, steps, what is pruned.
@@ -420,7 +459,7 @@ impl BuildGraph {
                     "  {:>width$}. [{kind}] line {:<4} {trigger}{}",
                     i + 1,
                     step.span.line,
-                    step.created_by
+                    self.describe(step)
                 );
             }
         }

@@ -4,7 +4,7 @@
 //! arguments, with BuildKit's rules (`instructions/parse.go`): which flags each
 //! instruction takes, how many arguments, what a heredoc may stand for.
 //! Variables are not expanded here; that needs the build's ARG and ENV state
-//! and happens in [`crate::plan`].
+//! and happens in [`crate::plan`](mod@crate::plan).
 
 use crate::parser::{self, Heredoc, Node, ParseError};
 use crate::span::Span;
@@ -18,7 +18,7 @@ pub struct InstructionError {
     /// The instruction's lines.
     pub span: Span,
     /// What is wrong with it.
-    pub kind: InstructionErrorKind,
+    pub kind: Box<InstructionErrorKind>,
 }
 
 /// What is wrong with an instruction.
@@ -326,21 +326,32 @@ pub struct Add {
     pub excludes: Vec<String>,
 }
 
-/// `HEALTHCHECK`, as the image config stores it.
+/// `HEALTHCHECK`, as the image config stores it (docker's field names;
+/// zero durations are left out, as docker leaves them out).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct Healthcheck {
     /// `["NONE"]`, `["CMD", argv...]` or `["CMD-SHELL", command]`.
     pub test: Vec<String>,
     /// `--interval` in nanoseconds, 0 when not set.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub interval: u64,
     /// `--timeout` in nanoseconds.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub timeout: u64,
     /// `--start-period` in nanoseconds.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub start_period: u64,
     /// `--start-interval` in nanoseconds.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub start_interval: u64,
     /// `--retries`.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub retries: u32,
+}
+
+fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// Parses every node of a Dockerfile.
@@ -359,7 +370,7 @@ pub fn parse_text(file: &str, text: &str) -> Result<Vec<Instruction>, crate::Err
 pub fn parse_instruction(node: &Node) -> Result<Instruction, InstructionError> {
     let err = |kind| InstructionError {
         span: node.span.clone(),
-        kind,
+        kind: Box::new(kind),
     };
     let kind = match node.name().as_str() {
         "from" => parse_from(node),
@@ -828,7 +839,7 @@ fn parse_onbuild(node: &Node) -> Result2<Kind> {
     }
     // The trigger must itself be valid, so the error shows here and not in
     // some later build that uses this image as its base.
-    parse_instruction(child).map_err(|e| e.kind)?;
+    parse_instruction(child).map_err(|e| *e.kind)?;
     let trimmed = node.original.trim_start();
     let mut expression = trimmed
         .get(7..)
@@ -962,8 +973,12 @@ pub fn parse_go_duration(text: &str) -> Option<u64> {
 pub struct Mount {
     /// bind, cache, tmpfs, secret or ssh.
     pub kind: MountKind,
-    /// `from=`: a stage or image for bind and cache mounts.
+    /// `from=`: a stage name or an image for bind and cache mounts.
     pub from: Option<String>,
+    /// In a planned [`crate::graph::RunStep`]: the index of the stage `from`
+    /// names (`None` when it names an image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<usize>,
     /// `source=`.
     pub source: Option<String>,
     /// `target=`.
@@ -1004,6 +1019,15 @@ pub enum MountKind {
     Ssh,
 }
 
+/// The `from=` field of a `--mount` value as written, unexpanded: what
+/// BuildKit reads before anything runs to learn which stage a RUN needs.
+pub fn mount_from(value: &str) -> Option<String> {
+    split_csv(value).ok()?.into_iter().find_map(|field| {
+        let (key, v) = field.split_once('=')?;
+        key.eq_ignore_ascii_case("from").then(|| v.to_string())
+    })
+}
+
 /// Parses a `--mount` value (comma-separated `key=value` fields) as written.
 pub fn parse_mount(value: &str) -> Result<Mount, InstructionErrorKind> {
     parse_mount_with(value, &mut |v: &str| Ok(v.to_string()))
@@ -1022,6 +1046,7 @@ pub fn parse_mount_with(
     let mut m = Mount {
         kind: MountKind::Bind,
         from: None,
+        stage: None,
         source: None,
         target: None,
         readonly: true,
@@ -1267,6 +1292,8 @@ fn parse_size(v: &str) -> Option<u64> {
     Some((number * scale) as u64)
 }
 
+crate::span::spanned_error!(InstructionError);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1303,18 +1330,5 @@ mod tests {
                 .size,
             Some(64 << 20)
         );
-    }
-}
-
-impl std::fmt::Display for InstructionError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&self.kind, f)
-    }
-}
-
-/// The kind is the message; its cause, if any, is the cause.
-impl std::error::Error for InstructionError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        std::error::Error::source(&self.kind)
     }
 }

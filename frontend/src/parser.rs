@@ -21,7 +21,7 @@ pub struct ParseError {
     /// Where the failing instruction or directive is.
     pub span: Span,
     /// What went wrong.
-    pub kind: ParseErrorKind,
+    pub kind: Box<ParseErrorKind>,
 }
 
 /// What made a Dockerfile unparseable.
@@ -272,7 +272,7 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, ParseError> {
     let mut current = 0usize;
     let error = |kind, start: usize, end: usize| ParseError {
         span: Span::lines(file, start.max(1), end.max(1)),
-        kind,
+        kind: Box::new(kind),
     };
 
     while let Some(raw) = lines.next() {
@@ -773,15 +773,4 @@ fn go_printable(c: char) -> bool {
         | 0xfeff | 0xfff9..=0xfffb | 0xfffe | 0xffff | 0xf0000..)
 }
 
-impl std::fmt::Display for ParseError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&self.kind, f)
-    }
-}
-
-/// The kind is the message; its cause, if any, is the cause.
-impl std::error::Error for ParseError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        std::error::Error::source(&self.kind)
-    }
-}
+crate::span::spanned_error!(ParseError);

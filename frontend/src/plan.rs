@@ -11,6 +11,13 @@
 //!   VOLUME, WORKDIR, STOPSIGNAL, ARG defaults, FROM (global args only) and
 //!   RUN `--mount` values; never in RUN, CMD, ENTRYPOINT, SHELL, HEALTHCHECK
 //!   commands, which the shell in the container expands;
+//! - only the stages the target reaches (through bases, `COPY --from`, mount
+//!   `from=` and ONBUILD triggers) have their base image resolved and their
+//!   instructions lowered; the others are kept, pruned, with no steps, and
+//!   their errors do not fail the build. FROM lines, `--from` values and
+//!   dependency cycles are checked in every stage, as BuildKit checks them;
+//! - a stage built on a stage starts with everything that stage ends with:
+//!   config, environment (ARG values included) and declared ARGs;
 //! - one lower-level function per instruction (`lower_copy`, `lower_run`, ...).
 
 use crate::graph::{
@@ -41,13 +48,16 @@ pub const PROXY_ARGS: [&str; 10] = [
     "all_proxy",
 ];
 
+/// ARGs that steer BuildKit itself and never reach a RUN's environment.
+const NON_ENV_ARGS: [&str; 2] = ["BUILDKIT_SBOM_SCAN_CONTEXT", "BUILDKIT_SBOM_SCAN_STAGE"];
+
 /// A planning failure.
 #[derive(Debug)]
 pub struct PlanError {
     /// The instruction it concerns, when there is one.
     pub span: Option<Span>,
-    /// What went wrong.
-    pub kind: PlanErrorKind,
+    /// What went wrong (boxed: errors are rare, results are many).
+    pub kind: Box<PlanErrorKind>,
 }
 
 /// What made a Dockerfile unplannable.
@@ -82,21 +92,16 @@ pub enum PlanErrorKind {
         /// The nearest stage name.
         suggestion: Option<String>,
     },
-    /// Two stages with one name.
-    #[error("duplicate stage name {0:?}")]
-    DuplicateStage(String),
     /// `COPY --from=$X`.
     #[error("variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround")]
     FromExpansion,
     /// `COPY --from=3` with fewer stages.
-    #[error(
-        "invalid stage index {index}: the Dockerfile defines stages 0 to {last} before this one"
-    )]
+    #[error("invalid stage index {index}: the Dockerfile has stages 0 to {last}")]
     BadStageIndex {
         /// The index given.
-        index: usize,
-        /// The last valid one.
-        last: isize,
+        index: i64,
+        /// The last stage's index.
+        last: usize,
     },
     /// `COPY --from=later` or `FROM` a stage that is not defined yet.
     #[error(
@@ -108,6 +113,17 @@ pub enum PlanErrorKind {
         /// The stage doing the copy.
         current: String,
     },
+    /// `RUN --mount=from=later` with a stage defined after this one.
+    #[error("cannot mount from stage {from:?} to {target:?}, stage needs to be defined before current command")]
+    MountOrder {
+        /// The stage named.
+        from: String,
+        /// The mount's target.
+        target: String,
+    },
+    /// A stage that reads itself, directly or through other stages.
+    #[error("circular dependency detected on stage: {0}")]
+    CircularDependency(String),
     /// A problem in an instruction found once its arguments were expanded.
     #[error(transparent)]
     Instruction(#[from] InstructionErrorKind),
@@ -119,6 +135,9 @@ pub enum PlanErrorKind {
         /// Why.
         reason: String,
     },
+    /// `COPY --chmod=999`.
+    #[error("invalid chmod parameter: '{0}'. it should be octal string and between 0 and 07777")]
+    BadChmod(String),
     /// `STOPSIGNAL SIGFOO`.
     #[error("invalid signal: {0}")]
     BadSignal(String),
@@ -131,6 +150,9 @@ pub enum PlanErrorKind {
         #[source]
         source: Box<crate::Error>,
     },
+    /// A base image's ONBUILD trigger that holds more than one instruction.
+    #[error("onbuild trigger should be a single expression: {0:?}")]
+    TriggerNotSingle(String),
     /// A heredoc RUN that did not lower to one command.
     #[error("parsing produced an invalid run command: {0:?}")]
     BadHeredocRun(Vec<String>),
@@ -204,17 +226,16 @@ impl PlanOptions {
     }
 }
 
-/// An ordered environment where a later value replaces an earlier one in
-/// place, as an LLB state's env list behaves.
+/// An ordered environment as an LLB state's env list behaves: every write
+/// appends, so a variable set again moves to the end (the image config's
+/// `Env`, by contrast, replaces in place).
 #[derive(Debug, Clone, Default)]
 struct EnvList(Vec<(String, String)>);
 
 impl EnvList {
     fn set(&mut self, key: &str, value: &str) {
-        match self.0.iter_mut().find(|(k, _)| k == key) {
-            Some(slot) => slot.1 = value.to_string(),
-            None => self.0.push((key.to_string(), value.to_string())),
-        }
+        self.0.retain(|(k, _)| k != key);
+        self.0.push((key.to_string(), value.to_string()));
     }
     fn get(&self, key: &str) -> Option<&str> {
         self.0
@@ -241,6 +262,48 @@ struct RawStage {
     platform: Option<String>,
     commands: Vec<Instruction>,
 }
+
+impl RawStage {
+    /// `name` or `stage-N`, as BuildKit names a stage in its errors.
+    fn display_name(&self, index: usize) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("stage-{index}"))
+    }
+}
+
+/// What a stage starts with: its base image's config, or everything a base
+/// stage ends with (BuildKit's `dispatchState.init` copies the whole LLB
+/// state, so ARG values and declarations carry over too).
+#[derive(Debug, Clone, Default)]
+struct Start {
+    config: ImageConfig,
+    author: Option<String>,
+    env: EnvList,
+    args: Vec<(String, Option<String>)>,
+}
+
+/// A reachable stage's base once looked up, and the ONBUILD triggers that run
+/// before its own instructions.
+struct Resolved {
+    config: ImageConfig,
+    digest: Option<String>,
+    triggers: Vec<Instruction>,
+}
+
+/// Every stage's FROM line, lowered.
+struct Froms {
+    /// Stage names, each to the latest stage so named.
+    names: BTreeMap<String, usize>,
+    /// What each stage starts from.
+    bases: Vec<Base>,
+    /// Each stage's platform.
+    platforms: Vec<Platform>,
+}
+
+/// A stage another one reads (base, `COPY --from`, `--mount from=`), with the
+/// instruction that reads it.
+type Edge = (usize, Span);
 
 /// Plans a Dockerfile.
 pub fn plan(
@@ -274,7 +337,7 @@ struct Planner<'a> {
 fn err(span: &Span, kind: PlanErrorKind) -> PlanError {
     PlanError {
         span: Some(span.clone()),
-        kind,
+        kind: Box::new(kind),
     }
 }
 
@@ -315,41 +378,19 @@ impl<'a> Planner<'a> {
         })
     }
 
-    fn run(mut self, instructions: Vec<Instruction>) -> Result<BuildGraph, crate::Error> {
-        let mut meta_args = Vec::new();
-        let mut raw: Vec<RawStage> = Vec::new();
-        for ins in instructions {
-            match (&ins.kind, raw.last_mut()) {
-                (Kind::From(from), _) => raw.push(RawStage {
-                    base_word: from.base.clone(),
-                    name: from.name.clone(),
-                    platform: from.platform.clone(),
-                    from: ins,
-                    commands: Vec::new(),
-                }),
-                (Kind::Arg(_), None) => meta_args.push(ins),
-                (_, None) => {
-                    let name = ins
-                        .original
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or("")
-                        .to_uppercase();
-                    return Err(err(&ins.span, PlanErrorKind::BeforeFrom(name)).into());
-                }
-                (_, Some(stage)) => stage.commands.push(ins),
+    fn run(mut self, instructions: Vec<Instruction>) -> Result<BuildGraph, PlanError> {
+        let (meta_args, raw) = split_stages(instructions)?;
+        // A build arg is used when any ARG of the Dockerfile declares it,
+        // in a stage the target needs or not.
+        let all_commands = raw.iter().flat_map(|s| s.commands.iter());
+        for ins in meta_args.iter().chain(all_commands) {
+            if let Kind::Arg(decls) = &ins.kind {
+                self.declared.extend(decls.iter().map(|d| d.key.clone()));
             }
-        }
-        if raw.is_empty() {
-            return Err(PlanError {
-                span: None,
-                kind: PlanErrorKind::NoStages,
-            }
-            .into());
         }
 
         let target_name = match &self.opts.target {
-            Some(t) => t.to_ascii_lowercase(),
+            Some(t) => t.clone(),
             None => raw.last().and_then(|s| s.name.clone()).unwrap_or_default(),
         };
         self.global = self.predefined_args(&target_name);
@@ -357,87 +398,83 @@ impl<'a> Planner<'a> {
             self.lower_meta_arg(ins)?;
         }
 
-        // Stage names, checked for duplicates.
-        let mut names: BTreeMap<String, usize> = BTreeMap::new();
-        for (i, stage) in raw.iter().enumerate() {
-            if let Some(name) = &stage.name {
-                if names.insert(name.clone(), i).is_some() {
-                    return Err(err(
-                        &stage.from.span,
-                        PlanErrorKind::DuplicateStage(name.clone()),
-                    )
-                    .into());
-                }
-            }
-        }
+        let count = raw.len();
+        let Froms {
+            names,
+            bases,
+            platforms,
+        } = self.lower_froms(&raw)?;
         let target = match &self.opts.target {
-            None => raw.len() - 1,
+            None => count - 1,
             Some(t) => *names
                 .get(&t.to_ascii_lowercase())
                 .ok_or_else(|| PlanError {
                     span: None,
-                    kind: PlanErrorKind::NoSuchTarget {
+                    kind: Box::new(PlanErrorKind::NoSuchTarget {
                         name: t.clone(),
                         suggestion: suggest::nearest(t, names.keys().map(String::as_str))
                             .map(str::to_string),
-                    },
+                    }),
                 })?,
         };
 
-        // FROM lines: expanded with global args only; a base naming an
-        // earlier stage builds on it.
-        let mut bases = Vec::with_capacity(raw.len());
-        let mut platforms = Vec::with_capacity(raw.len());
-        for (i, stage) in raw.iter().enumerate() {
-            let span = &stage.from.span;
-            let base = self.expand(&stage.base_word, &self.global, span)?;
-            if base.is_empty() {
-                return Err(err(span, PlanErrorKind::BlankBase(stage.base_word.clone())).into());
-            }
-            let platform = match &stage.platform {
-                Some(p) => {
-                    let text = self.expand(p, &self.global, span)?;
-                    Platform::parse(&text)
-                        .ok_or_else(|| err(span, PlanErrorKind::BadPlatform(text)))?
-                }
-                None => self.opts.platform.clone(),
-            };
-            let lower = base.to_ascii_lowercase();
-            let base = match names.get(&lower) {
-                Some(&index) if index < i => Base::Stage { index },
-                _ if lower == "scratch" => Base::Scratch,
-                _ => Base::Image {
-                    reference: base,
-                    digest: None,
-                },
-            };
-            bases.push(base);
-            platforms.push(platform);
-        }
+        let mut edges = self.stage_edges(&raw, &bases, &names)?;
+        check_cycles(&raw, &edges)?;
 
-        // Every stage is lowered (so errors anywhere are reported, as
-        // BuildKit parses all stages); only the ones the target needs run.
-        let mut stages: Vec<Stage> = Vec::with_capacity(raw.len());
-        for (i, stage) in raw.into_iter().enumerate() {
-            let lowered = self.lower_stage(
-                i,
-                stage,
-                bases[i].clone(),
-                platforms[i].clone(),
-                &names,
-                &stages,
-            )?;
-            stages.push(lowered);
-        }
+        let (reachable, resolved) =
+            self.resolve_reachable(&raw, target, &bases, &platforms, &names, &mut edges)?;
 
-        // Reachability from the target.
-        let mut todo = vec![target];
-        while let Some(i) = todo.pop() {
-            if stages[i].needed {
+        let mut stages: Vec<Stage> = Vec::with_capacity(count);
+        let mut ends: Vec<Option<Start>> = Vec::with_capacity(count);
+        for (i, (stage, found)) in raw.into_iter().zip(resolved).enumerate() {
+            let base = bases[i].clone();
+            let platform = platforms[i].clone();
+            let Some(found) = found.filter(|_| reachable[i]) else {
+                // Pruned: never resolved nor lowered, like BuildKit, so its
+                // errors (and its base image) cost the build nothing.
+                stages.push(Stage {
+                    index: i,
+                    name: stage.name,
+                    span: stage.from.span,
+                    base,
+                    platform,
+                    needed: false,
+                    deps: edges[i].iter().map(|(d, _)| *d).collect(),
+                    steps: Vec::new(),
+                    config: ImageConfig::default(),
+                    author: None,
+                });
+                ends.push(None);
                 continue;
-            }
-            stages[i].needed = true;
-            todo.extend(stages[i].deps.iter().copied());
+            };
+            let (base, start) = match base {
+                Base::Stage { index } => {
+                    let start = ends.get(index).cloned().flatten().unwrap_or_default();
+                    (Base::Stage { index }, start)
+                }
+                Base::Image { reference, .. } => (
+                    Base::Image {
+                        reference,
+                        digest: found.digest,
+                    },
+                    Start {
+                        config: found.config,
+                        ..Start::default()
+                    },
+                ),
+                Base::Scratch => (Base::Scratch, Start::default()),
+            };
+            let ctx = StepContext {
+                names: &names,
+                index: i,
+                count,
+                current: &stage.display_name(i),
+            };
+            let (mut lowered, end) =
+                self.lower_stage(stage, base, platform, start, found.triggers, &ctx)?;
+            lowered.needed = true;
+            stages.push(lowered);
+            ends.push(Some(end));
         }
 
         let target_stage = &mut stages[target];
@@ -445,6 +482,201 @@ impl<'a> Planner<'a> {
             target_stage.config.labels.insert(k.clone(), v.clone());
         }
 
+        self.warn_unused_build_args();
+
+        Ok(BuildGraph {
+            stages,
+            target,
+            directives: BTreeMap::new(),
+            warnings: self.warnings,
+        })
+    }
+
+    /// Every stage's FROM line, expanded with global args only, and the stage
+    /// names. A base names a stage when it is, as written, the name of an
+    /// earlier one; a repeated name is a warning, and lookups find the latest
+    /// stage so named.
+    fn lower_froms(&mut self, raw: &[RawStage]) -> Result<Froms, PlanError> {
+        let count = raw.len();
+        let mut names: BTreeMap<String, usize> = BTreeMap::new();
+        let mut bases = Vec::with_capacity(count);
+        let mut platforms: Vec<Platform> = Vec::with_capacity(count);
+        for (i, stage) in raw.iter().enumerate() {
+            let (base, platform) = self.lower_from(stage, &names, &platforms)?;
+            bases.push(base);
+            platforms.push(platform);
+            if let Some(name) = &stage.name {
+                if names.insert(name.clone(), i).is_some() {
+                    self.warnings.push(Warning {
+                        span: Some(stage.from.span.clone()),
+                        message: format!(
+                            "Duplicate stage name {name:?}, stage names should be unique"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(Froms {
+            names,
+            bases,
+            platforms,
+        })
+    }
+
+    /// What every stage reads (base stage, `COPY --from`, mounts), known
+    /// before anything is lowered.
+    fn stage_edges(
+        &self,
+        raw: &[RawStage],
+        bases: &[Base],
+        names: &BTreeMap<String, usize>,
+    ) -> Result<Vec<Vec<Edge>>, PlanError> {
+        let count = raw.len();
+        let mut edges: Vec<Vec<Edge>> = Vec::with_capacity(count);
+        for (i, stage) in raw.iter().enumerate() {
+            let mut out = Vec::new();
+            if let Base::Stage { index } = bases[i] {
+                out.push((index, stage.from.span.clone()));
+            }
+            for ins in &stage.commands {
+                out.extend(stages_read(&self.lexer, ins, names, count)?);
+            }
+            edges.push(out);
+        }
+        Ok(edges)
+    }
+
+    /// A FROM line: its base expanded with the global args, and the platform
+    /// (a stage built on a stage has that stage's platform, whatever its own
+    /// `--platform` says).
+    fn lower_from(
+        &self,
+        stage: &RawStage,
+        names: &BTreeMap<String, usize>,
+        platforms: &[Platform],
+    ) -> Result<(Base, Platform), PlanError> {
+        let span = &stage.from.span;
+        let base = self.expand(&stage.base_word, &self.global, span)?;
+        if base.is_empty() {
+            return Err(err(span, PlanErrorKind::BlankBase(stage.base_word.clone())));
+        }
+        let platform = match &stage.platform {
+            Some(p) => {
+                let text = self.expand(p, &self.global, span)?;
+                Platform::parse(&text).ok_or_else(|| err(span, PlanErrorKind::BadPlatform(text)))?
+            }
+            None => self.opts.platform.clone(),
+        };
+        Ok(match names.get(&base) {
+            Some(&index) => (
+                Base::Stage { index },
+                platforms.get(index).cloned().unwrap_or(platform),
+            ),
+            None if base == "scratch" => (Base::Scratch, platform),
+            None => (
+                Base::Image {
+                    reference: base,
+                    digest: None,
+                },
+                platform,
+            ),
+        })
+    }
+
+    /// Resolves the bases of the stages the target reaches, and only those,
+    /// as BuildKit dispatches only those. ONBUILD triggers, known once a base
+    /// is resolved, can read more stages: repeat until no more are reached.
+    fn resolve_reachable(
+        &self,
+        raw: &[RawStage],
+        target: usize,
+        bases: &[Base],
+        platforms: &[Platform],
+        names: &BTreeMap<String, usize>,
+        edges: &mut [Vec<Edge>],
+    ) -> Result<(Vec<bool>, Vec<Option<Resolved>>), PlanError> {
+        let count = raw.len();
+        let mut resolved: Vec<Option<Resolved>> = (0..count).map(|_| None).collect();
+        loop {
+            let reachable = reachable_from(target, edges);
+            let mut grew = false;
+            for i in (0..count).filter(|&i| reachable[i]) {
+                if resolved[i].is_some() {
+                    continue;
+                }
+                let found = self.resolve(raw, i, &bases[i], &platforms[i])?;
+                for ins in &found.triggers {
+                    let read = stages_read(&self.lexer, ins, names, count)?;
+                    grew |= read.iter().any(|(d, _)| !reachable[*d]);
+                    edges[i].extend(read);
+                }
+                resolved[i] = Some(found);
+            }
+            if !grew {
+                return Ok((reachable, resolved));
+            }
+        }
+    }
+
+    /// Looks up a reachable stage's base image and parses the ONBUILD
+    /// triggers it runs first: the image's, or the base stage's own ONBUILD
+    /// instructions (a stage's inherited triggers never fire twice).
+    fn resolve(
+        &self,
+        raw: &[RawStage],
+        i: usize,
+        base: &Base,
+        platform: &Platform,
+    ) -> Result<Resolved, PlanError> {
+        let span = &raw[i].from.span;
+        let (config, digest, texts) = match base {
+            Base::Scratch => (ImageConfig::default(), None, Vec::new()),
+            Base::Image { reference, .. } => match self.resolver.resolve(reference, platform) {
+                Some(image) => {
+                    let mut config = image.config;
+                    let triggers = std::mem::take(&mut config.on_build);
+                    (config, image.digest, triggers)
+                }
+                None => (ImageConfig::default(), None, Vec::new()),
+            },
+            Base::Stage { index } => {
+                let triggers = raw[*index]
+                    .commands
+                    .iter()
+                    .filter_map(|c| match &c.kind {
+                        Kind::Onbuild(expression) => Some(expression.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                (ImageConfig::default(), None, triggers)
+            }
+        };
+        let mut triggers = Vec::with_capacity(texts.len());
+        for trigger in texts {
+            let parsed = instructions::parse_text(&self.opts.file, &trigger).map_err(|e| {
+                err(
+                    span,
+                    PlanErrorKind::BadTrigger {
+                        trigger: trigger.clone(),
+                        source: Box::new(e),
+                    },
+                )
+            })?;
+            let [mut ins] = <[Instruction; 1]>::try_from(parsed)
+                .map_err(|_| err(span, PlanErrorKind::TriggerNotSingle(trigger.clone())))?;
+            ins.span = span.clone();
+            triggers.push(ins);
+        }
+        Ok(Resolved {
+            config,
+            digest,
+            triggers,
+        })
+    }
+
+    /// Warns about `--build-arg`s no ARG of the Dockerfile declares (proxy
+    /// and platform args are always consumed), as `docker build` does.
+    fn warn_unused_build_args(&mut self) {
         let unused: Vec<&String> = self
             .opts
             .build_args
@@ -461,13 +693,6 @@ impl<'a> Planner<'a> {
                 ),
             });
         }
-
-        Ok(BuildGraph {
-            stages,
-            target,
-            directives: BTreeMap::new(),
-            warnings: self.warnings,
-        })
     }
 
     /// TARGETPLATFORM and friends, overridable by `--build-arg`.
@@ -514,92 +739,69 @@ impl<'a> Planner<'a> {
         Ok(())
     }
 
+    /// Lowers a stage the target needs: its base's config and state, then
+    /// the ONBUILD triggers, then its own instructions. Returns the stage and
+    /// what a stage built on it starts with.
     fn lower_stage(
         &mut self,
-        index: usize,
         raw: RawStage,
         base: Base,
         platform: Platform,
-        names: &BTreeMap<String, usize>,
-        done: &[Stage],
-    ) -> Result<Stage, crate::Error> {
+        start: Start,
+        triggers: Vec<Instruction>,
+        ctx: &StepContext<'_>,
+    ) -> Result<(Stage, Start), PlanError> {
         let span = raw.from.span.clone();
-        let (mut config, mut triggers, base) = match base {
-            Base::Scratch => (ImageConfig::default(), Vec::new(), Base::Scratch),
-            Base::Stage { index: b } => {
-                let parent = &done[b];
-                let mut config = parent.config.clone();
-                // The parent's own ONBUILD instructions fire here, not in the parent.
-                let triggers = std::mem::take(&mut config.on_build);
-                (config, triggers, Base::Stage { index: b })
-            }
-            Base::Image { reference, .. } => {
-                let found = self.resolver.resolve(&reference, &platform);
-                let (mut config, digest) = match found {
-                    Some(img) => (img.config, img.digest),
-                    None => (ImageConfig::default(), None),
-                };
-                let triggers = std::mem::take(&mut config.on_build);
-                (config, triggers, Base::Image { reference, digest })
-            }
-        };
+        let mut config = start.config;
+        // A base stage's ONBUILD fired as `triggers`; it goes no further.
+        config.on_build.clear();
+        if !config.working_dir.is_empty() {
+            config.working_dir = normalize_workdir("", &config.working_dir);
+        }
         if config.env_value("PATH").is_none() {
             config.env.push(format!("PATH={DEFAULT_PATH}"));
         }
-        let mut env = EnvList::default();
+        // BuildKit adds the config's ENV to the state it starts from (empty
+        // for an image, the base stage's state otherwise).
+        let mut env = start.env;
         for kv in &config.env {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
             env.set(k, v);
         }
         let mut state = StageState {
             config,
-            author: None,
+            author: start.author,
             env,
-            args: Vec::new(),
+            args: start.args,
             cmd_set: false,
             steps: Vec::new(),
-            platform: platform.clone(),
+            platform,
         };
         let mut deps = BTreeSet::new();
         if let Base::Stage { index } = &base {
             deps.insert(*index);
         }
 
-        let mut commands: Vec<(Instruction, bool)> = Vec::new();
-        for trigger in triggers.drain(..) {
-            let parsed = instructions::parse_text(&self.opts.file, &trigger).map_err(|e| {
-                err(
-                    &span,
-                    PlanErrorKind::BadTrigger {
-                        trigger: trigger.clone(),
-                        source: Box::new(e),
-                    },
-                )
-            })?;
-            for mut ins in parsed {
-                ins.span = span.clone();
-                commands.push((ins, true));
-            }
-        }
-        commands.extend(raw.commands.into_iter().map(|c| (c, false)));
-
-        let current = raw.name.clone().unwrap_or_else(|| format!("stage-{index}"));
-        for (ins, on_build) in &commands {
-            let ctx = StepContext {
-                names,
-                index,
-                current: &current,
-            };
-            let step = self.lower(&mut state, ins, &ctx)?;
-            if let Some(mut step) = step {
-                step.on_build = *on_build;
+        let commands = triggers
+            .into_iter()
+            .map(|c| (c, true))
+            .chain(raw.commands.into_iter().map(|c| (c, false)));
+        for (ins, on_build) in commands {
+            if let Some(mut step) = self.lower(&mut state, &ins, ctx)? {
+                step.on_build = on_build;
                 deps.extend(step.needs.iter().copied());
                 state.steps.push(step);
             }
         }
 
-        Ok(Stage {
-            index,
+        let end = Start {
+            config: state.config.clone(),
+            author: state.author.clone(),
+            env: state.env,
+            args: state.args,
+        };
+        let stage = Stage {
+            index: ctx.index,
             name: raw.name,
             span,
             base,
@@ -609,7 +811,8 @@ impl<'a> Planner<'a> {
             steps: state.steps,
             config: state.config,
             author: state.author,
-        })
+        };
+        Ok((stage, end))
     }
 
     /// Lowers one instruction; `None` for those that leave no step (ONBUILD).
@@ -810,8 +1013,9 @@ impl<'a> Planner<'a> {
             } else {
                 self.global.get(&decl.key).map(str::to_string)
             };
-            if let Some(v) = &value {
-                st.env.set(&decl.key, v);
+            match &value {
+                Some(v) if !NON_ENV_ARGS.contains(&decl.key.as_str()) => st.env.set(&decl.key, v),
+                _ => {}
             }
             parts.push(match &value {
                 Some(v) => format!("{}={v}", decl.key),
@@ -880,6 +1084,7 @@ impl<'a> Planner<'a> {
         }
         msg.push(' ');
         msg.push_str(dest);
+        msg.push_str(" # buildkit");
         msg
     }
 
@@ -891,7 +1096,7 @@ impl<'a> Planner<'a> {
         ctx: &StepContext<'_>,
     ) -> Result<(CopyStep, String, BTreeSet<usize>), PlanError> {
         let chown = self.expand_opt(&c.chown, st, span)?;
-        let chmod = self.expand_opt(&c.chmod, st, span)?;
+        let chmod = self.expand_chmod(&c.chmod, st, span)?;
         let (sources, contents, dest) = self.lower_files(st, &c.files, span)?;
         let mut needs = BTreeSet::new();
         let from = match &c.from {
@@ -933,7 +1138,7 @@ impl<'a> Planner<'a> {
         span: &Span,
     ) -> Result<(CopyStep, String), PlanError> {
         let chown = self.expand_opt(&a.chown, st, span)?;
-        let chmod = self.expand_opt(&a.chmod, st, span)?;
+        let chmod = self.expand_chmod(&a.chmod, st, span)?;
         let checksum = self.expand_opt(&a.checksum, st, span)?;
         let (sources, contents, dest) = self.lower_files(st, &a.files, span)?;
         let msg = Self::copy_message("ADD", false, &chown, &chmod, &sources, &contents, &dest);
@@ -956,6 +1161,21 @@ impl<'a> Planner<'a> {
         Ok((copy, msg))
     }
 
+    /// `--chmod`, expanded and checked as BuildKit's `dispatchCopy` does: an
+    /// octal mode up to 07777, or a symbolic one (`u+x,go-w`).
+    fn expand_chmod(
+        &self,
+        value: &Option<String>,
+        st: &StageState,
+        span: &Span,
+    ) -> Result<Option<String>, PlanError> {
+        let mode = self.expand_opt(value, st, span)?;
+        match &mode {
+            Some(m) if !is_chmod(m) => Err(err(span, PlanErrorKind::BadChmod(m.clone()))),
+            _ => Ok(mode),
+        }
+    }
+
     fn expand_opt(
         &self,
         value: &Option<String>,
@@ -971,42 +1191,23 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// `--from=` of COPY or of a mount: a stage by name or index (defined
-    /// before the current stage), else an image.
+    /// `COPY --from=`: a stage by index or name (defined before the
+    /// current stage), else an image.
     fn resolve_from(
         &self,
         from: &str,
         span: &Span,
         ctx: &StepContext<'_>,
     ) -> Result<CopySource, PlanError> {
-        let unexpanded = self
-            .lexer
-            .expand_word(from, &EnvList::default())
-            .unwrap_or_default();
-        if unexpanded != from {
-            return Err(err(span, PlanErrorKind::FromExpansion));
-        }
-        if let Ok(index) = from.parse::<usize>() {
-            if index >= ctx.index {
-                return Err(err(
-                    span,
-                    PlanErrorKind::BadStageIndex {
-                        index,
-                        last: ctx.index as isize - 1,
-                    },
-                ));
-            }
-            return Ok(CopySource::Stage { index });
-        }
-        match ctx.names.get(&from.to_ascii_lowercase()) {
-            Some(&index) if index < ctx.index => Ok(CopySource::Stage { index }),
-            Some(_) => Err(err(
-                span,
-                PlanErrorKind::StageOrder {
+        match copy_from_stage(&self.lexer, from, ctx.names, ctx.count, span)? {
+            Some(index) => {
+                let late = PlanErrorKind::StageOrder {
                     from: from.to_string(),
                     current: ctx.current.to_string(),
-                },
-            )),
+                };
+                let index = ctx.earlier(index, span, late)?;
+                Ok(CopySource::Stage { index })
+            }
             None => Ok(CopySource::Image {
                 reference: from.to_string(),
             }),
@@ -1061,15 +1262,19 @@ impl<'a> Planner<'a> {
                     .map_err(|e| e.to_string())
             })
             .map_err(|kind| err(span, kind.into()))?;
-            if let Some(from) = &mount.from {
-                match self.resolve_from(from, span, ctx)? {
-                    CopySource::Stage { index } => {
-                        needs.insert(index);
-                        mount.from = Some(format!("stage:{index}"));
-                    }
-                    CopySource::Image { reference } => mount.from = Some(reference),
-                    CopySource::Context => {}
-                }
+            // `from=` names a stage (by name only, never by index) or an image.
+            let stage = mount
+                .from
+                .as_ref()
+                .and_then(|f| ctx.names.get(&f.to_ascii_lowercase()));
+            if let (Some(&index), Some(from)) = (stage, &mount.from) {
+                let late = PlanErrorKind::MountOrder {
+                    from: from.clone(),
+                    target: mount.target.clone().unwrap_or_default(),
+                };
+                let index = ctx.earlier(index, span, late)?;
+                needs.insert(index);
+                mount.stage = Some(index);
             }
             mounts.push(mount);
         }
@@ -1098,10 +1303,7 @@ impl<'a> Planner<'a> {
         msg.push_str(&args.join(" "));
         msg.push_str(" # buildkit");
 
-        let proxy_env = PROXY_ARGS
-            .iter()
-            .filter_map(|k| self.opts.build_args.get(*k).map(|v| format!("{k}={v}")))
-            .collect();
+        let proxy_env = proxy_env(&self.opts.build_args);
         let run = RunStep {
             args,
             env: st.env.to_strings(),
@@ -1121,14 +1323,215 @@ impl<'a> Planner<'a> {
     }
 }
 
+/// The global ARGs (before the first FROM) and the stages with their
+/// instructions; anything else before the first FROM is an error.
+fn split_stages(
+    instructions: Vec<Instruction>,
+) -> Result<(Vec<Instruction>, Vec<RawStage>), PlanError> {
+    let mut meta_args = Vec::new();
+    let mut raw: Vec<RawStage> = Vec::new();
+    for ins in instructions {
+        match (&ins.kind, raw.last_mut()) {
+            (Kind::From(from), _) => raw.push(RawStage {
+                base_word: from.base.clone(),
+                name: from.name.clone(),
+                platform: from.platform.clone(),
+                from: ins,
+                commands: Vec::new(),
+            }),
+            (Kind::Arg(_), None) => meta_args.push(ins),
+            (_, None) => {
+                let name = ins
+                    .original
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_uppercase();
+                return Err(err(&ins.span, PlanErrorKind::BeforeFrom(name)));
+            }
+            (_, Some(stage)) => stage.commands.push(ins),
+        }
+    }
+    if raw.is_empty() {
+        return Err(PlanError {
+            span: None,
+            kind: Box::new(PlanErrorKind::NoStages),
+        });
+    }
+    Ok((meta_args, raw))
+}
+
+/// Where the instruction being lowered is: which stage, among which.
 struct StepContext<'a> {
+    /// Stage names (the latest stage of a repeated name).
     names: &'a BTreeMap<String, usize>,
+    /// The current stage's index.
     index: usize,
+    /// How many stages the Dockerfile has.
+    count: usize,
+    /// The current stage's name, or `stage-N`.
     current: &'a str,
 }
 
+impl StepContext<'_> {
+    /// `index` when it is a stage before the current one; the current one is
+    /// a circular dependency, a later one the `late` error.
+    fn earlier(&self, index: usize, span: &Span, late: PlanErrorKind) -> Result<usize, PlanError> {
+        match index.cmp(&self.index) {
+            std::cmp::Ordering::Less => Ok(index),
+            std::cmp::Ordering::Equal => Err(err(
+                span,
+                PlanErrorKind::CircularDependency(self.current.to_string()),
+            )),
+            std::cmp::Ordering::Greater => Err(err(span, late)),
+        }
+    }
+}
+
+/// `--from` must be literal, as BuildKit insists: the stage it names has to
+/// be known before any variable is.
+fn check_literal_from(lexer: &Lexer, from: &str, span: &Span) -> Result<(), PlanError> {
+    match lexer.expand_word(from, &EnvList::default()) {
+        Ok(word) if word == from => Ok(()),
+        _ => Err(err(span, PlanErrorKind::FromExpansion)),
+    }
+}
+
+/// The stage a `COPY --from` value names: an index (Go's `Atoi` rules) that
+/// must exist, or a stage name; `None` for an image.
+fn copy_from_stage(
+    lexer: &Lexer,
+    from: &str,
+    names: &BTreeMap<String, usize>,
+    count: usize,
+    span: &Span,
+) -> Result<Option<usize>, PlanError> {
+    check_literal_from(lexer, from, span)?;
+    if let Ok(index) = from.parse::<i64>() {
+        return match usize::try_from(index) {
+            Ok(i) if i < count => Ok(Some(i)),
+            _ => Err(err(
+                span,
+                PlanErrorKind::BadStageIndex {
+                    index,
+                    last: count - 1,
+                },
+            )),
+        };
+    }
+    Ok(names.get(&from.to_ascii_lowercase()).copied())
+}
+
+/// The stages an instruction reads (`COPY --from`, `RUN --mount from=`),
+/// found before any stage is lowered, as BuildKit's `toCommand` finds them.
+fn stages_read(
+    lexer: &Lexer,
+    ins: &Instruction,
+    names: &BTreeMap<String, usize>,
+    count: usize,
+) -> Result<Vec<Edge>, PlanError> {
+    let span = &ins.span;
+    let mut out = Vec::new();
+    match &ins.kind {
+        Kind::Copy(c) => {
+            if let Some(from) = &c.from {
+                if let Some(index) = copy_from_stage(lexer, from, names, count, span)? {
+                    out.push((index, span.clone()));
+                }
+            }
+        }
+        Kind::Run(r) => {
+            for mount in &r.mounts {
+                let from = instructions::mount_from(mount).map(|f| f.to_ascii_lowercase());
+                if let Some(&index) = from.and_then(|f| names.get(&f)) {
+                    out.push((index, span.clone()));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(out)
+}
+
+/// BuildKit's `validateCircularDependency`, over every stage: no stage may
+/// read itself through its base, `COPY --from` or mounts. The error names the
+/// stage the search started from and points at its instruction leading there.
+fn check_cycles(raw: &[RawStage], edges: &[Vec<Edge>]) -> Result<(), PlanError> {
+    let mut visited = vec![false; raw.len()];
+    let mut on_path = vec![false; raw.len()];
+    for start in 0..raw.len() {
+        if visited[start] {
+            continue;
+        }
+        visited[start] = true;
+        on_path[start] = true;
+        // Depth-first, iteratively: (stage, next edge to follow).
+        let mut stack = vec![(start, 0usize)];
+        let mut first: Option<&Span> = None;
+        while let Some((node, next)) = stack.last_mut() {
+            let Some((dep, span)) = edges[*node].get(*next) else {
+                on_path[*node] = false;
+                stack.pop();
+                continue;
+            };
+            *next += 1;
+            if stack.len() == 1 {
+                first = Some(span);
+            }
+            if on_path[*dep] {
+                let kind = PlanErrorKind::CircularDependency(raw[start].display_name(start));
+                return Err(err(first.unwrap_or(span), kind));
+            }
+            if !visited[*dep] {
+                visited[*dep] = true;
+                on_path[*dep] = true;
+                stack.push((*dep, 0));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Which stages `target` reaches through `edges`.
+fn reachable_from(target: usize, edges: &[Vec<Edge>]) -> Vec<bool> {
+    let mut seen = vec![false; edges.len()];
+    let mut todo = vec![target];
+    while let Some(i) = todo.pop() {
+        if !std::mem::replace(&mut seen[i], true) {
+            todo.extend(edges[i].iter().map(|(d, _)| *d));
+        }
+    }
+    seen
+}
+
+/// Proxy settings from `--build-arg`s as BuildKit reads them (any case; of
+/// two spellings the later in sorted order wins) and its executor sets them:
+/// both spellings of each, empty values left out.
+fn proxy_env(build_args: &BTreeMap<String, String>) -> Vec<String> {
+    const KINDS: [(&str, &str); 5] = [
+        ("HTTP_PROXY", "http_proxy"),
+        ("HTTPS_PROXY", "https_proxy"),
+        ("FTP_PROXY", "ftp_proxy"),
+        ("NO_PROXY", "no_proxy"),
+        ("ALL_PROXY", "all_proxy"),
+    ];
+    let mut out = Vec::new();
+    for (upper, lower) in KINDS {
+        let value = build_args
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(upper))
+            .map(|(_, v)| v)
+            .next_back();
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            out.push(format!("{upper}={v}"));
+            out.push(format!("{lower}={v}"));
+        }
+    }
+    out
+}
+
 fn is_predefined(key: &str) -> bool {
-    PROXY_ARGS.contains(&key)
+    PROXY_ARGS.iter().any(|p| p.eq_ignore_ascii_case(key))
         || key.starts_with("BUILDKIT_")
         || matches!(
             key,
@@ -1289,6 +1692,25 @@ fn parse_port(raw: &str) -> Result<Vec<String>, String> {
     Ok((start..=end).map(|p| format!("{p}/{proto}")).collect())
 }
 
+/// Whether `mode` is a `--chmod` value: octal up to 07777 when it starts
+/// with a digit, else chmod(1)'s symbolic clauses, `[ugoa]*([-+=]perms)+`
+/// separated by commas, where perms are `[rwxXst]*` or one of `ugo`.
+fn is_chmod(mode: &str) -> bool {
+    if mode.starts_with(|c: char| c.is_ascii_digit()) {
+        return mode.bytes().all(|b| (b'0'..=b'7').contains(&b))
+            && u32::from_str_radix(mode, 8).is_ok_and(|m| m <= 0o7777);
+    }
+    mode.split(',').all(|clause| {
+        let actions = clause.trim_start_matches(['u', 'g', 'o', 'a']);
+        if !actions.starts_with(['-', '+', '=']) {
+            return false;
+        }
+        actions.split(['-', '+', '=']).skip(1).all(|perms| {
+            perms.chars().all(|c| "rwxXst".contains(c)) || matches!(perms, "u" | "g" | "o")
+        })
+    })
+}
+
 const SIGNALS: [&str; 31] = [
     "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL",
     "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM", "TRAP", "TSTP",
@@ -1317,6 +1739,8 @@ fn is_signal(sig: &str) -> bool {
     };
     rt("RTMIN", '+') || rt("RTMAX", '-')
 }
+
+crate::span::spanned_error!(PlanError);
 
 #[cfg(test)]
 mod tests {
@@ -1354,17 +1778,16 @@ mod tests {
         assert!(is_signal("SIGRTMIN+3"));
         assert!(!is_signal("SIGFOO"));
     }
-}
 
-impl std::fmt::Display for PlanError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&self.kind, f)
-    }
-}
-
-/// The kind is the message; its cause, if any, is the cause.
-impl std::error::Error for PlanError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        std::error::Error::source(&self.kind)
+    #[test]
+    fn chmod_modes() {
+        for ok in [
+            "755", "0644", "7777", "u+x", "go-w", "a=rX,u+w", "g=u", "+x",
+        ] {
+            assert!(is_chmod(ok), "{ok}");
+        }
+        for bad in ["64a", "10000", "999", "u", "u+y", "", "x+r", "u+x,"] {
+            assert!(!is_chmod(bad), "{bad}");
+        }
     }
 }

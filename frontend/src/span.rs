@@ -39,3 +39,23 @@ impl std::fmt::Display for Span {
         write!(f, "{}:{}:{}", self.file, self.line, self.column)
     }
 }
+
+/// `Display` and `Error` for an error struct `{ span, kind }`: the kind is
+/// the message and the kind's cause is the cause, so the `caused by:` chain
+/// never repeats the message.
+macro_rules! spanned_error {
+    ($name:ident) => {
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Display::fmt(&self.kind, f)
+            }
+        }
+
+        impl std::error::Error for $name {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                std::error::Error::source(&self.kind)
+            }
+        }
+    };
+}
+pub(crate) use spanned_error;
