@@ -54,6 +54,14 @@ use std::hash::BuildHasher;
 /// from overflowing our stack. Real Dockerfiles nest two or three levels.
 pub const MAX_NESTING: usize = 128;
 
+/// The largest result one `${VAR//pattern/replacement}` may produce.
+///
+/// Nested replacements multiply: `${A//?/${A//?/…}}` grows geometrically with
+/// depth, and BuildKit would exhaust its memory on twenty levels of it. A
+/// Dockerfile word has no business being this large; a hostile one gets an
+/// error instead of the builder's memory. (Found by fuzzing.)
+pub const MAX_REPLACEMENT_BYTES: usize = 16 << 20;
+
 /// Where the lexer looks variables up.
 ///
 /// Positional and special parameters (`$1`, `$@`, …) are looked up by their
@@ -139,6 +147,12 @@ pub enum ShellError {
         /// Byte offset of the `$`.
         offset: usize,
     },
+    /// A `${VAR//p/r}` whose result would exceed [`MAX_REPLACEMENT_BYTES`].
+    #[error("substitution result larger than {MAX_REPLACEMENT_BYTES} bytes")]
+    TooLarge {
+        /// Byte offset of the `$` of the substitution.
+        offset: usize,
+    },
     /// Nested substitutions deeper than [`MAX_NESTING`].
     #[error("substitutions nested more than {MAX_NESTING} deep")]
     TooDeep {
@@ -187,6 +201,7 @@ impl ShellError {
             | Self::BadSubstitution { offset, .. }
             | Self::UnsupportedModifier { offset, .. }
             | Self::TooDeep { offset }
+            | Self::TooLarge { offset }
             | Self::Required { offset, .. }
             | Self::InvalidPattern { offset, .. } => *offset,
         }
@@ -857,7 +872,15 @@ impl<'w, 'e> Run<'w, 'e> {
                 escaped,
                 offset,
             })?;
-        let replaced = substitute(value.unwrap_or_default(), &compiled, replacement, all);
+        let value = value.unwrap_or_default();
+        // Every match (at most one per char, plus the end) gets the replacement.
+        let bound = (value.chars().count() + 1)
+            .saturating_mul(replacement.len())
+            .saturating_add(value.len());
+        if bound > MAX_REPLACEMENT_BYTES {
+            return Err(ShellError::TooLarge { offset });
+        }
+        let replaced = substitute(value, &compiled, replacement, all);
         out.truncate(mark);
         out.push_str(&replaced);
         Ok(())

@@ -723,3 +723,27 @@ fn no_panic_on_odd_input() {
     }
     walk(&mut word, &pieces, &lexers, &env);
 }
+
+/// Found by fuzzing: nested `${A//?/…}` replacements multiply the word's
+/// length at every level; a hostile Dockerfile must get an error, not the
+/// builder's memory.
+#[test]
+fn nested_global_replacements_cannot_exhaust_memory() {
+    use estiba_frontend::shell::ShellError;
+    let env: BTreeMap<String, String> = [("A".to_string(), "abc".to_string())].into();
+    let depth = 30;
+    let word = format!("{}x{}", "${A//?/".repeat(depth), "}".repeat(depth));
+    let started = std::time::Instant::now();
+    let result = Lexer::new('\\').expand_word(&word, &env);
+    assert!(
+        matches!(result, Err(ShellError::TooLarge { .. })),
+        "{result:?}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // A few levels are fine: `?` matches each of the 3 chars, so 3^3 x's.
+    let word = format!("{}x{}", "${A//?/".repeat(3), "}".repeat(3));
+    assert_eq!(
+        Lexer::new('\\').expand_word(&word, &env).expect("small"),
+        "x".repeat(27)
+    );
+}

@@ -1,6 +1,9 @@
-//! Any .dockerignore text and any path: reading, compiling and matching
-//! return Ok or Err, never panic, and the tree-walk shortcut agrees with the
-//! plain check.
+//! Any .dockerignore text and any path: reading, compiling, per-path matching
+//! and the tree-walk shortcut return Ok or Err, never panic.
+//!
+//! The two answers are not asserted equal: in moby/patternmatcher itself
+//! `MatchesOrParentMatches` and `MatchesUsingParentResults` disagree on some
+//! exception patterns (`["d/f", "!d"]`), and we match each API as Docker has it.
 #![no_main]
 
 use estiba_frontend::dockerignore::{parse_ignore_file, path_match, MatchInfo, Matcher};
@@ -37,9 +40,5 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    if let (Ok(a), Ok(b)) = (&plain, &walked) {
-        if !path.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
-            assert_eq!(a, b, "walk and plain disagree on {path:?} for {lines:?}");
-        }
-    }
+    let _ = (plain, walked);
 });
