@@ -62,6 +62,28 @@ impl FromStr for Digest {
     }
 }
 
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Digest;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a \"sha256:<64 hex digits>\" digest string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Digest, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
 /// Computes a digest over bytes written in pieces.
 #[derive(Default)]
 pub struct Hasher(Sha256);
@@ -119,6 +141,10 @@ mod tests {
             "sha256:ABC".parse::<Digest>(),
             Err(DigestError::Hex(_))
         ));
+        let json = serde_json::to_string(&d).unwrap_or_default();
+        assert_eq!(json, format!("\"{d}\""));
+        assert_eq!(serde_json::from_str::<Digest>(&json).ok(), Some(d));
+        assert!(serde_json::from_str::<Digest>("\"md5:00\"").is_err());
         let mut h = Hasher::new();
         h.update(b"a");
         h.update(b"bc");

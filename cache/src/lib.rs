@@ -1,10 +1,17 @@
-//! estiba's content-addressed storage: digests, and (as the build grows) the
-//! OCI image layout store, the step cache index and snapshots.
+//! estiba's content-addressed storage: digests, and the [`Store`] every
+//! command works on (an OCI image layout on disk, plus the step cache index
+//! and unpacked snapshots beside it).
 //!
 //! Everything stored is named by the sha256 of its bytes, so equal content is
 //! stored once and a name can always be checked against what it names.
 #![deny(missing_docs)]
 
 mod digest;
+mod store;
 
 pub use digest::{Digest, DigestError, Hasher};
+pub use store::{
+    media_type, remove_dir_all_force, BlobWriter, CacheRecord, Descriptor, PruneOptions,
+    PruneReport, SnapshotBuilder, Store, StoreError, StoreLock, LAYOUT_VERSION,
+    REF_NAME_ANNOTATION,
+};

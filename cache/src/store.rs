@@ -1,0 +1,376 @@
+//! The store every estiba command works on: an OCI image layout on disk that
+//! `skopeo inspect oci:ROOT:NAME` and `umoci` read as it is, plus estiba's
+//! own versioned state beside it.
+//!
+//! ```text
+//! ROOT/
+//!   oci-layout                {"imageLayoutVersion":"1.0.0"}
+//!   index.json                OCI image index; tags are manifests annotated with
+//!                             org.opencontainers.image.ref.name
+//!   blobs/sha256/<hex>        content-addressed blobs
+//!   CACHEDIR.TAG              tells backup tools this is a cache
+//!   estiba/
+//!     lock                    flock: shared while building or reading, exclusive for GC
+//!     index.lock              flock: serialises read-modify-write of index.json
+//!     cache-v1/<hex>          step cache: one JSON CacheRecord per cache key
+//!     snapshots-v1/<hex>/     unpacked layer per diff id: rootfs/ + a `complete` marker
+//!     tmp/                    temp files and directories, renamed into place when done
+//! ```
+//!
+//! Nothing is ever written in place: blobs, `index.json`, cache records and
+//! snapshots are built under `estiba/tmp` and renamed, so a crash or a
+//! concurrent reader never sees half of anything under its final name.
+
+mod blobs;
+mod fsutil;
+mod gc;
+mod index;
+mod lock;
+mod records;
+mod snapshots;
+
+pub use blobs::BlobWriter;
+pub use fsutil::remove_dir_all_force;
+pub use gc::{PruneOptions, PruneReport};
+pub use lock::StoreLock;
+pub use snapshots::SnapshotBuilder;
+
+use crate::Digest;
+use fsutil::{create_dir_all, io_err};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+/// Media types the store understands when it follows references.
+pub mod media_type {
+    /// An OCI image manifest.
+    pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    /// An OCI image index.
+    pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    /// An OCI image config.
+    pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+    /// An OCI layer, gzip-compressed.
+    pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+    /// An OCI layer, uncompressed.
+    pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+    /// An OCI layer, zstd-compressed.
+    pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+    /// A Docker image manifest, schema 2.
+    pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    /// A Docker manifest list.
+    pub const DOCKER_MANIFEST_LIST: &str =
+        "application/vnd.docker.distribution.manifest.list.v2+json";
+    /// A Docker image config.
+    pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+    /// A Docker layer, gzip-compressed.
+    pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+}
+
+/// The annotation that names a tag in `index.json`.
+pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
+
+/// The only OCI image layout version this store reads and writes.
+pub const LAYOUT_VERSION: &str = "1.0.0";
+
+const CACHEDIR_TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
+# This file is a cache directory tag created by estiba.\n\
+# For information about cache directory tags see https://bford.info/cachedir/\n";
+
+/// An OCI content descriptor: what a manifest, an index or a tag points at.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    /// The media type of the referenced content.
+    pub media_type: String,
+    /// The digest of the referenced content.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Arbitrary metadata.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// The platform, for entries of an index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<serde_json::Value>,
+}
+
+/// What the step cache remembers about one step.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CacheRecord {
+    /// The layer blob the step produced; `None` when it made no layer.
+    pub layer: Option<Descriptor>,
+    /// The uncompressed layer's digest, which names its snapshot.
+    pub diff_id: Option<Digest>,
+    /// When the record was written, in seconds since the Unix epoch.
+    pub created: i64,
+}
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A file system operation on `path` failed.
+    #[error("could not {action} {}", path.display())]
+    Io {
+        /// What was being done, e.g. "read".
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A rename failed.
+    #[error("could not rename {} to {}", from.display(), to.display())]
+    Rename {
+        /// The source.
+        from: PathBuf,
+        /// The destination.
+        to: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The directory holds an OCI layout of a version this store does not know.
+    #[error("not an estiba store: {}: oci-layout version {version}", path.display())]
+    LayoutVersion {
+        /// The store root.
+        path: PathBuf,
+        /// The version found.
+        version: String,
+    },
+    /// A JSON file of the store does not parse.
+    #[error("invalid JSON in {}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A value could not be encoded as JSON.
+    #[error("could not encode {what} as JSON")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A blob's content does not hash to its name.
+    #[error("corrupt blob {digest}: content hashes to {actual}")]
+    CorruptBlob {
+        /// The blob's name.
+        digest: Digest,
+        /// What its content hashes to.
+        actual: Digest,
+    },
+    /// Content written with [`BlobWriter::commit_expect`] is not what was expected.
+    #[error("blob content hashes to {actual}, expected {expected}")]
+    DigestMismatch {
+        /// The digest the caller expected.
+        expected: Digest,
+        /// What the content hashes to.
+        actual: Digest,
+    },
+    /// The blob is not in the store.
+    #[error("blob {digest} is not in the store")]
+    MissingBlob {
+        /// The missing blob.
+        digest: Digest,
+    },
+    /// A tag name the index cannot hold.
+    #[error("invalid tag name {0:?}: must be non-empty, without control characters")]
+    InvalidTagName(String),
+    /// The `index.json` entry for a tag is not a descriptor this store reads.
+    #[error("invalid entry for tag {name:?} in {}", path.display())]
+    InvalidTagEntry {
+        /// The tag.
+        name: String,
+        /// `index.json`.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A manifest or index reachable from a tag does not parse, so garbage
+    /// collection cannot know what it keeps alive and stops.
+    #[error("invalid manifest {digest}: cannot tell which blobs it references")]
+    InvalidManifest {
+        /// The manifest blob.
+        digest: Digest,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// [`Store::prune`] was called without the exclusive lock.
+    #[error("pruning needs the store's exclusive lock: take Store::lock_exclusive first")]
+    NotLocked,
+    /// A tree to remove has a file system mounted inside it.
+    #[error("refusing to remove {}: a file system is mounted at {}", path.display(), mount.display())]
+    MountedInside {
+        /// The tree.
+        path: PathBuf,
+        /// The mount point.
+        mount: PathBuf,
+    },
+}
+
+/// The store: an OCI image layout plus estiba's cache, snapshots and locks.
+///
+/// A `Store` is a handle (a path and some bookkeeping); clones share the
+/// bookkeeping. Every operation is safe against other processes using the
+/// same root at the same time, under the locking rules in [`StoreLock`].
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+    /// Exclusive locks currently held through this handle or its clones.
+    exclusive_held: Arc<AtomicUsize>,
+}
+
+impl Store {
+    /// Opens the store at `root`, creating the layout (and `root` itself)
+    /// where missing. Refuses a directory whose `oci-layout` has another
+    /// version.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        create_dir_all(root)?;
+        let root = fs::canonicalize(root).map_err(io_err("resolve", root))?;
+        let store = Store {
+            root,
+            exclusive_held: Arc::new(AtomicUsize::new(0)),
+        };
+        store.check_layout_version()?;
+        for dir in [
+            store.blobs_dir(),
+            store.cache_dir(),
+            store.snapshots_dir(),
+            store.tmp_dir(),
+        ] {
+            create_dir_all(&dir)?;
+        }
+        store.with_index_lock(|| {
+            let layout = store.root.join("oci-layout");
+            if !layout.exists() {
+                let body = serde_json::json!({ "imageLayoutVersion": LAYOUT_VERSION });
+                fsutil::atomic_write(&store.tmp_dir(), &layout, body.to_string().as_bytes(), true)?;
+            }
+            if !store.index_path().exists() {
+                store.write_index(&index::IndexFile::default())?;
+            }
+            Ok(())
+        })?;
+        store.check_layout_version()?;
+        let tag = store.root.join("CACHEDIR.TAG");
+        if !tag.exists() {
+            fsutil::atomic_write(&store.tmp_dir(), &tag, CACHEDIR_TAG.as_bytes(), false)?;
+        }
+        Ok(store)
+    }
+
+    /// The store's root directory (absolute, symbolic links resolved).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Errors if `oci-layout` exists with another version.
+    fn check_layout_version(&self) -> Result<(), StoreError> {
+        let path = self.root.join("oci-layout");
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("read", &path)(e)),
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|source| StoreError::Json {
+                path: path.clone(),
+                source,
+            })?;
+        match value.get("imageLayoutVersion") {
+            Some(serde_json::Value::String(v)) if v == LAYOUT_VERSION => Ok(()),
+            Some(serde_json::Value::String(v)) => Err(StoreError::LayoutVersion {
+                path: self.root.clone(),
+                version: v.clone(),
+            }),
+            other => Err(StoreError::LayoutVersion {
+                path: self.root.clone(),
+                version: other.map_or_else(|| "missing".to_string(), |v| v.to_string()),
+            }),
+        }
+    }
+
+    fn estiba_dir(&self) -> PathBuf {
+        self.root.join("estiba")
+    }
+    fn blobs_dir(&self) -> PathBuf {
+        self.root.join("blobs").join("sha256")
+    }
+    fn cache_dir(&self) -> PathBuf {
+        self.estiba_dir().join("cache-v1")
+    }
+    fn snapshots_dir(&self) -> PathBuf {
+        self.estiba_dir().join("snapshots-v1")
+    }
+    /// `estiba/tmp`: scratch space on the store's file system, so what is
+    /// built there can be renamed into the store. Use it only while holding
+    /// a store lock: [`Store::prune`] removes every entry there that is not
+    /// `flock`ed by its creator.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.estiba_dir().join("tmp")
+    }
+    fn index_path(&self) -> PathBuf {
+        self.root.join("index.json")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptor_json_shape() {
+        let d = Descriptor {
+            media_type: media_type::OCI_MANIFEST.into(),
+            digest: Digest::of(b"x"),
+            size: 1,
+            annotations: BTreeMap::new(),
+            platform: None,
+        };
+        let json = serde_json::to_value(&d).expect("encodes");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "mediaType": media_type::OCI_MANIFEST,
+                "digest": Digest::of(b"x").to_string(),
+                "size": 1,
+            })
+        );
+    }
+
+    #[test]
+    fn error_messages_are_lowercase_and_name_things() {
+        let e = StoreError::CorruptBlob {
+            digest: Digest::of(b"a"),
+            actual: Digest::of(b"b"),
+        };
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "corrupt blob {}: content hashes to {}",
+                Digest::of(b"a"),
+                Digest::of(b"b")
+            )
+        );
+        let e = StoreError::LayoutVersion {
+            path: "/s".into(),
+            version: "2.0.0".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "not an estiba store: /s: oci-layout version 2.0.0"
+        );
+    }
+}

@@ -1,0 +1,318 @@
+//! Garbage collection: mark what the tags (and, unless told otherwise, the
+//! step cache) keep alive, sweep the rest.
+//!
+//! Roots are every entry of `index.json` (tagged or not). A manifest keeps
+//! its config and layers (OCI image manifests and Docker schema 2
+//! manifests); an index or a Docker manifest list keeps its manifests,
+//! recursively; an image config's `rootfs.diff_ids` keep their snapshots.
+//! Each cache record keeps its layer blob and its snapshot. Then the sweep
+//! removes unmarked blobs, cache records whose blob is gone, unmarked or
+//! incomplete snapshots, and temp entries no live process holds a lock on.
+//!
+//! The caller holds [`Store::lock_exclusive`], so no build is between
+//! writing a blob and recording it.
+
+use super::fsutil::{self, io_err, LockKind};
+use super::snapshots::MARKER;
+use super::{media_type, CacheRecord, Store, StoreError};
+use crate::Digest;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io;
+use std::path::Path;
+
+/// Manifests larger than this are not parsed unless their media type says
+/// they are manifests (it keeps a mislabelled layer out of memory).
+const MAX_UNTYPED_MANIFEST: u64 = 4 << 20;
+/// Configs larger than this are not read for their diff ids.
+const MAX_CONFIG: u64 = 16 << 20;
+
+/// What [`Store::prune_with`] removes beyond what nothing references.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PruneOptions {
+    /// Drop every cache record and every snapshot: only what tags reach stays.
+    pub all: bool,
+    /// Also drop cache records created before this time (Unix seconds),
+    /// and so whatever only they kept alive.
+    pub records_created_before: Option<i64>,
+}
+
+/// What a prune removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Blobs deleted.
+    pub blobs_removed: usize,
+    /// Bytes of file content freed: blobs, records, snapshots and temp files.
+    pub bytes_freed: u64,
+    /// Step cache records deleted.
+    pub cache_records_removed: usize,
+    /// Snapshots deleted.
+    pub snapshots_removed: usize,
+    /// Stale temp files and directories deleted.
+    pub tmp_removed: usize,
+}
+
+/// The mark phase's result.
+#[derive(Default)]
+struct Live {
+    blobs: HashSet<Digest>,
+    diff_ids: HashSet<Digest>,
+}
+
+fn desc_digest(v: &Value) -> Option<Digest> {
+    v.get("digest")?.as_str()?.parse().ok()
+}
+
+fn desc_media_type(v: &Value) -> Option<&str> {
+    v.get("mediaType")?.as_str()
+}
+
+fn is_manifest_type(mt: &str) -> bool {
+    matches!(
+        mt,
+        media_type::OCI_MANIFEST
+            | media_type::OCI_INDEX
+            | media_type::DOCKER_MANIFEST
+            | media_type::DOCKER_MANIFEST_LIST
+    )
+}
+
+fn entries(dir: &Path) -> Result<Vec<(String, std::path::PathBuf)>, StoreError> {
+    let mut out = Vec::new();
+    let read = match fs::read_dir(dir) {
+        Ok(r) => r,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io_err("read directory", dir)(e)),
+    };
+    for entry in read {
+        let entry = entry.map_err(io_err("read directory", dir))?;
+        out.push((
+            entry.file_name().to_string_lossy().into_owned(),
+            entry.path(),
+        ));
+    }
+    Ok(out)
+}
+
+fn hex_digest(name: &str) -> Option<Digest> {
+    format!("sha256:{name}").parse().ok()
+}
+
+impl Store {
+    /// Collects garbage; see [`PruneOptions::all`]. The caller must hold
+    /// [`Store::lock_exclusive`] on this handle (or a clone), else
+    /// [`StoreError::NotLocked`].
+    pub fn prune(&self, all: bool) -> Result<PruneReport, StoreError> {
+        self.prune_with(&PruneOptions {
+            all,
+            ..PruneOptions::default()
+        })
+    }
+
+    /// [`Store::prune`] with every option.
+    pub fn prune_with(&self, options: &PruneOptions) -> Result<PruneReport, StoreError> {
+        if !self.holds_exclusive() {
+            return Err(StoreError::NotLocked);
+        }
+        let mut report = PruneReport::default();
+        let mut live = Live::default();
+        self.mark_from_index(&mut live)?;
+        self.sweep_records(options, &mut live, &mut report)?;
+        self.sweep_blobs(&live, &mut report)?;
+        self.sweep_snapshots(options.all, &live, &mut report)?;
+        self.sweep_tmp(&mut report)?;
+        Ok(report)
+    }
+
+    /// Bytes of file content in the store (each inode counted once).
+    pub fn disk_usage(&self) -> Result<u64, StoreError> {
+        fsutil::tree_size(&self.root)
+    }
+
+    fn mark_from_index(&self, live: &mut Live) -> Result<(), StoreError> {
+        let index = self.read_index()?;
+        let mut queue: Vec<(Digest, Option<String>)> = index
+            .manifests
+            .iter()
+            .filter_map(|e| Some((desc_digest(e)?, desc_media_type(e).map(str::to_string))))
+            .collect();
+        while let Some((digest, mt)) = queue.pop() {
+            if !live.blobs.insert(digest) {
+                continue;
+            }
+            let Ok(meta) = fs::metadata(self.blob_path(&digest)) else {
+                // A tag on a manifest that is not here keeps nothing else.
+                continue;
+            };
+            let typed = mt.as_deref().is_some_and(is_manifest_type);
+            if !typed && meta.len() > MAX_UNTYPED_MANIFEST {
+                continue;
+            }
+            let bytes = self.read_blob(&digest)?;
+            let doc: Value = match serde_json::from_slice(&bytes) {
+                Ok(doc) => doc,
+                Err(source) if typed || mt.is_none() => {
+                    return Err(StoreError::InvalidManifest { digest, source })
+                }
+                // Something else (a config, a layer) tagged directly.
+                Err(_) => continue,
+            };
+            // OCI image manifest, Docker schema 2 manifest: config + layers.
+            if let Some(config) = doc.get("config").and_then(desc_digest) {
+                live.blobs.insert(config);
+                self.mark_diff_ids(&config, live);
+            }
+            for layer in doc
+                .get("layers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(d) = desc_digest(layer) {
+                    live.blobs.insert(d);
+                }
+            }
+            // OCI image index, Docker manifest list: the manifests, recursively.
+            for m in doc
+                .get("manifests")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(d) = desc_digest(m) {
+                    queue.push((d, desc_media_type(m).map(str::to_string)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks the diff ids an image config lists; a config that cannot be
+    /// read only means its snapshots are not kept.
+    fn mark_diff_ids(&self, config: &Digest, live: &mut Live) {
+        let small = fs::metadata(self.blob_path(config)).is_ok_and(|m| m.len() <= MAX_CONFIG);
+        if !small {
+            return;
+        }
+        let Ok(bytes) = self.read_blob(config) else {
+            return;
+        };
+        let Ok(doc) = serde_json::from_slice::<Value>(&bytes) else {
+            return;
+        };
+        let ids = doc
+            .get("rootfs")
+            .and_then(|r| r.get("diff_ids"))
+            .and_then(Value::as_array);
+        for id in ids.into_iter().flatten() {
+            if let Some(d) = id.as_str().and_then(|s| s.parse().ok()) {
+                live.diff_ids.insert(d);
+            }
+        }
+    }
+
+    fn sweep_records(
+        &self,
+        options: &PruneOptions,
+        live: &mut Live,
+        report: &mut PruneReport,
+    ) -> Result<(), StoreError> {
+        for (name, path) in entries(&self.cache_dir())? {
+            let record = hex_digest(&name)
+                .and_then(|_| fs::read(&path).ok())
+                .and_then(|b| serde_json::from_slice::<CacheRecord>(&b).ok());
+            let keep = match &record {
+                None => false,
+                Some(_) if options.all => false,
+                Some(r) => {
+                    let blob_ok = r.layer.as_ref().map_or(true, |l| self.has_blob(&l.digest));
+                    let fresh = options
+                        .records_created_before
+                        .map_or(true, |cutoff| r.created >= cutoff);
+                    blob_ok && fresh
+                }
+            };
+            if keep {
+                if let Some(r) = record {
+                    if let Some(layer) = r.layer {
+                        live.blobs.insert(layer.digest);
+                    }
+                    if let Some(diff_id) = r.diff_id {
+                        live.diff_ids.insert(diff_id);
+                    }
+                }
+                continue;
+            }
+            report.bytes_freed += fsutil::remove_dir_all_force(&path)?;
+            report.cache_records_removed += 1;
+        }
+        Ok(())
+    }
+
+    fn sweep_blobs(&self, live: &Live, report: &mut PruneReport) -> Result<(), StoreError> {
+        for (name, path) in entries(&self.blobs_dir())? {
+            // Names that are not digests are not ours to judge.
+            let Some(digest) = hex_digest(&name) else {
+                continue;
+            };
+            if live.blobs.contains(&digest) {
+                continue;
+            }
+            report.bytes_freed += fsutil::remove_dir_all_force(&path)?;
+            report.blobs_removed += 1;
+        }
+        Ok(())
+    }
+
+    fn sweep_snapshots(
+        &self,
+        all: bool,
+        live: &Live,
+        report: &mut PruneReport,
+    ) -> Result<(), StoreError> {
+        for (name, path) in entries(&self.snapshots_dir())? {
+            let keep = !all
+                && hex_digest(&name).is_some_and(|d| live.diff_ids.contains(&d))
+                && path.join(MARKER).is_file();
+            if keep {
+                continue;
+            }
+            report.bytes_freed += fsutil::remove_dir_all_force(&path)?;
+            report.snapshots_removed += 1;
+        }
+        Ok(())
+    }
+
+    /// Removes temp entries whose creator is gone: each live one is
+    /// `flock`ed by the process writing it.
+    fn sweep_tmp(&self, report: &mut PruneReport) -> Result<(), StoreError> {
+        for (_, path) in entries(&self.tmp_dir())? {
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("inspect", &path)(e)),
+            };
+            // Hold the lock (if it is a file or directory we can lock)
+            // while removing, so no one can start using it meanwhile.
+            let _held = if meta.is_file() || meta.is_dir() {
+                let file = match File::open(&path) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_err("open", &path)(e)),
+                };
+                if !fsutil::flock(&file, LockKind::Exclusive, true)
+                    .map_err(io_err("lock", &path))?
+                {
+                    continue;
+                }
+                Some(file)
+            } else {
+                None
+            };
+            report.bytes_freed += fsutil::remove_dir_all_force(&path)?;
+            report.tmp_removed += 1;
+        }
+        Ok(())
+    }
+}
