@@ -22,6 +22,61 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Build an image from a Dockerfile.
     Build(BuildArgs),
+    /// List the images in the store.
+    Images {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+    /// Show an image's config and layers as JSON.
+    Inspect {
+        /// The image.
+        name: String,
+    },
+    /// Give an image another name.
+    Tag {
+        /// The image.
+        source: String,
+        /// The new name.
+        target: String,
+    },
+    /// Remove image names (the layers go with `estiba prune`).
+    Rmi {
+        /// The images.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Free space: unreferenced layers; with --all, the build cache too.
+    Prune {
+        /// Also drop the build cache and snapshots.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Load images from a `docker save` archive or an OCI archive.
+    Load {
+        /// The archive (`-` for standard input).
+        #[arg(short = 'i', long = "input")]
+        input: PathBuf,
+    },
+    /// Make a one-layer image from a root filesystem tarball.
+    Import {
+        /// The tarball (plain, gzip, bzip2, xz or zstd).
+        file: PathBuf,
+        /// The image name.
+        name: String,
+    },
+    /// Write images to an archive.
+    Save {
+        /// The archive to write.
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// docker (`docker load` reads it) or oci.
+        #[arg(long, value_enum, default_value_t = ArchiveFormat::Docker)]
+        format: ArchiveFormat,
+        /// The images.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
     /// Tools for looking inside estiba.
     Debug {
         #[command(subcommand)]
@@ -58,6 +113,25 @@ pub(crate) struct BuildArgs {
     /// A label for the image, K=V.
     #[arg(long = "label")]
     pub(crate) labels: Vec<String>,
+    /// Run every step, ignoring the build cache.
+    #[arg(long)]
+    pub(crate) no_cache: bool,
+    /// Progress output: auto, plain, tty or quiet.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub(crate) progress: ProgressMode,
+    /// Where the result goes: type=image (default), type=oci,dest=F.tar,
+    /// type=docker,dest=F.tar, type=local,dest=DIR.
+    #[arg(short = 'o', long = "output")]
+    pub(crate) outputs: Vec<String>,
+    /// Write the image ID to this file.
+    #[arg(long)]
+    pub(crate) iidfile: Option<PathBuf>,
+    /// Print only the image ID.
+    #[arg(short = 'q', long)]
+    pub(crate) quiet: bool,
+    /// Layer compression in exported archives.
+    #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
+    pub(crate) compression: CompressionArg,
     /// Plan only: print stages, steps, dependencies and what is pruned.
     #[arg(long)]
     pub(crate) dry_run: bool,
@@ -72,4 +146,30 @@ pub(crate) struct BuildArgs {
 pub(crate) enum PlanFormat {
     Text,
     Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum ListFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub(crate) enum ArchiveFormat {
+    Docker,
+    Oci,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub(crate) enum ProgressMode {
+    Auto,
+    Plain,
+    Tty,
+    Quiet,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub(crate) enum CompressionArg {
+    Gzip,
+    Zstd,
 }

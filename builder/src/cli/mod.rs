@@ -3,15 +3,18 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod args;
+mod build;
+mod images;
+mod progress;
 mod report;
+mod store;
 
 use anyhow::{Context, Result};
-use args::{BuildArgs, Cli, Command, DebugCommand, PlanFormat};
+use args::{Cli, Command, DebugCommand};
 use clap::Parser;
-use estiba_frontend::{dockerignore, plan, NoImages, PlanOptions, Platform};
-use std::collections::BTreeMap;
+use estiba_frontend::Span;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Exit status when a build or command fails.
 const EXIT_FAILED: i32 = 1;
@@ -27,11 +30,24 @@ pub(crate) fn main() -> i32 {
             return if e.use_stderr() { EXIT_USAGE } else { 0 };
         }
     };
-    let outcome = match cli.command {
-        Command::Build(args) => build(&args),
+    let root = cli.root.as_deref();
+    let outcome = match &cli.command {
+        Command::Build(args) => build::build(args, root),
+        Command::Images { format } => images::images(root, *format),
+        Command::Inspect { name } => images::inspect(root, name),
+        Command::Tag { source, target } => images::tag(root, source, target),
+        Command::Rmi { names } => images::rmi(root, names),
+        Command::Prune { all } => images::prune(root, *all),
+        Command::Load { input } => images::load(root, input),
+        Command::Import { file, name } => images::import(root, file, name),
+        Command::Save {
+            output,
+            format,
+            names,
+        } => images::save(root, output, *format, names),
         Command::Debug {
             command: DebugCommand::Parse { dockerfile },
-        } => debug_parse(&dockerfile),
+        } => debug_parse(dockerfile),
     };
     match outcome {
         Ok(()) => 0,
@@ -39,12 +55,13 @@ pub(crate) fn main() -> i32 {
     }
 }
 
-/// A command's failure: a usage problem, a Dockerfile error with its source,
-/// or anything else with its cause chain.
+/// A command's failure: a usage problem, an error at a Dockerfile line (with
+/// the Dockerfile's text to show), or anything else with its cause chain.
 pub(crate) enum Failure {
     Usage(String),
     Dockerfile {
-        error: estiba_frontend::Error,
+        error: Box<dyn std::error::Error + Send + Sync>,
+        span: Option<Span>,
         source: String,
     },
     Other(anyhow::Error),
@@ -56,6 +73,12 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+impl From<estiba_cache::StoreError> for Failure {
+    fn from(e: estiba_cache::StoreError) -> Self {
+        Failure::Other(e.into())
+    }
+}
+
 impl Failure {
     fn report(self) -> i32 {
         match self {
@@ -63,8 +86,15 @@ impl Failure {
                 eprintln!("error: {msg}");
                 EXIT_USAGE
             }
-            Failure::Dockerfile { error, source } => {
-                eprint!("{}", report::render_frontend_error(&error, &source));
+            Failure::Dockerfile {
+                error,
+                span,
+                source,
+            } => {
+                eprint!(
+                    "{}",
+                    report::render_at(error.as_ref(), span.as_ref(), &source)
+                );
                 EXIT_FAILED
             }
             Failure::Other(e) => {
@@ -76,7 +106,7 @@ impl Failure {
 }
 
 /// Reads a Dockerfile from a path, or standard input for `-`.
-fn read_dockerfile(path: &Path) -> Result<String> {
+pub(crate) fn read_dockerfile(path: &Path) -> Result<String> {
     if path == Path::new("-") {
         let mut text = String::new();
         std::io::stdin()
@@ -98,120 +128,9 @@ fn debug_parse(path: &Path) -> Result<(), Failure> {
             Ok(())
         }
         Err(e) => Err(Failure::Dockerfile {
-            error: e.into(),
+            span: Some(e.span.clone()),
+            error: Box::new(e),
             source: text,
         }),
     }
-}
-
-/// The Dockerfile a build uses: `-f` as given, else `CONTEXT/Dockerfile`.
-fn dockerfile_path(args: &BuildArgs) -> PathBuf {
-    match &args.file {
-        Some(f) => f.clone(),
-        None => args.context.join("Dockerfile"),
-    }
-}
-
-/// `--build-arg K=V`, and `--build-arg K` from the environment (skipped when
-/// K is not set there, as docker does).
-fn build_args(args: &BuildArgs) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for arg in &args.build_args {
-        match arg.split_once('=') {
-            Some((k, v)) => {
-                out.insert(k.to_string(), v.to_string());
-            }
-            None => {
-                if let Ok(v) = std::env::var(arg) {
-                    out.insert(arg.clone(), v);
-                }
-            }
-        }
-    }
-    out
-}
-
-fn build(args: &BuildArgs) -> Result<(), Failure> {
-    if !args.dry_run {
-        return Err(Failure::Usage(
-            "this estiba can plan a build but not yet execute one: add --dry-run to print the plan"
-                .to_string(),
-        ));
-    }
-    let path = dockerfile_path(args);
-    let text = read_dockerfile(&path)?;
-    let mut opts = PlanOptions::new(&path.display().to_string());
-    opts.build_args = build_args(args);
-    opts.target = args.target.clone();
-    if let Some(p) = &args.platform {
-        opts.platform = Platform::parse(p).ok_or_else(|| {
-            Failure::Usage(format!(
-                "invalid --platform {p:?}: expected os/arch[/variant]"
-            ))
-        })?;
-    }
-    for label in &args.labels {
-        let (k, v) = label.split_once('=').unwrap_or((label, ""));
-        opts.labels.insert(k.to_string(), v.to_string());
-    }
-    let graph = plan(&text, &opts, &NoImages).map_err(|error| Failure::Dockerfile {
-        error,
-        source: text.clone(),
-    })?;
-    let ignore = ignore_file(&args.context, &path)?;
-    match args.format {
-        PlanFormat::Json => {
-            let json = serde_json::to_string_pretty(&graph).context("cannot serialize the plan")?;
-            println!("{json}");
-        }
-        PlanFormat::Text => {
-            println!("dockerfile: {}", path.display());
-            println!("context: {}", args.context.display());
-            match &ignore {
-                Some((file, patterns)) => println!(
-                    "ignore file: {} ({} patterns)",
-                    file.display(),
-                    patterns.len()
-                ),
-                None => println!("ignore file: none"),
-            }
-            for tag in &args.tags {
-                println!("tag: {tag}");
-            }
-            print!("{}", graph.render());
-        }
-    }
-    for w in &graph.warnings {
-        match &w.span {
-            Some(span) => eprintln!("warning: {span}: {}", w.message),
-            None => eprintln!("warning: {}", w.message),
-        }
-    }
-    Ok(())
-}
-
-/// The `.dockerignore` that applies and its patterns, checked for validity.
-fn ignore_file(context: &Path, dockerfile: &Path) -> Result<Option<(PathBuf, Vec<String>)>> {
-    let name = dockerfile
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    for candidate in dockerignore::ignore_file_candidates(&name) {
-        let beside = dockerfile.with_file_name(&candidate);
-        let path = if candidate == ".dockerignore" {
-            context.join(&candidate)
-        } else {
-            beside
-        };
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-        };
-        let patterns = dockerignore::parse_ignore_file(&text);
-        dockerignore::Matcher::new(&patterns)
-            .with_context(|| format!("invalid pattern in {}", path.display()))?;
-        return Ok(Some((path, patterns)));
-    }
-    Ok(None)
 }

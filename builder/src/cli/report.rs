@@ -1,16 +1,19 @@
 //! Error messages for people: the Dockerfile lines around an error with a
 //! marker, then the chain of causes.
 
-use std::error::Error as _;
 use std::fmt::Write;
 
 /// How many lines of context to show around the failing lines.
 const CONTEXT_LINES: usize = 2;
 
 /// `error: …`, ` --> file:line:col`, the source excerpt, `caused by:` lines.
-pub(crate) fn render_frontend_error(error: &estiba_frontend::Error, source: &str) -> String {
+pub(crate) fn render_at(
+    error: &(dyn std::error::Error + 'static),
+    span: Option<&estiba_frontend::Span>,
+    source: &str,
+) -> String {
     let mut out = format!("error: {error}\n");
-    if let Some(span) = error.span() {
+    if let Some(span) = span {
         let _ = writeln!(out, " --> {span}");
         out.push_str(&excerpt(source, span.line, span.end_line, span.column));
     }

@@ -1,0 +1,259 @@
+//! `estiba build`: plan, solve, store, export.
+
+use super::args::{BuildArgs, CompressionArg, PlanFormat, ProgressMode};
+use super::progress::Plain;
+use super::{read_dockerfile, Failure};
+use anyhow::Context;
+use estiba::context::BuildContext;
+use estiba::progress::{Reporter, Silent};
+use estiba::reference::Reference;
+use estiba::solve::{self, SolveOptions, Solver, StoreResolver};
+use estiba_frontend::{plan, NoImages, PlanOptions, Platform};
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+/// The Dockerfile a build uses: `-f` as given, else `CONTEXT/Dockerfile`.
+fn dockerfile_path(args: &BuildArgs) -> PathBuf {
+    match &args.file {
+        Some(f) => f.clone(),
+        None => args.context.join("Dockerfile"),
+    }
+}
+
+/// `--build-arg K=V`, and `--build-arg K` from the environment (skipped when
+/// K is not set there, as docker does).
+fn build_args(args: &BuildArgs) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for arg in &args.build_args {
+        match arg.split_once('=') {
+            Some((k, v)) => {
+                out.insert(k.to_string(), v.to_string());
+            }
+            None => {
+                if let Ok(v) = std::env::var(arg) {
+                    out.insert(arg.clone(), v);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn plan_options(args: &BuildArgs, path: &Path) -> Result<PlanOptions, Failure> {
+    let mut opts = PlanOptions::new(&path.display().to_string());
+    opts.build_args = build_args(args);
+    opts.target = args.target.clone();
+    if let Some(p) = &args.platform {
+        opts.platform = Platform::parse(p).ok_or_else(|| {
+            Failure::Usage(format!(
+                "invalid --platform {p:?}: expected os/arch[/variant]"
+            ))
+        })?;
+    }
+    for label in &args.labels {
+        let (k, v) = label.split_once('=').unwrap_or((label, ""));
+        opts.labels.insert(k.to_string(), v.to_string());
+    }
+    Ok(opts)
+}
+
+/// Where a build's result goes.
+#[derive(Debug, PartialEq, Eq)]
+enum Output {
+    Image,
+    Oci(PathBuf),
+    Docker(PathBuf),
+    Local(PathBuf),
+}
+
+fn parse_output(spec: &str) -> Result<Output, Failure> {
+    let mut kind = None;
+    let mut dest = None;
+    for field in spec.split(',') {
+        match field.split_once('=') {
+            Some(("type", v)) => kind = Some(v.to_string()),
+            Some(("dest", v)) => dest = Some(PathBuf::from(v)),
+            _ if !field.contains('=') && kind.is_none() => kind = Some(field.to_string()),
+            _ => {
+                return Err(Failure::Usage(format!(
+                    "invalid --output field {field:?} in {spec:?}"
+                )))
+            }
+        }
+    }
+    let need_dest = |dest: Option<PathBuf>, kind: &str| {
+        dest.ok_or_else(|| Failure::Usage(format!("--output type={kind} needs dest=PATH")))
+    };
+    match kind.as_deref() {
+        Some("image") | None => Ok(Output::Image),
+        Some("oci") => Ok(Output::Oci(need_dest(dest, "oci")?)),
+        Some("docker") => Ok(Output::Docker(need_dest(dest, "docker")?)),
+        Some("local") => Ok(Output::Local(need_dest(dest, "local")?)),
+        Some(other) => Err(Failure::Usage(format!(
+            "unknown --output type {other:?}: use image, oci, docker or local"
+        ))),
+    }
+}
+
+pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure> {
+    let path = dockerfile_path(args);
+    let text = read_dockerfile(&path)?;
+    let opts = plan_options(args, &path)?;
+    if args.dry_run {
+        return dry_run(args, &path, &text, &opts);
+    }
+    let outputs = args
+        .outputs
+        .iter()
+        .map(|o| parse_output(o))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tags = args
+        .tags
+        .iter()
+        .map(|t| Reference::parse(t).map_err(|e| Failure::Usage(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let store = super::store::open(root)?;
+    let _lock = store.lock_shared().context("cannot lock the store")?;
+    let graph =
+        plan(&text, &opts, &StoreResolver::new(&store)).map_err(|error| Failure::Dockerfile {
+            span: error.span().cloned(),
+            error: Box::new(error),
+            source: text.clone(),
+        })?;
+    let plain = Plain::new();
+    let reporter: &dyn Reporter = match (args.progress, args.quiet) {
+        (ProgressMode::Quiet, _) | (_, true) => &Silent,
+        _ => &plain,
+    };
+    for w in &graph.warnings {
+        reporter.warning(&w.message);
+    }
+    let stat_cache = store.root().join("estiba").join("statcache-v1").join(
+        estiba_cache::Digest::of(
+            args.context
+                .canonicalize()
+                .unwrap_or_default()
+                .as_os_str()
+                .as_encoded_bytes(),
+        )
+        .hex(),
+    );
+    let context = BuildContext::open(&args.context, Some(&path), Some(stat_cache))
+        .with_context(|| format!("cannot use the build context {}", args.context.display()))?;
+    let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => Some(v.parse::<i64>().map_err(|_| {
+            Failure::Usage(format!(
+                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds"
+            ))
+        })?),
+        _ => None,
+    };
+    let solver = Solver::new(
+        &store,
+        &context,
+        reporter,
+        SolveOptions {
+            no_cache: args.no_cache,
+            epoch,
+        },
+    );
+    let built = solver.solve(&graph).map_err(|error| Failure::Dockerfile {
+        span: error.span.clone(),
+        error: Box::new(error),
+        source: text.clone(),
+    })?;
+    let _ = context.save_stat_cache();
+    let export_id = solver.vertex();
+    let export_start = std::time::Instant::now();
+    reporter.started(export_id, "exporting to image");
+    let manifest = solve::store_image(&store, &built).context("cannot store the image")?;
+    let config_digest = estiba_cache::Digest::of(
+        &serde_json::to_vec(&built.config).context("cannot serialize the config")?,
+    );
+    let image_id = config_digest.to_string();
+    let want_image = outputs.is_empty() || outputs.contains(&Output::Image);
+    if want_image {
+        for tag in &tags {
+            store
+                .set_tag(&tag.to_string(), &manifest)
+                .with_context(|| format!("cannot tag {}", tag.familiar()))?;
+        }
+    }
+    let compression = match args.compression {
+        CompressionArg::Gzip => estiba::compress::Compression::Gzip,
+        CompressionArg::Zstd => estiba::compress::Compression::Zstd,
+    };
+    for output in &outputs {
+        match output {
+            Output::Image => {}
+            Output::Oci(dest) => super::images::write_archive(
+                &store,
+                &[(tags_or_default(&tags), manifest.clone())],
+                dest,
+                true,
+                compression,
+            )?,
+            Output::Docker(dest) => super::images::write_archive(
+                &store,
+                &[(tags_or_default(&tags), manifest.clone())],
+                dest,
+                false,
+                compression,
+            )?,
+            Output::Local(dest) => super::images::export_rootfs(&store, &built, dest)?,
+        }
+    }
+    if let Some(f) = &args.iidfile {
+        std::fs::write(f, &image_id).with_context(|| format!("cannot write {}", f.display()))?;
+    }
+    reporter.log(export_id, &format!("writing image {image_id} done"));
+    for tag in &tags {
+        reporter.log(export_id, &format!("naming to {tag} done"));
+    }
+    reporter.done(export_id, export_start.elapsed());
+    if args.quiet {
+        println!("{image_id}");
+    }
+    Ok(())
+}
+
+fn tags_or_default(tags: &[Reference]) -> Vec<String> {
+    tags.iter().map(|t| t.to_string()).collect()
+}
+
+fn dry_run(args: &BuildArgs, path: &Path, text: &str, opts: &PlanOptions) -> Result<(), Failure> {
+    let graph = plan(text, opts, &NoImages).map_err(|error| Failure::Dockerfile {
+        span: error.span().cloned(),
+        error: Box::new(error),
+        source: text.to_string(),
+    })?;
+    let context = BuildContext::open(&args.context, Some(path), None)
+        .with_context(|| format!("cannot use the build context {}", args.context.display()))?;
+    match args.format {
+        PlanFormat::Json => {
+            let json = serde_json::to_string_pretty(&graph).context("cannot serialize the plan")?;
+            println!("{json}");
+        }
+        PlanFormat::Text => {
+            println!("dockerfile: {}", path.display());
+            println!("context: {}", args.context.display());
+            match context.ignore_file() {
+                Some(file) => println!("ignore file: {}", file.display()),
+                None => println!("ignore file: none"),
+            }
+            for tag in &args.tags {
+                println!("tag: {tag}");
+            }
+            print!("{}", graph.render());
+        }
+    }
+    for w in &graph.warnings {
+        match &w.span {
+            Some(span) => eprintln!("warning: {span}: {}", w.message),
+            None => eprintln!("warning: {}", w.message),
+        }
+    }
+    let _ = std::io::stderr().is_terminal();
+    Ok(())
+}

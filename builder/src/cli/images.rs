@@ -1,0 +1,489 @@
+//! The store commands: images, inspect, tag, rmi, prune, import, load, save,
+//! and the archive and rootfs exports `build -o` uses.
+
+use super::args::{ArchiveFormat, ListFormat};
+use super::Failure;
+use anyhow::{anyhow, Context, Result};
+use estiba::image::{self, History, ImageConfig, RootFs};
+use estiba::reference::Reference;
+use estiba::solve::{self, Built, Layer, LAYER_MEDIA_TYPE};
+use estiba_cache::{Descriptor, Store};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// `1.2MB`, as docker prints sizes (decimal units).
+fn human_size(bytes: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < units.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.3}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+            + units[unit]
+    }
+}
+
+/// `5 minutes ago`, as docker prints ages.
+fn human_age(created: Option<i64>) -> String {
+    let Some(t) = created else {
+        return "N/A".to_string();
+    };
+    let secs = (now() - t).max(0);
+    let (n, unit) = match secs {
+        0..=59 => return "Less than a minute ago".to_string(),
+        60..=3599 => (secs / 60, "minute"),
+        3600..=86_399 => (secs / 3600, "hour"),
+        86_400..=2_591_999 => (secs / 86_400, "day"),
+        2_592_000..=31_535_999 => (secs / 2_592_000, "month"),
+        _ => (secs / 31_536_000, "year"),
+    };
+    if n == 1 {
+        format!("1 {unit} ago")
+    } else {
+        format!("{n} {unit}s ago")
+    }
+}
+
+struct Listed {
+    reference: Reference,
+    id: String,
+    created: Option<i64>,
+    size: u64,
+}
+
+fn listed(store: &Store) -> Result<Vec<Listed>> {
+    let mut out = Vec::new();
+    for (name, _) in store.tags()? {
+        let Ok(reference) = Reference::parse(&name) else {
+            continue;
+        };
+        let (_, config, layers) = solve::load_image(store, &name)
+            .map_err(|e| anyhow!(solve::error_chain(&e)))
+            .with_context(|| format!("cannot read image {name}"))?;
+        let config_json = serde_json::to_vec(&config)?;
+        out.push(Listed {
+            reference,
+            id: estiba_cache::Digest::of(&config_json).to_string(),
+            created: config.created.as_deref().and_then(image::parse_rfc3339),
+            size: layers.iter().map(|l| l.descriptor.size).sum(),
+        });
+    }
+    Ok(out)
+}
+
+pub(crate) fn images(root: Option<&Path>, format: ListFormat) -> Result<(), Failure> {
+    let store = super::store::open(root)?;
+    let _lock = store.lock_shared().context("cannot lock the store")?;
+    let images = listed(&store)?;
+    match format {
+        ListFormat::Json => {
+            let rows: Vec<serde_json::Value> = images
+                .iter()
+                .map(|i| {
+                    serde_json::json!({
+                        "Repository": i.reference.familiar_name(),
+                        "Tag": i.reference.tag.clone().unwrap_or_else(|| "<none>".to_string()),
+                        "ID": i.id,
+                        "CreatedAt": i.created.map(image::rfc3339),
+                        "Size": i.size,
+                    })
+                })
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&rows).context("cannot serialize")?
+            );
+        }
+        ListFormat::Table => {
+            let rows: Vec<[String; 5]> = images
+                .iter()
+                .map(|i| {
+                    [
+                        i.reference.familiar_name(),
+                        i.reference
+                            .tag
+                            .clone()
+                            .unwrap_or_else(|| "<none>".to_string()),
+                        i.id.trim_start_matches("sha256:")
+                            .chars()
+                            .take(12)
+                            .collect(),
+                        human_age(i.created),
+                        human_size(i.size),
+                    ]
+                })
+                .collect();
+            let header = ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"];
+            let mut widths = header.map(str::len);
+            for row in &rows {
+                for (w, cell) in widths.iter_mut().zip(row) {
+                    *w = (*w).max(cell.len());
+                }
+            }
+            let line = |cells: [&str; 5]| {
+                let mut s = String::new();
+                for (i, cell) in cells.iter().enumerate() {
+                    if i + 1 < cells.len() {
+                        s.push_str(&format!("{cell:<w$}   ", w = widths[i]));
+                    } else {
+                        s.push_str(cell);
+                    }
+                }
+                s
+            };
+            println!("{}", line(header));
+            for row in &rows {
+                println!("{}", line([&row[0], &row[1], &row[2], &row[3], &row[4]]));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn inspect(root: Option<&Path>, name: &str) -> Result<(), Failure> {
+    let store = super::store::open(root)?;
+    let _lock = store.lock_shared().context("cannot lock the store")?;
+    let reference = Reference::parse(name).map_err(|e| Failure::Usage(e.to_string()))?;
+    let (desc, config, layers) =
+        solve::load_image(&store, name).map_err(|e| anyhow!(solve::error_chain(&e)))?;
+    let config_json = serde_json::to_vec(&config).context("cannot serialize")?;
+    let tags: Vec<String> = store
+        .tags()?
+        .into_iter()
+        .filter(|(_, d)| d.digest == desc.digest)
+        .filter_map(|(n, _)| Reference::parse(&n).ok().map(|r| r.familiar()))
+        .collect();
+    let out = serde_json::json!([{
+        "Id": estiba_cache::Digest::of(&config_json).to_string(),
+        "RepoTags": tags,
+        "Name": reference.familiar(),
+        "ManifestDigest": desc.digest.to_string(),
+        "Created": config.created,
+        "Author": config.author,
+        "Architecture": config.architecture,
+        "Os": config.os,
+        "Config": config.config,
+        "Size": layers.iter().map(|l| l.descriptor.size).sum::<u64>(),
+        "RootFS": { "Type": "layers", "Layers": config.rootfs.diff_ids },
+        "History": config.history,
+    }]);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&out).context("cannot serialize")?
+    );
+    Ok(())
+}
+
+pub(crate) fn tag(root: Option<&Path>, source: &str, target: &str) -> Result<(), Failure> {
+    let store = super::store::open(root)?;
+    let _lock = store.lock_shared().context("cannot lock the store")?;
+    let src = Reference::parse(source).map_err(|e| Failure::Usage(e.to_string()))?;
+    let dst = Reference::parse(target).map_err(|e| Failure::Usage(e.to_string()))?;
+    let desc = store
+        .tag(&src.to_string())?
+        .ok_or_else(|| anyhow!("no such image: {}", src.familiar()))?;
+    store.set_tag(&dst.to_string(), &desc)?;
+    Ok(())
+}
+
+pub(crate) fn rmi(root: Option<&Path>, names: &[String]) -> Result<(), Failure> {
+    let store = super::store::open(root)?;
+    let _lock = store.lock_shared().context("cannot lock the store")?;
+    let mut missing = Vec::new();
+    for name in names {
+        let r = Reference::parse(name).map_err(|e| Failure::Usage(e.to_string()))?;
+        if store.remove_tag(&r.to_string())? {
+            println!("Untagged: {}", r.familiar());
+        } else {
+            missing.push(r.familiar());
+        }
+    }
+    if !missing.is_empty() {
+        return Err(anyhow!("no such image: {}", missing.join(", ")).into());
+    }
+    Ok(())
+}
+
+pub(crate) fn prune(root: Option<&Path>, all: bool) -> Result<(), Failure> {
+    let store = super::store::open(root)?;
+    let _lock = store.lock_exclusive().context("cannot lock the store")?;
+    let report = store.prune(all)?;
+    println!(
+        "Deleted {} blobs, {} cache records, {} snapshots",
+        report.blobs_removed, report.cache_records_removed, report.snapshots_removed
+    );
+    println!("Total reclaimed space: {}", human_size(report.bytes_freed));
+    Ok(())
+}
+
+/// `estiba import FILE NAME`: the tarball (decompressed) becomes the one
+/// layer of a new image, as `docker import` does.
+pub(crate) fn import(root: Option<&Path>, file: &Path, name: &str) -> Result<(), Failure> {
+    let reference = Reference::parse(name).map_err(|e| Failure::Usage(e.to_string()))?;
+    let store = super::store::open(root)?;
+    let _lock = store.lock_shared().context("cannot lock the store")?;
+    let input =
+        std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let reader = estiba::compress::decompressing_reader(std::io::BufReader::new(input))
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    // Check it is a tar while storing it: list its entries from a tee.
+    let mut blob = store.blob_writer()?;
+    let mut tee = TeeReader {
+        inner: reader,
+        out: &mut blob,
+    };
+    estiba::layer::list_layer(&mut tee)
+        .with_context(|| format!("{} is not a valid tar archive", file.display()))?;
+    std::io::copy(&mut tee.inner, tee.out)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    let (digest, size) = blob.commit()?;
+    let platform = estiba_frontend::Platform::host();
+    let created = now();
+    let config = ImageConfig {
+        architecture: platform.architecture,
+        os: platform.os,
+        created: Some(image::rfc3339(created)),
+        rootfs: RootFs {
+            kind: "layers".to_string(),
+            diff_ids: vec![digest.to_string()],
+        },
+        history: vec![History {
+            created: Some(image::rfc3339(created)),
+            created_by: String::new(),
+            comment: format!("Imported from {}", file.display()),
+            empty_layer: false,
+        }],
+        ..ImageConfig::default()
+    };
+    let built = Built {
+        config,
+        layers: vec![Layer {
+            descriptor: Descriptor {
+                media_type: LAYER_MEDIA_TYPE.to_string(),
+                digest,
+                size,
+                annotations: BTreeMap::new(),
+                platform: None,
+            },
+            diff_id: digest,
+        }],
+        key: String::new(),
+    };
+    let manifest =
+        solve::store_image(&store, &built).map_err(|e| anyhow!(solve::error_chain(&e)))?;
+    store.set_tag(&reference.to_string(), &manifest)?;
+    let id = estiba_cache::Digest::of(&serde_json::to_vec(&built.config).context("serialize")?);
+    println!("{id}");
+    Ok(())
+}
+
+/// Copies what it reads into `out` too.
+struct TeeReader<'a, R: std::io::Read, W: std::io::Write> {
+    inner: R,
+    out: &'a mut W,
+}
+
+impl<R: std::io::Read, W: std::io::Write> std::io::Read for TeeReader<'_, R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.out.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+/// `-o type=local,dest=DIR`: the image's root filesystem, layers applied.
+pub(crate) fn export_rootfs(store: &Store, built: &Built, dest: &Path) -> Result<(), Failure> {
+    std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    for layer in &built.layers {
+        let blob = store.open_blob(&layer.descriptor.digest)?;
+        let reader = estiba::compress::decompressing_reader(std::io::BufReader::new(blob))
+            .context("cannot read a layer")?;
+        estiba::layer::unpack_layer(reader, dest, &estiba::layer::UnpackOptions::default())
+            .with_context(|| format!("cannot write the root filesystem to {}", dest.display()))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn save(
+    root: Option<&Path>,
+    output: &Path,
+    format: ArchiveFormat,
+    names: &[String],
+) -> Result<(), Failure> {
+    let store = super::store::open(root)?;
+    let _lock = store.lock_shared().context("cannot lock the store")?;
+    let mut images = Vec::new();
+    for name in names {
+        let r = Reference::parse(name).map_err(|e| Failure::Usage(e.to_string()))?;
+        let desc = store
+            .tag(&r.to_string())?
+            .ok_or_else(|| anyhow!("no such image: {}", r.familiar()))?;
+        images.push((vec![r.to_string()], desc));
+    }
+    write_archive(
+        &store,
+        &images,
+        output,
+        format == ArchiveFormat::Oci,
+        estiba::compress::Compression::Gzip,
+    )
+}
+
+/// Writes images from the store to an archive at `dest` (a temp file
+/// renamed into place, so a failure leaves no half archive).
+pub(crate) fn write_archive(
+    store: &Store,
+    images: &[(Vec<String>, Descriptor)],
+    dest: &Path,
+    oci: bool,
+    compression: estiba::compress::Compression,
+) -> Result<(), Failure> {
+    let mut export = Vec::with_capacity(images.len());
+    for (tags, desc) in images {
+        let manifest_bytes = store.read_blob(&desc.digest)?;
+        let manifest: image::Manifest = serde_json::from_slice(&manifest_bytes)
+            .with_context(|| format!("manifest {} is corrupt", desc.digest))?;
+        let config = store.read_blob(&manifest.config.digest)?;
+        export.push(estiba::archive::ExportImage {
+            tags: tags
+                .iter()
+                .filter_map(|t| Reference::parse(t).ok().map(|r| r.familiar()))
+                .collect(),
+            manifest: Some(manifest_bytes),
+            config,
+            layers: manifest
+                .layers
+                .iter()
+                .map(|l| estiba::archive::ExportLayer {
+                    digest: l.digest,
+                    size: l.size,
+                    media_type: l.media_type.clone(),
+                })
+                .collect(),
+        });
+    }
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp_out = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    let scratch = store.root().join("estiba").join("tmp");
+    let mut blobs = |d: &estiba_cache::Digest| -> std::io::Result<Box<dyn std::io::Read>> {
+        let f = store
+            .open_blob(d)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(Box::new(std::io::BufReader::new(f)))
+    };
+    let out = std::io::BufWriter::new(tmp_out.as_file());
+    if oci {
+        estiba::archive::write_oci_archive(
+            &export,
+            &mut blobs,
+            out,
+            &scratch,
+            &estiba::archive::OciArchiveOptions {
+                layer_compression: Some(compression),
+            },
+        )
+        .with_context(|| format!("cannot write {}", dest.display()))?;
+    } else {
+        estiba::archive::write_docker_archive(&export, &mut blobs, out, &scratch)
+            .with_context(|| format!("cannot write {}", dest.display()))?;
+    }
+    tmp_out
+        .as_file()
+        .sync_all()
+        .with_context(|| format!("cannot write {}", dest.display()))?;
+    tmp_out
+        .persist(dest)
+        .map_err(|e| e.error)
+        .with_context(|| format!("cannot write {}", dest.display()))?;
+    Ok(())
+}
+
+/// `estiba load -i FILE`: every image of a docker or OCI archive into the
+/// store, layers stored uncompressed and checked against the config's diff
+/// IDs, configs byte for byte (so image IDs stay what they were).
+pub(crate) fn load(root: Option<&Path>, input: &Path) -> Result<(), Failure> {
+    let store = super::store::open(root)?;
+    let _lock = store.lock_shared().context("cannot lock the store")?;
+    let scratch = store.root().join("estiba").join("tmp");
+    let reader: Box<dyn std::io::Read> = if input == Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(input)
+                .with_context(|| format!("cannot open {}", input.display()))?,
+        ))
+    };
+    let archive = estiba::archive::read_archive(reader, &scratch)
+        .with_context(|| format!("cannot load {}", input.display()))?;
+    for img in &archive.images {
+        let mut layers = Vec::with_capacity(img.layers.len());
+        for l in &img.layers {
+            let mut blob = store.blob_writer()?;
+            let mut tar = l
+                .open_tar()
+                .with_context(|| format!("cannot read {}", l.entry))?;
+            std::io::copy(&mut tar, &mut blob)
+                .with_context(|| format!("cannot read {}", l.entry))?;
+            let (digest, size) = blob
+                .commit_expect(&l.diff_id)
+                .with_context(|| format!("layer {} does not match its diff id", l.entry))?;
+            layers.push(Descriptor {
+                media_type: LAYER_MEDIA_TYPE.to_string(),
+                digest,
+                size,
+                annotations: BTreeMap::new(),
+                platform: None,
+            });
+        }
+        let (config_digest, config_size) = store.put_blob(&img.config)?;
+        let manifest = image::Manifest {
+            schema_version: 2,
+            media_type: Some(image::MANIFEST_MEDIA_TYPE.to_string()),
+            config: Descriptor {
+                media_type: image::CONFIG_MEDIA_TYPE.to_string(),
+                digest: config_digest,
+                size: config_size,
+                annotations: BTreeMap::new(),
+                platform: None,
+            },
+            layers,
+            annotations: BTreeMap::new(),
+        };
+        let bytes = serde_json::to_vec(&manifest).context("cannot serialize a manifest")?;
+        let (digest, size) = store.put_blob(&bytes)?;
+        let desc = Descriptor {
+            media_type: image::MANIFEST_MEDIA_TYPE.to_string(),
+            digest,
+            size,
+            annotations: BTreeMap::new(),
+            platform: None,
+        };
+        if img.tags.is_empty() {
+            println!("Loaded image ID: {}", img.config_digest);
+        }
+        for tag in &img.tags {
+            let r = Reference::parse(tag).map_err(|e| anyhow!("{e}"))?;
+            store.set_tag(&r.to_string(), &desc)?;
+            println!("Loaded image: {}", r.familiar());
+        }
+    }
+    Ok(())
+}

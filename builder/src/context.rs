@@ -1,0 +1,1000 @@
+//! The build context: the directory `estiba build` is pointed at, seen as a
+//! [`SourceTree`] exactly as `docker build` would send it, so COPY and ADD
+//! can never read a file Docker would have left out.
+//!
+//! - **`.dockerignore`**: the first ignore file of
+//!   [`ignore_file_candidates`] that exists (`<Dockerfile>.dockerignore` beside
+//!   the Dockerfile, else `.dockerignore` at the root) is compiled once with
+//!   the frontend's [`Matcher`]. Excluded paths do not exist for
+//!   [`SourceTree::stat`] and are left out of [`SourceTree::children`]. As in
+//!   BuildKit's file sync (fsutil), an excluded directory is still looked
+//!   into when an exception (`!pattern`) could re-include something below it,
+//!   and it is then visible, as a parent of what was re-included. The
+//!   Dockerfile and the ignore file are ordinary context files.
+//! - **Matching in O(files)**: each directory's per-pattern results
+//!   ([`MatchInfo`]) are remembered and handed to its entries, Docker's
+//!   `MatchesUsingParentResults`, so a path costs one match per pattern.
+//! - **No way out**: symlinks are reported, never followed, by `stat`,
+//!   `children` and `open`; a symlink in a *parent* component of a path is
+//!   followed inside the context (chroot semantics, like
+//!   [`tree::resolve`]), never on the host, and never through an excluded
+//!   entry.
+//! - **Stat cache**: [`SourceTree::content_digest`] remembers each file's
+//!   digest with its `lstat` key (size, mtime and ctime in ns, inode, device,
+//!   mode) and does not read the file again while the key is unchanged. The
+//!   map is kept in a file the caller chooses ([`BuildContext::open`]),
+//!   written with temp + rename; a missing, corrupt or other-version file is
+//!   ignored. A file hashed within [`RACY_WINDOW`] of its last change is not
+//!   remembered (git's "racily clean" problem: a write in the same clock tick
+//!   would keep the same key), so it is read again next time.
+
+use crate::tree::{self, EntryKind, Meta, SourceTree, TreeError};
+use estiba_cache::{Digest, Hasher};
+use estiba_frontend::dockerignore::{
+    ignore_file_candidates, parse_ignore_file, IgnoreError, MatchInfo, Matcher,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::ffi::{CStr, CString, OsStr};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How recent a file's last change (mtime or ctime) may be, relative to the
+/// moment hashing started, for its digest to be remembered. File timestamps
+/// come from the kernel's coarse clock, which lags by up to one tick; within
+/// that window a later write could leave every field of the stat key as it
+/// was. On file systems with whole-second timestamps (both nanosecond parts
+/// zero) the window is [`RACY_WINDOW_COARSE`].
+pub const RACY_WINDOW: Duration = Duration::from_millis(100);
+
+/// [`RACY_WINDOW`] for files whose timestamps have no sub-second part
+/// (FAT keeps 2-second mtimes).
+pub const RACY_WINDOW_COARSE: Duration = Duration::from_secs(2);
+
+/// What the stat cache file says it is; anything else is ignored.
+const CACHE_FORMAT: &str = "estiba-context-stat-cache";
+/// Bump when the record layout or the meaning of a field changes.
+const CACHE_VERSION: u32 = 1;
+
+/// Characters that make an exception pattern a glob: when any exception has
+/// one, every excluded directory must be looked into (fsutil's
+/// `onlyPrefixExcludeExceptions`).
+const PATTERN_CHARS: &[char] = &['*', '[', ']', '?', '^', '\\'];
+
+/// A failure opening or using the build context.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    /// The context directory cannot be read.
+    #[error("cannot open build context {path}")]
+    Root {
+        /// The directory as given.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The context is not a directory.
+    #[error("build context {0} is not a directory")]
+    NotADirectory(PathBuf),
+    /// The ignore file exists but cannot be read.
+    #[error("cannot read ignore file {path}")]
+    ReadIgnoreFile {
+        /// The ignore file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A pattern of the ignore file Docker would refuse too.
+    #[error("invalid pattern {pattern:?} in {file}")]
+    Pattern {
+        /// The ignore file.
+        file: PathBuf,
+        /// The pattern as written.
+        pattern: String,
+        /// What is wrong with it.
+        #[source]
+        source: IgnoreError,
+    },
+    /// The stat cache cannot be written.
+    #[error("cannot write stat cache {path}")]
+    SaveStatCache {
+        /// The cache file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Counters of [`SourceTree::content_digest`] since the context was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContextStats {
+    /// Files whose content was read and hashed.
+    pub files_hashed: u64,
+    /// Digests answered from the stat cache without reading the file.
+    pub cache_hits: u64,
+}
+
+/// The build context directory with its `.dockerignore` applied, as a
+/// [`SourceTree`]. `Send + Sync`: the solver may hash from several threads.
+#[derive(Debug)]
+pub struct BuildContext {
+    /// The canonical context directory.
+    root: PathBuf,
+    /// The ignore file that applied, if any.
+    ignore_file: Option<PathBuf>,
+    matcher: Matcher,
+    /// The exception patterns (cleaned, without `!`).
+    exceptions: Vec<String>,
+    /// Some exception is a glob: every excluded directory may hold something.
+    glob_exception: bool,
+    /// Per-directory matcher results, handed to the directory's entries.
+    match_infos: RwLock<HashMap<String, MatchInfo>>,
+    /// Visible directories reached from the root through real directories
+    /// only (no symlink): the only places host paths are built from.
+    dirs: RwLock<HashSet<String>>,
+    /// Excluded directories → whether something below them is re-included.
+    reincluded: RwLock<HashMap<String, bool>>,
+    cache: Mutex<StatCache>,
+    files_hashed: AtomicU64,
+    cache_hits: AtomicU64,
+}
+
+impl BuildContext {
+    /// Opens the context at `root`.
+    ///
+    /// `dockerfile` is the Dockerfile's path as the user gave it (relative
+    /// paths are relative to the current directory, as with `docker build
+    /// -f`; `-` means stdin); `<dockerfile>.dockerignore` beside it is used
+    /// when it exists, else `.dockerignore` in `root`. `None` means
+    /// `root/Dockerfile`. `stat_cache` is the file the stat cache is loaded
+    /// from and saved to (one per context directory is best: entries made
+    /// for another root are dropped), or `None` to keep it in memory only.
+    pub fn open(
+        root: &Path,
+        dockerfile: Option<&Path>,
+        stat_cache: Option<PathBuf>,
+    ) -> Result<Self, ContextError> {
+        let canonical = fs::canonicalize(root).map_err(|source| ContextError::Root {
+            path: root.to_path_buf(),
+            source,
+        })?;
+        if !canonical.is_dir() {
+            return Err(ContextError::NotADirectory(root.to_path_buf()));
+        }
+        let (ignore_file, patterns) = read_ignore_file(&canonical, dockerfile)?;
+        let matcher = match &ignore_file {
+            Some(file) => Matcher::new(&patterns).map_err(|source| pattern_error(file, source))?,
+            None => Matcher::default(),
+        };
+        let exceptions: Vec<String> = matcher
+            .patterns()
+            .filter(|(_, exception)| *exception)
+            .map(|(pattern, _)| pattern.to_owned())
+            .collect();
+        let glob_exception = exceptions.iter().any(|p| p.contains(PATTERN_CHARS));
+        let root_key = canonical.to_string_lossy().into_owned();
+        let entries = stat_cache
+            .as_deref()
+            .map(|file| load_cache(file, &root_key))
+            .unwrap_or_default();
+        Ok(BuildContext {
+            root: canonical,
+            ignore_file,
+            matcher,
+            exceptions,
+            glob_exception,
+            match_infos: RwLock::default(),
+            dirs: RwLock::default(),
+            reincluded: RwLock::default(),
+            cache: Mutex::new(StatCache {
+                file: stat_cache,
+                root: root_key,
+                entries,
+                dirty: false,
+            }),
+            files_hashed: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
+        })
+    }
+
+    /// The context directory (canonicalized).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The ignore file that applied, if any.
+    pub fn ignore_file(&self) -> Option<&Path> {
+        self.ignore_file.as_deref()
+    }
+
+    /// Whether the patterns exclude `path` (context-relative), by the rule
+    /// BuildKit's walk applies (each directory's results carried to its
+    /// entries). Purely by name: symlinks are not resolved, and an excluded
+    /// directory answers `true` even when [`SourceTree::stat`] shows it
+    /// because something inside is re-included.
+    pub fn is_excluded(&self, path: &str) -> Result<bool, ContextError> {
+        self.excluded(&tree::clean(path))
+    }
+
+    /// Writes the stat cache to its file if it changed (temp file + rename
+    /// in the same directory, which is created if missing). Also done, best
+    /// effort, when the context is dropped.
+    pub fn save_stat_cache(&self) -> Result<(), ContextError> {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(file) = cache.file.clone() else {
+            return Ok(());
+        };
+        if !cache.dirty {
+            return Ok(());
+        }
+        write_cache(&file, &cache).map_err(|source| ContextError::SaveStatCache {
+            path: file.clone(),
+            source,
+        })?;
+        cache.dirty = false;
+        Ok(())
+    }
+
+    /// Hashing counters since the context was opened.
+    pub fn stats(&self) -> ContextStats {
+        ContextStats {
+            files_hashed: self.files_hashed.load(Ordering::Relaxed),
+            cache_hits: self.cache_hits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The matcher's answer for a clean path.
+    fn excluded(&self, path: &str) -> Result<bool, ContextError> {
+        if path.is_empty() || self.matcher.is_empty() {
+            return Ok(false);
+        }
+        let parent = self.match_info(parent_of(path))?;
+        let (excluded, _) = self
+            .matcher
+            .matches_using_parent(path, parent)
+            .map_err(|source| self.pattern_error(source))?;
+        Ok(excluded)
+    }
+
+    /// The [`MatchInfo`] to hand to the entries of directory `dir`.
+    fn match_info(&self, dir: &str) -> Result<MatchInfo, ContextError> {
+        if dir.is_empty() {
+            return Ok(MatchInfo::default());
+        }
+        if let Some(info) = read(&self.match_infos).get(dir) {
+            return Ok(*info);
+        }
+        let parent = self.match_info(parent_of(dir))?;
+        let (_, info) = self
+            .matcher
+            .matches_using_parent(dir, parent)
+            .map_err(|source| self.pattern_error(source))?;
+        write(&self.match_infos).insert(dir.to_owned(), info);
+        Ok(info)
+    }
+
+    fn pattern_error(&self, source: IgnoreError) -> ContextError {
+        let file = self
+            .ignore_file
+            .clone()
+            .unwrap_or_else(|| self.root.join(".dockerignore"));
+        pattern_error(&file, source)
+    }
+
+    /// Whether an exception could re-include something below the excluded
+    /// directory `dir`, fsutil's test: any glob exception may; otherwise an
+    /// exception must name a path inside `dir`.
+    fn may_reinclude_below(&self, dir: &str) -> bool {
+        if self.exceptions.is_empty() {
+            return false;
+        }
+        if self.glob_exception {
+            return true;
+        }
+        self.exceptions.iter().any(|exception| {
+            exception == dir
+                || (exception.starts_with(dir)
+                    && exception.as_bytes().get(dir.len()) == Some(&b'/'))
+        })
+    }
+
+    fn is_dir_known(&self, path: &str) -> bool {
+        path.is_empty() || read(&self.dirs).contains(path)
+    }
+
+    /// Resolves a directory path inside the context, following symlinks
+    /// within it (the last component too), through visible entries only.
+    /// `None` when some component is missing, excluded or not a directory.
+    fn resolve_dir(&self, path: &str) -> Result<Option<String>, TreeError> {
+        if self.is_dir_known(path) {
+            return Ok(Some(path.to_owned()));
+        }
+        let mut pending: Vec<String> = path
+            .split('/')
+            .filter(|part| !part.is_empty())
+            .rev()
+            .map(str::to_owned)
+            .collect();
+        let mut done = String::new();
+        let mut followed = 0;
+        while let Some(part) = pending.pop() {
+            match part.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    done.truncate(parent_of(&done).len());
+                    continue;
+                }
+                _ => {}
+            }
+            let candidate = tree::join(&done, &part);
+            if self.is_dir_known(&candidate) {
+                done = candidate;
+                continue;
+            }
+            // `done` is a known directory, so this lstat never follows a
+            // symlink on the host.
+            match self.lookup(&candidate)? {
+                Some(meta) if meta.is_dir() => done = candidate,
+                Some(meta) if meta.file_type().is_symlink() => {
+                    followed += 1;
+                    if followed > tree::MAX_SYMLINKS {
+                        return Err(TreeError::SymlinkLoop(candidate));
+                    }
+                    let target = read_link(&self.root.join(&candidate))?;
+                    if target.starts_with('/') {
+                        done.clear();
+                    }
+                    pending.extend(target.split('/').rev().map(str::to_owned));
+                }
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(done))
+    }
+
+    /// The context path `path` really names: its parent resolved inside the
+    /// context. `None` when the parent is not a visible directory.
+    fn locate(&self, path: &str) -> Result<Option<String>, TreeError> {
+        let path = tree::clean(path);
+        if path.is_empty() {
+            return Ok(Some(path));
+        }
+        let (parent, name) = match path.rsplit_once('/') {
+            Some((parent, name)) => (parent, name),
+            None => ("", path.as_str()),
+        };
+        Ok(self
+            .resolve_dir(parent)?
+            .map(|parent| tree::join(&parent, name)))
+    }
+
+    /// `lstat` of `path`, whose parent is a known directory, or `None` when
+    /// it is missing or not visible. Remembers visible directories.
+    fn lookup(&self, path: &str) -> Result<Option<fs::Metadata>, TreeError> {
+        let excluded = self.excluded(path).map_err(tree_error)?;
+        if excluded && !self.may_reinclude_below(path) {
+            return Ok(None);
+        }
+        let host = self.root.join(path);
+        let meta = match fs::symlink_metadata(&host) {
+            Ok(meta) => meta,
+            Err(error) if is_missing(&error) => return Ok(None),
+            Err(source) => return Err(io_error(&host, source)),
+        };
+        if meta.is_dir() {
+            if excluded && !self.has_visible_content(path)? {
+                return Ok(None);
+            }
+            write(&self.dirs).insert(path.to_owned());
+        } else if excluded {
+            return Ok(None);
+        }
+        Ok(Some(meta))
+    }
+
+    /// Whether the excluded directory `dir` (a real directory under a known
+    /// one) holds something re-included, at any depth.
+    fn has_visible_content(&self, dir: &str) -> Result<bool, TreeError> {
+        if let Some(known) = read(&self.reincluded).get(dir) {
+            return Ok(*known);
+        }
+        let visible = !self.list(dir, true)?.is_empty();
+        write(&self.reincluded).insert(dir.to_owned(), visible);
+        Ok(visible)
+    }
+
+    /// The visible entries of `dir`, a real directory reached without
+    /// symlinks, sorted; with `any`, stops at the first one.
+    fn list(&self, dir: &str, any: bool) -> Result<Vec<String>, TreeError> {
+        let host = self.root.join(dir);
+        let entries = fs::read_dir(&host).map_err(|source| io_error(&host, source))?;
+        let info = self.match_info(dir).map_err(tree_error)?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| io_error(&host, source))?;
+            let is_dir = || -> Result<bool, TreeError> {
+                let kind = entry
+                    .file_type()
+                    .map_err(|source| io_error(&entry.path(), source))?;
+                Ok(kind.is_dir())
+            };
+            let name = match entry.file_name().into_string() {
+                Ok(name) => name,
+                Err(raw) => {
+                    // Not representable as a tree path: fine if Docker
+                    // would not send it anyway.
+                    let mut path = dir.as_bytes().to_vec();
+                    if !path.is_empty() {
+                        path.push(b'/');
+                    }
+                    path.extend_from_slice(raw.as_bytes());
+                    let (excluded, _) = self
+                        .matcher
+                        .matches_using_parent_bytes(&path, info)
+                        .map_err(|source| tree_error(self.pattern_error(source)))?;
+                    if excluded && (self.exceptions.is_empty() || !is_dir()?) {
+                        continue;
+                    }
+                    return Err(TreeError::Other(format!(
+                        "file name is not UTF-8: {}",
+                        host.join(&raw).display()
+                    )));
+                }
+            };
+            let path = tree::join(dir, &name);
+            let visible = if self.matcher.is_empty() {
+                true
+            } else {
+                let (excluded, child_info) = self
+                    .matcher
+                    .matches_using_parent(&path, info)
+                    .map_err(|source| tree_error(self.pattern_error(source)))?;
+                let is_subdir = is_dir()?;
+                if is_subdir {
+                    write(&self.match_infos).insert(path.clone(), child_info);
+                }
+                !excluded
+                    || (is_subdir
+                        && self.may_reinclude_below(&path)
+                        && self.has_visible_content(&path)?)
+            };
+            if visible {
+                names.push(name);
+                if any {
+                    break;
+                }
+            }
+        }
+        names.sort_unstable();
+        Ok(names)
+    }
+
+    /// The remembered digest of `path` if its key is unchanged.
+    fn cached(&self, path: &str, key: &StatKey) -> Option<Digest> {
+        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        match cache.entries.get(path) {
+            Some((cached, digest)) if cached == key => Some(*digest),
+            _ => None,
+        }
+    }
+
+    /// A visible regular file: its context path, host path and `lstat`.
+    fn regular_file(&self, path: &str) -> Result<(String, PathBuf, fs::Metadata), TreeError> {
+        let located = self.locate(path)?;
+        let found = match &located {
+            Some(located) => self.lookup(located)?,
+            None => None,
+        };
+        let (Some(located), Some(meta)) = (located, found) else {
+            return Err(io_error(
+                &self.root.join(tree::clean(path)),
+                io::Error::from(io::ErrorKind::NotFound),
+            ));
+        };
+        let host = self.root.join(&located);
+        let kind = meta.file_type();
+        if kind.is_symlink() {
+            return Err(TreeError::Other(format!(
+                "cannot open {}: it is a symbolic link (resolve it first)",
+                host.display()
+            )));
+        }
+        if kind.is_dir() {
+            return Err(io_error(&host, io::Error::from_raw_os_error(libc::EISDIR)));
+        }
+        if !kind.is_file() {
+            return Err(TreeError::Other(format!(
+                "cannot open {}: not a regular file",
+                host.display()
+            )));
+        }
+        Ok((located, host, meta))
+    }
+}
+
+impl SourceTree for BuildContext {
+    fn stat(&self, path: &str) -> Result<Option<Meta>, TreeError> {
+        let Some(located) = self.locate(path)? else {
+            return Ok(None);
+        };
+        let meta = if located.is_empty() {
+            fs::symlink_metadata(&self.root).map_err(|source| io_error(&self.root, source))?
+        } else {
+            match self.lookup(&located)? {
+                Some(meta) => meta,
+                None => return Ok(None),
+            }
+        };
+        let host = self.root.join(&located);
+        Ok(Some(to_meta(&host, &meta)?))
+    }
+
+    fn children(&self, path: &str) -> Result<Vec<String>, TreeError> {
+        match self.resolve_dir(&tree::clean(path))? {
+            Some(dir) => self.list(&dir, false),
+            None => {
+                let errno = match self.stat(path)? {
+                    Some(_) => libc::ENOTDIR,
+                    None => libc::ENOENT,
+                };
+                Err(io_error(
+                    &self.root.join(tree::clean(path)),
+                    io::Error::from_raw_os_error(errno),
+                ))
+            }
+        }
+    }
+
+    fn open(&self, path: &str) -> Result<Box<dyn Read + '_>, TreeError> {
+        let (_, host, _) = self.regular_file(path)?;
+        Ok(Box::new(open_regular(&host)?.0))
+    }
+
+    fn xattrs(&self, path: &str) -> Result<Vec<(String, Vec<u8>)>, TreeError> {
+        let host = match self.locate(path)? {
+            Some(located) if located.is_empty() => self.root.clone(),
+            Some(located) if self.lookup(&located)?.is_some() => self.root.join(located),
+            _ => {
+                return Err(io_error(
+                    &self.root.join(tree::clean(path)),
+                    io::Error::from(io::ErrorKind::NotFound),
+                ))
+            }
+        };
+        read_xattrs(&host).map_err(|source| io_error(&host, source))
+    }
+
+    fn content_digest(&self, path: &str) -> Result<Digest, TreeError> {
+        // Taken before anything is looked at: a change after this moment
+        // gives a timestamp at least this late, minus one clock tick.
+        let started = now_ns();
+        let (located, host, meta) = self.regular_file(path)?;
+        let key = StatKey::of(&meta);
+        if let Some(digest) = self.cached(&located, &key) {
+            self.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(digest);
+        }
+        let (mut file, meta) = open_regular(&host)?;
+        let key = StatKey::of(&meta);
+        let mut hasher = Hasher::new();
+        io::copy(&mut file, &mut hasher).map_err(|source| io_error(&host, source))?;
+        let digest = hasher.finish();
+        self.files_hashed.fetch_add(1, Ordering::Relaxed);
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if key.is_racy(started) {
+            cache.dirty |= cache.entries.remove(&located).is_some();
+        } else {
+            cache.entries.insert(located, (key, digest));
+            cache.dirty = true;
+        }
+        Ok(digest)
+    }
+}
+
+impl Drop for BuildContext {
+    fn drop(&mut self) {
+        // Best effort: a cache that cannot be written only costs a re-read.
+        let _ = self.save_stat_cache();
+    }
+}
+
+/// Finds and reads the ignore file that applies.
+fn read_ignore_file(
+    root: &Path,
+    dockerfile: Option<&Path>,
+) -> Result<(Option<PathBuf>, Vec<String>), ContextError> {
+    let candidates: Vec<PathBuf> = match dockerfile {
+        Some(dockerfile) if dockerfile != Path::new("-") => {
+            let beside = match dockerfile.file_name().and_then(OsStr::to_str) {
+                Some(name) => {
+                    let names = ignore_file_candidates(name);
+                    let first = names.first().map(String::as_str).unwrap_or_default();
+                    dockerfile.with_file_name(first)
+                }
+                None => {
+                    let mut name = dockerfile.as_os_str().to_owned();
+                    name.push(".dockerignore");
+                    PathBuf::from(name)
+                }
+            };
+            let last = ignore_file_candidates("-");
+            std::iter::once(beside)
+                .chain(last.iter().map(|name| root.join(name)))
+                .collect()
+        }
+        Some(_) => ignore_file_candidates("-")
+            .iter()
+            .map(|name| root.join(name))
+            .collect(),
+        None => ignore_file_candidates("")
+            .iter()
+            .map(|name| root.join(name))
+            .collect(),
+    };
+    for candidate in candidates {
+        match fs::read(&candidate) {
+            Ok(bytes) => {
+                let patterns = parse_ignore_file(&String::from_utf8_lossy(&bytes));
+                return Ok((Some(candidate), patterns));
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(ContextError::ReadIgnoreFile {
+                    path: candidate,
+                    source,
+                })
+            }
+        }
+    }
+    Ok((None, Vec::new()))
+}
+
+fn pattern_error(file: &Path, source: IgnoreError) -> ContextError {
+    let pattern = match &source {
+        IgnoreError::BadPattern { pattern } | IgnoreError::UnusablePattern { pattern, .. } => {
+            pattern.clone()
+        }
+        IgnoreError::IllegalExclusion => "!".to_owned(),
+        _ => String::new(),
+    };
+    ContextError::Pattern {
+        file: file.to_path_buf(),
+        pattern,
+        source,
+    }
+}
+
+/// A context error inside the [`SourceTree`] interface, cause chain kept in
+/// the text.
+fn tree_error(error: ContextError) -> TreeError {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    TreeError::Other(text)
+}
+
+fn io_error(path: &Path, source: io::Error) -> TreeError {
+    TreeError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Missing, or a parent that is not a directory.
+fn is_missing(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::NotFound || error.raw_os_error() == Some(libc::ENOTDIR)
+}
+
+fn parent_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(parent, _)| parent)
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read_link(host: &Path) -> Result<String, TreeError> {
+    let target = fs::read_link(host).map_err(|source| io_error(host, source))?;
+    target.into_os_string().into_string().map_err(|target| {
+        TreeError::Other(format!(
+            "symlink target of {} is not UTF-8: {}",
+            host.display(),
+            target.to_string_lossy()
+        ))
+    })
+}
+
+fn to_meta(host: &Path, meta: &fs::Metadata) -> Result<Meta, TreeError> {
+    let kind = meta.file_type();
+    let rdev = meta.rdev();
+    let kind = if kind.is_file() {
+        EntryKind::File
+    } else if kind.is_dir() {
+        EntryKind::Dir
+    } else if kind.is_symlink() {
+        EntryKind::Symlink(read_link(host)?)
+    } else if kind.is_char_device() {
+        EntryKind::CharDevice(major(rdev), minor(rdev))
+    } else if kind.is_block_device() {
+        EntryKind::BlockDevice(major(rdev), minor(rdev))
+    } else if kind.is_fifo() {
+        EntryKind::Fifo
+    } else if kind.is_socket() {
+        EntryKind::Socket
+    } else {
+        return Err(TreeError::Other(format!(
+            "{}: unknown file type {:o}",
+            host.display(),
+            meta.mode() & libc::S_IFMT
+        )));
+    };
+    let regular = kind == EntryKind::File;
+    Ok(Meta {
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        size: if regular { meta.size() } else { 0 },
+        mtime: meta.mtime(),
+        link_id: (regular && meta.nlink() > 1).then(|| (meta.dev(), meta.ino())),
+        kind,
+    })
+}
+
+/// glibc's `gnu_dev_major`.
+fn major(dev: u64) -> u32 {
+    (((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0fff)) as u32
+}
+
+/// glibc's `gnu_dev_minor`.
+fn minor(dev: u64) -> u32 {
+    (((dev >> 12) & 0xffff_ff00) | (dev & 0x00ff)) as u32
+}
+
+/// Opens a regular file without following a symlink or blocking on a FIFO
+/// swapped in since it was looked at; returns it with its `fstat`.
+fn open_regular(host: &Path) -> Result<(fs::File, fs::Metadata), TreeError> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(host)
+        .map_err(|source| io_error(host, source))?;
+    let meta = file.metadata().map_err(|source| io_error(host, source))?;
+    if !meta.is_file() {
+        return Err(TreeError::Other(format!(
+            "cannot open {}: not a regular file",
+            host.display()
+        )));
+    }
+    Ok((file, meta))
+}
+
+/// Whether an extended attribute is worth keeping in an image.
+fn keep_xattr(name: &str) -> bool {
+    name.starts_with("user.")
+        || name.starts_with("security.")
+        || (name.starts_with("trusted.") && !name.starts_with("trusted.overlay."))
+}
+
+/// The kept extended attributes of `host` (not following a symlink), sorted
+/// by name; none on a file system without them.
+fn read_xattrs(host: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
+    let path = CString::new(host.as_os_str().as_bytes())?;
+    let names = xattr_buffer(|buf, size| {
+        // SAFETY: `path` is NUL-terminated; `buf` is null with size 0 or
+        // points to `size` writable bytes.
+        unsafe { libc::llistxattr(path.as_ptr(), buf.cast(), size) }
+    });
+    let names = match names {
+        Ok(names) => names,
+        Err(error) if error.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
+        Err(error) => return Err(error),
+    };
+    let mut out = Vec::new();
+    for raw in names.split(|&b| b == 0).filter(|name| !name.is_empty()) {
+        let Ok(name) = std::str::from_utf8(raw) else {
+            continue;
+        };
+        if !keep_xattr(name) {
+            continue;
+        }
+        let Ok(c_name) = CString::new(raw) else {
+            continue;
+        };
+        let value = xattr_buffer(|buf, size| get_xattr(&path, &c_name, buf, size));
+        match value {
+            Ok(value) => out.push((name.to_owned(), value)),
+            // Removed since it was listed.
+            Err(error) if error.raw_os_error() == Some(libc::ENODATA) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn get_xattr(path: &CStr, name: &CStr, buf: *mut u8, size: usize) -> isize {
+    // SAFETY: both strings are NUL-terminated; `buf` is null with size 0 or
+    // points to `size` writable bytes.
+    unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), buf.cast(), size) }
+}
+
+/// The size-then-fill dance of the xattr calls, retried while the value
+/// grows between the two calls.
+fn xattr_buffer(call: impl Fn(*mut u8, usize) -> isize) -> io::Result<Vec<u8>> {
+    loop {
+        let size = call(std::ptr::null_mut(), 0);
+        let size = usize::try_from(size).map_err(|_| io::Error::last_os_error())?;
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; size];
+        let got = call(buf.as_mut_ptr(), buf.len());
+        match usize::try_from(got) {
+            Ok(got) => {
+                buf.truncate(got);
+                return Ok(buf);
+            }
+            Err(_) => {
+                let error = io::Error::last_os_error();
+                if error.raw_os_error() != Some(libc::ERANGE) {
+                    return Err(error);
+                }
+            }
+        }
+    }
+}
+
+fn now_ns() -> i64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// What must be unchanged for a remembered digest to stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StatKey {
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    ino: u64,
+    dev: u64,
+    mode: u32,
+}
+
+impl StatKey {
+    fn of(meta: &fs::Metadata) -> Self {
+        let ns = |secs: i64, nsecs: i64| secs.saturating_mul(1_000_000_000).saturating_add(nsecs);
+        StatKey {
+            size: meta.size(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+            ino: meta.ino(),
+            dev: meta.dev(),
+            mode: meta.mode(),
+        }
+    }
+
+    /// Changed so recently, relative to `started`, that a later write could
+    /// keep the same timestamps.
+    fn is_racy(&self, started: i64) -> bool {
+        let whole_seconds = |ns: i64| ns.rem_euclid(1_000_000_000) == 0;
+        let window = if whole_seconds(self.mtime_ns) && whole_seconds(self.ctime_ns) {
+            RACY_WINDOW_COARSE
+        } else {
+            RACY_WINDOW
+        };
+        let window = i64::try_from(window.as_nanos()).unwrap_or(i64::MAX);
+        self.mtime_ns.max(self.ctime_ns) >= started.saturating_sub(window)
+    }
+}
+
+/// The in-memory stat cache and where it lives.
+#[derive(Debug)]
+struct StatCache {
+    file: Option<PathBuf>,
+    /// The context root the entries belong to.
+    root: String,
+    /// Context path → key and digest.
+    entries: HashMap<String, (StatKey, Digest)>,
+    /// Changed since loaded or saved.
+    dirty: bool,
+}
+
+/// One entry on disk: path, size, mtime ns, ctime ns, inode, device, mode,
+/// digest (an array, to keep the file small).
+#[derive(Serialize, Deserialize)]
+struct Record<P>(P, u64, i64, i64, u64, u64, u32, Digest);
+
+/// The cache file: JSON, identified and versioned.
+#[derive(Serialize, Deserialize)]
+struct CacheFile<P> {
+    format: String,
+    version: u32,
+    root: String,
+    entries: Vec<Record<P>>,
+}
+
+/// The entries of the cache file for `root`; empty when the file is
+/// missing, unreadable, corrupt, of another format or version, or made for
+/// another root.
+fn load_cache(file: &Path, root: &str) -> HashMap<String, (StatKey, Digest)> {
+    let Ok(bytes) = fs::read(file) else {
+        return HashMap::new();
+    };
+    let Ok(parsed) = serde_json::from_slice::<CacheFile<String>>(&bytes) else {
+        return HashMap::new();
+    };
+    if parsed.format != CACHE_FORMAT || parsed.version != CACHE_VERSION || parsed.root != root {
+        return HashMap::new();
+    }
+    parsed
+        .entries
+        .into_iter()
+        .map(
+            |Record(path, size, mtime_ns, ctime_ns, ino, dev, mode, digest)| {
+                let key = StatKey {
+                    size,
+                    mtime_ns,
+                    ctime_ns,
+                    ino,
+                    dev,
+                    mode,
+                };
+                (path, (key, digest))
+            },
+        )
+        .collect()
+}
+
+fn write_cache(file: &Path, cache: &StatCache) -> io::Result<()> {
+    let mut entries: Vec<Record<&str>> = cache
+        .entries
+        .iter()
+        .map(|(path, (key, digest))| {
+            Record(
+                path.as_str(),
+                key.size,
+                key.mtime_ns,
+                key.ctime_ns,
+                key.ino,
+                key.dev,
+                key.mode,
+                *digest,
+            )
+        })
+        .collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let body = CacheFile {
+        format: CACHE_FORMAT.to_owned(),
+        version: CACHE_VERSION,
+        root: cache.root.clone(),
+        entries,
+    };
+    let bytes = serde_json::to_vec(&body).map_err(io::Error::other)?;
+    let dir = match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(dir)?;
+    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+    temp.write_all(&bytes)?;
+    temp.persist(file).map_err(|error| error.error)?;
+    Ok(())
+}

@@ -1,0 +1,861 @@
+//! COPY and ADD: what the sources are, where they land, and writing them
+//! into a step's fresh upper directory.
+//!
+//! The rules are BuildKit's (its file op over fsutil's copier):
+//! - sources are relative to the source tree's root and never leave it;
+//!   wildcards (`*`, `?`, `[…]`) match per path component, and a wildcard
+//!   matching nothing is no error; a named source that is missing is one;
+//! - a symlink named as a source is followed (inside the tree); symlinks
+//!   inside a copied directory are copied as symlinks;
+//! - a directory source copies its contents; a file source lands at the
+//!   destination, or inside it when the destination ends in `/` or is an
+//!   existing directory;
+//! - missing parent directories are created (mode 0755, owned by `--chown`);
+//!   existing ones are copied up with their metadata, as overlayfs would;
+//! - from the build context files are owned by 0:0, from a stage or image
+//!   they keep their owners, and `--chown` overrides both; `--chmod` sets the
+//!   mode of everything copied.
+//!
+//! [`walk_sources`] yields the entries in one fixed order; both the copy and
+//! the cache key ([`hash_sources`]) use it, so they always agree.
+
+use crate::rootfs::{LayeredTree, OPAQUE_MARKER};
+use crate::tree::{self, EntryKind, Meta, SourceTree, TreeError};
+use estiba_cache::{Digest, Hasher};
+use estiba_frontend::dockerignore::{path_match, Matcher};
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Why a COPY or ADD failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// A named source that is not there (or is excluded by `.dockerignore`).
+    #[error("{source_path}: not found in {tree} (is it excluded by .dockerignore?)")]
+    NotFound {
+        /// The source as written.
+        source_path: String,
+        /// "the build context", "stage build", ...
+        tree: String,
+    },
+    /// `COPY ../x`.
+    #[error("{0}: the source is outside the build context")]
+    OutsideContext(String),
+    /// A bad `--exclude` or wildcard pattern.
+    #[error("invalid pattern {pattern:?}")]
+    Pattern {
+        /// The pattern.
+        pattern: String,
+        /// Why.
+        #[source]
+        source: estiba_frontend::dockerignore::IgnoreError,
+    },
+    /// Copying a directory onto a file, or the like.
+    #[error("cannot copy {source_path} to {dest}: {reason}")]
+    Conflict {
+        /// The source.
+        source_path: String,
+        /// The destination in the image.
+        dest: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// Reading a source failed.
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    /// Writing the destination failed.
+    #[error("cannot write {path}")]
+    Write {
+        /// The path in the upper directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> CopyError + '_ {
+    move |source| CopyError::Write {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A mode from `--chmod`: octal, or symbolic (`u+x,go-w`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Chmod {
+    /// `0755`.
+    Octal(u32),
+    /// `u+x,g-w` and the like, applied to each entry's own mode.
+    Symbolic(String),
+}
+
+impl Chmod {
+    /// Parses a `--chmod` value.
+    pub fn parse(text: &str) -> Option<Self> {
+        if let Ok(m) = u32::from_str_radix(text, 8) {
+            return (m <= 0o7777).then_some(Chmod::Octal(m));
+        }
+        apply_symbolic(text, 0, false).map(|_| Chmod::Symbolic(text.to_string()))
+    }
+
+    /// The mode of an entry that had `mode`.
+    pub fn apply(&self, mode: u32, is_dir: bool) -> u32 {
+        match self {
+            Chmod::Octal(m) => *m,
+            Chmod::Symbolic(s) => apply_symbolic(s, mode, is_dir).unwrap_or(mode),
+        }
+    }
+}
+
+/// chmod(1)-style symbolic modes: `[ugoa]*[+-=][rwxXst]*`, comma-separated.
+fn apply_symbolic(text: &str, mut mode: u32, is_dir: bool) -> Option<u32> {
+    for clause in text.split(',') {
+        let who_len = clause.find(['+', '-', '=']).unwrap_or(clause.len());
+        let (who, rest) = clause.split_at(who_len);
+        let mut mask = 0u32;
+        for c in who.chars() {
+            mask |= match c {
+                'u' => 0o4700,
+                'g' => 0o2070,
+                'o' => 0o1007,
+                'a' => 0o7777,
+                _ => return None,
+            };
+        }
+        if who.is_empty() {
+            mask = 0o7777;
+        }
+        let mut chars = rest.chars().peekable();
+        let op = chars.next()?;
+        if !matches!(op, '+' | '-' | '=') {
+            return None;
+        }
+        let mut bits = 0u32;
+        for c in chars {
+            bits |= match c {
+                'r' => 0o444,
+                'w' => 0o222,
+                'x' => 0o111,
+                'X' if is_dir || mode & 0o111 != 0 => 0o111,
+                'X' => 0,
+                's' => 0o6000,
+                't' => 0o1000,
+                _ => return None,
+            };
+        }
+        let bits = bits & mask;
+        mode = match op {
+            '+' => mode | bits,
+            '-' => mode & !bits,
+            _ => (mode & !mask) | bits,
+        };
+    }
+    Some(mode)
+}
+
+/// One source the user named, matched in the tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceMatch {
+    /// The name it lands under (the last component as matched, links unresolved).
+    pub name: String,
+    /// The path relative to the tree root, symlinks resolved.
+    pub path: String,
+    /// Where it lands relative to the destination with `--parents`.
+    pub parents_path: Option<String>,
+}
+
+/// Matches the sources of one COPY in `tree`. `what` names the tree in errors.
+pub fn match_sources(
+    tree: &dyn SourceTree,
+    sources: &[String],
+    parents: bool,
+    what: &str,
+) -> Result<Vec<SourceMatch>, CopyError> {
+    let mut out = Vec::new();
+    for source in sources {
+        // `--parents`: the part after `/./` is kept under the destination.
+        let (base, kept) = match (parents, source.split_once("/./")) {
+            (true, Some((base, kept))) => (base.to_string(), Some(kept.to_string())),
+            (true, None) => (String::new(), Some(source.clone())),
+            (false, _) => (String::new(), None),
+        };
+        let full = match &kept {
+            Some(k) => tree::join(&tree::clean(&base), k),
+            None => source.clone(),
+        };
+        if escapes_root(&full) {
+            return Err(CopyError::OutsideContext(source.clone()));
+        }
+        let cleaned = tree::clean(&full);
+        if !tree::has_wildcards(&cleaned) {
+            let path = tree::resolve(tree, &cleaned, true)?;
+            if tree.stat(&path)?.is_none() {
+                return Err(CopyError::NotFound {
+                    source_path: source.clone(),
+                    tree: what.to_string(),
+                });
+            }
+            let name = cleaned.rsplit('/').next().unwrap_or_default().to_string();
+            let parents_path = kept
+                .as_ref()
+                .map(|_| strip_base(&cleaned, &tree::clean(&base)));
+            out.push(SourceMatch {
+                name,
+                path,
+                parents_path,
+            });
+            continue;
+        }
+        for matched in expand_wildcards(tree, &cleaned)? {
+            let resolved = tree::resolve(tree, &matched, true)?;
+            let name = matched.rsplit('/').next().unwrap_or_default().to_string();
+            let parents_path = kept
+                .as_ref()
+                .map(|_| strip_base(&matched, &tree::clean(&base)));
+            out.push(SourceMatch {
+                name,
+                path: resolved,
+                parents_path,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn strip_base(path: &str, base: &str) -> String {
+    if base.is_empty() {
+        return path.to_string();
+    }
+    path.strip_prefix(base)
+        .map(|p| p.trim_start_matches('/').to_string())
+        .unwrap_or_else(|| path.to_string())
+}
+
+/// Whether a relative source climbs above the root (`../x`, `a/../../x`).
+fn escapes_root(path: &str) -> bool {
+    let mut depth: i64 = 0;
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return true;
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    false
+}
+
+/// Every path matching a wildcard pattern, component by component, sorted.
+fn expand_wildcards(tree: &dyn SourceTree, pattern: &str) -> Result<Vec<String>, CopyError> {
+    let mut current = vec![String::new()];
+    let parts: Vec<&str> = pattern.split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        let mut next = Vec::new();
+        for dir in &current {
+            let real_dir = tree::resolve(tree, dir, true)?;
+            if !tree::has_wildcards(part) {
+                let candidate = tree::join(dir, part);
+                let real = tree::join(&real_dir, part);
+                if tree.stat(&real)?.is_some() {
+                    next.push(candidate);
+                }
+                continue;
+            }
+            match tree.stat(&real_dir)? {
+                Some(Meta {
+                    kind: EntryKind::Dir,
+                    ..
+                }) => {}
+                _ => continue,
+            }
+            for name in tree.children(&real_dir)? {
+                let matched = path_match(part, &name).map_err(|source| CopyError::Pattern {
+                    pattern: pattern.to_string(),
+                    source,
+                })?;
+                if matched {
+                    next.push(tree::join(dir, &name));
+                }
+            }
+        }
+        if !last {
+            // Only directories (or links to them) can hold the next component.
+            let mut dirs = Vec::new();
+            for p in next {
+                let real = tree::resolve(tree, &p, true)?;
+                if matches!(
+                    tree.stat(&real)?,
+                    Some(Meta {
+                        kind: EntryKind::Dir,
+                        ..
+                    })
+                ) {
+                    dirs.push(p);
+                }
+            }
+            next = dirs;
+        }
+        current = next;
+    }
+    current.sort();
+    Ok(current)
+}
+
+/// One entry to copy: where it is in the source tree, where it goes
+/// relative to its match's landing point, and its metadata.
+#[derive(Debug, Clone)]
+pub struct WalkEntry {
+    /// Path in the source tree.
+    pub source: String,
+    /// Path relative to the match's landing point (`""` for the match itself).
+    pub rel: String,
+    /// Its metadata.
+    pub meta: Meta,
+}
+
+/// The entries under one match, parents before children, sorted, with
+/// `--exclude` patterns (relative to the match) applied.
+pub fn walk_sources(
+    tree: &dyn SourceTree,
+    m: &SourceMatch,
+    excludes: Option<&Matcher>,
+) -> Result<Vec<WalkEntry>, CopyError> {
+    let mut out = Vec::new();
+    let Some(meta) = tree.stat(&m.path)? else {
+        return Ok(out);
+    };
+    let is_dir = meta.kind == EntryKind::Dir;
+    out.push(WalkEntry {
+        source: m.path.clone(),
+        rel: String::new(),
+        meta,
+    });
+    if !is_dir {
+        return Ok(out);
+    }
+    let mut stack = vec![(m.path.clone(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        let mut children = Vec::new();
+        for name in tree.children(&dir)? {
+            let source = tree::join(&dir, &name);
+            let child_rel = tree::join(&rel, &name);
+            if let Some(ex) = excludes {
+                let excluded = ex.matches_or_parent_matches(&child_rel).map_err(|source| {
+                    CopyError::Pattern {
+                        pattern: child_rel.clone(),
+                        source,
+                    }
+                })?;
+                if excluded {
+                    continue;
+                }
+            }
+            let Some(meta) = tree.stat(&source)? else {
+                continue;
+            };
+            if meta.kind == EntryKind::Socket {
+                continue;
+            }
+            children.push((source, child_rel, meta));
+        }
+        // Depth-first in sorted order: push directories in reverse.
+        let mut dirs = Vec::new();
+        for (source, rel, meta) in children {
+            if meta.kind == EntryKind::Dir {
+                dirs.push((source.clone(), rel.clone()));
+            }
+            out.push(WalkEntry { source, rel, meta });
+        }
+        for d in dirs.into_iter().rev() {
+            stack.push(d);
+        }
+    }
+    out.sort_by(|a, b| a.rel.cmp(&b.rel));
+    Ok(out)
+}
+
+/// The content digest of a COPY's sources, for its cache key: every entry's
+/// path, kind, mode, content (or link target, or device numbers), and owner
+/// when the copy keeps owners; never mtimes.
+pub fn hash_sources(
+    tree: &dyn SourceTree,
+    matches: &[SourceMatch],
+    excludes: Option<&Matcher>,
+    keep_owners: bool,
+) -> Result<Digest, CopyError> {
+    let mut h = Hasher::new();
+    for m in matches {
+        let line = format!("match\0{}\0{}\0{:?}\n", m.name, m.path, m.parents_path);
+        h.update(line.as_bytes());
+        for e in walk_sources(tree, m, excludes)? {
+            let what = match &e.meta.kind {
+                EntryKind::File => tree.content_digest(&e.source)?.to_string(),
+                EntryKind::Dir => "dir".to_string(),
+                EntryKind::Symlink(t) => format!("symlink\0{t}"),
+                EntryKind::CharDevice(a, b) => format!("char\0{a}\0{b}"),
+                EntryKind::BlockDevice(a, b) => format!("block\0{a}\0{b}"),
+                EntryKind::Fifo => "fifo".to_string(),
+                EntryKind::Socket => continue,
+            };
+            let owner = if keep_owners {
+                format!("{}:{}", e.meta.uid, e.meta.gid)
+            } else {
+                String::new()
+            };
+            let xattrs = tree.xattrs(&e.source)?;
+            let line = format!(
+                "{}\0{:o}\0{owner}\0{what}\0{}\n",
+                e.rel,
+                e.meta.mode,
+                xattrs.len()
+            );
+            h.update(line.as_bytes());
+            for (k, v) in xattrs {
+                h.update(k.as_bytes());
+                h.update(&[0]);
+                h.update(&v);
+            }
+        }
+    }
+    Ok(h.finish())
+}
+
+/// How to write what is copied.
+#[derive(Debug, Clone, Default)]
+pub struct CopyOptions {
+    /// `--chown`, resolved to numbers.
+    pub chown: Option<(u32, u32)>,
+    /// `--chmod`.
+    pub chmod: Option<Chmod>,
+    /// Keep the sources' owners (a stage or image) rather than 0:0 (the context).
+    pub keep_owners: bool,
+    /// mtime for files that have none of their own (heredocs) and for
+    /// directories created; also the clamp for SOURCE_DATE_EPOCH.
+    pub mtime: i64,
+}
+
+/// Writes into a step's upper directory, resolving destinations against the
+/// merged view (upper on top of the lower layers).
+pub struct Writer {
+    upper: PathBuf,
+    merged: LayeredTree,
+    opts: CopyOptions,
+    links: BTreeMap<(u64, u64), PathBuf>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("upper", &self.upper)
+            .finish()
+    }
+}
+
+impl Writer {
+    /// A writer into `upper` above `lower` layers (top first).
+    pub fn new(upper: &Path, lower: &[PathBuf], opts: CopyOptions) -> Self {
+        let mut layers = vec![upper.to_path_buf()];
+        layers.extend(lower.iter().cloned());
+        Writer {
+            upper: upper.to_path_buf(),
+            merged: LayeredTree::new(layers),
+            opts,
+            links: BTreeMap::new(),
+        }
+    }
+
+    fn owner(&self, meta: &Meta) -> (u32, u32) {
+        match self.opts.chown {
+            Some(o) => o,
+            None if self.opts.keep_owners => (meta.uid, meta.gid),
+            None => (0, 0),
+        }
+    }
+
+    /// Copies every match to `dest` (absolute; a trailing `/` means a directory).
+    pub fn copy(
+        &mut self,
+        tree: &dyn SourceTree,
+        matches: &[SourceMatch],
+        dest: &str,
+        excludes: Option<&Matcher>,
+    ) -> Result<(), CopyError> {
+        let dest_dir_hint = dest.ends_with('/');
+        let dest_rel = tree::clean(dest);
+        if dest_dir_hint {
+            self.mkdir_all(&dest_rel)?;
+        }
+        for m in matches {
+            let Some(src_meta) = tree.stat(&m.path)? else {
+                continue;
+            };
+            let target = if let Some(kept) = &m.parents_path {
+                tree::join(&dest_rel, kept)
+            } else {
+                let dest_resolved = tree::resolve(&self.merged, &dest_rel, true)?;
+                let dest_is_dir = matches!(
+                    self.merged.stat(&dest_resolved)?,
+                    Some(Meta {
+                        kind: EntryKind::Dir,
+                        ..
+                    })
+                );
+                if src_meta.kind != EntryKind::Dir && dest_is_dir {
+                    tree::join(&dest_rel, &m.name)
+                } else {
+                    dest_rel.clone()
+                }
+            };
+            for e in walk_sources(tree, m, excludes)? {
+                let to = tree::join(&target, &e.rel);
+                self.write_entry(tree, &e, &to, e.rel.is_empty())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets `--chown`, `--chmod` and whether sources keep their owners.
+    pub fn set_options(
+        &mut self,
+        chown: Option<(u32, u32)>,
+        chmod: Option<Chmod>,
+        keep_owners: bool,
+    ) {
+        self.opts.chown = chown;
+        self.opts.chmod = chmod;
+        self.opts.keep_owners = keep_owners;
+    }
+
+    /// `mkdir -p` of `dir` (WORKDIR): directories created are owned by
+    /// `owner`; existing ones are copied up unchanged.
+    pub fn mkdir_owned(&mut self, dir: &str, owner: (u32, u32)) -> Result<(), CopyError> {
+        let saved = self.opts.chown.replace(owner);
+        let result = self.mkdir_all(&tree::clean(dir)).map(|_| ());
+        self.opts.chown = saved;
+        result
+    }
+
+    /// The upper-dir directory for `dest` (created), where ADD extracts archives.
+    pub fn dest_dir(&mut self, dest: &str) -> Result<PathBuf, CopyError> {
+        let resolved = self.mkdir_all(&tree::clean(dest))?;
+        Ok(self.upper.join(resolved))
+    }
+
+    /// Writes a file with `data` (a heredoc source) at `dest`.
+    pub fn write_file(&mut self, dest: &str, name: &str, data: &[u8]) -> Result<(), CopyError> {
+        let dest_rel = tree::clean(dest);
+        let dest_resolved = tree::resolve(&self.merged, &dest_rel, true)?;
+        let is_dir = dest.ends_with('/')
+            || matches!(
+                self.merged.stat(&dest_resolved)?,
+                Some(Meta {
+                    kind: EntryKind::Dir,
+                    ..
+                })
+            );
+        let target = if is_dir {
+            tree::join(&dest_rel, name)
+        } else {
+            dest_rel
+        };
+        let meta = Meta {
+            kind: EntryKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: data.len() as u64,
+            mtime: self.opts.mtime,
+            link_id: None,
+        };
+        let path = self.prepare(&target)?;
+        let mut f = fs::File::create(&path).map_err(write_err(&path))?;
+        f.write_all(data).map_err(write_err(&path))?;
+        drop(f);
+        self.finish_entry(&path, &meta, &[])
+    }
+
+    /// The upper-dir path for `target` (a path in the image), with its parent
+    /// directories present in the upper dir (copied up or created).
+    fn prepare(&mut self, target: &str) -> Result<PathBuf, CopyError> {
+        let (parent, name) = match target.rsplit_once('/') {
+            Some((p, n)) => (p.to_string(), n.to_string()),
+            None => (String::new(), target.to_string()),
+        };
+        let parent = self.mkdir_all(&parent)?;
+        let path = self.upper.join(&parent).join(&name);
+        Ok(path)
+    }
+
+    /// Makes `dir` (a path in the image) a directory in the upper dir,
+    /// following symlinks of the merged view; returns the resolved path.
+    fn mkdir_all(&mut self, dir: &str) -> Result<String, CopyError> {
+        let mut done = String::new();
+        for part in dir.split('/').filter(|p| !p.is_empty()) {
+            let candidate = tree::join(&done, part);
+            let resolved = tree::resolve(&self.merged, &candidate, true)?;
+            let upper_path = self.upper.join(&resolved);
+            match self.merged.stat(&resolved)? {
+                Some(Meta {
+                    kind: EntryKind::Dir,
+                    mode,
+                    uid,
+                    gid,
+                    mtime,
+                    ..
+                }) => {
+                    if fs::symlink_metadata(&upper_path).is_err() {
+                        // Copy up, as overlayfs does on the first write below it.
+                        self.make_dir(&upper_path, mode, (uid, gid), mtime)?;
+                    }
+                }
+                Some(_) => {
+                    return Err(CopyError::Conflict {
+                        source_path: dir.to_string(),
+                        dest: format!("/{resolved}"),
+                        reason: "a parent of the destination is not a directory",
+                    })
+                }
+                None => {
+                    let owner = self.opts.chown.unwrap_or((0, 0));
+                    self.make_dir(&upper_path, 0o755, owner, self.opts.mtime)?;
+                }
+            }
+            done = resolved;
+        }
+        Ok(done)
+    }
+
+    fn make_dir(
+        &self,
+        path: &Path,
+        mode: u32,
+        owner: (u32, u32),
+        mtime: i64,
+    ) -> Result<(), CopyError> {
+        if let Some(parent) = path.parent() {
+            if !parent.exists() {
+                fs::create_dir_all(parent).map_err(write_err(parent))?;
+            }
+        }
+        match fs::create_dir(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(write_err(path)(e)),
+        }
+        chown(path, owner)?;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(write_err(path))?;
+        set_mtime(path, mtime)?;
+        Ok(())
+    }
+
+    fn write_entry(
+        &mut self,
+        tree: &dyn SourceTree,
+        e: &WalkEntry,
+        target: &str,
+        top: bool,
+    ) -> Result<(), CopyError> {
+        if e.meta.kind == EntryKind::Dir {
+            let resolved = tree::resolve(&self.merged, target, true)?;
+            let existing = self.merged.stat(&resolved)?;
+            match existing {
+                Some(Meta {
+                    kind: EntryKind::Dir,
+                    ..
+                }) => {
+                    let rel = self.mkdir_all(target)?;
+                    let path = self.upper.join(rel);
+                    // The copy root keeps the metadata it had; directories
+                    // below it take the source's (fsutil's rule).
+                    if !top {
+                        let xattrs = tree.xattrs(&e.source)?;
+                        self.finish_entry(&path, &e.meta, &xattrs)?;
+                    }
+                }
+                Some(_) => {
+                    return Err(CopyError::Conflict {
+                        source_path: e.source.clone(),
+                        dest: format!("/{target}"),
+                        reason: "cannot replace a file with a directory",
+                    })
+                }
+                None => {
+                    let path = self.prepare(&resolved)?;
+                    self.make_dir(&path, 0o755, (0, 0), e.meta.mtime)?;
+                    let xattrs = tree.xattrs(&e.source)?;
+                    self.finish_entry(&path, &e.meta, &xattrs)?;
+                }
+            }
+            return Ok(());
+        }
+        let resolved_parent = match target.rsplit_once('/') {
+            Some((p, n)) => tree::join(&self.mkdir_all(p)?, n),
+            None => target.to_string(),
+        };
+        let path = self.upper.join(&resolved_parent);
+        if let Ok(m) = fs::symlink_metadata(&path) {
+            if m.is_dir() {
+                return Err(CopyError::Conflict {
+                    source_path: e.source.clone(),
+                    dest: format!("/{target}"),
+                    reason: "cannot replace a directory with a file",
+                });
+            }
+            fs::remove_file(&path).map_err(write_err(&path))?;
+        }
+        match &e.meta.kind {
+            EntryKind::File => {
+                if let Some(first) = e.meta.link_id.and_then(|id| self.links.get(&id)) {
+                    fs::hard_link(first, &path).map_err(write_err(&path))?;
+                    return Ok(());
+                }
+                let mut reader = tree.open(&e.source)?;
+                let mut f = fs::File::create(&path).map_err(write_err(&path))?;
+                std::io::copy(&mut reader, &mut f).map_err(write_err(&path))?;
+                drop(f);
+                if let Some(id) = e.meta.link_id {
+                    self.links.insert(id, path.clone());
+                }
+            }
+            EntryKind::Symlink(t) => {
+                symlink(t, &path).map_err(write_err(&path))?;
+                let (uid, gid) = self.owner(&e.meta);
+                nix::unistd::fchownat(
+                    None,
+                    &path,
+                    Some(uid.into()),
+                    Some(gid.into()),
+                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(|err| write_err(&path)(err.into()))?;
+                return Ok(());
+            }
+            EntryKind::CharDevice(major, minor) | EntryKind::BlockDevice(major, minor) => {
+                let kind = if matches!(e.meta.kind, EntryKind::CharDevice(..)) {
+                    nix::sys::stat::SFlag::S_IFCHR
+                } else {
+                    nix::sys::stat::SFlag::S_IFBLK
+                };
+                nix::sys::stat::mknod(
+                    &path,
+                    kind,
+                    nix::sys::stat::Mode::from_bits_truncate(e.meta.mode),
+                    nix::sys::stat::makedev((*major).into(), (*minor).into()),
+                )
+                .map_err(|err| write_err(&path)(err.into()))?;
+            }
+            EntryKind::Fifo => {
+                nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(e.meta.mode))
+                    .map_err(|err| write_err(&path)(err.into()))?;
+            }
+            EntryKind::Dir | EntryKind::Socket => return Ok(()),
+        }
+        let xattrs = tree.xattrs(&e.source)?;
+        self.finish_entry(&path, &e.meta, &xattrs)
+    }
+
+    /// Owner, mode (after `--chmod`), xattrs and mtime of a written entry.
+    fn finish_entry(
+        &self,
+        path: &Path,
+        meta: &Meta,
+        xattrs: &[(String, Vec<u8>)],
+    ) -> Result<(), CopyError> {
+        chown(path, self.owner(meta))?;
+        let is_dir = meta.kind == EntryKind::Dir;
+        let mode = match &self.opts.chmod {
+            Some(c) => c.apply(meta.mode, is_dir),
+            None => meta.mode,
+        };
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(write_err(path))?;
+        for (name, value) in xattrs {
+            set_xattr(path, name, value)?;
+        }
+        set_mtime(path, meta.mtime.min(self.opts.mtime.max(meta.mtime)))?;
+        Ok(())
+    }
+}
+
+fn chown(path: &Path, (uid, gid): (u32, u32)) -> Result<(), CopyError> {
+    nix::unistd::fchownat(
+        None,
+        path,
+        Some(uid.into()),
+        Some(gid.into()),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|err| write_err(path)(err.into()))
+}
+
+fn set_mtime(path: &Path, mtime: i64) -> Result<(), CopyError> {
+    let t = nix::sys::time::TimeSpec::new(mtime, 0);
+    nix::sys::stat::utimensat(
+        None,
+        path,
+        &t,
+        &t,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|err| write_err(path)(err.into()))
+}
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) -> Result<(), CopyError> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| write_err(path)(std::io::Error::other("path has a NUL byte")))?;
+    let c_name = CString::new(name)
+        .map_err(|_| write_err(path)(std::io::Error::other("xattr name has a NUL byte")))?;
+    // SAFETY: both strings are NUL-terminated; value is valid for its length.
+    let rc = unsafe {
+        libc::lsetxattr(
+            c_path.as_ptr(),
+            c_name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(write_err(path)(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Whether a directory in an upper dir is an overlay opaque marker holder
+/// (used by snapshot code; kept here with the other layer names).
+pub fn is_opaque_marker(name: &str) -> bool {
+    name == OPAQUE_MARKER
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chmod_forms() {
+        assert_eq!(Chmod::parse("0755"), Some(Chmod::Octal(0o755)));
+        assert_eq!(Chmod::parse("17777"), None);
+        let c = Chmod::parse("u+x,go-w").expect("symbolic");
+        assert_eq!(c.apply(0o666, false), 0o744);
+        assert_eq!(Chmod::parse("a=rX").expect("ok").apply(0o600, true), 0o555);
+        assert_eq!(Chmod::parse("a=rX").expect("ok").apply(0o600, false), 0o444);
+        assert!(Chmod::parse("z+q").is_none());
+    }
+
+    #[test]
+    fn escaping_sources_are_caught() {
+        assert!(escapes_root("../x"));
+        assert!(escapes_root("a/../../x"));
+        assert!(!escapes_root("a/../x"));
+        assert!(!escapes_root("./x"));
+    }
+}

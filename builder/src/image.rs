@@ -1,0 +1,308 @@
+//! Image configs and manifests as docker and the OCI image spec write them.
+//!
+//! The config keeps fields estiba does not know (a base image's `Hostname`,
+//! say) so an image built on another keeps what it inherited. Maps docker
+//! writes as `{"80/tcp": {}}` are written that way; history entries carry
+//! BuildKit's comment so `docker history` reads the same.
+
+use estiba_frontend::graph::ImageConfig as PlannedConfig;
+use estiba_frontend::instructions::Healthcheck;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// The history comment BuildKit writes.
+pub const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
+/// OCI image config media type.
+pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+/// OCI image manifest media type.
+pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Docker image manifest media type.
+pub const DOCKER_MANIFEST_MEDIA_TYPE: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Docker image config media type.
+pub const DOCKER_CONFIG_MEDIA_TYPE: &str = "application/vnd.docker.container.image.v1+json";
+
+/// `{}`: the value of docker's set-like maps.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Empty {}
+
+/// The `config` object of an image config.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerConfig {
+    /// `USER`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
+    /// `EXPOSE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposed_ports: Option<BTreeMap<String, Empty>>,
+    /// `ENV`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<String>>,
+    /// `ENTRYPOINT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// `CMD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    /// `VOLUME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<BTreeMap<String, Empty>>,
+    /// `WORKDIR`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub working_dir: String,
+    /// `LABEL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// `STOPSIGNAL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// `HEALTHCHECK`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<Healthcheck>,
+    /// `SHELL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<Vec<String>>,
+    /// `ONBUILD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_build: Option<Vec<String>>,
+    /// Docker's Windows relic, set by CMD.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub args_escaped: bool,
+    /// Fields estiba does not interpret, kept as the base image had them.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+/// One `history` entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    /// RFC 3339 time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    /// The instruction.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub created_by: String,
+    /// `buildkit.dockerfile.v0` for entries estiba writes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub comment: String,
+    /// True for steps that made no layer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub empty_layer: bool,
+}
+
+/// `rootfs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootFs {
+    /// Always `layers`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The uncompressed digests of the layers, bottom first.
+    pub diff_ids: Vec<String>,
+}
+
+impl Default for RootFs {
+    fn default() -> Self {
+        RootFs {
+            kind: "layers".to_string(),
+            diff_ids: Vec::new(),
+        }
+    }
+}
+
+/// An image config (`application/vnd.oci.image.config.v1+json`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    /// `amd64`, `arm64`, ...
+    #[serde(default)]
+    pub architecture: String,
+    /// `linux`.
+    #[serde(default)]
+    pub os: String,
+    /// `v8`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    /// When the image was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    /// MAINTAINER.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    /// The runtime config.
+    #[serde(default)]
+    pub config: ContainerConfig,
+    /// Layers.
+    #[serde(default)]
+    pub rootfs: RootFs,
+    /// One entry per instruction, layers or not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<History>,
+    /// Fields estiba does not interpret.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+impl ImageConfig {
+    /// The config the planner starts a stage from, for this image.
+    pub fn planned(&self) -> PlannedConfig {
+        let c = &self.config;
+        PlannedConfig {
+            user: c.user.clone(),
+            exposed_ports: c
+                .exposed_ports
+                .iter()
+                .flat_map(|m| m.keys().cloned())
+                .collect(),
+            env: c.env.clone().unwrap_or_default(),
+            entrypoint: c.entrypoint.clone(),
+            cmd: c.cmd.clone(),
+            volumes: c.volumes.iter().flat_map(|m| m.keys().cloned()).collect(),
+            working_dir: c.working_dir.clone(),
+            labels: c.labels.clone().unwrap_or_default(),
+            stop_signal: c.stop_signal.clone(),
+            healthcheck: c.healthcheck.clone(),
+            shell: c.shell.clone(),
+            on_build: c.on_build.clone().unwrap_or_default(),
+            args_escaped: c.args_escaped,
+        }
+    }
+
+    /// Replaces the runtime config with what a build planned, keeping the
+    /// fields estiba does not know.
+    pub fn apply(&mut self, planned: &PlannedConfig) {
+        let c = &mut self.config;
+        c.user = planned.user.clone();
+        c.exposed_ports = set_map(planned.exposed_ports.iter());
+        c.env = (!planned.env.is_empty()).then(|| planned.env.clone());
+        c.entrypoint = planned.entrypoint.clone();
+        c.cmd = planned.cmd.clone();
+        c.volumes = set_map(planned.volumes.iter());
+        c.working_dir = planned.working_dir.clone();
+        c.labels = (!planned.labels.is_empty()).then(|| planned.labels.clone());
+        c.stop_signal = planned.stop_signal.clone();
+        c.healthcheck = planned.healthcheck.clone();
+        c.shell = planned.shell.clone();
+        c.on_build = (!planned.on_build.is_empty()).then(|| planned.on_build.clone());
+        c.args_escaped = planned.args_escaped;
+    }
+}
+
+fn set_map<'a>(keys: impl Iterator<Item = &'a String>) -> Option<BTreeMap<String, Empty>> {
+    let map: BTreeMap<String, Empty> = keys.map(|k| (k.clone(), Empty {})).collect();
+    (!map.is_empty()).then_some(map)
+}
+
+/// An image manifest (OCI or docker schema 2; the shapes are the same).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    /// 2.
+    pub schema_version: u32,
+    /// The manifest's own media type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    /// The config blob.
+    pub config: estiba_cache::Descriptor,
+    /// Layer blobs, bottom first.
+    pub layers: Vec<estiba_cache::Descriptor>,
+    /// Annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Seconds since the epoch as RFC 3339 UTC (`2026-11-23T11:05:00Z`).
+pub fn rfc3339(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    )
+}
+
+/// Parses the RFC 3339 times images carry (fractions and offsets allowed)
+/// into seconds since the epoch.
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    let (date, time) = text.split_once(['T', 't', ' '])?;
+    let mut d = date.split('-');
+    let (y, m, day): (i64, i64, i64) = (
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+    );
+    let (clock, offset) = match time.find(['Z', 'z', '+', '-']) {
+        Some(i) => time.split_at(i),
+        None => (time, "Z"),
+    };
+    let mut c = clock.split(':');
+    let (h, min): (i64, i64) = (c.next()?.parse().ok()?, c.next()?.parse().ok()?);
+    let s: i64 = c.next()?.split('.').next()?.parse().ok()?;
+    let offset_secs = match offset.chars().next() {
+        Some('+') | Some('-') => {
+            let sign = if offset.starts_with('-') { -1 } else { 1 };
+            let (oh, om) = offset[1..].split_once(':')?;
+            sign * (oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60)
+        }
+        _ => 0,
+    };
+    // Days from civil (Hinnant).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + min * 60 + s - offset_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
+        assert_eq!(parse_rfc3339("2026-11-18T11:06:40Z"), Some(1_795_000_000));
+        assert_eq!(
+            parse_rfc3339("2026-11-18T12:06:40.123456789+01:00"),
+            Some(1_795_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339("2000-02-29T00:00:00Z")
+                .map(rfc3339)
+                .as_deref(),
+            Some("2000-02-29T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn config_keeps_unknown_fields_and_writes_docker_maps() {
+        let json = r#"{"architecture":"amd64","os":"linux","config":{"Hostname":"abc","ExposedPorts":{"80/tcp":{}},"Env":["A=1"]},"rootfs":{"type":"layers","diff_ids":[]},"moby.buildkit.buildinfo.v1":"x"}"#;
+        let mut config: ImageConfig = serde_json::from_str(json).expect("parses");
+        let mut planned = config.planned();
+        assert_eq!(planned.exposed_ports.len(), 1);
+        planned.exposed_ports.insert("53/udp".to_string());
+        config.apply(&planned);
+        let out = serde_json::to_value(&config).expect("serializes");
+        assert_eq!(out["config"]["Hostname"], "abc");
+        assert_eq!(
+            out["config"]["ExposedPorts"]["53/udp"],
+            serde_json::json!({})
+        );
+        assert_eq!(out["moby.buildkit.buildinfo.v1"], "x");
+    }
+}

@@ -1,0 +1,1969 @@
+//! Layers as the OCI image spec defines them: a tar of a file system diff,
+//! with `.wh.<name>` whiteouts for deletions and `.wh..wh..opq` markers for
+//! directories whose lower contents are hidden.
+//!
+//! [`write_layer`] turns a diff directory into a *deterministic* tar (sorted
+//! entries, no user or group names, numeric ids only, mtimes from the files
+//! or clamped, PAX records only where ustar cannot say it) and hashes it as
+//! it is written, which gives the layer's diff ID in the same pass.
+//! [`unpack_layer`] applies a layer onto a directory, flattening it onto what
+//! lower layers left there; no entry can write outside that directory, and
+//! symbolic links already in it are resolved as if it were the root, as a
+//! container would see them. [`list_layer`] reads what a layer contains
+//! without writing anything.
+
+use crate::compress::DigestWriter;
+use estiba_cache::Digest;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::ffi::{CString, OsStr, OsString};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// The prefix of a whiteout file's name: `.wh.x` deletes `x` from lower layers.
+pub const WHITEOUT_PREFIX: &str = ".wh.";
+/// The name of the marker that hides a directory's lower-layer contents.
+pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
+/// Names with this prefix (other than [`OPAQUE_MARKER`]) are AUFS metadata,
+/// never part of the file system.
+const WHITEOUT_META_PREFIX: &str = ".wh..wh.";
+
+/// How symbolic links in a parent path may be followed before giving up.
+const MAX_SYMLINKS: usize = 255;
+/// The largest number ustar's 7-digit octal fields hold (ids, mode).
+const MAX_OCTAL_7: u64 = 0o7_777_777;
+/// The largest number ustar's 11-digit octal fields hold (size, mtime).
+const MAX_OCTAL_11: u64 = 0o77_777_777_777;
+/// A tar block.
+const BLOCK: usize = 512;
+
+/// How [`write_layer`] writes a layer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LayerOptions {
+    /// `SOURCE_DATE_EPOCH`: no entry gets an mtime later than this (seconds
+    /// since the epoch); earlier mtimes are kept.
+    pub mtime_clamp: Option<i64>,
+}
+
+/// What [`write_layer`] wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerInfo {
+    /// sha256 of the uncompressed tar.
+    pub diff_id: Digest,
+    /// Size in bytes of the uncompressed tar.
+    pub size: u64,
+}
+
+/// What [`unpack_layer`] does with whiteout entries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WhiteoutMode {
+    /// Delete what they name and empty opaque directories: flattening onto
+    /// lower layers.
+    #[default]
+    Apply,
+    /// Write them as the empty files they are: a snapshot of this layer
+    /// alone, to be stacked (overlayfs) or re-archived later.
+    Keep,
+}
+
+/// How [`unpack_layer`] applies a layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnpackOptions {
+    /// Give files the owners the layer says (needs root). When false, files
+    /// belong to whoever unpacks, and xattrs the kernel refuses (`EPERM`,
+    /// `ENOTSUP`) are skipped and counted instead of failing.
+    pub same_owner: bool,
+    /// Apply or keep whiteouts.
+    pub whiteouts: WhiteoutMode,
+}
+
+impl Default for UnpackOptions {
+    /// Owners kept when running as root; whiteouts applied.
+    fn default() -> Self {
+        UnpackOptions {
+            same_owner: nix::unistd::geteuid().is_root(),
+            whiteouts: WhiteoutMode::Apply,
+        }
+    }
+}
+
+/// Counts of what [`unpack_layer`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnpackStats {
+    /// Tar entries read (extension headers not counted).
+    pub entries: u64,
+    /// Regular files written.
+    pub files: u64,
+    /// Directories created or updated.
+    pub dirs: u64,
+    /// Symbolic links created.
+    pub symlinks: u64,
+    /// Hard links created.
+    pub hardlinks: u64,
+    /// Devices and fifos created.
+    pub specials: u64,
+    /// Whiteouts and opaque markers applied.
+    pub whiteouts: u64,
+    /// Bytes of file content written.
+    pub bytes: u64,
+    /// xattrs the kernel refused on an unprivileged run.
+    pub xattrs_skipped: u64,
+}
+
+/// The type of a layer entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// A second name for an earlier entry's inode.
+    Hardlink,
+    /// A character device.
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+    /// A named pipe.
+    Fifo,
+}
+
+/// What a whiteout entry hides.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Whiteout {
+    /// `dir/.wh.name`: `dir/name` is deleted.
+    Remove(PathBuf),
+    /// `dir/.wh..wh..opq`: what lower layers hold in `dir` is hidden.
+    Opaque(PathBuf),
+}
+
+/// One layer entry, as [`list_layer`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryMeta {
+    /// Relative path, without `./` or a trailing `/`; empty for the root.
+    pub path: PathBuf,
+    /// Entry type.
+    pub kind: EntryKind,
+    /// Permission bits, with setuid, setgid and sticky.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u64,
+    /// Group.
+    pub gid: u64,
+    /// Content size (0 for all but regular files).
+    pub size: u64,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// A symlink's target (verbatim) or a hardlink's target path (relative,
+    /// like `path`).
+    pub link_target: Option<PathBuf>,
+    /// Major and minor numbers of a device.
+    pub device: Option<(u32, u32)>,
+    /// Extended attributes.
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+    /// Set when this entry is a whiteout or an opaque marker.
+    pub whiteout: Option<Whiteout>,
+}
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    /// A file-system operation failed while archiving.
+    #[error("cannot {action} {path}")]
+    Fs {
+        /// What was being done.
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A file's content changed size while it was being archived.
+    #[error("{path} changed while it was being archived")]
+    Changed {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Writing the tar failed.
+    #[error("cannot write the layer tar")]
+    Write {
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading the tar failed (corrupt header, I/O or decompression error).
+    #[error("cannot read the layer tar")]
+    Read {
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The tar ends without its end-of-archive blocks.
+    #[error("the layer tar is truncated: it ends without an end-of-archive marker")]
+    Truncated,
+    /// An entry's content ends before its declared size.
+    #[error("layer entry {entry:?} is truncated: the tar ends inside its {size} bytes")]
+    TruncatedEntry {
+        /// The entry's path.
+        entry: String,
+        /// Bytes declared.
+        size: u64,
+    },
+    /// A header or extension record is malformed.
+    #[error("the layer tar is corrupt at or after entry {near:?}: {reason}")]
+    Corrupt {
+        /// The entry at or after which it is.
+        near: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An entry's path or link target would leave the destination.
+    #[error("layer entry {entry:?} escapes the destination: {reason}")]
+    Escape {
+        /// The entry's path.
+        entry: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// An entry is malformed in some other way.
+    #[error("layer entry {entry:?} is invalid: {reason}")]
+    Invalid {
+        /// The entry's path.
+        entry: String,
+        /// Why.
+        reason: String,
+    },
+    /// An entry type layers do not carry (sparse chunks, multi-volume…).
+    #[error("layer entry {entry:?} has unsupported type {kind:?}")]
+    UnsupportedType {
+        /// The entry's path.
+        entry: String,
+        /// The type flag.
+        kind: char,
+    },
+    /// A parent component of an entry exists and is not a directory.
+    #[error("cannot apply layer entry {entry:?}: {path} is not a directory")]
+    NotADirectory {
+        /// The entry's path.
+        entry: String,
+        /// The offending path in the destination.
+        path: PathBuf,
+    },
+    /// Resolving a parent path met too many symbolic links.
+    #[error("cannot apply layer entry {entry:?}: too many levels of symbolic links")]
+    SymlinkLoop {
+        /// The entry's path.
+        entry: String,
+    },
+    /// A hardlink's target is not there.
+    #[error("layer entry {entry:?} is a hard link to {target:?}, which does not exist")]
+    MissingLinkTarget {
+        /// The entry's path.
+        entry: String,
+        /// The link target.
+        target: String,
+    },
+    /// A file-system operation failed while applying an entry.
+    #[error("cannot apply layer entry {entry:?} at {path}")]
+    Apply {
+        /// The entry's path.
+        entry: String,
+        /// The destination path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+// ---------------------------------------------------------------------------
+// Writing tars
+// ---------------------------------------------------------------------------
+
+/// One tar header as estiba writes it.
+#[derive(Clone, Debug)]
+pub(crate) struct TarHeader {
+    /// Path bytes, with a trailing `/` for directories.
+    pub(crate) path: Vec<u8>,
+    pub(crate) kind: EntryKind,
+    pub(crate) mode: u32,
+    pub(crate) uid: u64,
+    pub(crate) gid: u64,
+    pub(crate) size: u64,
+    pub(crate) mtime: i64,
+    pub(crate) link: Option<Vec<u8>>,
+    pub(crate) device: (u32, u32),
+    /// Sorted by name.
+    pub(crate) xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TarHeader {
+    /// A plain file or directory header for archives estiba writes itself
+    /// (mode 0644/0755, root, mtime 0).
+    pub(crate) fn simple(path: &str, kind: EntryKind, size: u64) -> Self {
+        TarHeader {
+            path: path.as_bytes().to_vec(),
+            kind,
+            mode: if kind == EntryKind::Dir { 0o755 } else { 0o644 },
+            uid: 0,
+            gid: 0,
+            size,
+            mtime: 0,
+            link: None,
+            device: (0, 0),
+            xattrs: Vec::new(),
+        }
+    }
+}
+
+/// Why copying an entry's content into a tar failed.
+#[derive(Debug)]
+pub(crate) enum DataError {
+    /// The source failed.
+    Read(io::Error),
+    /// The output failed.
+    Write(io::Error),
+    /// The source had fewer bytes than the header says.
+    Short,
+    /// The source had more bytes than the header says.
+    Long,
+}
+
+/// A minimal ustar/PAX writer that produces the same bytes for the same
+/// headers, always: ustar where it can, PAX records (sorted by key) where
+/// ustar cannot say it, no names, no padding beyond the two end blocks.
+#[derive(Debug)]
+pub(crate) struct TarWriter<W: Write> {
+    out: W,
+}
+
+impl<W: Write> TarWriter<W> {
+    pub(crate) fn new(out: W) -> Self {
+        TarWriter { out }
+    }
+
+    /// Writes the header (and any PAX header before it).
+    pub(crate) fn header(&mut self, h: &TarHeader) -> io::Result<()> {
+        let mut pax: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        if h.path.len() > 100 {
+            pax.insert(b"path".to_vec(), h.path.clone());
+        }
+        if let Some(link) = &h.link {
+            if link.len() > 100 {
+                pax.insert(b"linkpath".to_vec(), link.clone());
+            }
+        }
+        if h.uid > MAX_OCTAL_7 {
+            pax.insert(b"uid".to_vec(), h.uid.to_string().into_bytes());
+        }
+        if h.gid > MAX_OCTAL_7 {
+            pax.insert(b"gid".to_vec(), h.gid.to_string().into_bytes());
+        }
+        if h.size > MAX_OCTAL_11 {
+            pax.insert(b"size".to_vec(), h.size.to_string().into_bytes());
+        }
+        if h.mtime < 0 || h.mtime as u64 > MAX_OCTAL_11 {
+            pax.insert(b"mtime".to_vec(), h.mtime.to_string().into_bytes());
+        }
+        if !pax.is_empty() || !h.xattrs.is_empty() {
+            // Standard keys first, then xattrs, each set sorted: readers that
+            // split records on newlines (the tar crate) still find the
+            // standard keys even when a binary xattr value holds a newline.
+            let mut data = Vec::new();
+            for (key, value) in &pax {
+                pax_record(&mut data, key, value);
+            }
+            for (name, value) in &h.xattrs {
+                let mut key = b"SCHILY.xattr.".to_vec();
+                key.extend_from_slice(name);
+                pax_record(&mut data, &key, value);
+            }
+            let mut name = b"PaxHeaders.0/".to_vec();
+            let base = h
+                .path
+                .strip_suffix(b"/")
+                .unwrap_or(&h.path)
+                .rsplit(|b| *b == b'/')
+                .next()
+                .unwrap_or(b"");
+            name.extend_from_slice(base);
+            name.truncate(100);
+            let block = ustar_block(&name, b'x', 0, 0, 0, data.len() as u64, 0, b"", (0, 0));
+            self.out.write_all(&block)?;
+            self.out.write_all(&data)?;
+            self.pad(data.len() as u64)?;
+        }
+        let fit = |v: u64, max: u64| if v > max { 0 } else { v };
+        let mtime = if h.mtime < 0 {
+            0
+        } else {
+            fit(h.mtime as u64, MAX_OCTAL_11)
+        };
+        let block = ustar_block(
+            &h.path[..h.path.len().min(100)],
+            type_flag(h.kind),
+            u64::from(h.mode & 0o7777),
+            fit(h.uid, MAX_OCTAL_7),
+            fit(h.gid, MAX_OCTAL_7),
+            fit(h.size, MAX_OCTAL_11),
+            mtime,
+            h.link
+                .as_deref()
+                .map_or(&b""[..], |l| &l[..l.len().min(100)]),
+            h.device,
+        );
+        self.out.write_all(&block)
+    }
+
+    /// Copies exactly `size` bytes of content from `data`, then the padding.
+    pub(crate) fn data(&mut self, data: impl Read, size: u64) -> Result<(), DataError> {
+        let mut data = data;
+        let mut limited = (&mut data).take(size);
+        let mut buf = vec![0u8; 128 * 1024];
+        let mut copied = 0u64;
+        loop {
+            let n = match limited.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(DataError::Read(e)),
+            };
+            self.out.write_all(&buf[..n]).map_err(DataError::Write)?;
+            copied += n as u64;
+        }
+        if copied < size {
+            return Err(DataError::Short);
+        }
+        let mut probe = [0u8; 1];
+        loop {
+            match data.read(&mut probe) {
+                Ok(0) => break,
+                Ok(_) => return Err(DataError::Long),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(DataError::Read(e)),
+            }
+        }
+        self.pad(size).map_err(DataError::Write)
+    }
+
+    fn pad(&mut self, size: u64) -> io::Result<()> {
+        let rem = (size % BLOCK as u64) as usize;
+        if rem != 0 {
+            self.out.write_all(&[0u8; BLOCK][..BLOCK - rem])?;
+        }
+        Ok(())
+    }
+
+    /// Writes the two end-of-archive blocks and returns the output.
+    pub(crate) fn finish(mut self) -> io::Result<W> {
+        self.out.write_all(&[0u8; 2 * BLOCK])?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+fn pax_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    // "<len> <key>=<value>\n", where <len> counts itself.
+    let rest = 3 + key.len() + value.len();
+    let mut len = rest + 1;
+    while rest + len.to_string().len() != len {
+        len = rest + len.to_string().len();
+    }
+    out.extend_from_slice(len.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(key);
+    out.push(b'=');
+    out.extend_from_slice(value);
+    out.push(b'\n');
+}
+
+fn type_flag(kind: EntryKind) -> u8 {
+    match kind {
+        EntryKind::File => b'0',
+        EntryKind::Hardlink => b'1',
+        EntryKind::Symlink => b'2',
+        EntryKind::CharDevice => b'3',
+        EntryKind::BlockDevice => b'4',
+        EntryKind::Dir => b'5',
+        EntryKind::Fifo => b'6',
+    }
+}
+
+fn octal(field: &mut [u8], value: u64) {
+    // Zero-padded octal digits filling all but the last byte, then NUL.
+    let digits = field.len() - 1;
+    let text = format!("{value:0digits$o}");
+    field[..digits].copy_from_slice(&text.as_bytes()[text.len() - digits..]);
+    field[digits] = 0;
+}
+
+#[allow(clippy::too_many_arguments)]
+fn ustar_block(
+    name: &[u8],
+    flag: u8,
+    mode: u64,
+    uid: u64,
+    gid: u64,
+    size: u64,
+    mtime: u64,
+    link: &[u8],
+    device: (u32, u32),
+) -> [u8; BLOCK] {
+    let mut b = [0u8; BLOCK];
+    b[..name.len()].copy_from_slice(name);
+    octal(&mut b[100..108], mode);
+    octal(&mut b[108..116], uid);
+    octal(&mut b[116..124], gid);
+    octal(&mut b[124..136], size);
+    octal(&mut b[136..148], mtime);
+    b[156] = flag;
+    b[157..157 + link.len()].copy_from_slice(link);
+    b[257..263].copy_from_slice(b"ustar\0");
+    b[263..265].copy_from_slice(b"00");
+    octal(&mut b[329..337], u64::from(device.0).min(MAX_OCTAL_7));
+    octal(&mut b[337..345], u64::from(device.1).min(MAX_OCTAL_7));
+    b[148..156].copy_from_slice(b"        ");
+    let sum: u64 = b.iter().map(|&x| u64::from(x)).sum();
+    octal(&mut b[148..155], sum);
+    b[155] = b' ';
+    b
+}
+
+/// An entry found under the diff directory.
+struct Found {
+    rel: Vec<u8>,
+    abs: PathBuf,
+    meta: fs::Metadata,
+}
+
+/// Writes the tree under `dir` (a layer diff: whiteout files in it are kept
+/// as they are) as a deterministic tar into `out`, and returns its diff ID
+/// and size, computed from the bytes as they are written.
+///
+/// Entries are sorted bytewise by path (so parents come before children);
+/// paths are relative, directories end in `/`; owners are numeric only;
+/// the second and later paths of an inode become hard links to the first;
+/// symlinks are stored, never followed; sockets are skipped (a tar cannot
+/// hold them); xattrs in the `user.`, `security.` and `trusted.` namespaces
+/// are kept except overlayfs's own (`trusted.overlay.*`, `user.overlay.*`)
+/// and `security.selinux`, which is the host's label, not the image's.
+pub fn write_layer(
+    dir: &Path,
+    out: impl Write,
+    opts: &LayerOptions,
+) -> Result<LayerInfo, LayerError> {
+    let mut found = Vec::new();
+    for item in walkdir::WalkDir::new(dir).follow_links(false).min_depth(1) {
+        let item = item.map_err(|e| {
+            let path = e.path().unwrap_or(dir).to_path_buf();
+            LayerError::Fs {
+                action: "walk",
+                path,
+                source: e.into(),
+            }
+        })?;
+        let meta = item.metadata().map_err(|e| LayerError::Fs {
+            action: "stat",
+            path: item.path().to_path_buf(),
+            source: e.into(),
+        })?;
+        if meta.file_type().is_socket() {
+            continue;
+        }
+        let rel = item
+            .path()
+            .strip_prefix(dir)
+            .map_err(|_| LayerError::Fs {
+                action: "walk",
+                path: item.path().to_path_buf(),
+                source: io::Error::other("path outside the walked directory"),
+            })?
+            .as_os_str()
+            .as_bytes()
+            .to_vec();
+        found.push(Found {
+            rel,
+            abs: item.into_path(),
+            meta,
+        });
+    }
+    found.sort_by(|a, b| a.rel.cmp(&b.rel));
+
+    let mut tar = TarWriter::new(DigestWriter::new(out));
+    let mut inodes: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+    for f in &found {
+        write_entry(&mut tar, f, opts, &mut inodes)?;
+    }
+    let (_, diff_id, size) = tar
+        .finish()
+        .map_err(|source| LayerError::Write { source })?
+        .finish();
+    Ok(LayerInfo { diff_id, size })
+}
+
+fn write_entry<W: Write>(
+    tar: &mut TarWriter<W>,
+    f: &Found,
+    opts: &LayerOptions,
+    inodes: &mut HashMap<(u64, u64), Vec<u8>>,
+) -> Result<(), LayerError> {
+    let meta = &f.meta;
+    let ft = meta.file_type();
+    let fs_err = |action, source| LayerError::Fs {
+        action,
+        path: f.abs.clone(),
+        source,
+    };
+    let mut mtime = meta.mtime();
+    if let Some(clamp) = opts.mtime_clamp {
+        mtime = mtime.min(clamp);
+    }
+    let mut h = TarHeader {
+        path: f.rel.clone(),
+        kind: EntryKind::File,
+        mode: meta.mode() & 0o7777,
+        uid: u64::from(meta.uid()),
+        gid: u64::from(meta.gid()),
+        size: 0,
+        mtime,
+        link: None,
+        device: (0, 0),
+        xattrs: Vec::new(),
+    };
+    if !ft.is_dir() && meta.nlink() > 1 {
+        let key = (meta.dev(), meta.ino());
+        if let Some(first) = inodes.get(&key) {
+            h.kind = EntryKind::Hardlink;
+            h.link = Some(first.clone());
+            return tar
+                .header(&h)
+                .map_err(|source| LayerError::Write { source });
+        }
+        inodes.insert(key, f.rel.clone());
+    }
+    h.xattrs = read_xattrs(&f.abs).map_err(|e| fs_err("read the xattrs of", e))?;
+    if ft.is_dir() {
+        h.kind = EntryKind::Dir;
+        h.path.push(b'/');
+    } else if ft.is_symlink() {
+        h.kind = EntryKind::Symlink;
+        let target = fs::read_link(&f.abs).map_err(|e| fs_err("read the link", e))?;
+        h.link = Some(target.into_os_string().into_vec());
+    } else if ft.is_char_device() || ft.is_block_device() {
+        h.kind = if ft.is_char_device() {
+            EntryKind::CharDevice
+        } else {
+            EntryKind::BlockDevice
+        };
+        let rdev = meta.rdev();
+        h.device = (
+            nix::sys::stat::major(rdev) as u32,
+            nix::sys::stat::minor(rdev) as u32,
+        );
+    } else if ft.is_fifo() {
+        h.kind = EntryKind::Fifo;
+    } else if ft.is_file() {
+        h.size = meta.len();
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&f.abs)
+            .map_err(|e| fs_err("open", e))?;
+        tar.header(&h)
+            .map_err(|source| LayerError::Write { source })?;
+        return tar.data(file, h.size).map_err(|e| match e {
+            DataError::Read(e) => fs_err("read", e),
+            DataError::Write(source) => LayerError::Write { source },
+            DataError::Short | DataError::Long => LayerError::Changed {
+                path: f.abs.clone(),
+            },
+        });
+    }
+    tar.header(&h)
+        .map_err(|source| LayerError::Write { source })
+}
+
+/// Whether an xattr belongs in a layer (see [`write_layer`]).
+fn layer_xattr(name: &[u8]) -> bool {
+    let namespace_ok = name.starts_with(b"user.")
+        || name.starts_with(b"security.")
+        || name.starts_with(b"trusted.");
+    namespace_ok
+        && !name.starts_with(b"trusted.overlay.")
+        && !name.starts_with(b"user.overlay.")
+        && name != b"security.selinux"
+}
+
+fn cstring(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+fn unsupported(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOTSUP))
+}
+
+/// The layer-worthy xattrs of `path` (not following a symlink), by name.
+fn read_xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let c = cstring(path)?;
+    let mut names = Vec::new();
+    loop {
+        // SAFETY: a null buffer of size 0 asks for the needed size.
+        let size = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
+        if size < 0 {
+            let e = io::Error::last_os_error();
+            return if unsupported(&e) {
+                Ok(Vec::new())
+            } else {
+                Err(e)
+            };
+        }
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; size as usize];
+        // SAFETY: buf is valid for buf.len() bytes.
+        let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ERANGE) {
+                continue;
+            }
+            return Err(e);
+        }
+        buf.truncate(n as usize);
+        for name in buf.split(|b| *b == 0) {
+            if !name.is_empty() && layer_xattr(name) {
+                names.push(name.to_vec());
+            }
+        }
+        break;
+    }
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        if let Some(value) = get_xattr(&c, &name)? {
+            out.push((name, value));
+        }
+    }
+    Ok(out)
+}
+
+fn get_xattr(path: &CString, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
+    let cname = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "xattr name contains NUL"))?;
+    loop {
+        // SAFETY: a null buffer of size 0 asks for the needed size.
+        let size =
+            unsafe { libc::lgetxattr(path.as_ptr(), cname.as_ptr(), std::ptr::null_mut(), 0) };
+        if size < 0 {
+            let e = io::Error::last_os_error();
+            return if e.raw_os_error() == Some(libc::ENODATA) {
+                Ok(None)
+            } else {
+                Err(e)
+            };
+        }
+        let mut buf = vec![0u8; size as usize];
+        // SAFETY: buf is valid for buf.len() bytes.
+        let n = unsafe {
+            libc::lgetxattr(
+                path.as_ptr(),
+                cname.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::ERANGE) => continue,
+                Some(libc::ENODATA) => return Ok(None),
+                _ => return Err(e),
+            }
+        }
+        buf.truncate(n as usize);
+        return Ok(Some(buf));
+    }
+}
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    let c = cstring(path)?;
+    let cname = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "xattr name contains NUL"))?;
+    // SAFETY: all pointers are valid for the lengths given.
+    let r = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            cname.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn set_mtime(path: &Path, mtime: i64) -> io::Result<()> {
+    let c = cstring(path)?;
+    let t = libc::timespec {
+        tv_sec: mtime as libc::time_t,
+        tv_nsec: 0,
+    };
+    let times = [t, t];
+    // SAFETY: c is a valid path and times holds two timespecs.
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reading tars
+// ---------------------------------------------------------------------------
+
+/// The most bytes an extension header (PAX, GNU long name) may hold.
+const MAX_EXTENSION: u64 = 16 << 20;
+
+/// A tar entry as read, with PAX and GNU extensions applied.
+#[derive(Clone, Debug)]
+pub(crate) struct RawEntry {
+    /// Path bytes as the archive spells them.
+    pub(crate) path: Vec<u8>,
+    /// The type flag.
+    pub(crate) flag: u8,
+    pub(crate) mode: u32,
+    pub(crate) uid: u64,
+    pub(crate) gid: u64,
+    /// Content bytes that follow (0 for header-only types).
+    pub(crate) size: u64,
+    pub(crate) mtime: i64,
+    /// Link target bytes (empty when none).
+    pub(crate) link: Vec<u8>,
+    pub(crate) device: (u32, u32),
+    pub(crate) xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+/// Why reading a tar failed.
+#[derive(Debug)]
+pub(crate) enum TarError {
+    /// The input failed.
+    Io(io::Error),
+    /// The input ended before the end-of-archive blocks.
+    Truncated,
+    /// A header or extension is malformed.
+    Corrupt {
+        /// The entry at or after which it happened.
+        near: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A strict streaming tar reader (ustar, PAX, GNU long names): checksums
+/// checked, PAX records parsed by their lengths (xattr values are binary),
+/// and an archive must end with its two zero blocks, so a truncated one is
+/// an error rather than a shorter archive.
+#[derive(Debug)]
+pub(crate) struct TarReader<R> {
+    inner: R,
+    /// Content bytes of the current entry not yet read.
+    remaining: u64,
+    /// Padding after the current entry's content.
+    padding: u64,
+    done: bool,
+    /// The last entry returned, for error messages.
+    last: String,
+}
+
+fn padding_of(size: u64) -> u64 {
+    (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64
+}
+
+impl<R: Read> TarReader<R> {
+    pub(crate) fn new(inner: R) -> Self {
+        TarReader {
+            inner,
+            remaining: 0,
+            padding: 0,
+            done: false,
+            last: String::new(),
+        }
+    }
+
+    fn corrupt(&self, near: Option<&[u8]>, reason: impl Into<String>) -> TarError {
+        TarError::Corrupt {
+            near: near.map_or_else(|| self.last.clone(), lossy),
+            reason: reason.into(),
+        }
+    }
+
+    /// A whole block, `None` at a clean end of input.
+    fn read_block(&mut self) -> Result<Option<[u8; BLOCK]>, TarError> {
+        let mut block = [0u8; BLOCK];
+        let mut len = 0;
+        while len < BLOCK {
+            match self.inner.read(&mut block[len..]) {
+                Ok(0) if len == 0 => return Ok(None),
+                Ok(0) => return Err(TarError::Truncated),
+                Ok(n) => len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(TarError::Io(e)),
+            }
+        }
+        Ok(Some(block))
+    }
+
+    fn skip(&mut self, mut n: u64) -> Result<(), TarError> {
+        let mut buf = [0u8; 8192];
+        while n > 0 {
+            let want = n.min(buf.len() as u64) as usize;
+            match self.inner.read(&mut buf[..want]) {
+                Ok(0) => return Err(TarError::Truncated),
+                Ok(got) => n -= got as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(TarError::Io(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn read_extension(&mut self, size: u64, name: &[u8]) -> Result<Vec<u8>, TarError> {
+        if size > MAX_EXTENSION {
+            return Err(self.corrupt(Some(name), format!("{size}-byte extension header")));
+        }
+        let mut data = vec![0u8; size as usize];
+        let mut len = 0;
+        while len < data.len() {
+            match self.inner.read(&mut data[len..]) {
+                Ok(0) => return Err(TarError::Truncated),
+                Ok(n) => len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(TarError::Io(e)),
+            }
+        }
+        self.skip(padding_of(size))?;
+        Ok(data)
+    }
+
+    /// The next entry, or `None` after the end-of-archive blocks. Skips
+    /// whatever of the previous entry's content was not read.
+    pub(crate) fn next_entry(&mut self) -> Result<Option<RawEntry>, TarError> {
+        if self.done {
+            return Ok(None);
+        }
+        self.skip(self.remaining + self.padding)?;
+        self.remaining = 0;
+        self.padding = 0;
+        let mut pax: Option<PaxRecords> = None;
+        let mut long_name: Option<Vec<u8>> = None;
+        let mut long_link: Option<Vec<u8>> = None;
+        loop {
+            let Some(block) = self.read_block()? else {
+                return Err(TarError::Truncated);
+            };
+            if block.iter().all(|b| *b == 0) {
+                if pax.is_some() || long_name.is_some() || long_link.is_some() {
+                    return Err(self.corrupt(None, "extension header without an entry"));
+                }
+                return match self.read_block()? {
+                    Some(b) if b.iter().all(|b| *b == 0) => {
+                        self.done = true;
+                        Ok(None)
+                    }
+                    Some(_) => Err(self.corrupt(None, "a zero block followed by data")),
+                    None => Err(TarError::Truncated),
+                };
+            }
+            let name = cstr(&block[0..100]);
+            let stored: i64 = parse_numeric(&block[148..156])
+                .ok_or_else(|| self.corrupt(Some(name), "bad checksum field"))?;
+            let unsigned: i64 = block
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    if (148..156).contains(&i) {
+                        32
+                    } else {
+                        i64::from(*b)
+                    }
+                })
+                .sum();
+            let signed: i64 = block
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    if (148..156).contains(&i) {
+                        32
+                    } else {
+                        i64::from(*b as i8)
+                    }
+                })
+                .sum();
+            if stored != unsigned && stored != signed {
+                return Err(self.corrupt(Some(name), "header checksum mismatch"));
+            }
+            let field = |range: std::ops::Range<usize>, what: &str| {
+                parse_numeric(&block[range])
+                    .ok_or_else(|| self.corrupt(Some(name), format!("bad {what} field")))
+            };
+            let flag = block[156];
+            let mut size = u64::try_from(field(124..136, "size")?)
+                .map_err(|_| self.corrupt(Some(name), "negative size"))?;
+            match flag {
+                b'x' | b'g' | b'L' | b'K' => {
+                    let data = self.read_extension(size, name)?;
+                    match flag {
+                        b'x' if pax.is_some() => {
+                            return Err(self.corrupt(Some(name), "two PAX headers for one entry"))
+                        }
+                        b'x' => {
+                            pax = Some(parse_pax(&data).map_err(|r| self.corrupt(Some(name), r))?)
+                        }
+                        b'L' => long_name = Some(trim_nuls(data)),
+                        b'K' => long_link = Some(trim_nuls(data)),
+                        // Global headers describe the archive, not files.
+                        _ => {}
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let posix = &block[257..263] == b"ustar\0";
+            let mut path = name.to_vec();
+            let prefix = cstr(&block[345..500]);
+            if posix && !prefix.is_empty() {
+                path = [prefix, b"/", name].concat();
+            }
+            let mut entry = RawEntry {
+                path,
+                flag,
+                mode: (field(100..108, "mode")? & 0o7777) as u32,
+                uid: u64::try_from(field(108..116, "uid")?)
+                    .map_err(|_| self.corrupt(Some(name), "negative uid"))?,
+                gid: u64::try_from(field(116..124, "gid")?)
+                    .map_err(|_| self.corrupt(Some(name), "negative gid"))?,
+                size: 0,
+                mtime: field(136..148, "mtime")?,
+                link: cstr(&block[157..257]).to_vec(),
+                device: (0, 0),
+                xattrs: BTreeMap::new(),
+            };
+            if matches!(flag, b'3' | b'4') {
+                let major = u32::try_from(field(329..337, "devmajor")?)
+                    .map_err(|_| self.corrupt(Some(name), "bad devmajor"))?;
+                let minor = u32::try_from(field(337..345, "devminor")?)
+                    .map_err(|_| self.corrupt(Some(name), "bad devminor"))?;
+                entry.device = (major, minor);
+            }
+            if let Some(n) = long_name.take() {
+                entry.path = n;
+            }
+            if let Some(l) = long_link.take() {
+                entry.link = l;
+            }
+            for (key, value) in pax.take().unwrap_or_default() {
+                let number = |v: &[u8]| -> Result<u64, TarError> {
+                    std::str::from_utf8(v)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or_else(|| {
+                            self.corrupt(Some(&entry.path), format!("bad PAX {}", lossy(&key)))
+                        })
+                };
+                match key.as_slice() {
+                    b"path" if !value.is_empty() => entry.path = value,
+                    b"linkpath" if !value.is_empty() => entry.link = value,
+                    b"uid" => entry.uid = number(&value)?,
+                    b"gid" => entry.gid = number(&value)?,
+                    b"size" => size = number(&value)?,
+                    b"mtime" => {
+                        entry.mtime = parse_pax_time(&value)
+                            .ok_or_else(|| self.corrupt(Some(&entry.path), "bad PAX mtime"))?
+                    }
+                    k => {
+                        if let Some(xattr) = k.strip_prefix(b"SCHILY.xattr.") {
+                            let xattr = String::from_utf8(xattr.to_vec()).map_err(|_| {
+                                self.corrupt(Some(&entry.path), "xattr name is not UTF-8")
+                            })?;
+                            entry.xattrs.insert(xattr, value);
+                        }
+                    }
+                }
+            }
+            // As Go's archive/tar does: these types carry no content,
+            // whatever their size field says.
+            if matches!(flag, b'1' | b'2' | b'3' | b'4' | b'5' | b'6') {
+                size = 0;
+            }
+            entry.size = size;
+            self.remaining = size;
+            self.padding = padding_of(size);
+            self.last = lossy(&entry.path);
+            return Ok(Some(entry));
+        }
+    }
+
+    /// The current entry's content.
+    pub(crate) fn data(&mut self) -> EntryData<'_, R> {
+        EntryData { tar: self }
+    }
+
+    /// Reads what follows the archive (compression trailers, record
+    /// padding), so that a decompressor checks its checksums.
+    pub(crate) fn drain(&mut self) -> io::Result<u64> {
+        io::copy(&mut self.inner, &mut io::sink())
+    }
+}
+
+/// The content of the current entry of a [`TarReader`]; ends with an
+/// `UnexpectedEof` error if the archive does.
+#[derive(Debug)]
+pub(crate) struct EntryData<'a, R> {
+    tar: &'a mut TarReader<R>,
+}
+
+impl<R: Read> Read for EntryData<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.tar.remaining == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = (buf.len() as u64).min(self.tar.remaining) as usize;
+        let n = self.tar.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the archive ends inside an entry",
+            ));
+        }
+        self.tar.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+/// The bytes of a NUL-terminated field.
+fn cstr(field: &[u8]) -> &[u8] {
+    let end = field.iter().position(|b| *b == 0).unwrap_or(field.len());
+    &field[..end]
+}
+
+fn trim_nuls(mut v: Vec<u8>) -> Vec<u8> {
+    while v.last() == Some(&0) {
+        v.pop();
+    }
+    v
+}
+
+/// A numeric header field: octal text (padded with spaces or NULs), or
+/// GNU base-256 when the high bit of the first byte is set.
+fn parse_numeric(field: &[u8]) -> Option<i64> {
+    if field.first().is_some_and(|b| b & 0x80 != 0) {
+        let inv = if field[0] & 0x40 != 0 { 0xff } else { 0 };
+        let mut x: u64 = 0;
+        for (i, c) in field.iter().enumerate() {
+            let mut c = c ^ inv;
+            if i == 0 {
+                c &= 0x7f;
+            }
+            if x >> 56 > 0 {
+                return None;
+            }
+            x = x << 8 | u64::from(c);
+        }
+        if x >> 63 > 0 {
+            return None;
+        }
+        let x = x as i64;
+        return Some(if inv == 0xff { !x } else { x });
+    }
+    let text = field
+        .iter()
+        .copied()
+        .skip_while(|b| *b == b' ' || *b == 0)
+        .take_while(|b| *b != b' ' && *b != 0)
+        .collect::<Vec<u8>>();
+    if text.is_empty() {
+        return Some(0);
+    }
+    let text = std::str::from_utf8(&text).ok()?;
+    i64::from_str_radix(text, 8).ok()
+}
+
+/// Key/value pairs of a PAX header, in order.
+type PaxRecords = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// PAX records (`<len> <key>=<value>\n`), split by their lengths.
+fn parse_pax(mut data: &[u8]) -> Result<PaxRecords, &'static str> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        if data.iter().all(|b| *b == 0) {
+            break;
+        }
+        let space = data
+            .iter()
+            .position(|b| *b == b' ')
+            .ok_or("malformed PAX record")?;
+        let len: usize = std::str::from_utf8(&data[..space])
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse().ok())
+            .ok_or("malformed PAX record length")?;
+        if len <= space + 1 || len > data.len() || data[len - 1] != b'\n' {
+            return Err("malformed PAX record");
+        }
+        let kv = &data[space + 1..len - 1];
+        let eq = kv
+            .iter()
+            .position(|b| *b == b'=')
+            .ok_or("PAX record without '='")?;
+        out.push((kv[..eq].to_vec(), kv[eq + 1..].to_vec()));
+        data = &data[len..];
+    }
+    Ok(out)
+}
+
+/// Splits a tar path into clean components: `.` and empty components
+/// dropped, `..` and absolute paths refused.
+pub(crate) fn clean_components(raw: &[u8]) -> Result<Vec<&[u8]>, &'static str> {
+    if raw.starts_with(b"/") {
+        return Err("absolute path");
+    }
+    let mut out = Vec::new();
+    for c in raw.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err("\"..\" component"),
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+fn join(components: &[&[u8]]) -> PathBuf {
+    PathBuf::from(OsString::from_vec(components.join(&b'/')))
+}
+
+fn lossy(raw: &[u8]) -> String {
+    String::from_utf8_lossy(raw).into_owned()
+}
+
+/// What a [`TarError`] means for a layer.
+fn layer_tar_error(e: TarError) -> LayerError {
+    match e {
+        TarError::Io(source) => LayerError::Read { source },
+        TarError::Truncated => LayerError::Truncated,
+        TarError::Corrupt { near, reason } => LayerError::Corrupt { near, reason },
+    }
+}
+
+/// An entry's metadata, its path and link target checked.
+fn entry_meta(raw: &RawEntry) -> Result<EntryMeta, LayerError> {
+    let name = lossy(&raw.path);
+    let mut kind = match raw.flag {
+        b'0' | b'\0' | b'7' => EntryKind::File,
+        b'5' => EntryKind::Dir,
+        b'2' => EntryKind::Symlink,
+        b'1' => EntryKind::Hardlink,
+        b'3' => EntryKind::CharDevice,
+        b'4' => EntryKind::BlockDevice,
+        b'6' => EntryKind::Fifo,
+        other => {
+            return Err(LayerError::UnsupportedType {
+                entry: name,
+                kind: char::from(other),
+            })
+        }
+    };
+    // Pre-POSIX tars mark directories only by the trailing slash.
+    if kind == EntryKind::File && raw.path.ends_with(b"/") {
+        kind = EntryKind::Dir;
+    }
+    let components = clean_components(&raw.path).map_err(|reason| LayerError::Escape {
+        entry: name.clone(),
+        reason,
+    })?;
+    let link_target = match kind {
+        EntryKind::Symlink => Some(PathBuf::from(OsString::from_vec(raw.link.clone()))),
+        EntryKind::Hardlink => {
+            let clean = clean_components(&raw.link).map_err(|reason| LayerError::Escape {
+                entry: name.clone(),
+                reason,
+            })?;
+            if clean.is_empty() {
+                return Err(LayerError::Invalid {
+                    entry: name,
+                    reason: "hard link without a target".to_string(),
+                });
+            }
+            Some(join(&clean))
+        }
+        _ => None,
+    };
+    if let Some(last) = components.last() {
+        if matches!(
+            last.strip_prefix(WHITEOUT_PREFIX.as_bytes()),
+            Some(b"." | b"..")
+        ) {
+            return Err(LayerError::Escape {
+                entry: name,
+                reason: "whiteout of \".\" or \"..\"",
+            });
+        }
+    }
+    let whiteout = components.split_last().and_then(|(last, parent)| {
+        let parent = join(parent);
+        if *last == OPAQUE_MARKER.as_bytes() {
+            Some(Whiteout::Opaque(parent))
+        } else if last.starts_with(WHITEOUT_META_PREFIX.as_bytes()) {
+            None
+        } else {
+            last.strip_prefix(WHITEOUT_PREFIX.as_bytes())
+                .filter(|rest| !rest.is_empty())
+                .map(|rest| Whiteout::Remove(parent.join(OsStr::from_bytes(rest))))
+        }
+    });
+    Ok(EntryMeta {
+        path: join(&components),
+        kind,
+        mode: raw.mode,
+        uid: raw.uid,
+        gid: raw.gid,
+        size: if kind == EntryKind::File { raw.size } else { 0 },
+        mtime: raw.mtime,
+        link_target,
+        device: matches!(kind, EntryKind::CharDevice | EntryKind::BlockDevice)
+            .then_some(raw.device),
+        xattrs: raw.xattrs.clone(),
+        whiteout,
+    })
+}
+
+/// A PAX time (`seconds[.fraction]`, maybe negative) in whole seconds.
+fn parse_pax_time(value: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(value).ok()?;
+    let whole = text.split('.').next()?;
+    if whole.is_empty() || whole == "-" {
+        return Some(0);
+    }
+    whole.parse().ok()
+}
+
+/// Lists every entry of a layer tar without writing anything.
+pub fn list_layer(reader: impl Read) -> Result<Vec<EntryMeta>, LayerError> {
+    let mut tar = TarReader::new(reader);
+    let mut out = Vec::new();
+    while let Some(raw) = tar.next_entry().map_err(layer_tar_error)? {
+        out.push(entry_meta(&raw)?);
+    }
+    tar.drain().map_err(|source| LayerError::Read { source })?;
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// Unpacking
+// ---------------------------------------------------------------------------
+
+/// Applies the layer tar `reader` onto `dest`; see the module docs.
+///
+/// Whiteouts (in [`WhiteoutMode::Apply`]) and opaque markers only hide what
+/// was there before this layer, never entries of the layer itself, in
+/// whatever order they come. Entry paths with `..` or a leading `/` are
+/// refused; symlinks met in parent paths are resolved inside `dest`, as a
+/// chroot would, so nothing is written outside it. Directory modes and
+/// mtimes are set last, once their contents are in place.
+pub fn unpack_layer(
+    reader: impl Read,
+    dest: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackStats, LayerError> {
+    let mut tar = TarReader::new(reader);
+    let mut unpacker = Unpacker {
+        root: dest.to_path_buf(),
+        opts: opts.clone(),
+        stats: UnpackStats::default(),
+        written: HashSet::new(),
+        dirs: Vec::new(),
+        parent_cache: None,
+    };
+    while let Some(raw) = tar.next_entry().map_err(layer_tar_error)? {
+        let meta = entry_meta(&raw)?;
+        unpacker.stats.entries += 1;
+        unpacker.apply(&meta, &mut tar.data())?;
+    }
+    tar.drain().map_err(|source| LayerError::Read { source })?;
+    unpacker.finish_dirs()?;
+    Ok(unpacker.stats)
+}
+
+struct Unpacker {
+    root: PathBuf,
+    opts: UnpackOptions,
+    stats: UnpackStats,
+    /// Resolved relative paths this layer has written.
+    written: HashSet<PathBuf>,
+    /// Directories whose mode and mtime are set at the end.
+    dirs: Vec<(String, PathBuf, u32, i64)>,
+    /// The last parent resolved: (entry components, resolved relative path).
+    parent_cache: Option<(PathBuf, PathBuf)>,
+}
+
+impl Unpacker {
+    fn apply(&mut self, meta: &EntryMeta, data: &mut impl Read) -> Result<(), LayerError> {
+        let name = meta.path.to_string_lossy().into_owned();
+        let Some(file_name) = meta.path.file_name() else {
+            // The root itself: its metadata belongs to whoever owns `dest`.
+            return Ok(());
+        };
+        let apply_whiteouts = self.opts.whiteouts == WhiteoutMode::Apply;
+        if apply_whiteouts
+            && meta.path.iter().any(|c| {
+                c.as_bytes().starts_with(WHITEOUT_META_PREFIX.as_bytes())
+                    && c.as_bytes() != OPAQUE_MARKER.as_bytes()
+            })
+        {
+            return Ok(());
+        }
+        if file_name.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes())
+            && apply_whiteouts
+            && meta.whiteout.is_none()
+        {
+            return Err(LayerError::Invalid {
+                entry: name,
+                reason: "whiteout without a name".to_string(),
+            });
+        }
+        let parent = meta.path.parent().unwrap_or(Path::new(""));
+        if apply_whiteouts {
+            if let Some(whiteout) = &meta.whiteout {
+                self.parent_cache = None;
+                self.stats.whiteouts += 1;
+                // Nothing below a missing or non-directory parent to hide.
+                let parent_rel = match self.resolve_dir(parent, false, &name) {
+                    Ok(p) => p,
+                    Err(LayerError::NotADirectory { .. }) => return Ok(()),
+                    Err(LayerError::Apply { source, .. })
+                        if source.kind() == io::ErrorKind::NotFound =>
+                    {
+                        return Ok(())
+                    }
+                    Err(e) => return Err(e),
+                };
+                let parent_abs = self.root.join(&parent_rel);
+                return match whiteout {
+                    Whiteout::Opaque(_) => self.make_opaque(&name, &parent_abs, &parent_rel),
+                    Whiteout::Remove(_) => {
+                        let target =
+                            OsStr::from_bytes(&file_name.as_bytes()[WHITEOUT_PREFIX.len()..]);
+                        if self.written.contains(&parent_rel.join(target)) {
+                            return Ok(());
+                        }
+                        let abs = parent_abs.join(target);
+                        remove_any(&abs).map_err(|source| self.apply_err(&name, &abs, source))
+                    }
+                };
+            }
+        }
+        // Only runs of files keep the cached parent: other entries may
+        // change what a path resolves to.
+        let cacheable = matches!(
+            meta.kind,
+            EntryKind::File | EntryKind::Hardlink | EntryKind::Fifo
+        );
+        let parent_rel = match &self.parent_cache {
+            Some((raw, resolved)) if cacheable && raw == parent => resolved.clone(),
+            _ => {
+                let resolved = self.resolve_dir(parent, true, &name)?;
+                self.parent_cache = Some((parent.to_path_buf(), resolved.clone()));
+                resolved
+            }
+        };
+        if !cacheable {
+            self.parent_cache = None;
+        }
+        let parent_abs = self.root.join(&parent_rel);
+
+        let rel = parent_rel.join(file_name);
+        let abs = parent_abs.join(file_name);
+        let err = |source| LayerError::Apply {
+            entry: name.clone(),
+            path: abs.clone(),
+            source,
+        };
+        match meta.kind {
+            EntryKind::Dir => {
+                match fs::symlink_metadata(&abs) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        remove_any(&abs).map_err(err)?;
+                        make_dir(&abs).map_err(err)?;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => make_dir(&abs).map_err(err)?,
+                    Err(e) => return Err(err(e)),
+                }
+                self.set_owner_and_xattrs(&name, &abs, meta)?;
+                self.dirs
+                    .push((name.clone(), abs.clone(), meta.mode, meta.mtime));
+                self.stats.dirs += 1;
+            }
+            EntryKind::File => {
+                remove_any(&abs).map_err(err)?;
+                let mut file = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                    .open(&abs)
+                    .map_err(err)?;
+                let truncated = || LayerError::TruncatedEntry {
+                    entry: name.clone(),
+                    size: meta.size,
+                };
+                let copied = copy_content(data, &mut file).map_err(|e| match e {
+                    DataError::Read(e) if e.kind() == io::ErrorKind::UnexpectedEof => truncated(),
+                    DataError::Read(source) => LayerError::Read { source },
+                    DataError::Write(e) => err(e),
+                    DataError::Short | DataError::Long => truncated(),
+                })?;
+                if copied != meta.size {
+                    return Err(truncated());
+                }
+                drop(file);
+                self.set_owner_and_xattrs(&name, &abs, meta)?;
+                set_mode(&abs, meta.mode).map_err(err)?;
+                set_mtime(&abs, meta.mtime).map_err(err)?;
+                self.stats.files += 1;
+                self.stats.bytes += copied;
+            }
+            EntryKind::Symlink => {
+                let target = meta.link_target.as_deref().unwrap_or(Path::new(""));
+                remove_any(&abs).map_err(err)?;
+                std::os::unix::fs::symlink(target, &abs).map_err(err)?;
+                self.set_owner_and_xattrs(&name, &abs, meta)?;
+                set_mtime(&abs, meta.mtime).map_err(err)?;
+                self.stats.symlinks += 1;
+            }
+            EntryKind::Hardlink => {
+                let target = meta.link_target.as_deref().unwrap_or(Path::new(""));
+                let target_abs = self.resolve_link_target(&name, target)?;
+                if target_abs != abs {
+                    remove_any(&abs).map_err(err)?;
+                    fs::hard_link(&target_abs, &abs).map_err(err)?;
+                }
+                self.stats.hardlinks += 1;
+            }
+            EntryKind::CharDevice | EntryKind::BlockDevice | EntryKind::Fifo => {
+                remove_any(&abs).map_err(err)?;
+                let (kind, dev) = match meta.kind {
+                    EntryKind::CharDevice => (nix::sys::stat::SFlag::S_IFCHR, meta.device),
+                    EntryKind::BlockDevice => (nix::sys::stat::SFlag::S_IFBLK, meta.device),
+                    _ => (nix::sys::stat::SFlag::S_IFIFO, None),
+                };
+                let (major, minor) = dev.unwrap_or((0, 0));
+                nix::sys::stat::mknod(
+                    &abs,
+                    kind,
+                    nix::sys::stat::Mode::from_bits_truncate(0o600),
+                    nix::sys::stat::makedev(u64::from(major), u64::from(minor)),
+                )
+                .map_err(|e| err(io::Error::from(e)))?;
+                self.set_owner_and_xattrs(&name, &abs, meta)?;
+                set_mode(&abs, meta.mode).map_err(err)?;
+                set_mtime(&abs, meta.mtime).map_err(err)?;
+                self.stats.specials += 1;
+            }
+        }
+        self.written.insert(rel);
+        Ok(())
+    }
+
+    fn apply_err(&self, entry: &str, path: &Path, source: io::Error) -> LayerError {
+        LayerError::Apply {
+            entry: entry.to_string(),
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Empties `dir` of everything this layer has not written itself.
+    fn make_opaque(&self, entry: &str, dir: &Path, dir_rel: &Path) -> Result<(), LayerError> {
+        let children = fs::read_dir(dir).map_err(|e| self.apply_err(entry, dir, e))?;
+        for child in children {
+            let child = child.map_err(|e| self.apply_err(entry, dir, e))?;
+            if self.written.contains(&dir_rel.join(child.file_name())) {
+                continue;
+            }
+            let path = child.path();
+            remove_any(&path).map_err(|e| self.apply_err(entry, &path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Resolves `rel` as a directory inside the root, as a chroot would:
+    /// symlinks are followed with the root as `/`, `..` stops at the root.
+    /// Missing directories are created when `create`. Returns the resolved
+    /// path relative to the root, made only of real directories.
+    fn resolve_dir(&self, rel: &Path, create: bool, entry: &str) -> Result<PathBuf, LayerError> {
+        let mut resolved: Vec<OsString> = Vec::new();
+        let mut pending: VecDeque<OsString> = rel.iter().map(|c| c.to_os_string()).collect();
+        let mut links = 0;
+        while let Some(c) = pending.pop_front() {
+            match c.as_bytes() {
+                b"" | b"." => continue,
+                b".." => {
+                    resolved.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            let mut abs = self.root.clone();
+            abs.extend(&resolved);
+            abs.push(&c);
+            match fs::symlink_metadata(&abs) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    links += 1;
+                    if links > MAX_SYMLINKS {
+                        return Err(LayerError::SymlinkLoop {
+                            entry: entry.to_string(),
+                        });
+                    }
+                    let target = fs::read_link(&abs).map_err(|e| self.apply_err(entry, &abs, e))?;
+                    let target = target.as_os_str().as_bytes();
+                    if target.starts_with(b"/") {
+                        resolved.clear();
+                    }
+                    for part in target.split(|b| *b == b'/').rev() {
+                        pending.push_front(OsStr::from_bytes(part).to_os_string());
+                    }
+                }
+                Ok(m) if m.is_dir() => resolved.push(c),
+                Ok(_) => {
+                    return Err(LayerError::NotADirectory {
+                        entry: entry.to_string(),
+                        path: abs,
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                    make_dir(&abs).map_err(|e| self.apply_err(entry, &abs, e))?;
+                    resolved.push(c);
+                }
+                Err(e) => return Err(self.apply_err(entry, &abs, e)),
+            }
+        }
+        Ok(resolved.iter().collect())
+    }
+
+    /// Where a hardlink's target is: its parent resolved inside the root,
+    /// its last component not followed. It must exist and not be a directory.
+    fn resolve_link_target(&self, entry: &str, target: &Path) -> Result<PathBuf, LayerError> {
+        let missing = || LayerError::MissingLinkTarget {
+            entry: entry.to_string(),
+            target: target.to_string_lossy().into_owned(),
+        };
+        let file_name = target.file_name().ok_or_else(missing)?;
+        let parent = target.parent().unwrap_or(Path::new(""));
+        let parent_rel = match self.resolve_dir(parent, false, entry) {
+            Ok(p) => p,
+            Err(LayerError::Apply { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Err(missing())
+            }
+            Err(e) => return Err(e),
+        };
+        let abs = self.root.join(parent_rel).join(file_name);
+        match fs::symlink_metadata(&abs) {
+            Ok(m) if m.is_dir() => Err(LayerError::Invalid {
+                entry: entry.to_string(),
+                reason: "hard link to a directory".to_string(),
+            }),
+            Ok(_) => Ok(abs),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(missing()),
+            Err(e) => Err(self.apply_err(entry, &abs, e)),
+        }
+    }
+
+    fn set_owner_and_xattrs(
+        &mut self,
+        entry: &str,
+        abs: &Path,
+        meta: &EntryMeta,
+    ) -> Result<(), LayerError> {
+        if self.opts.same_owner {
+            let uid = u32::try_from(meta.uid).map_err(|_| LayerError::Invalid {
+                entry: entry.to_string(),
+                reason: format!("uid {} is out of range", meta.uid),
+            })?;
+            let gid = u32::try_from(meta.gid).map_err(|_| LayerError::Invalid {
+                entry: entry.to_string(),
+                reason: format!("gid {} is out of range", meta.gid),
+            })?;
+            std::os::unix::fs::lchown(abs, Some(uid), Some(gid))
+                .map_err(|e| self.apply_err(entry, abs, e))?;
+        }
+        // xattrs after chown: chown clears security.capability.
+        for (name, value) in &meta.xattrs {
+            if name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.") {
+                continue;
+            }
+            if let Err(e) = set_xattr(abs, name, value) {
+                let refused = matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOTSUP));
+                if refused && !self.opts.same_owner {
+                    self.stats.xattrs_skipped += 1;
+                } else {
+                    return Err(self.apply_err(entry, abs, e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets directory modes and mtimes, deepest first, now that nothing
+    /// more will be written into them.
+    fn finish_dirs(&mut self) -> Result<(), LayerError> {
+        for (entry, abs, mode, mtime) in self.dirs.iter().rev() {
+            match fs::symlink_metadata(abs) {
+                Ok(m) if m.is_dir() => {}
+                // Replaced or removed by a later entry.
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.apply_err(entry, abs, e)),
+            }
+            set_mode(abs, *mode).map_err(|e| self.apply_err(entry, abs, e))?;
+            set_mtime(abs, *mtime).map_err(|e| self.apply_err(entry, abs, e))?;
+        }
+        Ok(())
+    }
+}
+
+fn copy_content(data: &mut impl Read, out: &mut fs::File) -> Result<u64, DataError> {
+    let mut buf = vec![0u8; 128 * 1024];
+    let mut copied = 0u64;
+    loop {
+        let n = match data.read(&mut buf) {
+            Ok(0) => return Ok(copied),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(DataError::Read(e)),
+        };
+        out.write_all(&buf[..n]).map_err(DataError::Write)?;
+        copied += n as u64;
+    }
+}
+
+fn make_dir(path: &Path) -> io::Result<()> {
+    fs::DirBuilder::new().mode(0o755).create(path)
+}
+
+fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))
+}
+
+/// Removes whatever is at `path` (a directory with its contents), without
+/// following a symlink; nothing there is fine.
+fn remove_any(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_record_length_counts_itself() {
+        let mut out = Vec::new();
+        pax_record(&mut out, b"path", b"a");
+        assert_eq!(out, b"9 path=a\n");
+        // 3 + 4 + 95 = 102 → "105 " crosses from 2 to 3 digits.
+        let mut out = Vec::new();
+        pax_record(&mut out, b"path", &[b'x'; 95]);
+        assert_eq!(out.len(), 105);
+        assert!(out.starts_with(b"105 path="));
+    }
+
+    #[test]
+    fn ustar_header_reads_back() {
+        let block = ustar_block(
+            b"a/b",
+            b'0',
+            0o4755,
+            1000,
+            1000,
+            12,
+            1_700_000_000,
+            b"",
+            (0, 0),
+        );
+        let header = tar::Header::from_byte_slice(&block);
+        assert_eq!(header.path_bytes().as_ref(), b"a/b");
+        assert_eq!(header.mode().expect("mode"), 0o4755);
+        assert_eq!(header.uid().expect("uid"), 1000);
+        assert_eq!(header.size().expect("size"), 12);
+        assert_eq!(header.mtime().expect("mtime"), 1_700_000_000);
+        assert_eq!(header.cksum().expect("cksum"), {
+            let mut b = block;
+            b[148..156].copy_from_slice(b"        ");
+            b.iter().map(|&x| u32::from(x)).sum::<u32>()
+        });
+    }
+
+    fn read_all(tar: &[u8]) -> Result<Vec<(RawEntry, Vec<u8>)>, TarError> {
+        let mut r = TarReader::new(tar);
+        let mut out = Vec::new();
+        while let Some(e) = r.next_entry()? {
+            let mut data = Vec::new();
+            r.data().read_to_end(&mut data).map_err(TarError::Io)?;
+            out.push((e, data));
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn reads_back_what_it_writes_including_binary_xattrs() {
+        let mut w = TarWriter::new(Vec::new());
+        let long = "d/".repeat(80) + "file";
+        let h = TarHeader {
+            path: long.as_bytes().to_vec(),
+            kind: EntryKind::File,
+            mode: 0o4755,
+            uid: 3_000_000,
+            gid: 7,
+            size: 3,
+            mtime: -5,
+            link: None,
+            device: (0, 0),
+            xattrs: vec![(b"security.capability".to_vec(), b"\x01\n\x00=\n".to_vec())],
+        };
+        w.header(&h).expect("header");
+        w.data(&b"abc"[..], 3).expect("data");
+        let tar = w.finish().expect("finish");
+        let entries = read_all(&tar).expect("read");
+        assert_eq!(entries.len(), 1);
+        let (e, data) = &entries[0];
+        assert_eq!(e.path, long.as_bytes());
+        assert_eq!((e.mode, e.uid, e.gid, e.mtime), (0o4755, 3_000_000, 7, -5));
+        assert_eq!(e.xattrs["security.capability"], b"\x01\n\x00=\n");
+        assert_eq!(data, b"abc");
+        // The tar crate still reads the standard keys.
+        let mut archive = tar::Archive::new(&tar[..]);
+        let entry = archive
+            .entries()
+            .expect("entries")
+            .next()
+            .expect("one")
+            .expect("entry");
+        assert_eq!(entry.path_bytes().as_ref(), long.as_bytes());
+        assert_eq!(entry.header().uid().expect("uid"), 3_000_000);
+    }
+
+    #[test]
+    fn reads_gnu_long_names_and_base_256() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_uid(0o7777777 + 10); // base-256 in a GNU header
+        h.set_mtime(0);
+        let long = "x".repeat(150);
+        b.append_data(&mut h, &long, &b"z"[..]).expect("append");
+        let tar = b.into_inner().expect("tar");
+        let entries = read_all(&tar).expect("read");
+        assert_eq!(entries[0].0.path, long.as_bytes());
+        assert_eq!(entries[0].0.uid, 0o7777777 + 10);
+        assert_eq!(entries[0].1, b"z");
+    }
+
+    #[test]
+    fn strict_about_ends_and_checksums() {
+        let mut w = TarWriter::new(Vec::new());
+        w.header(&TarHeader::simple("f", EntryKind::File, 600))
+            .expect("header");
+        w.data(&[1u8; 600][..], 600).expect("data");
+        let tar = w.finish().expect("finish");
+        assert_eq!(tar.len(), 512 + 1024 + 1024);
+        for cut in [0, 100, 512, 700, 1536, 2048, 2559] {
+            assert!(read_all(&tar[..cut]).is_err(), "cut at {cut} accepted");
+        }
+        let mut bad = tar.clone();
+        bad[0] = b'g';
+        assert!(matches!(read_all(&bad), Err(TarError::Corrupt { .. })));
+        let mut bad = tar.clone();
+        bad[2048 + 10] = 1;
+        assert!(matches!(read_all(&bad), Err(TarError::Corrupt { .. })));
+        assert!(read_all(&tar).is_ok());
+    }
+
+    #[test]
+    fn numeric_fields() {
+        assert_eq!(parse_numeric(b"0000644\0"), Some(0o644));
+        assert_eq!(parse_numeric(b"   644 \0"), Some(0o644));
+        assert_eq!(parse_numeric(b"\0\0\0\0"), Some(0));
+        assert_eq!(parse_numeric(&[0x80, 0, 0, 0, 0, 0, 1, 0]), Some(256));
+        assert_eq!(parse_numeric(&[0xff; 8]), Some(-1));
+        assert_eq!(parse_numeric(b"0008"), None);
+    }
+
+    #[test]
+    fn pax_records_split_by_length() {
+        let mut data = Vec::new();
+        pax_record(&mut data, b"path", b"a\nb");
+        pax_record(&mut data, b"SCHILY.xattr.user.x", b"=\n=");
+        let records = parse_pax(&data).expect("parse");
+        assert_eq!(records[0], (b"path".to_vec(), b"a\nb".to_vec()));
+        assert_eq!(
+            records[1],
+            (b"SCHILY.xattr.user.x".to_vec(), b"=\n=".to_vec())
+        );
+        assert!(parse_pax(b"99 path=a\n").is_err());
+        assert!(parse_pax(b"x path=a\n").is_err());
+    }
+
+    #[test]
+    fn cleans_components() {
+        assert_eq!(
+            clean_components(b"./a//b/").expect("clean"),
+            vec![&b"a"[..], b"b"]
+        );
+        assert!(clean_components(b"./").expect("clean").is_empty());
+        assert!(clean_components(b"/etc/passwd").is_err());
+        assert!(clean_components(b"a/../../b").is_err());
+    }
+
+    #[test]
+    fn pax_times() {
+        assert_eq!(parse_pax_time(b"1700000000.123"), Some(1_700_000_000));
+        assert_eq!(parse_pax_time(b"-5"), Some(-5));
+        assert_eq!(parse_pax_time(b"x"), None);
+    }
+
+    #[test]
+    fn xattr_filter() {
+        assert!(layer_xattr(b"user.foo"));
+        assert!(layer_xattr(b"security.capability"));
+        assert!(layer_xattr(b"trusted.foo"));
+        assert!(!layer_xattr(b"trusted.overlay.opaque"));
+        assert!(!layer_xattr(b"user.overlay.origin"));
+        assert!(!layer_xattr(b"security.selinux"));
+        assert!(!layer_xattr(b"system.posix_acl_access"));
+    }
+}

@@ -1,0 +1,16 @@
+//! estiba's builder: everything between a planned [`estiba_frontend::BuildGraph`]
+//! and an image in the store or an archive: the build context, layers,
+//! images and archives, the solver. The `estiba` binary (`main.rs`, `cli/`)
+//! is a thin layer over this library.
+pub mod archive;
+pub mod cachekey;
+pub mod compress;
+pub mod context;
+pub mod copy;
+pub mod image;
+pub mod layer;
+pub mod progress;
+pub mod reference;
+pub mod rootfs;
+pub mod solve;
+pub mod tree;

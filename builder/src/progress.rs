@@ -1,0 +1,35 @@
+//! How the builder tells the world what it is doing. Library code reports
+//! only through [`Reporter`]; the CLI decides how it looks (BuildKit-style
+//! plain lines, a tty display, or nothing).
+
+use std::time::Duration;
+
+/// A build's progress events. Vertex ids are small numbers, unique per build.
+pub trait Reporter: Sync {
+    /// A vertex (a step, or internal work) starts: `name` is what BuildKit
+    /// would print, e.g. `[build 2/4] COPY . /src`.
+    fn started(&self, id: usize, name: &str);
+    /// A line of detail for a vertex.
+    fn log(&self, id: usize, line: &str);
+    /// The vertex's result came from the cache.
+    fn cached(&self, id: usize);
+    /// The vertex finished.
+    fn done(&self, id: usize, elapsed: Duration);
+    /// The vertex failed with this message.
+    fn failed(&self, id: usize, elapsed: Duration, message: &str);
+    /// A warning not tied to a vertex.
+    fn warning(&self, message: &str);
+}
+
+/// A reporter that says nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Silent;
+
+impl Reporter for Silent {
+    fn started(&self, _: usize, _: &str) {}
+    fn log(&self, _: usize, _: &str) {}
+    fn cached(&self, _: usize) {}
+    fn done(&self, _: usize, _: Duration) {}
+    fn failed(&self, _: usize, _: Duration, _: &str) {}
+    fn warning(&self, _: &str) {}
+}

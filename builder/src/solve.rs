@@ -1,0 +1,933 @@
+//! The solver: a planned [`BuildGraph`] into images in the store.
+//!
+//! Stages run in dependency order (a stage comes after every stage it
+//! reads). Each step gets a cache key ([`crate::cachekey`]); a hit reuses the
+//! stored layer, a miss executes the step into a fresh upper directory,
+//! which becomes the layer (a deterministic tar, stored uncompressed) and,
+//! renamed, the layer's snapshot, so later steps and builds read it without
+//! unpacking anything. Nothing is cached until its layer is safely stored.
+
+use crate::cachekey::{KeyInputs, KEY_VERSION};
+use crate::copy::{self, Chmod, CopyOptions, Writer};
+use crate::image::{self, History, ImageConfig, Manifest, HISTORY_COMMENT};
+use crate::layer;
+use crate::progress::Reporter;
+use crate::reference::Reference;
+use crate::rootfs::LayeredTree;
+use crate::tree::{self, SourceTree};
+use estiba_cache::{CacheRecord, Descriptor, Digest, Store};
+use estiba_frontend::dockerignore::Matcher;
+use estiba_frontend::graph::{Base, BuildGraph, CopySource, CopyStep, Op, Stage, Step};
+use estiba_frontend::Span;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The media type of the uncompressed layers estiba stores.
+pub const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
+
+/// A failed build step or stage, with the Dockerfile lines it concerns.
+#[derive(Debug)]
+pub struct SolveError {
+    /// The instruction, when the failure belongs to one.
+    pub span: Option<Span>,
+    /// What failed.
+    pub kind: Box<SolveErrorKind>,
+}
+
+impl std::fmt::Display for SolveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.kind, f)
+    }
+}
+
+/// The kind is the message; its cause is the cause.
+impl std::error::Error for SolveError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&*self.kind)
+    }
+}
+
+/// What failed while building.
+#[derive(Debug, thiserror::Error)]
+pub enum SolveErrorKind {
+    /// FROM an image that is not in the store.
+    #[error(
+        "image {0} is not in the store: bring it in with `estiba load` or `estiba import` first"
+    )]
+    NoSuchImage(String),
+    /// A reference that does not parse.
+    #[error(transparent)]
+    Reference(#[from] crate::reference::ReferenceError),
+    /// RUN needs the executor, which this build of estiba does not have yet.
+    #[error("RUN is not supported yet: this estiba builds Dockerfiles without RUN steps")]
+    RunUnsupported,
+    /// `ADD https://…` needs a download this build cannot do yet.
+    #[error("ADD from a URL is not supported yet: {0}")]
+    AddUrlUnsupported(String),
+    /// `--chown` or USER names nobody in the image.
+    #[error("unable to find {what} {name:?}: no matching entries in the image's {file}")]
+    UnknownUser {
+        /// "user" or "group".
+        what: &'static str,
+        /// The name.
+        name: String,
+        /// `/etc/passwd` or `/etc/group`.
+        file: &'static str,
+    },
+    /// `--chmod` that did not parse.
+    #[error("invalid --chmod {0:?}")]
+    BadChmod(String),
+    /// A COPY failed.
+    #[error("COPY failed")]
+    Copy(#[source] copy::CopyError),
+    /// A layer could not be written or read.
+    #[error("layer failed")]
+    Layer(#[source] layer::LayerError),
+    /// The store failed.
+    #[error("the store failed")]
+    Store(#[source] estiba_cache::StoreError),
+    /// A stored image is not what it should be.
+    #[error("image {image} is corrupt: {reason}")]
+    CorruptImage {
+        /// Which.
+        image: String,
+        /// Why.
+        reason: String,
+    },
+    /// I/O outside the store.
+    #[error("cannot use {path}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<SolveErrorKind> for SolveError {
+    fn from(kind: SolveErrorKind) -> Self {
+        SolveError {
+            span: None,
+            kind: Box::new(kind),
+        }
+    }
+}
+
+impl From<estiba_cache::StoreError> for SolveErrorKind {
+    fn from(e: estiba_cache::StoreError) -> Self {
+        SolveErrorKind::Store(e)
+    }
+}
+
+impl From<copy::CopyError> for SolveErrorKind {
+    fn from(e: copy::CopyError) -> Self {
+        SolveErrorKind::Copy(e)
+    }
+}
+
+impl From<crate::tree::TreeError> for SolveErrorKind {
+    fn from(e: crate::tree::TreeError) -> Self {
+        SolveErrorKind::Copy(copy::CopyError::Tree(e))
+    }
+}
+
+impl From<layer::LayerError> for SolveErrorKind {
+    fn from(e: layer::LayerError) -> Self {
+        SolveErrorKind::Layer(e)
+    }
+}
+
+type Result<T, E = SolveErrorKind> = std::result::Result<T, E>;
+
+/// A layer of a built image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    /// The stored blob (uncompressed tar).
+    pub descriptor: Descriptor,
+    /// The digest of the uncompressed tar (equal to the blob digest here).
+    pub diff_id: Digest,
+}
+
+/// A built image: its config and layers, not yet stored as a manifest.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The full config (rootfs and history filled in).
+    pub config: ImageConfig,
+    /// Layers, bottom first.
+    pub layers: Vec<Layer>,
+    /// The key of the last step: what a stage built on this one chains from.
+    pub key: String,
+}
+
+/// A build's settings besides the graph.
+#[derive(Debug, Clone, Default)]
+pub struct SolveOptions {
+    /// `--no-cache`: run every step.
+    pub no_cache: bool,
+    /// `SOURCE_DATE_EPOCH`: timestamps and layer mtimes for reproducible images.
+    pub epoch: Option<i64>,
+}
+
+/// Solves graphs against one store and one context.
+pub struct Solver<'a> {
+    store: &'a Store,
+    context: &'a dyn SourceTree,
+    reporter: &'a dyn Reporter,
+    opts: SolveOptions,
+    next_id: std::sync::atomic::AtomicUsize,
+}
+
+impl std::fmt::Debug for Solver<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Solver").field("opts", &self.opts).finish()
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Loads an image from the store by reference: manifest digest, config, layers.
+pub fn load_image(store: &Store, reference: &str) -> Result<(Descriptor, ImageConfig, Vec<Layer>)> {
+    let r = Reference::parse(reference)?;
+    let Some(desc) = store.tag(&r.to_string())? else {
+        return Err(SolveErrorKind::NoSuchImage(r.familiar()));
+    };
+    let corrupt = |reason: String| SolveErrorKind::CorruptImage {
+        image: r.familiar(),
+        reason,
+    };
+    let manifest: Manifest = serde_json::from_slice(&store.read_blob(&desc.digest)?)
+        .map_err(|e| corrupt(format!("manifest: {e}")))?;
+    let config: ImageConfig = serde_json::from_slice(&store.read_blob(&manifest.config.digest)?)
+        .map_err(|e| corrupt(format!("config: {e}")))?;
+    if config.rootfs.diff_ids.len() != manifest.layers.len() {
+        return Err(corrupt(format!(
+            "{} layers but {} diff ids",
+            manifest.layers.len(),
+            config.rootfs.diff_ids.len()
+        )));
+    }
+    let mut layers = Vec::with_capacity(manifest.layers.len());
+    for (descriptor, diff) in manifest.layers.into_iter().zip(&config.rootfs.diff_ids) {
+        let diff_id = diff
+            .parse::<Digest>()
+            .map_err(|e| corrupt(format!("diff id {diff}: {e}")))?;
+        layers.push(Layer {
+            descriptor,
+            diff_id,
+        });
+    }
+    Ok((desc, config, layers))
+}
+
+/// Stores `built` as an OCI manifest and returns its descriptor.
+pub fn store_image(store: &Store, built: &Built) -> Result<Descriptor> {
+    let config_json =
+        serde_json::to_vec(&built.config).map_err(|e| SolveErrorKind::CorruptImage {
+            image: "(new)".to_string(),
+            reason: e.to_string(),
+        })?;
+    let (config_digest, config_size) = store.put_blob(&config_json)?;
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(image::MANIFEST_MEDIA_TYPE.to_string()),
+        config: Descriptor {
+            media_type: image::CONFIG_MEDIA_TYPE.to_string(),
+            digest: config_digest,
+            size: config_size,
+            annotations: BTreeMap::new(),
+            platform: None,
+        },
+        layers: built.layers.iter().map(|l| l.descriptor.clone()).collect(),
+        annotations: BTreeMap::new(),
+    };
+    let manifest_json =
+        serde_json::to_vec(&manifest).map_err(|e| SolveErrorKind::CorruptImage {
+            image: "(new)".to_string(),
+            reason: e.to_string(),
+        })?;
+    let (digest, size) = store.put_blob(&manifest_json)?;
+    Ok(Descriptor {
+        media_type: image::MANIFEST_MEDIA_TYPE.to_string(),
+        digest,
+        size,
+        annotations: BTreeMap::new(),
+        platform: None,
+    })
+}
+
+impl<'a> Solver<'a> {
+    /// A solver over `store`, reading the build context `context`.
+    pub fn new(
+        store: &'a Store,
+        context: &'a dyn SourceTree,
+        reporter: &'a dyn Reporter,
+        opts: SolveOptions,
+    ) -> Self {
+        Solver {
+            store,
+            context,
+            reporter,
+            opts,
+            next_id: std::sync::atomic::AtomicUsize::new(1),
+        }
+    }
+
+    /// A new progress vertex id (the CLI numbers its export steps with these too).
+    pub fn vertex(&self) -> usize {
+        self.next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn time(&self) -> i64 {
+        self.opts.epoch.unwrap_or_else(now)
+    }
+
+    /// Builds every needed stage and returns the target's image.
+    pub fn solve(&self, graph: &BuildGraph) -> Result<Built, SolveError> {
+        let mut built: BTreeMap<usize, Built> = BTreeMap::new();
+        let multi = graph.needed_stages().count() > 1;
+        for stage in graph.needed_stages() {
+            let result = self.solve_stage(graph, stage, &built, multi)?;
+            built.insert(stage.index, result);
+        }
+        built.remove(&graph.target).ok_or_else(|| {
+            SolveError::from(SolveErrorKind::CorruptImage {
+                image: "(target)".to_string(),
+                reason: "the target stage was not built".to_string(),
+            })
+        })
+    }
+
+    /// The starting image of a stage.
+    fn start(&self, stage: &Stage, built: &BTreeMap<usize, Built>) -> Result<Built> {
+        match &stage.base {
+            Base::Scratch => {
+                let mut config = ImageConfig {
+                    architecture: stage.platform.architecture.clone(),
+                    os: stage.platform.os.clone(),
+                    variant: (!stage.platform.variant.is_empty())
+                        .then(|| stage.platform.variant.clone()),
+                    ..ImageConfig::default()
+                };
+                config.rootfs = image::RootFs::default();
+                Ok(Built {
+                    config,
+                    layers: Vec::new(),
+                    key: "scratch".to_string(),
+                })
+            }
+            Base::Image { reference, .. } => {
+                let (desc, config, layers) = load_image(self.store, reference)?;
+                Ok(Built {
+                    config,
+                    layers,
+                    key: desc.digest.to_string(),
+                })
+            }
+            Base::Stage { index } => {
+                built
+                    .get(index)
+                    .cloned()
+                    .ok_or_else(|| SolveErrorKind::CorruptImage {
+                        image: format!("stage {index}"),
+                        reason: "used before it was built".to_string(),
+                    })
+            }
+        }
+    }
+
+    fn solve_stage(
+        &self,
+        graph: &BuildGraph,
+        stage: &Stage,
+        built: &BTreeMap<usize, Built>,
+        multi: bool,
+    ) -> Result<Built, SolveError> {
+        let at = |span: &Span| {
+            let span = span.clone();
+            move |kind: SolveErrorKind| SolveError {
+                span: Some(span),
+                kind: Box::new(kind),
+            }
+        };
+        let total = stage.steps.iter().filter(|s| s.layer).count()
+            + usize::from(matches!(stage.base, Base::Image { .. }));
+        let prefix = |i: usize| {
+            let width = total.to_string().len();
+            match (multi, &stage.name) {
+                (true, _) => format!("[{} {i:>width$}/{total}]", stage.display_name()),
+                (false, _) => format!("[{i:>width$}/{total}]"),
+            }
+        };
+        let mut n = 0;
+        let started = Instant::now();
+        let id = self.vertex();
+        let mut current = match &stage.base {
+            Base::Image { reference, .. } => {
+                n += 1;
+                let name = Reference::parse(reference)
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|_| reference.clone());
+                self.reporter
+                    .started(id, &format!("{} FROM {name}", prefix(n)));
+                let b = self.start(stage, built).map_err(at(&stage.span))?;
+                self.reporter.done(id, started.elapsed());
+                b
+            }
+            _ => self.start(stage, built).map_err(at(&stage.span))?,
+        };
+        let time = self.time();
+        let mut history = std::mem::take(&mut current.config.history);
+        for step in &stage.steps {
+            let id = self.vertex();
+            let started = Instant::now();
+            if step.layer {
+                n += 1;
+                let label = if step.on_build { "ONBUILD " } else { "" };
+                self.reporter
+                    .started(id, &format!("{} {label}{}", prefix(n), step.instruction));
+            }
+            let result = self.solve_step(graph, stage, step, &current, built);
+            match result {
+                Ok((layer, key, cached)) => {
+                    if step.layer {
+                        if cached {
+                            self.reporter.cached(id);
+                        } else {
+                            self.reporter.done(id, started.elapsed());
+                        }
+                    }
+                    current.key = key;
+                    history.push(History {
+                        created: Some(image::rfc3339(time)),
+                        created_by: step.created_by.clone(),
+                        comment: HISTORY_COMMENT.to_string(),
+                        empty_layer: layer.is_none(),
+                    });
+                    if let Some(layer) = layer {
+                        current
+                            .config
+                            .rootfs
+                            .diff_ids
+                            .push(layer.diff_id.to_string());
+                        current.layers.push(layer);
+                    }
+                }
+                Err(kind) => {
+                    if step.layer {
+                        self.reporter
+                            .failed(id, started.elapsed(), &error_chain(&kind));
+                    }
+                    return Err(SolveError {
+                        span: Some(step.span.clone()),
+                        kind: Box::new(kind),
+                    });
+                }
+            }
+        }
+        current.config.apply(&stage.config);
+        if let Some(author) = &stage.author {
+            current.config.author = Some(author.clone());
+        }
+        current.config.created = Some(image::rfc3339(time));
+        current.config.architecture = stage.platform.architecture.clone();
+        current.config.os = stage.platform.os.clone();
+        current.config.history = history;
+        Ok(current)
+    }
+
+    /// One step: its layer (if it makes one), its key, and whether it was cached.
+    fn solve_step(
+        &self,
+        graph: &BuildGraph,
+        stage: &Stage,
+        step: &Step,
+        current: &Built,
+        built: &BTreeMap<usize, Built>,
+    ) -> Result<(Option<Layer>, String, bool)> {
+        let platform = stage.platform.to_string();
+        let key_of = |sources: Option<String>, from: Option<String>| {
+            KeyInputs {
+                version: KEY_VERSION,
+                parent: current.key.clone(),
+                platform: platform.clone(),
+                step: &step.op,
+                sources,
+                from,
+                epoch: self.opts.epoch,
+            }
+            .key()
+        };
+        match &step.op {
+            Op::Config => Ok((None, key_of(None, None).to_string(), false)),
+            Op::Run(_) => Err(SolveErrorKind::RunUnsupported),
+            Op::Workdir { path, user } => {
+                if !step.layer {
+                    return Ok((None, key_of(None, None).to_string(), false));
+                }
+                let key = key_of(None, None);
+                self.cached_or(&key, step, || {
+                    self.exec_in_upper(current, |writer, lower| {
+                        let owner = if user.is_empty() {
+                            (0, 0)
+                        } else {
+                            resolve_user(lower, user)?
+                        };
+                        writer.mkdir_owned(path, owner)?;
+                        Ok(())
+                    })
+                })
+            }
+            Op::Copy(copy) => {
+                for s in &copy.sources {
+                    if copy.add && (s.starts_with("http://") || s.starts_with("https://")) {
+                        return Err(SolveErrorKind::AddUrlUnsupported(s.clone()));
+                    }
+                }
+                let (tree, from_key, what): (Box<dyn SourceTree + '_>, Option<String>, String) =
+                    match &copy.from {
+                        CopySource::Context => (
+                            Box::new(ContextRef(self.context)),
+                            None,
+                            "the build context".to_string(),
+                        ),
+                        CopySource::Stage { index } => {
+                            let b =
+                                built
+                                    .get(index)
+                                    .ok_or_else(|| SolveErrorKind::CorruptImage {
+                                        image: graph.stages[*index].display_name(),
+                                        reason: "used before it was built".to_string(),
+                                    })?;
+                            let tree = self.layered(&b.layers)?;
+                            (
+                                Box::new(tree),
+                                Some(b.key.clone()),
+                                format!("stage {}", graph.stages[*index].display_name()),
+                            )
+                        }
+                        CopySource::Image { reference } => {
+                            let (desc, _, layers) = load_image(self.store, reference)?;
+                            (
+                                Box::new(self.layered(&layers)?),
+                                Some(desc.digest.to_string()),
+                                format!("image {reference}"),
+                            )
+                        }
+                    };
+                let keep_owners = !matches!(copy.from, CopySource::Context);
+                let excludes = if copy.excludes.is_empty() {
+                    None
+                } else {
+                    Some(Matcher::new(&copy.excludes).map_err(|source| {
+                        copy::CopyError::Pattern {
+                            pattern: copy.excludes.join(" "),
+                            source,
+                        }
+                    })?)
+                };
+                let matches =
+                    copy::match_sources(tree.as_ref(), &copy.sources, copy.parents, &what)?;
+                let digest =
+                    copy::hash_sources(tree.as_ref(), &matches, excludes.as_ref(), keep_owners)?;
+                let contents: Vec<String> = copy
+                    .contents
+                    .iter()
+                    .map(|c| Digest::of(c.data.as_bytes()).to_string())
+                    .collect();
+                let sources = format!("{digest} {}", contents.join(" "));
+                let key = key_of(Some(sources), from_key);
+                self.cached_or(&key, step, || {
+                    self.exec_in_upper(current, |writer, lower| {
+                        self.exec_copy(
+                            copy,
+                            writer,
+                            lower,
+                            tree.as_ref(),
+                            &matches,
+                            excludes.as_ref(),
+                            keep_owners,
+                        )
+                    })
+                })
+            }
+        }
+    }
+
+    /// The step's cached layer, or `run()` and cache what it makes.
+    fn cached_or(
+        &self,
+        key: &Digest,
+        _step: &Step,
+        run: impl FnOnce() -> Result<Layer>,
+    ) -> Result<(Option<Layer>, String, bool)> {
+        if !self.opts.no_cache {
+            if let Some(record) = self.store.cache_get(key)? {
+                if let (Some(descriptor), Some(diff_id)) = (record.layer, record.diff_id) {
+                    return Ok((
+                        Some(Layer {
+                            descriptor,
+                            diff_id,
+                        }),
+                        key.to_string(),
+                        true,
+                    ));
+                }
+            }
+        }
+        let layer = run()?;
+        self.store.cache_put(
+            key,
+            &CacheRecord {
+                layer: Some(layer.descriptor.clone()),
+                diff_id: Some(layer.diff_id),
+                created: now(),
+            },
+        )?;
+        Ok((Some(layer), key.to_string(), false))
+    }
+
+    /// Snapshots of `layers` as a tree, top first, unpacking any missing one.
+    fn layered(&self, layers: &[Layer]) -> Result<LayeredTree> {
+        let mut dirs = Vec::with_capacity(layers.len());
+        for l in layers.iter().rev() {
+            dirs.push(self.snapshot(l)?);
+        }
+        Ok(LayeredTree::new(dirs))
+    }
+
+    /// The unpacked snapshot of a layer, made from its blob the first time.
+    fn snapshot(&self, l: &Layer) -> Result<PathBuf> {
+        if let Some(dir) = self.store.snapshot(&l.diff_id) {
+            return Ok(dir);
+        }
+        let builder = self.store.snapshot_builder(&l.diff_id)?;
+        let blob = self.store.open_blob(&l.descriptor.digest)?;
+        let reader = crate::compress::decompressing_reader(Box::new(std::io::BufReader::new(blob)))
+            .map_err(|e| SolveErrorKind::CorruptImage {
+                image: l.descriptor.digest.to_string(),
+                reason: e.to_string(),
+            })?;
+        layer::unpack_layer(
+            reader,
+            builder.path(),
+            &layer::UnpackOptions {
+                whiteouts: layer::WhiteoutMode::Keep,
+                ..layer::UnpackOptions::default()
+            },
+        )?;
+        Ok(builder.commit()?)
+    }
+
+    /// Runs `fill` on a fresh upper dir above `current`'s layers, then turns
+    /// the upper dir into a stored layer and its snapshot.
+    fn exec_in_upper(
+        &self,
+        current: &Built,
+        fill: impl FnOnce(&mut Writer, &LayeredTree) -> Result<()>,
+    ) -> Result<Layer> {
+        let lower = self.layered(&current.layers)?;
+        let tmp = self.store.root().join("estiba").join("tmp");
+        let upper = tempfile::Builder::new()
+            .prefix("upper-")
+            .tempdir_in(&tmp)
+            .map_err(|source| SolveErrorKind::Io {
+                path: tmp.clone(),
+                source,
+            })?;
+        let mut writer = Writer::new(
+            upper.path(),
+            lower.layers(),
+            CopyOptions {
+                mtime: self.time(),
+                ..CopyOptions::default()
+            },
+        );
+        fill(&mut writer, &lower)?;
+        let mut blob = self.store.blob_writer()?;
+        let info = layer::write_layer(
+            upper.path(),
+            &mut blob,
+            &layer::LayerOptions {
+                mtime_clamp: self.opts.epoch,
+            },
+        )?;
+        let (digest, size) = blob.commit()?;
+        // The upper dir is exactly the layer: keep it as the snapshot.
+        if self.store.snapshot(&info.diff_id).is_none() {
+            let builder = self.store.snapshot_builder(&info.diff_id)?;
+            let target = builder.path().to_path_buf();
+            let _ = std::fs::remove_dir(&target);
+            let upper_path = upper.keep();
+            std::fs::rename(&upper_path, &target).map_err(|source| SolveErrorKind::Io {
+                path: target.clone(),
+                source,
+            })?;
+            builder.commit()?;
+        }
+        Ok(Layer {
+            descriptor: Descriptor {
+                media_type: LAYER_MEDIA_TYPE.to_string(),
+                digest,
+                size,
+                annotations: BTreeMap::new(),
+                platform: None,
+            },
+            diff_id: info.diff_id,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn exec_copy(
+        &self,
+        step: &CopyStep,
+        writer: &mut Writer,
+        lower: &LayeredTree,
+        tree: &dyn SourceTree,
+        matches: &[copy::SourceMatch],
+        excludes: Option<&Matcher>,
+        keep_owners: bool,
+    ) -> Result<()> {
+        let chown = match &step.chown {
+            Some(spec) => Some(resolve_user(lower, spec)?),
+            None => None,
+        };
+        let chmod = match &step.chmod {
+            Some(c) => Some(Chmod::parse(c).ok_or_else(|| SolveErrorKind::BadChmod(c.clone()))?),
+            None => None,
+        };
+        writer.set_options(chown, chmod, keep_owners);
+        if step.add {
+            return self.exec_add(step, writer, tree, matches, excludes);
+        }
+        writer.copy(tree, matches, &step.dest, excludes)?;
+        for c in &step.contents {
+            writer.write_file(&step.dest, &c.path, c.data.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// ADD: local archives are extracted at the destination, other files
+    /// copied as COPY would.
+    fn exec_add(
+        &self,
+        step: &CopyStep,
+        writer: &mut Writer,
+        tree: &dyn SourceTree,
+        matches: &[copy::SourceMatch],
+        excludes: Option<&Matcher>,
+    ) -> Result<()> {
+        let unpack = step.unpack.unwrap_or(true);
+        let mut plain = Vec::new();
+        for m in matches {
+            let is_file = matches!(
+                tree.stat(&m.path)?,
+                Some(tree::Meta {
+                    kind: tree::EntryKind::File,
+                    ..
+                })
+            );
+            if unpack && is_file && is_archive(tree.open(&m.path)?) {
+                let dest = writer.dest_dir(&step.dest)?;
+                let reader =
+                    crate::compress::decompressing_reader(tree.open(&m.path)?).map_err(|e| {
+                        SolveErrorKind::Copy(copy::CopyError::Tree(tree::TreeError::Other(
+                            e.to_string(),
+                        )))
+                    })?;
+                layer::unpack_layer(
+                    reader,
+                    &dest,
+                    &layer::UnpackOptions {
+                        whiteouts: layer::WhiteoutMode::Keep,
+                        ..layer::UnpackOptions::default()
+                    },
+                )?;
+            } else {
+                plain.push(m.clone());
+            }
+        }
+        writer.copy(tree, &plain, &step.dest, excludes)?;
+        for c in &step.contents {
+            writer.write_file(&step.dest, &c.path, c.data.as_bytes())?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a file is a tar archive, plain or compressed, as docker's ADD
+/// decides it: the first 512 bytes (decompressed) are a valid tar header.
+fn is_archive(reader: Box<dyn std::io::Read + '_>) -> bool {
+    let Ok(mut reader) = crate::compress::decompressing_reader(reader) else {
+        return false;
+    };
+    let mut header = [0u8; 512];
+    let mut filled = 0;
+    while filled < header.len() {
+        match reader.read(&mut header[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(_) => return false,
+        }
+    }
+    if filled < header.len() || header.iter().all(|b| *b == 0) {
+        return false;
+    }
+    // The header checksum: the sum of all bytes with the checksum field
+    // counted as spaces, stored as octal at 148..156.
+    let stored = std::str::from_utf8(&header[148..156])
+        .ok()
+        .map(|s| s.trim_matches(|c: char| c == '\0' || c == ' '))
+        .and_then(|s| u32::from_str_radix(s, 8).ok());
+    let sum: u32 = header
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u32::from(*b)
+            }
+        })
+        .sum();
+    stored == Some(sum)
+}
+
+/// The build context as a boxed tree without taking ownership.
+struct ContextRef<'a>(&'a dyn SourceTree);
+
+impl SourceTree for ContextRef<'_> {
+    fn stat(&self, path: &str) -> Result<Option<tree::Meta>, tree::TreeError> {
+        self.0.stat(path)
+    }
+    fn children(&self, path: &str) -> Result<Vec<String>, tree::TreeError> {
+        self.0.children(path)
+    }
+    fn open(&self, path: &str) -> Result<Box<dyn std::io::Read + '_>, tree::TreeError> {
+        self.0.open(path)
+    }
+    fn xattrs(&self, path: &str) -> Result<Vec<(String, Vec<u8>)>, tree::TreeError> {
+        self.0.xattrs(path)
+    }
+    fn content_digest(&self, path: &str) -> Result<Digest, tree::TreeError> {
+        self.0.content_digest(path)
+    }
+}
+
+/// `user[:group]` into numbers, names looked up in the image's own
+/// `/etc/passwd` and `/etc/group` as BuildKit does: a numeric user alone
+/// gets the same number as group; a named one its primary group.
+pub fn resolve_user(image: &dyn SourceTree, spec: &str) -> Result<(u32, u32)> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let read = |file: &str| -> Result<String> {
+        let path = tree::resolve(image, file, true)?;
+        if image.stat(&path)?.is_none() {
+            return Ok(String::new());
+        }
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut image.open(&path)?, &mut text).map_err(|source| {
+            SolveErrorKind::Io {
+                path: PathBuf::from(format!("/{file}")),
+                source,
+            }
+        })?;
+        Ok(text)
+    };
+    let (uid, mut gid) = match user.parse::<u32>() {
+        Ok(n) => (n, n),
+        Err(_) => {
+            let passwd = read("etc/passwd")?;
+            passwd
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.first() == Some(&user) && f.len() >= 4)
+                .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+                .ok_or_else(|| SolveErrorKind::UnknownUser {
+                    what: "user",
+                    name: user.to_string(),
+                    file: "/etc/passwd",
+                })?
+        }
+    };
+    if let Some(group) = group {
+        gid = match group.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => {
+                let groups = read("etc/group")?;
+                groups
+                    .lines()
+                    .map(|l| l.split(':').collect::<Vec<_>>())
+                    .find(|f| f.first() == Some(&group) && f.len() >= 3)
+                    .and_then(|f| f[2].parse().ok())
+                    .ok_or_else(|| SolveErrorKind::UnknownUser {
+                        what: "group",
+                        name: group.to_string(),
+                        file: "/etc/group",
+                    })?
+            }
+        };
+    }
+    Ok((uid, gid))
+}
+
+/// An error and its causes on one line, for progress output.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+/// Creates `dir` and its parents inside `root` (used by local export).
+pub fn ensure_dir(root: &Path) -> Result<()> {
+    std::fs::create_dir_all(root).map_err(|source| SolveErrorKind::Io {
+        path: root.to_path_buf(),
+        source,
+    })
+}
+
+/// Base images for the planner, from the store: their ENV, WORKDIR, USER and
+/// ONBUILD triggers, and manifest digests for cache keys.
+#[derive(Debug)]
+pub struct StoreResolver<'a> {
+    store: &'a Store,
+}
+
+impl<'a> StoreResolver<'a> {
+    /// A resolver over `store`.
+    pub fn new(store: &'a Store) -> Self {
+        StoreResolver { store }
+    }
+}
+
+impl estiba_frontend::BaseResolver for StoreResolver<'_> {
+    fn resolve(
+        &self,
+        reference: &str,
+        _platform: &estiba_frontend::Platform,
+    ) -> Option<estiba_frontend::BaseImage> {
+        let (desc, config, _) = load_image(self.store, reference).ok()?;
+        Some(estiba_frontend::BaseImage {
+            digest: Some(desc.digest.to_string()),
+            platform: estiba_frontend::Platform::parse(&format!(
+                "{}/{}",
+                config.os, config.architecture
+            )),
+            config: config.planned(),
+        })
+    }
+}

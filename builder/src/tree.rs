@@ -1,0 +1,174 @@
+//! The read-only file trees COPY and ADD read from, behind one trait: the
+//! build context (with `.dockerignore` applied) and the root filesystem of a
+//! stage or image (layers seen through their snapshots, as overlayfs would).
+//!
+//! Paths here are relative, `/`-separated, without a leading `/`; `""` is the
+//! root. Nothing in this module follows a symlink out of its tree: symlinks
+//! are resolved as if the tree's root were `/` (chroot semantics).
+
+use estiba_cache::Digest;
+use std::io::Read;
+
+/// What kind of entry a path is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link and its target, verbatim.
+    Symlink(String),
+    /// A character device (major, minor).
+    CharDevice(u32, u32),
+    /// A block device (major, minor).
+    BlockDevice(u32, u32),
+    /// A named pipe.
+    Fifo,
+    /// A socket (never copied: docker skips them).
+    Socket,
+}
+
+/// `lstat` of an entry, as far as images care.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    /// Its kind.
+    pub kind: EntryKind,
+    /// Permission bits with setuid, setgid and sticky (`0o7777` mask).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes of a regular file, else 0.
+    pub size: u64,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// `(device, inode)` when the entry may be a hard link of another
+    /// (regular file with more than one link), for keeping hard links.
+    pub link_id: Option<(u64, u64)>,
+}
+
+/// A failure reading a tree.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    /// An I/O error on a named path.
+    #[error("cannot read {path}")]
+    Io {
+        /// The path, as the user knows it.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A symlink chain that does not end.
+    #[error("too many levels of symbolic links at {0}")]
+    SymlinkLoop(String),
+    /// Anything else the tree's backing store reports.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A read-only tree COPY can read.
+pub trait SourceTree {
+    /// `lstat` of `path`, or `None` when it does not exist or is excluded.
+    fn stat(&self, path: &str) -> Result<Option<Meta>, TreeError>;
+    /// The names of a directory's entries, sorted bytewise, excluded ones left out.
+    fn children(&self, path: &str) -> Result<Vec<String>, TreeError>;
+    /// A regular file's content.
+    fn open(&self, path: &str) -> Result<Box<dyn Read + '_>, TreeError>;
+    /// Extended attributes worth keeping (`user.*`, `security.*`, `trusted.*`
+    /// but not `trusted.overlay.*`), sorted by name.
+    fn xattrs(&self, path: &str) -> Result<Vec<(String, Vec<u8>)>, TreeError>;
+    /// The sha256 of a regular file's content. Trees that can remember it
+    /// (the context's stat cache) override this.
+    fn content_digest(&self, path: &str) -> Result<Digest, TreeError> {
+        let mut hasher = estiba_cache::Hasher::new();
+        let mut reader = self.open(path)?;
+        std::io::copy(&mut reader, &mut hasher).map_err(|source| TreeError::Io {
+            path: path.to_string(),
+            source,
+        })?;
+        Ok(hasher.finish())
+    }
+}
+
+/// How many symlinks one resolution may follow, as Linux allows.
+pub const MAX_SYMLINKS: usize = 40;
+
+/// Joins relative tree paths.
+pub fn join(dir: &str, name: &str) -> String {
+    match (dir.is_empty(), name.is_empty()) {
+        (true, _) => name.to_string(),
+        (_, true) => dir.to_string(),
+        _ => format!("{dir}/{name}"),
+    }
+}
+
+/// Cleans a path into tree form: no leading `/`, no `.`/empty components,
+/// `..` never above the root.
+pub fn clean(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    parts.join("/")
+}
+
+/// Resolves `path` inside `tree` as if its root were `/`: every symlink in a
+/// parent component is followed within the tree, and the last component too
+/// when `follow_last`. Returns the resolved path (which may not exist).
+pub fn resolve(tree: &dyn SourceTree, path: &str, follow_last: bool) -> Result<String, TreeError> {
+    let mut pending: Vec<String> = clean(path)
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .rev()
+        .map(str::to_string)
+        .collect();
+    let mut done = String::new();
+    let mut followed = 0;
+    while let Some(part) = pending.pop() {
+        if part == ".." {
+            done = match done.rsplit_once('/') {
+                Some((parent, _)) => parent.to_string(),
+                None => String::new(),
+            };
+            continue;
+        }
+        if part == "." || part.is_empty() {
+            continue;
+        }
+        let candidate = join(&done, &part);
+        let is_last = pending.is_empty();
+        match tree.stat(&candidate)? {
+            Some(Meta {
+                kind: EntryKind::Symlink(target),
+                ..
+            }) if !is_last || follow_last => {
+                followed += 1;
+                if followed > MAX_SYMLINKS {
+                    return Err(TreeError::SymlinkLoop(candidate));
+                }
+                if target.starts_with('/') {
+                    done.clear();
+                }
+                for p in target.split('/').rev() {
+                    pending.push(p.to_string());
+                }
+            }
+            _ => done = candidate,
+        }
+    }
+    Ok(done)
+}
+
+/// Whether a source pattern has wildcards (`*`, `?`, `[`), as Go's
+/// `filepath.Match` reads them.
+pub fn has_wildcards(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '['])
+}

@@ -1,0 +1,850 @@
+//! The build context as COPY sees it: `.dockerignore` applied the way
+//! `docker build` sends the context, symlinks kept inside the context, and
+//! the stat cache that spares re-reading unchanged files.
+
+use estiba::context::{BuildContext, ContextError, ContextStats, RACY_WINDOW};
+use estiba::tree::{self, EntryKind, SourceTree, TreeError};
+use estiba_cache::Digest;
+use estiba_frontend::dockerignore::Matcher;
+use std::ffi::CString;
+use std::fs;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn put(root: &Path, rel: &str, content: &str) {
+    let path = root.join(rel);
+    fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    fs::write(&path, content).expect("write");
+}
+
+fn mkdir(root: &Path, rel: &str) {
+    fs::create_dir_all(root.join(rel)).expect("mkdir");
+}
+
+fn symlink(root: &Path, rel: &str, target: &str) {
+    std::os::unix::fs::symlink(target, root.join(rel)).expect("symlink");
+}
+
+fn open(root: &Path) -> BuildContext {
+    BuildContext::open(root, None, None).expect("open context")
+}
+
+fn visible(ctx: &BuildContext, path: &str) -> bool {
+    ctx.stat(path).expect("stat").is_some()
+}
+
+fn children(ctx: &BuildContext, path: &str) -> Vec<String> {
+    ctx.children(path).expect("children")
+}
+
+/// Every visible path below `dir`, depth first, as `docker build` would
+/// send them.
+fn walk(ctx: &BuildContext, dir: &str, out: &mut Vec<String>) {
+    for name in children(ctx, dir) {
+        let path = tree::join(dir, &name);
+        let meta = ctx.stat(&path).expect("stat").expect("listed entry exists");
+        out.push(path.clone());
+        if meta.kind == EntryKind::Dir {
+            walk(ctx, &path, out);
+        }
+    }
+}
+
+fn all_paths(ctx: &BuildContext) -> Vec<String> {
+    let mut out = Vec::new();
+    walk(ctx, "", &mut out);
+    out
+}
+
+fn read_all(ctx: &BuildContext, path: &str) -> String {
+    let mut text = String::new();
+    ctx.open(path)
+        .expect("open")
+        .read_to_string(&mut text)
+        .expect("read");
+    text
+}
+
+/// Waits until files written so far are older than the stat cache's race
+/// window, so their digests may be remembered.
+fn let_timestamps_settle() {
+    std::thread::sleep(RACY_WINDOW * 2);
+}
+
+#[test]
+fn excluded_paths_are_invisible_and_exceptions_reinclude_with_parents() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    put(
+        root,
+        ".dockerignore",
+        "# comment\n*.tmp\nbuild\n**/*.log\n/secret.txt\n./docs/draft.md\nvendor\n!vendor/keep/important.txt\n",
+    );
+    for file in [
+        "Dockerfile",
+        "a.txt",
+        "b.tmp",
+        "build/out.bin",
+        "build/sub/x",
+        "logs/deep/app.log",
+        "src/main.rs",
+        "src/debug.log",
+        "x.log",
+        "secret.txt",
+        "sub/secret.txt",
+        "sub/c.tmp",
+        "docs/draft.md",
+        "docs/index.md",
+        "vendor/lib.rs",
+        "vendor/keep/important.txt",
+        "vendor/keep/other.txt",
+        "vendor/other/x.txt",
+    ] {
+        put(root, file, file);
+    }
+    let ctx = open(root);
+    assert_eq!(
+        ctx.ignore_file(),
+        Some(ctx.root().join(".dockerignore").as_path())
+    );
+
+    assert_eq!(
+        all_paths(&ctx),
+        [
+            ".dockerignore",
+            "Dockerfile",
+            "a.txt",
+            "docs",
+            "docs/index.md",
+            "logs",
+            "logs/deep",
+            "src",
+            "src/main.rs",
+            "sub",
+            "sub/c.tmp",
+            "sub/secret.txt",
+            "vendor",
+            "vendor/keep",
+            "vendor/keep/important.txt",
+        ]
+    );
+    for gone in [
+        "b.tmp",
+        "build",
+        "build/out.bin",
+        "build/sub",
+        "build/sub/x",
+        "x.log",
+        "src/debug.log",
+        "logs/deep/app.log",
+        "secret.txt",
+        "docs/draft.md",
+        "vendor/lib.rs",
+        "vendor/keep/other.txt",
+        "vendor/other",
+        "vendor/other/x.txt",
+    ] {
+        assert!(!visible(&ctx, gone), "{gone} should be excluded");
+    }
+    // Patterns are anchored at the root: `*.tmp` is not `**/*.tmp`.
+    assert!(!ctx.is_excluded("sub/c.tmp").expect("match"));
+    // The excluded directory shows only what is re-included.
+    assert_eq!(children(&ctx, "vendor"), ["keep"]);
+    assert_eq!(children(&ctx, "vendor/keep"), ["important.txt"]);
+    assert_eq!(
+        ctx.stat("vendor").expect("stat").map(|m| m.kind),
+        Some(EntryKind::Dir)
+    );
+    assert_eq!(
+        read_all(&ctx, "vendor/keep/important.txt"),
+        "vendor/keep/important.txt"
+    );
+    // By name, the directory is still excluded; the file is not.
+    assert!(ctx.is_excluded("vendor").expect("match"));
+    assert!(ctx.is_excluded("/vendor/lib.rs").expect("match"));
+    assert!(!ctx.is_excluded("vendor/keep/important.txt").expect("match"));
+    assert!(ctx.is_excluded("./build/deeper/still").expect("match"));
+    assert!(!ctx.is_excluded("").expect("match"));
+    // An excluded directory is not there at all.
+    let error = ctx.children("build").expect_err("excluded dir");
+    assert!(
+        matches!(&error, TreeError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    );
+    assert!(ctx.open("b.tmp").is_err());
+    assert!(ctx.content_digest("b.tmp").is_err());
+    assert!(ctx.xattrs("b.tmp").is_err());
+}
+
+#[test]
+fn visibility_agrees_with_docker_rule_on_every_path() {
+    // Cross-check against the matcher's own `MatchesOrParentMatches`: a path
+    // is sent when it is not excluded, or when it is a directory holding
+    // something that is sent.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let patterns = "*\n!src\nsrc/**/*.o\n!**/keep.o\n!a1/b/c\n";
+    put(root, ".dockerignore", patterns);
+    let mut files = Vec::new();
+    for top in ["src", "a1", "a2", "zz"] {
+        for mid in ["b", "c", "d/e"] {
+            for leaf in ["x.o", "keep.o", "y.rs", "c"] {
+                files.push(format!("{top}/{mid}/{leaf}"));
+            }
+        }
+    }
+    files.push("Dockerfile".to_owned());
+    for file in &files {
+        put(root, file, file);
+    }
+    let ctx = open(root);
+    let matcher =
+        Matcher::new(&estiba_frontend::dockerignore::parse_ignore_file(patterns)).expect("matcher");
+    let seen = all_paths(&ctx);
+    let mut expected: Vec<String> = Vec::new();
+    for entry in walkdir::WalkDir::new(root).min_depth(1) {
+        let entry = entry.expect("walk");
+        let rel = entry
+            .path()
+            .strip_prefix(root)
+            .expect("inside")
+            .to_str()
+            .expect("utf-8")
+            .to_owned();
+        let sent_file = |p: &str| !matcher.matches_or_parent_matches(p).expect("match");
+        let shown = if entry.file_type().is_dir() {
+            sent_file(&rel)
+                || files
+                    .iter()
+                    .any(|f| f.starts_with(&format!("{rel}/")) && sent_file(f))
+        } else {
+            sent_file(&rel)
+        };
+        if shown {
+            expected.push(rel);
+        }
+    }
+    expected.sort();
+    let mut seen_sorted = seen.clone();
+    seen_sorted.sort();
+    assert_eq!(seen_sorted, expected);
+    assert!(seen.contains(&"src/b/y.rs".to_owned()));
+    assert!(!seen.contains(&"src/b/x.o".to_owned()));
+    assert!(seen.contains(&"zz/d/e/keep.o".to_owned()));
+    assert!(seen.contains(&"a1/b/c".to_owned()) && !seen.contains(&"a1/b/y.rs".to_owned()));
+    assert!(!seen.contains(&"Dockerfile".to_owned()));
+}
+
+#[test]
+fn walk_follows_buildkit_parent_results_rule() {
+    // `a*/b` is skipped at `a2` (already excluded by `*`), so BuildKit's walk
+    // never records it for `a2/b` and `!**/keep.o` wins below; Docker's
+    // `MatchesOrParentMatches` would exclude the file. The context sends what
+    // BuildKit sends.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let patterns = "*\n!**/keep.o\na*/b\n";
+    put(root, ".dockerignore", patterns);
+    put(root, "a2/b/keep.o", "k");
+    put(root, "a2/b/x.o", "x");
+    let ctx = open(root);
+    assert_eq!(all_paths(&ctx), ["a2", "a2/b", "a2/b/keep.o"]);
+    assert!(!ctx.is_excluded("a2/b/keep.o").expect("match"));
+    let matcher =
+        Matcher::new(&estiba_frontend::dockerignore::parse_ignore_file(patterns)).expect("matcher");
+    assert!(matcher
+        .matches_or_parent_matches("a2/b/keep.o")
+        .expect("match"));
+}
+
+#[test]
+fn dockerfile_specific_ignore_file_wins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    put(root, ".dockerignore", "a.txt\n");
+    put(root, "app.Dockerfile", "FROM scratch\n");
+    put(root, "app.Dockerfile.dockerignore", "b.txt\n");
+    put(root, "a.txt", "a");
+    put(root, "b.txt", "b");
+
+    let ctx = BuildContext::open(root, Some(&root.join("app.Dockerfile")), None).expect("open");
+    assert_eq!(
+        ctx.ignore_file(),
+        Some(root.join("app.Dockerfile.dockerignore").as_path())
+    );
+    assert!(visible(&ctx, "a.txt"));
+    assert!(!visible(&ctx, "b.txt"));
+
+    // No `Dockerfile.dockerignore`: the context's `.dockerignore` applies.
+    let ctx = BuildContext::open(root, Some(&root.join("Dockerfile")), None).expect("open");
+    assert_eq!(
+        ctx.ignore_file(),
+        Some(ctx.root().join(".dockerignore").as_path())
+    );
+    assert!(!visible(&ctx, "a.txt"));
+    assert!(visible(&ctx, "b.txt"));
+
+    // A Dockerfile outside the context brings its ignore file along.
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    put(elsewhere.path(), "Dockerfile", "FROM scratch\n");
+    put(elsewhere.path(), "Dockerfile.dockerignore", "*.txt\n");
+    let ctx =
+        BuildContext::open(root, Some(&elsewhere.path().join("Dockerfile")), None).expect("open");
+    assert!(!visible(&ctx, "a.txt") && !visible(&ctx, "b.txt"));
+
+    // Default Dockerfile: `Dockerfile.dockerignore` at the root first.
+    put(root, "Dockerfile.dockerignore", "app.*\n");
+    let ctx = open(root);
+    assert_eq!(
+        ctx.ignore_file(),
+        Some(ctx.root().join("Dockerfile.dockerignore").as_path())
+    );
+    assert!(!visible(&ctx, "app.Dockerfile") && visible(&ctx, "a.txt"));
+
+    // A Dockerfile from stdin: only `.dockerignore`.
+    let ctx = BuildContext::open(root, Some(Path::new("-")), None).expect("open");
+    assert_eq!(
+        ctx.ignore_file(),
+        Some(ctx.root().join(".dockerignore").as_path())
+    );
+
+    // No ignore file at all.
+    let bare = tempfile::tempdir().expect("tempdir");
+    put(bare.path(), "x", "x");
+    let ctx = open(bare.path());
+    assert_eq!(ctx.ignore_file(), None);
+    assert_eq!(children(&ctx, ""), ["x"]);
+}
+
+#[test]
+fn dockerfile_and_ignore_file_are_ordinary_context_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    put(root, "Dockerfile", "FROM scratch\n");
+    put(root, ".dockerignore", ".dockerignore\nDockerfile\n");
+    put(root, "kept", "k");
+    let ctx = open(root);
+    assert_eq!(children(&ctx, ""), ["kept"]);
+
+    put(root, ".dockerignore", "kept\n");
+    let ctx = open(root);
+    assert_eq!(children(&ctx, ""), [".dockerignore", "Dockerfile"]);
+}
+
+#[test]
+fn invalid_pattern_names_file_and_pattern() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    put(dir.path(), ".dockerignore", "ok\n[unclosed\n");
+    let error = BuildContext::open(dir.path(), None, None).expect_err("bad pattern");
+    let text = error.to_string();
+    assert!(matches!(error, ContextError::Pattern { .. }), "{error:?}");
+    assert!(
+        text.contains(".dockerignore") && text.contains("[unclosed"),
+        "{text}"
+    );
+
+    put(dir.path(), ".dockerignore", "!\n");
+    let error = BuildContext::open(dir.path(), None, None).expect_err("lone !");
+    assert!(error.to_string().contains("\"!\""), "{error}");
+
+    let missing = dir.path().join("nope");
+    let error = BuildContext::open(&missing, None, None).expect_err("missing root");
+    assert!(error.to_string().contains("nope"), "{error}");
+}
+
+#[test]
+fn symlinks_are_reported_and_resolve_inside_the_context() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outer = dir.path();
+    let root = outer.join("ctx");
+    put(&root, "etc/passwd", "inside");
+    put(&root, "sub/file", "sub file");
+    put(outer, "x", "outside the context");
+    put(&root, ".dockerignore", "hidden_link\n");
+    symlink(&root, "abs", "/etc/passwd");
+    symlink(&root, "up", "../../x");
+    symlink(&root, "etc_link", "/etc");
+    symlink(&root, "escape", "../../../../etc");
+    symlink(&root, "sub_link", "sub");
+    symlink(&root, "hidden_link", "sub");
+    symlink(&root, "loop_a", "loop_b");
+    symlink(&root, "loop_b", "loop_a");
+    let ctx = open(&root);
+
+    let kind = |p: &str| ctx.stat(p).expect("stat").map(|m| m.kind);
+    assert_eq!(kind("abs"), Some(EntryKind::Symlink("/etc/passwd".into())));
+    assert_eq!(kind("up"), Some(EntryKind::Symlink("../../x".into())));
+    assert_eq!(kind("sub_link"), Some(EntryKind::Symlink("sub".into())));
+    assert_eq!(kind("hidden_link"), None);
+    assert!(children(&ctx, "").contains(&"abs".to_owned()));
+
+    // Resolution stays inside the context root.
+    let resolve = |p: &str| tree::resolve(&ctx, p, true).expect("resolve");
+    assert_eq!(resolve("abs"), "etc/passwd");
+    assert_eq!(read_all(&ctx, &resolve("abs")), "inside");
+    assert_eq!(resolve("up"), "x");
+    assert_eq!(kind(&resolve("up")), None, "../../x is not the host's x");
+    assert_eq!(resolve("escape/passwd"), "etc/passwd");
+    assert_eq!(resolve("sub_link/file"), "sub/file");
+    assert!(matches!(
+        tree::resolve(&ctx, "loop_a", true),
+        Err(TreeError::SymlinkLoop(_))
+    ));
+
+    // A symlink in a parent component is followed inside the context, never
+    // on the host, and never through an excluded entry.
+    assert_eq!(read_all(&ctx, "etc_link/passwd"), "inside");
+    assert_eq!(read_all(&ctx, "escape/passwd"), "inside");
+    assert_eq!(read_all(&ctx, "sub_link/file"), "sub file");
+    assert_eq!(children(&ctx, "sub_link"), ["file"]);
+    assert_eq!(kind("hidden_link/file"), None);
+    assert!(ctx.children("hidden_link").is_err());
+    assert_eq!(kind("up/anything"), None);
+
+    // `open` and `content_digest` refuse a symlink: the caller resolves first.
+    assert!(ctx.open("abs").is_err());
+    assert!(ctx.content_digest("abs").is_err());
+    assert!(ctx.open("sub").is_err(), "a directory is not a file");
+    let error = ctx.children("sub/file").expect_err("not a directory");
+    assert!(
+        matches!(&error, TreeError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOTDIR))
+    );
+}
+
+#[test]
+fn special_files_are_reported_not_opened() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    nix::unistd::mkfifo(
+        &root.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .expect("mkfifo");
+    let _listener = std::os::unix::net::UnixListener::bind(root.join("sock")).expect("bind socket");
+    put(root, "file", "x");
+    fs::hard_link(root.join("file"), root.join("hard")).expect("hard link");
+    let ctx = open(root);
+    let meta = |p: &str| ctx.stat(p).expect("stat").expect("exists");
+    assert_eq!(meta("fifo").kind, EntryKind::Fifo);
+    assert_eq!(meta("sock").kind, EntryKind::Socket);
+    // Opening a FIFO would block forever; it is refused instead.
+    assert!(ctx.open("fifo").is_err());
+    assert!(ctx.content_digest("sock").is_err());
+    let file = meta("file");
+    assert_eq!(file.size, 1);
+    assert!(file.link_id.is_some());
+    assert_eq!(file.link_id, meta("hard").link_id);
+    assert_eq!(meta("").kind, EntryKind::Dir);
+    let host_mode = fs::symlink_metadata(root.join("fifo")).expect("lstat");
+    assert_eq!(meta("fifo").mode, host_mode.permissions().mode() & 0o7777);
+}
+
+#[test]
+fn children_are_sorted_bytewise() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in ["b", "a", "C", "_", "ä", "a.b", "a-b", "10", "9"] {
+        put(dir.path(), name, name);
+    }
+    let ctx = open(dir.path());
+    assert_eq!(
+        children(&ctx, ""),
+        ["10", "9", "C", "_", "a", "a-b", "a.b", "b", "ä"]
+    );
+}
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    let path = CString::new(path.as_os_str().as_bytes()).expect("no NUL");
+    let name = CString::new(name).expect("no NUL");
+    // SAFETY: NUL-terminated strings and a buffer of `value.len()` bytes.
+    let rc = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[test]
+fn xattrs_are_read_and_filtered() {
+    // On the target directory's file system (disk), not necessarily /tmp.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let file = dir.path().join("f");
+    fs::write(&file, "x").expect("write");
+    let ctx = open(dir.path());
+    match set_xattr(&file, "user.b", b"2").and_then(|()| set_xattr(&file, "user.a", b"1")) {
+        Ok(()) => {
+            let mut expected = vec![
+                ("user.a".to_owned(), b"1".to_vec()),
+                ("user.b".to_owned(), b"2".to_vec()),
+            ];
+            let root_only = set_xattr(&file, "trusted.estiba", b"t")
+                .and_then(|()| set_xattr(&file, "trusted.overlay.opaque", b"y"));
+            if nix::unistd::geteuid().is_root() {
+                root_only.expect("root sets trusted.* xattrs");
+                expected.push(("trusted.estiba".to_owned(), b"t".to_vec()));
+            } else {
+                let error = root_only.expect_err("trusted.* needs CAP_SYS_ADMIN");
+                assert_eq!(error.raw_os_error(), Some(libc::EPERM));
+            }
+            expected.sort();
+            let got: Vec<_> = ctx
+                .xattrs("f")
+                .expect("xattrs")
+                .into_iter()
+                .filter(|(name, _)| name != "security.selinux")
+                .collect();
+            assert_eq!(got, expected, "trusted.overlay.* is dropped");
+        }
+        Err(error) => {
+            // The file system refuses user xattrs: say so, and check that
+            // reading them is then an empty list, not an error.
+            assert_eq!(
+                error.raw_os_error(),
+                Some(libc::ENOTSUP),
+                "unexpected refusal: {error}"
+            );
+            assert!(ctx.xattrs("f").expect("xattrs").is_empty());
+        }
+    }
+}
+
+#[test]
+fn content_digest_is_the_sha256_of_the_content() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(root.join("big"), &big).expect("write");
+    put(root, "empty", "");
+    put(root, "hello", "hello");
+    let ctx = open(root);
+    assert_eq!(ctx.content_digest("big").expect("digest"), Digest::of(&big));
+    assert_eq!(
+        ctx.content_digest("empty").expect("digest"),
+        Digest::of(b"")
+    );
+    assert_eq!(
+        ctx.content_digest("./hello").expect("digest").to_string(),
+        "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+    );
+    assert!(ctx.content_digest("").is_err());
+    assert!(ctx.content_digest("missing").is_err());
+}
+
+fn make_files(root: &Path, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            let rel = format!("d{}/f{i:05}", i % 10);
+            put(root, &rel, &format!("content {i:05}"));
+            rel
+        })
+        .collect()
+}
+
+#[test]
+fn stat_cache_spares_rereading_unchanged_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("ctx");
+    let cache = dir.path().join("store/cache/context-stat.json");
+    let files = make_files(&root, 200);
+    let_timestamps_settle();
+
+    let ctx = BuildContext::open(&root, None, Some(cache.clone())).expect("open");
+    let first: Vec<Digest> = files
+        .iter()
+        .map(|f| ctx.content_digest(f).expect("digest"))
+        .collect();
+    assert_eq!(
+        ctx.stats(),
+        ContextStats {
+            files_hashed: 200,
+            cache_hits: 0
+        }
+    );
+    for (file, digest) in files.iter().zip(&first) {
+        let want = Digest::of(fs::read(root.join(file)).expect("read").as_slice());
+        assert_eq!(*digest, want, "{file}");
+        // Hashed once: the second ask is answered from memory.
+        assert_eq!(ctx.content_digest(file).expect("digest"), want);
+    }
+    assert_eq!(ctx.stats().cache_hits, 200);
+    ctx.save_stat_cache().expect("save");
+    drop(ctx);
+
+    let ctx = BuildContext::open(&root, None, Some(cache.clone())).expect("reopen");
+    let again: Vec<Digest> = files
+        .iter()
+        .map(|f| ctx.content_digest(f).expect("digest"))
+        .collect();
+    assert_eq!(again, first);
+    assert_eq!(
+        ctx.stats(),
+        ContextStats {
+            files_hashed: 0,
+            cache_hits: 200
+        }
+    );
+    drop(ctx);
+
+    // Same size, new content and mtime: exactly that file is read again.
+    let changed = &files[7];
+    let new_text = "CONTENT 00007";
+    assert_eq!(
+        new_text.len(),
+        fs::metadata(root.join(changed)).expect("stat").len() as usize
+    );
+    fs::write(root.join(changed), new_text).expect("rewrite");
+    let ctx = BuildContext::open(&root, None, Some(cache.clone())).expect("reopen");
+    for (file, old) in files.iter().zip(&first) {
+        let digest = ctx.content_digest(file).expect("digest");
+        if file == changed {
+            assert_eq!(digest, Digest::of(new_text.as_bytes()));
+        } else {
+            assert_eq!(digest, *old);
+        }
+    }
+    assert_eq!(
+        ctx.stats(),
+        ContextStats {
+            files_hashed: 1,
+            cache_hits: 199
+        }
+    );
+}
+
+#[test]
+fn restoring_the_mtime_does_not_fool_the_cache() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("ctx");
+    let cache = dir.path().join("stat-cache");
+    put(&root, "f", "aaaa");
+    let_timestamps_settle();
+    let ctx = BuildContext::open(&root, None, Some(cache.clone())).expect("open");
+    ctx.content_digest("f").expect("digest");
+    drop(ctx); // saves on drop
+
+    let mtime = fs::metadata(root.join("f"))
+        .expect("stat")
+        .modified()
+        .expect("mtime");
+    fs::write(root.join("f"), "bbbb").expect("rewrite");
+    let file = fs::File::options()
+        .write(true)
+        .open(root.join("f"))
+        .expect("open");
+    file.set_modified(mtime).expect("restore mtime");
+    drop(file);
+    let ctx = BuildContext::open(&root, None, Some(cache)).expect("reopen");
+    assert_eq!(
+        ctx.content_digest("f").expect("digest"),
+        Digest::of(b"bbbb")
+    );
+    assert_eq!(ctx.stats().files_hashed, 1, "the ctime changed");
+}
+
+#[test]
+fn a_file_hashed_right_after_a_change_is_not_remembered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("ctx");
+    let cache = dir.path().join("stat-cache");
+    put(&root, "old", "old");
+    let_timestamps_settle();
+    put(&root, "fresh", "fresh");
+    let ctx = BuildContext::open(&root, None, Some(cache.clone())).expect("open");
+    ctx.content_digest("old").expect("digest");
+    ctx.content_digest("fresh").expect("digest");
+    ctx.save_stat_cache().expect("save");
+    drop(ctx);
+    let ctx = BuildContext::open(&root, None, Some(cache)).expect("reopen");
+    ctx.content_digest("old").expect("digest");
+    ctx.content_digest("fresh").expect("digest");
+    assert_eq!(
+        ctx.stats(),
+        ContextStats {
+            files_hashed: 1,
+            cache_hits: 1
+        }
+    );
+}
+
+#[test]
+fn corrupt_stale_or_foreign_cache_files_are_ignored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("ctx");
+    let cache = dir.path().join("stat-cache");
+    let files = make_files(&root, 20);
+    let_timestamps_settle();
+    let hash_all = |cache: &PathBuf| {
+        let ctx = BuildContext::open(&root, None, Some(cache.clone())).expect("open");
+        for file in &files {
+            ctx.content_digest(file).expect("digest");
+        }
+        ctx.save_stat_cache().expect("save");
+        ctx.stats()
+    };
+    let cold = ContextStats {
+        files_hashed: 20,
+        cache_hits: 0,
+    };
+    let warm = ContextStats {
+        files_hashed: 0,
+        cache_hits: 20,
+    };
+
+    for garbage in [
+        &b"\x00\x01 not json"[..],
+        b"",
+        b"{\"format\":\"estiba-context-stat-cache\",\"version\":999,\"root\":\"/\",\"entries\":[]}",
+        b"{\"format\":\"estiba-context-stat-cache\",\"version\":1,\"root\":",
+        b"[1,2,3]",
+    ] {
+        fs::write(&cache, garbage).expect("write garbage");
+        assert_eq!(
+            hash_all(&cache),
+            cold,
+            "{}",
+            String::from_utf8_lossy(garbage)
+        );
+        assert_eq!(hash_all(&cache), warm, "rewritten after garbage");
+    }
+
+    // A cache made for another context directory is not trusted.
+    let other = dir.path().join("other");
+    fs::create_dir_all(&other).expect("mkdir");
+    let text = fs::read_to_string(&cache).expect("read cache");
+    let moved = text.replace(
+        &fs::canonicalize(&root)
+            .expect("canonical")
+            .display()
+            .to_string(),
+        &fs::canonicalize(&other)
+            .expect("canonical")
+            .display()
+            .to_string(),
+    );
+    fs::write(&cache, moved).expect("write");
+    assert_eq!(hash_all(&cache), cold);
+
+    // Not saving anything leaves no file behind, and no cache is fine too.
+    let none = BuildContext::open(&root, None, None).expect("open");
+    none.content_digest(&files[0]).expect("digest");
+    none.save_stat_cache().expect("nothing to save");
+}
+
+#[test]
+fn hashing_from_several_threads_is_consistent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("ctx");
+    let cache = dir.path().join("stat-cache");
+    let files = make_files(&root, 200);
+    let_timestamps_settle();
+    let ctx = BuildContext::open(&root, None, Some(cache.clone())).expect("open");
+    std::thread::scope(|scope| {
+        for part in files.chunks(50) {
+            let ctx = &ctx;
+            scope.spawn(move || {
+                for file in part {
+                    let digest = ctx.content_digest(file).expect("digest");
+                    let want =
+                        Digest::of(fs::read(ctx.root().join(file)).expect("read").as_slice());
+                    assert_eq!(digest, want);
+                }
+            });
+        }
+    });
+    assert_eq!(ctx.stats().files_hashed, 200);
+    drop(ctx);
+    let ctx = BuildContext::open(&root, None, Some(cache)).expect("reopen");
+    std::thread::scope(|scope| {
+        for part in files.chunks(50) {
+            let ctx = &ctx;
+            scope.spawn(move || {
+                for file in part {
+                    ctx.content_digest(file).expect("digest");
+                }
+            });
+        }
+    });
+    assert_eq!(
+        ctx.stats(),
+        ContextStats {
+            files_hashed: 0,
+            cache_hits: 200
+        }
+    );
+}
+
+fn walk_and_hash(ctx: &BuildContext) -> usize {
+    let mut paths = Vec::new();
+    walk(ctx, "", &mut paths);
+    let mut files = 0;
+    for path in &paths {
+        if ctx.stat(path).expect("stat").map(|m| m.kind) == Some(EntryKind::File) {
+            ctx.content_digest(path).expect("digest");
+            files += 1;
+        }
+    }
+    files
+}
+
+#[test]
+#[allow(clippy::print_stdout)]
+fn twenty_thousand_files_cold_and_warm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("ctx");
+    let cache = dir.path().join("stat-cache");
+    let started = Instant::now();
+    for d in 0..200 {
+        for f in 0..100 {
+            put(
+                &root,
+                &format!("dir{d:03}/sub/f{f:03}.txt"),
+                &format!("file {d} {f}\n"),
+            );
+        }
+        put(&root, &format!("dir{d:03}/sub/debug.log"), "excluded\n");
+    }
+    put(&root, "skipped/a.txt", "a");
+    put(&root, "skipped/keep.txt", "kept");
+    put(
+        &root,
+        ".dockerignore",
+        "**/*.log\nskipped\n!skipped/keep.txt\n",
+    );
+    let created = started.elapsed();
+    let_timestamps_settle();
+
+    let timed = |label: &str| -> (Duration, ContextStats, usize) {
+        let started = Instant::now();
+        let ctx = BuildContext::open(&root, None, Some(cache.clone())).expect("open");
+        let files = walk_and_hash(&ctx);
+        ctx.save_stat_cache().expect("save");
+        let elapsed = started.elapsed();
+        println!(
+            "{label}: {files} files walked and hashed in {elapsed:?}, {:?}",
+            ctx.stats()
+        );
+        (elapsed, ctx.stats(), files)
+    };
+    println!("created 20,000 files in {created:?}");
+    let (_, cold, files) = timed("cold");
+    let (_, warm, _) = timed("warm");
+    // 20,000 .txt files, the re-included one and `.dockerignore`.
+    assert_eq!(files, 20_000 + 1 + 1);
+    assert_eq!(cold.files_hashed as usize, files);
+    assert_eq!(warm.files_hashed, 0);
+    assert_eq!(warm.cache_hits as usize, files);
+    println!(
+        "stat cache file: {} bytes",
+        fs::metadata(&cache).expect("cache").len()
+    );
+}

@@ -1,0 +1,1395 @@
+//! Layers, compression and image archives, end to end on a real file
+//! system: deterministic tars, unpacking and flattening with whiteouts,
+//! path-escape attempts, and docker/OCI archive round trips.
+// Tests print why they skip the parts the machine cannot run.
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use estiba::archive::{
+    read_archive, write_docker_archive, write_oci_archive, ArchiveError, ArchiveFormat, BlobSource,
+    ExportImage, ExportLayer, OciArchiveOptions,
+};
+use estiba::compress::{compress, decompressing_reader, media_type, sniff, Compression, Detected};
+use estiba::layer::{
+    list_layer, unpack_layer, write_layer, EntryKind, LayerError, LayerOptions, UnpackOptions,
+    Whiteout, WhiteoutMode,
+};
+use estiba_cache::Digest;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::CString;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+// ---------------------------------------------------------------------------
+// helpers
+// ---------------------------------------------------------------------------
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn write(path: &Path, content: &[u8]) {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).unwrap();
+    }
+    fs::write(path, content).unwrap();
+}
+
+fn chmod(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn set_mtime(path: &Path, secs: i64) {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let t = libc::timespec {
+        tv_sec: secs as libc::time_t,
+        tv_nsec: 0,
+    };
+    let times = [t, t];
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(r, 0, "utimensat {}", path.display());
+}
+
+fn lsetxattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    let r = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn lgetxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let r = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return None;
+    }
+    buf.truncate(r as usize);
+    Some(buf)
+}
+
+/// Whether this file system takes `user.*` xattrs; prints why not.
+fn user_xattrs_supported(dir: &Path) -> bool {
+    let probe = dir.join(".xattr-probe");
+    fs::write(&probe, b"").unwrap();
+    let result = lsetxattr(&probe, "user.probe", b"1");
+    fs::remove_file(&probe).unwrap();
+    match result {
+        Ok(()) => true,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => {
+            println!(
+                "skipping xattr assertions: {} does not support user.* xattrs ({e})",
+                dir.display()
+            );
+            false
+        }
+        Err(e) => panic!("setxattr probe failed: {e}"),
+    }
+}
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Everything about a tree that a layer should carry, by relative path.
+fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut inodes: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
+        let entry = entry.unwrap();
+        let rel = entry.path().strip_prefix(root).unwrap().to_path_buf();
+        let m = fs::symlink_metadata(entry.path()).unwrap();
+        let ft = m.file_type();
+        let mut desc = format!(
+            "mode={:o} uid={} gid={} mtime={}",
+            m.mode(),
+            m.uid(),
+            m.gid(),
+            m.mtime()
+        );
+        if ft.is_file() {
+            let content = fs::read(entry.path()).unwrap();
+            desc += &format!(" file={}", Digest::of(&content));
+        } else if ft.is_symlink() {
+            desc += &format!(" link={}", fs::read_link(entry.path()).unwrap().display());
+        } else if ft.is_dir() {
+            desc = desc.replace("mtime=", "dir-mtime=");
+        } else {
+            desc += &format!(" rdev={}", m.rdev());
+        }
+        if !ft.is_dir() && m.nlink() > 1 {
+            let first = inodes
+                .entry((m.dev(), m.ino()))
+                .or_insert_with(|| rel.clone());
+            desc += &format!(" inode-of={}", first.display());
+        }
+        if let Some(v) = lgetxattr(entry.path(), "user.estiba") {
+            desc += &format!(" xattr={}", String::from_utf8_lossy(&v));
+        }
+        out.insert(rel, desc);
+    }
+    out
+}
+
+fn layer_bytes(dir: &Path, opts: &LayerOptions) -> (Vec<u8>, estiba::layer::LayerInfo) {
+    let mut out = Vec::new();
+    let info = write_layer(dir, &mut out, opts).unwrap();
+    (out, info)
+}
+
+/// A tar entry header with raw name bytes, bypassing the tar crate's checks.
+fn raw_header(name: &[u8], kind: tar::EntryType, size: u64, link: &[u8]) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_cksum();
+    h
+}
+
+/// (path, type, link target, content) of one raw tar entry.
+type RawEntry<'a> = (&'a [u8], tar::EntryType, &'a [u8], &'a [u8]);
+
+fn raw_tar(entries: &[RawEntry<'_>]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, link, data) in entries {
+        let h = raw_header(name, *kind, data.len() as u64, link);
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn root_opts() -> UnpackOptions {
+    UnpackOptions {
+        same_owner: is_root(),
+        whiteouts: WhiteoutMode::Apply,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// write_layer
+// ---------------------------------------------------------------------------
+
+#[test]
+fn same_tree_gives_same_bytes_whatever_the_creation_order_and_mtimes() {
+    let a = tmp();
+    let b = tmp();
+    let names = ["z", "a/b/c.txt", "a/b.txt", "a-b", "m/n/o/p", "a/b/d"];
+    for n in names {
+        write(&a.path().join(n), n.as_bytes());
+    }
+    for n in names.iter().rev() {
+        write(&b.path().join(n), n.as_bytes());
+    }
+    symlink("a/b.txt", a.path().join("link")).unwrap();
+    symlink("a/b.txt", b.path().join("link")).unwrap();
+    // Different mtimes everywhere, all later than the clamp.
+    for (i, root) in [a.path(), b.path()].iter().enumerate() {
+        for e in walkdir::WalkDir::new(root)
+            .min_depth(1)
+            .contents_first(true)
+        {
+            let e = e.unwrap();
+            set_mtime(e.path(), 2_000_000_000 + i as i64 * 1000);
+        }
+    }
+    let opts = LayerOptions {
+        mtime_clamp: Some(1_700_000_000),
+    };
+    let (ta, ia) = layer_bytes(a.path(), &opts);
+    let (tb, ib) = layer_bytes(b.path(), &opts);
+    assert_eq!(ta, tb, "same tree, different bytes");
+    assert_eq!(ia, ib);
+    assert_eq!(ia.diff_id, Digest::of(&ta));
+    assert_eq!(ia.size, ta.len() as u64);
+
+    // Entries sorted bytewise, relative, directories with a trailing slash,
+    // no user or group names, mtimes clamped.
+    let mut archive = tar::Archive::new(&ta[..]);
+    let mut paths = Vec::new();
+    for e in archive.entries().unwrap() {
+        let e = e.unwrap();
+        let h = e.header();
+        assert_eq!(h.username_bytes(), Some(&b""[..]));
+        assert_eq!(h.groupname_bytes(), Some(&b""[..]));
+        assert_eq!(h.mtime().unwrap(), 1_700_000_000);
+        paths.push(String::from_utf8(e.path_bytes().into_owned()).unwrap());
+    }
+    assert_eq!(
+        paths,
+        [
+            "a/",
+            "a-b",
+            "a/b/",
+            "a/b.txt",
+            "a/b/c.txt",
+            "a/b/d",
+            "link",
+            "m/",
+            "m/n/",
+            "m/n/o/",
+            "m/n/o/p",
+            "z"
+        ]
+    );
+    let mut sorted = paths.clone();
+    sorted.sort_by(|x, y| x.trim_end_matches('/').cmp(y.trim_end_matches('/')));
+    assert_eq!(paths, sorted, "entries not sorted bytewise");
+    assert!(paths
+        .iter()
+        .all(|p| !p.starts_with("./") && !p.starts_with('/')));
+    assert!(paths.contains(&"a/b/".to_string()));
+
+    // Without the clamp, mtimes differ and so do the bytes.
+    let (ua, _) = layer_bytes(a.path(), &LayerOptions::default());
+    let (ub, _) = layer_bytes(b.path(), &LayerOptions::default());
+    assert_ne!(ua, ub);
+}
+
+#[test]
+fn clamp_keeps_earlier_mtimes() {
+    let d = tmp();
+    write(&d.path().join("old"), b"x");
+    write(&d.path().join("new"), b"y");
+    set_mtime(&d.path().join("old"), 1000);
+    set_mtime(&d.path().join("new"), 3000);
+    let (t, _) = layer_bytes(
+        d.path(),
+        &LayerOptions {
+            mtime_clamp: Some(2000),
+        },
+    );
+    let entries = list_layer(&t[..]).unwrap();
+    let by_path: HashMap<_, _> = entries.iter().map(|e| (e.path.clone(), e.mtime)).collect();
+    assert_eq!(by_path[Path::new("old")], 1000);
+    assert_eq!(by_path[Path::new("new")], 2000);
+}
+
+/// A tree with everything a layer can carry.
+fn rich_tree(root: &Path) -> bool {
+    write(&root.join("etc/passwd"), b"root:x:0:0::/root:/bin/sh\n");
+    write(&root.join("bin/su"), b"\x7fELF setuid");
+    chmod(&root.join("bin/su"), 0o4755);
+    fs::create_dir_all(root.join("var/mail")).unwrap();
+    chmod(&root.join("var/mail"), 0o2775);
+    fs::create_dir_all(root.join("tmp")).unwrap();
+    chmod(&root.join("tmp"), 0o1777);
+    fs::create_dir_all(root.join("empty/dir")).unwrap();
+    symlink("../etc/passwd", root.join("bin/passwd-link")).unwrap();
+    symlink("/does/not/exist", root.join("dangling")).unwrap();
+    write(&root.join("hard/one"), b"shared inode");
+    fs::hard_link(root.join("hard/one"), root.join("hard/two")).unwrap();
+    fs::hard_link(root.join("hard/one"), root.join("a-hardlink")).unwrap();
+    let long_dir = root.join("l".repeat(60)).join("o".repeat(60));
+    write(
+        &long_dir.join(format!("{}.txt", "n".repeat(90))),
+        b"long name",
+    );
+    symlink(
+        format!("{}/{}", "t".repeat(80), "u".repeat(80)),
+        root.join("long-target"),
+    )
+    .unwrap();
+    write(&root.join("big-ids"), b"owned by a big uid");
+    write(&root.join("empty-file"), b"");
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    write(&root.join("big-file"), &big);
+    nix::unistd::mkfifo(
+        &root.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o640),
+    )
+    .unwrap();
+    if is_root() {
+        std::os::unix::fs::lchown(root.join("big-ids"), Some(3_000_000), Some(2_500_000)).unwrap();
+        std::os::unix::fs::lchown(root.join("etc/passwd"), Some(0), Some(42)).unwrap();
+        std::os::unix::fs::lchown(root.join("dangling"), Some(7), Some(8)).unwrap();
+        nix::sys::stat::mknod(
+            &root.join("null"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(1, 3),
+        )
+        .unwrap();
+    } else {
+        println!("not root: skipping ownership and device parts");
+    }
+    let xattrs = user_xattrs_supported(root);
+    if xattrs {
+        lsetxattr(&root.join("etc/passwd"), "user.estiba", b"v=1\n=x").unwrap();
+        lsetxattr(&root.join("empty/dir"), "user.estiba", b"on a dir").unwrap();
+    }
+    for e in walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .contents_first(true)
+    {
+        let e = e.unwrap();
+        set_mtime(e.path(), 1_600_000_000 + e.depth() as i64);
+    }
+    xattrs
+}
+
+#[test]
+fn layer_round_trips_every_kind_of_entry() {
+    let src = tmp();
+    let xattrs = rich_tree(src.path());
+    let (tar, info) = layer_bytes(src.path(), &LayerOptions::default());
+
+    let entries = list_layer(&tar[..]).unwrap();
+    let get = |p: &str| {
+        entries
+            .iter()
+            .find(|e| e.path == Path::new(p))
+            .unwrap_or_else(|| panic!("no entry {p}"))
+    };
+    assert_eq!(get("bin/su").mode, 0o4755);
+    assert_eq!(get("var/mail").mode, 0o2775);
+    assert_eq!(get("tmp").mode, 0o1777);
+    assert_eq!(get("tmp").kind, EntryKind::Dir);
+    assert_eq!(get("dangling").kind, EntryKind::Symlink);
+    assert_eq!(
+        get("dangling").link_target.as_deref(),
+        Some(Path::new("/does/not/exist"))
+    );
+    // Sorted first among the three names of the inode: "a-hardlink".
+    assert_eq!(get("a-hardlink").kind, EntryKind::File);
+    assert_eq!(get("hard/one").kind, EntryKind::Hardlink);
+    assert_eq!(
+        get("hard/two").link_target.as_deref(),
+        Some(Path::new("a-hardlink"))
+    );
+    assert_eq!(get("fifo").kind, EntryKind::Fifo);
+    assert_eq!(get("big-file").size, 300_000);
+    let long = format!(
+        "{}/{}/{}.txt",
+        "l".repeat(60),
+        "o".repeat(60),
+        "n".repeat(90)
+    );
+    assert_eq!(get(&long).size, 9);
+    assert_eq!(
+        get("long-target").link_target.as_deref(),
+        Some(Path::new(&format!("{}/{}", "t".repeat(80), "u".repeat(80))))
+    );
+    if is_root() {
+        assert_eq!(get("big-ids").uid, 3_000_000);
+        assert_eq!(get("big-ids").gid, 2_500_000);
+        assert_eq!(get("null").kind, EntryKind::CharDevice);
+        assert_eq!(get("null").device, Some((1, 3)));
+    }
+    if xattrs {
+        assert_eq!(get("etc/passwd").xattrs["user.estiba"], b"v=1\n=x");
+    }
+    assert!(entries.iter().all(|e| e.whiteout.is_none()));
+
+    let dest = tmp();
+    let stats = unpack_layer(&tar[..], dest.path(), &root_opts()).unwrap();
+    assert_eq!(stats.hardlinks, 2);
+    let mut seen = std::collections::HashSet::new();
+    let content: u64 = walkdir::WalkDir::new(src.path())
+        .into_iter()
+        .map(|e| fs::symlink_metadata(e.unwrap().path()).unwrap())
+        .filter(|m| m.is_file() && seen.insert(m.ino()))
+        .map(|m| m.len())
+        .sum();
+    assert_eq!(stats.bytes, content);
+    assert_eq!(snapshot(src.path()), snapshot(dest.path()));
+
+    // The unpacked tree archives to the very same layer.
+    let (again, info_again) = layer_bytes(dest.path(), &LayerOptions::default());
+    assert_eq!(info, info_again);
+    assert!(again == tar);
+
+    // GNU tar reads it the same way.
+    if which("tar") && is_root() {
+        let by_tar = tmp();
+        let file = by_tar.path().join("layer.tar");
+        fs::write(&file, &tar).unwrap();
+        let out = by_tar.path().join("root");
+        fs::create_dir(&out).unwrap();
+        let output = Command::new("tar")
+            .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf"])
+            .arg(&file)
+            .arg("-C")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "tar -x: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(snapshot(src.path()), snapshot(&out));
+    } else {
+        println!("GNU tar missing or not root: skipping the GNU tar check");
+    }
+}
+
+#[test]
+fn write_layer_keeps_whiteout_files_and_drops_overlay_xattrs() {
+    let d = tmp();
+    write(&d.path().join(".wh.gone"), b"");
+    write(&d.path().join("dir/.wh..wh..opq"), b"");
+    write(&d.path().join("dir/new"), b"n");
+    let xattrs = user_xattrs_supported(d.path());
+    if is_root() {
+        lsetxattr(&d.path().join("dir"), "trusted.overlay.opaque", b"y").unwrap();
+        lsetxattr(&d.path().join("dir"), "trusted.estiba", b"kept").unwrap();
+    }
+    if xattrs {
+        lsetxattr(&d.path().join("dir/new"), "user.overlay.origin", b"x").unwrap();
+    }
+    let (t, _) = layer_bytes(d.path(), &LayerOptions::default());
+    let entries = list_layer(&t[..]).unwrap();
+    let wh: Vec<_> = entries.iter().filter_map(|e| e.whiteout.clone()).collect();
+    assert_eq!(
+        wh,
+        [
+            Whiteout::Remove(PathBuf::from("gone")),
+            Whiteout::Opaque(PathBuf::from("dir")),
+        ]
+    );
+    for e in &entries {
+        assert!(!e.xattrs.keys().any(|k| k.contains("overlay")), "{e:?}");
+    }
+    if is_root() {
+        let dir = entries.iter().find(|e| e.path == Path::new("dir")).unwrap();
+        assert_eq!(dir.xattrs["trusted.estiba"], b"kept");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// unpack_layer: whiteouts and flattening
+// ---------------------------------------------------------------------------
+
+fn layer_of(build: impl FnOnce(&Path)) -> Vec<u8> {
+    let d = tmp();
+    build(d.path());
+    layer_bytes(d.path(), &LayerOptions::default()).0
+}
+
+#[test]
+fn flattening_applies_whiteouts_and_opaque_dirs() {
+    let lower = layer_of(|d| {
+        write(&d.join("a/file1"), b"1");
+        write(&d.join("a/file2"), b"2");
+        write(&d.join("b/x"), b"x");
+        write(&d.join("b/deep/y"), b"y");
+        write(&d.join("c/old1"), b"o");
+        write(&d.join("c/sub/old2"), b"o");
+        write(&d.join("keep.txt"), b"k");
+        symlink("a", d.join("alink")).unwrap();
+    });
+    let upper = layer_of(|d| {
+        write(&d.join("a/.wh.file1"), b"");
+        write(&d.join(".wh.b"), b"");
+        write(&d.join(".wh.alink"), b"");
+        write(&d.join(".wh.never-existed"), b"");
+        // "c/+early" sorts before "c/.wh..wh..opq": the marker must not
+        // hide what its own layer put there.
+        write(&d.join("c/+early"), b"e");
+        write(&d.join("c/.wh..wh..opq"), b"");
+        write(&d.join("c/new"), b"n");
+    });
+    let dest = tmp();
+    unpack_layer(&lower[..], dest.path(), &root_opts()).unwrap();
+    let stats = unpack_layer(&upper[..], dest.path(), &root_opts()).unwrap();
+    assert_eq!(stats.whiteouts, 5);
+    let p = dest.path();
+    assert!(!p.join("a/file1").exists());
+    assert_eq!(fs::read(p.join("a/file2")).unwrap(), b"2");
+    assert!(!p.join("b").exists());
+    assert!(fs::symlink_metadata(p.join("alink")).is_err());
+    assert!(
+        p.join("a").is_dir(),
+        "whiteout of a symlink removed its target"
+    );
+    assert_eq!(fs::read(p.join("keep.txt")).unwrap(), b"k");
+    let mut c: Vec<_> = fs::read_dir(p.join("c"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    c.sort();
+    assert_eq!(c, ["+early", "new"]);
+    assert!(!p.join("a/.wh.file1").exists());
+    assert!(!p.join("c/.wh..wh..opq").exists());
+
+    // Keep mode: the whiteouts are plain empty files.
+    let snap = tmp();
+    unpack_layer(
+        &upper[..],
+        snap.path(),
+        &UnpackOptions {
+            whiteouts: WhiteoutMode::Keep,
+            ..root_opts()
+        },
+    )
+    .unwrap();
+    assert!(snap.path().join(".wh.b").is_file());
+    assert!(snap.path().join("c/.wh..wh..opq").is_file());
+    assert!(snap.path().join("c/+early").is_file());
+}
+
+#[test]
+fn later_layer_replaces_kinds() {
+    let lower = layer_of(|d| {
+        write(&d.join("was-file"), b"f");
+        fs::create_dir_all(d.join("was-dir/child")).unwrap();
+        symlink("/etc", d.join("was-link")).unwrap();
+    });
+    let upper = layer_of(|d| {
+        write(&d.join("was-file/inside"), b"now a dir");
+        write(&d.join("was-dir"), b"now a file");
+        write(&d.join("was-link/inside"), b"now a dir too");
+    });
+    let dest = tmp();
+    unpack_layer(&lower[..], dest.path(), &root_opts()).unwrap();
+    unpack_layer(&upper[..], dest.path(), &root_opts()).unwrap();
+    assert_eq!(
+        fs::read(dest.path().join("was-file/inside")).unwrap(),
+        b"now a dir"
+    );
+    assert_eq!(
+        fs::read(dest.path().join("was-dir")).unwrap(),
+        b"now a file"
+    );
+    assert!(fs::symlink_metadata(dest.path().join("was-link"))
+        .unwrap()
+        .is_dir());
+}
+
+#[test]
+fn read_only_dirs_get_their_mode_after_their_contents() {
+    let layer = layer_of(|d| {
+        write(&d.join("ro/file"), b"x");
+        chmod(&d.join("ro"), 0o555);
+    });
+    let dest = tmp();
+    unpack_layer(
+        &layer[..],
+        dest.path(),
+        &UnpackOptions {
+            same_owner: false,
+            whiteouts: WhiteoutMode::Apply,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        fs::metadata(dest.path().join("ro")).unwrap().mode() & 0o7777,
+        0o555
+    );
+    assert_eq!(fs::read(dest.path().join("ro/file")).unwrap(), b"x");
+    chmod(&dest.path().join("ro"), 0o755);
+}
+
+// ---------------------------------------------------------------------------
+// unpack_layer: escapes
+// ---------------------------------------------------------------------------
+
+fn tree_listing(root: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(root)
+        .sort_by_file_name()
+        .into_iter()
+        .map(|e| e.unwrap().path().to_path_buf())
+        .collect()
+}
+
+#[test]
+fn entries_cannot_escape_the_destination() {
+    use tar::EntryType::{Link, Regular, Symlink};
+    let base = tmp();
+    let dest = base.path().join("dest");
+    let outside = base.path().join("outside");
+    fs::create_dir_all(&dest).unwrap();
+    write(&outside.join("secret"), b"secret");
+    let before = tree_listing(base.path());
+    let outside_str = outside.to_str().unwrap().as_bytes().to_vec();
+
+    let refused: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "dotdot",
+            raw_tar(&[(b"../pwned", Regular, b"", b"x")]),
+            "../pwned",
+        ),
+        (
+            "nested dotdot",
+            raw_tar(&[(b"a/../../pwned", Regular, b"", b"x")]),
+            "a/../../pwned",
+        ),
+        (
+            "absolute",
+            raw_tar(&[(b"/tmp/pwned", Regular, b"", b"x")]),
+            "/tmp/pwned",
+        ),
+        (
+            "whiteout of ..",
+            raw_tar(&[(b"sub/.wh..", Regular, b"", b"")]),
+            "sub/.wh..",
+        ),
+        (
+            "whiteout of .",
+            raw_tar(&[(b".wh..", Regular, b"", b"")]),
+            ".wh..",
+        ),
+        (
+            "hardlink out",
+            raw_tar(&[(b"h", Link, b"../outside/secret", b"")]),
+            "h",
+        ),
+        (
+            "hardlink absolute",
+            raw_tar(&[(
+                b"h",
+                Link,
+                outside.join("secret").as_os_str().as_bytes(),
+                b"",
+            )]),
+            "h",
+        ),
+    ];
+    for (what, tar, entry) in refused {
+        let err = unpack_layer(&tar[..], &dest, &root_opts()).unwrap_err();
+        assert!(
+            matches!(&err, LayerError::Escape { entry: e, .. } if e == entry),
+            "{what}: {err:?}"
+        );
+        assert!(err.to_string().contains(entry), "{what}: {err}");
+    }
+    assert_eq!(tree_listing(base.path()), before, "something was written");
+
+    // Symlinks in parent paths resolve inside dest, chroot-like.
+    let tar = raw_tar(&[
+        (b"abs", Symlink, &outside_str, b""),
+        (b"abs/pwned", Regular, b"", b"x"),
+        (b"rel", Symlink, b"../../../../../..", b""),
+        (b"rel/pwned2", Regular, b"", b"y"),
+        (b"rel/abs/pwned3", Regular, b"", b"z"),
+    ]);
+    unpack_layer(&tar[..], &dest, &root_opts()).unwrap();
+    assert!(!outside.join("pwned").exists());
+    assert!(!outside.join("pwned3").exists());
+    assert!(!base.path().join("pwned2").exists());
+    let inside = dest.join(outside.strip_prefix("/").unwrap());
+    assert_eq!(fs::read(inside.join("pwned")).unwrap(), b"x");
+    assert_eq!(fs::read(inside.join("pwned3")).unwrap(), b"z");
+    assert_eq!(fs::read(dest.join("pwned2")).unwrap(), b"y");
+    assert_eq!(fs::read(outside.join("secret")).unwrap(), b"secret");
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 1);
+
+    // A hard link through a symlinked parent: the target is looked up
+    // inside dest, where it does not exist.
+    let tar = raw_tar(&[(b"h2", Link, b"abs/secret", b"")]);
+    let err = unpack_layer(&tar[..], &dest, &root_opts()).unwrap_err();
+    assert!(
+        matches!(err, LayerError::MissingLinkTarget { .. }),
+        "{err:?}"
+    );
+
+    // A symlink already in dest (from a lower layer) as the last component
+    // is replaced, never written through.
+    let dest2 = base.path().join("dest2");
+    fs::create_dir_all(&dest2).unwrap();
+    symlink(outside.join("secret"), dest2.join("victim")).unwrap();
+    symlink(&outside, dest2.join("victimdir")).unwrap();
+    let tar = raw_tar(&[
+        (b"victim", Regular, b"", b"overwritten?"),
+        (b"victimdir/new", Regular, b"", b"n"),
+    ]);
+    unpack_layer(&tar[..], &dest2, &root_opts()).unwrap();
+    assert_eq!(fs::read(outside.join("secret")).unwrap(), b"secret");
+    assert!(!outside.join("new").exists());
+    assert!(fs::symlink_metadata(dest2.join("victim"))
+        .unwrap()
+        .is_file());
+
+    // Symlink loops end in an error, not a hang.
+    let tar = raw_tar(&[
+        (b"loop1", Symlink, b"loop2", b""),
+        (b"loop2", Symlink, b"loop1", b""),
+        (b"loop1/x", Regular, b"", b"x"),
+    ]);
+    let dest3 = base.path().join("dest3");
+    fs::create_dir_all(&dest3).unwrap();
+    let err = unpack_layer(&tar[..], &dest3, &root_opts()).unwrap_err();
+    assert!(matches!(err, LayerError::SymlinkLoop { .. }), "{err:?}");
+}
+
+#[test]
+fn truncated_and_corrupt_layers_are_errors() {
+    let layer = layer_of(|d| {
+        write(&d.join("a"), &vec![7u8; 5000]);
+        write(&d.join("b"), b"b");
+    });
+    // Cut inside a file's content, at a header boundary, and before the end
+    // blocks.
+    for cut in [700, 512 * 11, layer.len() - 1024, layer.len() - 1] {
+        let dest = tmp();
+        let result = unpack_layer(&layer[..cut], dest.path(), &root_opts());
+        assert!(result.is_err(), "cut at {cut} of {} accepted", layer.len());
+        assert!(list_layer(&layer[..cut]).is_err(), "list: cut at {cut}");
+    }
+    let mut bad = layer.clone();
+    bad[100] ^= 0xff; // the first header's mode field: checksum mismatch
+    let err = unpack_layer(&bad[..], tmp().path(), &root_opts()).unwrap_err();
+    assert!(matches!(err, LayerError::Corrupt { .. }), "{err:?}");
+    assert!(err.to_string().contains("checksum"), "{err}");
+    // A truncated compressed layer fails too.
+    let mut gz = Vec::new();
+    compress(&layer[..], &mut gz, Compression::Gzip).unwrap();
+    let cut = &gz[..gz.len() - 8];
+    let result = unpack_layer(
+        decompressing_reader(cut).unwrap(),
+        tmp().path(),
+        &root_opts(),
+    );
+    assert!(result.is_err());
+}
+
+// ---------------------------------------------------------------------------
+// compression
+// ---------------------------------------------------------------------------
+
+#[test]
+fn compression_round_trips_and_hashes_compressed_bytes() {
+    let layer = layer_of(|d| write(&d.join("f"), &vec![1u8; 100_000]));
+    for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+        let mut blob = Vec::new();
+        let (digest, size) = compress(&layer[..], &mut blob, c).unwrap();
+        assert_eq!(digest, Digest::of(&blob));
+        assert_eq!(size, blob.len() as u64);
+        let mut again = Vec::new();
+        compress(&layer[..], &mut again, c).unwrap();
+        assert_eq!(blob, again, "{c} is not deterministic");
+        let (detected, _) = sniff(&blob[..]).unwrap();
+        assert_eq!(detected.compression(), Some(c));
+        let mut back = Vec::new();
+        decompressing_reader(&blob[..])
+            .unwrap()
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, layer);
+        assert!(media_type(c).starts_with("application/vnd.oci.image.layer.v1.tar"));
+    }
+    let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::default());
+    bz.write_all(&layer).unwrap();
+    let mut xz = xz2::write::XzEncoder::new(Vec::new(), 6);
+    xz.write_all(&layer).unwrap();
+    for (blob, want) in [
+        (bz.finish().unwrap(), Detected::Bzip2),
+        (xz.finish().unwrap(), Detected::Xz),
+    ] {
+        assert_eq!(sniff(&blob[..]).unwrap().0, want);
+        let entries = list_layer(decompressing_reader(&blob[..]).unwrap()).unwrap();
+        assert_eq!(entries.len(), 1);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// archives
+// ---------------------------------------------------------------------------
+
+/// A blob store in memory, for tests.
+#[derive(Default)]
+struct Blobs(HashMap<Digest, Vec<u8>>);
+
+impl Blobs {
+    fn put(&mut self, bytes: Vec<u8>) -> (Digest, u64) {
+        let d = Digest::of(&bytes);
+        let n = bytes.len() as u64;
+        self.0.insert(d, bytes);
+        (d, n)
+    }
+}
+
+impl BlobSource for Blobs {
+    fn open_blob(&mut self, digest: &Digest) -> io::Result<Box<dyn Read + '_>> {
+        match self.0.get(digest) {
+            Some(b) => Ok(Box::new(&b[..])),
+            None => Err(io::Error::new(io::ErrorKind::NotFound, digest.to_string())),
+        }
+    }
+}
+
+/// Two images sharing a base layer: one layer stored gzip, one plain.
+fn sample_images(blobs: &mut Blobs) -> Vec<ExportImage> {
+    let base = layer_of(|d| {
+        write(&d.join("etc/os-release"), b"ID=estiba\n");
+        symlink("os-release", d.join("etc/alias")).unwrap();
+    });
+    let top = layer_of(|d| write(&d.join("app/run.sh"), b"#!/bin/sh\necho hola\n"));
+    let base_id = Digest::of(&base);
+    let top_id = Digest::of(&top);
+    let mut gz = Vec::new();
+    compress(&base[..], &mut gz, Compression::Gzip).unwrap();
+    let (gz_digest, gz_size) = blobs.put(gz);
+    let (top_digest, top_size) = blobs.put(top);
+    let config = |ids: &[Digest]| {
+        serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Cmd": ["/app/run.sh"]},
+            "rootfs": {"type": "layers", "diff_ids": ids.iter().map(|d| d.to_string()).collect::<Vec<_>>()},
+        }))
+        .unwrap()
+    };
+    let base_layer = ExportLayer {
+        digest: gz_digest,
+        size: gz_size,
+        media_type: media_type(Compression::Gzip).to_string(),
+    };
+    let top_layer = ExportLayer {
+        digest: top_digest,
+        size: top_size,
+        media_type: "application/vnd.docker.image.rootfs.diff.tar".to_string(),
+    };
+    vec![
+        ExportImage {
+            tags: vec![
+                "mi-aplicacion:latest".into(),
+                "localhost:5000/mi/app".into(),
+            ],
+            manifest: None,
+            config: config(&[base_id, top_id]),
+            layers: vec![base_layer.clone(), top_layer],
+        },
+        ExportImage {
+            tags: vec!["base:1".into()],
+            manifest: None,
+            config: config(&[base_id]),
+            layers: vec![base_layer],
+        },
+    ]
+}
+
+fn outer_paths(archive: &[u8]) -> Vec<String> {
+    tar::Archive::new(archive)
+        .entries()
+        .unwrap()
+        .map(|e| String::from_utf8(e.unwrap().path_bytes().into_owned()).unwrap())
+        .collect()
+}
+
+fn check_round_trip(images: &[ExportImage], archive: &estiba::archive::ImageArchive) {
+    assert_eq!(archive.images.len(), images.len());
+    for (want, got) in images.iter().zip(&archive.images) {
+        assert_eq!(got.config, want.config);
+        assert_eq!(got.config_digest, Digest::of(&want.config));
+        assert_eq!(got.layers.len(), want.layers.len());
+        // Every layer unpacks.
+        let dest = tmp();
+        for layer in &got.layers {
+            unpack_layer(layer.open_tar().unwrap(), dest.path(), &root_opts()).unwrap();
+        }
+        assert!(dest.path().join("etc/os-release").is_file());
+    }
+}
+
+#[test]
+fn docker_archive_round_trips() {
+    let mut blobs = Blobs::default();
+    let images = sample_images(&mut blobs);
+    let work = tmp();
+    let mut out = Vec::new();
+    write_docker_archive(&images, &mut blobs, &mut out, work.path()).unwrap();
+
+    let paths = outer_paths(&out);
+    assert!(paths.contains(&"manifest.json".to_string()));
+    assert!(paths.contains(&"repositories".to_string()));
+    let config_hex = Digest::of(&images[0].config).hex();
+    assert!(paths.contains(&format!("{config_hex}.json")));
+    let base_diff = read_archive(&out[..], work.path()).unwrap().images[1].layers[0].diff_id;
+    assert!(paths.contains(&format!("{}/layer.tar", base_diff.hex())));
+    // The shared base layer is written once.
+    assert_eq!(paths.iter().filter(|p| p.ends_with("layer.tar")).count(), 2);
+
+    let archive = read_archive(&out[..], work.path()).unwrap();
+    assert_eq!(archive.format, ArchiveFormat::Docker);
+    check_round_trip(&images, &archive);
+    assert_eq!(
+        archive.images[0].tags,
+        ["mi-aplicacion:latest", "localhost:5000/mi/app:latest"]
+    );
+    assert_eq!(archive.images[1].tags, ["base:1"]);
+    for layer in &archive.images[0].layers {
+        assert_eq!(
+            layer.detected,
+            Detected::Plain,
+            "docker layers are uncompressed"
+        );
+        assert_eq!(layer.digest, layer.diff_id);
+    }
+    // Same input, same archive.
+    let mut again = Vec::new();
+    write_docker_archive(&images, &mut blobs, &mut again, work.path()).unwrap();
+    assert!(again == out);
+
+    // The archive also reads gzip-compressed as a whole, like docker load.
+    let mut gz = Vec::new();
+    compress(&out[..], &mut gz, Compression::Gzip).unwrap();
+    assert_eq!(read_archive(&gz[..], work.path()).unwrap().images.len(), 2);
+
+    if which("skopeo") {
+        let file = work.path().join("docker.tar");
+        fs::write(&file, &out).unwrap();
+        let status = Command::new("skopeo")
+            .arg("inspect")
+            .arg(format!(
+                "docker-archive:{}:mi-aplicacion:latest",
+                file.display()
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "skopeo inspect: {}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+    } else {
+        println!("skopeo not installed: skipping the skopeo check");
+    }
+    // Nothing is left behind in the temp dir once archives are dropped.
+    drop(archive);
+    let left: Vec<_> = fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with("archive-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+fn which(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn oci_archive_round_trips() {
+    let mut blobs = Blobs::default();
+    let images = sample_images(&mut blobs);
+    let work = tmp();
+    let mut out = Vec::new();
+    let digests = write_oci_archive(
+        &images,
+        &mut blobs,
+        &mut out,
+        work.path(),
+        &OciArchiveOptions::default(),
+    )
+    .unwrap();
+    let paths = outer_paths(&out);
+    assert_eq!(paths[0], "oci-layout");
+    assert!(paths.contains(&"index.json".to_string()));
+
+    let archive = read_archive(&out[..], work.path()).unwrap();
+    assert_eq!(archive.format, ArchiveFormat::Oci);
+    check_round_trip(&images, &archive);
+    assert_eq!(
+        archive.images[0].tags,
+        ["mi-aplicacion:latest", "localhost:5000/mi/app:latest"]
+    );
+    for (image, digest) in archive.images.iter().zip(&digests) {
+        assert_eq!(image.manifest_digest, Some(*digest));
+        assert_eq!(Digest::of(image.manifest.as_ref().unwrap()), *digest);
+        for layer in &image.layers {
+            assert_eq!(layer.detected, Detected::Gzip, "layers are gzip by default");
+            assert_eq!(
+                layer.media_type.as_deref(),
+                Some(media_type(Compression::Gzip))
+            );
+        }
+    }
+    // The gzip base layer went through as it was; the plain top layer was
+    // compressed once, and both images share the base blob.
+    assert_eq!(
+        archive.images[0].layers[0].digest,
+        images[0].layers[0].digest
+    );
+    assert_ne!(
+        archive.images[0].layers[1].digest,
+        images[0].layers[1].digest
+    );
+
+    // Keeping blobs as stored keeps a given manifest byte for byte.
+    let kept = archive.images[0].clone();
+    let reexport = vec![ExportImage {
+        tags: vec!["again:v1".into()],
+        manifest: kept.manifest.clone(),
+        config: kept.config.clone(),
+        layers: kept
+            .layers
+            .iter()
+            .map(|l| ExportLayer {
+                digest: l.digest,
+                size: l.size,
+                media_type: l.media_type.clone().unwrap(),
+            })
+            .collect(),
+    }];
+    let mut store = Blobs::default();
+    for l in &kept.layers {
+        store.put(fs::read(&l.path).unwrap());
+    }
+    let mut out2 = Vec::new();
+    let d2 = write_oci_archive(
+        &reexport,
+        &mut store,
+        &mut out2,
+        work.path(),
+        &OciArchiveOptions {
+            layer_compression: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(d2, [digests[0]]);
+
+    // zstd on request.
+    let mut out3 = Vec::new();
+    write_oci_archive(
+        &images,
+        &mut blobs,
+        &mut out3,
+        work.path(),
+        &OciArchiveOptions {
+            layer_compression: Some(Compression::Zstd),
+        },
+    )
+    .unwrap();
+    let zst = read_archive(&out3[..], work.path()).unwrap();
+    check_round_trip(&images, &zst);
+    assert!(zst.images[0]
+        .layers
+        .iter()
+        .all(|l| l.detected == Detected::Zstd));
+
+    if which("skopeo") {
+        let file = work.path().join("oci.tar");
+        fs::write(&file, &out).unwrap();
+        let output = Command::new("skopeo")
+            .arg("inspect")
+            .arg(format!(
+                "oci-archive:{}:mi-aplicacion:latest",
+                file.display()
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "skopeo inspect: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(v["Layers"].as_array().unwrap().len(), 2);
+    } else {
+        println!("skopeo not installed: skipping the skopeo check");
+    }
+    if which("umoci") {
+        let layout = work.path().join("layout");
+        fs::create_dir_all(&layout).unwrap();
+        tar::Archive::new(&out[..]).unpack(&layout).unwrap();
+        let bundle = work.path().join("bundle");
+        let output = Command::new("umoci")
+            .arg("unpack")
+            .arg("--rootless")
+            .arg("--image")
+            .arg(format!("{}:mi-aplicacion:latest", layout.display()))
+            .arg(&bundle)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "umoci unpack: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(bundle.join("rootfs/app/run.sh").is_file());
+    } else {
+        println!("umoci not installed: skipping the umoci check");
+    }
+}
+
+/// Builds a tar from (path, bytes) files and (path, target) symlinks.
+fn archive_of(files: &[(&str, &[u8])], links: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, path, *data).unwrap();
+    }
+    for (path, target) in links {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, path, target).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn reads_legacy_symlinked_layers_and_docker_25_layouts() {
+    let layer = layer_of(|d| write(&d.join("etc/os-release"), b"ID=x\n"));
+    let id = Digest::of(&layer);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "rootfs": {"type": "layers", "diff_ids": [id.to_string(), id.to_string()]}
+    }))
+    .unwrap();
+    let cfg = Digest::of(&config);
+    let work = tmp();
+
+    // docker save before 25: v1 ids, a repeated layer stored as a symlink.
+    let manifest = serde_json::to_vec(&serde_json::json!([{
+        "Config": format!("{}.json", cfg.hex()),
+        "RepoTags": ["old:latest"],
+        "Layers": ["v1a/layer.tar", "v1b/layer.tar"],
+    }]))
+    .unwrap();
+    let old = archive_of(
+        &[
+            ("v1a/layer.tar", &layer),
+            (&format!("{}.json", cfg.hex()), &config),
+            ("manifest.json", &manifest),
+        ],
+        &[("v1b/layer.tar", "../v1a/layer.tar")],
+    );
+    let a = read_archive(&old[..], work.path()).unwrap();
+    assert_eq!(a.images[0].tags, ["old:latest"]);
+    assert_eq!(a.images[0].layers[1].diff_id, id);
+
+    // docker 25+: an OCI layout inside, manifest.json pointing into blobs.
+    let manifest = serde_json::to_vec(&serde_json::json!([{
+        "Config": format!("blobs/sha256/{}", cfg.hex()),
+        "RepoTags": null,
+        "Layers": [format!("blobs/sha256/{}", id.hex()), format!("blobs/sha256/{}", id.hex())],
+    }]))
+    .unwrap();
+    let new = archive_of(
+        &[
+            ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#),
+            ("index.json", br#"{"schemaVersion":2,"manifests":[]}"#),
+            (&format!("blobs/sha256/{}", id.hex()), &layer),
+            (&format!("blobs/sha256/{}", cfg.hex()), &config),
+            ("manifest.json", &manifest),
+        ],
+        &[],
+    );
+    let a = read_archive(&new[..], work.path()).unwrap();
+    assert_eq!(a.format, ArchiveFormat::Docker);
+    assert!(a.images[0].tags.is_empty());
+
+    // A config whose name does not match its digest.
+    let wrong = archive_of(
+        &[
+            ("v1a/layer.tar", &layer),
+            (&format!("{}.json", id.hex()), &config),
+            (
+                "manifest.json",
+                &serde_json::to_vec(&serde_json::json!([{
+                    "Config": format!("{}.json", id.hex()),
+                    "Layers": ["v1a/layer.tar", "v1a/layer.tar"],
+                }]))
+                .unwrap(),
+            ),
+        ],
+        &[],
+    );
+    let err = read_archive(&wrong[..], work.path()).unwrap_err();
+    assert!(
+        matches!(err, ArchiveError::DigestMismatch { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains(&format!("{}.json", id.hex())),
+        "{err}"
+    );
+
+    // A layer whose content is not what the config says.
+    let other = layer_of(|d| write(&d.join("x"), b"other"));
+    let bad = archive_of(
+        &[
+            ("v1a/layer.tar", &other),
+            (&format!("{}.json", cfg.hex()), &config),
+            (
+                "manifest.json",
+                &serde_json::to_vec(&serde_json::json!([{
+                    "Config": format!("{}.json", cfg.hex()),
+                    "Layers": ["v1a/layer.tar", "v1a/layer.tar"],
+                }]))
+                .unwrap(),
+            ),
+        ],
+        &[],
+    );
+    let err = read_archive(&bad[..], work.path()).unwrap_err();
+    assert!(
+        matches!(&err, ArchiveError::DiffIdMismatch { entry, .. } if entry == "v1a/layer.tar"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn reads_nested_indexes_and_skips_missing_platforms() {
+    let mut blobs = Blobs::default();
+    let images = sample_images(&mut blobs);
+    let work = tmp();
+    let mut out = Vec::new();
+    let digests = write_oci_archive(
+        &images[1..],
+        &mut blobs,
+        &mut out,
+        work.path(),
+        &OciArchiveOptions::default(),
+    )
+    .unwrap();
+    // Rebuild the archive with index.json → nested index → [manifest,
+    // a manifest whose blobs are absent, an attestation-like artifact].
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for e in tar::Archive::new(&out[..]).entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.header().entry_type().is_file() {
+            let mut v = Vec::new();
+            e.read_to_end(&mut v).unwrap();
+            files.push((String::from_utf8(e.path_bytes().into_owned()).unwrap(), v));
+        }
+    }
+    let index: serde_json::Value =
+        serde_json::from_slice(&files.iter().find(|(p, _)| p == "index.json").unwrap().1).unwrap();
+    let mut manifest_desc = index["manifests"][0].clone();
+    manifest_desc.as_object_mut().unwrap().remove("annotations");
+    manifest_desc["platform"] = serde_json::json!({"architecture": "amd64", "os": "linux"});
+    let missing = serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": Digest::of(b"absent").to_string(),
+        "size": 6,
+        "platform": {"architecture": "arm64", "os": "linux"},
+    });
+    let nested = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [manifest_desc, missing],
+    }))
+    .unwrap();
+    let nested_digest = Digest::of(&nested);
+    let top = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": nested_digest.to_string(),
+            "size": nested.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi:1",
+                            "io.containerd.image.name": "docker.io/library/multi:1"},
+        }],
+    }))
+    .unwrap();
+    files.retain(|(p, _)| p != "index.json");
+    files.push((format!("blobs/sha256/{}", nested_digest.hex()), nested));
+    files.push(("index.json".into(), top));
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(p, v)| (p.as_str(), &v[..])).collect();
+    let rebuilt = archive_of(&refs, &[]);
+    let a = read_archive(&rebuilt[..], work.path()).unwrap();
+    assert_eq!(a.images.len(), 1);
+    assert_eq!(a.images[0].tags, ["docker.io/library/multi:1"]);
+    assert_eq!(a.images[0].manifest_digest, Some(digests[0]));
+}
+
+#[test]
+fn truncated_or_corrupt_archives_are_errors() {
+    let mut blobs = Blobs::default();
+    let images = sample_images(&mut blobs);
+    let work = tmp();
+    let mut docker = Vec::new();
+    write_docker_archive(&images, &mut blobs, &mut docker, work.path()).unwrap();
+    let mut oci = Vec::new();
+    write_oci_archive(
+        &images,
+        &mut blobs,
+        &mut oci,
+        work.path(),
+        &OciArchiveOptions::default(),
+    )
+    .unwrap();
+    for (what, archive) in [("docker", &docker), ("oci", &oci)] {
+        let n = archive.len();
+        for cut in [0, 100, 512, 513, n / 3, n / 2, n - 1024, n - 512, n - 1] {
+            let result = read_archive(&archive[..cut], work.path());
+            assert!(result.is_err(), "{what}: cut at {cut} of {n} accepted");
+        }
+        // Flip one byte in every 512-byte block in turn (headers, JSON,
+        // layer bytes): never a panic, and whatever is accepted still
+        // checks out.
+        for block in 0..n / 512 {
+            let mut bad = archive.clone();
+            bad[block * 512 + 300] ^= 0x55;
+            if let Ok(a) = read_archive(&bad[..], work.path()) {
+                for image in &a.images {
+                    assert_eq!(Digest::of(&image.config), image.config_digest);
+                    for l in &image.layers {
+                        let bytes = fs::read(&l.path).unwrap();
+                        assert_eq!(Digest::of(&bytes), l.digest);
+                    }
+                }
+            }
+        }
+    }
+    // Garbage and empty input.
+    assert!(matches!(
+        read_archive(&b"not a tar at all"[..], work.path()),
+        Err(ArchiveError::Read { .. } | ArchiveError::Truncated)
+    ));
+    let empty = tar::Builder::new(Vec::new()).into_inner().unwrap();
+    assert!(matches!(
+        read_archive(&empty[..], work.path()),
+        Err(ArchiveError::UnknownFormat)
+    ));
+    // A blob in the store that is not what its digest says.
+    let mut corrupt = Blobs::default();
+    let images = sample_images(&mut corrupt);
+    let d = images[0].layers[1].digest;
+    let bytes = corrupt.0.get_mut(&d).unwrap();
+    let last = bytes.len() - 2000;
+    bytes[last] ^= 1;
+    let err = write_oci_archive(
+        &images,
+        &mut corrupt,
+        &mut Vec::new(),
+        work.path(),
+        &OciArchiveOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ArchiveError::CorruptBlob { .. } | ArchiveError::DiffIdMismatch { .. }
+        ),
+        "{err:?}"
+    );
+}

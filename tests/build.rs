@@ -1,0 +1,530 @@
+//! End-to-end builds with the real binary: a temporary store (`--root`), a
+//! temporary context, and a busybox base image made locally from Debian's
+//! busybox-static (no registry is reachable).
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn estiba(root: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_estiba"));
+    cmd.env_remove("ESTIBA_ROOT")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .arg("--root")
+        .arg(root);
+    cmd
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("estiba runs");
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+fn ok(cmd: &mut Command) -> (String, String) {
+    let (code, out, err) = run(cmd);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    (out, err)
+}
+
+fn write(dir: &Path, files: &[(&str, &str)]) {
+    for (name, text) in files {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, text).expect("write");
+    }
+}
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    ctx: PathBuf,
+}
+
+fn env(files: &[(&str, &str)]) -> Env {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = tmp.path().join("store");
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).expect("ctx");
+    write(&ctx, files);
+    Env {
+        _tmp: tmp,
+        root,
+        ctx,
+    }
+}
+
+/// Imports a busybox image (`busybox:test`) into the store, with a user
+/// `app` (1000) and a group `staff` (50) in its /etc files.
+fn import_busybox(e: &Env) {
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "/bin/busybox is missing: install busybox-static (scripts/test does)"
+    );
+    let rootfs = e.ctx.parent().expect("tmp").join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).expect("mkdir");
+    std::fs::create_dir_all(rootfs.join("etc")).expect("mkdir");
+    std::fs::copy(busybox, rootfs.join("bin/busybox")).expect("copy busybox");
+    for applet in ["sh", "ls", "cat", "echo", "id"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("link");
+    }
+    write(
+        &rootfs,
+        &[
+            (
+                "etc/passwd",
+                "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+            ),
+            ("etc/group", "root:x:0:\nstaff:x:50:\napp:x:1000:\n"),
+        ],
+    );
+    let tar = e.ctx.parent().expect("tmp").join("rootfs.tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(status.success());
+    ok(estiba(&e.root).arg("import").arg(&tar).arg("busybox:test"));
+}
+
+fn build(e: &Env, extra: &[&str]) -> (i32, String, String) {
+    run(estiba(&e.root)
+        .args(["build", "--progress", "plain"])
+        .args(extra)
+        .arg(&e.ctx))
+}
+
+fn local_export(e: &Env, extra: &[&str]) -> PathBuf {
+    let out = e
+        .ctx
+        .parent()
+        .expect("tmp")
+        .join(format!("out-{}", extra.len()));
+    let _ = std::fs::remove_dir_all(&out);
+    let spec = format!("type=local,dest={}", out.display());
+    let (code, o, err) = build(e, &[&["-o", &spec], extra].concat());
+    assert_eq!(code, 0, "{o}\n{err}");
+    out
+}
+
+#[test]
+fn a_scratch_build_is_stored_tagged_and_listed() {
+    let e = env(&[
+        (
+            "Dockerfile",
+            "FROM scratch\nCOPY hello.txt /\nENV GREETING=hola\nCMD [\"/hello\"]\n",
+        ),
+        ("hello.txt", "hola mundo\n"),
+    ]);
+    let (code, out, err) = build(&e, &["-t", "mi-aplicacion:1"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("[1/1] COPY hello.txt /"), "{err}");
+    let (list, _) = ok(estiba(&e.root).arg("images"));
+    assert!(list.contains("mi-aplicacion"), "{list}");
+    assert!(list.contains("REPOSITORY"), "{list}");
+    let (json, _) = ok(estiba(&e.root).args(["inspect", "mi-aplicacion:1"]));
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(v[0]["Config"]["Env"][1], "GREETING=hola");
+    assert_eq!(v[0]["Config"]["Cmd"][0], "/hello");
+    assert_eq!(v[0]["RootFS"]["Layers"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        v[0]["History"][0]["created_by"],
+        "COPY hello.txt / # buildkit"
+    );
+    assert_eq!(v[0]["History"][1]["empty_layer"], true);
+}
+
+#[test]
+fn the_store_is_an_oci_layout_skopeo_reads() {
+    let e = env(&[("Dockerfile", "FROM scratch\nCOPY a /a\n"), ("a", "a")]);
+    assert_eq!(build(&e, &["-t", "layout:test"]).0, 0);
+    let out = Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!(
+            "oci:{}:docker.io/library/layout:test",
+            e.root.display()
+        ))
+        .output()
+        .expect("skopeo is installed (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["Layers"].as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn a_no_op_rebuild_hits_every_step() {
+    let e = env(&[
+        (
+            "Dockerfile",
+            "FROM scratch\nCOPY a /a\nWORKDIR /w\nCOPY b /w/\n",
+        ),
+        ("a", "a"),
+        ("b", "b"),
+    ]);
+    assert_eq!(build(&e, &["-t", "noop:1"]).0, 0);
+    let (code, _, err) = build(&e, &["-t", "noop:1"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(err.matches("CACHED").count(), 3, "{err}");
+    assert_eq!(
+        err.matches(" DONE ").count(),
+        1,
+        "only the export runs: {err}"
+    );
+}
+
+#[test]
+fn changing_one_file_reruns_only_from_the_first_step_that_reads_it() {
+    let e = env(&[
+        (
+            "Dockerfile",
+            "FROM scratch\nCOPY a /a\nCOPY b /b\nCOPY c /c\n",
+        ),
+        ("a", "a"),
+        ("b", "b"),
+        ("c", "c"),
+    ]);
+    assert_eq!(build(&e, &[]).0, 0);
+    write(&e.ctx, &[("b", "b changed")]);
+    let (code, _, err) = build(&e, &[]);
+    assert_eq!(code, 0, "{err}");
+    let step = |name: &str| -> String {
+        let after = err.split(name).nth(1).expect("step shown");
+        after.split("\n\n").next().unwrap_or_default().to_string()
+    };
+    assert!(step("COPY a /a").contains("CACHED"), "{err}");
+    assert!(step("COPY b /b").contains("DONE"), "{err}");
+    assert!(
+        step("COPY c /c").contains("DONE"),
+        "its parent changed: {err}"
+    );
+    assert_eq!(
+        err.matches("CACHED").count(),
+        1,
+        "only COPY a is cached: {err}"
+    );
+}
+
+#[test]
+fn no_cache_runs_every_step() {
+    let e = env(&[("Dockerfile", "FROM scratch\nCOPY a /a\n"), ("a", "a")]);
+    assert_eq!(build(&e, &[]).0, 0);
+    let (code, _, err) = build(&e, &["--no-cache"]);
+    assert_eq!(code, 0);
+    assert!(!err.contains("CACHED"), "{err}");
+}
+
+#[test]
+fn source_date_epoch_makes_two_builds_bit_identical() {
+    let e = env(&[
+        ("Dockerfile", "FROM scratch\nCOPY . /src/\nLABEL a=b\n"),
+        ("x/y", "y"),
+        ("z", "z"),
+    ]);
+    let ids: Vec<String> = (0..2)
+        .map(|i| {
+            let iid = e.root.parent().expect("tmp").join(format!("iid{i}"));
+            // Touch the files between builds: mtimes must not matter.
+            write(&e.ctx, &[("z", "z")]);
+            let (code, _, err) = run(estiba(&e.root)
+                .env("SOURCE_DATE_EPOCH", "1700000000")
+                .args(["build", "--no-cache", "--iidfile"])
+                .arg(&iid)
+                .arg(&e.ctx));
+            assert_eq!(code, 0, "{err}");
+            std::fs::read_to_string(iid).expect("iid")
+        })
+        .collect();
+    assert!(ids[0].starts_with("sha256:"));
+    assert_eq!(ids[0], ids[1]);
+}
+
+#[test]
+fn copy_follows_docker_rules_for_destinations_and_modes() {
+    let e = env(&[
+        (
+            "Dockerfile",
+            "FROM scratch\n\
+             COPY file.txt /dir/\n\
+             COPY file.txt /renamed.txt\n\
+             COPY src /contents\n\
+             COPY *.md /docs/\n\
+             COPY --chmod=0600 --chown=7:8 file.txt /private\n\
+             COPY <<EOF /etc/greeting\nhola $USER_NAME\nEOF\n\
+             WORKDIR /app\n\
+             COPY file.txt .\n",
+        ),
+        ("file.txt", "f"),
+        ("src/a/b.txt", "b"),
+        ("src/top.txt", "t"),
+        ("one.md", "1"),
+        ("two.md", "2"),
+    ]);
+    std::os::unix::fs::symlink("top.txt", e.ctx.join("src/link")).expect("symlink");
+    std::fs::set_permissions(
+        e.ctx.join("src/top.txt"),
+        std::fs::Permissions::from_mode(0o751),
+    )
+    .expect("chmod");
+    let out = local_export(&e, &[]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("dir/file.txt")).expect("dir/"),
+        "f"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("renamed.txt")).expect("renamed"),
+        "f"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("contents/a/b.txt")).expect("contents"),
+        "b"
+    );
+    assert!(
+        !out.join("contents/src").exists(),
+        "a directory copies its contents"
+    );
+    assert_eq!(
+        std::fs::read_link(out.join("contents/link")).expect("link"),
+        Path::new("top.txt")
+    );
+    let top = std::fs::metadata(out.join("contents/top.txt")).expect("top");
+    assert_eq!(top.mode() & 0o7777, 0o751, "modes are kept");
+    assert_eq!(
+        (top.uid(), top.gid()),
+        (0, 0),
+        "context files belong to root"
+    );
+    assert!(out.join("docs/one.md").exists() && out.join("docs/two.md").exists());
+    let private = std::fs::metadata(out.join("private")).expect("private");
+    assert_eq!(private.mode() & 0o7777, 0o600);
+    assert_eq!((private.uid(), private.gid()), (7, 8));
+    assert_eq!(
+        std::fs::read_to_string(out.join("etc/greeting")).expect("heredoc"),
+        "hola \n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("app/file.txt")).expect("workdir"),
+        "f"
+    );
+}
+
+#[test]
+fn copy_from_a_stage_keeps_owners_and_chown_names_come_from_the_image() {
+    let e = env(&[
+        (
+            "Dockerfile",
+            "FROM busybox:test AS base\n\
+             COPY --chown=app:staff data /data\n\
+             FROM scratch\n\
+             COPY --from=base /data /copied\n\
+             COPY --from=base /etc/passwd /etc/passwd\n",
+        ),
+        ("data/x", "x"),
+    ]);
+    import_busybox(&e);
+    let out = local_export(&e, &[]);
+    let x = std::fs::metadata(out.join("copied/x")).expect("x");
+    assert_eq!((x.uid(), x.gid()), (1000, 50));
+    assert!(std::fs::read_to_string(out.join("etc/passwd"))
+        .expect("passwd")
+        .contains("app:x:1000"));
+}
+
+#[test]
+fn an_unknown_chown_user_fails_at_its_line() {
+    let e = env(&[
+        (
+            "Dockerfile",
+            "FROM busybox:test\nCOPY --chown=nobody2 a /a\n",
+        ),
+        ("a", "a"),
+    ]);
+    import_busybox(&e);
+    let (code, _, err) = build(&e, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("unable to find user \"nobody2\""), "{err}");
+    assert!(err.contains("Dockerfile:2"), "{err}");
+}
+
+#[test]
+fn a_missing_source_fails_with_its_line_and_the_store_stays_valid() {
+    let e = env(&[
+        (
+            "Dockerfile",
+            "FROM scratch\nCOPY a /a\nCOPY missing.txt /m\n",
+        ),
+        ("a", "a"),
+    ]);
+    let (code, _, err) = build(&e, &["-t", "broken:1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("missing.txt: not found"), "{err}");
+    assert!(err.contains("> 3 | COPY missing.txt /m"), "{err}");
+    // Nothing tagged, and every blob in the store is what its name says.
+    let (list, _) = ok(estiba(&e.root).arg("images"));
+    assert!(!list.contains("broken"), "{list}");
+    for blob in std::fs::read_dir(e.root.join("blobs/sha256")).expect("blobs") {
+        let path = blob.expect("entry").path();
+        let bytes = std::fs::read(&path).expect("read");
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!(estiba_cache::Digest::of(&bytes).hex(), name);
+    }
+}
+
+#[test]
+fn a_source_outside_the_context_is_refused() {
+    let e = env(&[("Dockerfile", "FROM scratch\nCOPY ../secret /s\n")]);
+    let (code, _, err) = build(&e, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("outside the build context"), "{err}");
+}
+
+#[test]
+fn a_symlink_pointing_out_of_the_context_stays_inside() {
+    let e = env(&[("Dockerfile", "FROM scratch\nCOPY escape /got\n")]);
+    std::os::unix::fs::symlink("/etc/hostname", e.ctx.join("escape")).expect("symlink");
+    let (code, _, err) = build(&e, &[]);
+    // Resolved inside the context, /etc/hostname is not there.
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not found"), "{err}");
+}
+
+#[test]
+fn dockerignore_hides_files_from_copy() {
+    let e = env(&[
+        ("Dockerfile", "FROM scratch\nCOPY . /ctx/\n"),
+        (".dockerignore", "*.log\nsecret/\n!secret/public\n"),
+        ("keep.txt", "k"),
+        ("debug.log", "d"),
+        ("secret/key", "k"),
+        ("secret/public", "p"),
+    ]);
+    let out = local_export(&e, &[]);
+    assert!(out.join("ctx/keep.txt").exists());
+    assert!(!out.join("ctx/debug.log").exists());
+    assert!(!out.join("ctx/secret/key").exists());
+    assert!(out.join("ctx/secret/public").exists());
+}
+
+#[test]
+fn run_is_refused_clearly_until_the_executor_lands() {
+    let e = env(&[("Dockerfile", "FROM scratch\nRUN echo hi\n")]);
+    let (code, _, err) = build(&e, &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("RUN is not supported yet"), "{err}");
+    assert!(err.contains("Dockerfile:2"), "{err}");
+}
+
+#[test]
+fn save_and_load_round_trip_in_both_formats() {
+    let e = env(&[
+        ("Dockerfile", "FROM scratch\nCOPY a /a\nCMD [\"/a\"]\n"),
+        ("a", "a"),
+    ]);
+    assert_eq!(build(&e, &["-t", "roundtrip:1"]).0, 0);
+    let (before, _) = ok(estiba(&e.root).args(["inspect", "roundtrip:1"]));
+    let before: serde_json::Value = serde_json::from_str(&before).expect("json");
+    for format in ["docker", "oci"] {
+        let archive = e
+            .root
+            .parent()
+            .expect("tmp")
+            .join(format!("img-{format}.tar"));
+        ok(estiba(&e.root)
+            .args(["save", "--format", format, "-o"])
+            .arg(&archive)
+            .arg("roundtrip:1"));
+        let other = e
+            .root
+            .parent()
+            .expect("tmp")
+            .join(format!("store-{format}"));
+        let (out, _) = ok(estiba(&other).arg("load").arg("-i").arg(&archive));
+        assert!(out.contains("Loaded image: roundtrip:1"), "{out}");
+        let (after, _) = ok(estiba(&other).args(["inspect", "roundtrip:1"]));
+        let after: serde_json::Value = serde_json::from_str(&after).expect("json");
+        assert_eq!(
+            before[0]["Id"], after[0]["Id"],
+            "{format}: the image ID survives"
+        );
+    }
+}
+
+#[test]
+fn a_truncated_archive_is_refused_and_nothing_is_tagged() {
+    let e = env(&[("Dockerfile", "FROM scratch\nCOPY a /a\n"), ("a", "a")]);
+    assert_eq!(build(&e, &["-t", "trunc:1"]).0, 0);
+    let archive = e.root.parent().expect("tmp").join("t.tar");
+    ok(estiba(&e.root)
+        .args(["save", "-o"])
+        .arg(&archive)
+        .arg("trunc:1"));
+    let bytes = std::fs::read(&archive).expect("read");
+    std::fs::write(&archive, &bytes[..bytes.len() / 2]).expect("truncate");
+    let other = e.root.parent().expect("tmp").join("store2");
+    let (code, _, err) = run(estiba(&other).arg("load").arg("-i").arg(&archive));
+    assert_eq!(code, 1, "{err}");
+    let (list, _) = ok(estiba(&other).arg("images"));
+    assert!(!list.contains("trunc"), "{list}");
+}
+
+#[test]
+fn tag_rmi_and_prune_manage_the_store() {
+    let e = env(&[("Dockerfile", "FROM scratch\nCOPY a /a\n"), ("a", "a")]);
+    assert_eq!(build(&e, &["-t", "one:1"]).0, 0);
+    ok(estiba(&e.root).args(["tag", "one:1", "two:2"]));
+    let (list, _) = ok(estiba(&e.root).arg("images"));
+    assert!(list.contains("one") && list.contains("two"), "{list}");
+    ok(estiba(&e.root).args(["rmi", "one:1", "two:2"]));
+    let (code, _, _) = run(estiba(&e.root).args(["rmi", "one:1"]));
+    assert_eq!(code, 1, "removing a missing image fails");
+    let (out, _) = ok(estiba(&e.root).args(["prune", "--all"]));
+    assert!(out.contains("Total reclaimed space"), "{out}");
+    let blobs = std::fs::read_dir(e.root.join("blobs/sha256"))
+        .expect("blobs")
+        .count();
+    assert_eq!(blobs, 0, "nothing is referenced any more");
+}
+
+#[test]
+fn concurrent_builds_share_one_root() {
+    let e = env(&[
+        ("Dockerfile", "FROM scratch\nCOPY . /c/\n"),
+        ("a", "a"),
+        ("b", "b"),
+    ]);
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            estiba(&e.root)
+                .args(["build", "--progress", "quiet", "-t"])
+                .arg(format!("par:{i}"))
+                .arg(&e.ctx)
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().expect("wait").success());
+    }
+    let (list, _) = ok(estiba(&e.root).args(["images", "--format", "json"]));
+    let v: serde_json::Value = serde_json::from_str(&list).expect("json");
+    assert_eq!(v.as_array().map(Vec::len), Some(4), "{list}");
+}
