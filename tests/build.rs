@@ -528,3 +528,140 @@ fn concurrent_builds_share_one_root() {
     let v: serde_json::Value = serde_json::from_str(&list).expect("json");
     assert_eq!(v.as_array().map(Vec::len), Some(4), "{list}");
 }
+
+/// A tar with one file `inner/hello.txt`, compressed as asked.
+fn tarball(kind: &str) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(5);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "inner/hello.txt", &b"hello"[..])
+        .expect("append");
+    let plain = tar.into_inner().expect("tar");
+    use std::io::Write;
+    match kind {
+        "tar" => plain,
+        "gz" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(&plain).expect("gz");
+            e.finish().expect("gz")
+        }
+        "bz2" => {
+            let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::default());
+            e.write_all(&plain).expect("bz2");
+            e.finish().expect("bz2")
+        }
+        "xz" => {
+            let mut e = xz2::write::XzEncoder::new(Vec::new(), 6);
+            e.write_all(&plain).expect("xz");
+            e.finish().expect("xz")
+        }
+        "zst" => zstd::encode_all(&plain[..], 3).expect("zstd"),
+        other => panic!("unknown kind {other}"),
+    }
+}
+
+#[test]
+fn add_extracts_local_archives_of_every_compression() {
+    let e = env(&[]);
+    let mut dockerfile = String::from("FROM scratch\n");
+    for kind in ["tar", "gz", "bz2", "xz", "zst"] {
+        std::fs::write(e.ctx.join(format!("a.{kind}")), tarball(kind)).expect("write");
+        dockerfile.push_str(&format!("ADD a.{kind} /x/{kind}/\n"));
+    }
+    write(
+        &e.ctx,
+        &[("not-an-archive.gz", "plain text"), ("Dockerfile", "")],
+    );
+    dockerfile.push_str("ADD not-an-archive.gz /plain/\nCOPY a.gz /copied/\n");
+    write(&e.ctx, &[("Dockerfile", &dockerfile)]);
+    let out = local_export(&e, &[]);
+    for kind in ["tar", "gz", "bz2", "xz", "zst"] {
+        let got = std::fs::read_to_string(out.join(format!("x/{kind}/inner/hello.txt")));
+        assert_eq!(got.expect(kind), "hello", "{kind}");
+    }
+    assert!(
+        out.join("plain/not-an-archive.gz").is_file(),
+        "not a tar: copied"
+    );
+    assert!(out.join("copied/a.gz").is_file(), "COPY never extracts");
+}
+
+/// A loopback HTTP server answering every GET with `body`; counts requests.
+fn serve(body: &'static [u8]) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = listener.local_addr().expect("addr");
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(16) {
+            let Ok(mut stream) = stream else { continue };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
+                line.clear();
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: Wed, 21 Oct 2015 07:28:00 GMT\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(body);
+        }
+    });
+    (format!("http://{addr}"), hits)
+}
+
+#[test]
+fn add_downloads_urls_and_checks_the_checksum() {
+    let body: &'static [u8] = b"downloaded content\n";
+    let (base, hits) = serve(body);
+    let sum = estiba_cache::Digest::of(body);
+    let e = env(&[(
+        "Dockerfile",
+        &format!("FROM scratch\nADD --checksum={sum} {base}/files/data.txt /dl/\nADD {base}/other /named\n"),
+    )]);
+    let out = local_export(&e, &[]);
+    let file = out.join("dl/data.txt");
+    assert_eq!(std::fs::read(&file).expect("downloaded"), body);
+    let meta = std::fs::metadata(&file).expect("meta");
+    assert_eq!(
+        meta.mode() & 0o7777,
+        0o600,
+        "downloads are 0600, as BuildKit makes them"
+    );
+    assert_eq!(
+        meta.mtime(),
+        1_445_412_480,
+        "Last-Modified becomes the mtime"
+    );
+    assert_eq!(std::fs::read(out.join("named")).expect("named"), body);
+    // With --checksum, a cached step needs no download; without, it does.
+    let before = hits.load(std::sync::atomic::Ordering::SeqCst);
+    let (code, _, err) = build(&e, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(err.matches("CACHED").count(), 2, "{err}");
+    let after = hits.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        after - before,
+        1,
+        "only the ADD without --checksum downloads again"
+    );
+}
+
+#[test]
+fn a_checksum_mismatch_fails_at_its_line() {
+    let (base, _) = serve(b"something else");
+    let wrong = estiba_cache::Digest::of(b"expected");
+    let e = env(&[(
+        "Dockerfile",
+        &format!("FROM scratch\n\nADD --checksum={wrong} {base}/f /f\n"),
+    )]);
+    let (code, _, err) = build(&e, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("checksum mismatch"), "{err}");
+    assert!(err.contains("Dockerfile:3"), "{err}");
+}

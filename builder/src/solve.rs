@@ -9,6 +9,7 @@
 
 use crate::cachekey::{KeyInputs, KEY_VERSION};
 use crate::copy::{self, Chmod, CopyOptions, Writer};
+use crate::fetch;
 use crate::image::{self, History, ImageConfig, Manifest, HISTORY_COMMENT};
 use crate::layer;
 use crate::progress::Reporter;
@@ -63,9 +64,9 @@ pub enum SolveErrorKind {
     /// RUN needs the executor, which this build of estiba does not have yet.
     #[error("RUN is not supported yet: this estiba builds Dockerfiles without RUN steps")]
     RunUnsupported,
-    /// `ADD https://…` needs a download this build cannot do yet.
-    #[error("ADD from a URL is not supported yet: {0}")]
-    AddUrlUnsupported(String),
+    /// `ADD https://…` failed to download or to match `--checksum`.
+    #[error("ADD failed")]
+    Fetch(#[from] fetch::FetchError),
     /// `--chown` or USER names nobody in the image.
     #[error("unable to find {what} {name:?}: no matching entries in the image's {file}")]
     UnknownUser {
@@ -486,11 +487,40 @@ impl<'a> Solver<'a> {
                 })
             }
             Op::Copy(copy) => {
-                for s in &copy.sources {
-                    if copy.add && (s.starts_with("http://") || s.starts_with("https://")) {
-                        return Err(SolveErrorKind::AddUrlUnsupported(s.clone()));
+                // ADD <url>: downloaded first, so the content is in the key.
+                let urls: Vec<&String> = copy.sources.iter().filter(|s| fetch::is_url(s)).collect();
+                let downloads = tempfile::Builder::new()
+                    .prefix("download-")
+                    .tempdir_in(self.store.tmp_dir())
+                    .map_err(|source| SolveErrorKind::Io {
+                        path: self.store.tmp_dir(),
+                        source,
+                    })?;
+                // With --checksum the checksum names the content: a cache hit
+                // needs no download. Without it, the content decides the key.
+                let fetch_all = || -> Result<Vec<(PathBuf, fetch::Downloaded)>> {
+                    let mut fetched = Vec::new();
+                    for url in &urls {
+                        let dir = downloads.path().join(fetched.len().to_string());
+                        std::fs::create_dir_all(&dir).map_err(|source| SolveErrorKind::Io {
+                            path: dir.clone(),
+                            source,
+                        })?;
+                        let d = fetch::download(url, &dir, copy.checksum.as_deref())?;
+                        fetched.push((dir, d));
                     }
-                }
+                    Ok(fetched)
+                };
+                let prefetched = match &copy.checksum {
+                    Some(_) => None,
+                    None => Some(fetch_all()?),
+                };
+                let local: Vec<String> = copy
+                    .sources
+                    .iter()
+                    .filter(|s| !fetch::is_url(s))
+                    .cloned()
+                    .collect();
                 let (tree, from_key, what): (Box<dyn SourceTree + '_>, Option<String>, String) =
                     match &copy.from {
                         CopySource::Context => (
@@ -533,8 +563,7 @@ impl<'a> Solver<'a> {
                         }
                     })?)
                 };
-                let matches =
-                    copy::match_sources(tree.as_ref(), &copy.sources, copy.parents, &what)?;
+                let matches = copy::match_sources(tree.as_ref(), &local, copy.parents, &what)?;
                 let digest =
                     copy::hash_sources(tree.as_ref(), &matches, excludes.as_ref(), keep_owners)?;
                 let contents: Vec<String> = copy
@@ -542,7 +571,15 @@ impl<'a> Solver<'a> {
                     .iter()
                     .map(|c| Digest::of(c.data.as_bytes()).to_string())
                     .collect();
-                let sources = format!("{digest} {}", contents.join(" "));
+                let urls_digest: Vec<String> = match (&prefetched, &copy.checksum) {
+                    (Some(fetched), _) => fetched
+                        .iter()
+                        .map(|(_, d)| format!("{}={}", d.name, d.digest))
+                        .collect(),
+                    (None, Some(sum)) => urls.iter().map(|u| format!("{u}={sum}")).collect(),
+                    (None, None) => Vec::new(),
+                };
+                let sources = format!("{digest} {} {}", contents.join(" "), urls_digest.join(" "));
                 let key = key_of(Some(sources), from_key);
                 self.cached_or(&key, step, || {
                     self.exec_in_upper(current, |writer, lower| {
@@ -554,7 +591,30 @@ impl<'a> Solver<'a> {
                             &matches,
                             excludes.as_ref(),
                             keep_owners,
-                        )
+                        )?;
+                        // Downloads belong to root (or --chown); keep their 0600.
+                        let fetched = match prefetched {
+                            Some(f) => f,
+                            None => fetch_all()?,
+                        };
+                        for (dir, d) in &fetched {
+                            let tree = LayeredTree::new(vec![dir.clone()]);
+                            let m = copy::SourceMatch {
+                                name: d.name.clone(),
+                                path: d.name.clone(),
+                                parents_path: None,
+                            };
+                            let chmod = match &copy.chmod {
+                                Some(c) => Some(
+                                    Chmod::parse(c)
+                                        .ok_or_else(|| SolveErrorKind::BadChmod(c.clone()))?,
+                                ),
+                                None => None,
+                            };
+                            writer.set_options(writer_chown(lower, copy)?, chmod, false);
+                            writer.copy(&tree, &[m], &copy.dest, None)?;
+                        }
+                        Ok(())
                     })
                 })
             }
@@ -798,6 +858,14 @@ fn is_archive(reader: Box<dyn std::io::Read + '_>) -> bool {
         })
         .sum();
     stored == Some(sum)
+}
+
+/// `--chown` of a step, resolved against the image.
+fn writer_chown(lower: &LayeredTree, copy: &CopyStep) -> Result<Option<(u32, u32)>> {
+    match &copy.chown {
+        Some(spec) => Ok(Some(resolve_user(lower, spec)?)),
+        None => Ok(None),
+    }
 }
 
 /// The build context as a boxed tree without taking ownership.
