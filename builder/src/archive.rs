@@ -1057,8 +1057,8 @@ impl<W: Write> Out<W> {
             .map_err(|e| ArchiveError::Write { source: data_io(e) })
     }
 
-    /// Copies `size` bytes of `reader` as `path`; the reader's errors and
-    /// size mismatches are reported by `on_data`.
+    /// Copies exactly `size` bytes of `reader` (the blob `digest`) as
+    /// `path`; a blob of another size is an error.
     fn stream(
         &mut self,
         path: &str,

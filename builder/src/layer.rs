@@ -1589,7 +1589,16 @@ impl Unpacker {
                 self.stats.specials += 1;
             }
         }
+        // Parents too: a directory holding this layer's entries is this
+        // layer's, even when the tar has no entry for it.
+        let mut ancestor = rel.parent().map(Path::to_path_buf);
         self.written.insert(rel);
+        while let Some(a) = ancestor {
+            if a.as_os_str().is_empty() || !self.written.insert(a.clone()) {
+                break;
+            }
+            ancestor = a.parent().map(Path::to_path_buf);
+        }
         Ok(())
     }
 
@@ -1601,15 +1610,24 @@ impl Unpacker {
         }
     }
 
-    /// Empties `dir` of everything this layer has not written itself.
+    /// Empties `dir` of everything this layer has not written itself,
+    /// descending into the directories it has (containerd's semantics).
     fn make_opaque(&self, entry: &str, dir: &Path, dir_rel: &Path) -> Result<(), LayerError> {
         let children = fs::read_dir(dir).map_err(|e| self.apply_err(entry, dir, e))?;
         for child in children {
             let child = child.map_err(|e| self.apply_err(entry, dir, e))?;
-            if self.written.contains(&dir_rel.join(child.file_name())) {
+            let path = child.path();
+            let rel = dir_rel.join(child.file_name());
+            if self.written.contains(&rel) {
+                let is_dir = child
+                    .file_type()
+                    .map_err(|e| self.apply_err(entry, &path, e))?
+                    .is_dir();
+                if is_dir {
+                    self.make_opaque(entry, &path, &rel)?;
+                }
                 continue;
             }
-            let path = child.path();
             remove_any(&path).map_err(|e| self.apply_err(entry, &path, e))?;
         }
         Ok(())
