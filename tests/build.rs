@@ -665,3 +665,74 @@ fn a_checksum_mismatch_fails_at_its_line() {
     assert!(err.contains("checksum mismatch"), "{err}");
     assert!(err.contains("Dockerfile:3"), "{err}");
 }
+
+/// Unmounts what a test mounted, even when it fails.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn a_full_disk_fails_cleanly_and_the_store_stays_valid() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI runs as root: this test must run there"
+        );
+        eprintln!("skipped: mounting a small tmpfs needs root (runs in CI)");
+        return;
+    }
+    let e = env(&[
+        (
+            "Dockerfile",
+            "FROM scratch\nCOPY small /small\nCOPY big /big\n",
+        ),
+        ("small", "s"),
+    ]);
+    // 12 MiB of incompressible bytes cannot fit a 4 MiB store.
+    let big: Vec<u8> = (0..12u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(e.ctx.join("big"), &big).expect("write big");
+    std::fs::create_dir_all(&e.root).expect("mkdir");
+    nix::mount::mount(
+        Some("tmpfs"),
+        &e.root,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=4m"),
+    )
+    .expect("mount tmpfs");
+    let _guard = Mounted(e.root.clone());
+    let (code, _, err) = build(&e, &["-t", "full:1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(
+        err.contains("COPY big /big"),
+        "the failing line is shown: {err}"
+    );
+    let (list, _) = ok(estiba(&e.root).arg("images"));
+    assert!(!list.contains("full"), "{list}");
+    for blob in std::fs::read_dir(e.root.join("blobs/sha256")).expect("blobs") {
+        let path = blob.expect("entry").path();
+        let bytes = std::fs::read(&path).expect("read");
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!(
+            estiba_cache::Digest::of(&bytes).hex(),
+            name,
+            "a blob is damaged"
+        );
+    }
+    // Nothing half-written is left in the store's temp dir.
+    let tmp: Vec<_> = std::fs::read_dir(e.root.join("estiba/tmp"))
+        .expect("tmp")
+        .collect();
+    assert!(tmp.is_empty(), "{tmp:?}");
+}

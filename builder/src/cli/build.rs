@@ -122,8 +122,12 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
             source: text.clone(),
         })?;
     let plain = Plain::new();
+    let tty = super::progress::Tty::new();
+    let interactive = std::io::stderr().is_terminal();
     let reporter: &dyn Reporter = match (args.progress, args.quiet) {
         (ProgressMode::Quiet, _) | (_, true) => &Silent,
+        (ProgressMode::Tty, _) => &tty,
+        (ProgressMode::Auto, _) if interactive => &tty,
         _ => &plain,
     };
     for w in &graph.warnings {
@@ -254,6 +258,5 @@ fn dry_run(args: &BuildArgs, path: &Path, text: &str, opts: &PlanOptions) -> Res
             None => eprintln!("warning: {}", w.message),
         }
     }
-    let _ = std::io::stderr().is_terminal();
     Ok(())
 }

@@ -53,3 +53,92 @@ impl Reporter for Plain {
         self.line(&format!("WARNING: {message}"));
     }
 }
+
+/// A live display for terminals: one line per step with a spinner while it
+/// runs, then its outcome and time; colors unless `NO_COLOR` is set.
+pub(crate) struct Tty {
+    multi: indicatif::MultiProgress,
+    bars: Mutex<std::collections::BTreeMap<usize, indicatif::ProgressBar>>,
+    color: bool,
+}
+
+impl std::fmt::Debug for Tty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tty")
+    }
+}
+
+impl Tty {
+    pub(crate) fn new() -> Self {
+        Tty {
+            multi: indicatif::MultiProgress::with_draw_target(
+                indicatif::ProgressDrawTarget::stderr(),
+            ),
+            bars: Mutex::new(std::collections::BTreeMap::new()),
+            color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        }
+    }
+
+    /// Replaces a step's spinner with a permanent line above the live ones.
+    fn finish(&self, id: usize, mark: &str, tail: &str) {
+        let bar = self.bars.lock().ok().and_then(|mut b| b.remove(&id));
+        if let Some(bar) = bar {
+            let name = bar.message();
+            bar.finish_and_clear();
+            self.multi.remove(&bar);
+            let _ = self.multi.println(format!("{mark} {name} {tail}"));
+        }
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+}
+
+impl Reporter for Tty {
+    fn started(&self, id: usize, name: &str) {
+        let bar = self.multi.add(indicatif::ProgressBar::new_spinner());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.set_message(name.to_string());
+        bar.enable_steady_tick(Duration::from_millis(100));
+        if let Ok(mut bars) = self.bars.lock() {
+            bars.insert(id, bar);
+        }
+    }
+    fn log(&self, _: usize, _: &str) {
+        // Detail lines are for CI logs (plain); the live display stays short.
+    }
+    fn cached(&self, id: usize) {
+        self.finish(id, &self.paint("34", "="), &self.paint("34", "CACHED"));
+    }
+    fn done(&self, id: usize, elapsed: Duration) {
+        self.finish(
+            id,
+            &self.paint("32", "✔"),
+            &format!("{:.1}s", elapsed.as_secs_f64()),
+        );
+    }
+    fn failed(&self, id: usize, elapsed: Duration, message: &str) {
+        self.finish(
+            id,
+            &self.paint("31", "✘"),
+            &format!(
+                "{:.1}s {}",
+                elapsed.as_secs_f64(),
+                self.paint("31", message)
+            ),
+        );
+    }
+    fn warning(&self, message: &str) {
+        let _ = self
+            .multi
+            .println(self.paint("33", &format!("WARNING: {message}")));
+    }
+}
