@@ -10,7 +10,10 @@
 //!   BuildKit's file sync (fsutil), an excluded directory is still looked
 //!   into when an exception (`!pattern`) could re-include something below it,
 //!   and it is then visible, as a parent of what was re-included. The
-//!   Dockerfile and the ignore file are ordinary context files.
+//!   Dockerfile and the ignore file are ordinary context files. (This is
+//!   current BuildKit; Docker 20.10's older fsutil only looked into an
+//!   excluded directory for a literal exception naming a path inside it, so
+//!   `!**/keep` re-included nothing under an excluded directory there.)
 //! - **Matching in O(files)**: each directory's per-pattern results
 //!   ([`MatchInfo`]) are remembered and handed to its entries, Docker's
 //!   `MatchesUsingParentResults`, so a path costs one match per pattern.
@@ -27,6 +30,11 @@
 //!   ignored. A file hashed within [`RACY_WINDOW`] of its last change is not
 //!   remembered (git's "racily clean" problem: a write in the same clock tick
 //!   would keep the same key), so it is read again next time.
+//!
+//! Like `docker build`, which sends the context once, this assumes the
+//! directory does not change while a build reads it: which directories exist
+//! and what they re-include is remembered for the life of the
+//! [`BuildContext`]. Only digests are checked against `lstat` on every call.
 
 use crate::tree::{self, EntryKind, Meta, SourceTree, TreeError};
 use estiba_cache::{Digest, Hasher};
@@ -62,9 +70,9 @@ const CACHE_FORMAT: &str = "estiba-context-stat-cache";
 /// Bump when the record layout or the meaning of a field changes.
 const CACHE_VERSION: u32 = 1;
 
-/// Characters that make an exception pattern a glob: when any exception has
-/// one, every excluded directory must be looked into (fsutil's
-/// `onlyPrefixExcludeExceptions`).
+/// Characters that make an exception pattern a glob (once a trailing `/*` or
+/// `/**` is set aside): when any exception has one, every excluded directory
+/// must be looked into (fsutil's `onlyPrefixExcludeExceptions`).
 const PATTERN_CHARS: &[char] = &['*', '[', ']', '?', '^', '\\'];
 
 /// A failure opening or using the build context.
@@ -131,7 +139,8 @@ pub struct BuildContext {
     /// The ignore file that applied, if any.
     ignore_file: Option<PathBuf>,
     matcher: Matcher,
-    /// The exception patterns (cleaned, without `!`).
+    /// The exception patterns (cleaned, without `!`, a trailing `/*` or
+    /// `/**` removed).
     exceptions: Vec<String>,
     /// Some exception is a glob: every excluded directory may hold something.
     glob_exception: bool,
@@ -177,7 +186,7 @@ impl BuildContext {
         let exceptions: Vec<String> = matcher
             .patterns()
             .filter(|(_, exception)| *exception)
-            .map(|(pattern, _)| pattern.to_owned())
+            .map(|(pattern, _)| without_trailing_glob(pattern).to_owned())
             .collect();
         let glob_exception = exceptions.iter().any(|p| p.contains(PATTERN_CHARS));
         let root_key = canonical.to_string_lossy().into_owned();
@@ -655,6 +664,13 @@ fn read_ignore_file(
         }
     }
     Ok((None, Vec::new()))
+}
+
+/// fsutil's `patternWithoutTrailingGlob`: `dir/**` and `dir/*` can only
+/// match below `dir`.
+fn without_trailing_glob(pattern: &str) -> &str {
+    let pattern = pattern.strip_suffix("/**").unwrap_or(pattern);
+    pattern.strip_suffix("/*").unwrap_or(pattern)
 }
 
 fn pattern_error(file: &Path, source: IgnoreError) -> ContextError {

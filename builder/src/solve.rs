@@ -369,10 +369,10 @@ impl<'a> Solver<'a> {
         };
         let mut n = 0;
         let started = Instant::now();
-        let id = self.vertex();
         let mut current = match &stage.base {
             Base::Image { reference, .. } => {
                 n += 1;
+                let id = self.vertex();
                 let name = Reference::parse(reference)
                     .map(|r| r.to_string())
                     .unwrap_or_else(|_| reference.clone());
@@ -387,7 +387,8 @@ impl<'a> Solver<'a> {
         let time = self.time();
         let mut history = std::mem::take(&mut current.config.history);
         for step in &stage.steps {
-            let id = self.vertex();
+            // Only steps that make layers are shown, as BuildKit's vertices.
+            let id = if step.layer { self.vertex() } else { 0 };
             let started = Instant::now();
             if step.layer {
                 n += 1;

@@ -51,7 +51,7 @@ pub(crate) fn main() -> i32 {
     };
     match outcome {
         Ok(()) => 0,
-        Err(failure) => failure.report(),
+        Err(failure) => failure.report(cli.debug),
     }
 }
 
@@ -80,7 +80,15 @@ impl From<estiba_cache::StoreError> for Failure {
 }
 
 impl Failure {
-    fn report(self) -> i32 {
+    /// Prints the failure; with `--debug`, also its full structure.
+    fn report(self, debug: bool) -> i32 {
+        if debug {
+            match &self {
+                Failure::Usage(_) => {}
+                Failure::Dockerfile { error, .. } => eprintln!("debug: {error:#?}"),
+                Failure::Other(e) => eprintln!("debug: {e:#?}"),
+            }
+        }
         match self {
             Failure::Usage(msg) => {
                 eprintln!("error: {msg}");

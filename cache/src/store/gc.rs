@@ -226,10 +226,10 @@ impl Store {
                 None => false,
                 Some(_) if options.all => false,
                 Some(r) => {
-                    let blob_ok = r.layer.as_ref().map_or(true, |l| self.has_blob(&l.digest));
+                    let blob_ok = r.layer.as_ref().is_none_or(|l| self.has_blob(&l.digest));
                     let fresh = options
                         .records_created_before
-                        .map_or(true, |cutoff| r.created >= cutoff);
+                        .is_none_or(|cutoff| r.created >= cutoff);
                     blob_ok && fresh
                 }
             };
