@@ -738,3 +738,45 @@ fn a_full_disk_fails_cleanly_and_the_store_stays_valid() {
         .collect();
     assert!(tmp.is_empty(), "{tmp:?}");
 }
+
+#[test]
+fn copy_link_layers_stay_cached_when_the_base_changes() {
+    let e = env(&[
+        ("base.Dockerfile", "FROM scratch\nCOPY base.txt /base.txt\n"),
+        (
+            "Dockerfile",
+            "FROM base:test\nCOPY --link linked.txt /linked.txt\nCOPY plain.txt /plain.txt\n",
+        ),
+        ("base.txt", "one"),
+        ("linked.txt", "l"),
+        ("plain.txt", "p"),
+    ]);
+    let base_file = e.ctx.join("base.Dockerfile");
+    let base = |e: &Env| {
+        ok(estiba(&e.root)
+            .args(["build", "--progress", "quiet", "-t", "base:test", "-f"])
+            .arg(&base_file)
+            .arg(&e.ctx));
+    };
+    base(&e);
+    assert_eq!(build(&e, &[]).0, 0);
+    write(&e.ctx, &[("base.txt", "two")]);
+    base(&e);
+    let (code, _, err) = build(&e, &[]);
+    assert_eq!(code, 0, "{err}");
+    let step = |name: &str| -> String {
+        let after = err.split(name).nth(1).expect("step shown");
+        after.split("\n\n").next().unwrap_or_default().to_string()
+    };
+    assert!(step("COPY --link linked.txt").contains("CACHED"), "{err}");
+    assert!(step("COPY plain.txt").contains("DONE"), "{err}");
+    let out = local_export(&e, &[]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("base.txt")).expect("base"),
+        "two"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("linked.txt")).expect("linked"),
+        "l"
+    );
+}

@@ -455,10 +455,17 @@ impl<'a> Solver<'a> {
         built: &BTreeMap<usize, Built>,
     ) -> Result<(Option<Layer>, String, bool)> {
         let platform = stage.platform.to_string();
+        // COPY --link makes a layer that does not depend on what is below it:
+        // its key leaves the parent out, so a new base keeps it cached.
+        let link = matches!(&step.op, Op::Copy(c) if c.link);
         let key_of = |sources: Option<String>, from: Option<String>| {
             KeyInputs {
                 version: KEY_VERSION,
-                parent: current.key.clone(),
+                parent: if link {
+                    "link".to_string()
+                } else {
+                    current.key.clone()
+                },
                 platform: platform.clone(),
                 step: &step.op,
                 sources,
@@ -476,7 +483,7 @@ impl<'a> Solver<'a> {
                 }
                 let key = key_of(None, None);
                 self.cached_or(&key, step, || {
-                    self.exec_in_upper(current, |writer, lower| {
+                    self.exec_in_upper(current, false, |writer, lower| {
                         let owner = if user.is_empty() {
                             (0, 0)
                         } else {
@@ -582,8 +589,17 @@ impl<'a> Solver<'a> {
                 };
                 let sources = format!("{digest} {} {}", contents.join(" "), urls_digest.join(" "));
                 let key = key_of(Some(sources), from_key);
+                let chain = |(layer, k, cached): (Option<Layer>, String, bool)| {
+                    // What comes after depends on the base and the layer.
+                    let k = if link {
+                        Digest::of(format!("{}+{k}", current.key).as_bytes()).to_string()
+                    } else {
+                        k
+                    };
+                    (layer, k, cached)
+                };
                 self.cached_or(&key, step, || {
-                    self.exec_in_upper(current, |writer, lower| {
+                    self.exec_in_upper(current, link, |writer, lower| {
                         self.exec_copy(
                             copy,
                             writer,
@@ -618,6 +634,7 @@ impl<'a> Solver<'a> {
                         Ok(())
                     })
                 })
+                .map(chain)
             }
         }
     }
@@ -692,9 +709,13 @@ impl<'a> Solver<'a> {
     fn exec_in_upper(
         &self,
         current: &Built,
+        independent: bool,
         fill: impl FnOnce(&mut Writer, &LayeredTree) -> Result<()>,
     ) -> Result<Layer> {
         let lower = self.layered(&current.layers)?;
+        // An independent (--link) layer resolves its destination against
+        // nothing below it; names for --chown still come from the image.
+        let below: &[PathBuf] = if independent { &[] } else { lower.layers() };
         let tmp = self.store.root().join("estiba").join("tmp");
         let upper = tempfile::Builder::new()
             .prefix("upper-")
@@ -705,7 +726,7 @@ impl<'a> Solver<'a> {
             })?;
         let mut writer = Writer::new(
             upper.path(),
-            lower.layers(),
+            below,
             CopyOptions {
                 mtime: self.time(),
                 ..CopyOptions::default()
