@@ -203,7 +203,7 @@ impl<W: Write> Write for DigestWriter<W> {
 
 enum Encoder<W: Write> {
     None(DigestWriter<W>),
-    Gzip(flate2::write::GzEncoder<DigestWriter<W>>),
+    Gzip(ParallelGzip<DigestWriter<W>>),
     Zstd(zstd::stream::write::Encoder<'static, DigestWriter<W>>),
 }
 
@@ -225,6 +225,107 @@ impl<W: Write> fmt::Debug for CompressWriter<W> {
 
 /// gzip level: zlib's default, what Docker and BuildKit use.
 const GZIP_LEVEL: u32 = 6;
+/// Input per gzip member when compressing in parallel.
+const GZIP_CHUNK: usize = 1 << 20;
+
+/// One gzip member of `data`: no file name, mtime 0, OS "unknown", so the
+/// bytes are the same on every machine.
+fn gzip_member(data: &[u8]) -> io::Result<Vec<u8>> {
+    let mut enc = flate2::GzBuilder::new()
+        .mtime(0)
+        .operating_system(255)
+        .write(
+            Vec::with_capacity(data.len() / 2 + 64),
+            flate2::Compression::new(GZIP_LEVEL),
+        );
+    enc.write_all(data)?;
+    enc.finish()
+}
+
+/// gzip on every core: the input is cut into fixed 1 MiB chunks, each
+/// compressed as its own gzip member, the members written in order. A
+/// multi-member stream is plain gzip (RFC 1952) that `gzip -d`, Go's
+/// `compress/gzip` (docker, containerd) and flate2 read as one stream; the
+/// output depends only on the input, never on the number of threads. An
+/// input smaller than a chunk is one member, as a single-threaded encoder
+/// would write it, so it only pays for layers big enough to gain.
+struct ParallelGzip<W: Write> {
+    out: W,
+    full: Vec<Vec<u8>>,
+    current: Vec<u8>,
+    threads: usize,
+    wrote: bool,
+}
+
+impl<W: Write> ParallelGzip<W> {
+    fn new(out: W) -> Self {
+        ParallelGzip {
+            out,
+            full: Vec::new(),
+            current: Vec::new(),
+            threads: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(8),
+            wrote: false,
+        }
+    }
+
+    /// Compresses the full chunks waiting, in parallel, and writes them in order.
+    fn drain(&mut self) -> io::Result<()> {
+        let chunks = std::mem::take(&mut self.full);
+        let members: Vec<io::Result<Vec<u8>>> = if chunks.len() <= 1 {
+            chunks.iter().map(|c| gzip_member(c)).collect()
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = chunks
+                    .iter()
+                    .map(|c| scope.spawn(move || gzip_member(c)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(io::Error::other("gzip worker panicked")))
+                    })
+                    .collect()
+            })
+        };
+        for member in members {
+            self.out.write_all(&member?)?;
+            self.wrote = true;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<W> {
+        if !self.current.is_empty() || !self.wrote && self.full.is_empty() {
+            let last = std::mem::take(&mut self.current);
+            self.full.push(last);
+        }
+        self.drain()?;
+        Ok(self.out)
+    }
+}
+
+impl<W: Write> Write for ParallelGzip<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = GZIP_CHUNK - self.current.len();
+        let n = buf.len().min(room);
+        self.current.extend_from_slice(&buf[..n]);
+        if self.current.len() == GZIP_CHUNK {
+            let chunk = std::mem::replace(&mut self.current, Vec::with_capacity(GZIP_CHUNK));
+            self.full.push(chunk);
+            if self.full.len() >= self.threads {
+                self.drain()?;
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
 /// zstd level: zstd's default, what containerd and BuildKit use.
 const ZSTD_LEVEL: i32 = 3;
 
@@ -236,12 +337,7 @@ impl<W: Write> CompressWriter<W> {
             Compression::None => Encoder::None(inner),
             // No file name, mtime 0, OS "unknown": the header is the same
             // on every machine.
-            Compression::Gzip => Encoder::Gzip(
-                flate2::GzBuilder::new()
-                    .mtime(0)
-                    .operating_system(255)
-                    .write(inner, flate2::Compression::new(GZIP_LEVEL)),
-            ),
+            Compression::Gzip => Encoder::Gzip(ParallelGzip::new(inner)),
             Compression::Zstd => {
                 let mut enc =
                     zstd::stream::write::Encoder::new(inner, ZSTD_LEVEL).map_err(|source| {
@@ -441,5 +537,63 @@ mod tests {
             .read_to_end(&mut back)
             .expect("read");
         assert_eq!(back, b"abc");
+    }
+}
+
+#[cfg(test)]
+mod parallel_gzip_tests {
+    use super::*;
+    use std::io::Read;
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8 % 7 + b'a')
+            .collect()
+    }
+
+    fn gzip(input: &[u8]) -> (Vec<u8>, Digest) {
+        let mut out = Vec::new();
+        let (digest, size) = compress(input, &mut out, Compression::Gzip).expect("compress");
+        assert_eq!(size, out.len() as u64);
+        (out, digest)
+    }
+
+    #[test]
+    fn multi_member_output_is_gzip_every_reader_reads() {
+        let input = data(5 * GZIP_CHUNK + 12_345);
+        let (out, digest) = gzip(&input);
+        assert_eq!(Digest::of(&out), digest);
+        let mut back = Vec::new();
+        flate2::read::MultiGzDecoder::new(&out[..])
+            .read_to_end(&mut back)
+            .expect("flate2 reads it");
+        assert_eq!(back, input);
+        // The system's gzip reads it too (docker's Go reader is multistream).
+        let mut child = std::process::Command::new("gzip")
+            .arg("-dc")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("gzip is installed");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let feed = std::thread::spawn(move || stdin.write_all(&out));
+        let result = child.wait_with_output().expect("gzip runs");
+        feed.join().expect("feeder").expect("fed");
+        assert!(result.status.success());
+        assert_eq!(result.stdout, input);
+    }
+
+    #[test]
+    fn output_is_deterministic_and_small_inputs_are_one_member() {
+        let input = data(3 * GZIP_CHUNK);
+        assert_eq!(gzip(&input).0, gzip(&input).0);
+        let small = data(1000);
+        assert_eq!(gzip(&small).0, gzip_member(&small).expect("member"));
+        let empty = gzip(&[]).0;
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(&empty[..])
+            .read_to_end(&mut back)
+            .expect("an empty input is a valid empty gzip stream");
+        assert!(back.is_empty());
     }
 }
