@@ -409,6 +409,12 @@ pub(crate) fn write_archive(
         .as_file()
         .sync_all()
         .with_context(|| format!("cannot write {}", dest.display()))?;
+    // A temp file is 0600; an archive is shared like any file docker writes.
+    use std::os::unix::fs::PermissionsExt;
+    tmp_out
+        .as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .with_context(|| format!("cannot write {}", dest.display()))?;
     tmp_out
         .persist(dest)
         .map_err(|e| e.error)
