@@ -716,14 +716,7 @@ impl<'a> Solver<'a> {
         // An independent (--link) layer resolves its destination against
         // nothing below it; names for --chown still come from the image.
         let below: &[PathBuf] = if independent { &[] } else { lower.layers() };
-        let tmp = self.store.root().join("estiba").join("tmp");
-        let upper = tempfile::Builder::new()
-            .prefix("upper-")
-            .tempdir_in(&tmp)
-            .map_err(|source| SolveErrorKind::Io {
-                path: tmp.clone(),
-                source,
-            })?;
+        let upper = self.new_upper()?;
         let mut writer = Writer::new(
             upper.path(),
             below,
@@ -733,6 +726,21 @@ impl<'a> Solver<'a> {
             },
         );
         fill(&mut writer, &lower)?;
+        self.commit_upper(upper)
+    }
+
+    /// A fresh, empty upper directory in the store's temp dir.
+    fn new_upper(&self) -> Result<tempfile::TempDir> {
+        let tmp = self.store.tmp_dir();
+        tempfile::Builder::new()
+            .prefix("upper-")
+            .tempdir_in(&tmp)
+            .map_err(|source| SolveErrorKind::Io { path: tmp, source })
+    }
+
+    /// Turns a filled upper directory (OCI whiteout form) into a stored
+    /// layer, and keeps the directory itself as the layer's snapshot.
+    fn commit_upper(&self, upper: tempfile::TempDir) -> Result<Layer> {
         let mut blob = self.store.blob_writer()?;
         let info = layer::write_layer(
             upper.path(),
@@ -742,16 +750,16 @@ impl<'a> Solver<'a> {
             },
         )?;
         let (digest, size) = blob.commit()?;
-        // The upper dir is exactly the layer: keep it as the snapshot.
         if self.store.snapshot(&info.diff_id).is_none() {
             let builder = self.store.snapshot_builder(&info.diff_id)?;
             let target = builder.path().to_path_buf();
             let _ = std::fs::remove_dir(&target);
-            let upper_path = upper.keep();
-            std::fs::rename(&upper_path, &target).map_err(|source| SolveErrorKind::Io {
+            std::fs::rename(upper.path(), &target).map_err(|source| SolveErrorKind::Io {
                 path: target.clone(),
                 source,
             })?;
+            // Renamed away: nothing left for the TempDir to remove.
+            let _ = upper.keep();
             builder.commit()?;
         }
         Ok(Layer {
