@@ -780,3 +780,64 @@ fn copy_link_layers_stay_cached_when_the_base_changes() {
         "l"
     );
 }
+
+/// Found by the docker conformance harness (cases 052, 068, 110, 168).
+#[test]
+fn docker_details_found_by_conformance() {
+    let e = env(&[
+        (
+            "Dockerfile",
+            "FROM scratch\nCOPY nothing* /made-by-empty-wildcard/\nCOPY dir /dir\nWORKDIR /tmp/\n",
+        ),
+        ("dir/file", "f"),
+    ]);
+    std::os::unix::fs::symlink("file", e.ctx.join("dir/link")).expect("symlink");
+    let times = [nix::sys::time::TimeSpec::new(1_485_449_953, 0); 2];
+    nix::sys::stat::utimensat(
+        None,
+        &e.ctx.join("dir/link"),
+        &times[0],
+        &times[1],
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .expect("utimensat");
+    let out = local_export(&e, &[]);
+    assert_eq!(build(&e, &["-t", "details:1"]).0, 0);
+    assert!(
+        !out.join("made-by-empty-wildcard").exists(),
+        "an empty wildcard changes nothing"
+    );
+    let link = std::fs::symlink_metadata(out.join("dir/link")).expect("link");
+    assert_eq!(
+        link.mtime(),
+        1_485_449_953,
+        "a copied symlink keeps its mtime"
+    );
+    let (json, _) = ok(estiba(&e.root).args(["inspect", "details:1"]));
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(
+        v[0]["Config"]["WorkingDir"], "/tmp/",
+        "an absolute WORKDIR is kept as written"
+    );
+    assert_eq!(v[0]["History"][2]["created_by"], "WORKDIR /tmp/");
+    let e2 = env(&[("Dockerfile", "FROM scratch\nENV A=b\n")]);
+    assert_eq!(build(&e2, &["-t", "wd:1"]).0, 0);
+    let (json, _) = ok(estiba(&e2.root).args(["inspect", "wd:1"]));
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(
+        v[0]["Config"]["WorkingDir"], "/",
+        "FROM scratch starts in /"
+    );
+}
+
+#[test]
+fn workdir_with_a_user_the_image_lacks_is_created_as_root() {
+    let e = env(&[(
+        "Dockerfile",
+        "FROM busybox:test\nUSER daemon\nWORKDIR /srv/app\n",
+    )]);
+    import_busybox(&e);
+    let out = local_export(&e, &[]);
+    let meta = std::fs::metadata(out.join("srv/app")).expect("workdir");
+    assert_eq!((meta.uid(), meta.gid()), (0, 0));
+}

@@ -490,6 +490,11 @@ impl Writer {
         dest: &str,
         excludes: Option<&Matcher>,
     ) -> Result<(), CopyError> {
+        // A wildcard that matched nothing changes nothing, not even the
+        // destination directory (BuildKit returns early).
+        if matches.is_empty() {
+            return Ok(());
+        }
         let dest_dir_hint = dest.ends_with('/');
         let dest_rel = tree::clean(dest);
         if dest_dir_hint {
@@ -738,6 +743,8 @@ impl Writer {
                     nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
                 )
                 .map_err(|err| write_err(&path)(err.into()))?;
+                // A symlink keeps its own mtime, as fsutil copies it.
+                set_mtime(&path, e.meta.mtime)?;
                 return Ok(());
             }
             EntryKind::CharDevice(major, minor) | EntryKind::BlockDevice(major, minor) => {

@@ -487,7 +487,12 @@ impl<'a> Solver<'a> {
                         let owner = if user.is_empty() {
                             (0, 0)
                         } else {
-                            resolve_user(lower, user)?
+                            // BuildKit creates it as root when the user is
+                            // unknown to the image, rather than failing.
+                            match resolve_user(lower, user) {
+                                Err(SolveErrorKind::UnknownUser { .. }) => (0, 0),
+                                other => other?,
+                            }
                         };
                         writer.mkdir_owned(path, owner)?;
                         Ok(())

@@ -462,7 +462,13 @@ impl<'a> Planner<'a> {
                         ..Start::default()
                     },
                 ),
-                Base::Scratch => (Base::Scratch, Start::default()),
+                Base::Scratch => (
+                    Base::Scratch,
+                    Start {
+                        config: found.config,
+                        ..Start::default()
+                    },
+                ),
             };
             let ctx = StepContext {
                 names: &names,
@@ -630,7 +636,15 @@ impl<'a> Planner<'a> {
     ) -> Result<Resolved, PlanError> {
         let span = &raw[i].from.span;
         let (config, digest, texts) = match base {
-            Base::Scratch => (ImageConfig::default(), None, Vec::new()),
+            // BuildKit's empty image has WorkingDir "/".
+            Base::Scratch => (
+                ImageConfig {
+                    working_dir: "/".to_string(),
+                    ..ImageConfig::default()
+                },
+                None,
+                Vec::new(),
+            ),
             Base::Image { reference, .. } => match self.resolver.resolve(reference, platform) {
                 Some(image) => {
                     let mut config = image.config;
@@ -1629,9 +1643,12 @@ pub fn clean_path(path: &str) -> String {
 }
 
 /// WORKDIR: relative paths are relative to the current working directory.
+/// An absolute path is kept exactly as written (`/tmp/` stays `/tmp/`), as
+/// BuildKit's `NormalizeWorkdir` does on Linux; a relative one is joined to
+/// the current directory and cleaned.
 fn normalize_workdir(current: &str, requested: &str) -> String {
     if requested.starts_with('/') {
-        clean_path(requested)
+        requested.to_string()
     } else {
         let current = if current.is_empty() { "/" } else { current };
         clean_path(&format!("{current}/{requested}"))

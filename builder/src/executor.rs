@@ -1,0 +1,646 @@
+//! The RUN executor: runs one build step in an isolated build container made
+//! from Linux primitives, and turns the step's overlay upper dir into an OCI
+//! layer directory.
+//!
+//! [`run`] re-executes the estiba binary as a small init process
+//! (`estiba __estiba-run-init SPEC.json`) in new mount, PID, UTS and IPC
+//! namespaces (and a network namespace for [`Network::None`]). The init is a
+//! fresh single-threaded process, so it can mount and fork safely: it mounts
+//! the overlay (the parent's layers below, the step's upper dir above), and
+//! forks the command, which becomes PID 1 of the new PID namespace, mounts
+//! `/proc`, `/dev`, `/sys` and the generated `/etc` files, `pivot_root`s into
+//! the overlay, takes the image's user, Docker's default capabilities, and
+//! execs. Every mount lives only in the init's private mount namespace, so it
+//! disappears with the init, whatever ends it (success, failure, Ctrl-C: the
+//! init gets `SIGKILL` when estiba dies). When PID 1 exits the kernel kills
+//! what the step left running, so a background process never hangs a build.
+//!
+//! Mount points the image lacked (`/proc`, `/etc/hosts`, …) have to be created
+//! inside the overlay; the init reports each one over a status pipe, and
+//! [`run`] removes them from the upper dir afterwards if they are still the
+//! empty placeholders it made, so they never reach the layer. Setup failures
+//! come back over the same pipe as structured messages and become
+//! [`ExecError`]s.
+
+mod init;
+mod protocol;
+mod stubs;
+mod sys;
+mod user;
+mod whiteout;
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use protocol::{InitSpec, Message};
+
+pub use whiteout::upper_to_layer_dir;
+
+/// The hidden first argument that makes the estiba binary run as the build
+/// container's init ([`init_main`]) instead of the CLI.
+pub const INIT_ARG: &str = "__estiba-run-init";
+
+/// The fd on which the init reports setup progress and failures.
+const STATUS_FD: RawFd = 3;
+
+/// How long [`run`] keeps reading output after the init exited. Normally
+/// the pipes are closed by then (the kernel killed the whole PID namespace);
+/// this only bounds the wait if something outside it still holds them.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
+
+/// The network a step sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Network {
+    /// The host's network namespace (`--network host`, the default for RUN).
+    Host,
+    /// A new network namespace with only `lo`, up (`--network none`).
+    None,
+}
+
+/// Extra mounts of `RUN --mount`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExtraMount {
+    /// A host file or directory bound (recursively) at `target`.
+    Bind {
+        /// The host path.
+        source: PathBuf,
+        /// The absolute path in the container.
+        target: String,
+        /// Mount it read-only.
+        readonly: bool,
+    },
+    /// A fresh tmpfs at `target`.
+    Tmpfs {
+        /// The absolute path in the container.
+        target: String,
+        /// The size limit in bytes (the kernel's default, half the RAM, if
+        /// `None`).
+        size: Option<u64>,
+    },
+}
+
+/// Which pipe a chunk of the step's output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// The command's standard output.
+    Stdout,
+    /// The command's standard error.
+    Stderr,
+}
+
+/// One RUN step, as the solver hands it over. Serialized to JSON for the
+/// init process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// Read-only layer directories, top first (overlay `lowerdir` order);
+    /// empty for `FROM scratch`.
+    pub lower: Vec<PathBuf>,
+    /// An empty directory that receives the step's changes (overlay upper).
+    pub upper: PathBuf,
+    /// An empty directory on the same file system as `upper` (overlay work).
+    pub work: PathBuf,
+    /// The command line, shell already prepended.
+    pub args: Vec<String>,
+    /// The environment, `K=V`. The command gets exactly these, plus `HOME`
+    /// from the user's passwd entry when it is missing (as runc does).
+    pub env: Vec<String>,
+    /// `""` (root), `name`, `uid`, `name:group`, `uid:gid`; names resolve in
+    /// the image's own `/etc/passwd` and `/etc/group`.
+    pub user: String,
+    /// The absolute working directory; created (owned by root) if missing.
+    pub workdir: String,
+    /// The step's network.
+    pub network: Network,
+    /// The container's host name (`buildkitsandbox`, BuildKit's, when empty).
+    pub hostname: String,
+    /// Extra read-only files, container path → content, mode 0755 (heredoc
+    /// scripts such as `/dev/pipes/EOF`).
+    pub files: BTreeMap<String, String>,
+    /// `RUN --mount` mounts, applied parents first.
+    pub mounts: Vec<ExtraMount>,
+}
+
+/// Where [`run_with`] finds the init and puts its scratch files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOptions {
+    /// The estiba binary to re-execute as the init (`/proc/self/exe`; tests
+    /// of the library pass the `estiba` binary here).
+    pub init_exe: PathBuf,
+    /// Where the per-step scratch directory goes (spec, generated `/etc`
+    /// files, the overlay mount point). The system temp dir by default.
+    pub tmp_dir: PathBuf,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            init_exe: PathBuf::from("/proc/self/exe"),
+            tmp_dir: std::env::temp_dir(),
+        }
+    }
+}
+
+/// Why a step could not run. A command that ran and failed is not an error:
+/// [`run`] returns its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The step itself is malformed (empty command, relative mount target).
+    #[error("invalid RUN step: {0}")]
+    InvalidSpec(String),
+    /// A scratch file for the step could not be written.
+    #[error("cannot prepare {}", path.display())]
+    Prepare {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The init process could not be started, or the namespaces not created.
+    #[error("cannot start the build container (new namespaces, then {})", exe.display())]
+    Spawn {
+        /// The binary that was to run as the init.
+        exe: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading the step's output or waiting for it failed.
+    #[error("cannot follow the build container")]
+    Follow(#[source] io::Error),
+    /// A mount failed.
+    #[error("cannot mount {what} on {target}")]
+    Mount {
+        /// What was mounted (`overlay`, `proc`, a host path, …).
+        what: String,
+        /// The mount point, as the container sees it (or the host path of
+        /// the overlay mount point).
+        target: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A mount point could not be created in the container.
+    #[error("cannot create the mount point {target}")]
+    MountPoint {
+        /// The container path.
+        target: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Another step of the container's setup failed.
+    #[error("cannot {what}")]
+    Setup {
+        /// What was being done (`pivot_root into …`, `set the host name`, …).
+        what: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// `USER` names a user the image's `/etc/passwd` lacks.
+    #[error("unable to find user {user}: no matching entries in passwd file")]
+    UserNotFound {
+        /// The user name.
+        user: String,
+    },
+    /// `USER` names a group the image's `/etc/group` lacks.
+    #[error("unable to find group {group}: no matching entries in group file")]
+    GroupNotFound {
+        /// The group name.
+        group: String,
+    },
+    /// The working directory could not be created or entered.
+    #[error("cannot enter the working directory {path}")]
+    Workdir {
+        /// The container path.
+        path: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// `args[0]` is not in `$PATH` (docker: `executable file not found in $PATH`).
+    #[error("command not found: {command}")]
+    CommandNotFound {
+        /// `args[0]`.
+        command: String,
+    },
+    /// `execve` of the command failed.
+    #[error("cannot execute {command}")]
+    Exec {
+        /// The resolved path of the command.
+        command: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The init broke its protocol (an unreadable message).
+    #[error("the build container's init failed: {0}")]
+    Init(String),
+    /// A placeholder mount point could not be removed from the upper dir.
+    #[error("cannot remove the mount point placeholder {} from the layer", path.display())]
+    Cleanup {
+        /// The host path in the upper dir.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// [`upper_to_layer_dir`] could not convert an entry.
+    #[error("cannot convert {} to the OCI layer form", path.display())]
+    Whiteout {
+        /// The host path in the upper dir.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The upper dir holds overlay metadata no OCI layer can express.
+    #[error("cannot convert {}: {what}", path.display())]
+    Unconvertible {
+        /// The host path in the upper dir.
+        path: PathBuf,
+        /// What is there.
+        what: String,
+    },
+}
+
+/// The init's entry point, reached through `estiba __estiba-run-init
+/// SPEC.json`: sets up the build container and runs the step in it. Never
+/// returns; exits with the command's exit code (`128 + signal` if it was
+/// killed, 125 if the container could not be set up).
+pub fn init_main() -> ! {
+    init::main()
+}
+
+/// Runs one step in a build container, streaming its output to `output` as
+/// it arrives, and returns its exit code (`128 + signal` if it was killed).
+/// The step's file changes are left in `spec.upper`, in overlay form (see
+/// [`upper_to_layer_dir`]).
+pub fn run(spec: &RunSpec, output: &mut dyn FnMut(Stream, &[u8])) -> Result<i32, ExecError> {
+    run_with(spec, &RunOptions::default(), output)
+}
+
+/// [`run`] with an explicit init binary and scratch directory.
+pub fn run_with(
+    spec: &RunSpec,
+    options: &RunOptions,
+    output: &mut dyn FnMut(Stream, &[u8]),
+) -> Result<i32, ExecError> {
+    validate(spec)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("estiba-run-")
+        .tempdir_in(&options.tmp_dir)
+        .map_err(|source| ExecError::Prepare {
+            path: options.tmp_dir.clone(),
+            source,
+        })?;
+    let init_spec = prepare(spec, scratch.path())?;
+    let spec_path = scratch.path().join("spec.json");
+    let json = serde_json::to_vec(&init_spec)
+        .map_err(|e| ExecError::InvalidSpec(format!("cannot encode the step: {e}")))?;
+    write_file(&spec_path, &json, 0o600)?;
+
+    let (status_r, status_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ExecError::Spawn {
+            exe: options.init_exe.clone(),
+            source: e.into(),
+        })?;
+    let child = spawn_init(spec, options, &spec_path, &status_w)?;
+    drop(status_w);
+    let mut init = InitGuard(Some(child));
+    let followed = follow(&mut init, status_r, output);
+    let (status, messages) = match followed {
+        Ok(done) => done,
+        Err(e) => return Err(ExecError::Follow(e)),
+    };
+
+    let mut failure = None;
+    let mut tracked = stubs::Tracked::default();
+    for message in messages {
+        match message {
+            Message::Created { path, kind } => tracked.created(path, kind),
+            Message::Stamp { path, stamp } => tracked.stamp(path, stamp),
+            Message::Failed(f) => failure = failure.or(Some(f)),
+        }
+    }
+    let cleaned = tracked.clean(&spec.upper);
+    if let Some(f) = failure {
+        return Err(f.into_error());
+    }
+    cleaned?;
+    Ok(exit_code(status))
+}
+
+fn validate(spec: &RunSpec) -> Result<(), ExecError> {
+    if spec.args.is_empty() {
+        return Err(ExecError::InvalidSpec("no command".to_owned()));
+    }
+    let targets = spec
+        .files
+        .keys()
+        .map(String::as_str)
+        .chain(spec.mounts.iter().map(|m| match m {
+            ExtraMount::Bind { target, .. } | ExtraMount::Tmpfs { target, .. } => target.as_str(),
+        }));
+    for target in targets {
+        if !target.starts_with('/') {
+            return Err(ExecError::InvalidSpec(format!(
+                "mount target {target} is not an absolute path"
+            )));
+        }
+        if Path::new(target).components().count() < 2 {
+            return Err(ExecError::InvalidSpec(format!(
+                "cannot mount over {target}"
+            )));
+        }
+    }
+    if !spec.workdir.is_empty() && !spec.workdir.starts_with('/') {
+        return Err(ExecError::InvalidSpec(format!(
+            "working directory {} is not an absolute path",
+            spec.workdir
+        )));
+    }
+    Ok(())
+}
+
+/// Writes the scratch files of a step (generated `/etc` files, extra files,
+/// the empty lower dir and the mount point) and returns what the init needs.
+fn prepare(spec: &RunSpec, scratch: &Path) -> Result<InitSpec, ExecError> {
+    let rootfs = scratch.join("rootfs");
+    let empty_lower = scratch.join("empty");
+    for dir in [&rootfs, &empty_lower] {
+        std::fs::create_dir(dir).map_err(|source| ExecError::Prepare {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    let hostname = if spec.hostname.is_empty() {
+        "buildkitsandbox"
+    } else {
+        spec.hostname.as_str()
+    };
+    let hosts = format!(
+        "127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    );
+    let resolv = match spec.network {
+        Network::Host => host_resolv_conf(),
+        Network::None => "# --network none: no name servers\n".to_owned(),
+    };
+    let mut etc = Vec::new();
+    for (target, name, content) in [
+        ("/etc/hosts", "hosts", hosts),
+        ("/etc/hostname", "hostname", format!("{hostname}\n")),
+        ("/etc/resolv.conf", "resolv.conf", resolv),
+    ] {
+        let path = scratch.join(name);
+        write_file(&path, content.as_bytes(), 0o644)?;
+        etc.push((target.to_owned(), path));
+    }
+    let mut files = Vec::new();
+    for (i, (target, content)) in spec.files.iter().enumerate() {
+        let path = scratch.join(format!("file-{i}"));
+        write_file(&path, content.as_bytes(), 0o755)?;
+        files.push((target.clone(), path));
+    }
+    Ok(InitSpec {
+        run: spec.clone(),
+        hostname: hostname.to_owned(),
+        rootfs,
+        empty_lower,
+        etc,
+        files,
+    })
+}
+
+/// The host's resolver configuration, for a step on the host network.
+/// BuildKit's fallback when the host has none: Google's public servers.
+fn host_resolv_conf() -> String {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_else(|_| "nameserver 8.8.8.8\nnameserver 8.8.4.4\n".to_owned())
+}
+
+fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<(), ExecError> {
+    let prepare = |source| ExecError::Prepare {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(prepare)?;
+    io::Write::write_all(&mut file, content).map_err(prepare)?;
+    // The umask may have narrowed the mode.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(prepare)
+}
+
+/// Starts the init in its new namespaces, its output piped, its status pipe
+/// on fd 3.
+fn spawn_init(
+    spec: &RunSpec,
+    options: &RunOptions,
+    spec_path: &Path,
+    status_w: &OwnedFd,
+) -> Result<Child, ExecError> {
+    use nix::sched::CloneFlags;
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC;
+    if spec.network == Network::None {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    let status_fd = status_w.as_raw_fd();
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    let mut command = Command::new(&options.init_exe);
+    command
+        .arg(INIT_ARG)
+        .arg(spec_path)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: the closure runs between fork and exec; it only makes
+    // async-signal-safe system calls and allocates nothing (io::Error from
+    // an OS error code does not allocate).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // estiba died before the death signal was armed.
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            if status_fd == STATUS_FD {
+                let fl = libc::fcntl(STATUS_FD, libc::F_GETFD);
+                if fl < 0 || libc::fcntl(STATUS_FD, libc::F_SETFD, fl & !libc::FD_CLOEXEC) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(status_fd, STATUS_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            nix::sched::unshare(flags).map_err(io::Error::from)
+        });
+    }
+    command.spawn().map_err(|source| ExecError::Spawn {
+        exe: options.init_exe.clone(),
+        source,
+    })
+}
+
+/// Kills and reaps the init if [`run`] leaves early (a panicking output
+/// callback), so no step outlives its caller.
+struct InitGuard(Option<Child>);
+
+impl Drop for InitGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Streams the init's stdout and stderr to `output` and collects its status
+/// messages until it has exited and the pipes are drained.
+fn follow(
+    init: &mut InitGuard,
+    status_r: OwnedFd,
+    output: &mut dyn FnMut(Stream, &[u8]),
+) -> io::Result<(ExitStatus, Vec<Message>)> {
+    let Some(child) = init.0.as_mut() else {
+        return Err(io::Error::other("the init was already reaped"));
+    };
+    let pid = child.id();
+    let stdout: OwnedFd = child
+        .stdout
+        .take()
+        .map(OwnedFd::from)
+        .ok_or_else(|| io::Error::other("no stdout pipe"))?;
+    let stderr: OwnedFd = child
+        .stderr
+        .take()
+        .map(OwnedFd::from)
+        .ok_or_else(|| io::Error::other("no stderr pipe"))?;
+    let exit_fd = sys::pidfd_open(pid);
+
+    let mut pipes: [Option<std::fs::File>; 3] = [stdout, stderr, status_r].map(|fd| Some(fd.into()));
+    let mut status_bytes = Vec::new();
+    let mut exited: Option<(ExitStatus, Instant)> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if exited.is_none() {
+            let done = match &exit_fd {
+                // Polled below; only checked when it fires.
+                Some(_) => None,
+                None => child.try_wait()?,
+            };
+            if let Some(status) = done {
+                exited = Some((status, Instant::now()));
+            }
+        }
+        let open = pipes.iter().any(Option::is_some);
+        if let Some((status, at)) = exited {
+            if !open || at.elapsed() >= DRAIN_AFTER_EXIT {
+                let messages = protocol::parse_messages(&status_bytes);
+                init.0 = None;
+                return Ok((status, messages));
+            }
+        } else if !open && exit_fd.is_none() {
+            let status = child.wait()?;
+            exited = Some((status, Instant::now()));
+            continue;
+        }
+
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(4);
+        let mut which = Vec::with_capacity(4);
+        for (i, pipe) in pipes.iter().enumerate() {
+            if let Some(fd) = pipe {
+                fds.push(libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                which.push(Some(i));
+            }
+        }
+        if exited.is_none() {
+            if let Some(fd) = &exit_fd {
+                fds.push(libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                which.push(None);
+            }
+        }
+        let timeout = match (exited, &exit_fd) {
+            (Some((_, at)), _) => {
+                let left = DRAIN_AFTER_EXIT.saturating_sub(at.elapsed());
+                left.as_millis().clamp(1, 1000) as libc::c_int
+            }
+            (None, Some(_)) => -1,
+            (None, None) => 20,
+        };
+        // SAFETY: fds is a valid array of pollfd of the given length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        for (pfd, slot) in fds.iter().zip(&which) {
+            if pfd.revents == 0 {
+                continue;
+            }
+            match slot {
+                None => {
+                    let status = child.wait()?;
+                    exited = Some((status, Instant::now()));
+                }
+                Some(i) => {
+                    let Some(file) = pipes[*i].as_mut() else {
+                        continue;
+                    };
+                    let got = match file.read(&mut buf) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    };
+                    if got == 0 {
+                        pipes[*i] = None;
+                        continue;
+                    }
+                    match i {
+                        0 => output(Stream::Stdout, &buf[..got]),
+                        1 => output(Stream::Stderr, &buf[..got]),
+                        _ => status_bytes.extend_from_slice(&buf[..got]),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn exit_code(status: ExitStatus) -> i32 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => 255,
+    }
+}
