@@ -841,3 +841,46 @@ fn workdir_with_a_user_the_image_lacks_is_created_as_root() {
     let meta = std::fs::metadata(out.join("srv/app")).expect("workdir");
     assert_eq!((meta.uid(), meta.gid()), (0, 0));
 }
+
+#[test]
+fn copy_parents_and_exclude() {
+    let e = env(&[
+        (
+            "Dockerfile",
+            "FROM scratch\n\
+             COPY --parents a/b/*.txt /kept/\n\
+             COPY --parents ./src/./lib/util.rs /rel/\n\
+             COPY --exclude=*.log --exclude=tmp logs/ /logs/\n",
+        ),
+        ("a/b/one.txt", "1"),
+        ("a/b/two.txt", "2"),
+        ("a/b/skip.md", "s"),
+        ("src/lib/util.rs", "u"),
+        ("logs/keep.txt", "k"),
+        ("logs/debug.log", "d"),
+        ("logs/tmp/x", "x"),
+    ]);
+    let out = local_export(&e, &[]);
+    assert!(
+        out.join("kept/a/b/one.txt").is_file(),
+        "--parents keeps the path"
+    );
+    assert!(out.join("kept/a/b/two.txt").is_file());
+    assert!(!out.join("kept/a/b/skip.md").exists());
+    assert!(
+        out.join("rel/lib/util.rs").is_file(),
+        "/./ marks where the kept path starts"
+    );
+    assert!(out.join("logs/keep.txt").is_file());
+    assert!(!out.join("logs/debug.log").exists(), "--exclude=*.log");
+    assert!(!out.join("logs/tmp").exists(), "--exclude=tmp");
+}
+
+#[test]
+fn copy_from_an_image_not_in_the_store_fails_at_its_line() {
+    let e = env(&[("Dockerfile", "FROM scratch\nCOPY --from=nowhere:1 /x /x\n")]);
+    let (code, _, err) = build(&e, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("image nowhere:1 is not in the store"), "{err}");
+    assert!(err.contains("Dockerfile:2"), "{err}");
+}
