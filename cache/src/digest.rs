@@ -27,7 +27,15 @@ impl Digest {
 
     /// The 64 hex digits, without the algorithm.
     pub fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        // One table lookup per nibble: this runs for every file of a
+        // context on every build (cache keys), so no per-byte formatting.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(64);
+        for b in self.0 {
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0xf)] as char);
+        }
+        out
     }
 }
 
