@@ -4,7 +4,7 @@
 // A test that cannot run outside CI says so on stderr rather than silently.
 #![allow(clippy::print_stderr)]
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -883,4 +883,106 @@ fn copy_from_an_image_not_in_the_store_fails_at_its_line() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("image nowhere:1 is not in the store"), "{err}");
     assert!(err.contains("Dockerfile:2"), "{err}");
+}
+
+/// A layer tar of `(path, content)` regular files (content `None`: a dir).
+fn layer_tar(entries: &[(&str, Option<&str>)]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, content) in entries {
+        let mut h = tar::Header::new_ustar();
+        match content {
+            Some(text) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(text.len() as u64);
+                h.set_mode(0o644);
+                h.set_cksum();
+                tar.append_data(&mut h, path, text.as_bytes())
+                    .expect("file");
+            }
+            None => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                h.set_mode(0o755);
+                h.set_cksum();
+                tar.append_data(&mut h, path, &[][..]).expect("dir");
+            }
+        }
+    }
+    tar.into_inner().expect("tar")
+}
+
+#[test]
+fn whiteouts_in_a_base_image_hide_files_from_copy_from() {
+    let e = env(&[(
+        "Dockerfile",
+        "FROM scratch\nCOPY --from=twolayer:1 /etc /copied\n",
+    )]);
+    // Layer 1 has etc/a, etc/b and etc/sub/x; layer 2 deletes etc/b and
+    // makes etc/sub opaque with a new file.
+    let l1 = layer_tar(&[
+        ("etc/", None),
+        ("etc/a", Some("a")),
+        ("etc/b", Some("b")),
+        ("etc/sub/", None),
+        ("etc/sub/x", Some("x")),
+    ]);
+    let l2 = layer_tar(&[
+        ("etc/", None),
+        ("etc/.wh.b", Some("")),
+        ("etc/sub/", None),
+        ("etc/sub/.wh..wh..opq", Some("")),
+        ("etc/sub/y", Some("y")),
+    ]);
+    let d1 = estiba_cache::Digest::of(&l1);
+    let d2 = estiba_cache::Digest::of(&l2);
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [d1.to_string(), d2.to_string()]},
+    });
+    let config = serde_json::to_vec(&config).expect("json");
+    let dir = e.ctx.parent().expect("tmp").join("archive");
+    std::fs::create_dir_all(dir.join("l1")).expect("mkdir");
+    std::fs::create_dir_all(dir.join("l2")).expect("mkdir");
+    std::fs::write(dir.join("l1/layer.tar"), &l1).expect("l1");
+    std::fs::write(dir.join("l2/layer.tar"), &l2).expect("l2");
+    let config_name = format!("{}.json", estiba_cache::Digest::of(&config).hex());
+    std::fs::write(dir.join(&config_name), &config).expect("config");
+    let manifest = serde_json::json!([{
+        "Config": config_name, "RepoTags": ["twolayer:1"], "Layers": ["l1/layer.tar", "l2/layer.tar"],
+    }]);
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec(&manifest).expect("json"),
+    )
+    .expect("manifest");
+    let archive = e.ctx.parent().expect("tmp").join("twolayer.tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&dir)
+        .arg("-cf")
+        .arg(&archive)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(status.success());
+    ok(estiba(&e.root).arg("load").arg("-i").arg(&archive));
+    let out = local_export(&e, &[]);
+    assert!(out.join("copied/a").is_file());
+    assert!(
+        !out.join("copied/b").exists(),
+        "deleted by a whiteout in the upper layer"
+    );
+    assert!(out.join("copied/sub/y").is_file());
+    assert!(
+        !out.join("copied/sub/x").exists(),
+        "hidden by the opaque directory"
+    );
+    // The snapshot of layer 2 is in overlay form (a 0/0 device for etc/b).
+    let snapshots = e.root.join("estiba/snapshots-v1");
+    let found = walkdir::WalkDir::new(&snapshots)
+        .into_iter()
+        .filter_map(Result::ok)
+        .any(|entry| entry.file_name() == "b" && entry.file_type().is_char_device());
+    assert!(found, "overlayfs reads whiteouts as 0/0 character devices");
 }

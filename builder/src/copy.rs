@@ -816,6 +816,11 @@ fn set_mtime(path: &Path, mtime: i64) -> Result<(), CopyError> {
     .map_err(|err| write_err(path)(err.into()))
 }
 
+/// Sets an xattr on a path without following a final symlink.
+pub fn set_xattr_public(path: &Path, name: &str, value: &[u8]) -> Result<(), CopyError> {
+    set_xattr(path, name, value)
+}
+
 fn set_xattr(path: &Path, name: &str, value: &[u8]) -> Result<(), CopyError> {
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| write_err(path)(std::io::Error::other("path has a NUL byte")))?;

@@ -18,6 +18,72 @@ pub const WHITEOUT_PREFIX: &str = ".wh.";
 /// Name of the opaque-directory marker.
 pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
+/// Whether `m` is an overlayfs whiteout: a character device 0/0.
+fn is_overlay_whiteout(m: &fs::Metadata) -> bool {
+    m.file_type().is_char_device() && m.rdev() == 0
+}
+
+/// Whether `dir` is an overlayfs opaque directory (`trusted.overlay.opaque=y`).
+fn is_overlay_opaque(dir: &Path) -> bool {
+    read_xattrs_raw(dir, "trusted.overlay.opaque").is_some_and(|v| v == b"y")
+}
+
+fn read_xattrs_raw(path: &Path, name: &str) -> Option<Vec<u8>> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let c_name = CString::new(name).ok()?;
+    let mut value = [0u8; 8];
+    // SAFETY: NUL-terminated strings; the buffer is valid for its length.
+    let n = unsafe {
+        libc::lgetxattr(
+            c_path.as_ptr(),
+            c_name.as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    (n >= 0).then(|| value[..n as usize].to_vec())
+}
+
+/// Converts a snapshot from OCI whiteout form (`.wh.<name>` files,
+/// `.wh..wh..opq` markers) into the form overlayfs reads as a lower dir
+/// (a 0/0 character device named `<name>`, `trusted.overlay.opaque=y`), in
+/// place. Snapshots are kept in this form so they mount as they are.
+pub fn oci_to_overlay(root: &Path) -> Result<usize, TreeError> {
+    let mut converted = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = fs::read_dir(&dir).map_err(|e| io_err(&dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| io_err(&dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            let ft = entry.file_type().map_err(|e| io_err(&path, e))?;
+            if name == OPAQUE_MARKER {
+                fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
+                crate::copy::set_xattr_public(&dir, "trusted.overlay.opaque", b"y")
+                    .map_err(|e| TreeError::Other(e.to_string()))?;
+                converted += 1;
+            } else if let Some(gone) = name.strip_prefix(WHITEOUT_PREFIX) {
+                fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
+                let target = dir.join(gone);
+                nix::sys::stat::mknod(
+                    &target,
+                    nix::sys::stat::SFlag::S_IFCHR,
+                    nix::sys::stat::Mode::empty(),
+                    0,
+                )
+                .map_err(|e| io_err(&target, e.into()))?;
+                converted += 1;
+            } else if ft.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    Ok(converted)
+}
+
 /// A stack of layer directories, top first.
 #[derive(Debug, Clone)]
 pub struct LayeredTree {
@@ -111,11 +177,16 @@ impl LayeredTree {
                 let Some(m) = lstat(&here)? else {
                     // Not in this layer; lower layers may have it, unless this
                     // layer's directory so far is opaque.
-                    if i > 0 && lstat(&dir.join(OPAQUE_MARKER))?.is_some() {
+                    if i > 0
+                        && (lstat(&dir.join(OPAQUE_MARKER))?.is_some() || is_overlay_opaque(&dir))
+                    {
                         return Ok(None);
                     }
                     continue 'layers;
                 };
+                if is_overlay_whiteout(&m) {
+                    return Ok(None);
+                }
                 if i + 1 == parts.len() {
                     return Ok(Some((here, m)));
                 }
@@ -153,7 +224,10 @@ impl SourceTree for LayeredTree {
                     Some(m) if m.is_dir() => dir = here,
                     Some(_) => break 'layers,
                     None => {
-                        if i > 0 && lstat(&dir.join(OPAQUE_MARKER))?.is_some() {
+                        if i > 0
+                            && (lstat(&dir.join(OPAQUE_MARKER))?.is_some()
+                                || is_overlay_opaque(&dir))
+                        {
                             break 'layers;
                         }
                         continue 'layers;
@@ -165,7 +239,7 @@ impl SourceTree for LayeredTree {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(io_err(&dir, e)),
             };
-            let mut opaque = false;
+            let mut opaque = is_overlay_opaque(&dir);
             for entry in entries {
                 let entry = entry.map_err(|e| io_err(&dir, e))?;
                 let name = entry.file_name().to_string_lossy().into_owned();
@@ -173,6 +247,12 @@ impl SourceTree for LayeredTree {
                     opaque = true;
                 } else if let Some(gone) = name.strip_prefix(WHITEOUT_PREFIX) {
                     hidden.insert(gone.to_string());
+                } else if entry
+                    .metadata()
+                    .map(|m| is_overlay_whiteout(&m))
+                    .unwrap_or(false)
+                {
+                    hidden.insert(name);
                 } else if !hidden.contains(&name) {
                     names.insert(name);
                 }
@@ -272,6 +352,28 @@ mod tests {
         let p = root.join(rel);
         fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
         fs::write(p, text).expect("write");
+    }
+
+    #[test]
+    fn overlay_form_whiteouts_hide_like_oci_ones() {
+        let lower = tempfile::tempdir().expect("tmp");
+        let upper = tempfile::tempdir().expect("tmp");
+        write(lower.path(), "etc/passwd", "root");
+        write(lower.path(), "etc/group", "root");
+        write(lower.path(), "opt/a/x", "x");
+        write(upper.path(), "etc/.wh.group", "");
+        write(upper.path(), "opt/a/.wh..wh..opq", "");
+        write(upper.path(), "opt/a/z", "z");
+        assert_eq!(oci_to_overlay(upper.path()).expect("convert"), 2);
+        let group = std::fs::symlink_metadata(upper.path().join("etc/group")).expect("device");
+        assert!(is_overlay_whiteout(&group));
+        assert!(!upper.path().join("etc/.wh.group").exists());
+        assert!(is_overlay_opaque(&upper.path().join("opt/a")));
+        let tree = LayeredTree::new(vec![upper.path().to_path_buf(), lower.path().to_path_buf()]);
+        assert!(tree.stat("etc/group").expect("ok").is_none());
+        assert_eq!(tree.children("etc").expect("ok"), ["passwd"]);
+        assert!(tree.stat("opt/a/x").expect("ok").is_none());
+        assert_eq!(tree.children("opt/a").expect("ok"), ["z"]);
     }
 
     #[test]

@@ -706,6 +706,7 @@ impl<'a> Solver<'a> {
                 ..layer::UnpackOptions::default()
             },
         )?;
+        overlay_form(builder.path())?;
         Ok(builder.commit()?)
     }
 
@@ -756,6 +757,7 @@ impl<'a> Solver<'a> {
         )?;
         let (digest, size) = blob.commit()?;
         if self.store.snapshot(&info.diff_id).is_none() {
+            overlay_form(upper.path())?;
             let builder = self.store.snapshot_builder(&info.diff_id)?;
             let target = builder.path().to_path_buf();
             let _ = std::fs::remove_dir(&target);
@@ -893,6 +895,17 @@ fn is_archive(reader: Box<dyn std::io::Read + '_>) -> bool {
         })
         .sum();
     stored == Some(sum)
+}
+
+/// Snapshots are kept with whiteouts in the form overlayfs reads, so a RUN
+/// step mounts them as lower dirs as they are. Making 0/0 devices and
+/// `trusted.*` xattrs needs root; without it (no RUN is possible then) the
+/// OCI form stays, which [`LayeredTree`] reads as well.
+fn overlay_form(dir: &Path) -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        crate::rootfs::oci_to_overlay(dir)?;
+    }
+    Ok(())
 }
 
 /// `--chown` of a step, resolved against the image.
