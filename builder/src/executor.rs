@@ -296,9 +296,10 @@ pub fn run_with(
     output: &mut dyn FnMut(Stream, &[u8]),
 ) -> Result<i32, ExecError> {
     validate(spec)?;
+    let spec = &absolute_paths(spec)?;
     let scratch = tempfile::Builder::new()
         .prefix("estiba-run-")
-        .tempdir_in(&options.tmp_dir)
+        .tempdir_in(absolute(&options.tmp_dir)?)
         .map_err(|source| ExecError::Prepare {
             path: options.tmp_dir.clone(),
             source,
@@ -332,7 +333,13 @@ pub fn run_with(
             Message::Failed(f) => failure = failure.or(Some(f)),
         }
     }
-    let cleaned = tracked.clean(&spec.upper);
+    // An init killed by a signal may not have outlived the command, whose
+    // mount namespace could then still hold the overlay for a moment: leave
+    // that upper dir alone (the step failed anyway).
+    let cleaned = match status.signal() {
+        None => tracked.clean(&spec.upper),
+        Some(_) => Ok(()),
+    };
     if let Some(f) = failure {
         return Err(f.into_error());
     }
@@ -372,6 +379,29 @@ fn validate(spec: &RunSpec) -> Result<(), ExecError> {
     Ok(())
 }
 
+fn absolute(path: &Path) -> Result<PathBuf, ExecError> {
+    std::path::absolute(path).map_err(|source| ExecError::Prepare {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The step with every host path absolute: the init changes directories.
+fn absolute_paths(spec: &RunSpec) -> Result<RunSpec, ExecError> {
+    let mut spec = spec.clone();
+    for dir in spec.lower.iter_mut() {
+        *dir = absolute(dir)?;
+    }
+    spec.upper = absolute(&spec.upper)?;
+    spec.work = absolute(&spec.work)?;
+    for extra in spec.mounts.iter_mut() {
+        if let ExtraMount::Bind { source, .. } = extra {
+            *source = absolute(source)?;
+        }
+    }
+    Ok(spec)
+}
+
 /// Writes the scratch files of a step (generated `/etc` files, extra files,
 /// the empty lower dir and the mount point) and returns what the init needs.
 fn prepare(spec: &RunSpec, scratch: &Path) -> Result<InitSpec, ExecError> {
@@ -388,9 +418,8 @@ fn prepare(spec: &RunSpec, scratch: &Path) -> Result<InitSpec, ExecError> {
     } else {
         spec.hostname.as_str()
     };
-    let hosts = format!(
-        "127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-    );
+    let hosts =
+        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     let resolv = match spec.network {
         Network::Host => host_resolv_conf(),
         Network::None => "# --network none: no name servers\n".to_owned(),
@@ -537,7 +566,8 @@ fn follow(
         .ok_or_else(|| io::Error::other("no stderr pipe"))?;
     let exit_fd = sys::pidfd_open(pid);
 
-    let mut pipes: [Option<std::fs::File>; 3] = [stdout, stderr, status_r].map(|fd| Some(fd.into()));
+    let mut pipes: [Option<std::fs::File>; 3] =
+        [stdout, stderr, status_r].map(|fd| Some(fd.into()));
     let mut status_bytes = Vec::new();
     let mut exited: Option<(ExitStatus, Instant)> = None;
     let mut buf = vec![0u8; 64 * 1024];

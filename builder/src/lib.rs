@@ -7,6 +7,7 @@ pub mod cachekey;
 pub mod compress;
 pub mod context;
 pub mod copy;
+pub mod executor;
 pub mod fetch;
 pub mod image;
 pub mod layer;

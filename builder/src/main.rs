@@ -4,5 +4,10 @@
 mod cli;
 
 fn main() {
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(estiba::executor::INIT_ARG))
+    {
+        estiba::executor::init_main()
+    }
     std::process::exit(cli::main());
 }

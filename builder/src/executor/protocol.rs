@@ -63,6 +63,8 @@ pub(super) enum Message {
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum Failure {
     Spec(String),
+    /// A status line [`super::run`] could not read.
+    Protocol(String),
     Mount {
         what: String,
         target: String,
@@ -102,6 +104,7 @@ impl Failure {
         let os = io::Error::from_raw_os_error;
         match self {
             Failure::Spec(detail) => ExecError::InvalidSpec(detail),
+            Failure::Protocol(detail) => ExecError::Init(detail),
             Failure::Mount {
                 what,
                 target,
@@ -147,8 +150,8 @@ pub(super) fn parse_messages(bytes: &[u8]) -> Vec<Message> {
         .filter(|line| !line.is_empty())
         .map(|line| {
             serde_json::from_slice(line).unwrap_or_else(|e| {
-                Message::Failed(Failure::Spec(format!(
-                    "unreadable status from the init ({e}): {}",
+                Message::Failed(Failure::Protocol(format!(
+                    "unreadable status line ({e}): {}",
                     String::from_utf8_lossy(line)
                 )))
             })

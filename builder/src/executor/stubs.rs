@@ -281,7 +281,11 @@ impl Tracked {
             (StubKind::CopiedUp, None) => return false,
             _ => {}
         }
-        if matches!(sys::xattr(&path, b"trusted.overlay.opaque"), Ok(Some(_))) {
+        // A directory the init created may be opaque (it replaced a deleted
+        // one); without it the deletion shows again, as before the step.
+        if kind == StubKind::CopiedUp
+            && !matches!(sys::xattr(&path, b"trusted.overlay.opaque"), Ok(None))
+        {
             return false;
         }
         let Ok(entries) = fs::read_dir(&path) else {

@@ -156,6 +156,35 @@ pub(super) fn reset_signals() {
     }
 }
 
+/// Marks every descriptor from 3 up close-on-exec, so the command inherits
+/// only its standard streams (estiba itself may have inherited others, such
+/// as a make jobserver's pipes).
+pub(super) fn close_on_exec_from_3() -> io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range with integer arguments (Linux 5.11+).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if ret == 0 {
+        return Ok(());
+    }
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl on a descriptor number; a closed one (the directory
+        // listing's own) only yields EBADF.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
+}
+
 /// `struct ifreq` with the flags member of its union.
 #[repr(C)]
 struct IfReqFlags {
@@ -178,9 +207,17 @@ pub(super) fn bring_up_loopback() -> io::Result<()> {
     req.name[1] = b'o' as libc::c_char;
     // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write an ifreq.
     unsafe {
-        check(libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req))?;
+        check(libc::ioctl(
+            socket.as_raw_fd(),
+            libc::SIOCGIFFLAGS as _,
+            &mut req,
+        ))?;
         req.flags |= libc::IFF_UP as libc::c_short;
-        check(libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req))?;
+        check(libc::ioctl(
+            socket.as_raw_fd(),
+            libc::SIOCSIFFLAGS as _,
+            &req,
+        ))?;
     }
     Ok(())
 }

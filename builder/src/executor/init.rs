@@ -1,0 +1,686 @@
+//! The build container's init: a fresh, single-threaded `estiba` process in
+//! the namespaces [`super::run`] created. It mounts the overlay, then forks
+//! the command: PID 1 of the new PID namespace, which mounts `/proc`, `/dev`,
+//! `/sys` and the rest inside the overlay, pivots into it, becomes the
+//! image's user and execs. The init waits and exits with the command's
+//! status; its mount namespace, and every mount in it, dies with it.
+
+use std::convert::Infallible;
+use std::ffi::{CString, OsString};
+use std::fs;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{ForkResult, Gid, Pid, Uid};
+
+use super::protocol::{errno, Failure, InitSpec, Message, Reporter};
+use super::stubs::Stubs;
+use super::{sys, user, ExtraMount, Network};
+
+/// The init's exit code when the container could not be set up (as
+/// `docker run`'s); the reason travels over the status pipe.
+const SETUP_FAILED: i32 = 125;
+
+/// Looked up when the step's environment has no `PATH` (runc's default).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Host device nodes bound into the container's `/dev`.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Hidden from the step, as Docker's default spec does.
+const MASKED_PATHS: [&str; 11] = [
+    "proc/asound",
+    "proc/acpi",
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+    "proc/scsi",
+    "sys/firmware",
+    "sys/devices/virtual/powercap",
+];
+
+/// Read-only for the step, as Docker's default spec has them.
+const READONLY_PATHS: [&str; 5] = [
+    "proc/bus",
+    "proc/fs",
+    "proc/irq",
+    "proc/sys",
+    "proc/sysrq-trigger",
+];
+
+pub(super) fn main() -> ! {
+    let mut report = Reporter::from_status_fd();
+    let code = match init(&mut report) {
+        Ok(code) => code,
+        Err(failure) => {
+            report.send(&Message::Failed(failure));
+            SETUP_FAILED
+        }
+    };
+    std::process::exit(code)
+}
+
+fn init(report: &mut Reporter) -> Result<i32, Failure> {
+    let spec_path = std::env::args_os()
+        .nth(2)
+        .ok_or_else(|| Failure::Spec("the init needs the path of its spec".to_owned()))?;
+    let bytes = fs::read(&spec_path).map_err(|e| {
+        let what = format!("read {}", Path::new(&spec_path).display());
+        Failure::setup(what, e)
+    })?;
+    let spec: InitSpec = serde_json::from_slice(&bytes)
+        .map_err(|e| Failure::Spec(format!("unreadable spec for the init: {e}")))?;
+
+    // Nothing mounted from here on may reach the host's namespace.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| Failure::setup("make the mounts of the build container private", e))?;
+    mount_overlay(&spec)?;
+
+    let (alive_r, alive_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Failure::setup("create a pipe", e))?;
+    // SAFETY: this process is single-threaded: a fresh exec whose main
+    // dispatched here before anything could start a thread.
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => {
+            drop(alive_w);
+            let failure = match container(&spec, report, alive_r) {
+                Ok(never) => match never {},
+                Err(failure) => failure,
+            };
+            report.send(&Message::Failed(failure));
+            // SAFETY: leaving the forked child without running the parent's
+            // exit handlers.
+            unsafe { libc::_exit(SETUP_FAILED) }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(alive_r);
+            report.close();
+            let code = wait_for(child);
+            drop(alive_w);
+            Ok(code)
+        }
+        Err(e) => Err(Failure::setup("fork the build container's PID 1", e)),
+    }
+}
+
+/// Waits for the command; its exit code, or 128 + the signal that killed it.
+fn wait_for(child: Pid) -> i32 {
+    loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, signal, _)) => return 128 + signal as i32,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return SETUP_FAILED,
+        }
+    }
+}
+
+/// `lowerdir=…,upperdir=…,workdir=…` with `\`, `,` and `:` escaped.
+fn overlay_options(lower: &[PathBuf], upper: &Path, work: &Path) -> Vec<u8> {
+    fn escaped(out: &mut Vec<u8>, path: &Path) {
+        for &b in path.as_os_str().as_bytes() {
+            if matches!(b, b'\\' | b',' | b':') {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+    }
+    let mut out = b"lowerdir=".to_vec();
+    for (i, dir) in lower.iter().enumerate() {
+        if i > 0 {
+            out.push(b':');
+        }
+        escaped(&mut out, dir);
+    }
+    out.extend_from_slice(b",upperdir=");
+    escaped(&mut out, upper);
+    out.extend_from_slice(b",workdir=");
+    escaped(&mut out, work);
+    out
+}
+
+/// The longest path all of `paths` are under.
+fn common_ancestor(paths: &[&Path]) -> PathBuf {
+    let mut common: Option<PathBuf> = None;
+    for path in paths {
+        common = Some(match common {
+            None => path.to_path_buf(),
+            Some(c) => c
+                .components()
+                .zip(path.components())
+                .take_while(|(a, b)| a == b)
+                .map(|(a, _)| a)
+                .collect(),
+        });
+    }
+    common.unwrap_or_else(|| PathBuf::from("/"))
+}
+
+fn mount_overlay(spec: &InitSpec) -> Result<(), Failure> {
+    let run = &spec.run;
+    let mut lower: Vec<PathBuf> = if run.lower.is_empty() {
+        vec![spec.empty_lower.clone()]
+    } else {
+        run.lower.clone()
+    };
+    let (mut upper, mut work) = (run.upper.clone(), run.work.clone());
+    // Mount options must fit in a page: with many layers, name them
+    // relative to their common ancestor, as containerd does.
+    let mut relative_to = None;
+    if overlay_options(&lower, &upper, &work).len() > 3500 {
+        let all: Vec<&Path> = lower
+            .iter()
+            .map(PathBuf::as_path)
+            .chain([upper.as_path(), work.as_path()])
+            .collect();
+        let base = common_ancestor(&all);
+        let strip = |p: &Path| -> PathBuf {
+            p.strip_prefix(&base)
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|_| p.to_path_buf())
+        };
+        lower = lower.iter().map(|p| strip(p)).collect();
+        upper = strip(&upper);
+        work = strip(&work);
+        nix::unistd::chdir(&base).map_err(|e| {
+            Failure::setup(format!("enter the layer directory {}", base.display()), e)
+        })?;
+        relative_to = Some(base);
+    }
+    let options = overlay_options(&lower, &upper, &work);
+    // No redirects or metacopy: the upper dir must stay a self-contained
+    // diff that `upper_to_layer_dir` can turn into a layer. A rename of an
+    // image directory then copies it, as with Docker's overlay2.
+    let mut strict = options.clone();
+    strict.extend_from_slice(b",redirect_dir=off,index=off,metacopy=off");
+    let target = &spec.rootfs;
+    let attempt = |data: &[u8]| {
+        mount(
+            Some("overlay"),
+            target,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(Path::new(&OsString::from_vec(data.to_vec()))),
+        )
+    };
+    let mounted = match attempt(&strict) {
+        Err(nix::errno::Errno::EINVAL) => attempt(&options),
+        other => other,
+    };
+    if relative_to.is_some() {
+        let _ = nix::unistd::chdir("/");
+    }
+    mounted.map_err(|e| Failure::Mount {
+        what: "overlay".to_owned(),
+        target: target.display().to_string(),
+        errno: e as i32,
+    })
+}
+
+/// A mount, its failure naming what and where (`target` as the container
+/// sees it).
+fn mnt(
+    source: Option<&Path>,
+    host: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+    target: &str,
+) -> Result<(), Failure> {
+    mount(source, host, fstype, flags, data).map_err(|e| Failure::Mount {
+        what: fstype
+            .map(str::to_owned)
+            .or_else(|| source.map(|s| s.display().to_string()))
+            .unwrap_or_default(),
+        target: target.to_owned(),
+        errno: e as i32,
+    })
+}
+
+/// Makes a bind mount read-only, with `flags` (bind mounts ignore flags
+/// other than MS_BIND at first; a remount applies them).
+fn remount_ro(host: &Path, flags: MsFlags, target: &str) -> Result<(), Failure> {
+    mount(
+        None::<&str>,
+        host,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags,
+        None::<&str>,
+    )
+    .map_err(|e| Failure::Mount {
+        what: "a read-only remount".to_owned(),
+        target: target.to_owned(),
+        errno: e as i32,
+    })
+}
+
+fn bind_ro(source: &Path, host: &Path, flags: MsFlags, target: &str) -> Result<(), Failure> {
+    mnt(Some(source), host, None, MsFlags::MS_BIND, None, target)?;
+    remount_ro(host, flags, target)
+}
+
+/// PID 1 of the container: everything from mounting `/proc` to `execve`.
+/// Returns only on failure.
+fn container(
+    spec: &InitSpec,
+    report: &mut Reporter,
+    alive: OwnedFd,
+) -> Result<Infallible, Failure> {
+    sys::kill_me_with_parent().map_err(|e| Failure::setup("arm the parent-death signal", e))?;
+    if sys::hung_up(&alive) {
+        // The init died before the death signal was armed.
+        // SAFETY: leaving the forked child at once.
+        unsafe { libc::_exit(128 + libc::SIGKILL) }
+    }
+    drop(alive);
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(0o022) };
+    let run = &spec.run;
+    let rootfs = spec.rootfs.as_path();
+    {
+        let mut stubs = Stubs::new(rootfs, &run.upper, report);
+        mount_proc(&mut stubs)?;
+        mount_dev(&mut stubs)?;
+        mount_sys(&mut stubs)?;
+        hide_kernel_paths(rootfs)?;
+        let etc_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        for (target, source) in &spec.etc {
+            let host = stubs.ensure(target, false)?;
+            bind_ro(source, &host, etc_flags, target)?;
+        }
+        let mut mounts: Vec<&ExtraMount> = run.mounts.iter().collect();
+        mounts.sort_by_key(|m| depth(mount_target(m)));
+        for extra in mounts {
+            mount_extra(&mut stubs, extra)?;
+        }
+        for (target, source) in &spec.files {
+            let host = stubs.ensure(target, false)?;
+            bind_ro(
+                source,
+                &host,
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                target,
+            )?;
+        }
+        stubs.send_stamps();
+    }
+
+    nix::unistd::sethostname(&spec.hostname)
+        .map_err(|e| Failure::setup(format!("set the host name {}", spec.hostname), e))?;
+    enter_root(rootfs)?;
+    if run.network == Network::None {
+        sys::bring_up_loopback().map_err(|e| Failure::setup("bring up lo", e))?;
+    }
+
+    let passwd = fs::read_to_string("/etc/passwd").ok();
+    let group = fs::read_to_string("/etc/group").ok();
+    let user = user::resolve(&run.user, passwd.as_deref(), group.as_deref())?;
+    let workdir = if run.workdir.is_empty() {
+        "/"
+    } else {
+        run.workdir.as_str()
+    };
+    let workdir_failure = |e: io::Error| Failure::Workdir {
+        path: workdir.to_owned(),
+        errno: errno(&e),
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(workdir)
+        .map_err(workdir_failure)?;
+    std::env::set_current_dir(workdir).map_err(workdir_failure)?;
+
+    let mut env = run.env.clone();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", user.home));
+    }
+    let command = run
+        .args
+        .first()
+        .ok_or_else(|| Failure::Spec("no command".to_owned()))?;
+    let program = find_program(command, &env)?;
+    let c_program = c_string(program.as_os_str().as_bytes(), "the command")?;
+    let c_args = run
+        .args
+        .iter()
+        .map(|a| c_string(a.as_bytes(), "an argument"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let c_env = env
+        .iter()
+        .map(|e| c_string(e.as_bytes(), "an environment variable"))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let caps = sys::default_capability_mask();
+    sys::drop_bounding_set(caps).map_err(|e| Failure::setup("drop capabilities", e))?;
+    let gids: Vec<Gid> = user.groups.iter().map(|&g| Gid::from_raw(g)).collect();
+    let ids = format!("{}:{}", user.uid, user.gid);
+    nix::unistd::setgroups(&gids)
+        .map_err(|e| Failure::setup(format!("set the groups of {ids}"), e))?;
+    nix::unistd::setgid(Gid::from_raw(user.gid))
+        .map_err(|e| Failure::setup(format!("become {ids}"), e))?;
+    nix::unistd::setuid(Uid::from_raw(user.uid))
+        .map_err(|e| Failure::setup(format!("become {ids}"), e))?;
+    // Root keeps Docker's set; another user ends up with none (setuid
+    // already cleared them), as in Docker.
+    let keep = if user.uid == 0 { caps } else { 0 };
+    sys::set_capabilities(keep).map_err(|e| Failure::setup("set capabilities", e))?;
+    sys::kill_me_with_parent().map_err(|e| Failure::setup("arm the parent-death signal", e))?;
+    report
+        .close_on_exec()
+        .and_then(|()| sys::close_on_exec_from_3())
+        .map_err(|e| Failure::setup("close inherited file descriptors", e))?;
+    sys::reset_signals();
+    let e = match nix::unistd::execve(&c_program, &c_args, &c_env) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    Err(Failure::Exec {
+        command: program.display().to_string(),
+        errno: e as i32,
+    })
+}
+
+fn c_string(bytes: &[u8], what: &str) -> Result<CString, Failure> {
+    CString::new(bytes).map_err(|_| {
+        Failure::Spec(format!(
+            "{what} contains a NUL byte: {}",
+            String::from_utf8_lossy(bytes)
+        ))
+    })
+}
+
+fn depth(target: &str) -> usize {
+    Path::new(target).components().count()
+}
+
+fn mount_target(m: &ExtraMount) -> &str {
+    match m {
+        ExtraMount::Bind { target, .. } | ExtraMount::Tmpfs { target, .. } => target,
+    }
+}
+
+fn mount_proc(stubs: &mut Stubs<'_>) -> Result<(), Failure> {
+    let host = stubs.ensure("/proc", true)?;
+    mnt(
+        Some(Path::new("proc")),
+        &host,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV,
+        None,
+        "/proc",
+    )
+}
+
+fn mount_dev(stubs: &mut Stubs<'_>) -> Result<(), Failure> {
+    let dev = stubs.ensure("/dev", true)?;
+    let tmpfs = Some(Path::new("tmpfs"));
+    mnt(
+        tmpfs,
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+        "/dev",
+    )?;
+    let point = |target: &str, e: io::Error| Failure::MountPoint {
+        target: target.to_owned(),
+        errno: errno(&e),
+    };
+    for name in DEVICES {
+        let target = format!("/dev/{name}");
+        if fs::symlink_metadata(&target).is_err() {
+            continue; // the host has no such node (a minimal CI container)
+        }
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o666)
+            .open(dev.join(name))
+            .map_err(|e| point(&target, e))?;
+        mnt(
+            Some(Path::new(&target)),
+            &dev.join(name),
+            None,
+            MsFlags::MS_BIND,
+            None,
+            &target,
+        )?;
+    }
+    let mkdir = |name: &str, mode: u32| -> Result<PathBuf, Failure> {
+        let path = dev.join(name);
+        fs::create_dir(&path).map_err(|e| point(&format!("/dev/{name}"), e))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+            .map_err(|e| point(&format!("/dev/{name}"), e))?;
+        Ok(path)
+    };
+    let pts = mkdir("pts", 0o755)?;
+    mnt(
+        Some(Path::new("devpts")),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        "/dev/pts",
+    )?;
+    let shm = mkdir("shm", 0o1777)?;
+    mnt(
+        Some(Path::new("shm")),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+        "/dev/shm",
+    )?;
+    let mqueue = mkdir("mqueue", 0o755)?;
+    let mounted = mnt(
+        Some(Path::new("mqueue")),
+        &mqueue,
+        Some("mqueue"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+        "/dev/mqueue",
+    );
+    match mounted {
+        // A kernel without POSIX message queues.
+        Err(Failure::Mount { errno, .. }) if errno == libc::ENODEV => {
+            let _ = fs::remove_dir(&mqueue);
+        }
+        other => other?,
+    }
+    for (name, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(to, dev.join(name))
+            .map_err(|e| point(&format!("/dev/{name}"), e))?;
+    }
+    Ok(())
+}
+
+/// `/sys`, read-only: a sysfs of the step's network namespace, or the
+/// host's bound when sysfs cannot be mounted.
+fn mount_sys(stubs: &mut Stubs<'_>) -> Result<(), Failure> {
+    let host = stubs.ensure("/sys", true)?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let sysfs = mount(
+        Some("sysfs"),
+        &host,
+        Some("sysfs"),
+        flags | MsFlags::MS_RDONLY,
+        None::<&str>,
+    );
+    if sysfs.is_ok() {
+        return Ok(());
+    }
+    mnt(
+        Some(Path::new("/sys")),
+        &host,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+        "/sys",
+    )?;
+    remount_ro(&host, flags, "/sys")
+}
+
+/// Docker's masked and read-only paths under `/proc` and `/sys`.
+fn hide_kernel_paths(rootfs: &Path) -> Result<(), Failure> {
+    let null = rootfs.join("dev/null");
+    for rel in MASKED_PATHS {
+        let host = rootfs.join(rel);
+        let target = format!("/{rel}");
+        match fs::symlink_metadata(&host) {
+            Ok(meta) if meta.is_dir() => mnt(
+                Some(Path::new("tmpfs")),
+                &host,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                Some("size=0"),
+                &target,
+            )?,
+            Ok(_) => mnt(Some(&null), &host, None, MsFlags::MS_BIND, None, &target)?,
+            Err(_) => continue,
+        }
+    }
+    for rel in READONLY_PATHS {
+        let host = rootfs.join(rel);
+        if fs::symlink_metadata(&host).is_err() {
+            continue;
+        }
+        let target = format!("/{rel}");
+        mnt(
+            Some(&host),
+            &host,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+            &target,
+        )?;
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        remount_ro(&host, flags, &target)?;
+    }
+    Ok(())
+}
+
+fn mount_extra(stubs: &mut Stubs<'_>, extra: &ExtraMount) -> Result<(), Failure> {
+    match extra {
+        ExtraMount::Bind {
+            source,
+            target,
+            readonly,
+        } => {
+            let meta = fs::metadata(source).map_err(|e| Failure::Mount {
+                what: source.display().to_string(),
+                target: target.clone(),
+                errno: errno(&e),
+            })?;
+            let host = stubs.ensure(target, meta.is_dir())?;
+            mnt(
+                Some(source),
+                &host,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+                target,
+            )?;
+            if *readonly {
+                // Keep the source's nosuid/nodev/noexec.
+                let kept = sys::mount_flags(&host)
+                    .map(MsFlags::from_bits_truncate)
+                    .unwrap_or(MsFlags::empty());
+                remount_ro(&host, kept, target)?;
+            }
+            Ok(())
+        }
+        ExtraMount::Tmpfs { target, size } => {
+            let host = stubs.ensure(target, true)?;
+            let data = size.map(|s| format!("size={s}"));
+            mnt(
+                Some(Path::new("tmpfs")),
+                &host,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                data.as_deref(),
+                target,
+            )
+        }
+    }
+}
+
+/// `pivot_root` into the overlay and detach the host's root.
+fn enter_root(rootfs: &Path) -> Result<(), Failure> {
+    let fail = |what: &str, e: nix::errno::Errno| {
+        Failure::setup(format!("{what} (into {})", rootfs.display()), e)
+    };
+    nix::unistd::chdir(rootfs).map_err(|e| fail("enter the root file system", e))?;
+    nix::unistd::pivot_root(".", ".").map_err(|e| fail("pivot_root", e))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| fail("detach the host's root", e))?;
+    nix::unistd::chdir("/").map_err(|e| fail("enter the root file system", e))
+}
+
+/// `args[0]` as `execve` needs it: a path as given, or looked up in the
+/// step's `PATH` as Go's `exec.LookPath` does for runc.
+fn find_program(name: &str, env: &[String]) -> Result<PathBuf, Failure> {
+    if name.contains('/') {
+        return Ok(PathBuf::from(name));
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    for dir in path.split(':') {
+        let dir = if dir.is_empty() { "." } else { dir };
+        let candidate = Path::new(dir).join(name);
+        if let Ok(meta) = fs::metadata(&candidate) {
+            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(Failure::CommandNotFound(name.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_options_escape_separators() {
+        let opts = overlay_options(
+            &[PathBuf::from("/l/a:b"), PathBuf::from("/l/c,d")],
+            Path::new("/u\\p"),
+            Path::new("/w"),
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&opts),
+            "lowerdir=/l/a\\:b:/l/c\\,d,upperdir=/u\\\\p,workdir=/w"
+        );
+    }
+
+    #[test]
+    fn common_ancestor_of_layer_dirs() {
+        let a = Path::new("/var/lib/estiba/snapshots/1/fs");
+        let b = Path::new("/var/lib/estiba/snapshots/22/fs");
+        let c = Path::new("/var/lib/estiba/tmp/x");
+        assert_eq!(common_ancestor(&[a, b, c]), Path::new("/var/lib/estiba"));
+    }
+}
