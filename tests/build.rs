@@ -427,12 +427,114 @@ fn dockerignore_hides_files_from_copy() {
 }
 
 #[test]
-fn run_is_refused_clearly_until_the_executor_lands() {
-    let e = env(&[("Dockerfile", "FROM scratch\nRUN echo hi\n")]);
+fn run_steps_change_the_image_and_are_cached() {
+    let e = env(&[(
+        "Dockerfile",
+        "FROM busybox:test\n\
+             RUN echo hola > /greeting && rm /etc/group\n\
+             RUN <<EOF\necho from a heredoc > /heredoc\nEOF\n\
+             RUN mkdir -m 1777 /tmp\n\
+             USER app\n\
+             RUN id -u > /tmp/uid && echo visible output\n",
+    )]);
+    import_busybox(&e);
+    let (code, _, err) = build(&e, &["-t", "ran:1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("visible output"),
+        "RUN output is streamed: {err}"
+    );
+    let out = local_export(&e, &[]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("greeting")).expect("greeting"),
+        "hola\n"
+    );
+    assert!(
+        !out.join("etc/group").exists(),
+        "a file a RUN deletes is gone"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("heredoc")).expect("heredoc"),
+        "from a heredoc\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("tmp/uid")).expect("uid"),
+        "1000\n"
+    );
+    assert!(
+        !out.join("etc/hosts").exists(),
+        "generated files never reach a layer"
+    );
+    let (code, _, err) = build(&e, &["-t", "ran:1"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(err.matches("CACHED").count(), 4, "{err}");
+}
+
+#[test]
+fn a_failing_run_shows_its_output_and_is_not_cached() {
+    let e = env(&[
+        (
+            "Dockerfile",
+            "FROM busybox:test\nCOPY a /a\nRUN echo before failing; exit 3\n",
+        ),
+        ("a", "a"),
+    ]);
+    import_busybox(&e);
+    let (code, _, err) = build(&e, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("did not complete successfully: exit code: 3"),
+        "{err}"
+    );
+    assert!(
+        err.contains("| before failing"),
+        "the last output lines are shown: {err}"
+    );
+    assert!(
+        err.contains("> 3 | RUN echo before failing; exit 3"),
+        "{err}"
+    );
     let (code, _, err) = build(&e, &[]);
     assert_eq!(code, 1);
-    assert!(err.contains("RUN is not supported yet"), "{err}");
-    assert!(err.contains("Dockerfile:2"), "{err}");
+    assert_eq!(
+        err.matches("CACHED").count(),
+        1,
+        "COPY is cached, the failed RUN is not: {err}"
+    );
+}
+
+#[test]
+fn run_network_none_and_cache_mounts() {
+    let e = env(&[(
+        "Dockerfile",
+        "FROM busybox:test\n\
+         RUN --network=none cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' ' > /ifaces\n\
+         RUN --mount=type=cache,target=/cache echo run >> /cache/log && wc -l < /cache/log > /count\n",
+    )]);
+    import_busybox(&e);
+    let first = local_export(&e, &["--no-cache"]);
+    assert_eq!(
+        std::fs::read_to_string(first.join("ifaces")).expect("ifaces"),
+        "lo\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(first.join("count"))
+            .expect("count")
+            .trim(),
+        "1"
+    );
+    assert!(
+        !first.join("cache/log").exists(),
+        "a cache mount never enters a layer"
+    );
+    let second = local_export(&e, &["--no-cache"]);
+    assert_eq!(
+        std::fs::read_to_string(second.join("count"))
+            .expect("count")
+            .trim(),
+        "2",
+        "the cache mount persists between builds"
+    );
 }
 
 #[test]

@@ -61,9 +61,22 @@ pub enum SolveErrorKind {
     /// A reference that does not parse.
     #[error(transparent)]
     Reference(#[from] crate::reference::ReferenceError),
-    /// RUN needs the executor, which this build of estiba does not have yet.
-    #[error("RUN is not supported yet: this estiba builds Dockerfiles without RUN steps")]
-    RunUnsupported,
+    /// A RUN command exited non-zero; `output` is its last lines.
+    #[error("process {command:?} did not complete successfully: exit code: {code}{output}")]
+    RunFailed {
+        /// The argv, joined.
+        command: String,
+        /// Its exit code.
+        code: i32,
+        /// Its last output lines, indented, or empty.
+        output: String,
+    },
+    /// The build container could not be set up or run.
+    #[error("cannot run the step")]
+    Exec(#[from] crate::executor::ExecError),
+    /// A `RUN --mount` type this estiba cannot provide yet.
+    #[error("RUN --mount=type={0} is not supported yet (cache and tmpfs are)")]
+    MountUnsupported(&'static str),
     /// `ADD https://…` failed to download or to match `--checksum`.
     #[error("ADD failed")]
     Fetch(#[from] fetch::FetchError),
@@ -396,7 +409,7 @@ impl<'a> Solver<'a> {
                 self.reporter
                     .started(id, &format!("{} {label}{}", prefix(n), step.instruction));
             }
-            let result = self.solve_step(graph, stage, step, &current, built);
+            let result = self.solve_step(graph, stage, step, &current, built, id);
             match result {
                 Ok((layer, key, cached)) => {
                     if step.layer {
@@ -453,6 +466,7 @@ impl<'a> Solver<'a> {
         step: &Step,
         current: &Built,
         built: &BTreeMap<usize, Built>,
+        id: usize,
     ) -> Result<(Option<Layer>, String, bool)> {
         let platform = stage.platform.to_string();
         // COPY --link makes a layer that does not depend on what is below it:
@@ -476,7 +490,10 @@ impl<'a> Solver<'a> {
         };
         match &step.op {
             Op::Config => Ok((None, key_of(None, None).to_string(), false)),
-            Op::Run(_) => Err(SolveErrorKind::RunUnsupported),
+            Op::Run(run) => {
+                let key = key_of(None, None);
+                self.cached_or(&key, step, || self.exec_run(current, run, id))
+            }
             Op::Workdir { path, user } => {
                 if !step.layer {
                     return Ok((None, key_of(None, None).to_string(), false));
@@ -732,6 +749,125 @@ impl<'a> Solver<'a> {
             },
         );
         fill(&mut writer, &lower)?;
+        self.commit_upper(upper)
+    }
+
+    /// RUN: the command in a build container above `current`'s layers; its
+    /// upper dir becomes the layer. A non-zero exit fails the step, and
+    /// nothing of it is cached.
+    fn exec_run(
+        &self,
+        current: &Built,
+        run: &estiba_frontend::graph::RunStep,
+        id: usize,
+    ) -> Result<Layer> {
+        use crate::executor::{self, ExtraMount, Network, RunOptions, RunSpec};
+        use estiba_frontend::instructions::MountKind;
+        let lower = self.layered(&current.layers)?;
+        let upper = self.new_upper()?;
+        let work = tempfile::Builder::new()
+            .prefix("work-")
+            .tempdir_in(self.store.tmp_dir())
+            .map_err(|source| SolveErrorKind::Io {
+                path: self.store.tmp_dir(),
+                source,
+            })?;
+        let mut mounts = Vec::new();
+        for m in &run.mounts {
+            let target = m.target.clone().unwrap_or_default();
+            match m.kind {
+                MountKind::Tmpfs => mounts.push(ExtraMount::Tmpfs {
+                    target,
+                    size: m.size,
+                }),
+                MountKind::Cache => {
+                    // A directory of the store that outlives builds and
+                    // never enters a layer or a key.
+                    let id = m.id.clone().unwrap_or_else(|| target.clone());
+                    let dir = self
+                        .store
+                        .root()
+                        .join("estiba")
+                        .join("mounts-v1")
+                        .join(Digest::of(id.as_bytes()).hex());
+                    std::fs::create_dir_all(&dir).map_err(|source| SolveErrorKind::Io {
+                        path: dir.clone(),
+                        source,
+                    })?;
+                    mounts.push(ExtraMount::Bind {
+                        source: dir,
+                        target,
+                        readonly: false,
+                    });
+                }
+                MountKind::Bind => return Err(SolveErrorKind::MountUnsupported("bind")),
+                MountKind::Secret => return Err(SolveErrorKind::MountUnsupported("secret")),
+                MountKind::Ssh => return Err(SolveErrorKind::MountUnsupported("ssh")),
+            }
+        }
+        let mut env = run.env.clone();
+        env.extend(run.proxy_env.iter().cloned());
+        let spec = RunSpec {
+            lower: lower.layers().to_vec(),
+            upper: upper.path().to_path_buf(),
+            work: work.path().to_path_buf(),
+            args: run.args.clone(),
+            env,
+            user: run.user.clone(),
+            workdir: run.workdir.clone(),
+            network: match run.network.as_deref() {
+                Some("none") => Network::None,
+                _ => Network::Host,
+            },
+            hostname: String::new(),
+            files: run.files.clone(),
+            mounts,
+        };
+        // Stream whole lines to the reporter; keep the last ones for errors.
+        let mut pending = Vec::new();
+        let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+        let emit = |line: &[u8], tail: &mut std::collections::VecDeque<String>| {
+            let text = String::from_utf8_lossy(line)
+                .trim_end_matches('\r')
+                .to_string();
+            self.reporter.log(id, &text);
+            tail.push_back(text);
+            if tail.len() > 10 {
+                tail.pop_front();
+            }
+        };
+        let code = executor::run_with(
+            &spec,
+            &RunOptions {
+                tmp_dir: self.store.tmp_dir(),
+                ..RunOptions::default()
+            },
+            &mut |_, bytes| {
+                pending.extend_from_slice(bytes);
+                while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=nl).collect();
+                    emit(&line[..line.len() - 1], &mut tail);
+                }
+            },
+        )?;
+        if !pending.is_empty() {
+            emit(&pending, &mut tail);
+        }
+        if code != 0 {
+            let output = if tail.is_empty() {
+                String::new()
+            } else {
+                let lines: Vec<String> = tail.iter().map(|l| format!("\n  | {l}")).collect();
+                format!("\n  last output:{}", lines.concat())
+            };
+            return Err(SolveErrorKind::RunFailed {
+                command: run.args.join(" "),
+                code,
+                output,
+            });
+        }
+        drop(work);
+        executor::upper_to_layer_dir(upper.path())?;
         self.commit_upper(upper)
     }
 
