@@ -1088,3 +1088,48 @@ fn whiteouts_in_a_base_image_hide_files_from_copy_from() {
         .any(|entry| entry.file_name() == "b" && entry.file_type().is_char_device());
     assert!(found, "overlayfs reads whiteouts as 0/0 character devices");
 }
+
+#[test]
+fn estiba_run_runs_an_image_in_the_foreground() {
+    let e = env(&[(
+        "Dockerfile",
+        "FROM busybox:test\nENV GREETING=hola\nWORKDIR /srv\nCMD [\"sh\", \"-c\", \"echo $GREETING from $(pwd) as $(id -u)\"]\n",
+    )]);
+    import_busybox(&e);
+    assert_eq!(build(&e, &["-t", "runme:1"]).0, 0);
+    let (out, _) = ok(estiba(&e.root).args(["run", "--rm", "runme:1"]));
+    assert_eq!(
+        out, "hola from /srv as 0\n",
+        "CMD, ENV and WORKDIR of the image"
+    );
+    let (out, _) = ok(estiba(&e.root).args([
+        "run",
+        "--rm",
+        "-e",
+        "GREETING=adios",
+        "-u",
+        "app",
+        "-w",
+        "/",
+        "runme:1",
+        "sh",
+        "-c",
+        "echo $GREETING from $(pwd) as $(id -u)",
+    ]));
+    assert_eq!(
+        out, "adios from / as 1000\n",
+        "-e, -u, -w and a command override it"
+    );
+    let host = e.ctx.parent().expect("tmp").join("shared");
+    std::fs::create_dir_all(&host).expect("mkdir");
+    std::fs::write(host.join("in.txt"), "from the host").expect("write");
+    let (out, _) = ok(estiba(&e.root)
+        .args(["run", "--rm", "--network", "none", "-v"])
+        .arg(format!("{}:/data:ro", host.display()))
+        .args(["runme:1", "cat", "/data/in.txt"]));
+    assert_eq!(out, "from the host");
+    let (code, _, _) = run(estiba(&e.root).args(["run", "--rm", "runme:1", "sh", "-c", "exit 7"]));
+    assert_eq!(code, 7, "the command's exit code is estiba's");
+    let (code, _, err) = run(estiba(&e.root).args(["run", "--rm", "runme:1", "no-such-command"]));
+    assert_eq!(code, 127, "{err}");
+}

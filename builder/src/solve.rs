@@ -240,6 +240,33 @@ pub fn load_image(store: &Store, reference: &str) -> Result<(Descriptor, ImageCo
     Ok((desc, config, layers))
 }
 
+/// The unpacked snapshot of a stored layer (made from its blob the first
+/// time), for `estiba run`.
+pub fn snapshot_of(store: &Store, layer: &Layer) -> Result<PathBuf> {
+    let reporter = crate::progress::Silent;
+    let empty = EmptyTree;
+    let solver = Solver::new(store, &empty, &reporter, SolveOptions::default());
+    solver.snapshot(layer)
+}
+
+/// A tree with nothing in it: the context of a solver that reads none.
+struct EmptyTree;
+
+impl SourceTree for EmptyTree {
+    fn stat(&self, _: &str) -> Result<Option<tree::Meta>, tree::TreeError> {
+        Ok(None)
+    }
+    fn children(&self, _: &str) -> Result<Vec<String>, tree::TreeError> {
+        Ok(Vec::new())
+    }
+    fn open(&self, path: &str) -> Result<Box<dyn std::io::Read + '_>, tree::TreeError> {
+        Err(tree::TreeError::Other(format!("{path}: no such file")))
+    }
+    fn xattrs(&self, _: &str) -> Result<Vec<(String, Vec<u8>)>, tree::TreeError> {
+        Ok(Vec::new())
+    }
+}
+
 /// Stores `built` as an OCI manifest and returns its descriptor.
 pub fn store_image(store: &Store, built: &Built) -> Result<Descriptor> {
     let config_json =

@@ -77,6 +77,9 @@ pub(crate) enum Command {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Run a command in a container of an image, in the foreground (the
+    /// container is removed when it ends).
+    Run(RunArgs),
     /// Tools for looking inside estiba.
     Debug {
         #[command(subcommand)]
@@ -172,4 +175,31 @@ pub(crate) enum ProgressMode {
 pub(crate) enum CompressionArg {
     Gzip,
     Zstd,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunArgs {
+    /// Remove the container when it exits (always done; accepted for docker compatibility).
+    #[arg(long)]
+    pub(crate) rm: bool,
+    /// host (the default) or none (a network namespace with only lo).
+    #[arg(long, default_value = "host")]
+    pub(crate) network: String,
+    /// Set an environment variable, K=V (or K to take it from your environment).
+    #[arg(short = 'e', long = "env")]
+    pub(crate) env: Vec<String>,
+    /// Bind a host directory or file, SRC:DST[:ro].
+    #[arg(short = 'v', long = "volume")]
+    pub(crate) volumes: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir")]
+    pub(crate) workdir: Option<String>,
+    /// User (name or uid, with an optional :group).
+    #[arg(short = 'u', long = "user")]
+    pub(crate) user: Option<String>,
+    /// The image.
+    pub(crate) image: String,
+    /// The command and its arguments (default: the image's ENTRYPOINT and CMD).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub(crate) command: Vec<String>,
 }

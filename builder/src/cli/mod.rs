@@ -7,6 +7,7 @@ mod build;
 mod images;
 mod progress;
 mod report;
+mod run;
 mod store;
 
 use anyhow::{Context, Result};
@@ -45,6 +46,7 @@ pub(crate) fn main() -> i32 {
             format,
             names,
         } => images::save(root, output, *format, names),
+        Command::Run(args) => run::run(args, root),
         Command::Debug {
             command: DebugCommand::Parse { dockerfile },
         } => debug_parse(dockerfile),
