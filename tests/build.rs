@@ -1133,3 +1133,34 @@ fn estiba_run_runs_an_image_in_the_foreground() {
     let (code, _, err) = run(estiba(&e.root).args(["run", "--rm", "runme:1", "no-such-command"]));
     assert_eq!(code, 127, "{err}");
 }
+
+#[test]
+fn independent_stages_run_at_the_same_time() {
+    // Each stage leaves a mark in a shared cache mount and waits (at most
+    // 10 s) for the other's: only stages that run concurrently both see it.
+    let id = format!("rendezvous-{}", std::process::id());
+    let stage = |me: &str, other: &str| {
+        format!(
+            "FROM busybox:test AS {me}\n\
+             RUN --mount=type=cache,target=/sync,id={id} sh -c 'touch /sync/{me}; i=0; \
+             while [ ! -e /sync/{other} ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; \
+             [ -e /sync/{other} ] && echo {me} saw {other} > /{me}'\n"
+        )
+    };
+    let dockerfile = format!(
+        "{}{}FROM scratch\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n",
+        stage("a", "b"),
+        stage("b", "a")
+    );
+    let e = env(&[("Dockerfile", &dockerfile)]);
+    import_busybox(&e);
+    let out = local_export(&e, &[]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("a")).expect("a"),
+        "a saw b\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("b")).expect("b"),
+        "b saw a\n"
+    );
+}

@@ -188,7 +188,7 @@ pub struct SolveOptions {
 /// Solves graphs against one store and one context.
 pub struct Solver<'a> {
     store: &'a Store,
-    context: &'a dyn SourceTree,
+    context: &'a (dyn SourceTree + Sync),
     reporter: &'a dyn Reporter,
     opts: SolveOptions,
     next_id: std::sync::atomic::AtomicUsize,
@@ -307,7 +307,7 @@ impl<'a> Solver<'a> {
     /// A solver over `store`, reading the build context `context`.
     pub fn new(
         store: &'a Store,
-        context: &'a dyn SourceTree,
+        context: &'a (dyn SourceTree + Sync),
         reporter: &'a dyn Reporter,
         opts: SolveOptions,
     ) -> Self {
@@ -331,12 +331,62 @@ impl<'a> Solver<'a> {
     }
 
     /// Builds every needed stage and returns the target's image.
+    ///
+    /// Stages run in waves: every stage whose dependencies are built runs at
+    /// the same time as the others of its wave, each on its own thread, so
+    /// independent stages take about the time of the longest.
     pub fn solve(&self, graph: &BuildGraph) -> Result<Built, SolveError> {
         let mut built: BTreeMap<usize, Built> = BTreeMap::new();
         let multi = graph.needed_stages().count() > 1;
-        for stage in graph.needed_stages() {
-            let result = self.solve_stage(graph, stage, &built, multi)?;
-            built.insert(stage.index, result);
+        let mut pending: Vec<&Stage> = graph.needed_stages().collect();
+        while !pending.is_empty() {
+            let (ready, waiting): (Vec<&Stage>, Vec<&Stage>) = pending
+                .into_iter()
+                .partition(|s| s.deps.iter().all(|d| built.contains_key(d)));
+            if ready.is_empty() {
+                return Err(SolveErrorKind::CorruptImage {
+                    image: "(plan)".to_string(),
+                    reason: "stages depend on each other in a cycle".to_string(),
+                }
+                .into());
+            }
+            let results: Vec<(usize, Result<Built, SolveError>)> = if ready.len() == 1 {
+                ready
+                    .iter()
+                    .map(|s| (s.index, self.solve_stage(graph, s, &built, multi)))
+                    .collect()
+            } else {
+                let built = &built;
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = ready
+                        .iter()
+                        .map(|s| {
+                            let stage: &Stage = s;
+                            (
+                                stage.index,
+                                scope.spawn(move || self.solve_stage(graph, stage, built, multi)),
+                            )
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|(i, h)| {
+                            let result = h.join().unwrap_or_else(|_| {
+                                Err(SolveErrorKind::CorruptImage {
+                                    image: format!("stage {i}"),
+                                    reason: "its builder thread panicked".to_string(),
+                                }
+                                .into())
+                            });
+                            (i, result)
+                        })
+                        .collect()
+                })
+            };
+            for (index, result) in results {
+                built.insert(index, result?);
+            }
+            pending = waiting;
         }
         built.remove(&graph.target).ok_or_else(|| {
             SolveError::from(SolveErrorKind::CorruptImage {
