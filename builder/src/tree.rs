@@ -107,17 +107,10 @@ pub fn join(dir: &str, name: &str) -> String {
 /// Cleans a path into tree form: no leading `/`, no `.`/empty components,
 /// `..` never above the root.
 pub fn clean(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            p => parts.push(p),
-        }
-    }
-    parts.join("/")
+    // The frontend's `path.Clean` for absolute paths, without the leading `/`.
+    let mut cleaned = estiba_frontend::plan::clean_path(path);
+    cleaned.remove(0);
+    cleaned
 }
 
 /// Resolves `path` inside `tree` as if its root were `/`: every symlink in a
