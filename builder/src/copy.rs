@@ -19,7 +19,7 @@
 //! [`walk_sources`] yields the entries in one fixed order; both the copy and
 //! the cache key ([`hash_sources`]) use it, so they always agree.
 
-use crate::rootfs::{LayeredTree, OPAQUE_MARKER};
+use crate::rootfs::LayeredTree;
 use crate::tree::{self, EntryKind, Meta, SourceTree, TreeError};
 use estiba_cache::{Digest, Hasher};
 use estiba_frontend::dockerignore::{path_match, Matcher};
@@ -842,11 +842,6 @@ fn set_xattr(path: &Path, name: &str, value: &[u8]) -> Result<(), CopyError> {
     Ok(())
 }
 
-/// Whether a directory in an upper dir is an overlay opaque marker holder
-/// (used by snapshot code; kept here with the other layer names).
-pub fn is_opaque_marker(name: &str) -> bool {
-    name == OPAQUE_MARKER
-}
 
 #[cfg(test)]
 mod tests {
