@@ -1164,3 +1164,188 @@ fn independent_stages_run_at_the_same_time() {
         "b saw a\n"
     );
 }
+
+/// Every regular file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            let meta = std::fs::symlink_metadata(&path).expect("lstat");
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() {
+                let bytes = std::fs::read(&path).expect("read");
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    found.push(path);
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn secrets_are_readable_in_run_and_never_stored() {
+    // The Dockerfile spells the values in two quoted halves, so their bytes
+    // appear nowhere but in the secrets themselves.
+    let e = env(&[(
+        "Dockerfile",
+        "FROM busybox:test\n\
+         RUN --mount=type=secret,id=token test \"$(cat /run/secrets/token)\" = \"file-sec\"\"ret-7c1e\" && touch /ok-file\n\
+         RUN --mount=type=secret,id=token,target=/etc/tok,uid=1000,mode=0440 test \"$(busybox stat -c %u:%a /etc/tok)\" = 1000:440 && touch /ok-target\n\
+         RUN --mount=type=secret,id=from-env,env=TOKEN test \"$TOKEN\" = \"env-sec\"\"ret-93ab\" && test ! -e /run/secrets/from-env && touch /ok-env\n\
+         RUN --mount=type=secret,id=not-given test ! -e /run/secrets/not-given && touch /ok-skipped\n",
+    )]);
+    import_busybox(&e);
+    let secret_file = e.ctx.parent().expect("tmp").join("token.txt");
+    std::fs::write(&secret_file, "file-secret-7c1e").expect("secret");
+    let file_arg = format!("id=token,src={}", secret_file.display());
+    let out = e.ctx.parent().expect("tmp").join("out-secrets");
+    let spec = format!("type=local,dest={}", out.display());
+    let (code, o, err) = run(estiba(&e.root)
+        .env("ESTIBA_TEST_SECRET", "env-secret-93ab")
+        .args(["build", "--progress", "plain", "-t", "secret:1"])
+        .args(["--secret", &file_arg])
+        .args(["--secret", "id=from-env,env=ESTIBA_TEST_SECRET"])
+        .args(["-o", &spec])
+        .arg(&e.ctx));
+    assert_eq!(code, 0, "{o}\n{err}");
+    for mark in ["ok-file", "ok-target", "ok-env", "ok-skipped"] {
+        assert!(out.join(mark).exists(), "{mark} is missing: {err}");
+    }
+    assert!(
+        !out.join("run/secrets").exists() && !out.join("etc/tok").exists(),
+        "secret mount points never reach a layer"
+    );
+    for needle in ["file-secret-7c1e", "env-secret-93ab"] {
+        assert!(!err.contains(needle), "{needle} in the output: {err}");
+        for dir in [&e.root, &out] {
+            let found = files_containing(dir, needle.as_bytes());
+            assert!(found.is_empty(), "{needle} is stored in {found:?}");
+        }
+    }
+}
+
+#[test]
+fn a_required_secret_that_is_missing_fails_naming_it() {
+    let e = env(&[(
+        "Dockerfile",
+        "FROM busybox:test\nRUN --mount=type=secret,id=api-key,required true\n",
+    )]);
+    import_busybox(&e);
+    let (code, _, err) = build(&e, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("secret api-key is required"), "{err}");
+    let (code, _, err) = build(&e, &["--secret", "id=api-key,src=/no/such/file"]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("/no/such/file"), "{err}");
+}
+
+#[test]
+fn bind_mounts_of_the_context_are_read_only_private_and_in_the_key() {
+    let e = env(&[
+        (
+            "Dockerfile",
+            "FROM busybox:test\n\
+             RUN --mount=type=bind,source=src,target=/mnt/src cat /mnt/src/data.txt > /copied && test ! -e /mnt/src/hidden && ! touch /mnt/src/new 2>/dev/null\n\
+             WORKDIR /w\n\
+             RUN --mount=type=bind,source=src/data.txt,target=rel,rw echo changed > rel && cat rel > /rw\n",
+        ),
+        ("src/data.txt", "one\n"),
+        ("src/hidden", "excluded\n"),
+        (".dockerignore", "src/hidden\n"),
+    ]);
+    import_busybox(&e);
+    let out = local_export(&e, &[]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("copied")).expect("copied"),
+        "one\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("rw")).expect("rw"),
+        "changed\n"
+    );
+    assert!(
+        !out.join("mnt/src").exists(),
+        "the bind mount is not in a layer"
+    );
+    assert!(
+        !out.join("w/rel").exists(),
+        "a rw bind mount is not in a layer"
+    );
+    assert_eq!(
+        std::fs::read_to_string(e.ctx.join("src/data.txt")).expect("data"),
+        "one\n",
+        "rw writes never reach the context"
+    );
+    let (code, _, err) = build(&e, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(err.matches("CACHED").count(), 3, "{err}");
+    write(&e.ctx, &[("src/data.txt", "two\n")]);
+    let (code, _, err) = build(&e, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        err.matches("CACHED").count(),
+        0,
+        "the bound file's content is in the key: {err}"
+    );
+    let out = local_export(&e, &[]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("copied")).expect("copied"),
+        "two\n"
+    );
+}
+
+#[test]
+fn bind_mounts_from_a_stage() {
+    let e = env(&[(
+        "Dockerfile",
+        "FROM busybox:test AS gen\n\
+         RUN mkdir /out && echo generated > /out/gen.txt\n\
+         FROM busybox:test\n\
+         RUN --mount=type=bind,from=gen,source=/out,target=/g cat /g/gen.txt > /got\n",
+    )]);
+    import_busybox(&e);
+    let out = local_export(&e, &[]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("got")).expect("got"),
+        "generated\n"
+    );
+    assert!(!out.join("g").exists(), "the bind mount is not in a layer");
+    assert!(
+        !out.join("out").exists(),
+        "the stage's files are not copied"
+    );
+}
+
+#[test]
+fn bind_mounts_from_an_image_and_a_missing_source() {
+    let e = env(&[(
+        "Dockerfile",
+        "FROM busybox:test\n\
+         RUN --mount=type=bind,from=busybox:test,source=/etc,target=/img grep -q staff /img/group && touch /ok\n",
+    )]);
+    import_busybox(&e);
+    let out = local_export(&e, &[]);
+    assert!(out.join("ok").exists());
+    assert!(
+        !out.join("img").exists(),
+        "the bind mount is not in a layer"
+    );
+    write(
+        &e.ctx,
+        &[(
+            "Dockerfile",
+            "FROM busybox:test\nRUN --mount=type=bind,source=nope,target=/n true\n",
+        )],
+    );
+    let (code, _, err) = build(&e, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot mount \"nope\" from the build context"),
+        "{err}"
+    );
+    assert!(err.contains("> 2 | RUN --mount"), "{err}");
+}

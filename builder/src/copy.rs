@@ -842,7 +842,6 @@ fn set_xattr(path: &Path, name: &str, value: &[u8]) -> Result<(), CopyError> {
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

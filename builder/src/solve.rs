@@ -75,8 +75,31 @@ pub enum SolveErrorKind {
     #[error("cannot run the step")]
     Exec(#[from] crate::executor::ExecError),
     /// A `RUN --mount` type this estiba cannot provide yet.
-    #[error("RUN --mount=type={0} is not supported yet (cache and tmpfs are)")]
+    #[error("RUN --mount=type={0} is not supported yet (bind, cache, secret and tmpfs are)")]
     MountUnsupported(&'static str),
+    /// `RUN --mount=type=secret,required` of a secret the build was not given.
+    #[error("secret {0} is required but was not provided: pass it with --secret id={0},src=PATH")]
+    SecretNotFound(String),
+    /// A `--secret` file that cannot be read.
+    #[error("cannot read secret {id}")]
+    SecretRead {
+        /// The secret's id.
+        id: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A `RUN --mount=type=bind` whose source cannot be used.
+    #[error("cannot mount {source_path:?} from {from}")]
+    BindSource {
+        /// `source=` as written.
+        source_path: String,
+        /// The build context, a stage or an image.
+        from: String,
+        /// The cause.
+        #[source]
+        source: Box<copy::CopyError>,
+    },
     /// `ADD https://…` failed to download or to match `--checksum`.
     #[error("ADD failed")]
     Fetch(#[from] fetch::FetchError),
@@ -183,6 +206,18 @@ pub struct SolveOptions {
     pub no_cache: bool,
     /// `SOURCE_DATE_EPOCH`: timestamps and layer mtimes for reproducible images.
     pub epoch: Option<i64>,
+    /// `--secret`s by id, for `RUN --mount=type=secret`. Only where each
+    /// value comes from is kept here; the value is read when a step mounts it.
+    pub secrets: BTreeMap<String, SecretSource>,
+}
+
+/// Where a build secret's value comes from (`--secret`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A file on the host.
+    File(PathBuf),
+    /// An environment variable of estiba's (unset: the secret is missing).
+    Env(String),
 }
 
 /// Solves graphs against one store and one context.
@@ -568,8 +603,15 @@ impl<'a> Solver<'a> {
         match &step.op {
             Op::Config => Ok((None, key_of(None, None).to_string(), false)),
             Op::Run(run) => {
-                let key = key_of(None, None);
-                self.cached_or(&key, step, || self.exec_run(current, run, id))
+                // What a bind mount shows is part of what the step reads.
+                let binds = self.bind_sources(graph, run, built)?;
+                let sources = (!binds.is_empty()).then(|| {
+                    let digests: Vec<String> =
+                        binds.values().map(|b| b.digest.to_string()).collect();
+                    format!("bind {}", digests.join(" "))
+                });
+                let key = key_of(sources, None);
+                self.cached_or(&key, step, || self.exec_run(current, run, &binds, id))
             }
             Op::Workdir { path, user } => {
                 if !step.layer {
@@ -829,13 +871,181 @@ impl<'a> Solver<'a> {
         self.commit_upper(upper)
     }
 
+    /// The sources of a RUN's bind mounts, by mount index: matched in the
+    /// context, a stage or an image, and hashed for the step's key.
+    fn bind_sources(
+        &self,
+        graph: &BuildGraph,
+        run: &estiba_frontend::graph::RunStep,
+        built: &BTreeMap<usize, Built>,
+    ) -> Result<BTreeMap<usize, BindSource<'a>>> {
+        use estiba_frontend::instructions::MountKind;
+        let mut out = BTreeMap::new();
+        for (i, m) in run.mounts.iter().enumerate() {
+            if m.kind != MountKind::Bind {
+                continue;
+            }
+            let (tree, keep_owners, from): (Box<dyn SourceTree + 'a>, bool, String) =
+                match (m.stage, &m.from) {
+                    (Some(index), _) => {
+                        let name = graph
+                            .stages
+                            .get(index)
+                            .map_or_else(|| format!("stage {index}"), |s| s.display_name());
+                        let b = built
+                            .get(&index)
+                            .ok_or_else(|| SolveErrorKind::CorruptImage {
+                                image: name.clone(),
+                                reason: "used before it was built".to_string(),
+                            })?;
+                        (
+                            Box::new(self.layered(&b.layers)?),
+                            true,
+                            format!("stage {name}"),
+                        )
+                    }
+                    (None, Some(reference)) => {
+                        let (_, _, layers) = load_image(self.store, reference)?;
+                        (
+                            Box::new(self.layered(&layers)?),
+                            true,
+                            format!("image {reference}"),
+                        )
+                    }
+                    (None, None) => (
+                        Box::new(ContextRef(self.context)),
+                        false,
+                        "the build context".to_string(),
+                    ),
+                };
+            let source_path = m.source.clone().unwrap_or_else(|| "/".to_string());
+            let failed = |source: copy::CopyError| SolveErrorKind::BindSource {
+                source_path: source_path.clone(),
+                from: from.clone(),
+                source: Box::new(source),
+            };
+            let matched = copy::match_sources(
+                tree.as_ref(),
+                std::slice::from_ref(&source_path),
+                false,
+                &from,
+            )
+            .map_err(failed)?;
+            let [matched] = <[copy::SourceMatch; 1]>::try_from(matched).map_err(|_| {
+                failed(copy::CopyError::NotFound {
+                    source_path: source_path.clone(),
+                    tree: from.clone(),
+                })
+            })?;
+            let digest = copy::hash_sources(
+                tree.as_ref(),
+                std::slice::from_ref(&matched),
+                None,
+                keep_owners,
+            )
+            .map_err(failed)?;
+            out.insert(
+                i,
+                BindSource {
+                    tree,
+                    matched,
+                    keep_owners,
+                    digest,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// A private copy of a bind mount's source in the store's temp dir,
+    /// removed with the returned dir; returns the path to bind. The copy
+    /// keeps writes to a `rw` mount out of the context and the layer.
+    fn materialize(&self, bind: &BindSource<'_>) -> Result<(tempfile::TempDir, PathBuf)> {
+        let tmp = self.store.tmp_dir();
+        let dir = tempfile::Builder::new()
+            .prefix("bind-")
+            .tempdir_in(&tmp)
+            .map_err(|source| SolveErrorKind::Io { path: tmp, source })?;
+        let mut writer = Writer::new(
+            dir.path(),
+            &[],
+            CopyOptions {
+                mtime: self.time(),
+                keep_owners: bind.keep_owners,
+                ..CopyOptions::default()
+            },
+        );
+        writer.copy(
+            bind.tree.as_ref(),
+            std::slice::from_ref(&bind.matched),
+            "/source",
+            None,
+        )?;
+        let path = dir.path().join("source");
+        Ok((dir, path))
+    }
+
+    /// A secret's value, or `None` when the build was not given it.
+    fn secret_value(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        match self.opts.secrets.get(id) {
+            None => Ok(None),
+            Some(SecretSource::File(path)) => match std::fs::read(path) {
+                Ok(value) => Ok(Some(value)),
+                Err(source) => Err(SolveErrorKind::SecretRead {
+                    id: id.to_string(),
+                    source,
+                }),
+            },
+            Some(SecretSource::Env(var)) => {
+                use std::os::unix::ffi::OsStringExt;
+                Ok(std::env::var_os(var).map(OsStringExt::into_vec))
+            }
+        }
+    }
+
+    /// A secret's value in a temp file of the store (mode 0400 or `mode=`,
+    /// owned by `uid=`/`gid=`), removed when the returned file is dropped.
+    fn secret_file(
+        &self,
+        value: &[u8],
+        mount: &estiba_frontend::instructions::Mount,
+    ) -> Result<tempfile::NamedTempFile> {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = self.store.tmp_dir();
+        let mut file = tempfile::Builder::new()
+            .prefix("secret-")
+            .tempfile_in(&tmp)
+            .map_err(|source| SolveErrorKind::Io { path: tmp, source })?;
+        let path = file.path().to_path_buf();
+        let io = |source| SolveErrorKind::Io {
+            path: path.clone(),
+            source,
+        };
+        file.write_all(value).map_err(io)?;
+        file.as_file().sync_all().map_err(io)?;
+        let mode = mount.mode.unwrap_or(0o400) & 0o7777;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+        std::os::unix::fs::chown(
+            &path,
+            Some(mount.uid.unwrap_or(0)),
+            Some(mount.gid.unwrap_or(0)),
+        )
+        .map_err(io)?;
+        Ok(file)
+    }
+
     /// RUN: the command in a build container above `current`'s layers; its
     /// upper dir becomes the layer. A non-zero exit fails the step, and
     /// nothing of it is cached.
+    ///
+    /// Bind mounts see private copies and secrets temp files of the store,
+    /// all removed when the step ends, so neither reaches the layer.
     fn exec_run(
         &self,
         current: &Built,
         run: &estiba_frontend::graph::RunStep,
+        binds: &BTreeMap<usize, BindSource<'_>>,
         id: usize,
     ) -> Result<Layer> {
         use crate::executor::{self, ExtraMount, Network, RunOptions, RunSpec};
@@ -850,8 +1060,16 @@ impl<'a> Solver<'a> {
                 source,
             })?;
         let mut mounts = Vec::new();
-        for m in &run.mounts {
-            let target = m.target.clone().unwrap_or_default();
+        // Kept until the command has ended, then removed.
+        let mut bind_dirs = Vec::new();
+        let mut secret_files = Vec::new();
+        let mut secret_env = Vec::new();
+        for (i, m) in run.mounts.iter().enumerate() {
+            let target = m
+                .target
+                .as_deref()
+                .map(|t| absolute_target(t, &run.workdir))
+                .unwrap_or_default();
             match m.kind {
                 MountKind::Tmpfs => mounts.push(ExtraMount::Tmpfs {
                     target,
@@ -860,7 +1078,9 @@ impl<'a> Solver<'a> {
                 MountKind::Cache => {
                     // A directory of the store that outlives builds and
                     // never enters a layer or a key.
-                    let id = m.id.clone().unwrap_or_else(|| target.clone());
+                    let id =
+                        m.id.clone()
+                            .unwrap_or_else(|| m.target.clone().unwrap_or_default());
                     let dir = self
                         .store
                         .root()
@@ -877,13 +1097,53 @@ impl<'a> Solver<'a> {
                         readonly: false,
                     });
                 }
-                MountKind::Bind => return Err(SolveErrorKind::MountUnsupported("bind")),
-                MountKind::Secret => return Err(SolveErrorKind::MountUnsupported("secret")),
+                MountKind::Bind => {
+                    let bind = binds.get(&i).ok_or_else(|| SolveErrorKind::CorruptImage {
+                        image: "(plan)".to_string(),
+                        reason: format!("bind mount at {target} has no source"),
+                    })?;
+                    let (dir, source) = self.materialize(bind)?;
+                    bind_dirs.push(dir);
+                    mounts.push(ExtraMount::Bind {
+                        source,
+                        target,
+                        readonly: m.readonly,
+                    });
+                }
+                MountKind::Secret => {
+                    let id = secret_id(m);
+                    let Some(value) = self.secret_value(&id)? else {
+                        if m.required {
+                            return Err(SolveErrorKind::SecretNotFound(id));
+                        }
+                        // Docker skips an optional secret it was not given.
+                        continue;
+                    };
+                    // With only `env=`, BuildKit (0.14+) mounts no file.
+                    let target = match (&m.target, &m.env) {
+                        (Some(_), _) => Some(target),
+                        (None, None) => Some(format!("/run/secrets/{id}")),
+                        (None, Some(_)) => None,
+                    };
+                    if let Some(target) = target {
+                        let file = self.secret_file(&value, m)?;
+                        mounts.push(ExtraMount::Bind {
+                            source: file.path().to_path_buf(),
+                            target,
+                            readonly: true,
+                        });
+                        secret_files.push(file);
+                    }
+                    if let Some(var) = &m.env {
+                        secret_env.push(format!("{var}={}", String::from_utf8_lossy(&value)));
+                    }
+                }
                 MountKind::Ssh => return Err(SolveErrorKind::MountUnsupported("ssh")),
             }
         }
         let mut env = run.env.clone();
         env.extend(run.proxy_env.iter().cloned());
+        env.extend(secret_env);
         let spec = RunSpec {
             lower: lower.layers().to_vec(),
             upper: upper.path().to_path_buf(),
@@ -930,6 +1190,8 @@ impl<'a> Solver<'a> {
         if !pending.is_empty() {
             emit(&pending, &mut tail);
         }
+        drop(secret_files);
+        drop(bind_dirs);
         if code != 0 {
             let output = if tail.is_empty() {
                 String::new()
@@ -1069,6 +1331,43 @@ impl<'a> Solver<'a> {
             writer.write_file(&step.dest, &c.path, c.data.as_bytes())?;
         }
         Ok(())
+    }
+}
+
+/// The source of one `RUN --mount=type=bind`, matched and hashed before the
+/// step's key is known.
+struct BindSource<'t> {
+    /// The context, or a stage's or image's root filesystem.
+    tree: Box<dyn SourceTree + 't>,
+    /// `source=` in it.
+    matched: copy::SourceMatch,
+    /// Files keep their owners (a stage or image) or belong to root (the context).
+    keep_owners: bool,
+    /// The content digest, for the key.
+    digest: Digest,
+}
+
+/// A secret mount's id: `id=`, else `source=`, else the target's file name,
+/// as BuildKit's Dockerfile frontend picks it.
+fn secret_id(m: &estiba_frontend::instructions::Mount) -> String {
+    m.id.clone()
+        .or_else(|| m.source.clone())
+        .or_else(|| {
+            m.target
+                .as_deref()
+                .and_then(|t| t.trim_end_matches('/').rsplit('/').next())
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+/// A mount target: relative ones are relative to the step's WORKDIR.
+fn absolute_target(target: &str, workdir: &str) -> String {
+    if target.starts_with('/') {
+        target.to_string()
+    } else {
+        let dir = if workdir.is_empty() { "/" } else { workdir };
+        format!("{}/{target}", dir.trim_end_matches('/'))
     }
 }
 

@@ -119,6 +119,10 @@ pub(crate) struct BuildArgs {
     /// Run every step, ignoring the build cache.
     #[arg(long)]
     pub(crate) no_cache: bool,
+    /// A secret for `RUN --mount=type=secret`: id=ID,src=PATH or id=ID,env=VAR
+    /// (`type=file|env` optional). It never reaches the image or the cache.
+    #[arg(long = "secret")]
+    pub(crate) secrets: Vec<String>,
     /// Progress output: auto, plain, tty or quiet.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub(crate) progress: ProgressMode,

@@ -7,7 +7,7 @@ use anyhow::Context;
 use estiba::context::BuildContext;
 use estiba::progress::{Reporter, Silent};
 use estiba::reference::Reference;
-use estiba::solve::{self, SolveOptions, Solver, StoreResolver};
+use estiba::solve::{self, SecretSource, SolveOptions, Solver, StoreResolver};
 use estiba_frontend::{plan, NoImages, PlanOptions, Platform};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -56,6 +56,45 @@ fn plan_options(args: &BuildArgs, path: &Path) -> Result<PlanOptions, Failure> {
         opts.labels.insert(k.to_string(), v.to_string());
     }
     Ok(opts)
+}
+
+/// `--secret id=ID[,type=file|env][,src=PATH|,env=VAR]`, read as buildx
+/// reads it: with neither `src` nor `env`, the variable ID if it is set,
+/// else the file ID. A file must exist now; a variable is looked up when a
+/// step mounts the secret (unset: the secret is missing).
+fn parse_secret(spec: &str) -> Result<(String, SecretSource), Failure> {
+    let usage = |why: String| Failure::Usage(format!("invalid --secret {spec:?}: {why}"));
+    let (mut id, mut kind, mut src, mut env) = (None, None, None, None);
+    for field in spec.split(',') {
+        let Some((key, value)) = field.split_once('=') else {
+            return Err(usage(format!("field {field:?} must be a key=value pair")));
+        };
+        match key.to_ascii_lowercase().as_str() {
+            "id" => id = Some(value.to_string()),
+            "type" if value == "file" || value == "env" => kind = Some(value.to_string()),
+            "type" => return Err(usage(format!("unsupported secret type {value:?}"))),
+            "src" | "source" => src = Some(value.to_string()),
+            "env" => env = Some(value.to_string()),
+            other => return Err(usage(format!("unexpected key {other:?}"))),
+        }
+    }
+    let id = id
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| usage("it needs id=ID".to_string()))?;
+    if kind.as_deref() == Some("env") && env.is_none() {
+        env = src.take();
+    }
+    let source = match (src, env) {
+        (Some(path), _) => SecretSource::File(PathBuf::from(path)),
+        (None, Some(var)) => SecretSource::Env(var),
+        (None, None) if std::env::var_os(&id).is_some() => SecretSource::Env(id.clone()),
+        (None, None) => SecretSource::File(PathBuf::from(&id)),
+    };
+    if let SecretSource::File(path) = &source {
+        std::fs::metadata(path)
+            .with_context(|| format!("cannot use secret {id}: cannot stat {}", path.display()))?;
+    }
+    Ok((id, source))
 }
 
 /// Where a build's result goes.
@@ -113,6 +152,11 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
         .iter()
         .map(|t| Reference::parse(t).map_err(|e| Failure::Usage(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
+    let secrets = args
+        .secrets
+        .iter()
+        .map(|s| parse_secret(s))
+        .collect::<Result<BTreeMap<_, _>, _>>()?;
     let store = super::store::open(root)?;
     let _lock = store.lock_shared().context("cannot lock the store")?;
     let graph =
@@ -160,6 +204,7 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
         SolveOptions {
             no_cache: args.no_cache,
             epoch,
+            secrets,
         },
     );
     let built = solver.solve(&graph).map_err(|error| Failure::Dockerfile {
@@ -259,4 +304,48 @@ fn dry_run(args: &BuildArgs, path: &Path, text: &str, opts: &PlanOptions) -> Res
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_parse_as_buildx_reads_them() {
+        let file = std::env::current_exe().expect("exe");
+        let f = file.display();
+        for (spec, id, source) in [
+            (
+                format!("id=a,src={f}"),
+                "a",
+                SecretSource::File(file.clone()),
+            ),
+            (
+                format!("id=a,source={f}"),
+                "a",
+                SecretSource::File(file.clone()),
+            ),
+            (
+                format!("type=file,id=a,src={f}"),
+                "a",
+                SecretSource::File(file.clone()),
+            ),
+            (
+                "id=b,env=VAR".to_string(),
+                "b",
+                SecretSource::Env("VAR".into()),
+            ),
+            (
+                "type=env,id=b,src=VAR".to_string(),
+                "b",
+                SecretSource::Env("VAR".into()),
+            ),
+        ] {
+            let parsed = parse_secret(&spec).ok();
+            assert_eq!(parsed, Some((id.to_string(), source)), "{spec}");
+        }
+        for bad in ["src=/x", "id=a,type=ssh", "id=a,color=red", "id=a,nokey"] {
+            assert!(parse_secret(bad).is_err(), "{bad}");
+        }
+    }
 }
