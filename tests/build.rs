@@ -44,6 +44,24 @@ fn write(dir: &Path, files: &[(&str, &str)]) {
     }
 }
 
+/// Every blob in the store hashes to its name: nothing half-written or damaged.
+fn assert_blobs_are_what_they_are_named(root: &Path) {
+    for blob in std::fs::read_dir(root.join("blobs/sha256")).expect("blobs") {
+        let path = blob.expect("entry").path();
+        let bytes = std::fs::read(&path).expect("read");
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!(
+            estiba_cache::Digest::of(&bytes).hex(),
+            name,
+            "blob {name} is damaged"
+        );
+    }
+}
+
 struct Env {
     _tmp: tempfile::TempDir,
     root: PathBuf,
@@ -379,16 +397,7 @@ fn a_missing_source_fails_with_its_line_and_the_store_stays_valid() {
     // Nothing tagged, and every blob in the store is what its name says.
     let (list, _) = ok(estiba(&e.root).arg("images"));
     assert!(!list.contains("broken"), "{list}");
-    for blob in std::fs::read_dir(e.root.join("blobs/sha256")).expect("blobs") {
-        let path = blob.expect("entry").path();
-        let bytes = std::fs::read(&path).expect("read");
-        let name = path
-            .file_name()
-            .expect("name")
-            .to_string_lossy()
-            .into_owned();
-        assert_eq!(estiba_cache::Digest::of(&bytes).hex(), name);
-    }
+    assert_blobs_are_what_they_are_named(&e.root);
 }
 
 #[test]
@@ -820,20 +829,7 @@ fn a_full_disk_fails_cleanly_and_the_store_stays_valid() {
     );
     let (list, _) = ok(estiba(&e.root).arg("images"));
     assert!(!list.contains("full"), "{list}");
-    for blob in std::fs::read_dir(e.root.join("blobs/sha256")).expect("blobs") {
-        let path = blob.expect("entry").path();
-        let bytes = std::fs::read(&path).expect("read");
-        let name = path
-            .file_name()
-            .expect("name")
-            .to_string_lossy()
-            .into_owned();
-        assert_eq!(
-            estiba_cache::Digest::of(&bytes).hex(),
-            name,
-            "a blob is damaged"
-        );
-    }
+    assert_blobs_are_what_they_are_named(&e.root);
     // Nothing half-written is left in the store's temp dir.
     let tmp: Vec<_> = std::fs::read_dir(e.root.join("estiba/tmp"))
         .expect("tmp")

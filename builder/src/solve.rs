@@ -309,7 +309,14 @@ pub fn store_image(store: &Store, built: &Built) -> Result<Descriptor> {
             image: "(new)".to_string(),
             reason: e.to_string(),
         })?;
-    let (config_digest, config_size) = store.put_blob(&config_json)?;
+    let layers = built.layers.iter().map(|l| l.descriptor.clone()).collect();
+    store_manifest(store, &config_json, layers)
+}
+
+/// Stores a config (its bytes as they are, so the image ID is kept) and an
+/// OCI manifest naming it and `layers`; returns the manifest's descriptor.
+pub fn store_manifest(store: &Store, config: &[u8], layers: Vec<Descriptor>) -> Result<Descriptor> {
+    let (config_digest, config_size) = store.put_blob(config)?;
     let manifest = Manifest {
         schema_version: 2,
         media_type: Some(image::MANIFEST_MEDIA_TYPE.to_string()),
@@ -320,7 +327,7 @@ pub fn store_image(store: &Store, built: &Built) -> Result<Descriptor> {
             annotations: BTreeMap::new(),
             platform: None,
         },
-        layers: built.layers.iter().map(|l| l.descriptor.clone()).collect(),
+        layers,
         annotations: BTreeMap::new(),
     };
     let manifest_json =
@@ -1518,14 +1525,6 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     out
-}
-
-/// Creates `dir` and its parents inside `root` (used by local export).
-pub fn ensure_dir(root: &Path) -> Result<()> {
-    std::fs::create_dir_all(root).map_err(|source| SolveErrorKind::Io {
-        path: root.to_path_buf(),
-        source,
-    })
 }
 
 /// Base images for the planner, from the store: their ENV, WORKDIR, USER and

@@ -459,29 +459,8 @@ pub(crate) fn load(root: Option<&Path>, input: &Path) -> Result<(), Failure> {
                 platform: None,
             });
         }
-        let (config_digest, config_size) = store.put_blob(&img.config)?;
-        let manifest = image::Manifest {
-            schema_version: 2,
-            media_type: Some(image::MANIFEST_MEDIA_TYPE.to_string()),
-            config: Descriptor {
-                media_type: image::CONFIG_MEDIA_TYPE.to_string(),
-                digest: config_digest,
-                size: config_size,
-                annotations: BTreeMap::new(),
-                platform: None,
-            },
-            layers,
-            annotations: BTreeMap::new(),
-        };
-        let bytes = serde_json::to_vec(&manifest).context("cannot serialize a manifest")?;
-        let (digest, size) = store.put_blob(&bytes)?;
-        let desc = Descriptor {
-            media_type: image::MANIFEST_MEDIA_TYPE.to_string(),
-            digest,
-            size,
-            annotations: BTreeMap::new(),
-            platform: None,
-        };
+        let desc = solve::store_manifest(&store, &img.config, layers)
+            .map_err(|e| anyhow!(solve::error_chain(&e)))?;
         if img.tags.is_empty() {
             println!("Loaded image ID: {}", img.config_digest);
         }
