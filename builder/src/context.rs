@@ -567,6 +567,11 @@ impl SourceTree for BuildContext {
         Ok(Box::new(open_regular(&host)?.0))
     }
 
+    fn open_file(&self, path: &str) -> Result<Option<std::fs::File>, TreeError> {
+        let (_, host, _) = self.regular_file(path)?;
+        Ok(Some(open_regular(&host)?.0))
+    }
+
     fn xattrs(&self, path: &str) -> Result<Vec<(String, Vec<u8>)>, TreeError> {
         let host = match self.locate(path)? {
             Some(located) if located.is_empty() => self.root.clone(),

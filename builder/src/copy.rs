@@ -724,9 +724,13 @@ impl Writer {
                     fs::hard_link(first, &path).map_err(write_err(&path))?;
                     return Ok(());
                 }
-                let mut reader = tree.open(&e.source)?;
                 let mut f = fs::File::create(&path).map_err(write_err(&path))?;
-                std::io::copy(&mut reader, &mut f).map_err(write_err(&path))?;
+                match tree.open_file(&e.source)? {
+                    // File to file: the kernel copies (copy_file_range).
+                    Some(mut src) => std::io::copy(&mut src, &mut f),
+                    None => std::io::copy(&mut tree.open(&e.source)?, &mut f),
+                }
+                .map_err(write_err(&path))?;
                 drop(f);
                 if let Some(id) = e.meta.link_id {
                     self.links.insert(id, path.clone());

@@ -275,6 +275,15 @@ impl SourceTree for LayeredTree {
         }
     }
 
+    fn open_file(&self, path: &str) -> Result<Option<fs::File>, TreeError> {
+        match self.locate(path)? {
+            Some((real, m)) if m.is_file() => {
+                Ok(Some(fs::File::open(&real).map_err(|e| io_err(&real, e))?))
+            }
+            _ => Ok(None),
+        }
+    }
+
     fn xattrs(&self, path: &str) -> Result<Vec<(String, Vec<u8>)>, TreeError> {
         match self.locate(path)? {
             Some((real, _)) => read_xattrs(&real),

@@ -1454,6 +1454,9 @@ impl SourceTree for ContextRef<'_> {
     fn content_digest(&self, path: &str) -> Result<Digest, tree::TreeError> {
         self.0.content_digest(path)
     }
+    fn open_file(&self, path: &str) -> Result<Option<std::fs::File>, tree::TreeError> {
+        self.0.open_file(path)
+    }
 }
 
 /// `user[:group]` into numbers, names looked up in the image's own

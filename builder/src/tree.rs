@@ -79,6 +79,14 @@ pub trait SourceTree {
     /// Extended attributes worth keeping (`user.*`, `security.*`, `trusted.*`
     /// but not `trusted.overlay.*`), sorted by name.
     fn xattrs(&self, path: &str) -> Result<Vec<(String, Vec<u8>)>, TreeError>;
+    /// A regular file's content as a file on disk, when the tree has one:
+    /// copying file to file lets the kernel move the bytes
+    /// (`copy_file_range`) instead of a user-space buffer. `None` when the
+    /// tree has no such file (the caller then uses [`SourceTree::open`]).
+    fn open_file(&self, path: &str) -> Result<Option<std::fs::File>, TreeError> {
+        let _ = path;
+        Ok(None)
+    }
     /// The sha256 of a regular file's content. Trees that can remember it
     /// (the context's stat cache) override this.
     fn content_digest(&self, path: &str) -> Result<Digest, TreeError> {
