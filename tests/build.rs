@@ -1345,3 +1345,23 @@ fn bind_mounts_from_an_image_and_a_missing_source() {
     );
     assert!(err.contains("> 2 | RUN --mount"), "{err}");
 }
+
+/// Found by the conformance harness (cases 028, 031, 177).
+#[test]
+fn repeated_layers_and_cache_mount_owners() {
+    let id = format!("owned-{}", std::process::id());
+    let e = env(&[(
+        "Dockerfile",
+        &format!(
+            "FROM busybox:test\nRUN true\nRUN true\nRUN true\n\
+             USER 10\nRUN --mount=type=cache,target=/cache,id={id},uid=10,mode=0700 \
+             touch /cache/mine && ls -ln /cache | grep -q ' 10 '\n"
+        ),
+    )]);
+    import_busybox(&e);
+    let (code, _, err) = build(&e, &[]);
+    assert_eq!(
+        code, 0,
+        "identical layers below a RUN, and a cache mount owned by uid 10: {err}"
+    );
+}

@@ -1,5 +1,6 @@
-//! Conformance with `docker build`: every buildah-conformance case without RUN
-//! that Debian's docker (20.10, BuildKit) can build is built by both, and the
+//! Conformance with `docker build`: every buildah-conformance case that
+//! Debian's docker (20.10, BuildKit) can build here, RUN included, is built
+//! by both, and the
 //! two images are compared: the flattened file system (path, type, mode,
 //! uid/gid, size, content digest, link target, xattrs, mtime) and the config
 //! fields a Dockerfile sets, plus BuildKit's history.
@@ -16,17 +17,25 @@
 //!   `tweakContextDir` callback created, every timestamp set to the upstream
 //!   test date;
 //! - docker: `docker build --network=none --no-cache` then `docker save`;
-//!   estiba: `build -o type=docker` into a fresh store; both archives are read
-//!   the same way: layers applied in order, with whiteouts;
+//!   estiba: `build -o type=docker` into a fresh store (its CLI has no
+//!   `--network` yet, so RUN gets its default; no case here needs a
+//!   network); both archives are read the same way: layers applied in
+//!   order, with whiteouts;
+//! - the busybox base has every applet (as the busybox image does), so RUN
+//!   finds `mkdir`, `touch`, `ln`, …; a RUN that calls what busybox lacks
+//!   fails in both builders, and "both fail" counts as equal;
 //! - the differences of every case go into one table; the test fails on any
 //!   difference that is not in `ALLOWED` (each entry says why docker is the
 //!   one that differs, or why the difference does not matter), and on an
 //!   `ALLOWED` entry that no longer matches anything.
 //!
 //! Timestamps: copied files keep the context's (the test date) in both
-//! builders and are compared as they are; what a builder creates or changes
-//! during the build carries its clock, shown as `(build time)` and equal to
-//! any other build-time stamp.
+//! builders and are compared as they are; what a builder or a RUN command
+//! creates or changes during the build carries its clock, shown as
+//! `(build time)` and equal to any other build-time stamp.
+//!
+//! Differences that are estiba bugs found here are in `KNOWN_BUGS`: shown as
+//! `KNOWN ESTIBA BUG`, failing only with `ESTIBA_CONFORMANCE_STRICT=1`.
 //!
 //! `ESTIBA_CONFORMANCE_CASES=017,042-dockerfile` limits the run to the cases
 //! whose slug starts with one of the given prefixes;
@@ -107,7 +116,116 @@ const BUILDKIT_NO_REPLACE: &str = "BuildKit's copy refuses to replace a symlink 
 const XATTRS_KEPT: &str = "issue 3 requires xattrs to be kept in layers; docker's exporter \
      (moby and containerd layer writers) keeps only security.capability and drops user.*";
 
+// What docker 20.10 (BuildKit 0.8 with runc) leaves in a RUN layer: runc
+// creates the mount points it needs (/proc, /sys when the image lacks them,
+// /etc/hosts, /etc/resolv.conf) in the container's root file system, which is
+// the step's upper dir; BuildKit 0.8 removes the /etc files again but not
+// /proc and /sys, and /etc keeps the mtime of those changes. estiba mounts its
+// generated files without touching the rootfs (DESIGN.md, "The executor":
+// they never reach the layer), so its RUN layers hold only what the command
+// did.
+const RUNC_MOUNT_STUBS: &str = "docker 20.10's runc creates mount points for /proc and /sys \
+     in the RUN step's rootfs and BuildKit 0.8 leaves them in the layer; estiba's \
+     executor never writes mount points into the layer (DESIGN.md)";
+const RUNC_ETC_STUBS: &str = "docker 20.10's runc creates /etc/hosts and /etc/resolv.conf \
+     stubs in the RUN step's rootfs; BuildKit 0.8 removes them, but /etc keeps the \
+     build-time mtime in the layer; estiba's generated files never touch the layer \
+     (DESIGN.md)";
+const FSUTIL_EXCLUDED_DIR_SENT_ADD: &str = "docker 20.10's fsutil sends an excluded \
+     directory itself when an exception starts with its path (`!folder/subfolder/file`), \
+     so `ADD . .` adds an empty /folder; current fsutil (9d0ab16) sends a directory only \
+     as the parent of something included, and nothing here is";
+
 const ALLOWED: &[Allowed] = &[
+    Allowed {
+        case: "028-edgecases",
+        what: "history[16].created_by",
+        why: "BuildKit 0.8 prints EXPOSE's port map with %v (`map[3000/tcp:{}]`); since \
+              moby/buildkit 98eab3257 (dockerfile 1.19) it prints the list (`[3000/tcp]`)",
+    },
+    Allowed {
+        case: "028-edgecases",
+        what: "history[17].created_by",
+        why: "BuildKit 0.8 prints EXPOSE's port map with %v; since moby/buildkit 98eab3257 \
+              it prints the list",
+    },
+    Allowed {
+        case: "177-mount-cache-by-ownership",
+        what: "only in docker: /cache",
+        why: "docker 20.10's runc creates the cache mount's mount point in the RUN step's \
+              rootfs and BuildKit 0.8 leaves it in the layer; estiba never writes mount \
+              points into a layer (DESIGN.md)",
+    },
+    Allowed {
+        case: "*",
+        what: "only in docker: /proc",
+        why: RUNC_MOUNT_STUBS,
+    },
+    Allowed {
+        case: "*",
+        what: "only in docker: /sys",
+        why: RUNC_MOUNT_STUBS,
+    },
+    Allowed {
+        case: "*",
+        what: "fs /etc mtime",
+        why: RUNC_ETC_STUBS,
+    },
+    Allowed {
+        case: "125-copy-from-owner-with-chown",
+        what: "history[1].created_by",
+        why: COPY_CHOWN_HISTORY,
+    },
+    Allowed {
+        case: "164-buildin-args",
+        what: "history[1].created_by",
+        why: ARG_HISTORY,
+    },
+    Allowed {
+        case: "164-buildin-args",
+        what: "history[2].created_by",
+        why: ARG_HISTORY,
+    },
+    Allowed {
+        case: "164-buildin-args",
+        what: "history[3].created_by",
+        why: ARG_HISTORY,
+    },
+    Allowed {
+        case: "164-buildin-args",
+        what: "history[4].created_by",
+        why: ARG_HISTORY,
+    },
+    Allowed {
+        case: "164-buildin-args",
+        what: "history[5].created_by",
+        why: ARG_HISTORY,
+    },
+    Allowed {
+        case: "164-buildin-args",
+        what: "history[6].created_by",
+        why: ARG_HISTORY,
+    },
+    Allowed {
+        case: "164-buildin-args",
+        what: "history[7].created_by",
+        why: ARG_HISTORY,
+    },
+    Allowed {
+        case: "164-buildin-args",
+        what: "history[8].created_by",
+        why: ARG_HISTORY,
+    },
+    Allowed {
+        case: "148-dockerignore-allowlist-subsubdir-nofile",
+        what: "only in docker: /folder",
+        why: FSUTIL_EXCLUDED_DIR_SENT_ADD,
+    },
+    Allowed {
+        case: "149-dockerignore-allowlist-subsubdir-nosubdir",
+        what: "only in docker: /folder",
+        why: FSUTIL_EXCLUDED_DIR_SENT_ADD,
+    },
     Allowed {
         case: "044-xattrs-file-in-context",
         what: "fs /subdir1/xattrs-file xattrs",
@@ -238,6 +356,17 @@ const ALLOWED: &[Allowed] = &[
     },
 ];
 
+/// Differences that are estiba's bugs, found by this harness and reported:
+/// not excuses, but kept out of the failures so the rest stays guarded until
+/// they are fixed. The report marks them `KNOWN ESTIBA BUG`;
+/// `ESTIBA_CONFORMANCE_STRICT=1` makes them fail. Remove an entry when its
+/// bug is fixed (an entry that matches nothing fails the test).
+const KNOWN_BUGS: &[Allowed] = &[
+    // Empty: the two bugs first listed here (repeated layers below a RUN,
+    // cache mount uid/gid) are fixed. Add an entry only with the exact
+    // difference and docker's behaviour, and remove it with the fix.
+];
+
 /// Build arguments the upstream harness passes (its `buildArgs` field).
 const BUILD_ARGS: &[(&str, &[(&str, &str)])] = &[
     ("173-copyglob-1", &[("SOURCE", "**/*.txt")]),
@@ -299,8 +428,6 @@ struct Case {
     should_fail_at: u32,
     fs_skip: Vec<String>,
     bases: Vec<String>,
-    #[serde(rename = "hasRUN")]
-    has_run: bool,
     needs_network: bool,
     tweak_context_dir: bool,
     without_docker: bool,
@@ -322,8 +449,20 @@ fn load_cases() -> Vec<Case> {
 
 /// Why a case is not compared with docker, or `None` when it is.
 fn skip_reason(case: &Case) -> Option<String> {
-    if case.has_run {
-        return Some("has RUN (the executor is a later issue)".to_owned());
+    for kind in ["bind", "secret", "ssh"] {
+        let flag = format!("--mount=type={kind}");
+        if run_lines(&case.dockerfile_text).any(|l| l.contains(&flag)) {
+            return Some(format!(
+                "RUN --mount=type={kind}: estiba does not support it yet (a later issue)"
+            ));
+        }
+    }
+    if bases(case).iter().any(|b| b.contains('@')) {
+        return Some(
+            "names a base by digest: the local busybox cannot be imported under a digest \
+             (both builders would pull it)"
+                .to_owned(),
+        );
     }
     if case.without_docker {
         return Some(
@@ -345,7 +484,10 @@ fn skip_reason(case: &Case) -> Option<String> {
             return Some(format!("docker 20.10's BuildKit lacks {what}"));
         }
     }
-    if instruction_lines(text).any(|l| l.contains("<<")) {
+    if instruction_lines(text)
+        .chain(run_lines(text))
+        .any(|l| l.contains("<<"))
+    {
         return Some("docker 20.10's BuildKit lacks heredocs".to_owned());
     }
     for line in text.lines() {
@@ -363,6 +505,14 @@ fn skip_reason(case: &Case) -> Option<String> {
         }
     }
     None
+}
+
+/// The RUN lines of a Dockerfile.
+fn run_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines().filter(|l| {
+        let w = l.split_whitespace().next().unwrap_or("");
+        w.eq_ignore_ascii_case("run")
+    })
 }
 
 /// The COPY and ADD lines of a Dockerfile.
@@ -708,7 +858,19 @@ fn busybox_rootfs(dest: &Path) {
         None,
         &busybox,
     );
-    for applet in ["sh", "ls", "cat", "echo", "id"] {
+    // Every applet, as in the busybox image (there hard links, here
+    // symbolic links), so that RUN finds mkdir, touch, ln, find, ….
+    let list = Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    let applets: BTreeSet<String> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && *a != "busybox" && !a.contains('/'))
+        .map(str::to_owned)
+        .collect();
+    for applet in &applets {
         add(
             &format!("./bin/{applet}"),
             tar::EntryType::Symlink,
@@ -801,26 +963,55 @@ struct Image {
 fn read_docker_archive(path: &Path) -> Result<Image, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let mut files: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut links: Vec<(String, String)> = Vec::new();
     let mut ar = tar::Archive::new(&bytes[..]);
     for entry in ar
         .entries()
         .map_err(|e| format!("{}: {e}", path.display()))?
     {
         let mut entry = entry.map_err(|e| format!("{}: {e}", path.display()))?;
-        if entry.header().entry_type() != tar::EntryType::Regular {
-            continue;
-        }
         let name = entry
             .path()
             .map_err(|e| format!("{e}"))?
             .to_string_lossy()
             .trim_start_matches("./")
             .to_owned();
+        if entry.header().entry_type() == tar::EntryType::Symlink {
+            // `docker save` writes a layer that appears twice once, and the
+            // second `<id>/layer.tar` as a link to `../<first>/layer.tar`.
+            let target = entry
+                .link_name()
+                .map_err(|e| format!("{name}: link: {e}"))?
+                .map(|l| l.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let dir = name.rsplit_once('/').map_or("", |(d, _)| d);
+            let joined = format!("{dir}/{target}");
+            let mut parts: Vec<&str> = Vec::new();
+            for p in joined.split('/') {
+                match p {
+                    "" | "." => {}
+                    ".." => {
+                        parts.pop();
+                    }
+                    p => parts.push(p),
+                }
+            }
+            links.push((name, parts.join("/")));
+            continue;
+        }
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            continue;
+        }
         let mut data = Vec::new();
         entry
             .read_to_end(&mut data)
             .map_err(|e| format!("{}: {name}: {e}", path.display()))?;
         files.insert(name, data);
+    }
+    for (name, target) in links {
+        if let Some(data) = files.get(&target).cloned() {
+            files.insert(name, data);
+        }
     }
     let manifest: Value = serde_json::from_slice(
         files
@@ -1178,13 +1369,22 @@ fn compare_configs(docker: &Value, estiba: &Value) -> Vec<Diff> {
 }
 
 fn allowed(slug: &str, what: &str) -> Option<&'static Allowed> {
-    ALLOWED.iter().find(|a| {
+    ALLOWED.iter().chain(KNOWN_BUGS).find(|a| {
         (a.case == "*" || a.case == slug)
             && match a.what.strip_suffix('*') {
                 Some(prefix) => what.starts_with(prefix),
                 None => what == a.what,
             }
     })
+}
+
+fn is_known_bug(a: &Allowed) -> bool {
+    KNOWN_BUGS.iter().any(|b| std::ptr::eq(a, b))
+}
+
+/// `ESTIBA_CONFORMANCE_STRICT=1`: known estiba bugs fail the test too.
+fn strict() -> bool {
+    std::env::var_os("ESTIBA_CONFORMANCE_STRICT").is_some_and(|v| !v.is_empty() && v != "0")
 }
 
 // ---------------------------------------------------------------------------
@@ -1379,13 +1579,35 @@ fn try_case(env: &Env<'_>, case: &Case) -> Result<Outcome, String> {
     Ok(outcome)
 }
 
-/// The base images a case names, `scratch` aside.
+/// The base images a case names, `scratch` aside, with `${X:-default}`
+/// read as its default (no case passes such an X) and `${X:+alt}` as `alt`
+/// (only `TARGETARCH`, which is always set).
 fn bases(case: &Case) -> BTreeSet<String> {
     case.bases
         .iter()
+        .map(|b| expand_base(b))
         .filter(|b| !b.eq_ignore_ascii_case("scratch"))
-        .cloned()
         .collect()
+}
+
+fn expand_base(base: &str) -> String {
+    let mut out = String::new();
+    let mut rest = base;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let Some(j) = rest[i..].find('}') else {
+            break;
+        };
+        let inner = &rest[i + 2..i + j];
+        if let Some((_, d)) = inner.split_once(":-") {
+            out.push_str(d);
+        } else if let Some((_, d)) = inner.split_once(":+") {
+            out.push_str(d);
+        }
+        rest = &rest[i + j + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 // ---------------------------------------------------------------------------
@@ -1469,7 +1691,7 @@ impl Report {
         if diffs.is_empty() {
             return ("equal", String::new());
         }
-        let (mut allowed_n, mut bad) = (0, 0);
+        let (mut allowed_n, mut known_n, mut bad) = (0, 0, 0);
         let _ = writeln!(
             self.details,
             "\n{} ({}):\n  {} {} {} verdict",
@@ -1481,9 +1703,17 @@ impl Report {
         );
         for d in diffs {
             let why = allowed(&case.slug, &d.what);
+            let bug = why.is_some_and(is_known_bug);
             if let Some(a) = why {
-                allowed_n += 1;
                 self.used.insert((a.case, a.what));
+            }
+            if bug {
+                known_n += 1;
+                if strict() {
+                    bad += 1;
+                }
+            } else if why.is_some() {
+                allowed_n += 1;
             } else {
                 bad += 1;
             }
@@ -1493,7 +1723,11 @@ impl Report {
                 pad(&clip(&d.what, 44), 44),
                 pad(&clip(&d.docker, 34), 34),
                 pad(&clip(&d.estiba, 34), 34),
-                why.map_or("DIFFERS".to_owned(), |a| format!("allowed: {}", a.why))
+                match why {
+                    None => "DIFFERS".to_owned(),
+                    Some(a) if bug => format!("KNOWN ESTIBA BUG: {}", a.why),
+                    Some(a) => format!("allowed: {}", a.why),
+                }
             );
             if d.what == "build" {
                 let _ = writeln!(
@@ -1504,12 +1738,19 @@ impl Report {
                 );
             }
         }
+        let known = if known_n > 0 {
+            format!(", {known_n} KNOWN ESTIBA BUG(S)")
+        } else {
+            String::new()
+        };
         if bad > 0 {
             self.failures.push(case.slug.clone());
             (
                 "differs",
-                format!("{bad} difference(s), {allowed_n} allowed"),
+                format!("{bad} difference(s), {allowed_n} allowed{known}"),
             )
+        } else if known_n > 0 {
+            ("bug", format!("{allowed_n} allowed difference(s){known}"))
         } else {
             ("equal", format!("{allowed_n} allowed difference(s)"))
         }
@@ -1520,6 +1761,7 @@ impl Report {
 fn buildah_conformance_cases_build_like_docker() {
     let started = Instant::now();
     let mut cases = load_cases();
+    let filtered = std::env::var_os("ESTIBA_CONFORMANCE_CASES").is_some();
     if let Ok(filter) = std::env::var("ESTIBA_CONFORMANCE_CASES") {
         let prefixes: Vec<&str> = filter.split(',').filter(|p| !p.is_empty()).collect();
         cases.retain(|c| prefixes.iter().any(|p| c.slug.starts_with(p)));
@@ -1585,8 +1827,16 @@ fn buildah_conformance_cases_build_like_docker() {
     }
     let unused: Vec<String> = ALLOWED
         .iter()
+        .chain(KNOWN_BUGS)
         .filter(|a| !report.used.contains(&(a.case, a.what)))
-        .filter(|a| cases.iter().any(|c| a.case == "*" || c.slug == a.case))
+        // An entry for every case is only required to match on a full run.
+        .filter(|a| {
+            if a.case == "*" {
+                !filtered
+            } else {
+                cases.iter().any(|c| c.slug == a.case)
+            }
+        })
         .map(|a| format!("{} {}", a.case, a.what))
         .collect();
     let counts = report

@@ -1093,11 +1093,44 @@ impl<'a> Solver<'a> {
                         .root()
                         .join("estiba")
                         .join("mounts-v1")
-                        .join(Digest::of(id.as_bytes()).hex());
-                    std::fs::create_dir_all(&dir).map_err(|source| SolveErrorKind::Io {
-                        path: dir.clone(),
-                        source,
-                    })?;
+                        // BuildKit's cache starts from a directory made with
+                        // the mount's uid/gid/mode: they are part of its identity.
+                        .join(
+                            Digest::of(
+                                format!("{id}\0{:?}\0{:?}\0{:?}", m.uid, m.gid, m.mode).as_bytes(),
+                            )
+                            .hex(),
+                        );
+                    if !dir.exists() {
+                        // Made once, owned and moded as the mount asks
+                        // (BuildKit: uid, gid default 0, mode 0755).
+                        let io = |source| SolveErrorKind::Io {
+                            path: dir.clone(),
+                            source,
+                        };
+                        let parent = dir.parent().unwrap_or(&dir);
+                        std::fs::create_dir_all(parent).map_err(io)?;
+                        let fresh = tempfile::Builder::new()
+                            .prefix("cache-")
+                            .tempdir_in(self.store.tmp_dir())
+                            .map_err(io)?;
+                        nix::unistd::chown(
+                            fresh.path(),
+                            Some(m.uid.unwrap_or(0).into()),
+                            Some(m.gid.unwrap_or(0).into()),
+                        )
+                        .map_err(|e| io(e.into()))?;
+                        std::fs::set_permissions(
+                            fresh.path(),
+                            std::os::unix::fs::PermissionsExt::from_mode(m.mode.unwrap_or(0o755)),
+                        )
+                        .map_err(io)?;
+                        // Another build may have made it meanwhile: keep theirs.
+                        let made = fresh.keep();
+                        if std::fs::rename(&made, &dir).is_err() {
+                            let _ = std::fs::remove_dir(&made);
+                        }
+                    }
                     mounts.push(ExtraMount::Bind {
                         source: dir,
                         target,
@@ -1152,7 +1185,7 @@ impl<'a> Solver<'a> {
         env.extend(run.proxy_env.iter().cloned());
         env.extend(secret_env);
         let spec = RunSpec {
-            lower: lower.layers().to_vec(),
+            lower: distinct_layers(lower.layers()),
             upper: upper.path().to_path_buf(),
             work: work.path().to_path_buf(),
             args: run.args.clone(),
@@ -1414,6 +1447,19 @@ fn is_archive(reader: Box<dyn std::io::Read + '_>) -> bool {
         })
         .sum();
     stored == Some(sum)
+}
+
+/// Each snapshot directory once, topmost occurrence first. A layer that
+/// appears twice (two steps that changed nothing make the same empty layer)
+/// decides nothing from its lower place: its upper copy holds the same
+/// entries above it. overlayfs refuses a lower dir given twice (ELOOP).
+fn distinct_layers(layers: &[PathBuf]) -> Vec<PathBuf> {
+    let mut seen = std::collections::BTreeSet::new();
+    layers
+        .iter()
+        .filter(|l| seen.insert((*l).clone()))
+        .cloned()
+        .collect()
 }
 
 /// Snapshots are kept with whiteouts in the form overlayfs reads, so a RUN
