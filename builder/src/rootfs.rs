@@ -29,21 +29,37 @@ fn is_overlay_opaque(dir: &Path) -> bool {
 }
 
 fn read_xattrs_raw(path: &Path, name: &str) -> Option<Vec<u8>> {
-    use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
-    let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
-    let c_name = CString::new(name).ok()?;
-    let mut value = [0u8; 8];
-    // SAFETY: NUL-terminated strings; the buffer is valid for its length.
-    let n = unsafe {
-        libc::lgetxattr(
-            c_path.as_ptr(),
-            c_name.as_ptr(),
-            value.as_mut_ptr().cast(),
-            value.len(),
-        )
-    };
-    (n >= 0).then(|| value[..n as usize].to_vec())
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let c_name = std::ffi::CString::new(name).ok()?;
+    get_xattr(&c_path, &c_name).ok().flatten()
+}
+
+/// One xattr's value (`None` when the file has no such attribute), the
+/// buffer grown as the kernel asks.
+fn get_xattr(c_path: &std::ffi::CStr, c_name: &std::ffi::CStr) -> std::io::Result<Option<Vec<u8>>> {
+    let mut value = vec![0u8; 256];
+    loop {
+        // SAFETY: NUL-terminated strings; the buffer is valid for its length.
+        let n = unsafe {
+            libc::lgetxattr(
+                c_path.as_ptr(),
+                c_name.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        if n >= 0 {
+            value.truncate(n as usize);
+            return Ok(Some(value));
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ERANGE) => value.resize(value.len() * 4, 0),
+            Some(libc::ENODATA) | Some(libc::ENOTSUP) => return Ok(None),
+            _ => return Err(err),
+        }
+    }
 }
 
 /// Converts a snapshot from OCI whiteout form (`.wh.<name>` files,
@@ -322,31 +338,9 @@ pub fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>, TreeError> {
         }
         let c_name = CString::new(name.to_vec())
             .map_err(|_| TreeError::Other(format!("{}: bad xattr name", path.display())))?;
-        let mut value = vec![0u8; 256];
-        loop {
-            // SAFETY: as above; the value buffer is valid for its length.
-            let n = unsafe {
-                libc::lgetxattr(
-                    c_path.as_ptr(),
-                    c_name.as_ptr(),
-                    value.as_mut_ptr().cast(),
-                    value.len(),
-                )
-            };
-            if n >= 0 {
-                value.truncate(n as usize);
-                break;
-            }
-            let err = std::io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::ERANGE) => value.resize(value.len() * 4, 0),
-                Some(libc::ENODATA) => {
-                    value.clear();
-                    break;
-                }
-                _ => return Err(io_err(path, err)),
-            }
-        }
+        let value = get_xattr(&c_path, &c_name)
+            .map_err(|err| io_err(path, err))?
+            .unwrap_or_default();
         out.push((text, value));
     }
     out.sort();
