@@ -479,6 +479,38 @@ fn run_steps_change_the_image_and_are_cached() {
     assert_eq!(err.matches("CACHED").count(), 4, "{err}");
 }
 
+/// COPY writes its layer straight from the context, with no snapshot; the
+/// next RUN has it unpacked and sees the files as copied: content,
+/// --chmod, --chown and hard links.
+#[test]
+fn run_sees_what_copy_wrote() {
+    let e = env(&[
+        (
+            "Dockerfile",
+            "FROM busybox:test\n\
+             COPY --chmod=0640 --chown=app:staff a /x/a\n\
+             COPY d /d\n\
+             RUN test \"$(cat /x/a)\" = alpha \
+             && test \"$(busybox stat -c '%a %u %g' /x/a)\" = '640 1000 50' \
+             && test \"$(busybox stat -c %i /d/h1)\" = \"$(busybox stat -c %i /d/h2)\" \
+             && test \"$(busybox stat -c %h /d/h1)\" = 2 \
+             && echo ok > /ok\n",
+        ),
+        ("a", "alpha"),
+        ("d/h1", "linked"),
+    ]);
+    std::fs::hard_link(e.ctx.join("d/h1"), e.ctx.join("d/h2")).expect("hard link");
+    import_busybox(&e);
+    let out = local_export(&e, &[]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("ok")).expect("RUN passed"),
+        "ok\n"
+    );
+    let h1 = std::fs::metadata(out.join("d/h1")).expect("h1");
+    let h2 = std::fs::metadata(out.join("d/h2")).expect("h2");
+    assert_eq!(h1.ino(), h2.ino(), "the hard link is kept in the image");
+}
+
 #[test]
 fn a_failing_run_shows_its_output_and_is_not_cached() {
     let e = env(&[

@@ -49,7 +49,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -68,7 +68,9 @@ pub const RACY_WINDOW_COARSE: Duration = Duration::from_secs(2);
 /// What the stat cache file says it is; anything else is ignored.
 const CACHE_FORMAT: &str = "estiba-context-stat-cache";
 /// Bump when the record layout or the meaning of a field changes.
-const CACHE_VERSION: u32 = 1;
+const CACHE_VERSION: u32 = 2;
+/// Fewer files than this per core are hashed on one thread.
+const PARALLEL_MIN_FILES: usize = 64;
 
 /// Characters that make an exception pattern a glob (once a trailing `/*` or
 /// `/**` is set aside): when any exception has one, every excluded directory
@@ -151,6 +153,9 @@ pub struct BuildContext {
     dirs: RwLock<HashSet<String>>,
     /// Excluded directories → whether something below them is re-included.
     reincluded: RwLock<HashMap<String, bool>>,
+    /// [`BuildContext::lookup`]'s answers: the context is read once per
+    /// build, as docker sends it once.
+    lstats: RwLock<HashMap<String, Option<fs::Metadata>>>,
     cache: Mutex<StatCache>,
     files_hashed: AtomicU64,
     cache_hits: AtomicU64,
@@ -203,6 +208,7 @@ impl BuildContext {
             match_infos: RwLock::default(),
             dirs: RwLock::default(),
             reincluded: RwLock::default(),
+            lstats: RwLock::default(),
             cache: Mutex::new(StatCache {
                 file: stat_cache,
                 root: root_key,
@@ -388,6 +394,15 @@ impl BuildContext {
     /// `lstat` of `path`, whose parent is a known directory, or `None` when
     /// it is missing or not visible. Remembers visible directories.
     fn lookup(&self, path: &str) -> Result<Option<fs::Metadata>, TreeError> {
+        if let Some(known) = read(&self.lstats).get(path) {
+            return Ok(known.clone());
+        }
+        let found = self.lookup_uncached(path)?;
+        write(&self.lstats).insert(path.to_owned(), found.clone());
+        Ok(found)
+    }
+
+    fn lookup_uncached(&self, path: &str) -> Result<Option<fs::Metadata>, TreeError> {
         let excluded = self.excluded(path).map_err(tree_error)?;
         if excluded && !self.may_reinclude_below(path) {
             return Ok(None);
@@ -486,11 +501,12 @@ impl BuildContext {
         Ok(names)
     }
 
-    /// The remembered digest of `path` if its key is unchanged.
-    fn cached(&self, path: &str, key: &StatKey) -> Option<Digest> {
+    /// What is remembered of `path` (its digest and xattrs), if its key
+    /// is unchanged. An xattr change changes the ctime, so the key.
+    fn cached(&self, path: &str, key: &StatKey) -> Option<(Digest, Xattrs)> {
         let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         match cache.entries.get(path) {
-            Some((cached, digest)) if cached == key => Some(*digest),
+            Some(known) if known.key == *key => Some((known.digest, known.xattrs.clone())),
             _ => None,
         }
     }
@@ -575,8 +591,23 @@ impl SourceTree for BuildContext {
     fn xattrs(&self, path: &str) -> Result<Vec<(String, Vec<u8>)>, TreeError> {
         let host = match self.locate(path)? {
             Some(located) if located.is_empty() => self.root.clone(),
-            Some(located) if self.lookup(&located)?.is_some() => self.root.join(located),
-            _ => {
+            Some(located) => match self.lookup(&located)? {
+                Some(meta) => {
+                    if meta.is_file() {
+                        if let Some((_, xattrs)) = self.cached(&located, &StatKey::of(&meta)) {
+                            return Ok(xattrs);
+                        }
+                    }
+                    self.root.join(located)
+                }
+                None => {
+                    return Err(io_error(
+                        &self.root.join(tree::clean(path)),
+                        io::Error::from(io::ErrorKind::NotFound),
+                    ))
+                }
+            },
+            None => {
                 return Err(io_error(
                     &self.root.join(tree::clean(path)),
                     io::Error::from(io::ErrorKind::NotFound),
@@ -592,7 +623,7 @@ impl SourceTree for BuildContext {
         let started = now_ns();
         let (located, host, meta) = self.regular_file(path)?;
         let key = StatKey::of(&meta);
-        if let Some(digest) = self.cached(&located, &key) {
+        if let Some((digest, _)) = self.cached(&located, &key) {
             self.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(digest);
         }
@@ -601,15 +632,67 @@ impl SourceTree for BuildContext {
         let mut hasher = Hasher::new();
         io::copy(&mut file, &mut hasher).map_err(|source| io_error(&host, source))?;
         let digest = hasher.finish();
+        // Read after the key was taken: a later change moves the ctime.
+        let xattrs = read_xattrs(&host).map_err(|source| io_error(&host, source))?;
         self.files_hashed.fetch_add(1, Ordering::Relaxed);
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         if key.is_racy(started) {
             cache.dirty |= cache.entries.remove(&located).is_some();
         } else {
-            cache.entries.insert(located, (key, digest));
+            cache.entries.insert(
+                located,
+                Remembered {
+                    key,
+                    digest,
+                    xattrs,
+                },
+            );
             cache.dirty = true;
         }
         Ok(digest)
+    }
+
+    /// Hashes on every core: a cold context is mostly reading and sha256.
+    fn content_digests(&self, paths: &[&str]) -> Result<Vec<Digest>, TreeError> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(paths.len() / PARALLEL_MIN_FILES)
+            .max(1);
+        if threads == 1 {
+            return paths.iter().map(|p| self.content_digest(p)).collect();
+        }
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let work = || -> Result<Vec<(usize, Digest)>, TreeError> {
+            let mut done = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= paths.len() || failed.load(Ordering::Relaxed) {
+                    return Ok(done);
+                }
+                match self.content_digest(paths[i]) {
+                    Ok(d) => done.push((i, d)),
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        let results: Vec<_> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads).map(|_| s.spawn(work)).collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        let mut digests = vec![Digest::of(b""); paths.len()];
+        for result in results {
+            for (i, d) in result? {
+                digests[i] = d;
+            }
+        }
+        Ok(digests)
     }
 }
 
@@ -932,16 +1015,27 @@ struct StatCache {
     file: Option<PathBuf>,
     /// The context root the entries belong to.
     root: String,
-    /// Context path → key and digest.
-    entries: HashMap<String, (StatKey, Digest)>,
+    /// Context path → what is remembered of it.
+    entries: HashMap<String, Remembered>,
     /// Changed since loaded or saved.
     dirty: bool,
 }
 
+/// Extended attributes worth keeping, sorted by name.
+type Xattrs = Vec<(String, Vec<u8>)>;
+
+/// What the stat cache remembers of a file.
+#[derive(Debug, Clone)]
+struct Remembered {
+    key: StatKey,
+    digest: Digest,
+    xattrs: Xattrs,
+}
+
 /// One entry on disk: path, size, mtime ns, ctime ns, inode, device, mode,
-/// digest (an array, to keep the file small).
+/// digest, xattrs (an array, to keep the file small).
 #[derive(Serialize, Deserialize)]
-struct Record<P>(P, u64, i64, i64, u64, u64, u32, Digest);
+struct Record<P>(P, u64, i64, i64, u64, u64, u32, Digest, Xattrs);
 
 /// The cache file: JSON, identified and versioned.
 #[derive(Serialize, Deserialize)]
@@ -955,7 +1049,7 @@ struct CacheFile<P> {
 /// The entries of the cache file for `root`; empty when the file is
 /// missing, unreadable, corrupt, of another format or version, or made for
 /// another root.
-fn load_cache(file: &Path, root: &str) -> HashMap<String, (StatKey, Digest)> {
+fn load_cache(file: &Path, root: &str) -> HashMap<String, Remembered> {
     let Ok(bytes) = fs::read(file) else {
         return HashMap::new();
     };
@@ -969,7 +1063,7 @@ fn load_cache(file: &Path, root: &str) -> HashMap<String, (StatKey, Digest)> {
         .entries
         .into_iter()
         .map(
-            |Record(path, size, mtime_ns, ctime_ns, ino, dev, mode, digest)| {
+            |Record(path, size, mtime_ns, ctime_ns, ino, dev, mode, digest, xattrs)| {
                 let key = StatKey {
                     size,
                     mtime_ns,
@@ -978,7 +1072,14 @@ fn load_cache(file: &Path, root: &str) -> HashMap<String, (StatKey, Digest)> {
                     dev,
                     mode,
                 };
-                (path, (key, digest))
+                (
+                    path,
+                    Remembered {
+                        key,
+                        digest,
+                        xattrs,
+                    },
+                )
             },
         )
         .collect()
@@ -988,16 +1089,17 @@ fn write_cache(file: &Path, cache: &StatCache) -> io::Result<()> {
     let mut entries: Vec<Record<&str>> = cache
         .entries
         .iter()
-        .map(|(path, (key, digest))| {
+        .map(|(path, known)| {
             Record(
                 path.as_str(),
-                key.size,
-                key.mtime_ns,
-                key.ctime_ns,
-                key.ino,
-                key.dev,
-                key.mode,
-                *digest,
+                known.key.size,
+                known.key.mtime_ns,
+                known.key.ctime_ns,
+                known.key.ino,
+                known.key.dev,
+                known.key.mode,
+                known.digest,
+                known.xattrs.clone(),
             )
         })
         .collect();

@@ -19,17 +19,19 @@
 //! [`walk_sources`] yields the entries in one fixed order; both the copy and
 //! the cache key ([`hash_sources`]) use it, so they always agree.
 
+use crate::layer::{self, LayerStream, TarHeader};
 use crate::rootfs::LayeredTree;
 use crate::tree::{self, EntryKind, Meta, SourceTree, TreeError};
 use estiba_cache::{Digest, Hasher};
 use estiba_frontend::dockerignore::{path_match, Matcher};
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 /// Why a COPY or ADD failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +69,9 @@ pub enum CopyError {
     /// Reading a source failed.
     #[error(transparent)]
     Tree(#[from] TreeError),
+    /// Writing the layer failed.
+    #[error(transparent)]
+    Layer(#[from] layer::LayerError),
     /// Writing the destination failed.
     #[error("cannot write {path}")]
     Write {
@@ -397,9 +402,19 @@ pub fn hash_sources(
     for m in matches {
         let line = format!("match\0{}\0{}\0{:?}\n", m.name, m.path, m.parents_path);
         h.update(line.as_bytes());
-        for e in walk_sources(tree, m, excludes)? {
+        let entries = walk_sources(tree, m, excludes)?;
+        let files: Vec<&str> = entries
+            .iter()
+            .filter(|e| e.meta.kind == EntryKind::File)
+            .map(|e| e.source.as_str())
+            .collect();
+        let mut digests = tree.content_digests(&files)?.into_iter();
+        for e in &entries {
             let what = match &e.meta.kind {
-                EntryKind::File => tree.content_digest(&e.source)?.to_string(),
+                EntryKind::File => digests
+                    .next()
+                    .ok_or_else(|| TreeError::Other("a file without its digest".to_string()))?
+                    .to_string(),
                 EntryKind::Dir => "dir".to_string(),
                 EntryKind::Symlink(t) => format!("symlink\0{t}"),
                 EntryKind::CharDevice(a, b) => format!("char\0{a}\0{b}"),
@@ -444,33 +459,75 @@ pub struct CopyOptions {
     pub mtime: i64,
 }
 
-/// Writes into a step's upper directory, resolving destinations against the
-/// merged view (upper on top of the lower layers).
-pub struct Writer {
-    upper: PathBuf,
-    merged: LayeredTree,
-    opts: CopyOptions,
-    links: BTreeMap<(u64, u64), PathBuf>,
+/// One entry of a [`Writer`]'s diff, with its final metadata.
+struct Entry<'t> {
+    meta: Meta,
+    xattrs: Vec<(String, Vec<u8>)>,
+    data: Data<'t>,
+    /// A lower directory copied up only to hold what is written below it.
+    copied_up: bool,
 }
 
-impl std::fmt::Debug for Writer {
+/// Where a regular file's content comes from.
+enum Data<'t> {
+    /// Not a regular file.
+    None,
+    /// A file in a source tree, read when the layer is written; `inode`
+    /// groups the names of one hard-linked file.
+    Tree {
+        tree: Rc<dyn SourceTree + 't>,
+        path: String,
+        inode: Option<usize>,
+    },
+    /// Bytes held in memory (a heredoc).
+    Inline(Vec<u8>),
+}
+
+/// What a COPY, ADD or WORKDIR step changes above the layers below it.
+///
+/// The diff is built in memory: destinations are resolved against it over
+/// the lower layers, merged as overlayfs would show them, and file contents
+/// stay in their source trees until [`Writer::write_layer`] streams them
+/// into the layer tar (or [`Writer::write_to_dir`] into a directory), so
+/// each byte is read once.
+pub struct Writer<'t> {
+    lower: LayeredTree,
+    /// `lstat` answers of `lower`, which does not change during a step.
+    lower_stats: RefCell<HashMap<String, Option<Meta>>>,
+    entries: BTreeMap<String, Entry<'t>>,
+    /// Directories [`Writer::mkdir_all`] made or found, by path as asked.
+    made: HashMap<String, String>,
+    opts: CopyOptions,
+    /// A source file's (device, inode) → its hard-link group in the diff.
+    links: HashMap<(u64, u64), usize>,
+    /// Temporary directories whose files the diff refers to.
+    held: Vec<tempfile::TempDir>,
+    /// Entries replace whatever is at their path, as extracting an archive
+    /// does, rather than refusing to put a directory over a file.
+    replace: bool,
+}
+
+impl std::fmt::Debug for Writer<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Writer")
-            .field("upper", &self.upper)
+            .field("lower", &self.lower)
+            .field("entries", &self.entries.len())
             .finish()
     }
 }
 
-impl Writer {
-    /// A writer into `upper` above `lower` layers (top first).
-    pub fn new(upper: &Path, lower: &[PathBuf], opts: CopyOptions) -> Self {
-        let mut layers = vec![upper.to_path_buf()];
-        layers.extend(lower.iter().cloned());
+impl<'t> Writer<'t> {
+    /// A writer above `lower`.
+    pub fn new(lower: LayeredTree, opts: CopyOptions) -> Self {
         Writer {
-            upper: upper.to_path_buf(),
-            merged: LayeredTree::new(layers),
+            lower,
+            lower_stats: RefCell::default(),
+            entries: BTreeMap::new(),
+            made: HashMap::new(),
             opts,
-            links: BTreeMap::new(),
+            links: HashMap::new(),
+            held: Vec::new(),
+            replace: false,
         }
     }
 
@@ -482,10 +539,100 @@ impl Writer {
         }
     }
 
+    /// `lstat` in the merged view: the diff over the lower layers.
+    fn stat(&self, path: &str) -> Result<Option<Meta>, TreeError> {
+        if let Some(e) = self.entries.get(path) {
+            return Ok(Some(e.meta.clone()));
+        }
+        // A non-directory the diff put at a parent hides what is below it.
+        let mut at = path;
+        while let Some((parent, _)) = at.rsplit_once('/') {
+            if matches!(self.entries.get(parent), Some(e) if e.meta.kind != EntryKind::Dir) {
+                return Ok(None);
+            }
+            at = parent;
+        }
+        if let Some(known) = self.lower_stats.borrow().get(path) {
+            return Ok(known.clone());
+        }
+        let mut meta = self.lower.stat(path)?;
+        if path.is_empty() && meta.is_none() {
+            // No layer below (FROM scratch, --link): the root is there anyway.
+            meta = Some(Meta {
+                kind: EntryKind::Dir,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                size: 0,
+                mtime: self.opts.mtime,
+                link_id: None,
+            });
+        }
+        self.lower_stats
+            .borrow_mut()
+            .insert(path.to_string(), meta.clone());
+        Ok(meta)
+    }
+
+    fn resolve(&self, path: &str, follow_last: bool) -> Result<String, TreeError> {
+        tree::resolve_with(|p| self.stat(p), path, follow_last)
+    }
+
+    fn is_dir(&self, path: &str) -> Result<bool, TreeError> {
+        Ok(matches!(
+            self.stat(path)?,
+            Some(Meta {
+                kind: EntryKind::Dir,
+                ..
+            })
+        ))
+    }
+
+    /// Puts `entry` at `path` (resolved), replacing what the diff had there.
+    /// The root is never an entry: a layer does not carry it.
+    ///
+    /// The parent directory's mtime becomes the step's, as the kernel sets
+    /// it when an entry is made in it (and as docker's layers show); only
+    /// an archive's own directories keep theirs, restored after extraction.
+    fn insert(&mut self, path: String, entry: Entry<'t>) {
+        if path.is_empty() {
+            return;
+        }
+        let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+        if let Some(dir) = self.entries.get_mut(parent) {
+            if !self.replace || dir.copied_up {
+                dir.meta.mtime = self.opts.mtime;
+            }
+        }
+        self.entries.insert(path, entry);
+    }
+
+    /// `meta` (and `xattrs`) with `--chown`/`--chmod` applied.
+    fn finished(&self, meta: &Meta, xattrs: Vec<(String, Vec<u8>)>, data: Data<'t>) -> Entry<'t> {
+        let (uid, gid) = self.owner(meta);
+        let mode = match (&self.opts.chmod, &meta.kind) {
+            // A symlink's own mode means nothing on Linux.
+            (_, EntryKind::Symlink(_)) => 0o777,
+            (Some(c), kind) => c.apply(meta.mode, *kind == EntryKind::Dir),
+            (None, _) => meta.mode,
+        };
+        Entry {
+            meta: Meta {
+                mode,
+                uid,
+                gid,
+                ..meta.clone()
+            },
+            xattrs,
+            data,
+            copied_up: false,
+        }
+    }
+
     /// Copies every match to `dest` (absolute; a trailing `/` means a directory).
     pub fn copy(
         &mut self,
-        tree: &dyn SourceTree,
+        tree: &Rc<dyn SourceTree + 't>,
         matches: &[SourceMatch],
         dest: &str,
         excludes: Option<&Matcher>,
@@ -507,21 +654,14 @@ impl Writer {
             let target = if let Some(kept) = &m.parents_path {
                 tree::join(&dest_rel, kept)
             } else {
-                let dest_resolved = tree::resolve(&self.merged, &dest_rel, true)?;
-                let dest_is_dir = matches!(
-                    self.merged.stat(&dest_resolved)?,
-                    Some(Meta {
-                        kind: EntryKind::Dir,
-                        ..
-                    })
-                );
-                if src_meta.kind != EntryKind::Dir && dest_is_dir {
+                let dest_resolved = self.resolve(&dest_rel, true)?;
+                if src_meta.kind != EntryKind::Dir && self.is_dir(&dest_resolved)? {
                     tree::join(&dest_rel, &m.name)
                 } else {
                     dest_rel.clone()
                 }
             };
-            for e in walk_sources(tree, m, excludes)? {
+            for e in walk_sources(tree.as_ref(), m, excludes)? {
                 let to = tree::join(&target, &e.rel);
                 self.write_entry(tree, &e, &to, e.rel.is_empty())?;
             }
@@ -550,25 +690,34 @@ impl Writer {
         result
     }
 
-    /// The upper-dir directory for `dest` (created), where ADD extracts archives.
-    pub fn dest_dir(&mut self, dest: &str) -> Result<PathBuf, CopyError> {
-        let resolved = self.mkdir_all(&tree::clean(dest))?;
-        Ok(self.upper.join(resolved))
+    /// ADD of a local archive, already extracted into `dir`: its contents go
+    /// to the directory `dest` (created), with the owners and modes the
+    /// archive gave them. The writer keeps `dir` until the layer is written.
+    pub fn add_extracted(&mut self, dir: tempfile::TempDir, dest: &str) -> Result<(), CopyError> {
+        let dest_rel = tree::clean(dest);
+        self.mkdir_all(&dest_rel)?;
+        let tree: Rc<dyn SourceTree + 't> =
+            Rc::new(LayeredTree::new(vec![dir.path().to_path_buf()]));
+        self.held.push(dir);
+        let saved = self.opts.clone();
+        self.set_options(None, None, true);
+        self.replace = true;
+        let root = SourceMatch {
+            name: String::new(),
+            path: String::new(),
+            parents_path: None,
+        };
+        let result = self.copy(&tree, &[root], &format!("/{dest_rel}"), None);
+        self.opts = saved;
+        self.replace = false;
+        result
     }
 
     /// Writes a file with `data` (a heredoc source) at `dest`.
     pub fn write_file(&mut self, dest: &str, name: &str, data: &[u8]) -> Result<(), CopyError> {
         let dest_rel = tree::clean(dest);
-        let dest_resolved = tree::resolve(&self.merged, &dest_rel, true)?;
-        let is_dir = dest.ends_with('/')
-            || matches!(
-                self.merged.stat(&dest_resolved)?,
-                Some(Meta {
-                    kind: EntryKind::Dir,
-                    ..
-                })
-            );
-        let target = if is_dir {
+        let dest_resolved = self.resolve(&dest_rel, true)?;
+        let target = if dest.ends_with('/') || self.is_dir(&dest_resolved)? {
             tree::join(&dest_rel, name)
         } else {
             dest_rel
@@ -583,44 +732,48 @@ impl Writer {
             link_id: None,
         };
         let path = self.prepare(&target)?;
-        let mut f = fs::File::create(&path).map_err(write_err(&path))?;
-        f.write_all(data).map_err(write_err(&path))?;
-        drop(f);
-        self.finish_entry(&path, &meta, &[])
+        self.refuse_dir(&path, &target, &target)?;
+        let entry = self.finished(&meta, Vec::new(), Data::Inline(data.to_vec()));
+        self.insert(path, entry);
+        Ok(())
     }
 
-    /// The upper-dir path for `target` (a path in the image), with its parent
-    /// directories present in the upper dir (copied up or created).
-    fn prepare(&mut self, target: &str) -> Result<PathBuf, CopyError> {
-        let (parent, name) = match target.rsplit_once('/') {
-            Some((p, n)) => (p.to_string(), n.to_string()),
-            None => (String::new(), target.to_string()),
-        };
-        let parent = self.mkdir_all(&parent)?;
-        let path = self.upper.join(&parent).join(&name);
-        Ok(path)
+    /// `target` (a path in the image) with its parent directories present
+    /// in the diff (copied up or created), resolved.
+    fn prepare(&mut self, target: &str) -> Result<String, CopyError> {
+        Ok(match target.rsplit_once('/') {
+            Some((parent, name)) => tree::join(&self.mkdir_all(parent)?, name),
+            None => target.to_string(),
+        })
     }
 
-    /// Makes `dir` (a path in the image) a directory in the upper dir,
-    /// following symlinks of the merged view; returns the resolved path.
+    /// Makes `dir` (a path in the image) a directory in the diff, following
+    /// symlinks of the merged view; returns the resolved path.
     fn mkdir_all(&mut self, dir: &str) -> Result<String, CopyError> {
+        if let Some(done) = self.made.get(dir) {
+            return Ok(done.clone());
+        }
         let mut done = String::new();
         for part in dir.split('/').filter(|p| !p.is_empty()) {
             let candidate = tree::join(&done, part);
-            let resolved = tree::resolve(&self.merged, &candidate, true)?;
-            let upper_path = self.upper.join(&resolved);
-            match self.merged.stat(&resolved)? {
-                Some(Meta {
-                    kind: EntryKind::Dir,
-                    mode,
-                    uid,
-                    gid,
-                    mtime,
-                    ..
-                }) => {
-                    if fs::symlink_metadata(&upper_path).is_err() {
+            let resolved = self.resolve(&candidate, true)?;
+            match self.stat(&resolved)? {
+                Some(
+                    meta @ Meta {
+                        kind: EntryKind::Dir,
+                        ..
+                    },
+                ) => {
+                    if !self.entries.contains_key(&resolved) {
                         // Copy up, as overlayfs does on the first write below it.
-                        self.make_dir(&upper_path, mode, (uid, gid), mtime)?;
+                        let xattrs = self.lower.xattrs(&resolved)?;
+                        let entry = Entry {
+                            meta,
+                            xattrs,
+                            data: Data::None,
+                            copied_up: true,
+                        };
+                        self.insert(resolved.clone(), entry);
                     }
                 }
                 Some(_) => {
@@ -631,193 +784,232 @@ impl Writer {
                     })
                 }
                 None => {
-                    let owner = self.opts.chown.unwrap_or((0, 0));
-                    self.make_dir(&upper_path, 0o755, owner, self.opts.mtime)?;
+                    let (uid, gid) = self.opts.chown.unwrap_or((0, 0));
+                    let meta = Meta {
+                        kind: EntryKind::Dir,
+                        mode: 0o755,
+                        uid,
+                        gid,
+                        size: 0,
+                        mtime: self.opts.mtime,
+                        link_id: None,
+                    };
+                    let entry = Entry {
+                        meta,
+                        xattrs: Vec::new(),
+                        data: Data::None,
+                        copied_up: false,
+                    };
+                    self.insert(resolved.clone(), entry);
                 }
             }
             done = resolved;
         }
+        self.made.insert(dir.to_string(), done.clone());
         Ok(done)
     }
 
-    fn make_dir(
-        &self,
-        path: &Path,
-        mode: u32,
-        owner: (u32, u32),
-        mtime: i64,
-    ) -> Result<(), CopyError> {
-        if let Some(parent) = path.parent() {
-            if !parent.exists() {
-                fs::create_dir_all(parent).map_err(write_err(parent))?;
+    /// A non-directory may not replace a directory the diff holds, unless
+    /// entries replace (an archive): then the directory and all below it go.
+    fn refuse_dir(&mut self, path: &str, source: &str, target: &str) -> Result<(), CopyError> {
+        match self.entries.get(path) {
+            Some(e) if e.meta.kind == EntryKind::Dir && self.replace => {
+                let below = format!("{path}/");
+                self.entries
+                    .retain(|p, _| p != path && !p.starts_with(below.as_str()));
+                self.made.clear();
+                Ok(())
             }
+            Some(e) if e.meta.kind == EntryKind::Dir => Err(CopyError::Conflict {
+                source_path: source.to_string(),
+                dest: format!("/{target}"),
+                reason: "cannot replace a directory with a file",
+            }),
+            _ => Ok(()),
         }
-        match fs::create_dir(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(write_err(path)(e)),
-        }
-        chown(path, owner)?;
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(write_err(path))?;
-        set_mtime(path, mtime)?;
-        Ok(())
     }
 
     fn write_entry(
         &mut self,
-        tree: &dyn SourceTree,
+        tree: &Rc<dyn SourceTree + 't>,
         e: &WalkEntry,
         target: &str,
         top: bool,
     ) -> Result<(), CopyError> {
-        if e.meta.kind == EntryKind::Dir {
-            let resolved = tree::resolve(&self.merged, target, true)?;
-            let existing = self.merged.stat(&resolved)?;
-            match existing {
-                Some(Meta {
-                    kind: EntryKind::Dir,
-                    ..
-                }) => {
-                    let rel = self.mkdir_all(target)?;
-                    let path = self.upper.join(rel);
-                    // The copy root keeps the metadata it had; directories
-                    // below it take the source's (fsutil's rule).
-                    if !top {
-                        let xattrs = tree.xattrs(&e.source)?;
-                        self.finish_entry(&path, &e.meta, &xattrs)?;
-                    }
-                }
-                Some(_) => {
-                    return Err(CopyError::Conflict {
-                        source_path: e.source.clone(),
-                        dest: format!("/{target}"),
-                        reason: "cannot replace a file with a directory",
-                    })
-                }
-                None => {
-                    let path = self.prepare(&resolved)?;
-                    self.make_dir(&path, 0o755, (0, 0), e.meta.mtime)?;
-                    let xattrs = tree.xattrs(&e.source)?;
-                    self.finish_entry(&path, &e.meta, &xattrs)?;
-                }
-            }
-            return Ok(());
-        }
-        let resolved_parent = match target.rsplit_once('/') {
-            Some((p, n)) => tree::join(&self.mkdir_all(p)?, n),
-            None => target.to_string(),
-        };
-        let path = self.upper.join(&resolved_parent);
-        if let Ok(m) = fs::symlink_metadata(&path) {
-            if m.is_dir() {
-                return Err(CopyError::Conflict {
-                    source_path: e.source.clone(),
-                    dest: format!("/{target}"),
-                    reason: "cannot replace a directory with a file",
-                });
-            }
-            fs::remove_file(&path).map_err(write_err(&path))?;
-        }
         match &e.meta.kind {
-            EntryKind::File => {
-                if let Some(first) = e.meta.link_id.and_then(|id| self.links.get(&id)) {
-                    fs::hard_link(first, &path).map_err(write_err(&path))?;
-                    return Ok(());
-                }
-                let mut f = fs::File::create(&path).map_err(write_err(&path))?;
-                match tree.open_file(&e.source)? {
-                    // File to file: the kernel copies (copy_file_range).
-                    Some(mut src) => std::io::copy(&mut src, &mut f),
-                    None => std::io::copy(&mut tree.open(&e.source)?, &mut f),
-                }
-                .map_err(write_err(&path))?;
-                drop(f);
-                if let Some(id) = e.meta.link_id {
-                    self.links.insert(id, path.clone());
-                }
-            }
-            EntryKind::Symlink(t) => {
-                symlink(t, &path).map_err(write_err(&path))?;
-                let (uid, gid) = self.owner(&e.meta);
-                nix::unistd::fchownat(
-                    None,
-                    &path,
-                    Some(uid.into()),
-                    Some(gid.into()),
-                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(|err| write_err(&path)(err.into()))?;
-                // A symlink keeps its own mtime, as fsutil copies it.
-                set_mtime(&path, e.meta.mtime)?;
+            EntryKind::Dir => {
+                let resolved = self.resolve(target, true)?;
+                let path = match self.stat(&resolved)? {
+                    Some(Meta {
+                        kind: EntryKind::Dir,
+                        ..
+                    }) => {
+                        let path = self.mkdir_all(target)?;
+                        // The copy root keeps the metadata it had; directories
+                        // below it take the source's (fsutil's rule).
+                        if top {
+                            return Ok(());
+                        }
+                        path
+                    }
+                    Some(_) if self.replace => self.prepare(target)?,
+                    Some(_) => {
+                        return Err(CopyError::Conflict {
+                            source_path: e.source.clone(),
+                            dest: format!("/{target}"),
+                            reason: "cannot replace a file with a directory",
+                        })
+                    }
+                    None => self.prepare(&resolved)?,
+                };
+                let xattrs = tree.xattrs(&e.source)?;
+                let entry = self.finished(&e.meta, xattrs, Data::None);
+                self.insert(path, entry);
                 return Ok(());
             }
-            EntryKind::CharDevice(major, minor) | EntryKind::BlockDevice(major, minor) => {
-                let kind = if matches!(e.meta.kind, EntryKind::CharDevice(..)) {
-                    nix::sys::stat::SFlag::S_IFCHR
-                } else {
-                    nix::sys::stat::SFlag::S_IFBLK
+            EntryKind::Socket => return Ok(()),
+            _ => {}
+        }
+        let path = self.prepare(target)?;
+        self.refuse_dir(&path, &e.source, target)?;
+        let (xattrs, data) = match &e.meta.kind {
+            EntryKind::File => {
+                let inode = e.meta.link_id.map(|id| {
+                    let next = self.links.len();
+                    *self.links.entry(id).or_insert(next)
+                });
+                let data = Data::Tree {
+                    tree: Rc::clone(tree),
+                    path: e.source.clone(),
+                    inode,
                 };
-                nix::sys::stat::mknod(
-                    &path,
-                    kind,
-                    nix::sys::stat::Mode::from_bits_truncate(e.meta.mode),
-                    nix::sys::stat::makedev((*major).into(), (*minor).into()),
-                )
-                .map_err(|err| write_err(&path)(err.into()))?;
+                (tree.xattrs(&e.source)?, data)
             }
-            EntryKind::Fifo => {
-                nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(e.meta.mode))
-                    .map_err(|err| write_err(&path)(err.into()))?;
-            }
-            EntryKind::Dir | EntryKind::Socket => return Ok(()),
-        }
-        let xattrs = tree.xattrs(&e.source)?;
-        self.finish_entry(&path, &e.meta, &xattrs)
-    }
-
-    /// Owner, mode (after `--chmod`), xattrs and mtime of a written entry.
-    fn finish_entry(
-        &self,
-        path: &Path,
-        meta: &Meta,
-        xattrs: &[(String, Vec<u8>)],
-    ) -> Result<(), CopyError> {
-        chown(path, self.owner(meta))?;
-        let is_dir = meta.kind == EntryKind::Dir;
-        let mode = match &self.opts.chmod {
-            Some(c) => c.apply(meta.mode, is_dir),
-            None => meta.mode,
+            // fsutil copies no xattrs of a symlink.
+            EntryKind::Symlink(_) => (Vec::new(), Data::None),
+            _ => (tree.xattrs(&e.source)?, Data::None),
         };
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(write_err(path))?;
-        for (name, value) in xattrs {
-            set_xattr(path, name, value)?;
-        }
-        set_mtime(path, meta.mtime.min(self.opts.mtime.max(meta.mtime)))?;
+        let entry = self.finished(&e.meta, xattrs, data);
+        self.insert(path, entry);
         Ok(())
     }
+
+    /// Writes the diff as a deterministic layer tar into `out`, reading
+    /// each file's content from its source as it goes, and gives `out` back.
+    /// The tar is not hashed here: the store's blob writer does it once.
+    pub fn write_layer<W: Write>(
+        &self,
+        out: W,
+        opts: &layer::LayerOptions,
+    ) -> Result<W, CopyError> {
+        let mut tar = LayerStream::new(out);
+        let mut first_names: HashMap<usize, Vec<u8>> = HashMap::new();
+        for (path, e) in &self.entries {
+            let mut h = header(path, e, opts);
+            match &e.data {
+                Data::None => tar.header(&h)?,
+                Data::Inline(bytes) => tar.file(&h, bytes.as_slice(), Path::new(path))?,
+                Data::Tree {
+                    tree,
+                    path: source,
+                    inode,
+                } => {
+                    if let Some(inode) = inode {
+                        if let Some(first) = first_names.get(inode) {
+                            h.kind = layer::EntryKind::Hardlink;
+                            h.link = Some(first.clone());
+                            h.size = 0;
+                            h.xattrs.clear();
+                            tar.header(&h)?;
+                            continue;
+                        }
+                        first_names.insert(*inode, h.path.clone());
+                    }
+                    let reader: Box<dyn Read + '_> = match tree.open_file(source)? {
+                        Some(file) => Box::new(file),
+                        None => tree.open(source)?,
+                    };
+                    tar.file(&h, reader, Path::new(source))?;
+                }
+            }
+        }
+        Ok(tar.finish()?)
+    }
+
+    /// Writes the diff into the empty directory `dir` (a bind mount's
+    /// private copy): the layer tar is unpacked as it is made.
+    pub fn write_to_dir(&self, dir: &Path) -> Result<(), CopyError> {
+        let (read_end, write_end) =
+            nix::unistd::pipe().map_err(|e| write_err(dir)(std::io::Error::from(e)))?;
+        std::thread::scope(|s| {
+            let unpacker = s.spawn(move || {
+                let reader = std::io::BufReader::new(fs::File::from(read_end));
+                layer::unpack_layer(
+                    reader,
+                    dir,
+                    &layer::UnpackOptions {
+                        whiteouts: layer::WhiteoutMode::Keep,
+                        ..layer::UnpackOptions::default()
+                    },
+                )
+            });
+            let pipe = std::io::BufWriter::new(fs::File::from(write_end));
+            // Dropping the pipe's end tells the unpacker the tar is complete.
+            let written = self
+                .write_layer(pipe, &layer::LayerOptions::default())
+                .map(drop);
+            let unpacked = unpacker
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            written?;
+            unpacked?;
+            Ok(())
+        })
+    }
 }
 
-fn chown(path: &Path, (uid, gid): (u32, u32)) -> Result<(), CopyError> {
-    nix::unistd::fchownat(
-        None,
-        path,
-        Some(uid.into()),
-        Some(gid.into()),
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .map_err(|err| write_err(path)(err.into()))
-}
-
-fn set_mtime(path: &Path, mtime: i64) -> Result<(), CopyError> {
-    let t = nix::sys::time::TimeSpec::new(mtime, 0);
-    nix::sys::stat::utimensat(
-        None,
-        path,
-        &t,
-        &t,
-        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-    )
-    .map_err(|err| write_err(path)(err.into()))
+/// The tar header of a diff entry.
+fn header(path: &str, e: &Entry<'_>, opts: &layer::LayerOptions) -> TarHeader {
+    let mut name = path.as_bytes().to_vec();
+    let (kind, link, device) = match &e.meta.kind {
+        EntryKind::File => (layer::EntryKind::File, None, (0, 0)),
+        EntryKind::Dir => {
+            name.push(b'/');
+            (layer::EntryKind::Dir, None, (0, 0))
+        }
+        EntryKind::Symlink(t) => (
+            layer::EntryKind::Symlink,
+            Some(t.as_bytes().to_vec()),
+            (0, 0),
+        ),
+        EntryKind::CharDevice(a, b) => (layer::EntryKind::CharDevice, None, (*a, *b)),
+        EntryKind::BlockDevice(a, b) => (layer::EntryKind::BlockDevice, None, (*a, *b)),
+        EntryKind::Fifo | EntryKind::Socket => (layer::EntryKind::Fifo, None, (0, 0)),
+    };
+    let mtime = match opts.mtime_clamp {
+        Some(clamp) => e.meta.mtime.min(clamp),
+        None => e.meta.mtime,
+    };
+    TarHeader {
+        path: name,
+        kind,
+        mode: e.meta.mode,
+        uid: u64::from(e.meta.uid),
+        gid: u64::from(e.meta.gid),
+        size: if kind == layer::EntryKind::File {
+            e.meta.size
+        } else {
+            0
+        },
+        mtime,
+        link,
+        device,
+        xattrs: e
+            .xattrs
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.clone()))
+            .collect(),
+    }
 }
 
 /// Sets an xattr on a path without following a final symlink.

@@ -339,11 +339,16 @@ pub(crate) enum DataError {
 #[derive(Debug)]
 pub(crate) struct TarWriter<W: Write> {
     out: W,
+    /// Content goes through this buffer, allocated once.
+    buf: Vec<u8>,
 }
 
 impl<W: Write> TarWriter<W> {
     pub(crate) fn new(out: W) -> Self {
-        TarWriter { out }
+        TarWriter {
+            out,
+            buf: Vec::new(),
+        }
     }
 
     /// Writes the header (and any PAX header before it).
@@ -423,10 +428,32 @@ impl<W: Write> TarWriter<W> {
     pub(crate) fn data(&mut self, data: impl Read, size: u64) -> Result<(), DataError> {
         let mut data = data;
         let mut limited = (&mut data).take(size);
-        let mut buf = vec![0u8; 128 * 1024];
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(128 * 1024, 0);
+        let result = self.data_through(&mut limited, &mut buf, size);
+        self.buf = buf;
+        result?;
+        let mut probe = [0u8; 1];
+        loop {
+            match data.read(&mut probe) {
+                Ok(0) => break,
+                Ok(_) => return Err(DataError::Long),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(DataError::Read(e)),
+            }
+        }
+        self.pad(size).map_err(DataError::Write)
+    }
+
+    fn data_through(
+        &mut self,
+        limited: &mut impl Read,
+        buf: &mut [u8],
+        size: u64,
+    ) -> Result<(), DataError> {
         let mut copied = 0u64;
         loop {
-            let n = match limited.read(&mut buf) {
+            let n = match limited.read(buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -438,16 +465,7 @@ impl<W: Write> TarWriter<W> {
         if copied < size {
             return Err(DataError::Short);
         }
-        let mut probe = [0u8; 1];
-        loop {
-            match data.read(&mut probe) {
-                Ok(0) => break,
-                Ok(_) => return Err(DataError::Long),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(DataError::Read(e)),
-            }
-        }
-        self.pad(size).map_err(DataError::Write)
+        Ok(())
     }
 
     fn pad(&mut self, size: u64) -> io::Result<()> {
@@ -593,20 +611,69 @@ pub fn write_layer(
     }
     found.sort_by(|a, b| a.rel.cmp(&b.rel));
 
-    let mut tar = TarWriter::new(DigestWriter::new(out));
+    let mut tar = LayerStream::new(DigestWriter::new(out));
     let mut inodes: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     for f in &found {
         write_entry(&mut tar, f, opts, &mut inodes)?;
     }
-    let (_, diff_id, size) = tar
-        .finish()
-        .map_err(|source| LayerError::Write { source })?
-        .finish();
+    let (_, diff_id, size) = tar.finish()?.finish();
     Ok(LayerInfo { diff_id, size })
 }
 
+/// A layer tar written entry by entry, for diffs that are not directories
+/// ([`crate::copy::Writer`]'s, held in memory). The caller gives the entries
+/// sorted, parents first, as [`write_layer`] does, and hashes the output if
+/// it needs the diff ID (a store blob writer hashes what it is given).
+pub(crate) struct LayerStream<W: Write> {
+    tar: TarWriter<W>,
+}
+
+impl<W: Write> LayerStream<W> {
+    pub(crate) fn new(out: W) -> Self {
+        LayerStream {
+            tar: TarWriter::new(out),
+        }
+    }
+
+    /// An entry without content (anything but a regular file's data).
+    pub(crate) fn header(&mut self, h: &TarHeader) -> Result<(), LayerError> {
+        self.tar
+            .header(h)
+            .map_err(|source| LayerError::Write { source })
+    }
+
+    /// A regular file: the header, then exactly `h.size` bytes of `data`,
+    /// read from `path` (named in errors).
+    pub(crate) fn file(
+        &mut self,
+        h: &TarHeader,
+        data: impl Read,
+        path: &Path,
+    ) -> Result<(), LayerError> {
+        self.header(h)?;
+        self.tar.data(data, h.size).map_err(|e| match e {
+            DataError::Read(source) => LayerError::Fs {
+                action: "read",
+                path: path.to_path_buf(),
+                source,
+            },
+            DataError::Write(source) => LayerError::Write { source },
+            DataError::Short | DataError::Long => LayerError::Changed {
+                path: path.to_path_buf(),
+            },
+        })
+    }
+
+    /// Ends the tar and gives the output back.
+    pub(crate) fn finish(self) -> Result<W, LayerError> {
+        self.tar
+            .finish()
+            .map_err(|source| LayerError::Write { source })
+    }
+}
+
 fn write_entry<W: Write>(
-    tar: &mut TarWriter<W>,
+    tar: &mut LayerStream<W>,
     f: &Found,
     opts: &LayerOptions,
     inodes: &mut HashMap<(u64, u64), Vec<u8>>,
@@ -639,9 +706,7 @@ fn write_entry<W: Write>(
         if let Some(first) = inodes.get(&key) {
             h.kind = EntryKind::Hardlink;
             h.link = Some(first.clone());
-            return tar
-                .header(&h)
-                .map_err(|source| LayerError::Write { source });
+            return tar.header(&h);
         }
         inodes.insert(key, f.rel.clone());
     }
@@ -673,18 +738,9 @@ fn write_entry<W: Write>(
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&f.abs)
             .map_err(|e| fs_err("open", e))?;
-        tar.header(&h)
-            .map_err(|source| LayerError::Write { source })?;
-        return tar.data(file, h.size).map_err(|e| match e {
-            DataError::Read(e) => fs_err("read", e),
-            DataError::Write(source) => LayerError::Write { source },
-            DataError::Short | DataError::Long => LayerError::Changed {
-                path: f.abs.clone(),
-            },
-        });
+        return tar.file(&h, file, &f.abs);
     }
     tar.header(&h)
-        .map_err(|source| LayerError::Write { source })
 }
 
 /// Whether an xattr belongs in a layer (see [`write_layer`]).

@@ -23,6 +23,7 @@ use estiba_frontend::Span;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::Instant;
 
 /// The media type of the uncompressed layers estiba stores.
@@ -186,6 +187,27 @@ pub struct Layer {
     pub descriptor: Descriptor,
     /// The digest of the uncompressed tar (equal to the blob digest here).
     pub diff_id: Digest,
+}
+
+impl Layer {
+    /// A layer stored uncompressed: its blob's digest is its diff ID.
+    pub fn uncompressed(digest: Digest, size: u64) -> Self {
+        Layer {
+            descriptor: layer_descriptor(digest, size),
+            diff_id: digest,
+        }
+    }
+}
+
+/// The descriptor of a layer blob stored uncompressed.
+pub fn layer_descriptor(digest: Digest, size: u64) -> Descriptor {
+    Descriptor {
+        media_type: LAYER_MEDIA_TYPE.to_string(),
+        digest,
+        size,
+        annotations: BTreeMap::new(),
+        platform: None,
+    }
 }
 
 /// A built image: its config and layers, not yet stored as a manifest.
@@ -626,7 +648,7 @@ impl<'a> Solver<'a> {
                 }
                 let key = key_of(None, None);
                 self.cached_or(&key, step, || {
-                    self.exec_in_upper(current, false, |writer, lower| {
+                    self.exec_diff(current, false, |writer, lower| {
                         let owner = if user.is_empty() {
                             (0, 0)
                         } else {
@@ -677,13 +699,11 @@ impl<'a> Solver<'a> {
                     .filter(|s| !fetch::is_url(s))
                     .cloned()
                     .collect();
-                let (tree, from_key, what): (Box<dyn SourceTree + '_>, Option<String>, String) =
+                let (tree, from_key, what): (Rc<dyn SourceTree + '_>, Option<String>, String) =
                     match &copy.from {
-                        CopySource::Context => (
-                            Box::new(ContextRef(self.context)),
-                            None,
-                            "the build context".to_string(),
-                        ),
+                        CopySource::Context => {
+                            (Rc::new(self.context), None, "the build context".to_string())
+                        }
                         CopySource::Stage { index } => {
                             let b =
                                 built
@@ -694,7 +714,7 @@ impl<'a> Solver<'a> {
                                     })?;
                             let tree = self.layered(&b.layers)?;
                             (
-                                Box::new(tree),
+                                Rc::new(tree),
                                 Some(b.key.clone()),
                                 format!("stage {}", graph.stages[*index].display_name()),
                             )
@@ -702,7 +722,7 @@ impl<'a> Solver<'a> {
                         CopySource::Image { reference } => {
                             let (desc, _, layers) = load_image(self.store, reference)?;
                             (
-                                Box::new(self.layered(&layers)?),
+                                Rc::new(self.layered(&layers)?),
                                 Some(desc.digest.to_string()),
                                 format!("image {reference}"),
                             )
@@ -747,12 +767,12 @@ impl<'a> Solver<'a> {
                     (layer, k, cached)
                 };
                 self.cached_or(&key, step, || {
-                    self.exec_in_upper(current, link, |writer, lower| {
+                    self.exec_diff(current, link, |writer, lower| {
                         self.exec_copy(
                             copy,
                             writer,
                             lower,
-                            tree.as_ref(),
+                            &tree,
                             &matches,
                             excludes.as_ref(),
                             keep_owners,
@@ -763,7 +783,8 @@ impl<'a> Solver<'a> {
                             None => fetch_all()?,
                         };
                         for (dir, d) in &fetched {
-                            let tree = LayeredTree::new(vec![dir.clone()]);
+                            let tree: Rc<dyn SourceTree> =
+                                Rc::new(LayeredTree::new(vec![dir.clone()]));
                             let m = copy::SourceMatch {
                                 name: d.name.clone(),
                                 path: d.name.clone(),
@@ -853,21 +874,24 @@ impl<'a> Solver<'a> {
         Ok(builder.commit()?)
     }
 
-    /// Runs `fill` on a fresh upper dir above `current`'s layers, then turns
-    /// the upper dir into a stored layer and its snapshot.
-    fn exec_in_upper(
+    /// Runs `fill` on a diff above `current`'s layers, then writes the diff
+    /// as a stored layer, streamed from the sources. Its snapshot is made
+    /// from the layer only if a later step needs it.
+    fn exec_diff<'t>(
         &self,
         current: &Built,
         independent: bool,
-        fill: impl FnOnce(&mut Writer, &LayeredTree) -> Result<()>,
+        fill: impl FnOnce(&mut Writer<'t>, &LayeredTree) -> Result<()>,
     ) -> Result<Layer> {
         let lower = self.layered(&current.layers)?;
         // An independent (--link) layer resolves its destination against
         // nothing below it; names for --chown still come from the image.
-        let below: &[PathBuf] = if independent { &[] } else { lower.layers() };
-        let upper = self.new_upper()?;
+        let below = if independent {
+            LayeredTree::new(Vec::new())
+        } else {
+            lower.clone()
+        };
         let mut writer = Writer::new(
-            upper.path(),
             below,
             CopyOptions {
                 mtime: self.time(),
@@ -875,7 +899,14 @@ impl<'a> Solver<'a> {
             },
         );
         fill(&mut writer, &lower)?;
-        self.commit_upper(upper)
+        let blob = writer.write_layer(
+            self.store.blob_writer()?,
+            &layer::LayerOptions {
+                mtime_clamp: self.opts.epoch,
+            },
+        )?;
+        let (digest, size) = blob.commit()?;
+        Ok(Layer::uncompressed(digest, size))
     }
 
     /// The sources of a RUN's bind mounts, by mount index: matched in the
@@ -892,7 +923,7 @@ impl<'a> Solver<'a> {
             if m.kind != MountKind::Bind {
                 continue;
             }
-            let (tree, keep_owners, from): (Box<dyn SourceTree + 'a>, bool, String) =
+            let (tree, keep_owners, from): (Rc<dyn SourceTree + 'a>, bool, String) =
                 match (m.stage, &m.from) {
                     (Some(index), _) => {
                         let name = graph
@@ -906,7 +937,7 @@ impl<'a> Solver<'a> {
                                 reason: "used before it was built".to_string(),
                             })?;
                         (
-                            Box::new(self.layered(&b.layers)?),
+                            Rc::new(self.layered(&b.layers)?),
                             true,
                             format!("stage {name}"),
                         )
@@ -914,13 +945,13 @@ impl<'a> Solver<'a> {
                     (None, Some(reference)) => {
                         let (_, _, layers) = load_image(self.store, reference)?;
                         (
-                            Box::new(self.layered(&layers)?),
+                            Rc::new(self.layered(&layers)?),
                             true,
                             format!("image {reference}"),
                         )
                     }
                     (None, None) => (
-                        Box::new(ContextRef(self.context)),
+                        Rc::new(self.context),
                         false,
                         "the build context".to_string(),
                     ),
@@ -974,8 +1005,7 @@ impl<'a> Solver<'a> {
             .tempdir_in(&tmp)
             .map_err(|source| SolveErrorKind::Io { path: tmp, source })?;
         let mut writer = Writer::new(
-            dir.path(),
-            &[],
+            LayeredTree::new(Vec::new()),
             CopyOptions {
                 mtime: self.time(),
                 keep_owners: bind.keep_owners,
@@ -983,11 +1013,12 @@ impl<'a> Solver<'a> {
             },
         );
         writer.copy(
-            bind.tree.as_ref(),
+            &bind.tree,
             std::slice::from_ref(&bind.matched),
             "/source",
             None,
         )?;
+        writer.write_to_dir(dir.path())?;
         let path = dir.path().join("source");
         Ok((dir, path))
     }
@@ -1285,24 +1316,18 @@ impl<'a> Solver<'a> {
             builder.commit()?;
         }
         Ok(Layer {
-            descriptor: Descriptor {
-                media_type: LAYER_MEDIA_TYPE.to_string(),
-                digest,
-                size,
-                annotations: BTreeMap::new(),
-                platform: None,
-            },
+            descriptor: layer_descriptor(digest, size),
             diff_id: info.diff_id,
         })
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn exec_copy(
+    fn exec_copy<'t>(
         &self,
         step: &CopyStep,
-        writer: &mut Writer,
+        writer: &mut Writer<'t>,
         lower: &LayeredTree,
-        tree: &dyn SourceTree,
+        tree: &Rc<dyn SourceTree + 't>,
         matches: &[copy::SourceMatch],
         excludes: Option<&Matcher>,
         keep_owners: bool,
@@ -1328,11 +1353,11 @@ impl<'a> Solver<'a> {
 
     /// ADD: local archives are extracted at the destination, other files
     /// copied as COPY would.
-    fn exec_add(
+    fn exec_add<'t>(
         &self,
         step: &CopyStep,
-        writer: &mut Writer,
-        tree: &dyn SourceTree,
+        writer: &mut Writer<'t>,
+        tree: &Rc<dyn SourceTree + 't>,
         matches: &[copy::SourceMatch],
         excludes: Option<&Matcher>,
     ) -> Result<()> {
@@ -1347,7 +1372,11 @@ impl<'a> Solver<'a> {
                 })
             );
             if unpack && is_file && is_archive(tree.open(&m.path)?) {
-                let dest = writer.dest_dir(&step.dest)?;
+                let tmp = self.store.tmp_dir();
+                let extracted = tempfile::Builder::new()
+                    .prefix("add-")
+                    .tempdir_in(&tmp)
+                    .map_err(|source| SolveErrorKind::Io { path: tmp, source })?;
                 let reader =
                     crate::compress::decompressing_reader(tree.open(&m.path)?).map_err(|e| {
                         SolveErrorKind::Copy(copy::CopyError::Tree(tree::TreeError::Other(
@@ -1356,12 +1385,13 @@ impl<'a> Solver<'a> {
                     })?;
                 layer::unpack_layer(
                     reader,
-                    &dest,
+                    extracted.path(),
                     &layer::UnpackOptions {
                         whiteouts: layer::WhiteoutMode::Keep,
                         ..layer::UnpackOptions::default()
                     },
                 )?;
+                writer.add_extracted(extracted, &step.dest)?;
             } else {
                 plain.push(m.clone());
             }
@@ -1378,7 +1408,7 @@ impl<'a> Solver<'a> {
 /// step's key is known.
 struct BindSource<'t> {
     /// The context, or a stage's or image's root filesystem.
-    tree: Box<dyn SourceTree + 't>,
+    tree: Rc<dyn SourceTree + 't>,
     /// `source=` in it.
     matched: copy::SourceMatch,
     /// Files keep their owners (a stage or image) or belong to root (the context).
@@ -1478,30 +1508,6 @@ fn writer_chown(lower: &LayeredTree, copy: &CopyStep) -> Result<Option<(u32, u32
     match &copy.chown {
         Some(spec) => Ok(Some(resolve_user(lower, spec)?)),
         None => Ok(None),
-    }
-}
-
-/// The build context as a boxed tree without taking ownership.
-struct ContextRef<'a>(&'a dyn SourceTree);
-
-impl SourceTree for ContextRef<'_> {
-    fn stat(&self, path: &str) -> Result<Option<tree::Meta>, tree::TreeError> {
-        self.0.stat(path)
-    }
-    fn children(&self, path: &str) -> Result<Vec<String>, tree::TreeError> {
-        self.0.children(path)
-    }
-    fn open(&self, path: &str) -> Result<Box<dyn std::io::Read + '_>, tree::TreeError> {
-        self.0.open(path)
-    }
-    fn xattrs(&self, path: &str) -> Result<Vec<(String, Vec<u8>)>, tree::TreeError> {
-        self.0.xattrs(path)
-    }
-    fn content_digest(&self, path: &str) -> Result<Digest, tree::TreeError> {
-        self.0.content_digest(path)
-    }
-    fn open_file(&self, path: &str) -> Result<Option<std::fs::File>, tree::TreeError> {
-        self.0.open_file(path)
     }
 }
 

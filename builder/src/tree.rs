@@ -98,6 +98,37 @@ pub trait SourceTree {
         })?;
         Ok(hasher.finish())
     }
+    /// [`SourceTree::content_digest`] of each of `paths`, in order. Trees
+    /// that can hash on several threads override this.
+    fn content_digests(&self, paths: &[&str]) -> Result<Vec<Digest>, TreeError> {
+        paths.iter().map(|p| self.content_digest(p)).collect()
+    }
+}
+
+/// A borrowed tree is a tree: lets a step hand out `Rc<dyn SourceTree>`
+/// views of the context, which it does not own.
+impl<T: SourceTree + ?Sized> SourceTree for &T {
+    fn stat(&self, path: &str) -> Result<Option<Meta>, TreeError> {
+        (**self).stat(path)
+    }
+    fn children(&self, path: &str) -> Result<Vec<String>, TreeError> {
+        (**self).children(path)
+    }
+    fn open(&self, path: &str) -> Result<Box<dyn Read + '_>, TreeError> {
+        (**self).open(path)
+    }
+    fn xattrs(&self, path: &str) -> Result<Vec<(String, Vec<u8>)>, TreeError> {
+        (**self).xattrs(path)
+    }
+    fn open_file(&self, path: &str) -> Result<Option<std::fs::File>, TreeError> {
+        (**self).open_file(path)
+    }
+    fn content_digest(&self, path: &str) -> Result<Digest, TreeError> {
+        (**self).content_digest(path)
+    }
+    fn content_digests(&self, paths: &[&str]) -> Result<Vec<Digest>, TreeError> {
+        (**self).content_digests(paths)
+    }
 }
 
 /// How many symlinks one resolution may follow, as Linux allows.
@@ -125,6 +156,15 @@ pub fn clean(path: &str) -> String {
 /// parent component is followed within the tree, and the last component too
 /// when `follow_last`. Returns the resolved path (which may not exist).
 pub fn resolve(tree: &dyn SourceTree, path: &str, follow_last: bool) -> Result<String, TreeError> {
+    resolve_with(|p| tree.stat(p), path, follow_last)
+}
+
+/// [`resolve`] over any `lstat`: for views that are not whole trees.
+pub fn resolve_with(
+    mut stat: impl FnMut(&str) -> Result<Option<Meta>, TreeError>,
+    path: &str,
+    follow_last: bool,
+) -> Result<String, TreeError> {
     let mut pending: Vec<String> = clean(path)
         .split('/')
         .filter(|p| !p.is_empty())
@@ -146,7 +186,7 @@ pub fn resolve(tree: &dyn SourceTree, path: &str, follow_last: bool) -> Result<S
         }
         let candidate = join(&done, &part);
         let is_last = pending.is_empty();
-        match tree.stat(&candidate)? {
+        match stat(&candidate)? {
             Some(Meta {
                 kind: EntryKind::Symlink(target),
                 ..

@@ -576,6 +576,74 @@ fn xattrs_are_read_and_filtered() {
     }
 }
 
+/// The stat cache also remembers a file's xattrs, so an unchanged context
+/// is not asked for them again; setting one changes the ctime, so the next
+/// build sees the new value.
+#[test]
+fn remembered_xattrs_follow_changes() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let root = dir.path().join("ctx");
+    let cache = dir.path().join("stat-cache");
+    put(&root, "f", "content");
+    if let Err(error) = set_xattr(&root.join("f"), "user.v", b"1") {
+        assert_eq!(error.raw_os_error(), Some(libc::ENOTSUP), "{error}");
+        return; // no user xattrs on this file system: nothing to remember
+    }
+    let_timestamps_settle();
+    let user_xattrs = |ctx: &BuildContext| -> Vec<(String, Vec<u8>)> {
+        ctx.xattrs("f")
+            .expect("xattrs")
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("user."))
+            .collect()
+    };
+    let ctx = BuildContext::open(&root, None, Some(cache.clone())).expect("open");
+    ctx.content_digest("f").expect("digest");
+    assert_eq!(
+        user_xattrs(&ctx),
+        vec![("user.v".to_owned(), b"1".to_vec())]
+    );
+    drop(ctx);
+
+    let ctx = BuildContext::open(&root, None, Some(cache.clone())).expect("reopen");
+    ctx.content_digest("f").expect("digest");
+    assert_eq!(ctx.stats().cache_hits, 1, "remembered");
+    assert_eq!(
+        user_xattrs(&ctx),
+        vec![("user.v".to_owned(), b"1".to_vec())]
+    );
+    drop(ctx);
+
+    set_xattr(&root.join("f"), "user.v", b"2").expect("set again");
+    let ctx = BuildContext::open(&root, None, Some(cache)).expect("reopen");
+    assert_eq!(
+        user_xattrs(&ctx),
+        vec![("user.v".to_owned(), b"2".to_vec())]
+    );
+    ctx.content_digest("f").expect("digest");
+    assert_eq!(ctx.stats().files_hashed, 1, "the ctime moved: read again");
+}
+
+/// Hashing many files at once (on every core) gives each file's own
+/// digest, in order, and a missing file is an error, not a wrong digest.
+#[test]
+fn content_digests_match_one_by_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let files = make_files(root, 500);
+    let ctx = open(root);
+    let paths: Vec<&str> = files.iter().map(String::as_str).collect();
+    let together = ctx.content_digests(&paths).expect("digests");
+    let expected: Vec<Digest> = files
+        .iter()
+        .map(|f| Digest::of(fs::read(root.join(f)).expect("read").as_slice()))
+        .collect();
+    assert_eq!(together, expected);
+    let mut with_missing = paths.clone();
+    with_missing.insert(250, "d0/missing");
+    assert!(open(root).content_digests(&with_missing).is_err());
+}
+
 #[test]
 fn content_digest_is_the_sha256_of_the_content() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -22,6 +22,7 @@
 //! concurrent reader never sees half of anything under its final name.
 
 mod blobs;
+mod direct;
 mod fsutil;
 mod gc;
 mod index;

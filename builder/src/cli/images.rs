@@ -6,9 +6,8 @@ use super::Failure;
 use anyhow::{anyhow, Context, Result};
 use estiba::image::{self, History, ImageConfig, RootFs};
 use estiba::reference::Reference;
-use estiba::solve::{self, Built, Layer, LAYER_MEDIA_TYPE};
+use estiba::solve::{self, Built, Layer};
 use estiba_cache::{Descriptor, Store};
-use std::collections::BTreeMap;
 use std::path::Path;
 
 fn now() -> i64 {
@@ -271,16 +270,7 @@ pub(crate) fn import(root: Option<&Path>, file: &Path, name: &str) -> Result<(),
     };
     let built = Built {
         config,
-        layers: vec![Layer {
-            descriptor: Descriptor {
-                media_type: LAYER_MEDIA_TYPE.to_string(),
-                digest,
-                size,
-                annotations: BTreeMap::new(),
-                platform: None,
-            },
-            diff_id: digest,
-        }],
+        layers: vec![Layer::uncompressed(digest, size)],
         key: String::new(),
     };
     let manifest =
@@ -451,13 +441,7 @@ pub(crate) fn load(root: Option<&Path>, input: &Path) -> Result<(), Failure> {
             let (digest, size) = blob
                 .commit_expect(&l.diff_id)
                 .with_context(|| format!("layer {} does not match its diff id", l.entry))?;
-            layers.push(Descriptor {
-                media_type: LAYER_MEDIA_TYPE.to_string(),
-                digest,
-                size,
-                annotations: BTreeMap::new(),
-                platform: None,
-            });
+            layers.push(solve::layer_descriptor(digest, size));
         }
         let desc = solve::store_manifest(&store, &img.config, layers)
             .map_err(|e| anyhow!(solve::error_chain(&e)))?;

@@ -2,11 +2,12 @@
 //! hashed, fsynced, and renamed under their digest, so a name only ever
 //! holds the complete content it names.
 
+use super::direct::DirectWriter;
 use super::fsutil::{self, io_err, TempFile};
 use super::{Store, StoreError};
 use crate::{Digest, Hasher};
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Writes one blob: bytes go to a temp file and into a hasher as they come,
@@ -14,8 +15,7 @@ use std::path::{Path, PathBuf};
 /// dropping the writer without committing removes the temp file.
 #[derive(Debug)]
 pub struct BlobWriter {
-    out: BufWriter<TempFile>,
-    hasher: Hasher,
+    out: DirectWriter,
     size: u64,
     blobs_dir: PathBuf,
 }
@@ -42,15 +42,11 @@ impl BlobWriter {
     fn finish(self, expected: Option<&Digest>) -> Result<(Digest, u64), StoreError> {
         let BlobWriter {
             out,
-            hasher,
             size,
             blobs_dir,
         } = self;
-        let temp = out.into_inner().map_err(|e| {
-            let (source, out) = e.into_parts();
-            io_err("write", out.get_ref().path())(source)
-        })?;
-        let digest = hasher.finish();
+        let path = out.get_ref().path().to_path_buf();
+        let (temp, digest) = out.finish().map_err(io_err("write", &path))?;
         if let Some(expected) = expected {
             if *expected != digest {
                 return Err(StoreError::DigestMismatch {
@@ -72,7 +68,6 @@ impl BlobWriter {
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.out.write(buf).map_err(|e| self.wrap(e))?;
-        self.hasher.update(&buf[..n]);
         self.size += n as u64;
         Ok(n)
     }
@@ -94,7 +89,6 @@ impl BlobWriter {
         if let Err(e) = self.out.write_all(bytes) {
             return Err(io_err("write", self.out.get_ref().path())(e));
         }
-        self.hasher.update(bytes);
         self.size += bytes.len() as u64;
         Ok(())
     }
@@ -112,8 +106,7 @@ impl Store {
     pub fn blob_writer(&self) -> Result<BlobWriter, StoreError> {
         let temp = TempFile::create(&self.tmp_dir(), "blob")?;
         Ok(BlobWriter {
-            out: BufWriter::with_capacity(256 * 1024, temp),
-            hasher: Hasher::new(),
+            out: DirectWriter::new(temp),
             size: 0,
             blobs_dir: self.blobs_dir(),
         })

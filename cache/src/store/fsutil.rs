@@ -154,6 +154,11 @@ impl TempFile {
         }
     }
 
+    /// The open file.
+    pub(crate) fn file(&self) -> &fs::File {
+        &self.file
+    }
+
     /// Where the temp file is now.
     pub(crate) fn path(&self) -> &Path {
         &self.path
