@@ -195,10 +195,16 @@ impl BuildContext {
             .collect();
         let glob_exception = exceptions.iter().any(|p| p.contains(PATTERN_CHARS));
         let root_key = canonical.to_string_lossy().into_owned();
-        let entries = stat_cache
+        // Loaded on a second thread while the context is walked: only
+        // hashing needs it. Sized for the lstat memo by the file's size.
+        let expected_entries = stat_cache
             .as_deref()
-            .map(|file| load_cache(file, &root_key))
-            .unwrap_or_default();
+            .and_then(|file| fs::metadata(file).ok())
+            .map_or(0, |m| usize::try_from(m.len() / 128).unwrap_or(0));
+        let loading = stat_cache.clone().map(|file| {
+            let root = root_key.clone();
+            std::thread::spawn(move || load_cache(&file, &root))
+        });
         Ok(BuildContext {
             root: canonical,
             ignore_file,
@@ -208,11 +214,13 @@ impl BuildContext {
             match_infos: RwLock::default(),
             dirs: RwLock::default(),
             reincluded: RwLock::default(),
-            lstats: RwLock::default(),
+            // About as many entries as the last build saw: no regrowth.
+            lstats: RwLock::new(HashMap::with_capacity(expected_entries)),
             cache: Mutex::new(StatCache {
                 file: stat_cache,
                 root: root_key,
-                entries,
+                loading,
+                entries: HashMap::new(),
                 dirty: false,
             }),
             files_hashed: AtomicU64::new(0),
@@ -243,7 +251,7 @@ impl BuildContext {
     /// in the same directory, which is created if missing). Also done, best
     /// effort, when the context is dropped.
     pub fn save_stat_cache(&self) -> Result<(), ContextError> {
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = self.stat_cache();
         let Some(file) = cache.file.clone() else {
             return Ok(());
         };
@@ -474,8 +482,8 @@ impl BuildContext {
                 }
             };
             let path = tree::join(dir, &name);
-            let visible = if self.matcher.is_empty() {
-                true
+            let (visible, excluded) = if self.matcher.is_empty() {
+                (true, false)
             } else {
                 let (excluded, child_info) = self
                     .matcher
@@ -485,11 +493,22 @@ impl BuildContext {
                 if is_subdir {
                     write(&self.match_infos).insert(path.clone(), child_info);
                 }
-                !excluded
+                let visible = !excluded
                     || (is_subdir
                         && self.may_reinclude_below(&path)
-                        && self.has_visible_content(&path)?)
+                        && self.has_visible_content(&path)?);
+                (visible, excluded)
             };
+            if visible && !excluded {
+                // What `lookup` would find, from the open directory (no
+                // path walk): the walk that follows asks for each entry.
+                if let Ok(meta) = entry.metadata() {
+                    if meta.is_dir() {
+                        write(&self.dirs).insert(path.clone());
+                    }
+                    write(&self.lstats).insert(path, Some(meta));
+                }
+            }
             if visible {
                 names.push(name);
                 if any {
@@ -501,10 +520,20 @@ impl BuildContext {
         Ok(names)
     }
 
+    /// The stat cache, once it is loaded.
+    fn stat_cache(&self) -> std::sync::MutexGuard<'_, StatCache> {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(loading) = cache.loading.take() {
+            // A loader that panicked leaves an empty cache: only a re-read.
+            cache.entries = loading.join().unwrap_or_default();
+        }
+        cache
+    }
+
     /// What is remembered of `path` (its digest and xattrs), if its key
     /// is unchanged. An xattr change changes the ctime, so the key.
     fn cached(&self, path: &str, key: &StatKey) -> Option<(Digest, Xattrs)> {
-        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let cache = self.stat_cache();
         match cache.entries.get(path) {
             Some(known) if known.key == *key => Some((known.digest, known.xattrs.clone())),
             _ => None,
@@ -635,7 +664,7 @@ impl SourceTree for BuildContext {
         // Read after the key was taken: a later change moves the ctime.
         let xattrs = read_xattrs(&host).map_err(|source| io_error(&host, source))?;
         self.files_hashed.fetch_add(1, Ordering::Relaxed);
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = self.stat_cache();
         if key.is_racy(started) {
             cache.dirty |= cache.entries.remove(&located).is_some();
         } else {
@@ -652,14 +681,44 @@ impl SourceTree for BuildContext {
         Ok(digest)
     }
 
-    /// Hashes on every core: a cold context is mostly reading and sha256.
+    /// Answers what the stat cache knows on this thread, then hashes the
+    /// rest on every core: a cold context is mostly reading and sha256.
     fn content_digests(&self, paths: &[&str]) -> Result<Vec<Digest>, TreeError> {
+        let mut digests = Vec::with_capacity(paths.len());
+        let mut missing = Vec::new();
+        for (i, path) in paths.iter().enumerate() {
+            let (located, _, meta) = self.regular_file(path)?;
+            match self.cached(&located, &StatKey::of(&meta)) {
+                Some((digest, _)) => {
+                    self.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    digests.push(digest);
+                }
+                None => {
+                    missing.push((i, *path));
+                    digests.push(Digest::of(b""));
+                }
+            }
+        }
+        for (i, digest) in self.hash_in_parallel(&missing)? {
+            digests[i] = digest;
+        }
+        Ok(digests)
+    }
+}
+
+impl BuildContext {
+    /// [`SourceTree::content_digest`] of each `(index, path)`, on up to one
+    /// thread per core; the results come back with their indexes.
+    fn hash_in_parallel(&self, paths: &[(usize, &str)]) -> Result<Vec<(usize, Digest)>, TreeError> {
         let threads = std::thread::available_parallelism()
             .map_or(1, usize::from)
             .min(paths.len() / PARALLEL_MIN_FILES)
             .max(1);
         if threads == 1 {
-            return paths.iter().map(|p| self.content_digest(p)).collect();
+            return paths
+                .iter()
+                .map(|(i, p)| Ok((*i, self.content_digest(p)?)))
+                .collect();
         }
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
@@ -670,8 +729,8 @@ impl SourceTree for BuildContext {
                 if i >= paths.len() || failed.load(Ordering::Relaxed) {
                     return Ok(done);
                 }
-                match self.content_digest(paths[i]) {
-                    Ok(d) => done.push((i, d)),
+                match self.content_digest(paths[i].1) {
+                    Ok(d) => done.push((paths[i].0, d)),
                     Err(e) => {
                         failed.store(true, Ordering::Relaxed);
                         return Err(e);
@@ -686,11 +745,9 @@ impl SourceTree for BuildContext {
                 .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
                 .collect()
         });
-        let mut digests = vec![Digest::of(b""); paths.len()];
+        let mut digests = Vec::with_capacity(paths.len());
         for result in results {
-            for (i, d) in result? {
-                digests[i] = d;
-            }
+            digests.extend(result?);
         }
         Ok(digests)
     }
@@ -1015,6 +1072,8 @@ struct StatCache {
     file: Option<PathBuf>,
     /// The context root the entries belong to.
     root: String,
+    /// The thread loading the entries from `file`, until they are needed.
+    loading: Option<std::thread::JoinHandle<HashMap<String, Remembered>>>,
     /// Context path → what is remembered of it.
     entries: HashMap<String, Remembered>,
     /// Changed since loaded or saved.

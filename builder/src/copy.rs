@@ -27,6 +27,7 @@ use estiba_frontend::dockerignore::{path_match, Matcher};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
+use std::fmt::Write as _;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -409,31 +410,31 @@ pub fn hash_sources(
             .map(|e| e.source.as_str())
             .collect();
         let mut digests = tree.content_digests(&files)?.into_iter();
+        // One line per entry, written into one reused buffer.
+        let mut line = String::new();
         for e in &entries {
-            let what = match &e.meta.kind {
-                EntryKind::File => digests
-                    .next()
-                    .ok_or_else(|| TreeError::Other("a file without its digest".to_string()))?
-                    .to_string(),
-                EntryKind::Dir => "dir".to_string(),
-                EntryKind::Symlink(t) => format!("symlink\0{t}"),
-                EntryKind::CharDevice(a, b) => format!("char\0{a}\0{b}"),
-                EntryKind::BlockDevice(a, b) => format!("block\0{a}\0{b}"),
-                EntryKind::Fifo => "fifo".to_string(),
+            line.clear();
+            let _ = write!(line, "{}\0{:o}\0", e.rel, e.meta.mode);
+            if keep_owners {
+                let _ = write!(line, "{}:{}", e.meta.uid, e.meta.gid);
+            }
+            line.push('\0');
+            let _ = match &e.meta.kind {
+                EntryKind::File => {
+                    let digest = digests
+                        .next()
+                        .ok_or_else(|| TreeError::Other("a file without its digest".to_string()))?;
+                    write!(line, "{digest}")
+                }
+                EntryKind::Dir => write!(line, "dir"),
+                EntryKind::Symlink(t) => write!(line, "symlink\0{t}"),
+                EntryKind::CharDevice(a, b) => write!(line, "char\0{a}\0{b}"),
+                EntryKind::BlockDevice(a, b) => write!(line, "block\0{a}\0{b}"),
+                EntryKind::Fifo => write!(line, "fifo"),
                 EntryKind::Socket => continue,
             };
-            let owner = if keep_owners {
-                format!("{}:{}", e.meta.uid, e.meta.gid)
-            } else {
-                String::new()
-            };
             let xattrs = tree.xattrs(&e.source)?;
-            let line = format!(
-                "{}\0{:o}\0{owner}\0{what}\0{}\n",
-                e.rel,
-                e.meta.mode,
-                xattrs.len()
-            );
+            let _ = writeln!(line, "\0{}", xattrs.len());
             h.update(line.as_bytes());
             for (k, v) in xattrs {
                 h.update(k.as_bytes());

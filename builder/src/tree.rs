@@ -139,13 +139,26 @@ pub fn join(dir: &str, name: &str) -> String {
     match (dir.is_empty(), name.is_empty()) {
         (true, _) => name.to_string(),
         (_, true) => dir.to_string(),
-        _ => format!("{dir}/{name}"),
+        _ => {
+            let mut joined = String::with_capacity(dir.len() + 1 + name.len());
+            joined.push_str(dir);
+            joined.push('/');
+            joined.push_str(name);
+            joined
+        }
     }
 }
 
 /// Cleans a path into tree form: no leading `/`, no `.`/empty components,
 /// `..` never above the root.
 pub fn clean(path: &str) -> String {
+    let is_clean = path.is_empty()
+        || path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..");
+    if is_clean {
+        return path.to_string();
+    }
     // The frontend's `path.Clean` for absolute paths, without the leading `/`.
     let mut cleaned = estiba_frontend::plan::clean_path(path);
     cleaned.remove(0);
@@ -212,4 +225,28 @@ pub fn resolve_with(
 /// `filepath.Match` reads them.
 pub fn has_wildcards(pattern: &str) -> bool {
     pattern.contains(['*', '?', '['])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_keeps_clean_paths_and_cleans_the_rest() {
+        for clean_already in ["", "a", "a/b", "a.b/..c/.d"] {
+            assert_eq!(clean(clean_already), clean_already);
+        }
+        for (messy, want) in [
+            ("/", ""),
+            ("/a/b/", "a/b"),
+            ("a//b", "a/b"),
+            ("./a/./b", "a/b"),
+            ("a/../b", "b"),
+            ("../../a", "a"),
+            ("a/b/..", "a"),
+            (".", ""),
+        ] {
+            assert_eq!(clean(messy), want, "{messy}");
+        }
+    }
 }

@@ -58,13 +58,21 @@ impl FromStr for Digest {
         let hex = s
             .strip_prefix("sha256:")
             .ok_or_else(|| DigestError::Algorithm(s.to_string()))?;
-        if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(DigestError::Hex(s.to_string()));
+        // Lowercase only, as digests are written: one table-free pass.
+        fn nibble(b: u8) -> Option<u8> {
+            match b {
+                b'0'..=b'9' => Some(b - b'0'),
+                b'a'..=b'f' => Some(b - b'a' + 10),
+                _ => None,
+            }
+        }
+        let bad = || DigestError::Hex(s.to_string());
+        if hex.len() != 64 {
+            return Err(bad());
         }
         let mut out = [0u8; 32];
-        for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
-            let text = std::str::from_utf8(chunk).map_err(|_| DigestError::Hex(s.to_string()))?;
-            out[i] = u8::from_str_radix(text, 16).map_err(|_| DigestError::Hex(s.to_string()))?;
+        for (byte, pair) in out.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+            *byte = nibble(pair[0]).ok_or_else(bad)? << 4 | nibble(pair[1]).ok_or_else(bad)?;
         }
         Ok(Digest(out))
     }
@@ -149,6 +157,17 @@ mod tests {
             "sha256:ABC".parse::<Digest>(),
             Err(DigestError::Hex(_))
         ));
+        // Right length, one character wrong anywhere: uppercase or not hex.
+        let hex = d.hex();
+        for (at, wrong) in [(0, 'E'), (63, 'g'), (31, ' '), (32, 'é')] {
+            let mut text: Vec<char> = hex.chars().collect();
+            text[at] = wrong;
+            let text: String = text.into_iter().collect();
+            assert!(
+                format!("sha256:{text}").parse::<Digest>().is_err(),
+                "{text}"
+            );
+        }
         let json = serde_json::to_string(&d).unwrap_or_default();
         assert_eq!(json, format!("\"{d}\""));
         assert_eq!(serde_json::from_str::<Digest>(&json).ok(), Some(d));
