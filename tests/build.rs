@@ -578,6 +578,53 @@ fn run_network_none_and_cache_mounts() {
     );
 }
 
+/// `build --network none` gives RUN steps without their own `--network` a
+/// network namespace with only lo; `RUN --network=host` keeps the host's.
+/// The build's network is part of the key: the same file built on the
+/// host's network runs the step again.
+#[test]
+fn build_network_none_applies_to_steps_without_their_own() {
+    let list = "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' ' | sort";
+    let e = env(&[(
+        "Dockerfile",
+        &format!(
+            "FROM busybox:test\n\
+             RUN {list} > /default\n\
+             RUN --network=host {list} > /host\n"
+        ),
+    )]);
+    import_busybox(&e);
+    let host_ifaces: Vec<String> = std::fs::read_to_string("/proc/net/dev")
+        .expect("/proc/net/dev")
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(|name| name.trim().to_string())
+        .collect();
+    assert!(
+        host_ifaces.iter().any(|i| i != "lo"),
+        "the host has a network besides lo: {host_ifaces:?}"
+    );
+    let none = local_export(&e, &["--network", "none"]);
+    assert_eq!(
+        std::fs::read_to_string(none.join("default")).expect("default"),
+        "lo\n"
+    );
+    let host = std::fs::read_to_string(none.join("host")).expect("host");
+    assert!(host.lines().any(|i| i != "lo"), "{host}");
+
+    let (code, _, err) = build(&e, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !err.contains("CACHED"),
+        "the first RUN ran again on the host network: {err}"
+    );
+    let (code, _, err) = build(&e, &["--network", "none"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(err.matches("CACHED").count(), 2, "{err}");
+    assert_eq!(build(&e, &["--network", "bridge"]).0, 2, "not a network");
+}
+
 #[test]
 fn save_and_load_round_trip_in_both_formats() {
     let e = env(&[

@@ -11,6 +11,7 @@
 //! | `sources` | for COPY/ADD: the digest of every source entry's path, kind, mode, content (or link target), xattrs, and owner when the copy keeps owners; never mtimes, so a fresh checkout hits the cache |
 //! | `from` | for `COPY --from`: the final key of that stage, or the image's manifest digest |
 //! | `epoch` | `SOURCE_DATE_EPOCH`, which changes the bytes of every layer |
+//! | `network` | for RUN: `none` when `build --network none` applies to the step (a step's own `--network` is in `step`) |
 //!
 //! Not in the key: the step's Dockerfile line, comments, the time, the
 //! machine, the context path. Same inputs give the same key on any machine,
@@ -42,6 +43,9 @@ pub struct KeyInputs<'a> {
     /// SOURCE_DATE_EPOCH.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epoch: Option<i64>,
+    /// The build's network, when it is not the host's and the step uses it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<&'a str>,
 }
 
 impl KeyInputs<'_> {
@@ -68,6 +72,7 @@ mod tests {
             sources: sources.map(str::to_string),
             from: None,
             epoch: None,
+            network: None,
         }
         .key()
     }

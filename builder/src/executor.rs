@@ -57,9 +57,10 @@ const STATUS_FD: RawFd = 3;
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 
 /// The network a step sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Network {
     /// The host's network namespace (`--network host`, the default for RUN).
+    #[default]
     Host,
     /// A new network namespace with only `lo`, up (`--network none`).
     None,

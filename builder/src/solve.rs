@@ -9,6 +9,7 @@
 
 use crate::cachekey::{KeyInputs, KEY_VERSION};
 use crate::copy::{self, Chmod, CopyOptions, Writer};
+use crate::executor::Network;
 use crate::fetch;
 use crate::image::{self, History, ImageConfig, Manifest, HISTORY_COMMENT};
 use crate::layer;
@@ -231,6 +232,9 @@ pub struct SolveOptions {
     /// `--secret`s by id, for `RUN --mount=type=secret`. Only where each
     /// value comes from is kept here; the value is read when a step mounts it.
     pub secrets: BTreeMap<String, SecretSource>,
+    /// `build --network`: the network of RUN steps that do not choose one
+    /// (no `--network`, or `--network=default`).
+    pub network: Network,
 }
 
 /// Where a build secret's value comes from (`--secret`).
@@ -613,7 +617,7 @@ impl<'a> Solver<'a> {
         // COPY --link makes a layer that does not depend on what is below it:
         // its key leaves the parent out, so a new base keeps it cached.
         let link = matches!(&step.op, Op::Copy(c) if c.link);
-        let key_of = |sources: Option<String>, from: Option<String>| {
+        let key_of = |sources: Option<String>, from: Option<String>, network: Option<&str>| {
             KeyInputs {
                 version: KEY_VERSION,
                 parent: if link {
@@ -626,11 +630,12 @@ impl<'a> Solver<'a> {
                 sources,
                 from,
                 epoch: self.opts.epoch,
+                network,
             }
             .key()
         };
         match &step.op {
-            Op::Config => Ok((None, key_of(None, None).to_string(), false)),
+            Op::Config => Ok((None, key_of(None, None, None).to_string(), false)),
             Op::Run(run) => {
                 // What a bind mount shows is part of what the step reads.
                 let binds = self.bind_sources(graph, run, built)?;
@@ -639,14 +644,18 @@ impl<'a> Solver<'a> {
                         binds.values().map(|b| b.digest.to_string()).collect();
                     format!("bind {}", digests.join(" "))
                 });
-                let key = key_of(sources, None);
+                // The build's network is part of what the step does.
+                let network = (self.run_network(run) == Network::None
+                    && !matches!(run.network.as_deref(), Some("none")))
+                .then_some("none");
+                let key = key_of(sources, None, network);
                 self.cached_or(&key, step, || self.exec_run(current, run, &binds, id))
             }
             Op::Workdir { path, user } => {
                 if !step.layer {
-                    return Ok((None, key_of(None, None).to_string(), false));
+                    return Ok((None, key_of(None, None, None).to_string(), false));
                 }
-                let key = key_of(None, None);
+                let key = key_of(None, None, None);
                 self.cached_or(&key, step, || {
                     self.exec_diff(current, false, |writer, lower| {
                         let owner = if user.is_empty() {
@@ -756,7 +765,7 @@ impl<'a> Solver<'a> {
                     (None, None) => Vec::new(),
                 };
                 let sources = format!("{digest} {} {}", contents.join(" "), urls_digest.join(" "));
-                let key = key_of(Some(sources), from_key);
+                let key = key_of(Some(sources), from_key, None);
                 let chain = |(layer, k, cached): (Option<Layer>, String, bool)| {
                     // What comes after depends on the base and the layer.
                     let k = if link {
@@ -805,6 +814,15 @@ impl<'a> Solver<'a> {
                 })
                 .map(chain)
             }
+        }
+    }
+
+    /// The network a RUN step gets: its own `--network`, else the build's.
+    fn run_network(&self, run: &estiba_frontend::graph::RunStep) -> Network {
+        match run.network.as_deref() {
+            Some("none") => Network::None,
+            Some("host") => Network::Host,
+            _ => self.opts.network,
         }
     }
 
@@ -1086,7 +1104,7 @@ impl<'a> Solver<'a> {
         binds: &BTreeMap<usize, BindSource<'_>>,
         id: usize,
     ) -> Result<Layer> {
-        use crate::executor::{self, ExtraMount, Network, RunOptions, RunSpec};
+        use crate::executor::{self, ExtraMount, RunOptions, RunSpec};
         use estiba_frontend::instructions::MountKind;
         let lower = self.layered(&current.layers)?;
         let upper = self.new_upper()?;
@@ -1223,10 +1241,7 @@ impl<'a> Solver<'a> {
             env,
             user: run.user.clone(),
             workdir: run.workdir.clone(),
-            network: match run.network.as_deref() {
-                Some("none") => Network::None,
-                _ => Network::Host,
-            },
+            network: self.run_network(run),
             hostname: String::new(),
             files: run.files.clone(),
             mounts,

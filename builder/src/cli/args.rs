@@ -123,6 +123,10 @@ pub(crate) struct BuildArgs {
     /// (`type=file|env` optional). It never reaches the image or the cache.
     #[arg(long = "secret")]
     pub(crate) secrets: Vec<String>,
+    /// The network of RUN steps without their own `--network`: default
+    /// (the host's, as `docker build`), host, or none (only lo).
+    #[arg(long, value_enum, default_value_t = BuildNetwork::Default)]
+    pub(crate) network: BuildNetwork,
     /// Progress output: auto, plain, tty or quiet.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub(crate) progress: ProgressMode,
@@ -147,6 +151,13 @@ pub(crate) struct BuildArgs {
     pub(crate) format: PlanFormat,
     /// The build context directory.
     pub(crate) context: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub(crate) enum BuildNetwork {
+    Default,
+    Host,
+    None,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -1,10 +1,11 @@
 //! `estiba build`: plan, solve, store, export.
 
-use super::args::{BuildArgs, CompressionArg, PlanFormat, ProgressMode};
+use super::args::{BuildArgs, BuildNetwork, CompressionArg, PlanFormat, ProgressMode};
 use super::progress::Plain;
 use super::{read_dockerfile, Failure};
 use anyhow::Context;
 use estiba::context::BuildContext;
+use estiba::executor::Network;
 use estiba::progress::{Reporter, Silent};
 use estiba::reference::Reference;
 use estiba::solve::{self, SecretSource, SolveOptions, Solver, StoreResolver};
@@ -205,6 +206,10 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
             no_cache: args.no_cache,
             epoch,
             secrets,
+            network: match args.network {
+                BuildNetwork::Default | BuildNetwork::Host => Network::Host,
+                BuildNetwork::None => Network::None,
+            },
         },
     );
     let built = solver.solve(&graph).map_err(|error| Failure::Dockerfile {
