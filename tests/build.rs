@@ -625,6 +625,40 @@ fn build_network_none_applies_to_steps_without_their_own() {
     assert_eq!(build(&e, &["--network", "bridge"]).0, 2, "not a network");
 }
 
+/// Both snapshotters make the same layers: RUN steps that add, change,
+/// delete, link and chmod give bit-identical images with overlayfs and
+/// with the copy snapshotter (forced, as on a machine without overlayfs).
+#[test]
+fn copy_and_overlay_snapshotters_make_identical_images() {
+    let e = env(&[(
+        "Dockerfile",
+        "FROM busybox:test\n\
+         RUN mkdir -p /app/sub /app/gone && echo a > /app/a && ln /app/a /app/hard \
+         && ln -s a /app/soft && chmod 0700 /app/sub && echo more >> /etc/passwd \
+         && rm /etc/group && mkfifo /app/pipe && echo x > /app/gone/x\n\
+         RUN rm -rf /app/gone && echo b > /app/b && chmod 4755 /app/b && chmod 0750 /app/sub\n",
+    )]);
+    import_busybox(&e);
+    let image_id = |snapshotter: &str| {
+        let (out, _) = ok(estiba(&e.root)
+            .env("ESTIBA_SNAPSHOTTER", snapshotter)
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .args(["build", "-q", "--no-cache"])
+            .arg(&e.ctx));
+        out.trim().to_string()
+    };
+    let overlay = image_id("overlay");
+    let copy = image_id("copy");
+    assert!(overlay.starts_with("sha256:"), "{overlay}");
+    assert_eq!(overlay, copy, "the same image from both snapshotters");
+    let (code, _, err) = run(estiba(&e.root)
+        .env("ESTIBA_SNAPSHOTTER", "zfs")
+        .args(["build", "--no-cache"])
+        .arg(&e.ctx));
+    assert_eq!(code, 1);
+    assert!(err.contains("ESTIBA_SNAPSHOTTER=zfs"), "{err}");
+}
+
 #[test]
 fn save_and_load_round_trip_in_both_formats() {
     let e = env(&[

@@ -695,11 +695,24 @@ impl<'t> Writer<'t> {
     /// to the directory `dest` (created), with the owners and modes the
     /// archive gave them. The writer keeps `dir` until the layer is written.
     pub fn add_extracted(&mut self, dir: tempfile::TempDir, dest: &str) -> Result<(), CopyError> {
-        let dest_rel = tree::clean(dest);
-        self.mkdir_all(&dest_rel)?;
         let tree: Rc<dyn SourceTree + 't> =
             Rc::new(LayeredTree::new(vec![dir.path().to_path_buf()]));
         self.held.push(dir);
+        self.extract(&tree, dest)
+    }
+
+    /// All of `tree` at the root, as [`Writer::add_extracted`] puts an
+    /// archive: a flattened copy of a stack of layers.
+    pub fn mirror(&mut self, tree: &Rc<dyn SourceTree + 't>) -> Result<(), CopyError> {
+        self.extract(tree, "/")
+    }
+
+    /// The contents of `tree` into the directory `dest` (created), with
+    /// extraction's rules: entries keep their owners, modes and directory
+    /// times, and replace whatever is at their path.
+    fn extract(&mut self, tree: &Rc<dyn SourceTree + 't>, dest: &str) -> Result<(), CopyError> {
+        let dest_rel = tree::clean(dest);
+        self.mkdir_all(&dest_rel)?;
         let saved = self.opts.clone();
         self.set_options(None, None, true);
         self.replace = true;
@@ -708,7 +721,7 @@ impl<'t> Writer<'t> {
             path: String::new(),
             parents_path: None,
         };
-        let result = self.copy(&tree, &[root], &format!("/{dest_rel}"), None);
+        let result = self.copy(tree, &[root], &format!("/{dest_rel}"), None);
         self.opts = saved;
         self.replace = false;
         result
@@ -940,8 +953,10 @@ impl<'t> Writer<'t> {
     /// Writes the diff into the empty directory `dir` (a bind mount's
     /// private copy): the layer tar is unpacked as it is made.
     pub fn write_to_dir(&self, dir: &Path) -> Result<(), CopyError> {
-        let (read_end, write_end) =
-            nix::unistd::pipe().map_err(|e| write_err(dir)(std::io::Error::from(e)))?;
+        // Close-on-exec: a RUN starting on another thread must not inherit
+        // the write end, or the unpacker would wait for that step to end.
+        let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| write_err(dir)(std::io::Error::from(e)))?;
         std::thread::scope(|s| {
             let unpacker = s.spawn(move || {
                 let reader = std::io::BufReader::new(fs::File::from(read_end));

@@ -22,6 +22,7 @@
 //! come back over the same pipe as structured messages and become
 //! [`ExecError`]s.
 
+mod copyroot;
 mod init;
 mod protocol;
 mod stubs;
@@ -138,6 +139,8 @@ pub struct RunOptions {
     /// Where the per-step scratch directory goes (spec, generated `/etc`
     /// files, the overlay mount point). The system temp dir by default.
     pub tmp_dir: PathBuf,
+    /// How the step's root file system is made.
+    pub snapshotter: Snapshotter,
 }
 
 impl Default for RunOptions {
@@ -145,6 +148,40 @@ impl Default for RunOptions {
         RunOptions {
             init_exe: PathBuf::from("/proc/self/exe"),
             tmp_dir: std::env::temp_dir(),
+            snapshotter: Snapshotter::Auto,
+        }
+    }
+}
+
+/// How a step's root file system is made and its changes found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Snapshotter {
+    /// `ESTIBA_SNAPSHOTTER` if set, else overlayfs, falling back to a copy
+    /// for good when the kernel refuses the overlay mount.
+    #[default]
+    Auto,
+    /// overlayfs: the layers below as lower dirs, the changes in the upper dir.
+    Overlay,
+    /// A private flattened copy of the layers below, compared afterwards
+    /// (see the `copyroot` module): slower, works on any file system.
+    Copy,
+}
+
+/// Set once an overlay mount failed: later steps go straight to the copy.
+static OVERLAY_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl Snapshotter {
+    /// `Auto` made concrete by `ESTIBA_SNAPSHOTTER` (`overlay`, `copy`,
+    /// `auto` or unset); other choices stand as they are.
+    fn chosen(self) -> Result<Self, ExecError> {
+        if self != Snapshotter::Auto {
+            return Ok(self);
+        }
+        match std::env::var("ESTIBA_SNAPSHOTTER").as_deref() {
+            Err(_) | Ok("") | Ok("auto") => Ok(Snapshotter::Auto),
+            Ok("overlay") => Ok(Snapshotter::Overlay),
+            Ok("copy") => Ok(Snapshotter::Copy),
+            Ok(other) => Err(ExecError::Snapshotter(other.to_owned())),
         }
     }
 }
@@ -264,6 +301,18 @@ pub enum ExecError {
         #[source]
         source: io::Error,
     },
+    /// The copy snapshotter could not copy the layers or the step's changes.
+    #[error("cannot copy {} (copy snapshotter)", path.display())]
+    CopyRoot {
+        /// The path being copied.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// `ESTIBA_SNAPSHOTTER` has a value it cannot have.
+    #[error("ESTIBA_SNAPSHOTTER={0}: expected overlay, copy or auto")]
+    Snapshotter(String),
     /// The upper dir holds overlay metadata no OCI layer can express.
     #[error("cannot convert {}: {what}", path.display())]
     Unconvertible {
@@ -298,6 +347,36 @@ pub fn run_with(
 ) -> Result<i32, ExecError> {
     validate(spec)?;
     let spec = &absolute_paths(spec)?;
+    match options.snapshotter.chosen()? {
+        Snapshotter::Overlay => run_once(spec, options, false, output),
+        Snapshotter::Copy => run_once(spec, options, true, output),
+        Snapshotter::Auto if OVERLAY_REFUSED.load(std::sync::atomic::Ordering::Relaxed) => {
+            run_once(spec, options, true, output)
+        }
+        Snapshotter::Auto => match run_once(spec, options, false, output) {
+            // The overlay mount is the init's first act: nothing ran yet.
+            Err(ExecError::Mount { what, source, .. })
+                if what == "overlay"
+                    && matches!(
+                        source.raw_os_error(),
+                        Some(libc::ENODEV | libc::EINVAL | libc::EPERM | libc::ENOTSUP)
+                    ) =>
+            {
+                OVERLAY_REFUSED.store(true, std::sync::atomic::Ordering::Relaxed);
+                run_once(spec, options, true, output)
+            }
+            other => other,
+        },
+    }
+}
+
+/// One attempt at [`run_with`], with overlayfs or the copy snapshotter.
+fn run_once(
+    spec: &RunSpec,
+    options: &RunOptions,
+    copy: bool,
+    output: &mut dyn FnMut(Stream, &[u8]),
+) -> Result<i32, ExecError> {
     let scratch = tempfile::Builder::new()
         .prefix("estiba-run-")
         .tempdir_in(absolute(&options.tmp_dir)?)
@@ -305,7 +384,19 @@ pub fn run_with(
             path: options.tmp_dir.clone(),
             source,
         })?;
-    let init_spec = prepare(spec, scratch.path())?;
+    let mut init_spec = prepare(spec, scratch.path())?;
+    let copy_root = if copy {
+        let dir = scratch.path().join("copy-root");
+        std::fs::create_dir(&dir).map_err(|source| ExecError::Prepare {
+            path: dir.clone(),
+            source,
+        })?;
+        let root = copyroot::CopyRoot::prepare(&spec.lower, &dir)?;
+        init_spec.copy_root = Some(root.dir().to_owned());
+        Some(root)
+    } else {
+        None
+    };
     let spec_path = scratch.path().join("spec.json");
     let json = serde_json::to_vec(&init_spec)
         .map_err(|e| ExecError::InvalidSpec(format!("cannot encode the step: {e}")))?;
@@ -337,9 +428,10 @@ pub fn run_with(
     // An init killed by a signal may not have outlived the command, whose
     // mount namespace could then still hold the overlay for a moment: leave
     // that upper dir alone (the step failed anyway).
-    let cleaned = match status.signal() {
-        None => tracked.clean(&spec.upper),
-        Some(_) => Ok(()),
+    let cleaned = match (status.signal(), &copy_root) {
+        (None, None) => tracked.clean(&spec.upper),
+        (None, Some(root)) => root.diff(&tracked, &spec.upper),
+        (Some(_), _) => Ok(()),
     };
     if let Some(f) = failure {
         return Err(f.into_error());
@@ -445,6 +537,7 @@ fn prepare(spec: &RunSpec, scratch: &Path) -> Result<InitSpec, ExecError> {
         run: spec.clone(),
         hostname: hostname.to_owned(),
         rootfs,
+        copy_root: None,
         empty_lower,
         etc,
         files,

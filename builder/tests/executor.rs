@@ -16,7 +16,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use estiba::executor::{
-    run_with, upper_to_layer_dir, ExecError, ExtraMount, Network, RunOptions, RunSpec, Stream,
+    run_with, upper_to_layer_dir, ExecError, ExtraMount, Network, RunOptions, RunSpec, Snapshotter,
+    Stream,
 };
 
 const PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -36,6 +37,9 @@ struct Fixture {
     lower: PathBuf,
     upper: PathBuf,
     work: PathBuf,
+    /// `Auto` unless a test is about one snapshotter (`ESTIBA_SNAPSHOTTER`
+    /// then runs the others with the one it names).
+    snapshotter: Snapshotter,
 }
 
 /// What the layer of the busybox image holds.
@@ -95,6 +99,7 @@ impl Fixture {
             lower,
             upper,
             work,
+            snapshotter: Snapshotter::Auto,
         }
     }
 
@@ -118,6 +123,7 @@ impl Fixture {
         RunOptions {
             init_exe: PathBuf::from(env!("CARGO_BIN_EXE_estiba")),
             tmp_dir: self.root.clone(),
+            snapshotter: self.snapshotter,
         }
     }
 
@@ -261,9 +267,8 @@ fn exit_codes_pass_through() {
     assert_eq!(f.exec(&f.spec("true")).result.expect("run"), 0);
 }
 
-#[test]
-fn changes_land_in_upper_and_convert_to_oci_whiteouts() {
-    let f = Fixture::new(Etc::Users);
+/// Image files the change tests delete, keep, replace and move.
+fn seed_changes(f: &Fixture) {
     for (path, content) in [("data/gone", "x"), ("data/kept", "y"), ("dir/old", "z")] {
         let p = f.lower.join(path);
         std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
@@ -271,6 +276,13 @@ fn changes_land_in_upper_and_convert_to_oci_whiteouts() {
     }
     std::fs::create_dir_all(f.lower.join("tree/sub")).expect("mkdir");
     std::fs::write(f.lower.join("tree/sub/f"), "f").expect("write");
+}
+
+#[test]
+fn changes_land_in_upper_and_convert_to_oci_whiteouts() {
+    let mut f = Fixture::new(Etc::Users);
+    f.snapshotter = Snapshotter::Overlay;
+    seed_changes(&f);
     // Renaming an image directory must copy it (no overlay redirect, which
     // no layer could express).
     f.sh(&f.spec(
@@ -720,9 +732,63 @@ fn the_command_inherits_only_its_standard_streams() {
     );
 }
 
+/// Without overlayfs, the copy snapshotter runs the step in a flattened
+/// copy and leaves the same changes in the upper dir, in overlay form: new
+/// and changed entries with their metadata, whiteouts for what is gone, a
+/// replaced directory's old entries whited out one by one (where overlayfs
+/// marks it opaque), and no mount point placeholder.
+#[test]
+fn the_copy_snapshotter_leaves_the_changes_in_overlay_form() {
+    let mut f = Fixture::new(Etc::Users);
+    f.snapshotter = Snapshotter::Copy;
+    seed_changes(&f);
+    std::fs::write(f.lower.join("etc/motd"), "same").expect("write");
+    let mut spec = f.spec(
+        "echo hi > /new && chmod 0640 /new && touch -d '2001-02-03 04:05:06' /new \
+         && rm /data/gone && rm -rf /dir && mkdir /dir && echo c > /dir/c \
+         && mv /tree /moved && echo more >> /data/kept && mkdir -p /cache/sub",
+    );
+    spec.mounts.push(ExtraMount::Tmpfs {
+        target: "/mnt/scratch".into(),
+        size: None,
+    });
+    f.sh(&spec);
+
+    let gone = std::fs::symlink_metadata(f.upper.join("data/gone")).expect("whiteout");
+    assert!(gone.file_type().is_char_device() && gone.rdev() == 0);
+    let new = std::fs::symlink_metadata(f.upper.join("new")).expect("new");
+    assert_eq!(new.mode() & 0o7777, 0o640);
+    assert_eq!(new.mtime(), 981_173_106);
+    assert_eq!(
+        std::fs::read_to_string(f.upper.join("data/kept")).expect("kept"),
+        "y".to_owned() + "more\n"
+    );
+    upper_to_layer_dir(&f.upper).expect("convert");
+    assert_eq!(
+        f.upper_entries(),
+        [
+            ".wh.tree",
+            "cache",
+            "cache/sub",
+            "data",
+            "data/.wh.gone",
+            "data/kept",
+            "dir",
+            "dir/.wh.old",
+            "dir/c",
+            "moved",
+            "moved/sub",
+            "moved/sub/f",
+            "new",
+        ],
+        "no /etc, /proc, /mnt placeholders; unchanged files stay below"
+    );
+}
+
 #[test]
 fn a_failed_overlay_mount_is_an_error_naming_it() {
-    let f = Fixture::new(Etc::Users);
+    let mut f = Fixture::new(Etc::Users);
+    f.snapshotter = Snapshotter::Overlay;
     let mut spec = f.spec("true");
     spec.upper = f.root.join("no-such-upper");
     let err = f.exec(&spec).result.expect_err("overlay without upper dir");

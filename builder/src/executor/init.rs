@@ -88,7 +88,17 @@ fn init(report: &mut Reporter) -> Result<i32, Failure> {
         None::<&str>,
     )
     .map_err(|e| Failure::setup("make the mounts of the build container private", e))?;
-    mount_overlay(&spec)?;
+    match &spec.copy_root {
+        Some(root) => mnt(
+            Some(root),
+            &spec.rootfs,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+            &spec.rootfs.display().to_string(),
+        )?,
+        None => mount_overlay(&spec)?,
+    }
 
     let (alive_r, alive_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| Failure::setup("create a pipe", e))?;
@@ -292,7 +302,12 @@ fn container(
     let run = &spec.run;
     let rootfs = spec.rootfs.as_path();
     {
-        let mut stubs = Stubs::new(rootfs, &run.upper, report);
+        // Placeholders are tracked where the step's writes land: the upper
+        // dir, or the copy snapshotter's root itself.
+        let mut stubs = match &spec.copy_root {
+            Some(root) => Stubs::new(rootfs, root, true, report),
+            None => Stubs::new(rootfs, &run.upper, false, report),
+        };
         mount_proc(&mut stubs)?;
         mount_dev(&mut stubs)?;
         mount_sys(&mut stubs)?;

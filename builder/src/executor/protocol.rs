@@ -20,6 +20,9 @@ pub(super) struct InitSpec {
     pub(super) hostname: String,
     /// The (empty) host directory the overlay is mounted on.
     pub(super) rootfs: PathBuf,
+    /// The copy snapshotter's private root file system, bind-mounted on
+    /// `rootfs` instead of the overlay (the step writes into it directly).
+    pub(super) copy_root: Option<PathBuf>,
     /// An empty directory: the lower dir of a step on `scratch`.
     pub(super) empty_lower: PathBuf,
     /// Generated `/etc` files: container path → host file.

@@ -80,16 +80,25 @@ pub(super) fn resolve_in(root: &Path, path: &Path) -> io::Result<PathBuf> {
 pub(super) struct Stubs<'a> {
     rootfs: &'a Path,
     upper: &'a Path,
+    /// `upper` is the copy snapshotter's whole root: every image directory
+    /// a placeholder is made in is tracked, as overlayfs would copy it up.
+    copy: bool,
     report: &'a mut Reporter,
     /// Tracked directories, to stamp once setup is done.
     dirs: Vec<PathBuf>,
 }
 
 impl<'a> Stubs<'a> {
-    pub(super) fn new(rootfs: &'a Path, upper: &'a Path, report: &'a mut Reporter) -> Self {
+    pub(super) fn new(
+        rootfs: &'a Path,
+        upper: &'a Path,
+        copy: bool,
+        report: &'a mut Reporter,
+    ) -> Self {
         Stubs {
             rootfs,
             upper,
+            copy,
             report,
             dirs: Vec::new(),
         }
@@ -124,7 +133,7 @@ impl<'a> Stubs<'a> {
                     if !meta.is_dir() {
                         return Err(fail(os(libc::ENOTDIR)));
                     }
-                    if !exists(&self.upper.join(&cur)) {
+                    if self.copy || !exists(&self.upper.join(&cur)) {
                         fresh.push(cur.clone());
                     }
                 }
@@ -249,6 +258,21 @@ impl Tracked {
             }
         }
         Ok(())
+    }
+
+    /// Whether `rel`, in the copy snapshotter's root, is a placeholder the
+    /// init made and the step left as it was: not a change of the step.
+    pub(super) fn untouched(&self, root: &Path, rel: &Path) -> bool {
+        let Ok(meta) = fs::symlink_metadata(root.join(rel)) else {
+            return false;
+        };
+        match self.entries.get(rel) {
+            Some((StubKind::File, _)) => {
+                meta.file_type().is_file() && meta.len() == 0 && meta.nlink() == 1
+            }
+            Some((_, Some(recorded))) => meta.is_dir() && *recorded == stamp(&meta),
+            _ => false,
+        }
     }
 
     fn removable(&self, upper: &Path, rel: &Path, memo: &mut HashMap<PathBuf, bool>) -> bool {
