@@ -500,11 +500,22 @@ fn absolute_paths(spec: &RunSpec) -> Result<RunSpec, ExecError> {
 fn prepare(spec: &RunSpec, scratch: &Path) -> Result<InitSpec, ExecError> {
     let rootfs = scratch.join("rootfs");
     let empty_lower = scratch.join("empty");
-    for dir in [&rootfs, &empty_lower] {
+    let lower_links = scratch.join("l");
+    for dir in [&rootfs, &empty_lower, &lower_links] {
         std::fs::create_dir(dir).map_err(|source| ExecError::Prepare {
             path: dir.clone(),
             source,
         })?;
+    }
+    let lower = if spec.lower.is_empty() {
+        std::slice::from_ref(&empty_lower)
+    } else {
+        spec.lower.as_slice()
+    };
+    for (i, dir) in lower.iter().enumerate() {
+        let link = lower_links.join(i.to_string());
+        std::os::unix::fs::symlink(dir, &link)
+            .map_err(|source| ExecError::Prepare { path: link, source })?;
     }
     let hostname = if spec.hostname.is_empty() {
         "buildkitsandbox"
@@ -538,7 +549,7 @@ fn prepare(spec: &RunSpec, scratch: &Path) -> Result<InitSpec, ExecError> {
         hostname: hostname.to_owned(),
         rootfs,
         copy_root: None,
-        empty_lower,
+        lower_links,
         etc,
         files,
     })

@@ -785,6 +785,35 @@ fn the_copy_snapshotter_leaves_the_changes_in_overlay_form() {
     );
 }
 
+/// A step sees through as many layers as an image has: 150 lower dirs with
+/// snapshot-like names (64 hex digits each), whose full paths would need
+/// three pages of mount options.
+#[test]
+fn a_step_runs_on_a_hundred_and_fifty_layers() {
+    let mut f = Fixture::new(Etc::Users);
+    f.snapshotter = Snapshotter::Overlay;
+    let mut spec = f.spec("ls /layer-files | wc -l; cat /layer-files/000 /layer-files/149");
+    let mut layers = Vec::new();
+    for i in 0..150 {
+        let dir = f
+            .root
+            .join("snapshots-v1")
+            .join(format!("{i:03}{}", "e".repeat(61)))
+            .join("rootfs");
+        std::fs::create_dir_all(dir.join("layer-files")).expect("mkdir");
+        std::fs::write(
+            dir.join(format!("layer-files/{i:03}")),
+            format!("layer {i}\n"),
+        )
+        .expect("write");
+        layers.push(dir);
+    }
+    layers.reverse(); // top first
+    layers.push(f.lower.clone());
+    spec.lower = layers;
+    assert_eq!(f.sh(&spec), "150\nlayer 0\nlayer 149\n");
+}
+
 #[test]
 fn a_failed_overlay_mount_is_an_error_naming_it() {
     let mut f = Fixture::new(Etc::Users);

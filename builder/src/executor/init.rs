@@ -163,54 +163,20 @@ fn overlay_options(lower: &[PathBuf], upper: &Path, work: &Path) -> Vec<u8> {
     out
 }
 
-/// The longest path all of `paths` are under.
-fn common_ancestor(paths: &[&Path]) -> PathBuf {
-    let mut common: Option<PathBuf> = None;
-    for path in paths {
-        common = Some(match common {
-            None => path.to_path_buf(),
-            Some(c) => c
-                .components()
-                .zip(path.components())
-                .take_while(|(a, b)| a == b)
-                .map(|(a, _)| a)
-                .collect(),
-        });
-    }
-    common.unwrap_or_else(|| PathBuf::from("/"))
-}
-
 fn mount_overlay(spec: &InitSpec) -> Result<(), Failure> {
     let run = &spec.run;
-    let mut lower: Vec<PathBuf> = if run.lower.is_empty() {
-        vec![spec.empty_lower.clone()]
-    } else {
-        run.lower.clone()
-    };
-    let (mut upper, mut work) = (run.upper.clone(), run.work.clone());
-    // Mount options must fit in a page: with many layers, name them
-    // relative to their common ancestor, as containerd does.
-    let mut relative_to = None;
-    if overlay_options(&lower, &upper, &work).len() > 3500 {
-        let all: Vec<&Path> = lower
-            .iter()
-            .map(PathBuf::as_path)
-            .chain([upper.as_path(), work.as_path()])
-            .collect();
-        let base = common_ancestor(&all);
-        let strip = |p: &Path| -> PathBuf {
-            p.strip_prefix(&base)
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|_| p.to_path_buf())
-        };
-        lower = lower.iter().map(|p| strip(p)).collect();
-        upper = strip(&upper);
-        work = strip(&work);
-        nix::unistd::chdir(&base).map_err(|e| {
-            Failure::setup(format!("enter the layer directory {}", base.display()), e)
-        })?;
-        relative_to = Some(base);
-    }
+    // Mount options must fit in a page: the lower dirs are named by the
+    // short links `0`, `1`, … in `lower_links` (as overlay2's `l/` links
+    // do), so a thousand layers fit where fifty full paths did not.
+    let count = run.lower.len().max(1);
+    let lower: Vec<PathBuf> = (0..count).map(|i| PathBuf::from(i.to_string())).collect();
+    let (upper, work) = (run.upper.clone(), run.work.clone());
+    nix::unistd::chdir(&spec.lower_links).map_err(|e| {
+        Failure::setup(
+            format!("enter the layer links {}", spec.lower_links.display()),
+            e,
+        )
+    })?;
     let options = overlay_options(&lower, &upper, &work);
     // No redirects or metacopy: the upper dir must stay a self-contained
     // diff that `upper_to_layer_dir` can turn into a layer. A rename of an
@@ -231,9 +197,7 @@ fn mount_overlay(spec: &InitSpec) -> Result<(), Failure> {
         Err(nix::errno::Errno::EINVAL) => attempt(&options),
         other => other,
     };
-    if relative_to.is_some() {
-        let _ = nix::unistd::chdir("/");
-    }
+    let _ = nix::unistd::chdir("/");
     mounted.map_err(|e| Failure::Mount {
         what: "overlay".to_owned(),
         target: target.display().to_string(),
@@ -689,13 +653,5 @@ mod tests {
             String::from_utf8_lossy(&opts),
             "lowerdir=/l/a\\:b:/l/c\\,d,upperdir=/u\\\\p,workdir=/w"
         );
-    }
-
-    #[test]
-    fn common_ancestor_of_layer_dirs() {
-        let a = Path::new("/var/lib/estiba/snapshots/1/fs");
-        let b = Path::new("/var/lib/estiba/snapshots/22/fs");
-        let c = Path::new("/var/lib/estiba/tmp/x");
-        assert_eq!(common_ancestor(&[a, b, c]), Path::new("/var/lib/estiba"));
     }
 }

@@ -23,8 +23,9 @@ pub(super) struct InitSpec {
     /// The copy snapshotter's private root file system, bind-mounted on
     /// `rootfs` instead of the overlay (the step writes into it directly).
     pub(super) copy_root: Option<PathBuf>,
-    /// An empty directory: the lower dir of a step on `scratch`.
-    pub(super) empty_lower: PathBuf,
+    /// Symlinks `0`, `1`, … to the lower dirs, top first (the empty dir for
+    /// a step on `scratch`): the overlay's short lower dir names.
+    pub(super) lower_links: PathBuf,
     /// Generated `/etc` files: container path → host file.
     pub(super) etc: Vec<(String, PathBuf)>,
     /// `RunSpec::files`: container path → host file holding the content.
