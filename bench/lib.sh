@@ -1,0 +1,314 @@
+# shellcheck shell=bash
+# What the benchmarks in bench/ share: their checks, the temp dirs and their
+# cleanup, the private dockerd, the busybox base imported into both builders,
+# the timed scenarios and the verdict on a ratio. A benchmark sets
+# `set -euo pipefail`, sources this file at its top level, and then:
+#
+#   check_host; build_estiba_if_missing
+#   make_work_dirs              then sets KEPT and writes its contexts
+#   make_base_image; start_dockerd
+#   versions; machine; scenario ...; judge ...; report_misses
+#
+# Cleanup runs from traps and scenario steps are passed by name, and the
+# results are read by the benchmarks: shellcheck cannot see those uses.
+# shellcheck disable=SC2317,SC2034
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# The benchmark's name, for its messages.
+BENCH=$(basename "$0" .sh)
+
+# Settings every benchmark takes (each one's usage documents them).
+REPEAT=${BENCH_REPEAT:-3}
+TMPBASE=${BENCH_TMPDIR:-/tmp}
+ESTIBA=${ESTIBA:-$REPO/target/release/estiba}
+KEEP=0 # 1 after --keep
+
+DOCKERD_BIN=/usr/sbin/dockerd
+[ -x "$DOCKERD_BIN" ] || DOCKERD_BIN=/usr/bin/dockerd
+DOCKER_BIN=/usr/bin/docker
+
+# Prints the benchmark's usage: its header comment from `# Usage:` up to the
+# `# Needs root` paragraph.
+usage() {
+  sed -n '/^# Usage:/,/^# Needs root/p' "$0" | sed '$d; s/^# \{0,1\}//'
+}
+
+die() {
+  echo "$BENCH: $*" >&2
+  exit 1
+}
+
+# check_whole_numbers NAME...: dies unless each variable NAME is a whole number.
+check_whole_numbers() {
+  local n
+  for n in "$@"; do
+    [[ ${!n} =~ ^[0-9]+$ ]] || die "$n must be a whole number, not '${!n}'"
+  done
+}
+
+check_host() {
+  [ "$(id -u)" = 0 ] || die "dockerd needs root"
+  [ -x "$DOCKERD_BIN" ] || die "no dockerd: install Debian's docker.io (scripts/test-deps)"
+  [ -x "$DOCKER_BIN" ] || die "no $DOCKER_BIN: install Debian's docker.io (scripts/test-deps)"
+  [ -x /bin/busybox ] || die "no /bin/busybox: install busybox-static (scripts/test-deps)"
+  [ -x /usr/bin/time ] || die "no /usr/bin/time: install Debian's time package"
+}
+
+build_estiba_if_missing() {
+  [ ! -x "$ESTIBA" ] || return 0
+  echo "building $ESTIBA (cargo build --release -p estiba)"
+  (cd "$REPO" && cargo build --release -p estiba)
+  [ -x "$ESTIBA" ] || die "no estiba binary at $ESTIBA"
+}
+
+# --- temp dirs and cleanup --------------------------------------------------
+
+WORK=""
+DDIR=""
+DOCKERD_PID=""
+# What --keep keeps besides estiba's store, for the message at the end
+# ("context /tmp/…/ctx"): the benchmark sets it once WORK exists.
+KEPT=""
+
+# Unmounts every mount point at or under $1, deepest first. Our temp paths
+# contain no characters that mountinfo escapes.
+unmount_under() {
+  local prefix=$1 p i
+  [ -n "$prefix" ] || return 0
+  awk -v pre="$prefix" '$5 == pre || index($5, pre "/") == 1 { print length($5), $5 }' \
+    /proc/self/mountinfo | sort -rn | cut -d' ' -f2- | uniq |
+    while IFS= read -r p; do
+      for i in 1 2 3 4 5 6 7 8; do
+        umount -l "$p" 2>/dev/null || break
+        : "$i"
+      done
+    done
+}
+
+stop_dockerd() {
+  [ -n "$DOCKERD_PID" ] || return 0
+  local i cpid
+  if kill -0 "$DOCKERD_PID" 2>/dev/null; then
+    kill -TERM "$DOCKERD_PID" 2>/dev/null || true
+    for i in $(seq 300); do
+      kill -0 "$DOCKERD_PID" 2>/dev/null || break
+      sleep 0.1
+      : "$i"
+    done
+    kill -KILL "$DOCKERD_PID" 2>/dev/null || true
+  fi
+  wait "$DOCKERD_PID" 2>/dev/null || true
+  # dockerd's own containerd, if a killed dockerd left it: only the process
+  # whose command line names our directory.
+  if [ -f "$DDIR/exec/containerd/containerd.pid" ]; then
+    cpid=$(cat "$DDIR/exec/containerd/containerd.pid" 2>/dev/null || true)
+    if [[ $cpid =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$cpid/cmdline" 2>/dev/null | grep -qF "$DDIR"; then
+      kill -KILL "$cpid" 2>/dev/null || true
+    fi
+  fi
+  DOCKERD_PID=""
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  stop_dockerd
+  if [ -n "$DDIR" ]; then
+    unmount_under "$DDIR"
+    rm -rf "$DDIR"
+  fi
+  if [ -n "$WORK" ]; then
+    unmount_under "$WORK"
+    if [ "$KEEP" = 1 ] && [ "$rc" = 0 ]; then
+      echo "kept: $KEPT, estiba store $STORE"
+    else
+      rm -rf "$WORK"
+    fi
+  fi
+  exit "$rc"
+}
+
+# Sets the traps that clean up, makes WORK (the contexts, estiba's STORE and
+# the LOGs) and DDIR (dockerd's), and the commands that talk to both builders.
+make_work_dirs() {
+  trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  WORK=$(mktemp -d "$TMPBASE/estiba-bench.XXXXXX")
+  # Short path: the socket and containerd's sockets must fit in sun_path.
+  DDIR=$(mktemp -d /tmp/estiba-benchd.XXXXXX)
+  STORE=$WORK/store
+  LOG=$WORK/log
+  mkdir -p "$LOG"
+
+  DOCKER=(env -u DOCKER_HOST -u DOCKER_CONTEXT -u DOCKER_TLS_VERIFY
+    "DOCKER_CONFIG=$DDIR/client" "$DOCKER_BIN" -H "unix://$DDIR/docker.sock")
+  # Any extra flags and the context follow.
+  DOCKER_BUILD=(env DOCKER_BUILDKIT=1 BUILDKIT_PROGRESS=plain "${DOCKER[@]}"
+    build --network=none -t bench)
+  ESTIBA_BUILD=("$ESTIBA" --root "$STORE" build -t bench --progress quiet)
+}
+
+# --- the base image (same rootfs for both) ---------------------------------
+
+make_base_image() {
+  local rootfs=$WORK/rootfs a
+  mkdir -p "$rootfs/bin" "$rootfs/etc"
+  cp /bin/busybox "$rootfs/bin/busybox"
+  for a in sh ls cat echo id; do ln -s busybox "$rootfs/bin/$a"; done
+  printf 'root:x:0:0:root:/root:/bin/sh\n' >"$rootfs/etc/passwd"
+  printf 'root:x:0:\n' >"$rootfs/etc/group"
+  tar -C "$rootfs" -cf "$WORK/rootfs.tar" .
+}
+
+fresh_estiba_store() {
+  rm -rf "$STORE"
+  "$ESTIBA" --root "$STORE" import "$WORK/rootfs.tar" bench-base >"$LOG/estiba-import.log" 2>&1 ||
+    { cat "$LOG/estiba-import.log" >&2; die "estiba import failed"; }
+}
+
+# --- dockerd ----------------------------------------------------------------
+
+# Starts the private dockerd, waits for it to answer and imports the base
+# image into it.
+start_dockerd() {
+  local i
+  echo "starting a private dockerd in $DDIR"
+  "$DOCKERD_BIN" --bridge=none --iptables=false --ip-forward=false --ip-masq=false \
+    --data-root "$DDIR/data" --exec-root "$DDIR/exec" --pidfile "$DDIR/pid" \
+    -H "unix://$DDIR/docker.sock" </dev/null >"$DDIR/dockerd.log" 2>&1 &
+  DOCKERD_PID=$!
+  for i in $(seq 300); do
+    if ! kill -0 "$DOCKERD_PID" 2>/dev/null; then
+      tail -n 20 "$DDIR/dockerd.log" >&2
+      die "dockerd exited before answering"
+    fi
+    "${DOCKER[@]}" version --format '{{.Server.Version}}' >/dev/null 2>&1 && break
+    [ "$i" -lt 300 ] || { tail -n 20 "$DDIR/dockerd.log" >&2; die "dockerd did not answer in 60 s"; }
+    sleep 0.2
+  done
+  "${DOCKER[@]}" import "$WORK/rootfs.tar" bench-base >/dev/null
+}
+
+# --- measuring ---------------------------------------------------------------
+
+SECS=""
+RSS_KB=""
+
+# timed NAME CMD...: runs CMD with its output in $LOG/NAME.log; sets SECS (wall
+# clock) and RSS_KB (peak RSS of CMD and its largest descendant, GNU time).
+# A `sync` first (not timed): otherwise one builder's dirty pages are written
+# back during, and charged to, the other's run (estiba's syncfs waits for all
+# of the file system's dirty data, docker's included).
+timed() {
+  local name=$1 start end
+  shift
+  sync
+  start=$(date +%s%N)
+  if ! /usr/bin/time -f '%M' -o "$LOG/$name.time" "$@" >"$LOG/$name.log" 2>&1; then
+    tail -n 30 "$LOG/$name.log" >&2
+    die "$name failed: $*"
+  fi
+  end=$(date +%s%N)
+  SECS=$(awk -v ns=$((end - start)) 'BEGIN { printf "%.3f", ns / 1e9 }')
+  RSS_KB=$(tail -n 1 "$LOG/$name.time")
+}
+
+median() {
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+    if (NR % 2) printf "%.3f", v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+max() {
+  printf '%s\n' "$@" | sort -g | tail -n 1
+}
+
+# Results per scenario: "docker_median estiba_median estiba_max_rss_kb runs".
+declare -gA RESULT
+# Width of the scenario names in the lines of each run.
+SCENARIO_WIDTH=8
+
+# scenario NAME RUNS PREPARE_DOCKER PREPARE_ESTIBA PREPARE_BOTH CONTEXT [BUILD_FLAG...]
+# Each run: PREPARE_BOTH, then docker (after PREPARE_DOCKER), then estiba
+# (after PREPARE_ESTIBA), both given BUILD_FLAGs and CONTEXT. Preparations are
+# not timed.
+scenario() {
+  local name=$1 runs=$2 prep_docker=$3 prep_estiba=$4 prep_both=$5 ctx=$6 r
+  shift 6
+  local -a d_secs=() e_secs=() e_rss=()
+  for r in $(seq "$runs"); do
+    $prep_both
+    $prep_docker
+    timed "docker-$name-$r" "${DOCKER_BUILD[@]}" "$@" "$ctx"
+    d_secs+=("$SECS")
+    $prep_estiba
+    timed "estiba-$name-$r" "${ESTIBA_BUILD[@]}" "$@" "$ctx"
+    e_secs+=("$SECS")
+    e_rss+=("$RSS_KB")
+    printf '  %-*s run %d: docker %7.3f s   estiba %7.3f s  (%d MB)\n' \
+      "$SCENARIO_WIDTH" "$name" "$r" "${d_secs[-1]}" "${e_secs[-1]}" $((RSS_KB / 1024))
+  done
+  RESULT[$name]="$(median "${d_secs[@]}") $(median "${e_secs[@]}") $(max "${e_rss[@]}") $runs"
+}
+
+docker_cold() {
+  "${DOCKER[@]}" rmi -f bench >/dev/null 2>&1 || true
+  "${DOCKER[@]}" builder prune -af >/dev/null
+}
+nothing() { :; }
+
+both_have_bench() {
+  "$ESTIBA" --root "$STORE" inspect bench >/dev/null || die "estiba has no image 'bench' after the build"
+  "${DOCKER[@]}" image inspect bench >/dev/null || die "docker has no image 'bench' after the build"
+}
+
+load_average() {
+  cut -d' ' -f1-3 /proc/loadavg
+}
+
+versions() {
+  echo "estiba: $("$ESTIBA" --version)   docker: $("${DOCKER[@]}" version --format '{{.Server.Version}}') (BuildKit)"
+}
+
+machine() {
+  echo "machine: $(nproc) CPUs, load average $(load_average) at start (other load skews the times)"
+}
+
+# --- the table -------------------------------------------------------------
+
+MISSES=0
+RATIO=""
+SPEED=""
+SHOWN_TARGET=""
+
+# judge DOCKER_S ESTIBA_S [TARGET]: sets RATIO (estiba / docker, "inf" when
+# docker took no time), SHOWN_TARGET and SPEED: PASS if RATIO is at most
+# TARGET, MISS (counted in MISSES) if not, info if there is no TARGET.
+judge() {
+  local d=$1 e=$2 target=${3:-}
+  RATIO=$(awk -v d="$d" -v e="$e" 'BEGIN { if (d > 0) printf "%.3f", e / d; else print "inf" }')
+  if [ -z "$target" ]; then
+    SPEED=info
+    SHOWN_TARGET=-
+    return 0
+  fi
+  SHOWN_TARGET=${target}x
+  if awk -v r="$RATIO" -v t="$target" 'BEGIN { exit !(r != "inf" && r + 0 <= t + 0) }'; then
+    SPEED=PASS
+  else
+    SPEED=MISS
+    MISSES=$((MISSES + 1))
+  fi
+}
+
+# kb_to_mb KB: prints KB in MiB, one decimal.
+kb_to_mb() {
+  awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'
+}
+
+report_misses() {
+  if [ "$MISSES" -gt 0 ]; then
+    echo
+    echo "*** $MISSES TARGET(S) MISSED (see MISS above) ***"
+  fi
+}
