@@ -392,12 +392,54 @@ fn a_missing_source_fails_with_its_line_and_the_store_stays_valid() {
     ]);
     let (code, _, err) = build(&e, &["-t", "broken:1"]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("missing.txt: not found"), "{err}");
+    assert!(
+        err.contains(
+            "missing.txt: not found in the build context (is it excluded by .dockerignore?)"
+        ),
+        "{err}"
+    );
     assert!(err.contains("> 3 | COPY missing.txt /m"), "{err}");
     // Nothing tagged, and every blob in the store is what its name says.
     let (list, _) = ok(estiba(&e.root).arg("images"));
     assert!(!list.contains("broken"), "{list}");
     assert_blobs_are_what_they_are_named(&e.root);
+}
+
+/// Plain progress stamps a step's output with the time since that step
+/// began, as BuildKit does, not since the build began.
+#[test]
+fn plain_progress_times_output_from_the_start_of_its_step() {
+    let e = env(&[(
+        "Dockerfile",
+        "FROM busybox:test\nRUN sleep 1.2\nRUN echo marker-line\n",
+    )]);
+    import_busybox(&e);
+    let (code, _, err) = build(&e, &[]);
+    assert_eq!(code, 0, "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.ends_with(" marker-line") && !l.contains("RUN"))
+        .unwrap_or_else(|| panic!("no output line: {err}"));
+    let t: f64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no time in {line:?}"));
+    assert!(t < 1.0, "{line}");
+}
+
+/// A source missing from a stage is named as such, without the
+/// `.dockerignore` hint, which only applies to the context.
+#[test]
+fn a_source_missing_from_a_stage_names_the_stage() {
+    let e = env(&[(
+        "Dockerfile",
+        "FROM scratch AS base\nFROM scratch\nCOPY --from=base /nothing /n\n",
+    )]);
+    let (code, _, err) = build(&e, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("/nothing: not found in stage base"), "{err}");
+    assert!(!err.contains("dockerignore"), "{err}");
 }
 
 #[test]

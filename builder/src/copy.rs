@@ -34,15 +34,18 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+/// How errors name the build context as a source tree.
+pub const CONTEXT: &str = "the build context";
+
 /// Why a COPY or ADD failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
     /// A named source that is not there (or is excluded by `.dockerignore`).
-    #[error("{source_path}: not found in {tree} (is it excluded by .dockerignore?)")]
+    #[error("{source_path}: not found in {tree}{}", if tree == CONTEXT { " (is it excluded by .dockerignore?)" } else { "" })]
     NotFound {
         /// The source as written.
         source_path: String,
-        /// "the build context", "stage build", ...
+        /// [`CONTEXT`], "stage build", ...
         tree: String,
     },
     /// `COPY ../x`.

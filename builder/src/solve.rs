@@ -711,7 +711,7 @@ impl<'a> Solver<'a> {
                 let (tree, from_key, what): (Rc<dyn SourceTree + '_>, Option<String>, String) =
                     match &copy.from {
                         CopySource::Context => {
-                            (Rc::new(self.context), None, "the build context".to_string())
+                            (Rc::new(self.context), None, copy::CONTEXT.to_string())
                         }
                         CopySource::Stage { index } => {
                             let b =
@@ -968,11 +968,7 @@ impl<'a> Solver<'a> {
                             format!("image {reference}"),
                         )
                     }
-                    (None, None) => (
-                        Rc::new(self.context),
-                        false,
-                        "the build context".to_string(),
-                    ),
+                    (None, None) => (Rc::new(self.context), false, copy::CONTEXT.to_string()),
                 };
             let source_path = m.source.clone().unwrap_or_else(|| "/".to_string());
             let failed = |source: copy::CopyError| SolveErrorKind::BindSource {

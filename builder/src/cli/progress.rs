@@ -10,14 +10,16 @@ use std::time::{Duration, Instant};
 /// BuildKit's `--progress=plain` lines on standard error.
 #[derive(Debug)]
 pub(crate) struct Plain {
-    start: Instant,
+    /// When each step started: a log line's time is since its step began,
+    /// as BuildKit prints it.
+    starts: Mutex<std::collections::HashMap<usize, Instant>>,
     out: Mutex<std::io::Stderr>,
 }
 
 impl Plain {
     pub(crate) fn new() -> Self {
         Plain {
-            start: Instant::now(),
+            starts: Mutex::default(),
             out: Mutex::new(std::io::stderr()),
         }
     }
@@ -31,10 +33,18 @@ impl Plain {
 
 impl Reporter for Plain {
     fn started(&self, id: usize, name: &str) {
+        if let Ok(mut starts) = self.starts.lock() {
+            starts.insert(id, Instant::now());
+        }
         self.line(&format!("\n#{id} {name}"));
     }
     fn log(&self, id: usize, line: &str) {
-        let t = self.start.elapsed().as_secs_f64();
+        let started = self
+            .starts
+            .lock()
+            .ok()
+            .and_then(|starts| starts.get(&id).copied());
+        let t = started.map_or(0.0, |at| at.elapsed().as_secs_f64());
         self.line(&format!("#{id} {t:.3} {line}"));
     }
     fn cached(&self, id: usize) {
