@@ -41,7 +41,9 @@ const PARALLEL_HASH: usize = 256 * 1024;
 pub(crate) struct DirectWriter {
     file: TempFile,
     hasher: Hasher,
-    blocks: Box<[Block]>,
+    /// Grown as bytes come, up to a [`CHUNK`]: a small blob (a config, a
+    /// manifest, a tiny layer) costs only the blocks it fills.
+    blocks: Vec<Block>,
     /// Bytes of `blocks` in use.
     len: usize,
     /// Bytes written to the file so far.
@@ -67,7 +69,7 @@ impl DirectWriter {
         DirectWriter {
             file,
             hasher: Hasher::new(),
-            blocks: vec![Block([0; ALIGN]); CHUNK / ALIGN].into_boxed_slice(),
+            blocks: Vec::new(),
             len: 0,
             offset: 0,
             direct,
@@ -146,6 +148,11 @@ impl Write for DirectWriter {
         }
         let len = self.len;
         let n = buf.len().min(CHUNK - len);
+        let blocks = (len + n).div_ceil(ALIGN);
+        if self.blocks.len() < blocks {
+            let grown = blocks.max(self.blocks.len() * 2).min(CHUNK / ALIGN);
+            self.blocks.resize(grown, Block([0; ALIGN]));
+        }
         as_bytes(&mut self.blocks)[len..len + n].copy_from_slice(&buf[..n]);
         self.len += n;
         Ok(n)
