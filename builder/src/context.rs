@@ -47,7 +47,7 @@ use std::ffi::{CStr, CString, OsStr};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
@@ -69,6 +69,10 @@ pub const RACY_WINDOW_COARSE: Duration = Duration::from_secs(2);
 const CACHE_FORMAT: &str = "estiba-context-stat-cache";
 /// Bump when the record layout or the meaning of a field changes.
 const CACHE_VERSION: u32 = 2;
+/// About the size of one stat cache record on disk: the cache file's size
+/// over this is the number of entries the lstat memo is sized for (too many
+/// slots cost more memory than a regrowth costs time).
+const RECORD_BYTES: u64 = 170;
 /// Fewer files than this per core are hashed on one thread.
 const PARALLEL_MIN_FILES: usize = 64;
 
@@ -155,7 +159,7 @@ pub struct BuildContext {
     reincluded: RwLock<HashMap<String, bool>>,
     /// [`BuildContext::lookup`]'s answers: the context is read once per
     /// build, as docker sends it once.
-    lstats: RwLock<HashMap<String, Option<fs::Metadata>>>,
+    lstats: RwLock<HashMap<String, Option<Lstat>>>,
     cache: Mutex<StatCache>,
     files_hashed: AtomicU64,
     cache_hits: AtomicU64,
@@ -200,7 +204,7 @@ impl BuildContext {
         let expected_entries = stat_cache
             .as_deref()
             .and_then(|file| fs::metadata(file).ok())
-            .map_or(0, |m| usize::try_from(m.len() / 128).unwrap_or(0));
+            .map_or(0, |m| usize::try_from(m.len() / RECORD_BYTES).unwrap_or(0));
         let loading = stat_cache.clone().map(|file| {
             let root = root_key.clone();
             std::thread::spawn(move || load_cache(&file, &root))
@@ -401,23 +405,23 @@ impl BuildContext {
 
     /// `lstat` of `path`, whose parent is a known directory, or `None` when
     /// it is missing or not visible. Remembers visible directories.
-    fn lookup(&self, path: &str) -> Result<Option<fs::Metadata>, TreeError> {
+    fn lookup(&self, path: &str) -> Result<Option<Lstat>, TreeError> {
         if let Some(known) = read(&self.lstats).get(path) {
-            return Ok(known.clone());
+            return Ok(*known);
         }
         let found = self.lookup_uncached(path)?;
         write(&self.lstats).insert(path.to_owned(), found.clone());
         Ok(found)
     }
 
-    fn lookup_uncached(&self, path: &str) -> Result<Option<fs::Metadata>, TreeError> {
+    fn lookup_uncached(&self, path: &str) -> Result<Option<Lstat>, TreeError> {
         let excluded = self.excluded(path).map_err(tree_error)?;
         if excluded && !self.may_reinclude_below(path) {
             return Ok(None);
         }
         let host = self.root.join(path);
         let meta = match fs::symlink_metadata(&host) {
-            Ok(meta) => meta,
+            Ok(meta) => Lstat::from(&meta),
             Err(error) if is_missing(&error) => return Ok(None),
             Err(source) => return Err(io_error(&host, source)),
         };
@@ -502,7 +506,7 @@ impl BuildContext {
             if visible && !excluded {
                 // What `lookup` would find, from the open directory (no
                 // path walk): the walk that follows asks for each entry.
-                if let Ok(meta) = entry.metadata() {
+                if let Ok(meta) = entry.metadata().as_ref().map(Lstat::from) {
                     if meta.is_dir() {
                         write(&self.dirs).insert(path.clone());
                     }
@@ -541,7 +545,7 @@ impl BuildContext {
     }
 
     /// A visible regular file: its context path, host path and `lstat`.
-    fn regular_file(&self, path: &str) -> Result<(String, PathBuf, fs::Metadata), TreeError> {
+    fn regular_file(&self, path: &str) -> Result<(String, PathBuf, Lstat), TreeError> {
         let located = self.locate(path)?;
         let found = match &located {
             Some(located) => self.lookup(located)?,
@@ -580,7 +584,9 @@ impl SourceTree for BuildContext {
             return Ok(None);
         };
         let meta = if located.is_empty() {
-            fs::symlink_metadata(&self.root).map_err(|source| io_error(&self.root, source))?
+            Lstat::from(
+                &fs::symlink_metadata(&self.root).map_err(|source| io_error(&self.root, source))?,
+            )
         } else {
             match self.lookup(&located)? {
                 Some(meta) => meta,
@@ -657,7 +663,7 @@ impl SourceTree for BuildContext {
             return Ok(digest);
         }
         let (mut file, meta) = open_regular(&host)?;
-        let key = StatKey::of(&meta);
+        let key = StatKey::of(&Lstat::from(&meta));
         let mut hasher = Hasher::new();
         io::copy(&mut file, &mut hasher).map_err(|source| io_error(&host, source))?;
         let digest = hasher.finish();
@@ -881,7 +887,7 @@ fn read_link(host: &Path) -> Result<String, TreeError> {
     })
 }
 
-fn to_meta(host: &Path, meta: &fs::Metadata) -> Result<Meta, TreeError> {
+fn to_meta(host: &Path, meta: &Lstat) -> Result<Meta, TreeError> {
     let kind = meta.file_type();
     let rdev = meta.rdev();
     let kind = if kind.is_file() {
@@ -915,6 +921,119 @@ fn to_meta(host: &Path, meta: &fs::Metadata) -> Result<Meta, TreeError> {
         link_id: (regular && meta.nlink() > 1).then(|| (meta.dev(), meta.ino())),
         kind,
     })
+}
+
+/// What the context keeps of an `lstat`, for every entry it has looked at:
+/// 96 bytes where `fs::Metadata` takes about 190, which is 10 MB for each
+/// 100,000 files of a context.
+#[derive(Debug, Clone, Copy)]
+struct Lstat {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    nlink: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    ino: u64,
+    dev: u64,
+    rdev: u64,
+}
+
+impl From<&fs::Metadata> for Lstat {
+    fn from(m: &fs::Metadata) -> Self {
+        Lstat {
+            mode: m.mode(),
+            uid: m.uid(),
+            gid: m.gid(),
+            nlink: m.nlink(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            ino: m.ino(),
+            dev: m.dev(),
+            rdev: m.rdev(),
+        }
+    }
+}
+
+/// The file type bits of an [`Lstat`], asked as `fs::FileType` is.
+#[derive(Debug, Clone, Copy)]
+struct FileKind(u32);
+
+impl FileKind {
+    fn is(self, kind: u32) -> bool {
+        self.0 & libc::S_IFMT == kind
+    }
+    fn is_file(self) -> bool {
+        self.is(libc::S_IFREG)
+    }
+    fn is_dir(self) -> bool {
+        self.is(libc::S_IFDIR)
+    }
+    fn is_symlink(self) -> bool {
+        self.is(libc::S_IFLNK)
+    }
+    fn is_char_device(self) -> bool {
+        self.is(libc::S_IFCHR)
+    }
+    fn is_block_device(self) -> bool {
+        self.is(libc::S_IFBLK)
+    }
+    fn is_fifo(self) -> bool {
+        self.is(libc::S_IFIFO)
+    }
+    fn is_socket(self) -> bool {
+        self.is(libc::S_IFSOCK)
+    }
+}
+
+impl Lstat {
+    fn file_type(&self) -> FileKind {
+        FileKind(self.mode)
+    }
+    fn is_dir(&self) -> bool {
+        self.file_type().is_dir()
+    }
+    fn is_file(&self) -> bool {
+        self.file_type().is_file()
+    }
+    fn mode(&self) -> u32 {
+        self.mode
+    }
+    fn uid(&self) -> u32 {
+        self.uid
+    }
+    fn gid(&self) -> u32 {
+        self.gid
+    }
+    fn nlink(&self) -> u64 {
+        self.nlink
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn mtime(&self) -> i64 {
+        self.mtime.0
+    }
+    fn mtime_nsec(&self) -> i64 {
+        self.mtime.1
+    }
+    fn ctime(&self) -> i64 {
+        self.ctime.0
+    }
+    fn ctime_nsec(&self) -> i64 {
+        self.ctime.1
+    }
+    fn ino(&self) -> u64 {
+        self.ino
+    }
+    fn dev(&self) -> u64 {
+        self.dev
+    }
+    fn rdev(&self) -> u64 {
+        self.rdev
+    }
 }
 
 /// glibc's `gnu_dev_major`.
@@ -1040,7 +1159,7 @@ struct StatKey {
 }
 
 impl StatKey {
-    fn of(meta: &fs::Metadata) -> Self {
+    fn of(meta: &Lstat) -> Self {
         let ns = |secs: i64, nsecs: i64| secs.saturating_mul(1_000_000_000).saturating_add(nsecs);
         StatKey {
             size: meta.size(),
@@ -1094,15 +1213,61 @@ struct Remembered {
 /// One entry on disk: path, size, mtime ns, ctime ns, inode, device, mode,
 /// digest, xattrs (an array, to keep the file small).
 #[derive(Serialize, Deserialize)]
-struct Record<P>(P, u64, i64, i64, u64, u64, u32, Digest, Xattrs);
+struct Record<P, X>(P, u64, i64, i64, u64, u64, u32, Digest, X);
 
-/// The cache file: JSON, identified and versioned.
+/// The cache file: JSON, identified and versioned. `E` is the entries: a
+/// list of borrowed records when written, [`Loaded`] when read.
 #[derive(Serialize, Deserialize)]
-struct CacheFile<P> {
+struct CacheFile<E> {
     format: String,
     version: u32,
     root: String,
-    entries: Vec<Record<P>>,
+    entries: E,
+}
+
+/// The entries as they are read, straight into the map: with 100,000
+/// files, a list of records first would cost tens of megabytes more.
+#[derive(Default)]
+struct Loaded(HashMap<String, Remembered>);
+
+impl<'de> Deserialize<'de> for Loaded {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Loaded;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of stat cache records")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Loaded, A::Error> {
+                let mut map = HashMap::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(record) = seq.next_element::<Record<String, Xattrs>>()? {
+                    let Record(path, size, mtime_ns, ctime_ns, ino, dev, mode, digest, xattrs) =
+                        record;
+                    let key = StatKey {
+                        size,
+                        mtime_ns,
+                        ctime_ns,
+                        ino,
+                        dev,
+                        mode,
+                    };
+                    map.insert(
+                        path,
+                        Remembered {
+                            key,
+                            digest,
+                            xattrs,
+                        },
+                    );
+                }
+                Ok(Loaded(map))
+            }
+        }
+        deserializer.deserialize_seq(Visitor)
+    }
 }
 
 /// The entries of the cache file for `root`; empty when the file is
@@ -1112,40 +1277,17 @@ fn load_cache(file: &Path, root: &str) -> HashMap<String, Remembered> {
     let Ok(bytes) = fs::read(file) else {
         return HashMap::new();
     };
-    let Ok(parsed) = serde_json::from_slice::<CacheFile<String>>(&bytes) else {
+    let Ok(parsed) = serde_json::from_slice::<CacheFile<Loaded>>(&bytes) else {
         return HashMap::new();
     };
     if parsed.format != CACHE_FORMAT || parsed.version != CACHE_VERSION || parsed.root != root {
         return HashMap::new();
     }
-    parsed
-        .entries
-        .into_iter()
-        .map(
-            |Record(path, size, mtime_ns, ctime_ns, ino, dev, mode, digest, xattrs)| {
-                let key = StatKey {
-                    size,
-                    mtime_ns,
-                    ctime_ns,
-                    ino,
-                    dev,
-                    mode,
-                };
-                (
-                    path,
-                    Remembered {
-                        key,
-                        digest,
-                        xattrs,
-                    },
-                )
-            },
-        )
-        .collect()
+    parsed.entries.0
 }
 
 fn write_cache(file: &Path, cache: &StatCache) -> io::Result<()> {
-    let mut entries: Vec<Record<&str>> = cache
+    let mut entries: Vec<Record<&str, &Xattrs>> = cache
         .entries
         .iter()
         .map(|(path, known)| {
@@ -1158,7 +1300,7 @@ fn write_cache(file: &Path, cache: &StatCache) -> io::Result<()> {
                 known.key.dev,
                 known.key.mode,
                 known.digest,
-                known.xattrs.clone(),
+                &known.xattrs,
             )
         })
         .collect();
@@ -1169,14 +1311,16 @@ fn write_cache(file: &Path, cache: &StatCache) -> io::Result<()> {
         root: cache.root.clone(),
         entries,
     };
-    let bytes = serde_json::to_vec(&body).map_err(io::Error::other)?;
     let dir = match file.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
     fs::create_dir_all(dir)?;
     let mut temp = tempfile::NamedTempFile::new_in(dir)?;
-    temp.write_all(&bytes)?;
+    let mut out = io::BufWriter::new(temp.as_file_mut());
+    serde_json::to_writer(&mut out, &body).map_err(io::Error::other)?;
+    out.flush()?;
+    drop(out);
     temp.persist(file).map_err(|error| error.error)?;
     Ok(())
 }
