@@ -410,7 +410,7 @@ impl BuildContext {
             return Ok(*known);
         }
         let found = self.lookup_uncached(path)?;
-        write(&self.lstats).insert(path.to_owned(), found.clone());
+        write(&self.lstats).insert(path.to_owned(), found);
         Ok(found)
     }
 
