@@ -49,6 +49,10 @@ pub use whiteout::upper_to_layer_dir;
 /// container's init ([`init_main`]) instead of the CLI.
 pub const INIT_ARG: &str = "__estiba-run-init";
 
+/// The longest lower dir list the overlay mount options name by full paths
+/// (leaving room in the page for the upper and work dirs and flags).
+const LOWER_PATHS_MAX: usize = 3000;
+
 /// The fd on which the init reports setup progress and failures.
 const STATUS_FD: RawFd = 3;
 
@@ -500,22 +504,35 @@ fn absolute_paths(spec: &RunSpec) -> Result<RunSpec, ExecError> {
 fn prepare(spec: &RunSpec, scratch: &Path) -> Result<InitSpec, ExecError> {
     let rootfs = scratch.join("rootfs");
     let empty_lower = scratch.join("empty");
-    let lower_links = scratch.join("l");
-    for dir in [&rootfs, &empty_lower, &lower_links] {
+    for dir in [&rootfs, &empty_lower] {
         std::fs::create_dir(dir).map_err(|source| ExecError::Prepare {
             path: dir.clone(),
             source,
         })?;
     }
-    let lower = if spec.lower.is_empty() {
-        std::slice::from_ref(&empty_lower)
+    let mut lower = if spec.lower.is_empty() {
+        vec![empty_lower]
     } else {
-        spec.lower.as_slice()
+        spec.lower.clone()
     };
-    for (i, dir) in lower.iter().enumerate() {
-        let link = lower_links.join(i.to_string());
-        std::os::unix::fs::symlink(dir, &link)
-            .map_err(|source| ExecError::Prepare { path: link, source })?;
+    // Mount options must fit in a page. With many layers the lower dirs
+    // are named by short links `0`, `1`, … (as overlay2's `l/` links do):
+    // 500 layers, the kernel's limit, fit where 48 snapshot paths did not.
+    let mut lower_links = None;
+    let length: usize = lower.iter().map(|d| d.as_os_str().len() + 1).sum();
+    if length > LOWER_PATHS_MAX {
+        let links = scratch.join("l");
+        std::fs::create_dir(&links).map_err(|source| ExecError::Prepare {
+            path: links.clone(),
+            source,
+        })?;
+        for (i, dir) in lower.iter_mut().enumerate() {
+            let link = links.join(i.to_string());
+            std::os::unix::fs::symlink(&*dir, &link)
+                .map_err(|source| ExecError::Prepare { path: link, source })?;
+            *dir = PathBuf::from(i.to_string());
+        }
+        lower_links = Some(links);
     }
     let hostname = if spec.hostname.is_empty() {
         "buildkitsandbox"
@@ -549,6 +566,7 @@ fn prepare(spec: &RunSpec, scratch: &Path) -> Result<InitSpec, ExecError> {
         hostname: hostname.to_owned(),
         rootfs,
         copy_root: None,
+        lower,
         lower_links,
         etc,
         files,

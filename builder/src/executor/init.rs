@@ -165,19 +165,11 @@ fn overlay_options(lower: &[PathBuf], upper: &Path, work: &Path) -> Vec<u8> {
 
 fn mount_overlay(spec: &InitSpec) -> Result<(), Failure> {
     let run = &spec.run;
-    // Mount options must fit in a page: the lower dirs are named by the
-    // short links `0`, `1`, … in `lower_links` (as overlay2's `l/` links
-    // do), so a thousand layers fit where fifty full paths did not.
-    let count = run.lower.len().max(1);
-    let lower: Vec<PathBuf> = (0..count).map(|i| PathBuf::from(i.to_string())).collect();
-    let (upper, work) = (run.upper.clone(), run.work.clone());
-    nix::unistd::chdir(&spec.lower_links).map_err(|e| {
-        Failure::setup(
-            format!("enter the layer links {}", spec.lower_links.display()),
-            e,
-        )
-    })?;
-    let options = overlay_options(&lower, &upper, &work);
+    if let Some(links) = &spec.lower_links {
+        nix::unistd::chdir(links)
+            .map_err(|e| Failure::setup(format!("enter the layer links {}", links.display()), e))?;
+    }
+    let options = overlay_options(&spec.lower, &run.upper, &run.work);
     // No redirects or metacopy: the upper dir must stay a self-contained
     // diff that `upper_to_layer_dir` can turn into a layer. A rename of an
     // image directory then copies it, as with Docker's overlay2.

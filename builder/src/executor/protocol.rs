@@ -23,9 +23,13 @@ pub(super) struct InitSpec {
     /// The copy snapshotter's private root file system, bind-mounted on
     /// `rootfs` instead of the overlay (the step writes into it directly).
     pub(super) copy_root: Option<PathBuf>,
-    /// Symlinks `0`, `1`, … to the lower dirs, top first (the empty dir for
-    /// a step on `scratch`): the overlay's short lower dir names.
-    pub(super) lower_links: PathBuf,
+    /// The overlay's lower dirs, top first, as the mount options name them:
+    /// absolute paths, or with many layers short links relative to
+    /// `lower_links` (the empty dir for a step on `scratch`).
+    pub(super) lower: Vec<PathBuf>,
+    /// The directory holding the short links `0`, `1`, … when there are
+    /// too many layers for their paths to fit in the mount options.
+    pub(super) lower_links: Option<PathBuf>,
     /// Generated `/etc` files: container path → host file.
     pub(super) etc: Vec<(String, PathBuf)>,
     /// `RunSpec::files`: container path → host file holding the content.
