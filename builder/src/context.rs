@@ -160,6 +160,9 @@ pub struct BuildContext {
     /// [`BuildContext::lookup`]'s answers: the context is read once per
     /// build, as docker sends it once.
     lstats: RwLock<HashMap<String, Option<Lstat>>>,
+    /// Directories listed whole: a remembered file in one of them that the
+    /// listing did not show is gone, and the stat cache forgets it.
+    listed: RwLock<HashSet<String>>,
     cache: Mutex<StatCache>,
     files_hashed: AtomicU64,
     cache_hits: AtomicU64,
@@ -220,6 +223,7 @@ impl BuildContext {
             reincluded: RwLock::default(),
             // About as many entries as the last build saw: no regrowth.
             lstats: RwLock::new(HashMap::with_capacity(expected_entries)),
+            listed: RwLock::default(),
             cache: Mutex::new(StatCache {
                 file: stat_cache,
                 root: root_key,
@@ -252,13 +256,23 @@ impl BuildContext {
     }
 
     /// Writes the stat cache to its file if it changed (temp file + rename
-    /// in the same directory, which is created if missing). Also done, best
-    /// effort, when the context is dropped.
+    /// in the same directory, which is created if missing). Files that a
+    /// directory listing of this build no longer showed are forgotten. Also
+    /// done, best effort, when the context is dropped.
     pub fn save_stat_cache(&self) -> Result<(), ContextError> {
         let mut cache = self.stat_cache();
         let Some(file) = cache.file.clone() else {
             return Ok(());
         };
+        {
+            let listed = read(&self.listed);
+            let seen = read(&self.lstats);
+            let before = cache.entries.len();
+            cache.entries.retain(|path, _| {
+                !listed.contains(parent_of(path)) || matches!(seen.get(path), Some(Some(_)))
+            });
+            cache.dirty |= cache.entries.len() != before;
+        }
         if !cache.dirty {
             return Ok(());
         }
@@ -519,6 +533,9 @@ impl BuildContext {
                     break;
                 }
             }
+        }
+        if !any {
+            write(&self.listed).insert(dir.to_owned());
         }
         names.sort_unstable();
         Ok(names)

@@ -747,6 +747,38 @@ fn stat_cache_spares_rereading_unchanged_files() {
     );
 }
 
+/// The stat cache forgets a file once a listing of its directory shows it
+/// is gone, and keeps files in directories this build did not list.
+#[test]
+fn the_stat_cache_forgets_deleted_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("ctx");
+    let cache = dir.path().join("stat-cache");
+    put(&root, "a", "a");
+    put(&root, "gone", "g");
+    put(&root, "sub/kept", "k");
+    let_timestamps_settle();
+    let ctx = BuildContext::open(&root, None, Some(cache.clone())).expect("open");
+    for f in ["a", "gone", "sub/kept"] {
+        ctx.content_digest(f).expect("digest");
+    }
+    drop(ctx);
+    let remembered = || fs::read_to_string(&cache).expect("cache file");
+    assert!(remembered().contains("\"gone\""));
+
+    fs::remove_file(root.join("gone")).expect("rm");
+    let ctx = BuildContext::open(&root, None, Some(cache.clone())).expect("reopen");
+    assert_eq!(children(&ctx, ""), ["a", "sub"]);
+    ctx.content_digest("a").expect("digest");
+    drop(ctx);
+    let text = remembered();
+    assert!(!text.contains("\"gone\""), "{text}");
+    assert!(
+        text.contains("\"a\"") && text.contains("\"sub/kept\""),
+        "{text}"
+    );
+}
+
 #[test]
 fn restoring_the_mtime_does_not_fool_the_cache() {
     let dir = tempfile::tempdir().expect("tempdir");
