@@ -45,6 +45,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString, OsStr};
 use std::fs;
+use std::hash::BuildHasherDefault;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -69,6 +70,35 @@ pub const RACY_WINDOW_COARSE: Duration = Duration::from_secs(2);
 const CACHE_FORMAT: &str = "estiba-context-stat-cache";
 /// Bump when the record layout or the meaning of a field changes.
 const CACHE_VERSION: u32 = 2;
+/// Maps and sets keyed by context paths. Every path of the context is
+/// looked up several times per build; the default SipHash is made to resist
+/// keys chosen by an attacker, which paths in one's own context are not,
+/// and costs several times as much as this multiply-rotate hash.
+type PathMap<V> = HashMap<String, V, BuildHasherDefault<PathHasher>>;
+type PathSet = HashSet<String, BuildHasherDefault<PathHasher>>;
+
+/// FxHash's step (rustc's own hasher) over 8-byte words.
+#[derive(Default, Clone, Copy)]
+struct PathHasher(u64);
+
+impl std::hash::Hasher for PathHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// About the size of one stat cache record on disk: the cache file's size
 /// over this is the number of entries the lstat memo is sized for (too many
 /// slots cost more memory than a regrowth costs time).
@@ -151,18 +181,18 @@ pub struct BuildContext {
     /// Some exception is a glob: every excluded directory may hold something.
     glob_exception: bool,
     /// Per-directory matcher results, handed to the directory's entries.
-    match_infos: RwLock<HashMap<String, MatchInfo>>,
+    match_infos: RwLock<PathMap<MatchInfo>>,
     /// Visible directories reached from the root through real directories
     /// only (no symlink): the only places host paths are built from.
-    dirs: RwLock<HashSet<String>>,
+    dirs: RwLock<PathSet>,
     /// Excluded directories → whether something below them is re-included.
-    reincluded: RwLock<HashMap<String, bool>>,
+    reincluded: RwLock<PathMap<bool>>,
     /// [`BuildContext::lookup`]'s answers: the context is read once per
     /// build, as docker sends it once.
-    lstats: RwLock<HashMap<String, Option<Lstat>>>,
+    lstats: RwLock<PathMap<Option<Lstat>>>,
     /// Directories listed whole: a remembered file in one of them that the
     /// listing did not show is gone, and the stat cache forgets it.
-    listed: RwLock<HashSet<String>>,
+    listed: RwLock<PathSet>,
     cache: Mutex<StatCache>,
     files_hashed: AtomicU64,
     cache_hits: AtomicU64,
@@ -222,13 +252,16 @@ impl BuildContext {
             dirs: RwLock::default(),
             reincluded: RwLock::default(),
             // About as many entries as the last build saw: no regrowth.
-            lstats: RwLock::new(HashMap::with_capacity(expected_entries)),
+            lstats: RwLock::new(PathMap::with_capacity_and_hasher(
+                expected_entries,
+                Default::default(),
+            )),
             listed: RwLock::default(),
             cache: Mutex::new(StatCache {
                 file: stat_cache,
                 root: root_key,
                 loading,
-                entries: HashMap::new(),
+                entries: PathMap::default(),
                 dirty: false,
             }),
             files_hashed: AtomicU64::new(0),
@@ -468,6 +501,9 @@ impl BuildContext {
         let entries = fs::read_dir(&host).map_err(|source| io_error(&host, source))?;
         let info = self.match_info(dir).map_err(tree_error)?;
         let mut names = Vec::new();
+        // Recorded once the directory is read: one lock per directory, not
+        // per entry.
+        let mut found: Vec<(String, Lstat)> = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|source| io_error(&host, source))?;
             let is_dir = || -> Result<bool, TreeError> {
@@ -521,10 +557,7 @@ impl BuildContext {
                 // What `lookup` would find, from the open directory (no
                 // path walk): the walk that follows asks for each entry.
                 if let Ok(meta) = entry.metadata().as_ref().map(Lstat::from) {
-                    if meta.is_dir() {
-                        write(&self.dirs).insert(path.clone());
-                    }
-                    write(&self.lstats).insert(path, Some(meta));
+                    found.push((path, meta));
                 }
             }
             if visible {
@@ -534,10 +567,19 @@ impl BuildContext {
                 }
             }
         }
+        names.sort_unstable();
+        {
+            let mut dirs = write(&self.dirs);
+            for (path, meta) in &found {
+                if meta.is_dir() {
+                    dirs.insert(path.clone());
+                }
+            }
+        }
+        write(&self.lstats).extend(found.into_iter().map(|(path, meta)| (path, Some(meta))));
         if !any {
             write(&self.listed).insert(dir.to_owned());
         }
-        names.sort_unstable();
         Ok(names)
     }
 
@@ -1209,9 +1251,9 @@ struct StatCache {
     /// The context root the entries belong to.
     root: String,
     /// The thread loading the entries from `file`, until they are needed.
-    loading: Option<std::thread::JoinHandle<HashMap<String, Remembered>>>,
+    loading: Option<std::thread::JoinHandle<PathMap<Remembered>>>,
     /// Context path → what is remembered of it.
-    entries: HashMap<String, Remembered>,
+    entries: PathMap<Remembered>,
     /// Changed since loaded or saved.
     dirty: bool,
 }
@@ -1245,7 +1287,7 @@ struct CacheFile<E> {
 /// The entries as they are read, straight into the map: with 100,000
 /// files, a list of records first would cost tens of megabytes more.
 #[derive(Default)]
-struct Loaded(HashMap<String, Remembered>);
+struct Loaded(PathMap<Remembered>);
 
 impl<'de> Deserialize<'de> for Loaded {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -1259,7 +1301,10 @@ impl<'de> Deserialize<'de> for Loaded {
                 self,
                 mut seq: A,
             ) -> Result<Loaded, A::Error> {
-                let mut map = HashMap::with_capacity(seq.size_hint().unwrap_or(0));
+                let mut map = PathMap::with_capacity_and_hasher(
+                    seq.size_hint().unwrap_or(0),
+                    Default::default(),
+                );
                 while let Some(record) = seq.next_element::<Record<String, Xattrs>>()? {
                     let Record(path, size, mtime_ns, ctime_ns, ino, dev, mode, digest, xattrs) =
                         record;
@@ -1290,15 +1335,15 @@ impl<'de> Deserialize<'de> for Loaded {
 /// The entries of the cache file for `root`; empty when the file is
 /// missing, unreadable, corrupt, of another format or version, or made for
 /// another root.
-fn load_cache(file: &Path, root: &str) -> HashMap<String, Remembered> {
+fn load_cache(file: &Path, root: &str) -> PathMap<Remembered> {
     let Ok(bytes) = fs::read(file) else {
-        return HashMap::new();
+        return PathMap::default();
     };
     let Ok(parsed) = serde_json::from_slice::<CacheFile<Loaded>>(&bytes) else {
-        return HashMap::new();
+        return PathMap::default();
     };
     if parsed.format != CACHE_FORMAT || parsed.version != CACHE_VERSION || parsed.root != root {
-        return HashMap::new();
+        return PathMap::default();
     }
     parsed.entries.0
 }
