@@ -8,14 +8,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn estiba(root: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_estiba"));
-    cmd.env_remove("ESTIBA_ROOT")
-        .env_remove("SOURCE_DATE_EPOCH")
-        .arg("--root")
-        .arg(root);
-    cmd
-}
+#[path = "support/estiba.rs"]
+mod support_estiba;
+use support_estiba::estiba;
 
 fn run(cmd: &mut Command) -> (i32, String, String) {
     let Output {

@@ -1432,14 +1432,9 @@ fn error_lines(log: &str) -> String {
         .join(" | ")
 }
 
-fn estiba(root: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_estiba"));
-    cmd.env_remove("ESTIBA_ROOT")
-        .env_remove("SOURCE_DATE_EPOCH")
-        .arg("--root")
-        .arg(root);
-    cmd
-}
+#[path = "support/estiba.rs"]
+mod support_estiba;
+use support_estiba::estiba;
 
 enum Outcome {
     Skipped(String),

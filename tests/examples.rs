@@ -29,14 +29,9 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-fn estiba(root: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_estiba"));
-    cmd.env_remove("ESTIBA_ROOT")
-        .env_remove("SOURCE_DATE_EPOCH")
-        .arg("--root")
-        .arg(root);
-    cmd
-}
+#[path = "support/estiba.rs"]
+mod support_estiba;
+use support_estiba::estiba;
 
 /// Runs a command to its end and returns its stdout; fails the test with
 /// both outputs when it does not succeed.
