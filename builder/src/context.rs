@@ -948,7 +948,7 @@ fn read_link(host: &Path) -> Result<String, TreeError> {
 
 fn to_meta(host: &Path, meta: &Lstat) -> Result<Meta, TreeError> {
     let kind = meta.file_type();
-    let rdev = meta.rdev();
+    let rdev = meta.rdev;
     let kind = if kind.is_file() {
         EntryKind::File
     } else if kind.is_dir() {
@@ -967,17 +967,17 @@ fn to_meta(host: &Path, meta: &Lstat) -> Result<Meta, TreeError> {
         return Err(TreeError::Other(format!(
             "{}: unknown file type {:o}",
             host.display(),
-            meta.mode() & libc::S_IFMT
+            meta.mode & libc::S_IFMT
         )));
     };
     let regular = kind == EntryKind::File;
     Ok(Meta {
-        mode: meta.mode() & 0o7777,
-        uid: meta.uid(),
-        gid: meta.gid(),
-        size: if regular { meta.size() } else { 0 },
-        mtime: meta.mtime(),
-        link_id: (regular && meta.nlink() > 1).then(|| (meta.dev(), meta.ino())),
+        mode: meta.mode & 0o7777,
+        uid: meta.uid,
+        gid: meta.gid,
+        size: if regular { meta.size } else { 0 },
+        mtime: meta.mtime.0,
+        link_id: (regular && meta.nlink > 1).then(|| (meta.dev, meta.ino)),
         kind,
     })
 }
@@ -1056,42 +1056,6 @@ impl Lstat {
     }
     fn is_file(&self) -> bool {
         self.file_type().is_file()
-    }
-    fn mode(&self) -> u32 {
-        self.mode
-    }
-    fn uid(&self) -> u32 {
-        self.uid
-    }
-    fn gid(&self) -> u32 {
-        self.gid
-    }
-    fn nlink(&self) -> u64 {
-        self.nlink
-    }
-    fn size(&self) -> u64 {
-        self.size
-    }
-    fn mtime(&self) -> i64 {
-        self.mtime.0
-    }
-    fn mtime_nsec(&self) -> i64 {
-        self.mtime.1
-    }
-    fn ctime(&self) -> i64 {
-        self.ctime.0
-    }
-    fn ctime_nsec(&self) -> i64 {
-        self.ctime.1
-    }
-    fn ino(&self) -> u64 {
-        self.ino
-    }
-    fn dev(&self) -> u64 {
-        self.dev
-    }
-    fn rdev(&self) -> u64 {
-        self.rdev
     }
 }
 
@@ -1221,12 +1185,12 @@ impl StatKey {
     fn of(meta: &Lstat) -> Self {
         let ns = |secs: i64, nsecs: i64| secs.saturating_mul(1_000_000_000).saturating_add(nsecs);
         StatKey {
-            size: meta.size(),
-            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
-            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
-            ino: meta.ino(),
-            dev: meta.dev(),
-            mode: meta.mode(),
+            size: meta.size,
+            mtime_ns: ns(meta.mtime.0, meta.mtime.1),
+            ctime_ns: ns(meta.ctime.0, meta.ctime.1),
+            ino: meta.ino,
+            dev: meta.dev,
+            mode: meta.mode,
         }
     }
 
