@@ -977,7 +977,7 @@ fn to_meta(host: &Path, meta: &Lstat) -> Result<Meta, TreeError> {
         gid: meta.gid,
         size: if regular { meta.size } else { 0 },
         mtime: meta.mtime.0,
-        link_id: (regular && meta.nlink > 1).then(|| (meta.dev, meta.ino)),
+        link_id: (regular && meta.nlink > 1).then_some((meta.dev, meta.ino)),
         kind,
     })
 }
