@@ -221,6 +221,16 @@ pub fn resolve_with(
     Ok(done)
 }
 
+/// The order walks visit a tree in and the order layers and the stat cache
+/// list paths in: depth first, a directory's entries sorted bytewise, each
+/// followed by everything below it. It is bytewise order with `/` below
+/// every other byte, so `a`, `a/z`, `a.c` (plain bytewise order would put
+/// `a.c` before `a/z` and split the directory `a` from its entries).
+pub fn path_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let key = |c: u8| if c == b'/' { 0 } else { c };
+    a.bytes().map(key).cmp(b.bytes().map(key))
+}
+
 /// Whether a source pattern has wildcards (`*`, `?`, `[`), as Go's
 /// `filepath.Match` reads them.
 pub fn has_wildcards(pattern: &str) -> bool {
@@ -230,6 +240,13 @@ pub fn has_wildcards(pattern: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_order_keeps_a_directory_with_its_entries() {
+        let mut paths = vec!["a.c", "a/z", "a", "b", "a/b/c", "a/b", "a-"];
+        paths.sort_by(|x, y| path_order(x, y));
+        assert_eq!(paths, ["a", "a/b", "a/b/c", "a/z", "a-", "a.c", "b"]);
+    }
 
     #[test]
     fn clean_keeps_clean_paths_and_cleans_the_rest() {
