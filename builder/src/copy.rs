@@ -16,8 +16,9 @@
 //!   they keep their owners, and `--chown` overrides both; `--chmod` sets the
 //!   mode of everything copied.
 //!
-//! [`walk_sources`] yields the entries in one fixed order; both the copy and
-//! the cache key ([`hash_sources`]) use it, so they always agree.
+//! [`walk_sources`] visits the entries in one fixed order ([`tree::path_order`],
+//! a listing per level held at a time); both the copy and the cache key
+//! ([`hash_sources`]) use it, so they always agree.
 
 use crate::tree::{self, EntryKind, Meta, SourceTree, TreeError};
 use estiba_cache::{Digest, Hasher};
@@ -328,70 +329,103 @@ pub struct WalkEntry {
     pub meta: Meta,
 }
 
-/// The entries under one match, parents before children, sorted, with
-/// `--exclude` patterns (relative to the match) applied.
+/// The entries of the source directory `dir` (at `rel` below its match)
+/// that a copy takes, sorted by name: `--exclude`d ones and sockets left out.
+pub fn copied_children(
+    tree: &dyn SourceTree,
+    dir: &str,
+    rel: &str,
+    excludes: Option<&Matcher>,
+) -> Result<Vec<WalkEntry>, CopyError> {
+    let mut out = Vec::new();
+    for name in tree.children(dir)? {
+        let child_rel = tree::join(rel, &name);
+        if let Some(ex) = excludes {
+            let excluded =
+                ex.matches_or_parent_matches(&child_rel)
+                    .map_err(|source| CopyError::Pattern {
+                        pattern: child_rel.clone(),
+                        source,
+                    })?;
+            if excluded {
+                continue;
+            }
+        }
+        let source = tree::join(dir, &name);
+        let Some(meta) = tree.stat(&source)? else {
+            continue;
+        };
+        if meta.kind == EntryKind::Socket {
+            continue;
+        }
+        out.push(WalkEntry {
+            source,
+            rel: child_rel,
+            meta,
+        });
+    }
+    Ok(out)
+}
+
+/// Visits `start` and everything below it that a copy takes, in
+/// [`tree::path_order`] of their paths: depth first, each directory's
+/// entries by name. Holds one listing per level, never the whole walk. A
+/// directory's entries are visited when `visit` answers `true` for it.
+pub fn walk_from(
+    tree: &dyn SourceTree,
+    start: WalkEntry,
+    excludes: Option<&Matcher>,
+    mut visit: impl FnMut(&WalkEntry) -> Result<bool, CopyError>,
+) -> Result<(), CopyError> {
+    let mut levels: Vec<std::vec::IntoIter<WalkEntry>> = Vec::new();
+    let mut next = Some(start);
+    loop {
+        let entry = match next.take() {
+            Some(entry) => entry,
+            None => match levels.last_mut() {
+                None => return Ok(()),
+                Some(level) => match level.next() {
+                    Some(entry) => entry,
+                    None => {
+                        levels.pop();
+                        continue;
+                    }
+                },
+            },
+        };
+        if visit(&entry)? && entry.meta.kind == EntryKind::Dir {
+            let children = copied_children(tree, &entry.source, &entry.rel, excludes)?;
+            levels.push(children.into_iter());
+        }
+    }
+}
+
+/// [`walk_from`] the source one match names (nothing when it is gone).
 pub fn walk_sources(
     tree: &dyn SourceTree,
     m: &SourceMatch,
     excludes: Option<&Matcher>,
-) -> Result<Vec<WalkEntry>, CopyError> {
-    let mut out = Vec::new();
+    visit: impl FnMut(&WalkEntry) -> Result<bool, CopyError>,
+) -> Result<(), CopyError> {
     let Some(meta) = tree.stat(&m.path)? else {
-        return Ok(out);
+        return Ok(());
     };
-    let is_dir = meta.kind == EntryKind::Dir;
-    out.push(WalkEntry {
+    let start = WalkEntry {
         source: m.path.clone(),
         rel: String::new(),
         meta,
-    });
-    if !is_dir {
-        return Ok(out);
-    }
-    let mut stack = vec![(m.path.clone(), String::new())];
-    while let Some((dir, rel)) = stack.pop() {
-        let mut children = Vec::new();
-        for name in tree.children(&dir)? {
-            let source = tree::join(&dir, &name);
-            let child_rel = tree::join(&rel, &name);
-            if let Some(ex) = excludes {
-                let excluded = ex.matches_or_parent_matches(&child_rel).map_err(|source| {
-                    CopyError::Pattern {
-                        pattern: child_rel.clone(),
-                        source,
-                    }
-                })?;
-                if excluded {
-                    continue;
-                }
-            }
-            let Some(meta) = tree.stat(&source)? else {
-                continue;
-            };
-            if meta.kind == EntryKind::Socket {
-                continue;
-            }
-            children.push((source, child_rel, meta));
-        }
-        // Depth-first in sorted order: push directories in reverse.
-        let mut dirs = Vec::new();
-        for (source, rel, meta) in children {
-            if meta.kind == EntryKind::Dir {
-                dirs.push((source.clone(), rel.clone()));
-            }
-            out.push(WalkEntry { source, rel, meta });
-        }
-        for d in dirs.into_iter().rev() {
-            stack.push(d);
-        }
-    }
-    out.sort_by(|a, b| a.rel.cmp(&b.rel));
-    Ok(out)
+    };
+    walk_from(tree, start, excludes, visit)
 }
+
+/// Files whose digests are asked for at once: enough for every core to
+/// hash, few enough that a walk of any size holds little.
+const HASH_BATCH: usize = 4096;
 
 /// The content digest of a COPY's sources, for its cache key: every entry's
 /// path, kind, mode, content (or link target, or device numbers), and owner
-/// when the copy keeps owners; never mtimes.
+/// when the copy keeps owners; never mtimes. The walk is hashed as it goes,
+/// its files' digests asked for in batches.
 pub fn hash_sources(
     tree: &dyn SourceTree,
     matches: &[SourceMatch],
@@ -399,50 +433,77 @@ pub fn hash_sources(
     keep_owners: bool,
 ) -> Result<Digest, CopyError> {
     let mut h = Hasher::new();
+    let mut pending: Vec<WalkEntry> = Vec::new();
+    let mut files = 0;
     for m in matches {
         let line = format!("match\0{}\0{}\0{:?}\n", m.name, m.path, m.parents_path);
         h.update(line.as_bytes());
-        let entries = walk_sources(tree, m, excludes)?;
-        let files: Vec<&str> = entries
-            .iter()
-            .filter(|e| e.meta.kind == EntryKind::File)
-            .map(|e| e.source.as_str())
-            .collect();
-        let mut digests = tree.content_digests(&files)?.into_iter();
-        // One line per entry, written into one reused buffer.
-        let mut line = String::new();
-        for e in &entries {
-            line.clear();
-            let _ = write!(line, "{}\0{:o}\0", e.rel, e.meta.mode);
-            if keep_owners {
-                let _ = write!(line, "{}:{}", e.meta.uid, e.meta.gid);
+        walk_sources(tree, m, excludes, |entry| {
+            if entry.meta.kind == EntryKind::File {
+                files += 1;
             }
-            line.push('\0');
-            let _ = match &e.meta.kind {
-                EntryKind::File => {
-                    let digest = digests
-                        .next()
-                        .ok_or_else(|| TreeError::Other("a file without its digest".to_string()))?;
-                    write!(line, "{digest}")
-                }
-                EntryKind::Dir => write!(line, "dir"),
-                EntryKind::Symlink(t) => write!(line, "symlink\0{t}"),
-                EntryKind::CharDevice(a, b) => write!(line, "char\0{a}\0{b}"),
-                EntryKind::BlockDevice(a, b) => write!(line, "block\0{a}\0{b}"),
-                EntryKind::Fifo => write!(line, "fifo"),
-                EntryKind::Socket => continue,
-            };
-            let xattrs = tree.xattrs(&e.source)?;
-            let _ = writeln!(line, "\0{}", xattrs.len());
-            h.update(line.as_bytes());
-            for (k, v) in xattrs {
-                h.update(k.as_bytes());
-                h.update(&[0]);
-                h.update(&v);
+            pending.push(entry.clone());
+            if files == HASH_BATCH {
+                hash_entries(tree, &pending, keep_owners, &mut h)?;
+                pending.clear();
+                files = 0;
             }
-        }
+            Ok(true)
+        })?;
+        hash_entries(tree, &pending, keep_owners, &mut h)?;
+        pending.clear();
+        files = 0;
     }
     Ok(h.finish())
+}
+
+/// One line per entry of `entries` into `h`, their files' digests asked
+/// for at once.
+fn hash_entries(
+    tree: &dyn SourceTree,
+    entries: &[WalkEntry],
+    keep_owners: bool,
+    h: &mut Hasher,
+) -> Result<(), CopyError> {
+    let files: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.meta.kind == EntryKind::File)
+        .map(|e| e.source.as_str())
+        .collect();
+    let mut digests = tree.content_digests(&files)?.into_iter();
+    // One line per entry, written into one reused buffer.
+    let mut line = String::new();
+    for e in entries {
+        line.clear();
+        let _ = write!(line, "{}\0{:o}\0", e.rel, e.meta.mode);
+        if keep_owners {
+            let _ = write!(line, "{}:{}", e.meta.uid, e.meta.gid);
+        }
+        line.push('\0');
+        let _ = match &e.meta.kind {
+            EntryKind::File => {
+                let digest = digests
+                    .next()
+                    .ok_or_else(|| TreeError::Other("a file without its digest".to_string()))?;
+                write!(line, "{digest}")
+            }
+            EntryKind::Dir => write!(line, "dir"),
+            EntryKind::Symlink(t) => write!(line, "symlink\0{t}"),
+            EntryKind::CharDevice(a, b) => write!(line, "char\0{a}\0{b}"),
+            EntryKind::BlockDevice(a, b) => write!(line, "block\0{a}\0{b}"),
+            EntryKind::Fifo => write!(line, "fifo"),
+            EntryKind::Socket => continue,
+        };
+        let xattrs = tree.xattrs(&e.source)?;
+        let _ = writeln!(line, "\0{}", xattrs.len());
+        h.update(line.as_bytes());
+        for (k, v) in xattrs {
+            h.update(k.as_bytes());
+            h.update(&[0]);
+            h.update(&v);
+        }
+    }
+    Ok(())
 }
 
 /// Sets an xattr on a path without following a final symlink.

@@ -3,8 +3,16 @@
 //! below, file contents left in their source trees until the layer tar is
 //! streamed from them ([`Writer::write_layer`]) or unpacked into a directory
 //! ([`Writer::write_to_dir`]).
+//!
+//! Memory does not grow with the number of files copied: a directory that
+//! lands where nothing was ([`Data::Subtree`]) is held as one entry, and its
+//! contents are walked from the source only when the layer is written. Only
+//! where a copy merges with what is already there (the layers below, or an
+//! earlier source of the same step) are entries held one by one; a later
+//! source that lands inside a held directory opens it up one level at a
+//! time along its path ([`Writer::open_up`]).
 
-use super::{walk_sources, write_err, Chmod, CopyError, SourceMatch, WalkEntry};
+use super::{copied_children, walk_from, write_err, Chmod, CopyError, SourceMatch, WalkEntry};
 use crate::layer::{self, LayerStream, TarHeader};
 use crate::rootfs::LayeredTree;
 use crate::tree::{self, EntryKind, Meta, SourceTree, TreeError};
@@ -30,7 +38,8 @@ pub struct CopyOptions {
     pub mtime: i64,
 }
 
-/// One entry of a [`Writer`]'s diff, with its final metadata.
+/// One entry of a [`Writer`]'s diff, with its final metadata (a held
+/// directory's mtime is settled when it is opened up or written).
 struct Entry<'t> {
     meta: Meta,
     xattrs: Vec<(String, Vec<u8>)>,
@@ -39,20 +48,90 @@ struct Entry<'t> {
     copied_up: bool,
 }
 
-/// Where a regular file's content comes from.
+/// Where a regular file's content, or a held directory's entries, come from.
 enum Data<'t> {
     /// Not a regular file.
     None,
-    /// A file in a source tree, read when the layer is written; `inode`
-    /// groups the names of one hard-linked file.
+    /// A file in a source tree, read when the layer is written.
     Tree {
         tree: Rc<dyn SourceTree + 't>,
         path: String,
-        inode: Option<usize>,
     },
     /// Bytes held in memory (a heredoc).
     Inline(Vec<u8>),
+    /// A directory new in this step, copied whole: nothing was below it, so
+    /// its entries need no merging and are read from the source only when
+    /// the layer is written.
+    Subtree(Subtree<'t>),
 }
+
+/// The source of a [`Data::Subtree`] and how its entries are copied.
+#[derive(Clone)]
+struct Subtree<'t> {
+    tree: Rc<dyn SourceTree + 't>,
+    /// The directory in the source tree.
+    dir: String,
+    /// Its path below the match, which `--exclude` patterns are relative to.
+    rel: String,
+    excludes: Option<Rc<Matcher>>,
+    /// The options of the copy that placed it.
+    opts: Rc<CopyOptions>,
+    /// Placed by an extraction: directories keep their own mtimes.
+    replace: bool,
+}
+
+impl<'t> Subtree<'t> {
+    /// The held directory `e`, a directory of this one's source, holds too.
+    fn below(&self, e: &WalkEntry) -> Subtree<'t> {
+        Subtree {
+            dir: e.source.clone(),
+            rel: e.rel.clone(),
+            ..self.clone()
+        }
+    }
+
+    /// What the copy takes from this directory, sorted by name.
+    fn children(&self) -> Result<Vec<WalkEntry>, CopyError> {
+        copied_children(
+            self.tree.as_ref(),
+            &self.dir,
+            &self.rel,
+            self.excludes.as_deref(),
+        )
+    }
+
+    /// The diff entry of `e`, an entry below this directory; a directory
+    /// is held in turn.
+    fn entry(&self, e: &WalkEntry) -> Result<Entry<'t>, CopyError> {
+        let data = match e.meta.kind {
+            EntryKind::Dir => Data::Subtree(self.below(e)),
+            _ => Data::None,
+        };
+        source_entry(&self.tree, e, &self.opts, data)
+    }
+
+    /// A held directory's mtime: the step's once an entry is made in it
+    /// (an extracted directory keeps its own).
+    fn dir_mtime(&self, meta: &Meta, has_children: bool) -> i64 {
+        if has_children && !self.replace {
+            self.opts.mtime
+        } else {
+            meta.mtime
+        }
+    }
+}
+
+/// What a copy is reading: the tree, its `--exclude` patterns and the
+/// options directories it holds whole will be written with.
+struct Source<'a, 't> {
+    tree: &'a Rc<dyn SourceTree + 't>,
+    excludes: Option<Rc<Matcher>>,
+    opts: Rc<CopyOptions>,
+}
+
+/// Lower-layer answers remembered per step before the memo is cleared:
+/// only merges ask, and a cleared memo costs only lookups again.
+const MEMO_CAP: usize = 65_536;
 
 /// What a COPY, ADD or WORKDIR step changes above the layers below it.
 ///
@@ -69,8 +148,6 @@ pub struct Writer<'t> {
     /// Directories [`Writer::mkdir_all`] made or found, by path as asked.
     made: HashMap<String, String>,
     opts: CopyOptions,
-    /// A source file's (device, inode) → its hard-link group in the diff.
-    links: HashMap<(u64, u64), usize>,
     /// Temporary directories whose files the diff refers to.
     held: Vec<tempfile::TempDir>,
     /// Entries replace whatever is at their path, as extracting an archive
@@ -96,17 +173,8 @@ impl<'t> Writer<'t> {
             entries: BTreeMap::new(),
             made: HashMap::new(),
             opts,
-            links: HashMap::new(),
             held: Vec::new(),
             replace: false,
-        }
-    }
-
-    fn owner(&self, meta: &Meta) -> (u32, u32) {
-        match self.opts.chown {
-            Some(o) => o,
-            None if self.opts.keep_owners => (meta.uid, meta.gid),
-            None => (0, 0),
         }
     }
 
@@ -115,11 +183,17 @@ impl<'t> Writer<'t> {
         if let Some(e) = self.entries.get(path) {
             return Ok(Some(e.meta.clone()));
         }
-        // A non-directory the diff put at a parent hides what is below it.
+        // A non-directory the diff put at a parent hides what is below it,
+        // and a held directory holds all that is below it.
         let mut at = path;
         while let Some((parent, _)) = at.rsplit_once('/') {
-            if matches!(self.entries.get(parent), Some(e) if e.meta.kind != EntryKind::Dir) {
-                return Ok(None);
+            match self.entries.get(parent) {
+                Some(e) if e.meta.kind != EntryKind::Dir => return Ok(None),
+                Some(Entry {
+                    data: Data::Subtree(sub),
+                    ..
+                }) => return held_stat(sub, &path[parent.len() + 1..]),
+                _ => {}
             }
             at = parent;
         }
@@ -139,9 +213,11 @@ impl<'t> Writer<'t> {
                 link_id: None,
             });
         }
-        self.lower_stats
-            .borrow_mut()
-            .insert(path.to_string(), meta.clone());
+        let mut memo = self.lower_stats.borrow_mut();
+        if memo.len() >= MEMO_CAP {
+            memo.clear();
+        }
+        memo.insert(path.to_string(), meta.clone());
         Ok(meta)
     }
 
@@ -165,39 +241,62 @@ impl<'t> Writer<'t> {
     /// The parent directory's mtime becomes the step's, as the kernel sets
     /// it when an entry is made in it (and as docker's layers show); only
     /// an archive's own directories keep theirs, restored after extraction.
-    fn insert(&mut self, path: String, entry: Entry<'t>) {
+    fn insert(&mut self, path: String, entry: Entry<'t>) -> Result<(), CopyError> {
         if path.is_empty() {
-            return;
+            return Ok(());
         }
-        let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+        let parent = parent_of(&path);
+        self.open_up(parent)?;
+        if entry.meta.kind == EntryKind::Dir {
+            // A directory merged over a held one: what it holds stays.
+            self.open_up(&path)?;
+        }
         if let Some(dir) = self.entries.get_mut(parent) {
             if !self.replace || dir.copied_up {
                 dir.meta.mtime = self.opts.mtime;
             }
         }
         self.entries.insert(path, entry);
+        Ok(())
+    }
+
+    /// Makes every held directory on the way to `path`, `path` included,
+    /// hold its entries one by one, from the root down: then `path` and its
+    /// parents can be looked up in the diff, replaced or written below.
+    fn open_up(&mut self, path: &str) -> Result<(), CopyError> {
+        for (slash, _) in path.match_indices('/') {
+            self.open_one(&path[..slash])?;
+        }
+        self.open_one(path)
+    }
+
+    /// Opens up the held directory at `path`, if it is one: its entries
+    /// join the diff, its directories held in turn.
+    fn open_one(&mut self, path: &str) -> Result<(), CopyError> {
+        let Some(Entry {
+            data: Data::Subtree(sub),
+            ..
+        }) = self.entries.get(path)
+        else {
+            return Ok(());
+        };
+        let sub = sub.clone();
+        let children = sub.children()?;
+        if let Some(dir) = self.entries.get_mut(path) {
+            dir.data = Data::None;
+            dir.meta.mtime = sub.dir_mtime(&dir.meta, !children.is_empty());
+        }
+        for child in &children {
+            let name = child.rel.rsplit('/').next().unwrap_or_default();
+            let entry = sub.entry(child)?;
+            self.entries.insert(tree::join(path, name), entry);
+        }
+        Ok(())
     }
 
     /// `meta` (and `xattrs`) with `--chown`/`--chmod` applied.
     fn finished(&self, meta: &Meta, xattrs: Vec<(String, Vec<u8>)>, data: Data<'t>) -> Entry<'t> {
-        let (uid, gid) = self.owner(meta);
-        let mode = match (&self.opts.chmod, &meta.kind) {
-            // A symlink's own mode means nothing on Linux.
-            (_, EntryKind::Symlink(_)) => 0o777,
-            (Some(c), kind) => c.apply(meta.mode, *kind == EntryKind::Dir),
-            (None, _) => meta.mode,
-        };
-        Entry {
-            meta: Meta {
-                mode,
-                uid,
-                gid,
-                ..meta.clone()
-            },
-            xattrs,
-            data,
-            copied_up: false,
-        }
+        finish(&self.opts, meta, xattrs, data)
     }
 
     /// Copies every match to `dest` (absolute; a trailing `/` means a directory).
@@ -232,12 +331,35 @@ impl<'t> Writer<'t> {
                     dest_rel.clone()
                 }
             };
-            for e in walk_sources(tree.as_ref(), m, excludes)? {
-                let to = tree::join(&target, &e.rel);
-                self.write_entry(tree, &e, &to, e.rel.is_empty())?;
-            }
+            let source = Source {
+                tree,
+                excludes: excludes.map(|ex| Rc::new(ex.clone())),
+                opts: Rc::new(self.opts.clone()),
+            };
+            let start = WalkEntry {
+                source: m.path.clone(),
+                rel: String::new(),
+                meta: src_meta,
+            };
+            self.copy_from(&source, start, &target)?;
         }
         Ok(())
+    }
+
+    /// Copies `start` and what is below it to `target`, walking the source
+    /// only where it merges with what is there: a directory that lands
+    /// where nothing was is held whole.
+    fn copy_from(
+        &mut self,
+        source: &Source<'_, 't>,
+        start: WalkEntry,
+        target: &str,
+    ) -> Result<(), CopyError> {
+        let excludes = source.excludes.clone();
+        walk_from(source.tree.as_ref(), start, excludes.as_deref(), |e| {
+            let to = tree::join(target, &e.rel);
+            self.write_entry(source, e, &to, e.rel.is_empty())
+        })
     }
 
     /// Sets `--chown`, `--chmod` and whether sources keep their owners.
@@ -318,7 +440,7 @@ impl<'t> Writer<'t> {
         let path = self.prepare(&target)?;
         self.refuse_dir(&path, &target, &target)?;
         let entry = self.finished(&meta, Vec::new(), Data::Inline(data.to_vec()));
-        self.insert(path, entry);
+        self.insert(path, entry)?;
         Ok(())
     }
 
@@ -348,6 +470,8 @@ impl<'t> Writer<'t> {
                         ..
                     },
                 ) => {
+                    // Inside a held directory it is in the diff already.
+                    self.open_up(parent_of(&resolved))?;
                     if !self.entries.contains_key(&resolved) {
                         // Copy up, as overlayfs does on the first write below it.
                         let xattrs = self.lower.xattrs(&resolved)?;
@@ -357,7 +481,7 @@ impl<'t> Writer<'t> {
                             data: Data::None,
                             copied_up: true,
                         };
-                        self.insert(resolved.clone(), entry);
+                        self.insert(resolved.clone(), entry)?;
                     }
                 }
                 Some(_) => {
@@ -384,10 +508,13 @@ impl<'t> Writer<'t> {
                         data: Data::None,
                         copied_up: false,
                     };
-                    self.insert(resolved.clone(), entry);
+                    self.insert(resolved.clone(), entry)?;
                 }
             }
             done = resolved;
+        }
+        if self.made.len() >= MEMO_CAP {
+            self.made.clear();
         }
         self.made.insert(dir.to_string(), done.clone());
         Ok(done)
@@ -396,6 +523,7 @@ impl<'t> Writer<'t> {
     /// A non-directory may not replace a directory the diff holds, unless
     /// entries replace (an archive): then the directory and all below it go.
     fn refuse_dir(&mut self, path: &str, source: &str, target: &str) -> Result<(), CopyError> {
+        self.open_up(parent_of(path))?;
         match self.entries.get(path) {
             Some(e) if e.meta.kind == EntryKind::Dir && self.replace => {
                 let below = format!("{path}/");
@@ -413,17 +541,19 @@ impl<'t> Writer<'t> {
         }
     }
 
+    /// Puts one walked entry at `target`; `true` when it is a directory
+    /// merged with one already there, whose entries must be walked too.
     fn write_entry(
         &mut self,
-        tree: &Rc<dyn SourceTree + 't>,
+        source: &Source<'_, 't>,
         e: &WalkEntry,
         target: &str,
         top: bool,
-    ) -> Result<(), CopyError> {
+    ) -> Result<bool, CopyError> {
         match &e.meta.kind {
             EntryKind::Dir => {
                 let resolved = self.resolve(target, true)?;
-                let path = match self.stat(&resolved)? {
+                let (path, merged) = match self.stat(&resolved)? {
                     Some(Meta {
                         kind: EntryKind::Dir,
                         ..
@@ -432,11 +562,12 @@ impl<'t> Writer<'t> {
                         // The copy root keeps the metadata it had; directories
                         // below it take the source's (fsutil's rule).
                         if top {
-                            return Ok(());
+                            return Ok(true);
                         }
-                        path
+                        (path, true)
                     }
-                    Some(_) if self.replace => self.prepare(target)?,
+                    // Over a non-directory: nothing can be below it.
+                    Some(_) if self.replace => (self.prepare(target)?, false),
                     Some(_) => {
                         return Err(CopyError::Conflict {
                             source_path: e.source.clone(),
@@ -444,80 +575,57 @@ impl<'t> Writer<'t> {
                             reason: "cannot replace a file with a directory",
                         })
                     }
-                    None => self.prepare(&resolved)?,
+                    None => (self.prepare(&resolved)?, false),
                 };
-                let xattrs = tree.xattrs(&e.source)?;
-                let entry = self.finished(&e.meta, xattrs, Data::None);
-                self.insert(path, entry);
-                return Ok(());
+                let data = if merged {
+                    Data::None
+                } else {
+                    Data::Subtree(Subtree {
+                        tree: Rc::clone(source.tree),
+                        dir: e.source.clone(),
+                        rel: e.rel.clone(),
+                        excludes: source.excludes.clone(),
+                        opts: Rc::clone(&source.opts),
+                        replace: self.replace,
+                    })
+                };
+                let entry = source_entry(source.tree, e, &self.opts, data)?;
+                self.insert(path, entry)?;
+                return Ok(merged);
             }
-            EntryKind::Socket => return Ok(()),
+            EntryKind::Socket => return Ok(false),
             _ => {}
         }
         let path = self.prepare(target)?;
         self.refuse_dir(&path, &e.source, target)?;
-        let (xattrs, data) = match &e.meta.kind {
-            EntryKind::File => {
-                let inode = e.meta.link_id.map(|id| {
-                    let next = self.links.len();
-                    *self.links.entry(id).or_insert(next)
-                });
-                let data = Data::Tree {
-                    tree: Rc::clone(tree),
-                    path: e.source.clone(),
-                    inode,
-                };
-                (tree.xattrs(&e.source)?, data)
-            }
-            // fsutil copies no xattrs of a symlink.
-            EntryKind::Symlink(_) => (Vec::new(), Data::None),
-            _ => (tree.xattrs(&e.source)?, Data::None),
-        };
-        let entry = self.finished(&e.meta, xattrs, data);
-        self.insert(path, entry);
-        Ok(())
+        let entry = source_entry(source.tree, e, &self.opts, Data::None)?;
+        self.insert(path, entry)?;
+        Ok(false)
     }
 
-    /// Writes the diff as a deterministic layer tar into `out`, reading
-    /// each file's content from its source as it goes, and gives `out` back.
-    /// The tar is not hashed here: the store's blob writer does it once.
+    /// Writes the diff as a deterministic layer tar into `out`, in
+    /// [`tree::path_order`], reading each file's content (and each held
+    /// directory's entries) from its source as it goes, and gives `out`
+    /// back. The tar is not hashed here: the store's blob writer does it once.
     pub fn write_layer<W: Write>(
         &self,
         out: W,
         opts: &layer::LayerOptions,
     ) -> Result<W, CopyError> {
-        let mut tar = LayerStream::new(out);
-        let mut first_names: HashMap<usize, Vec<u8>> = HashMap::new();
-        for (path, e) in &self.entries {
-            let mut h = header(path, e, opts);
+        let mut tar = TarOut {
+            tar: LayerStream::new(out),
+            opts,
+            first_names: HashMap::new(),
+        };
+        let mut order: Vec<(&String, &Entry<'t>)> = self.entries.iter().collect();
+        order.sort_unstable_by(|a, b| tree::path_order(a.0, b.0));
+        for (path, e) in order {
             match &e.data {
-                Data::None => tar.header(&h)?,
-                Data::Inline(bytes) => tar.file(&h, bytes.as_slice(), Path::new(path))?,
-                Data::Tree {
-                    tree,
-                    path: source,
-                    inode,
-                } => {
-                    if let Some(inode) = inode {
-                        if let Some(first) = first_names.get(inode) {
-                            h.kind = layer::EntryKind::Hardlink;
-                            h.link = Some(first.clone());
-                            h.size = 0;
-                            h.xattrs.clear();
-                            tar.header(&h)?;
-                            continue;
-                        }
-                        first_names.insert(*inode, h.path.clone());
-                    }
-                    let reader: Box<dyn Read + '_> = match tree.open_file(source)? {
-                        Some(file) => Box::new(file),
-                        None => tree.open(source)?,
-                    };
-                    tar.file(&h, reader, Path::new(source))?;
-                }
+                Data::Subtree(sub) => tar.subtree(path, e, sub)?,
+                _ => tar.entry(path, e)?,
             }
         }
-        Ok(tar.finish()?)
+        Ok(tar.tar.finish()?)
     }
 
     /// Writes the diff into the empty directory `dir` (a bind mount's
@@ -552,6 +660,173 @@ impl<'t> Writer<'t> {
             Ok(())
         })
     }
+}
+
+/// A layer tar being written from a diff.
+struct TarOut<'o, W: Write> {
+    tar: LayerStream<W>,
+    opts: &'o layer::LayerOptions,
+    /// A source file's (device, inode) → the first name it was written
+    /// under: the names after it are hard links to that one.
+    first_names: HashMap<(u64, u64), Vec<u8>>,
+}
+
+impl<W: Write> TarOut<'_, W> {
+    /// One entry at `path`, with its content.
+    fn entry(&mut self, path: &str, e: &Entry<'_>) -> Result<(), CopyError> {
+        let mut h = header(path, e, self.opts);
+        match &e.data {
+            Data::None | Data::Subtree(_) => self.tar.header(&h)?,
+            Data::Inline(bytes) => self.tar.file(&h, bytes.as_slice(), Path::new(path))?,
+            Data::Tree { tree, path: source } => {
+                if let Some(id) = e.meta.link_id {
+                    if let Some(first) = self.first_names.get(&id) {
+                        h.kind = layer::EntryKind::Hardlink;
+                        h.link = Some(first.clone());
+                        h.size = 0;
+                        h.xattrs.clear();
+                        self.tar.header(&h)?;
+                        return Ok(());
+                    }
+                    self.first_names.insert(id, h.path.clone());
+                }
+                let reader: Box<dyn Read + '_> = match tree.open_file(source)? {
+                    Some(file) => Box::new(file),
+                    None => tree.open(source)?,
+                };
+                self.tar.file(&h, reader, Path::new(source))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The held directory `e` at `path` and everything below it, walked
+    /// from its source depth first: one listing per level is held.
+    fn subtree(&mut self, path: &str, e: &Entry<'_>, sub: &Subtree<'_>) -> Result<(), CopyError> {
+        let children = sub.children()?;
+        let mut dir = Entry {
+            meta: e.meta.clone(),
+            xattrs: e.xattrs.clone(),
+            data: Data::None,
+            copied_up: false,
+        };
+        dir.meta.mtime = sub.dir_mtime(&e.meta, !children.is_empty());
+        self.entry(path, &dir)?;
+        let mut levels = vec![(path.to_string(), children.into_iter())];
+        while let Some((at, level)) = levels.last_mut() {
+            let Some(child) = level.next() else {
+                levels.pop();
+                continue;
+            };
+            let name = child.rel.rsplit('/').next().unwrap_or_default();
+            let to = tree::join(at, name);
+            if child.meta.kind == EntryKind::Dir {
+                let below = sub.below(&child);
+                let grandchildren = below.children()?;
+                let mut entry = source_entry(&sub.tree, &child, &sub.opts, Data::None)?;
+                entry.meta.mtime = sub.dir_mtime(&entry.meta, !grandchildren.is_empty());
+                self.entry(&to, &entry)?;
+                levels.push((to, grandchildren.into_iter()));
+            } else {
+                let entry = sub.entry(&child)?;
+                self.entry(&to, &entry)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `meta` (and `xattrs`) with `--chown`/`--chmod` of `opts` applied.
+fn finish<'t>(
+    opts: &CopyOptions,
+    meta: &Meta,
+    xattrs: Vec<(String, Vec<u8>)>,
+    data: Data<'t>,
+) -> Entry<'t> {
+    let (uid, gid) = match opts.chown {
+        Some(owner) => owner,
+        None if opts.keep_owners => (meta.uid, meta.gid),
+        None => (0, 0),
+    };
+    let mode = match (&opts.chmod, &meta.kind) {
+        // A symlink's own mode means nothing on Linux.
+        (_, EntryKind::Symlink(_)) => 0o777,
+        (Some(c), kind) => c.apply(meta.mode, *kind == EntryKind::Dir),
+        (None, _) => meta.mode,
+    };
+    Entry {
+        meta: Meta {
+            mode,
+            uid,
+            gid,
+            ..meta.clone()
+        },
+        xattrs,
+        data,
+        copied_up: false,
+    }
+}
+
+/// The diff entry of the walked source entry `e`, copied with `opts`; a
+/// regular file's data is its source, a directory's is `dir_data`.
+fn source_entry<'t>(
+    tree: &Rc<dyn SourceTree + 't>,
+    e: &WalkEntry,
+    opts: &CopyOptions,
+    dir_data: Data<'t>,
+) -> Result<Entry<'t>, CopyError> {
+    let (xattrs, data) = match &e.meta.kind {
+        EntryKind::File => {
+            let data = Data::Tree {
+                tree: Rc::clone(tree),
+                path: e.source.clone(),
+            };
+            (tree.xattrs(&e.source)?, data)
+        }
+        EntryKind::Dir => (tree.xattrs(&e.source)?, dir_data),
+        // fsutil copies no xattrs of a symlink.
+        EntryKind::Symlink(_) => (Vec::new(), Data::None),
+        _ => (tree.xattrs(&e.source)?, Data::None),
+    };
+    Ok(finish(opts, &e.meta, xattrs, data))
+}
+
+/// `lstat` of `rel` below the held directory `sub`, in the merged view:
+/// what its copy will put there.
+fn held_stat(sub: &Subtree<'_>, rel: &str) -> Result<Option<Meta>, TreeError> {
+    let mut source = sub.dir.clone();
+    let mut below = sub.rel.clone();
+    let mut parts = rel.split('/').peekable();
+    while let Some(part) = parts.next() {
+        source = tree::join(&source, part);
+        below = tree::join(&below, part);
+        if let Some(ex) = &sub.excludes {
+            let excluded = ex
+                .matches_or_parent_matches(&below)
+                .map_err(|e| TreeError::Other(format!("invalid pattern: {e}")))?;
+            if excluded {
+                return Ok(None);
+            }
+        }
+        let Some(meta) = sub.tree.stat(&source)? else {
+            return Ok(None);
+        };
+        match meta.kind {
+            EntryKind::Socket => return Ok(None),
+            EntryKind::Dir => {}
+            _ if parts.peek().is_some() => return Ok(None),
+            _ => {}
+        }
+        if parts.peek().is_none() {
+            return Ok(Some(finish(&sub.opts, &meta, Vec::new(), Data::None).meta));
+        }
+    }
+    Ok(None)
+}
+
+/// The directory part of a diff path (`""` at the top).
+fn parent_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(parent, _)| parent)
 }
 
 /// The tar header of a diff entry.
@@ -595,5 +870,212 @@ fn header(path: &str, e: &Entry<'_>, opts: &layer::LayerOptions) -> TarHeader {
             .iter()
             .map(|(k, v)| (k.as_bytes().to_vec(), v.clone()))
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    const STEP_TIME: i64 = 1_700_000_000;
+
+    fn writer_over(lower: Option<&Path>) -> Writer<'static> {
+        let dirs = lower.map(Path::to_path_buf).into_iter().collect();
+        Writer::new(
+            LayeredTree::new(dirs),
+            CopyOptions {
+                mtime: STEP_TIME,
+                ..CopyOptions::default()
+            },
+        )
+    }
+
+    fn tree(dir: &Path) -> Rc<dyn SourceTree> {
+        Rc::new(LayeredTree::new(vec![dir.to_path_buf()]))
+    }
+
+    fn whole(name: &str) -> SourceMatch {
+        SourceMatch {
+            name: name.rsplit('/').next().unwrap_or_default().to_string(),
+            path: name.to_string(),
+            parents_path: None,
+        }
+    }
+
+    fn write(path: &Path, text: &str) {
+        fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
+        fs::write(path, text).expect("write");
+    }
+
+    /// The layer `w` writes.
+    fn layer_of(w: &Writer<'_>) -> Vec<u8> {
+        w.write_layer(Vec::new(), &layer::LayerOptions::default())
+            .expect("layer")
+    }
+
+    /// Every held directory opened up, as if nothing were held.
+    fn open_everything(w: &mut Writer<'_>) {
+        loop {
+            let held: Vec<String> = w
+                .entries
+                .iter()
+                .filter(|(_, e)| matches!(e.data, Data::Subtree(_)))
+                .map(|(p, _)| p.clone())
+                .collect();
+            if held.is_empty() {
+                return;
+            }
+            for path in held {
+                w.open_one(&path).expect("open up");
+            }
+        }
+    }
+
+    /// The layer `fill` makes, checked to be the one it makes with every
+    /// held directory opened up; and the number of entries it held.
+    fn layer_checked(
+        lower: Option<&Path>,
+        fill: impl Fn(&mut Writer<'static>),
+    ) -> (Vec<layer::EntryMeta>, usize) {
+        let mut held = writer_over(lower);
+        fill(&mut held);
+        let held_entries = held.entries.len();
+        let mut opened = writer_over(lower);
+        fill(&mut opened);
+        open_everything(&mut opened);
+        let bytes = layer_of(&held);
+        assert_eq!(bytes, layer_of(&opened), "held and opened layers differ");
+        (
+            layer::list_layer(bytes.as_slice()).expect("list"),
+            held_entries,
+        )
+    }
+
+    fn paths(entries: &[layer::EntryMeta]) -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| e.path.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_directory_landing_where_nothing_was_is_held_as_one_entry() {
+        let src = tempfile::tempdir().expect("tempdir");
+        for i in 0..300 {
+            write(&src.path().join(format!("app/d{}/f{i}", i % 7)), "x");
+        }
+        fs::create_dir_all(src.path().join("app/empty")).expect("mkdir");
+        let t = tree(src.path());
+        let (listed, held) = layer_checked(None, |w| {
+            w.copy(&t, &[whole("app")], "/data", None).expect("copy");
+        });
+        assert_eq!(held, 1, "only /data is held");
+        assert_eq!(listed.len(), 1 + 1 + 7 + 300);
+        let names = paths(&listed);
+        let mut sorted = names.clone();
+        sorted.sort_by(|a, b| tree::path_order(a, b));
+        assert_eq!(names, sorted, "the layer is in path order");
+        for e in &listed {
+            if e.path == Path::new("data/empty") {
+                assert_ne!(e.mtime, STEP_TIME, "an empty directory keeps its mtime");
+            } else if e.kind == layer::EntryKind::Dir {
+                assert_eq!(e.mtime, STEP_TIME, "{}", e.path.display());
+            }
+        }
+    }
+
+    #[test]
+    fn a_later_source_opens_up_only_the_directories_on_its_way() {
+        let src = tempfile::tempdir().expect("tempdir");
+        write(&src.path().join("one/a/b/old"), "1");
+        write(&src.path().join("one/a/c/keep"), "1");
+        write(&src.path().join("one/x/y/z"), "1");
+        write(&src.path().join("two/a/b/new"), "2");
+        write(&src.path().join("two/a/b/old"), "2");
+        let t = tree(src.path());
+        let (listed, held) = layer_checked(None, |w| {
+            w.copy(&t, &[whole("one"), whole("two")], "/d/", None)
+                .expect("copy");
+        });
+        // d, d/a, d/a/b, d/a/b/{new,old}, d/a/c (held), d/x (held).
+        assert_eq!(held, 7);
+        assert_eq!(
+            paths(&listed),
+            [
+                "d",
+                "d/a",
+                "d/a/b",
+                "d/a/b/new",
+                "d/a/b/old",
+                "d/a/c",
+                "d/a/c/keep",
+                "d/x",
+                "d/x/y",
+                "d/x/y/z"
+            ]
+        );
+        let old = listed
+            .iter()
+            .find(|e| e.path == Path::new("d/a/b/old"))
+            .expect("old");
+        assert_eq!(old.size, 1);
+    }
+
+    #[test]
+    fn a_file_copied_through_a_symlink_into_a_held_directory_lands_in_it() {
+        let lower = tempfile::tempdir().expect("tempdir");
+        symlink("/d/a", lower.path().join("link")).expect("symlink");
+        let src = tempfile::tempdir().expect("tempdir");
+        write(&src.path().join("one/a/b/f"), "1");
+        write(&src.path().join("note"), "n");
+        let t = tree(src.path());
+        let (listed, _) = layer_checked(Some(lower.path()), |w| {
+            w.copy(&t, &[whole("one")], "/d", None).expect("copy");
+            w.copy(&t, &[whole("note")], "/link/", None).expect("copy");
+        });
+        assert_eq!(paths(&listed), ["d", "d/a", "d/a/b", "d/a/b/f", "d/a/note"]);
+    }
+
+    #[test]
+    fn a_file_may_not_replace_a_directory_inside_a_held_one() {
+        let src = tempfile::tempdir().expect("tempdir");
+        write(&src.path().join("one/a/b/f"), "1");
+        write(&src.path().join("two/a/b"), "a file");
+        let t = tree(src.path());
+        let mut w = writer_over(None);
+        let err = w
+            .copy(&t, &[whole("one"), whole("two")], "/d/", None)
+            .expect_err("a file over a directory");
+        assert!(
+            matches!(err, CopyError::Conflict { .. }),
+            "unexpected error: {err}"
+        );
+    }
+
+    #[test]
+    fn hard_links_and_excludes_inside_a_held_directory() {
+        let src = tempfile::tempdir().expect("tempdir");
+        write(&src.path().join("app/a/first"), "same");
+        fs::create_dir_all(src.path().join("app/b")).expect("mkdir");
+        fs::hard_link(
+            src.path().join("app/a/first"),
+            src.path().join("app/b/second"),
+        )
+        .expect("link");
+        write(&src.path().join("app/a/skip.log"), "no");
+        let t = tree(src.path());
+        let excludes = Matcher::new(&["**/*.log".to_string()]).expect("pattern");
+        let (listed, held) = layer_checked(None, |w| {
+            w.copy(&t, &[whole("app")], "/app", Some(&excludes))
+                .expect("copy");
+        });
+        assert_eq!(held, 1);
+        assert_eq!(
+            paths(&listed),
+            ["app", "app/a", "app/a/first", "app/b", "app/b/second"]
+        );
+        let second = listed.last().expect("entries");
+        assert_eq!(second.kind, layer::EntryKind::Hardlink);
     }
 }
