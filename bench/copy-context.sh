@@ -149,15 +149,9 @@ for name in cold noop onefile; do
     onefile) target=$TARGET_ONEFILE ;;
   esac
   judge "$d" "$e" "$target"
-  rss_mb=$(kb_to_mb "$rss")
-  if awk -v m="$rss_mb" -v t="$TARGET_RSS_MB" 'BEGIN { exit !(m + 0 < t + 0) }'; then
-    rss_ok=PASS
-  else
-    rss_ok=MISS
-    MISSES=$((MISSES + 1))
-  fi
+  judge_rss "$rss"
   printf '%-10s %10.3f %10.3f %8s %8s %-6s %9s %7s %-6s\n' \
-    "$name" "$d" "$e" "${RATIO}x" "$SHOWN_TARGET" "$SPEED" "$rss_mb" "<$TARGET_RSS_MB" "$rss_ok"
+    "$name" "$d" "$e" "${RATIO}x" "$SHOWN_TARGET" "$SPEED" "$RSS_MB" "<$TARGET_RSS_MB" "$RSS_OK"
 done
 echo "(times: median wall-clock seconds of the runs; ratio = estiba / docker; rss: estiba's peak, max of the runs)"
 echo "(load average at the end: $(load_average))"

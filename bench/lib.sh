@@ -301,6 +301,30 @@ judge() {
   fi
 }
 
+# judge_rss KB: sets RSS_MB (KB in MiB) and RSS_OK, PASS when under
+# TARGET_RSS_MB, else MISS (counted in MISSES).
+judge_rss() {
+  RSS_MB=$(kb_to_mb "$1")
+  if awk -v m="$RSS_MB" -v t="$TARGET_RSS_MB" 'BEGIN { exit !(m + 0 < t + 0) }'; then
+    RSS_OK=PASS
+  else
+    RSS_OK=MISS
+    MISSES=$((MISSES + 1))
+  fi
+}
+
+# parse_keep_only ARGS...: the options of a script whose only one is --keep.
+parse_keep_only() {
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --keep) KEEP=1 ;;
+      -h | --help) usage; exit 0 ;;
+      *) usage >&2; exit 2 ;;
+    esac
+    shift
+  done
+}
+
 # kb_to_mb KB: prints KB in MiB, one decimal.
 kb_to_mb() {
   awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'

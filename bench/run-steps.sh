@@ -34,14 +34,7 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-while [ $# -gt 0 ]; do
-  case $1 in
-    --keep) KEEP=1 ;;
-    -h | --help) usage; exit 0 ;;
-    *) usage >&2; exit 2 ;;
-  esac
-  shift
-done
+parse_keep_only "$@"
 
 STEPS=${BENCH_STEPS:-50}
 LOOP=${BENCH_LOOP:-2500000}
