@@ -562,7 +562,9 @@ struct Found {
 /// as they are) as a deterministic tar into `out`, and returns its diff ID
 /// and size, computed from the bytes as they are written.
 ///
-/// Entries are sorted bytewise by path (so parents come before children);
+/// Entries come depth first, each directory's sorted by name
+/// ([`crate::tree::path_order`]: parents before children), streamed from
+/// the walk;
 /// paths are relative, directories end in `/`; owners are numeric only;
 /// the second and later paths of an inode become hard links to the first;
 /// symlinks are stored, never followed; sockets are skipped (a tar cannot
@@ -574,8 +576,15 @@ pub fn write_layer(
     out: impl Write,
     opts: &LayerOptions,
 ) -> Result<LayerInfo, LayerError> {
-    let mut found = Vec::new();
-    for item in walkdir::WalkDir::new(dir).follow_links(false).min_depth(1) {
+    let mut tar = LayerStream::new(DigestWriter::new(out));
+    let mut inodes: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+    // Depth first, each directory's entries by name: the tree::path_order
+    // of their paths, streamed with one listing per level held.
+    let walk = walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .min_depth(1)
+        .sort_by_file_name();
+    for item in walk {
         let item = item.map_err(|e| {
             let path = e.path().unwrap_or(dir).to_path_buf();
             LayerError::Fs {
@@ -603,18 +612,12 @@ pub fn write_layer(
             .as_os_str()
             .as_bytes()
             .to_vec();
-        found.push(Found {
+        let found = Found {
             rel,
             abs: item.into_path(),
             meta,
-        });
-    }
-    found.sort_by(|a, b| a.rel.cmp(&b.rel));
-
-    let mut tar = LayerStream::new(DigestWriter::new(out));
-    let mut inodes: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
-    for f in &found {
-        write_entry(&mut tar, f, opts, &mut inodes)?;
+        };
+        write_entry(&mut tar, &found, opts, &mut inodes)?;
     }
     let (_, diff_id, size) = tar.finish()?.finish();
     Ok(LayerInfo { diff_id, size })
@@ -1472,7 +1475,8 @@ struct Unpacker {
     root: PathBuf,
     opts: UnpackOptions,
     stats: UnpackStats,
-    /// Resolved relative paths this layer has written.
+    /// Resolved relative paths this layer has written (only when whiteouts
+    /// are applied: they hide only what was there before).
     written: HashSet<PathBuf>,
     /// Directories whose mode and mtime are set at the end.
     dirs: Vec<(String, PathBuf, u32, i64)>,
@@ -1644,6 +1648,11 @@ impl Unpacker {
                 set_mtime(&abs, meta.mtime).map_err(err)?;
                 self.stats.specials += 1;
             }
+        }
+        // Only whiteouts ask what this layer wrote: kept as files, they
+        // need no memory per entry.
+        if self.opts.whiteouts != WhiteoutMode::Apply {
+            return Ok(());
         }
         // Parents too: a directory holding this layer's entries is this
         // layer's, even when the tar has no entry for it.

@@ -13,6 +13,7 @@ use estiba::layer::{
     list_layer, unpack_layer, write_layer, EntryKind, LayerError, LayerOptions, UnpackOptions,
     Whiteout, WhiteoutMode,
 };
+use estiba::tree::path_order;
 use estiba_cache::Digest;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
@@ -231,7 +232,7 @@ fn same_tree_gives_same_bytes_whatever_the_creation_order_and_mtimes() {
     assert_eq!(ia.diff_id, Digest::of(&ta));
     assert_eq!(ia.size, ta.len() as u64);
 
-    // Entries sorted bytewise, relative, directories with a trailing slash,
+    // Entries depth first by name (each directory with its entries), relative, directories with a trailing slash,
     // no user or group names, mtimes clamped.
     let mut archive = tar::Archive::new(&ta[..]);
     let mut paths = Vec::new();
@@ -247,11 +248,11 @@ fn same_tree_gives_same_bytes_whatever_the_creation_order_and_mtimes() {
         paths,
         [
             "a/",
-            "a-b",
             "a/b/",
-            "a/b.txt",
             "a/b/c.txt",
             "a/b/d",
+            "a/b.txt",
+            "a-b",
             "link",
             "m/",
             "m/n/",
@@ -261,8 +262,8 @@ fn same_tree_gives_same_bytes_whatever_the_creation_order_and_mtimes() {
         ]
     );
     let mut sorted = paths.clone();
-    sorted.sort_by(|x, y| x.trim_end_matches('/').cmp(y.trim_end_matches('/')));
-    assert_eq!(paths, sorted, "entries not sorted bytewise");
+    sorted.sort_by(|x, y| path_order(x.trim_end_matches('/'), y.trim_end_matches('/')));
+    assert_eq!(paths, sorted, "entries not depth first by name");
     assert!(paths
         .iter()
         .all(|p| !p.starts_with("./") && !p.starts_with('/')));
