@@ -25,28 +25,36 @@
 //! - **Stat cache**: [`SourceTree::content_digest`] remembers each file's
 //!   digest with its `lstat` key (size, mtime and ctime in ns, inode, device,
 //!   mode) and does not read the file again while the key is unchanged. The
-//!   map is kept in a file the caller chooses ([`BuildContext::open`]),
-//!   written with temp + rename; a missing, corrupt or other-version file is
-//!   ignored. A file hashed within [`RACY_WINDOW`] of its last change is not
-//!   remembered (git's "racily clean" problem: a write in the same clock tick
-//!   would keep the same key), so it is read again next time.
+//!   records are kept in a file the caller chooses ([`BuildContext::open`]),
+//!   sorted in walk order and read as the walk goes, never loaded whole
+//!   (`statcache`); it is written with temp + rename, and a missing, corrupt
+//!   or other-version file is ignored. A file hashed within [`RACY_WINDOW`]
+//!   of its last change is not remembered (git's "racily clean" problem: a
+//!   write in the same clock tick would keep the same key), so it is read
+//!   again next time.
+//! - **Bounded memory**: what the context remembers per path (`lstat`s,
+//!   visible directories, matcher results, re-included directories) is a
+//!   memo of at most `MEMO_ENTRIES` entries each; a forgotten entry is
+//!   looked up again, a forgotten directory walked to again component by
+//!   component from the root. Nothing held grows with the context but a bit
+//!   per remembered file and the stat cache's sparse index.
 //!
 //! Like `docker build`, which sends the context once, this assumes the
-//! directory does not change while a build reads it: which directories exist
-//! and what they re-include is remembered for the life of the
-//! [`BuildContext`]. Only digests are checked against `lstat` on every call.
+//! directory does not change while a build reads it: an answer may come
+//! from the memos or from the disk. Digests are checked against the `lstat`
+//! key on every call.
 
 use crate::tree::{self, EntryKind, Meta, SourceTree, TreeError};
 use estiba_cache::{Digest, Hasher};
 use estiba_frontend::dockerignore::{
     ignore_file_candidates, parse_ignore_file, IgnoreError, MatchInfo, Matcher,
 };
-use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use statcache::{NewRecord, Remembered, StatCache, StatKey, Xattrs};
+use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr};
 use std::fs;
 use std::hash::BuildHasherDefault;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -66,16 +74,13 @@ pub const RACY_WINDOW: Duration = Duration::from_millis(100);
 /// (FAT keeps 2-second mtimes).
 pub const RACY_WINDOW_COARSE: Duration = Duration::from_secs(2);
 
-/// What the stat cache file says it is; anything else is ignored.
-const CACHE_FORMAT: &str = "estiba-context-stat-cache";
-/// Bump when the record layout or the meaning of a field changes.
-const CACHE_VERSION: u32 = 2;
+mod statcache;
+
 /// Maps and sets keyed by context paths. Every path of the context is
 /// looked up several times per build; the default SipHash is made to resist
 /// keys chosen by an attacker, which paths in one's own context are not,
 /// and costs several times as much as this multiply-rotate hash.
 type PathMap<V> = HashMap<String, V, BuildHasherDefault<PathHasher>>;
-type PathSet = HashSet<String, BuildHasherDefault<PathHasher>>;
 
 /// FxHash's step (rustc's own hasher) over 8-byte words.
 #[derive(Default, Clone, Copy)]
@@ -99,12 +104,18 @@ impl std::hash::Hasher for PathHasher {
     }
 }
 
-/// About the size of one stat cache record on disk: the cache file's size
-/// over this is the number of entries the lstat memo is sized for (too many
-/// slots cost more memory than a regrowth costs time).
-const RECORD_BYTES: u64 = 170;
+/// Entries each of the context's memos (lstats, directories, matcher
+/// results) holds at most, in two generations of 28,672: 7/8 of 32,768,
+/// the most a hash table of 32,768 slots takes before it doubles. The
+/// lstats memo is then about 9 MB, whatever the size of the context. Past
+/// it the older generation is forgotten, and looked up again if asked for.
+const MEMO_ENTRIES: usize = 2 * 28_672;
 /// Fewer files than this per core are hashed on one thread.
 const PARALLEL_MIN_FILES: usize = 64;
+/// Files looked up and hashed together by
+/// [`SourceTree::content_digests`]: their new stat cache records are sorted
+/// as one batch.
+const DIGEST_CHUNK: usize = statcache::BATCH_RECORDS;
 
 /// Characters that make an exception pattern a glob (once a trailing `/*` or
 /// `/**` is set aside): when any exception has one, every excluded directory
@@ -181,18 +192,16 @@ pub struct BuildContext {
     /// Some exception is a glob: every excluded directory may hold something.
     glob_exception: bool,
     /// Per-directory matcher results, handed to the directory's entries.
-    match_infos: RwLock<PathMap<MatchInfo>>,
+    match_infos: RwLock<Memo<MatchInfo>>,
     /// Visible directories reached from the root through real directories
-    /// only (no symlink): the only places host paths are built from.
-    dirs: RwLock<PathSet>,
+    /// only (no symlink): the only places host paths are built from. One
+    /// that was forgotten is walked to again, component by component.
+    dirs: RwLock<Memo<()>>,
     /// Excluded directories → whether something below them is re-included.
-    reincluded: RwLock<PathMap<bool>>,
-    /// [`BuildContext::lookup`]'s answers: the context is read once per
-    /// build, as docker sends it once.
-    lstats: RwLock<PathMap<Option<Lstat>>>,
-    /// Directories listed whole: a remembered file in one of them that the
-    /// listing did not show is gone, and the stat cache forgets it.
-    listed: RwLock<PathSet>,
+    reincluded: RwLock<Memo<bool>>,
+    /// [`BuildContext::lookup`]'s answers, filled by directory listings:
+    /// the walk that follows a listing asks for each entry.
+    lstats: RwLock<Memo<Option<Lstat>>>,
     cache: Mutex<StatCache>,
     files_hashed: AtomicU64,
     cache_hits: AtomicU64,
@@ -232,41 +241,42 @@ impl BuildContext {
             .collect();
         let glob_exception = exceptions.iter().any(|p| p.contains(PATTERN_CHARS));
         let root_key = canonical.to_string_lossy().into_owned();
-        // Loaded on a second thread while the context is walked: only
-        // hashing needs it. Sized for the lstat memo by the file's size.
-        let expected_entries = stat_cache
-            .as_deref()
-            .and_then(|file| fs::metadata(file).ok())
-            .map_or(0, |m| usize::try_from(m.len() / RECORD_BYTES).unwrap_or(0));
-        let loading = stat_cache.clone().map(|file| {
-            let root = root_key.clone();
-            std::thread::spawn(move || load_cache(&file, &root))
-        });
+        // Checked on a second thread while the context is walked: only
+        // hashing needs it.
+        let cache = StatCache::open(stat_cache, root_key);
         Ok(BuildContext {
             root: canonical,
             ignore_file,
             matcher,
             exceptions,
             glob_exception,
-            match_infos: RwLock::default(),
-            dirs: RwLock::default(),
-            reincluded: RwLock::default(),
-            // About as many entries as the last build saw: no regrowth.
-            lstats: RwLock::new(PathMap::with_capacity_and_hasher(
-                expected_entries,
-                Default::default(),
-            )),
-            listed: RwLock::default(),
-            cache: Mutex::new(StatCache {
-                file: stat_cache,
-                root: root_key,
-                loading,
-                entries: PathMap::default(),
-                dirty: false,
-            }),
+            match_infos: RwLock::new(Memo::new(MEMO_ENTRIES)),
+            dirs: RwLock::new(Memo::new(MEMO_ENTRIES)),
+            reincluded: RwLock::new(Memo::new(MEMO_ENTRIES)),
+            lstats: RwLock::new(Memo::new(MEMO_ENTRIES)),
+            cache: Mutex::new(cache),
             files_hashed: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
         })
+    }
+
+    /// Lowers how many entries each memo keeps (lstats, directories,
+    /// matcher results), for tests: answers must not depend on it.
+    #[doc(hidden)]
+    pub fn with_memo_cap(self, entries: usize) -> Self {
+        write(&self.lstats).cap = entries;
+        write(&self.dirs).cap = entries;
+        write(&self.match_infos).cap = entries;
+        write(&self.reincluded).cap = entries;
+        self
+    }
+
+    /// Lowers how many new stat cache records are kept in memory before
+    /// they go to a sorted run file, for tests of the runs.
+    #[doc(hidden)]
+    pub fn with_stat_cache_batch(self, records: usize) -> Self {
+        self.stat_cache().set_batch_records(records);
+        self
     }
 
     /// The context directory (canonicalized).
@@ -289,32 +299,18 @@ impl BuildContext {
     }
 
     /// Writes the stat cache to its file if it changed (temp file + rename
-    /// in the same directory, which is created if missing). Files that a
-    /// directory listing of this build no longer showed are forgotten. Also
-    /// done, best effort, when the context is dropped.
+    /// in the same directory, which is created if missing). Remembered
+    /// files this build neither hashed nor found unchanged are checked with
+    /// `lstat` and forgotten when gone or changed. Also done, best effort,
+    /// when the context is dropped.
     pub fn save_stat_cache(&self) -> Result<(), ContextError> {
         let mut cache = self.stat_cache();
-        let Some(file) = cache.file.clone() else {
-            return Ok(());
-        };
-        {
-            let listed = read(&self.listed);
-            let seen = read(&self.lstats);
-            let before = cache.entries.len();
-            cache.entries.retain(|path, _| {
-                !listed.contains(parent_of(path)) || matches!(seen.get(path), Some(Some(_)))
-            });
-            cache.dirty |= cache.entries.len() != before;
-        }
-        if !cache.dirty {
-            return Ok(());
-        }
-        write_cache(&file, &cache).map_err(|source| ContextError::SaveStatCache {
-            path: file.clone(),
-            source,
-        })?;
-        cache.dirty = false;
-        Ok(())
+        cache
+            .save(&self.root)
+            .map_err(|source| ContextError::SaveStatCache {
+                path: cache.file().map(Path::to_path_buf).unwrap_or_default(),
+                source,
+            })
     }
 
     /// Hashing counters since the context was opened.
@@ -344,7 +340,7 @@ impl BuildContext {
             return Ok(MatchInfo::default());
         }
         if let Some(info) = read(&self.match_infos).get(dir) {
-            return Ok(*info);
+            return Ok(info);
         }
         let parent = self.match_info(parent_of(dir))?;
         let (_, info) = self
@@ -381,7 +377,7 @@ impl BuildContext {
     }
 
     fn is_dir_known(&self, path: &str) -> bool {
-        path.is_empty() || read(&self.dirs).contains(path)
+        path.is_empty() || read(&self.dirs).get(path).is_some()
     }
 
     /// Resolves a directory path inside the context, following symlinks
@@ -454,7 +450,7 @@ impl BuildContext {
     /// it is missing or not visible. Remembers visible directories.
     fn lookup(&self, path: &str) -> Result<Option<Lstat>, TreeError> {
         if let Some(known) = read(&self.lstats).get(path) {
-            return Ok(*known);
+            return Ok(known);
         }
         let found = self.lookup_uncached(path)?;
         write(&self.lstats).insert(path.to_owned(), found);
@@ -476,7 +472,7 @@ impl BuildContext {
             if excluded && !self.has_visible_content(path)? {
                 return Ok(None);
             }
-            write(&self.dirs).insert(path.to_owned());
+            write(&self.dirs).insert(path.to_owned(), ());
         } else if excluded {
             return Ok(None);
         }
@@ -487,7 +483,7 @@ impl BuildContext {
     /// one) holds something re-included, at any depth.
     fn has_visible_content(&self, dir: &str) -> Result<bool, TreeError> {
         if let Some(known) = read(&self.reincluded).get(dir) {
-            return Ok(*known);
+            return Ok(known);
         }
         let visible = !self.list(dir, true)?.is_empty();
         write(&self.reincluded).insert(dir.to_owned(), visible);
@@ -572,35 +568,53 @@ impl BuildContext {
             let mut dirs = write(&self.dirs);
             for (path, meta) in &found {
                 if meta.is_dir() {
-                    dirs.insert(path.clone());
+                    dirs.insert(path.clone(), ());
                 }
             }
         }
-        write(&self.lstats).extend(found.into_iter().map(|(path, meta)| (path, Some(meta))));
-        if !any {
-            write(&self.listed).insert(dir.to_owned());
+        let mut lstats = write(&self.lstats);
+        for (path, meta) in found {
+            lstats.insert(path, Some(meta));
         }
         Ok(names)
     }
 
-    /// The stat cache, once it is loaded.
     fn stat_cache(&self) -> std::sync::MutexGuard<'_, StatCache> {
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(loading) = cache.loading.take() {
-            // A loader that panicked leaves an empty cache: only a re-read.
-            cache.entries = loading.join().unwrap_or_default();
-        }
-        cache
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// What is remembered of `path` (its digest and xattrs), if its key
-    /// is unchanged. An xattr change changes the ctime, so the key.
-    fn cached(&self, path: &str, key: &StatKey) -> Option<(Digest, Xattrs)> {
-        let cache = self.stat_cache();
-        match cache.entries.get(path) {
-            Some(known) if known.key == *key => Some((known.digest, known.xattrs.clone())),
-            _ => None,
-        }
+    /// The remembered digest of `path`, if its key is unchanged.
+    fn cached_digest(&self, path: &str, key: &StatKey) -> Option<Digest> {
+        self.stat_cache().digest(path, key)
+    }
+
+    /// The remembered xattrs of `path`, if its key is unchanged. An xattr
+    /// change changes the ctime, so the key.
+    fn cached_xattrs(&self, path: &str, key: &StatKey) -> Option<Xattrs> {
+        self.stat_cache().xattrs(path, key)
+    }
+
+    /// Reads and hashes the regular file `located` (at `host`); also reads
+    /// its xattrs. The record to keep: forgotten when the file changed
+    /// within the racy window of the moment hashing began.
+    fn hash_file(&self, located: &str, host: &Path) -> Result<(Digest, NewRecord), TreeError> {
+        // Taken before the key is: a change after this moment gives a
+        // timestamp at least this late, minus one clock tick.
+        let started = now_ns();
+        let (mut file, meta) = open_regular(host)?;
+        let key = StatKey::of(&Lstat::from(&meta));
+        let mut hasher = Hasher::new();
+        io::copy(&mut file, &mut hasher).map_err(|source| io_error(host, source))?;
+        let digest = hasher.finish();
+        // Read after the key was taken: a later change moves the ctime.
+        let xattrs = read_xattrs(host).map_err(|source| io_error(host, source))?;
+        self.files_hashed.fetch_add(1, Ordering::Relaxed);
+        let known = (!key.is_racy(started)).then_some(Remembered {
+            key,
+            digest,
+            xattrs,
+        });
+        Ok((digest, (located.to_owned(), known)))
     }
 
     /// A visible regular file: its context path, host path and `lstat`.
@@ -688,7 +702,7 @@ impl SourceTree for BuildContext {
             Some(located) => match self.lookup(&located)? {
                 Some(meta) => {
                     if meta.is_file() {
-                        if let Some((_, xattrs)) = self.cached(&located, &StatKey::of(&meta)) {
+                        if let Some(xattrs) = self.cached_xattrs(&located, &StatKey::of(&meta)) {
                             return Ok(xattrs);
                         }
                     }
@@ -712,90 +726,85 @@ impl SourceTree for BuildContext {
     }
 
     fn content_digest(&self, path: &str) -> Result<Digest, TreeError> {
-        // Taken before anything is looked at: a change after this moment
-        // gives a timestamp at least this late, minus one clock tick.
-        let started = now_ns();
         let (located, host, meta) = self.regular_file(path)?;
-        let key = StatKey::of(&meta);
-        if let Some((digest, _)) = self.cached(&located, &key) {
+        if let Some(digest) = self.cached_digest(&located, &StatKey::of(&meta)) {
             self.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(digest);
         }
-        let (mut file, meta) = open_regular(&host)?;
-        let key = StatKey::of(&Lstat::from(&meta));
-        let mut hasher = Hasher::new();
-        io::copy(&mut file, &mut hasher).map_err(|source| io_error(&host, source))?;
-        let digest = hasher.finish();
-        // Read after the key was taken: a later change moves the ctime.
-        let xattrs = read_xattrs(&host).map_err(|source| io_error(&host, source))?;
-        self.files_hashed.fetch_add(1, Ordering::Relaxed);
-        let mut cache = self.stat_cache();
-        if key.is_racy(started) {
-            cache.dirty |= cache.entries.remove(&located).is_some();
-        } else {
-            cache.entries.insert(
-                located,
-                Remembered {
-                    key,
-                    digest,
-                    xattrs,
-                },
-            );
-            cache.dirty = true;
-        }
+        let (digest, record) = self.hash_file(&located, &host)?;
+        self.stat_cache().remember([record]);
         Ok(digest)
     }
 
     /// Answers what the stat cache knows on this thread, then hashes the
     /// rest on every core: a cold context is mostly reading and sha256.
+    /// Done `DIGEST_CHUNK` paths at a time, so that the new records of a
+    /// walk's paths are sorted chunk by chunk.
     fn content_digests(&self, paths: &[&str]) -> Result<Vec<Digest>, TreeError> {
         let mut digests = Vec::with_capacity(paths.len());
-        let mut missing = Vec::new();
-        for (i, path) in paths.iter().enumerate() {
-            let (located, _, meta) = self.regular_file(path)?;
-            match self.cached(&located, &StatKey::of(&meta)) {
-                Some((digest, _)) => {
-                    self.cache_hits.fetch_add(1, Ordering::Relaxed);
-                    digests.push(digest);
-                }
-                None => {
-                    missing.push((i, *path));
-                    digests.push(Digest::of(b""));
+        for (chunk_index, chunk) in paths.chunks(DIGEST_CHUNK).enumerate() {
+            let offset = chunk_index * DIGEST_CHUNK;
+            let mut missing = Vec::new();
+            for (i, path) in chunk.iter().enumerate() {
+                let (located, host, meta) = self.regular_file(path)?;
+                match self.cached_digest(&located, &StatKey::of(&meta)) {
+                    Some(digest) => {
+                        self.cache_hits.fetch_add(1, Ordering::Relaxed);
+                        digests.push(digest);
+                    }
+                    None => {
+                        missing.push((offset + i, located, host));
+                        digests.push(Digest::of(b""));
+                    }
                 }
             }
-        }
-        for (i, digest) in self.hash_in_parallel(&missing)? {
-            digests[i] = digest;
+            let mut records = Vec::with_capacity(missing.len());
+            for (i, digest, record) in self.hash_in_parallel(&missing)? {
+                digests[i] = digest;
+                records.push(record);
+            }
+            self.stat_cache().remember(records);
         }
         Ok(digests)
     }
 }
 
+/// A file for [`BuildContext::hash_in_parallel`]: its index in the
+/// caller's list, context path and host path.
+type ToHash = (usize, String, PathBuf);
+
 impl BuildContext {
-    /// [`SourceTree::content_digest`] of each `(index, path)`, on up to one
-    /// thread per core; the results come back with their indexes.
-    fn hash_in_parallel(&self, paths: &[(usize, &str)]) -> Result<Vec<(usize, Digest)>, TreeError> {
+    /// [`BuildContext::hash_file`] of each file, on up to one thread per
+    /// core; the results come back with their indexes.
+    fn hash_in_parallel(
+        &self,
+        files: &[ToHash],
+    ) -> Result<Vec<(usize, Digest, NewRecord)>, TreeError> {
         let threads = std::thread::available_parallelism()
             .map_or(1, usize::from)
-            .min(paths.len() / PARALLEL_MIN_FILES)
+            .min(files.len() / PARALLEL_MIN_FILES)
             .max(1);
         if threads == 1 {
-            return paths
+            return files
                 .iter()
-                .map(|(i, p)| Ok((*i, self.content_digest(p)?)))
+                .map(|(i, located, host)| {
+                    let (digest, record) = self.hash_file(located, host)?;
+                    Ok((*i, digest, record))
+                })
                 .collect();
         }
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
-        let work = || -> Result<Vec<(usize, Digest)>, TreeError> {
+        let work = || -> Result<Vec<(usize, Digest, NewRecord)>, TreeError> {
             let mut done = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= paths.len() || failed.load(Ordering::Relaxed) {
+                if i >= files.len() || failed.load(Ordering::Relaxed) {
                     return Ok(done);
                 }
-                match self.content_digest(paths[i].1) {
-                    Ok(d) => done.push((paths[i].0, d)),
+                let (index, located, host) = &files[i];
+                match self.hash_file(located, host) {
+                    Ok((digest, record)) => done.push((*index, digest, record)),
                     Err(e) => {
                         failed.store(true, Ordering::Relaxed);
                         return Err(e);
@@ -810,11 +819,11 @@ impl BuildContext {
                 .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
                 .collect()
         });
-        let mut digests = Vec::with_capacity(paths.len());
+        let mut hashed = Vec::with_capacity(files.len());
         for result in results {
-            digests.extend(result?);
+            hashed.extend(result?);
         }
-        Ok(digests)
+        Ok(hashed)
     }
 }
 
@@ -1170,183 +1179,34 @@ fn now_ns() -> i64 {
     i64::try_from(since.as_nanos()).unwrap_or(i64::MAX)
 }
 
-/// What must be unchanged for a remembered digest to stand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct StatKey {
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
-    ino: u64,
-    dev: u64,
-    mode: u32,
-}
-
-impl StatKey {
-    fn of(meta: &Lstat) -> Self {
-        let ns = |secs: i64, nsecs: i64| secs.saturating_mul(1_000_000_000).saturating_add(nsecs);
-        StatKey {
-            size: meta.size,
-            mtime_ns: ns(meta.mtime.0, meta.mtime.1),
-            ctime_ns: ns(meta.ctime.0, meta.ctime.1),
-            ino: meta.ino,
-            dev: meta.dev,
-            mode: meta.mode,
-        }
-    }
-
-    /// Changed so recently, relative to `started`, that a later write could
-    /// keep the same timestamps.
-    fn is_racy(&self, started: i64) -> bool {
-        let whole_seconds = |ns: i64| ns.rem_euclid(1_000_000_000) == 0;
-        let window = if whole_seconds(self.mtime_ns) && whole_seconds(self.ctime_ns) {
-            RACY_WINDOW_COARSE
-        } else {
-            RACY_WINDOW
-        };
-        let window = i64::try_from(window.as_nanos()).unwrap_or(i64::MAX);
-        self.mtime_ns.max(self.ctime_ns) >= started.saturating_sub(window)
-    }
-}
-
-/// The in-memory stat cache and where it lives.
+/// A bounded memo: entries go to a young generation; when it holds half
+/// the cap it becomes the old one and the previous old one is dropped. A
+/// forgotten entry is only looked up again.
 #[derive(Debug)]
-struct StatCache {
-    file: Option<PathBuf>,
-    /// The context root the entries belong to.
-    root: String,
-    /// The thread loading the entries from `file`, until they are needed.
-    loading: Option<std::thread::JoinHandle<PathMap<Remembered>>>,
-    /// Context path → what is remembered of it.
-    entries: PathMap<Remembered>,
-    /// Changed since loaded or saved.
-    dirty: bool,
+struct Memo<V> {
+    cap: usize,
+    young: PathMap<V>,
+    old: PathMap<V>,
 }
 
-/// Extended attributes worth keeping, sorted by name.
-type Xattrs = Vec<(String, Vec<u8>)>;
-
-/// What the stat cache remembers of a file.
-#[derive(Debug, Clone)]
-struct Remembered {
-    key: StatKey,
-    digest: Digest,
-    xattrs: Xattrs,
-}
-
-/// One entry on disk: path, size, mtime ns, ctime ns, inode, device, mode,
-/// digest, xattrs (an array, to keep the file small).
-#[derive(Serialize, Deserialize)]
-struct Record<P, X>(P, u64, i64, i64, u64, u64, u32, Digest, X);
-
-/// The cache file: JSON, identified and versioned. `E` is the entries: a
-/// list of borrowed records when written, [`Loaded`] when read.
-#[derive(Serialize, Deserialize)]
-struct CacheFile<E> {
-    format: String,
-    version: u32,
-    root: String,
-    entries: E,
-}
-
-/// The entries as they are read, straight into the map: with 100,000
-/// files, a list of records first would cost tens of megabytes more.
-#[derive(Default)]
-struct Loaded(PathMap<Remembered>);
-
-impl<'de> Deserialize<'de> for Loaded {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Loaded;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a list of stat cache records")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Loaded, A::Error> {
-                let mut map = PathMap::with_capacity_and_hasher(
-                    seq.size_hint().unwrap_or(0),
-                    Default::default(),
-                );
-                while let Some(record) = seq.next_element::<Record<String, Xattrs>>()? {
-                    let Record(path, size, mtime_ns, ctime_ns, ino, dev, mode, digest, xattrs) =
-                        record;
-                    let key = StatKey {
-                        size,
-                        mtime_ns,
-                        ctime_ns,
-                        ino,
-                        dev,
-                        mode,
-                    };
-                    map.insert(
-                        path,
-                        Remembered {
-                            key,
-                            digest,
-                            xattrs,
-                        },
-                    );
-                }
-                Ok(Loaded(map))
-            }
+impl<V: Copy> Memo<V> {
+    fn new(cap: usize) -> Self {
+        Memo {
+            cap,
+            young: PathMap::default(),
+            old: PathMap::default(),
         }
-        deserializer.deserialize_seq(Visitor)
     }
-}
 
-/// The entries of the cache file for `root`; empty when the file is
-/// missing, unreadable, corrupt, of another format or version, or made for
-/// another root.
-fn load_cache(file: &Path, root: &str) -> PathMap<Remembered> {
-    let Ok(bytes) = fs::read(file) else {
-        return PathMap::default();
-    };
-    let Ok(parsed) = serde_json::from_slice::<CacheFile<Loaded>>(&bytes) else {
-        return PathMap::default();
-    };
-    if parsed.format != CACHE_FORMAT || parsed.version != CACHE_VERSION || parsed.root != root {
-        return PathMap::default();
+    fn get(&self, path: &str) -> Option<V> {
+        self.young.get(path).or_else(|| self.old.get(path)).copied()
     }
-    parsed.entries.0
-}
 
-fn write_cache(file: &Path, cache: &StatCache) -> io::Result<()> {
-    let mut entries: Vec<Record<&str, &Xattrs>> = cache
-        .entries
-        .iter()
-        .map(|(path, known)| {
-            Record(
-                path.as_str(),
-                known.key.size,
-                known.key.mtime_ns,
-                known.key.ctime_ns,
-                known.key.ino,
-                known.key.dev,
-                known.key.mode,
-                known.digest,
-                &known.xattrs,
-            )
-        })
-        .collect();
-    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    let body = CacheFile {
-        format: CACHE_FORMAT.to_owned(),
-        version: CACHE_VERSION,
-        root: cache.root.clone(),
-        entries,
-    };
-    let dir = match file.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    fs::create_dir_all(dir)?;
-    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
-    let mut out = io::BufWriter::new(temp.as_file_mut());
-    serde_json::to_writer(&mut out, &body).map_err(io::Error::other)?;
-    out.flush()?;
-    drop(out);
-    temp.persist(file).map_err(|error| error.error)?;
-    Ok(())
+    fn insert(&mut self, path: String, value: V) {
+        if self.young.len() >= (self.cap / 2).max(1) && !self.young.contains_key(&path) {
+            std::mem::swap(&mut self.young, &mut self.old);
+            self.young.clear();
+        }
+        self.young.insert(path, value);
+    }
 }

@@ -747,35 +747,60 @@ fn stat_cache_spares_rereading_unchanged_files() {
     );
 }
 
-/// The stat cache forgets a file once a listing of its directory shows it
-/// is gone, and keeps files in directories this build did not list.
+/// Whether the stat cache file names `path` (paths are stored as they are).
+fn mentions(cache: &Path, path: &str) -> bool {
+    let bytes = fs::read(cache).expect("cache file");
+    bytes.windows(path.len()).any(|w| w == path.as_bytes())
+}
+
+/// The stat cache forgets a deleted file when it saves, whether or not this
+/// build listed its directory, and keeps the files that are still there.
 #[test]
 fn the_stat_cache_forgets_deleted_files() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("ctx");
     let cache = dir.path().join("stat-cache");
-    put(&root, "a", "a");
-    put(&root, "gone", "g");
-    put(&root, "sub/kept", "k");
+    let files = ["alpha", "gone-file", "sub/kept-file", "sub/gone-too"];
+    for f in files {
+        put(&root, f, f);
+    }
     let_timestamps_settle();
     let ctx = BuildContext::open(&root, None, Some(cache.clone())).expect("open");
-    for f in ["a", "gone", "sub/kept"] {
+    for f in files {
         ctx.content_digest(f).expect("digest");
     }
     drop(ctx);
-    let remembered = || fs::read_to_string(&cache).expect("cache file");
-    assert!(remembered().contains("\"gone\""));
+    for f in files {
+        assert!(mentions(&cache, f), "{f}");
+    }
+    let size = fs::metadata(&cache).expect("cache").len();
 
-    fs::remove_file(root.join("gone")).expect("rm");
+    fs::remove_file(root.join("gone-file")).expect("rm");
+    fs::remove_file(root.join("sub/gone-too")).expect("rm");
     let ctx = BuildContext::open(&root, None, Some(cache.clone())).expect("reopen");
-    assert_eq!(children(&ctx, ""), ["a", "sub"]);
-    ctx.content_digest("a").expect("digest");
+    assert_eq!(children(&ctx, ""), ["alpha", "sub"]);
+    ctx.content_digest("alpha").expect("digest");
     drop(ctx);
-    let text = remembered();
-    assert!(!text.contains("\"gone\""), "{text}");
-    assert!(
-        text.contains("\"a\"") && text.contains("\"sub/kept\""),
-        "{text}"
+    assert!(!mentions(&cache, "gone-file"));
+    assert!(!mentions(&cache, "sub/gone-too"), "sub was not listed");
+    assert!(mentions(&cache, "alpha") && mentions(&cache, "sub/kept-file"));
+    assert!(fs::metadata(&cache).expect("cache").len() < size);
+
+    // Back with other content: read, not taken from a stale record.
+    put(&root, "sub/gone-too", "new content");
+    let_timestamps_settle();
+    let ctx = BuildContext::open(&root, None, Some(cache.clone())).expect("reopen");
+    assert_eq!(
+        ctx.content_digest("sub/gone-too").expect("digest"),
+        Digest::of(b"new content")
+    );
+    ctx.content_digest("sub/kept-file").expect("digest");
+    assert_eq!(
+        ctx.stats(),
+        ContextStats {
+            files_hashed: 1,
+            cache_hits: 1
+        }
     );
 }
 
@@ -834,6 +859,22 @@ fn a_file_hashed_right_after_a_change_is_not_remembered() {
     );
 }
 
+/// `haystack` with each `from` replaced by `to`.
+fn replace_bytes(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut i = 0;
+    while i < haystack.len() {
+        if haystack[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+        } else {
+            out.push(haystack[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 #[test]
 fn corrupt_stale_or_foreign_cache_files_are_ignored() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -844,7 +885,8 @@ fn corrupt_stale_or_foreign_cache_files_are_ignored() {
     let hash_all = |cache: &PathBuf| {
         let ctx = BuildContext::open(&root, None, Some(cache.clone())).expect("open");
         for file in &files {
-            ctx.content_digest(file).expect("digest");
+            let want = Digest::of(fs::read(root.join(file)).expect("read").as_slice());
+            assert_eq!(ctx.content_digest(file).expect("digest"), want, "{file}");
         }
         ctx.save_stat_cache().expect("save");
         ctx.stats()
@@ -861,8 +903,10 @@ fn corrupt_stale_or_foreign_cache_files_are_ignored() {
     for garbage in [
         &b"\x00\x01 not json"[..],
         b"",
-        b"{\"format\":\"estiba-context-stat-cache\",\"version\":999,\"root\":\"/\",\"entries\":[]}",
+        b"{\"format\":\"estiba-context-stat-cache\",\"version\":2,\"root\":\"/\",\"entries\":[]}",
         b"{\"format\":\"estiba-context-stat-cache\",\"version\":1,\"root\":",
+        b"estiba-context-stat-cache\n",
+        b"estiba-context-stat-cache\n\x03\x00\x00\x00\xff\xff\xff\xff",
         b"[1,2,3]",
     ] {
         fs::write(&cache, garbage).expect("write garbage");
@@ -875,20 +919,43 @@ fn corrupt_stale_or_foreign_cache_files_are_ignored() {
         assert_eq!(hash_all(&cache), warm, "rewritten after garbage");
     }
 
+    // Truncated, or with a byte changed: what comes before the damage is
+    // still used, the rest is read again; then all is remembered again.
+    let good = fs::read(&cache).expect("read cache");
+    let mut flipped = good.clone();
+    flipped[good.len() * 2 / 3] ^= 0x10;
+    for damaged in [
+        &good[..good.len() / 2],
+        &flipped[..],
+        &good[..good.len() - 1],
+    ] {
+        fs::write(&cache, damaged).expect("write damaged");
+        let stats = hash_all(&cache);
+        assert!(
+            stats.cache_hits > 0 && stats.files_hashed > 0,
+            "{stats:?} from {} of {} bytes",
+            damaged.len(),
+            good.len()
+        );
+        assert_eq!(stats.cache_hits + stats.files_hashed, 20);
+        assert_eq!(hash_all(&cache), warm, "rewritten after damage");
+    }
+
     // A cache made for another context directory is not trusted.
-    let other = dir.path().join("other");
+    let other = dir.path().join("oth");
     fs::create_dir_all(&other).expect("mkdir");
-    let text = fs::read_to_string(&cache).expect("read cache");
-    let moved = text.replace(
-        &fs::canonicalize(&root)
+    let canonical = |p: &Path| {
+        fs::canonicalize(p)
             .expect("canonical")
             .display()
-            .to_string(),
-        &fs::canonicalize(&other)
-            .expect("canonical")
-            .display()
-            .to_string(),
+            .to_string()
+    };
+    let moved = replace_bytes(
+        &fs::read(&cache).expect("read cache"),
+        canonical(&root).as_bytes(),
+        canonical(&other).as_bytes(),
     );
+    assert_ne!(moved, fs::read(&cache).expect("read cache"));
     fs::write(&cache, moved).expect("write");
     assert_eq!(hash_all(&cache), cold);
 
@@ -896,6 +963,222 @@ fn corrupt_stale_or_foreign_cache_files_are_ignored() {
     let none = BuildContext::open(&root, None, None).expect("open");
     none.content_digest(&files[0]).expect("digest");
     none.save_stat_cache().expect("nothing to save");
+}
+
+/// The inode and modification time of a file: whether it was replaced.
+fn identity(path: &Path) -> (u64, std::time::SystemTime) {
+    let meta = fs::metadata(path).expect("stat");
+    (
+        std::os::unix::fs::MetadataExt::ino(&meta),
+        meta.modified().expect("mtime"),
+    )
+}
+
+/// A build that only finds what is remembered does not write the cache
+/// file again, nor does one that uses part of the context; a change does.
+#[test]
+fn a_build_without_changes_does_not_rewrite_the_stat_cache() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("ctx");
+    let cache = dir.path().join("cache/stat");
+    let files = make_files(&root, 300);
+    let_timestamps_settle();
+    let paths: Vec<&str> = files.iter().map(String::as_str).collect();
+    let build = |paths: &[&str]| {
+        let ctx = BuildContext::open(&root, None, Some(cache.clone())).expect("open");
+        all_paths(&ctx);
+        ctx.content_digests(paths).expect("digests");
+        for path in paths {
+            ctx.xattrs(path).expect("xattrs");
+        }
+        ctx.save_stat_cache().expect("save");
+        ctx.stats()
+    };
+    assert_eq!(build(&paths).files_hashed, 300);
+    let saved = identity(&cache);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(build(&paths).cache_hits, 300);
+    assert_eq!(identity(&cache), saved, "all hits: not rewritten");
+    assert_eq!(build(&paths[..100]).cache_hits, 100);
+    assert_eq!(
+        identity(&cache),
+        saved,
+        "part of the context: not rewritten"
+    );
+
+    fs::write(root.join(&files[5]), "changed").expect("write");
+    let_timestamps_settle();
+    assert_eq!(
+        build(&paths),
+        ContextStats {
+            files_hashed: 1,
+            cache_hits: 299
+        }
+    );
+    assert_ne!(identity(&cache), saved, "a change is saved");
+    assert_eq!(build(&paths).cache_hits, 300);
+}
+
+/// Digests asked for out of path order, from several threads and in
+/// parallel batches, are remembered (in sorted runs, merged past their
+/// limit) within the build and after it.
+#[test]
+fn the_stat_cache_survives_reopen_whatever_the_order_of_asking() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("ctx");
+    let cache = dir.path().join("stat-cache");
+    // Enough for `content_digests` to hash on every core.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let count = 2 * 64 * cores + 101;
+    let files = make_files(&root, count);
+    let_timestamps_settle();
+    let want = |file: &str| Digest::of(fs::read(root.join(file)).expect("read").as_slice());
+    // Scattered: neither creation nor path order.
+    let scattered: Vec<&str> = (0..count)
+        .map(|i| files[i * 7919 % count].as_str())
+        .collect();
+    let (singles, batch) = scattered.split_at(count / 3);
+
+    // Tiny batches: each makes a run, far more than are kept unmerged.
+    let ctx = BuildContext::open(&root, None, Some(cache.clone()))
+        .expect("open")
+        .with_stat_cache_batch(3);
+    std::thread::scope(|scope| {
+        for part in singles.chunks(singles.len() / 4 + 1) {
+            let ctx = &ctx;
+            scope.spawn(move || {
+                for file in part.iter().rev() {
+                    assert_eq!(ctx.content_digest(file).expect("digest"), want(file));
+                }
+            });
+        }
+    });
+    let digests = ctx.content_digests(batch).expect("digests");
+    for (file, digest) in batch.iter().zip(digests) {
+        assert_eq!(digest, want(file), "{file}");
+    }
+    assert_eq!(ctx.stats().files_hashed as usize, count);
+    // Asked again, backwards: all remembered in this build.
+    let backwards: Vec<&str> = scattered.iter().rev().copied().collect();
+    for (file, digest) in backwards
+        .iter()
+        .zip(ctx.content_digests(&backwards).expect("digests"))
+    {
+        assert_eq!(digest, want(file), "{file}");
+        ctx.xattrs(file).expect("xattrs");
+    }
+    assert_eq!(
+        ctx.stats(),
+        ContextStats {
+            files_hashed: count as u64,
+            cache_hits: count as u64
+        }
+    );
+    drop(ctx);
+
+    let ctx = BuildContext::open(&root, None, Some(cache.clone())).expect("reopen");
+    for (file, digest) in backwards
+        .iter()
+        .zip(ctx.content_digests(&backwards).expect("digests"))
+    {
+        assert_eq!(digest, want(file), "{file}");
+    }
+    let mut sorted = scattered.clone();
+    sorted.sort_by(|a, b| tree::path_order(a, b));
+    ctx.content_digests(&sorted).expect("digests");
+    assert_eq!(
+        ctx.stats(),
+        ContextStats {
+            files_hashed: 0,
+            cache_hits: 2 * count as u64
+        }
+    );
+}
+
+/// The context's memos are caches: with room for two entries, a walk of
+/// many more gives the same answers (visibility, symlinks resolved inside
+/// the context, digests) as with room for all.
+#[test]
+fn a_walk_past_the_memo_cap_gives_the_same_answers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outer = dir.path();
+    let root = outer.join("ctx");
+    put(
+        &root,
+        ".dockerignore",
+        "*.tmp\nbuild\n**/*.log\nvendor\n!vendor/keep/important.txt\n!**/keep.o\nhidden_link\n",
+    );
+    for file in [
+        "Dockerfile",
+        "a.txt",
+        "b.tmp",
+        "build/out.bin",
+        "build/x/keep.o",
+        "logs/deep/app.log",
+        "src/main.rs",
+        "src/debug.log",
+        "etc/passwd",
+        "vendor/lib.rs",
+        "vendor/keep/important.txt",
+        "vendor/keep/other.txt",
+    ] {
+        put(&root, file, file);
+    }
+    make_files(&root.join("many"), 200);
+    put(outer, "x", "outside the context");
+    symlink(&root, "abs", "/etc/passwd");
+    symlink(&root, "up", "../../x");
+    symlink(&root, "etc_link", "/etc");
+    symlink(&root, "many_link", "many/d3");
+    symlink(&root, "hidden_link", "src");
+    let full = open(&root);
+    let capped = open(&root).with_memo_cap(2);
+    let paths = all_paths(&full);
+    assert!(paths.len() > 200, "{}", paths.len());
+    assert_eq!(all_paths(&capped), paths);
+    let mut asked: Vec<String> = paths.clone();
+    asked.extend(
+        [
+            "build",
+            "build/x/keep.o",
+            "b.tmp",
+            "vendor/lib.rs",
+            "etc_link/passwd",
+            "many_link/f00003",
+            "hidden_link/main.rs",
+            "up",
+            "up/x",
+            "many/d3/../d4/f00004",
+        ]
+        .map(str::to_owned),
+    );
+    // Twice: the second time, after the memos were emptied by the walk.
+    for _ in 0..2 {
+        for path in &asked {
+            assert_eq!(
+                capped.stat(path).expect("stat"),
+                full.stat(path).expect("stat"),
+                "{path}"
+            );
+            let resolved = tree::resolve(&full, path, true).expect("resolve");
+            assert_eq!(
+                tree::resolve(&capped, path, true).expect("resolve"),
+                resolved
+            );
+            if full.stat(&resolved).expect("stat").map(|m| m.kind) == Some(EntryKind::File) {
+                assert_eq!(
+                    capped.content_digest(&resolved).expect("digest"),
+                    full.content_digest(&resolved).expect("digest"),
+                    "{path}"
+                );
+                assert_eq!(read_all(&capped, &resolved), read_all(&full, &resolved));
+            }
+        }
+    }
+    assert_eq!(children(&capped, "vendor"), ["keep"]);
+    assert_eq!(children(&capped, "build"), ["x"]);
+    assert_eq!(children(&capped, "many_link").len(), 20);
+    assert!(capped.children("hidden_link").is_err());
 }
 
 #[test]

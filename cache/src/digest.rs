@@ -25,6 +25,16 @@ impl Digest {
         Digest(Sha256::digest(bytes).into())
     }
 
+    /// The digest whose 32 bytes are `bytes` (as [`Digest::as_bytes`] gave).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Digest(bytes)
+    }
+
+    /// The 32 bytes, for compact binary records.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// The 64 hex digits, without the algorithm.
     pub fn hex(&self) -> String {
         // One table lookup per nibble: this runs for every file of a
@@ -140,6 +150,13 @@ impl std::io::Write for Hasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_round_trip() {
+        let d = Digest::of(b"estiba");
+        assert_eq!(Digest::from_bytes(*d.as_bytes()), d);
+        assert_ne!(Digest::from_bytes([0; 32]), d);
+    }
 
     #[test]
     fn round_trips_and_rejects() {
