@@ -227,8 +227,16 @@ pub fn resolve_with(
 /// every other byte, so `a`, `a/z`, `a.c` (plain bytewise order would put
 /// `a.c` before `a/z` and split the directory `a` from its entries).
 pub fn path_order(a: &str, b: &str) -> std::cmp::Ordering {
+    path_order_bytes(a.as_bytes(), b.as_bytes())
+}
+
+/// [`path_order`] of paths as bytes.
+pub fn path_order_bytes(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     let key = |c: u8| if c == b'/' { 0 } else { c };
-    a.bytes().map(key).cmp(b.bytes().map(key))
+    match a.iter().zip(b).position(|(x, y)| x != y) {
+        Some(i) => key(a[i]).cmp(&key(b[i])),
+        None => a.len().cmp(&b.len()),
+    }
 }
 
 /// Whether a source pattern has wildcards (`*`, `?`, `[`), as Go's

@@ -31,7 +31,7 @@
 //!   nothing changed.
 
 use super::{Lstat, PathHasher, PathMap, RACY_WINDOW, RACY_WINDOW_COARSE};
-use crate::tree::path_order;
+use crate::tree::{path_order, path_order_bytes as order};
 use estiba_cache::Digest;
 use std::cmp::Ordering;
 use std::fs::{self, File};
@@ -1055,15 +1055,6 @@ fn is_clean(path: &[u8]) -> bool {
         && path
             .split(|&b| b == b'/')
             .all(|part| !part.is_empty() && part != b"." && part != b"..")
-}
-
-/// [`path_order`] on bytes.
-fn order(a: &[u8], b: &[u8]) -> Ordering {
-    let key = |c: u8| if c == b'/' { 0 } else { c };
-    match a.iter().zip(b).position(|(x, y)| x != y) {
-        Some(i) => key(a[i]).cmp(&key(b[i])),
-        None => a.len().cmp(&b.len()),
-    }
 }
 
 /// A record's checksum: catches damage the framing does not.
