@@ -294,11 +294,6 @@ impl<'t> Writer<'t> {
         Ok(())
     }
 
-    /// `meta` (and `xattrs`) with `--chown`/`--chmod` applied.
-    fn finished(&self, meta: &Meta, xattrs: Vec<(String, Vec<u8>)>, data: Data<'t>) -> Entry<'t> {
-        finish(&self.opts, meta, xattrs, data)
-    }
-
     /// Copies every match to `dest` (absolute; a trailing `/` means a directory).
     pub fn copy(
         &mut self,
@@ -439,7 +434,7 @@ impl<'t> Writer<'t> {
         };
         let path = self.prepare(&target)?;
         self.refuse_dir(&path, &target, &target)?;
-        let entry = self.finished(&meta, Vec::new(), Data::Inline(data.to_vec()));
+        let entry = finish(&self.opts, &meta, Vec::new(), Data::Inline(data.to_vec()));
         self.insert(path, entry)?;
         Ok(())
     }
