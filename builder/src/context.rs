@@ -44,16 +44,15 @@
 //! from the memos or from the disk. Digests are checked against the `lstat`
 //! key on every call.
 
+use crate::memo::Memo;
 use crate::tree::{self, EntryKind, Meta, SourceTree, TreeError};
 use estiba_cache::{Digest, Hasher};
 use estiba_frontend::dockerignore::{
     ignore_file_candidates, parse_ignore_file, IgnoreError, MatchInfo, Matcher,
 };
 use statcache::{NewRecord, Remembered, StatCache, StatKey, Xattrs};
-use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr};
 use std::fs;
-use std::hash::BuildHasherDefault;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -75,34 +74,6 @@ pub const RACY_WINDOW: Duration = Duration::from_millis(100);
 pub const RACY_WINDOW_COARSE: Duration = Duration::from_secs(2);
 
 mod statcache;
-
-/// Maps and sets keyed by context paths. Every path of the context is
-/// looked up several times per build; the default SipHash is made to resist
-/// keys chosen by an attacker, which paths in one's own context are not,
-/// and costs several times as much as this multiply-rotate hash.
-type PathMap<V> = HashMap<String, V, BuildHasherDefault<PathHasher>>;
-
-/// FxHash's step (rustc's own hasher) over 8-byte words.
-#[derive(Default, Clone, Copy)]
-struct PathHasher(u64);
-
-impl std::hash::Hasher for PathHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
-        }
-        for &b in chunks.remainder() {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
-        }
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
 
 /// Entries each of the context's memos (lstats, directories, matcher
 /// results) holds at most, in two generations of 28,672: 7/8 of 32,768,
@@ -1177,36 +1148,4 @@ fn now_ns() -> i64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     i64::try_from(since.as_nanos()).unwrap_or(i64::MAX)
-}
-
-/// A bounded memo: entries go to a young generation; when it holds half
-/// the cap it becomes the old one and the previous old one is dropped. A
-/// forgotten entry is only looked up again.
-#[derive(Debug)]
-struct Memo<V> {
-    cap: usize,
-    young: PathMap<V>,
-    old: PathMap<V>,
-}
-
-impl<V: Copy> Memo<V> {
-    fn new(cap: usize) -> Self {
-        Memo {
-            cap,
-            young: PathMap::default(),
-            old: PathMap::default(),
-        }
-    }
-
-    fn get(&self, path: &str) -> Option<V> {
-        self.young.get(path).or_else(|| self.old.get(path)).copied()
-    }
-
-    fn insert(&mut self, path: String, value: V) {
-        if self.young.len() >= (self.cap / 2).max(1) && !self.young.contains_key(&path) {
-            std::mem::swap(&mut self.young, &mut self.old);
-            self.young.clear();
-        }
-        self.young.insert(path, value);
-    }
 }

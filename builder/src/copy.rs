@@ -369,13 +369,14 @@ pub fn copied_children(
 
 /// Visits `start` and everything below it that a copy takes, in
 /// [`tree::path_order`] of their paths: depth first, each directory's
-/// entries by name. Holds one listing per level, never the whole walk. A
-/// directory's entries are visited when `visit` answers `true` for it.
+/// entries by name. Holds one listing per level, never the whole walk.
+/// `visit` learns whether a directory holds anything the copy takes (its
+/// mtime depends on it), and its entries are visited when it answers `true`.
 pub fn walk_from(
     tree: &dyn SourceTree,
     start: WalkEntry,
     excludes: Option<&Matcher>,
-    mut visit: impl FnMut(&WalkEntry) -> Result<bool, CopyError>,
+    mut visit: impl FnMut(&WalkEntry, bool) -> Result<bool, CopyError>,
 ) -> Result<(), CopyError> {
     let mut levels: Vec<std::vec::IntoIter<WalkEntry>> = Vec::new();
     let mut next = Some(start);
@@ -393,8 +394,12 @@ pub fn walk_from(
                 },
             },
         };
-        if visit(&entry)? && entry.meta.kind == EntryKind::Dir {
-            let children = copied_children(tree, &entry.source, &entry.rel, excludes)?;
+        let children = if entry.meta.kind == EntryKind::Dir {
+            copied_children(tree, &entry.source, &entry.rel, excludes)?
+        } else {
+            Vec::new()
+        };
+        if visit(&entry, !children.is_empty())? && !children.is_empty() {
             levels.push(children.into_iter());
         }
     }
@@ -405,7 +410,7 @@ pub fn walk_sources(
     tree: &dyn SourceTree,
     m: &SourceMatch,
     excludes: Option<&Matcher>,
-    visit: impl FnMut(&WalkEntry) -> Result<bool, CopyError>,
+    visit: impl FnMut(&WalkEntry, bool) -> Result<bool, CopyError>,
 ) -> Result<(), CopyError> {
     let Some(meta) = tree.stat(&m.path)? else {
         return Ok(());
@@ -438,7 +443,7 @@ pub fn hash_sources(
     for m in matches {
         let line = format!("match\0{}\0{}\0{:?}\n", m.name, m.path, m.parents_path);
         h.update(line.as_bytes());
-        walk_sources(tree, m, excludes, |entry| {
+        walk_sources(tree, m, excludes, |entry, _| {
             if entry.meta.kind == EntryKind::File {
                 files += 1;
             }

@@ -11,6 +11,7 @@ pub mod executor;
 pub mod fetch;
 pub mod image;
 pub mod layer;
+mod memo;
 pub mod progress;
 pub mod reference;
 pub mod rootfs;

@@ -30,7 +30,8 @@
 //!   hashed anything: it did not use the context). Nothing is written when
 //!   nothing changed.
 
-use super::{Lstat, PathHasher, PathMap, RACY_WINDOW, RACY_WINDOW_COARSE};
+use super::{Lstat, RACY_WINDOW, RACY_WINDOW_COARSE};
+use crate::memo::{PathHasher, PathMap};
 use crate::tree::{path_order, path_order_bytes as order};
 use estiba_cache::Digest;
 use std::cmp::Ordering;

@@ -14,6 +14,7 @@
 
 use super::{copied_children, walk_from, write_err, Chmod, CopyError, SourceMatch, WalkEntry};
 use crate::layer::{self, LayerStream, TarHeader};
+use crate::memo::Memo;
 use crate::rootfs::LayeredTree;
 use crate::tree::{self, EntryKind, Meta, SourceTree, TreeError};
 use estiba_frontend::dockerignore::Matcher;
@@ -129,8 +130,8 @@ struct Source<'a, 't> {
     opts: Rc<CopyOptions>,
 }
 
-/// Lower-layer answers remembered per step before the memo is cleared:
-/// only merges ask, and a cleared memo costs only lookups again.
+/// Lower-layer answers and directories made remembered per step: only
+/// merges ask, and a forgotten answer costs only a lookup again.
 const MEMO_CAP: usize = 65_536;
 
 /// What a COPY, ADD or WORKDIR step changes above the layers below it.
@@ -143,10 +144,10 @@ const MEMO_CAP: usize = 65_536;
 pub struct Writer<'t> {
     lower: LayeredTree,
     /// `lstat` answers of `lower`, which does not change during a step.
-    lower_stats: RefCell<HashMap<String, Option<Meta>>>,
+    lower_stats: RefCell<Memo<Option<Meta>>>,
     entries: BTreeMap<String, Entry<'t>>,
     /// Directories [`Writer::mkdir_all`] made or found, by path as asked.
-    made: HashMap<String, String>,
+    made: Memo<String>,
     opts: CopyOptions,
     /// Temporary directories whose files the diff refers to.
     held: Vec<tempfile::TempDir>,
@@ -169,9 +170,9 @@ impl<'t> Writer<'t> {
     pub fn new(lower: LayeredTree, opts: CopyOptions) -> Self {
         Writer {
             lower,
-            lower_stats: RefCell::default(),
+            lower_stats: RefCell::new(Memo::new(MEMO_CAP)),
             entries: BTreeMap::new(),
-            made: HashMap::new(),
+            made: Memo::new(MEMO_CAP),
             opts,
             held: Vec::new(),
             replace: false,
@@ -198,7 +199,7 @@ impl<'t> Writer<'t> {
             at = parent;
         }
         if let Some(known) = self.lower_stats.borrow().get(path) {
-            return Ok(known.clone());
+            return Ok(known);
         }
         let mut meta = self.lower.stat(path)?;
         if path.is_empty() && meta.is_none() {
@@ -213,11 +214,9 @@ impl<'t> Writer<'t> {
                 link_id: None,
             });
         }
-        let mut memo = self.lower_stats.borrow_mut();
-        if memo.len() >= MEMO_CAP {
-            memo.clear();
-        }
-        memo.insert(path.to_string(), meta.clone());
+        self.lower_stats
+            .borrow_mut()
+            .insert(path.to_string(), meta.clone());
         Ok(meta)
     }
 
@@ -351,7 +350,7 @@ impl<'t> Writer<'t> {
         target: &str,
     ) -> Result<(), CopyError> {
         let excludes = source.excludes.clone();
-        walk_from(source.tree.as_ref(), start, excludes.as_deref(), |e| {
+        walk_from(source.tree.as_ref(), start, excludes.as_deref(), |e, _| {
             let to = tree::join(target, &e.rel);
             self.write_entry(source, e, &to, e.rel.is_empty())
         })
@@ -452,7 +451,7 @@ impl<'t> Writer<'t> {
     /// symlinks of the merged view; returns the resolved path.
     fn mkdir_all(&mut self, dir: &str) -> Result<String, CopyError> {
         if let Some(done) = self.made.get(dir) {
-            return Ok(done.clone());
+            return Ok(done);
         }
         let mut done = String::new();
         for part in dir.split('/').filter(|p| !p.is_empty()) {
@@ -507,9 +506,6 @@ impl<'t> Writer<'t> {
                 }
             }
             done = resolved;
-        }
-        if self.made.len() >= MEMO_CAP {
-            self.made.clear();
         }
         self.made.insert(dir.to_string(), done.clone());
         Ok(done)
@@ -698,36 +694,36 @@ impl<W: Write> TarOut<'_, W> {
     /// The held directory `e` at `path` and everything below it, walked
     /// from its source depth first: one listing per level is held.
     fn subtree(&mut self, path: &str, e: &Entry<'_>, sub: &Subtree<'_>) -> Result<(), CopyError> {
-        let children = sub.children()?;
-        let mut dir = Entry {
+        let start = WalkEntry {
+            source: sub.dir.clone(),
+            rel: sub.rel.clone(),
             meta: e.meta.clone(),
-            xattrs: e.xattrs.clone(),
-            data: Data::None,
-            copied_up: false,
         };
-        dir.meta.mtime = sub.dir_mtime(&e.meta, !children.is_empty());
-        self.entry(path, &dir)?;
-        let mut levels = vec![(path.to_string(), children.into_iter())];
-        while let Some((at, level)) = levels.last_mut() {
-            let Some(child) = level.next() else {
-                levels.pop();
-                continue;
-            };
-            let name = child.rel.rsplit('/').next().unwrap_or_default();
-            let to = tree::join(at, name);
-            if child.meta.kind == EntryKind::Dir {
-                let below = sub.below(&child);
-                let grandchildren = below.children()?;
-                let mut entry = source_entry(&sub.tree, &child, &sub.opts, Data::None)?;
-                entry.meta.mtime = sub.dir_mtime(&entry.meta, !grandchildren.is_empty());
+        walk_from(
+            sub.tree.as_ref(),
+            start,
+            sub.excludes.as_deref(),
+            |child, has_children| {
+                let below = child.rel[sub.rel.len()..].trim_start_matches('/');
+                let (to, mut entry) = if below.is_empty() {
+                    let dir = Entry {
+                        meta: e.meta.clone(),
+                        xattrs: e.xattrs.clone(),
+                        data: Data::None,
+                        copied_up: false,
+                    };
+                    (path.to_string(), dir)
+                } else {
+                    let entry = source_entry(&sub.tree, child, &sub.opts, Data::None)?;
+                    (tree::join(path, below), entry)
+                };
+                if entry.meta.kind == EntryKind::Dir {
+                    entry.meta.mtime = sub.dir_mtime(&entry.meta, has_children);
+                }
                 self.entry(&to, &entry)?;
-                levels.push((to, grandchildren.into_iter()));
-            } else {
-                let entry = sub.entry(&child)?;
-                self.entry(&to, &entry)?;
-            }
-        }
-        Ok(())
+                Ok(true)
+            },
+        )
     }
 }
 
