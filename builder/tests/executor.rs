@@ -565,6 +565,72 @@ fn scratch_steps_get_their_mounts_and_nothing_else() {
     );
 }
 
+/// A block device of the host (`major minor`), for a step to `mknod`.
+fn host_block_device() -> String {
+    let first = std::fs::read_dir("/sys/dev/block")
+        .expect("/sys/dev/block")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().replace(':', " "))
+        .min()
+        .expect("the host has a block device");
+    first
+}
+
+/// Docker's device cgroup lets a step make device nodes but open only its
+/// default devices: a node made anywhere (even in `/dev` or a cache mount)
+/// or brought by the image stays in the layer and cannot be opened, so a
+/// step reaches neither the host's kernel log nor its disks.
+#[test]
+fn devices_outside_dockers_list_cannot_be_opened() {
+    for snapshotter in [Snapshotter::Overlay, Snapshotter::Copy] {
+        let mut f = Fixture::new(Etc::Users);
+        f.snapshotter = snapshotter;
+        let image_node =
+            CString::new(f.lower.join("tmp/image-kmsg").as_os_str().as_bytes()).expect("path");
+        // SAFETY: a valid path; makes a character device node as root.
+        let made = unsafe {
+            libc::mknod(
+                image_node.as_ptr(),
+                libc::S_IFCHR | 0o666,
+                libc::makedev(1, 11),
+            )
+        };
+        assert_eq!(made, 0, "mknod in the lower dir");
+        let cache = f.root.join("cache-src");
+        std::fs::create_dir(&cache).expect("mkdir");
+        let mut spec = f.spec(&format!(
+            "mknod /tmp/kmsg c 1 11 && mknod /dev/fuse c 10 229 && \
+             mknod /tmp/disk b {} && mknod /cache/kmsg c 1 11 || exit 9; \
+             for n in /tmp/kmsg /dev/fuse /cache/kmsg /tmp/image-kmsg; do \
+               if (echo estiba-device-probe > $n) 2>/dev/null; then echo open $n; else echo denied $n; fi; \
+             done; \
+             if (: < /tmp/disk) 2>/dev/null; then echo open /tmp/disk; else echo denied /tmp/disk; fi; \
+             echo x > /dev/null && head -c 3 /dev/zero | wc -c",
+            host_block_device()
+        ));
+        spec.mounts = vec![ExtraMount::Bind {
+            source: cache.clone(),
+            target: "/cache".into(),
+            readonly: false,
+        }];
+        let out = f.sh(&spec);
+        assert_eq!(
+            out,
+            "denied /tmp/kmsg\ndenied /dev/fuse\ndenied /cache/kmsg\n\
+             denied /tmp/image-kmsg\ndenied /tmp/disk\n3\n",
+            "{snapshotter:?}"
+        );
+        if snapshotter == Snapshotter::Overlay {
+            let node = std::fs::symlink_metadata(f.upper.join("tmp/kmsg")).expect("the node");
+            assert!(
+                node.file_type().is_char_device(),
+                "the layer keeps the node"
+            );
+            assert_eq!(node.rdev(), libc::makedev(1, 11));
+        }
+    }
+}
+
 #[test]
 fn a_missing_command_is_an_error_naming_it() {
     let f = Fixture::new(Etc::Users);

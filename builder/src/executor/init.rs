@@ -89,14 +89,18 @@ fn init(report: &mut Reporter) -> Result<i32, Failure> {
     )
     .map_err(|e| Failure::setup("make the mounts of the build container private", e))?;
     match &spec.copy_root {
-        Some(root) => mnt(
-            Some(root),
-            &spec.rootfs,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None,
-            &spec.rootfs.display().to_string(),
-        )?,
+        Some(root) => {
+            let target = spec.rootfs.display().to_string();
+            mnt(
+                Some(root),
+                &spec.rootfs,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+                &target,
+            )?;
+            remount_bind(&spec.rootfs, MsFlags::MS_NODEV, &target)?;
+        }
         None => mount_overlay(&spec)?,
     }
 
@@ -181,7 +185,9 @@ fn mount_overlay(spec: &InitSpec) -> Result<(), Failure> {
             Some("overlay"),
             target,
             Some("overlay"),
-            MsFlags::empty(),
+            // Device nodes in the image or made by the step stay in the
+            // layer but cannot be opened (see `mount_dev`).
+            MsFlags::MS_NODEV,
             Some(Path::new(&OsString::from_vec(data.to_vec()))),
         )
     };
@@ -217,21 +223,26 @@ fn mnt(
     })
 }
 
-/// Makes a bind mount read-only, with `flags` (bind mounts ignore flags
-/// other than MS_BIND at first; a remount applies them).
-fn remount_ro(host: &Path, flags: MsFlags, target: &str) -> Result<(), Failure> {
+/// Applies `flags` to a bind mount (bind mounts ignore flags other than
+/// MS_BIND at first; a remount applies them).
+fn remount_bind(host: &Path, flags: MsFlags, target: &str) -> Result<(), Failure> {
     mount(
         None::<&str>,
         host,
         None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
         None::<&str>,
     )
     .map_err(|e| Failure::Mount {
-        what: "a read-only remount".to_owned(),
+        what: "a remount".to_owned(),
         target: target.to_owned(),
         errno: e as i32,
     })
+}
+
+/// Makes a bind mount read-only, with `flags`.
+fn remount_ro(host: &Path, flags: MsFlags, target: &str) -> Result<(), Failure> {
+    remount_bind(host, MsFlags::MS_RDONLY | flags, target)
 }
 
 fn bind_ro(source: &Path, host: &Path, flags: MsFlags, target: &str) -> Result<(), Failure> {
@@ -397,6 +408,12 @@ fn mount_proc(stubs: &mut Stubs<'_>) -> Result<(), Failure> {
     )
 }
 
+/// `/dev`: a `nodev` tmpfs holding Docker's default devices, each a bind
+/// mount of the host's node (a bind mount keeps the node usable on a
+/// `nodev` parent). Docker limits devices with the device cgroup; here no
+/// mount the step can write to allows opening a device node, so a node the
+/// step makes (`mknod /dev/fuse c 10 229`, `mknod /tmp/k c 1 11`) or an
+/// image brings stays in the layer, as in Docker, but cannot be opened.
 fn mount_dev(stubs: &mut Stubs<'_>) -> Result<(), Failure> {
     let dev = stubs.ensure("/dev", true)?;
     let tmpfs = Some(Path::new("tmpfs"));
@@ -404,7 +421,7 @@ fn mount_dev(stubs: &mut Stubs<'_>) -> Result<(), Failure> {
         tmpfs,
         &dev,
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
         Some("mode=755,size=65536k"),
         "/dev",
     )?;
@@ -572,14 +589,16 @@ fn mount_extra(stubs: &mut Stubs<'_>, extra: &ExtraMount) -> Result<(), Failure>
                 None,
                 target,
             )?;
+            // Keep the source's nosuid/noexec; never allow devices.
+            let kept = sys::mount_flags(&host)
+                .map(MsFlags::from_bits_truncate)
+                .unwrap_or(MsFlags::empty());
+            let flags = kept | MsFlags::MS_NODEV;
             if *readonly {
-                // Keep the source's nosuid/nodev/noexec.
-                let kept = sys::mount_flags(&host)
-                    .map(MsFlags::from_bits_truncate)
-                    .unwrap_or(MsFlags::empty());
-                remount_ro(&host, kept, target)?;
+                remount_ro(&host, flags, target)
+            } else {
+                remount_bind(&host, flags, target)
             }
-            Ok(())
         }
         ExtraMount::Tmpfs { target, size } => {
             let host = stubs.ensure(target, true)?;
