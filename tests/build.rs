@@ -650,16 +650,75 @@ fn build_network_none_applies_to_steps_without_their_own() {
     let host = std::fs::read_to_string(none.join("host")).expect("host");
     assert!(host.lines().any(|i| i != "lo"), "{host}");
 
-    let (code, _, err) = build(&e, &[]);
+    let (code, _, err) = build(&e, &["--network", "host"]);
     assert_eq!(code, 0, "{err}");
     assert!(
         !err.contains("CACHED"),
         "the first RUN ran again on the host network: {err}"
     );
+    let (code, _, err) = build(&e, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !err.contains("CACHED"),
+        "the first RUN ran again on the default network: {err}"
+    );
     let (code, _, err) = build(&e, &["--network", "none"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(err.matches("CACHED").count(), 2, "{err}");
     assert_eq!(build(&e, &["--network", "bridge"]).0, 2, "not a network");
+}
+
+/// pasta processes on the machine (`passt` is its binary's name).
+fn pasta_processes() -> usize {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("comm"))
+                .map(|c| c.starts_with("passt") || c.starts_with("pasta"))
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+/// By default a RUN step has a network namespace of its own, as in `docker
+/// build`: an interface with a default route for outbound connections
+/// (through pasta), but a service listening only on the host's loopback is
+/// out of reach, there as on the step's own loopback. `--network host`
+/// reaches it. pasta does not outlive the build.
+#[test]
+fn the_default_network_is_private_and_the_hosts_loopback_out_of_reach() {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let _ = conn.write_all(b"host-only service\n");
+        }
+    });
+    let probe =
+        format!("(busybox nc -w 3 127.0.0.1 {port} </dev/null || echo unreachable) 2>/dev/null");
+    let e = env(&[(
+        "Dockerfile",
+        &format!(
+            "FROM busybox:test\n\
+             RUN {probe} > /default && \
+                 busybox awk '$2 == \"00000000\" {{ print $1 }}' /proc/net/route > /route\n\
+             RUN --network=host {probe} > /host\n"
+        ),
+    )]);
+    import_busybox(&e);
+    let before = pasta_processes();
+    let out = local_export(&e, &[]);
+    let read = |name: &str| std::fs::read_to_string(out.join(name)).expect(name);
+    assert_eq!(read("default"), "unreachable\n");
+    assert_eq!(read("host"), "host-only service\n");
+    let route = read("route");
+    assert!(
+        !route.trim().is_empty() && !route.contains("lo"),
+        "no default route through pasta's interface: {route:?}"
+    );
+    assert!(pasta_processes() <= before, "pasta outlived the build");
 }
 
 /// Both snapshotters make the same layers: RUN steps that add, change,

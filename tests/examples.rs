@@ -210,13 +210,22 @@ fn the_node_example_builds_on_a_local_base_and_answers_health() {
         assert!(env.contains(&json!(var)), "{var} not in {env:?}");
     }
 
-    // The server on the host's loopback (`estiba run` shares the host's
-    // network by default), stopped by its PID.
+    // The server in its own network namespace, its port published on the
+    // host with -p (through pasta), stopped by its PID.
     let port = free_port();
     let log = std::fs::File::create(tmp.path().join("run.log")).expect("log");
+    let publish = format!("{port}:{port}");
     let mut server = Server(
         estiba(&root)
-            .args(["run", "--rm", "-e", &format!("PORT={port}"), IMAGE])
+            .args([
+                "run",
+                "--rm",
+                "-p",
+                &publish,
+                "-e",
+                &format!("PORT={port}"),
+                IMAGE,
+            ])
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()

@@ -4,7 +4,7 @@
 //!
 //! [`run`] re-executes the estiba binary as a small init process
 //! (`estiba __estiba-run-init SPEC.json`) in new mount, PID, UTS and IPC
-//! namespaces (and a network namespace for [`Network::None`]). The init is a
+//! namespaces (and a network namespace unless [`Network::Host`]). The init is a
 //! fresh single-threaded process, so it can mount and fork safely: it mounts
 //! the overlay (the parent's layers below, the step's upper dir above), and
 //! forks the command, which becomes PID 1 of the new PID namespace, mounts
@@ -24,6 +24,7 @@
 
 mod copyroot;
 mod init;
+mod network;
 mod protocol;
 mod stubs;
 mod sys;
@@ -64,8 +65,12 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 /// The network a step sees.
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Network {
-    /// The host's network namespace (`--network host`, the default for RUN).
+    /// A new network namespace of its own, with outbound connections
+    /// through pasta and the host's loopback out of reach (the default, as
+    /// `docker build`'s; see the `network` module).
     #[default]
+    Private,
+    /// The host's network namespace (`--network host`).
     Host,
     /// A new network namespace with only `lo`, up (`--network none`).
     None,
@@ -132,6 +137,23 @@ pub struct RunSpec {
     pub files: BTreeMap<String, String>,
     /// `RUN --mount` mounts, applied parents first.
     pub mounts: Vec<ExtraMount>,
+    /// Host ports forwarded into a [`Network::Private`] step (`estiba run
+    /// -p`); build steps have none.
+    #[serde(default)]
+    pub publish: Vec<Publish>,
+}
+
+/// A host port forwarded to a port of the container (`-p`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publish {
+    /// The host address to listen on; all when `None`.
+    pub host_ip: Option<std::net::IpAddr>,
+    /// The host port.
+    pub host_port: u16,
+    /// The container port.
+    pub container_port: u16,
+    /// UDP rather than TCP.
+    pub udp: bool,
 }
 
 /// Where [`run_with`] finds the init and puts its scratch files.
@@ -411,9 +433,39 @@ fn run_once(
             exe: options.init_exe.clone(),
             source: e.into(),
         })?;
-    let child = spawn_init(spec, options, &spec_path, &status_w)?;
+    let go = match spec.network {
+        Network::Private => Some(network::go_pipe().map_err(|source| ExecError::Spawn {
+            exe: options.init_exe.clone(),
+            source,
+        })?),
+        Network::Host | Network::None => None,
+    };
+    let child = spawn_init(
+        spec,
+        options,
+        &spec_path,
+        &status_w,
+        go.as_ref().map(|(r, _)| r),
+    )?;
     drop(status_w);
+    let init_pid = child.id();
     let mut init = InitGuard(Some(child));
+    // Kept until the step is over; pasta is killed when dropped.
+    let _user_net = match go {
+        Some((go_r, go_w)) => {
+            drop(go_r);
+            let (net, warning) = network::connect(init_pid, &spec.publish, scratch.path(), go_w)
+                .map_err(|e| ExecError::Setup {
+                    what: "start the step's network".to_owned(),
+                    source: e,
+                })?;
+            if let Some(warning) = warning {
+                output(Stream::Stderr, warning.as_bytes());
+            }
+            net
+        }
+        None => None,
+    };
     let followed = follow(&mut init, status_r, output);
     let (status, messages) = match followed {
         Ok(done) => done,
@@ -542,6 +594,7 @@ fn prepare(spec: &RunSpec, scratch: &Path) -> Result<InitSpec, ExecError> {
     let hosts =
         format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     let resolv = match spec.network {
+        Network::Private => network::private_resolv_conf(&host_resolv_conf()),
         Network::Host => host_resolv_conf(),
         Network::None => "# --network none: no name servers\n".to_owned(),
     };
@@ -604,16 +657,20 @@ fn spawn_init(
     options: &RunOptions,
     spec_path: &Path,
     status_w: &OwnedFd,
+    go_r: Option<&OwnedFd>,
 ) -> Result<Child, ExecError> {
     use nix::sched::CloneFlags;
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC;
-    if spec.network == Network::None {
+    if spec.network != Network::Host {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     let status_fd = status_w.as_raw_fd();
+    // At fd 10 or above (`network::go_pipe`): the status fd's move to fd 3
+    // cannot clobber it.
+    let go_fd = go_r.map(AsRawFd::as_raw_fd);
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     let mut command = Command::new(&options.init_exe);
@@ -643,6 +700,12 @@ fn spawn_init(
                 }
             } else if libc::dup2(status_fd, STATUS_FD) < 0 {
                 return Err(io::Error::last_os_error());
+            }
+            if let Some(fd) = go_fd {
+                // dup2 leaves the copy open across exec.
+                if libc::dup2(fd, network::GO_FD) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             nix::sched::unshare(flags).map_err(io::Error::from)
         });

@@ -644,10 +644,13 @@ impl<'a> Solver<'a> {
                         binds.values().map(|b| b.digest.to_string()).collect();
                     format!("bind {}", digests.join(" "))
                 });
-                // The build's network is part of what the step does.
-                let network = (self.run_network(run) == Network::None
-                    && !matches!(run.network.as_deref(), Some("none")))
-                .then_some("none");
+                // The build's network is part of what the step does (a
+                // step's own `--network` is in its definition already).
+                let network = match (run.network.as_deref(), self.opts.network) {
+                    (Some("none" | "host"), _) | (_, Network::Private) => None,
+                    (_, Network::None) => Some("none"),
+                    (_, Network::Host) => Some("host"),
+                };
                 let key = key_of(sources, None, network);
                 self.cached_or(&key, step, || self.exec_run(current, run, &binds, id))
             }
@@ -1241,6 +1244,7 @@ impl<'a> Solver<'a> {
             hostname: String::new(),
             files: run.files.clone(),
             mounts,
+            publish: Vec::new(),
         };
         // Stream whole lines to the reporter; keep the last ones for errors.
         let mut pending = Vec::new();

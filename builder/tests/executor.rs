@@ -116,6 +116,7 @@ impl Fixture {
             hostname: HOSTNAME.into(),
             files: BTreeMap::new(),
             mounts: Vec::new(),
+            publish: Vec::new(),
         }
     }
 

@@ -123,8 +123,9 @@ pub(crate) struct BuildArgs {
     /// (`type=file|env` optional). It never reaches the image or the cache.
     #[arg(long = "secret")]
     pub(crate) secrets: Vec<String>,
-    /// The network of RUN steps without their own `--network`: default
-    /// (the host's, as `docker build`), host, or none (only lo).
+    /// The network of RUN steps without their own `--network`: default (a
+    /// private namespace with outbound connections through pasta, as
+    /// `docker build`'s), host, or none (only lo).
     #[arg(long, value_enum, default_value_t = BuildNetwork::Default)]
     pub(crate) network: BuildNetwork,
     /// Progress output: auto, plain, tty or quiet.
@@ -197,12 +198,17 @@ pub(crate) struct RunArgs {
     /// Remove the container when it exits (always done; accepted for docker compatibility).
     #[arg(long)]
     pub(crate) rm: bool,
-    /// host (the default) or none (a network namespace with only lo).
-    #[arg(long, default_value = "host")]
+    /// default (a private network namespace with outbound connections, as
+    /// docker's bridge), host, or none (only lo).
+    #[arg(long, default_value = "default")]
     pub(crate) network: String,
     /// Set an environment variable, K=V (or K to take it from your environment).
     #[arg(short = 'e', long = "env")]
     pub(crate) env: Vec<String>,
+    /// Publish a container port on the host, [IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]
+    /// (default network only).
+    #[arg(short = 'p', long = "publish")]
+    pub(crate) publish: Vec<String>,
     /// Bind a host directory or file, SRC:DST[:ro].
     #[arg(short = 'v', long = "volume")]
     pub(crate) volumes: Vec<String>,

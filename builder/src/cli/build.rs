@@ -207,7 +207,8 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
             epoch,
             secrets,
             network: match args.network {
-                BuildNetwork::Default | BuildNetwork::Host => Network::Host,
+                BuildNetwork::Default => Network::Private,
+                BuildNetwork::Host => Network::Host,
                 BuildNetwork::None => Network::None,
             },
         },

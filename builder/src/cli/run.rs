@@ -4,7 +4,7 @@
 use super::args::RunArgs;
 use super::Failure;
 use anyhow::{anyhow, Context};
-use estiba::executor::{self, ExtraMount, Network, RunOptions, RunSpec, Stream};
+use estiba::executor::{self, ExtraMount, Network, Publish, RunOptions, RunSpec, Stream};
 use estiba::solve;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -70,11 +70,12 @@ pub(crate) fn run(args: &RunArgs, root: Option<&Path>) -> Result<(), Failure> {
         });
     }
     let network = match args.network.as_str() {
-        "host" | "default" => Network::Host,
+        "default" | "bridge" => Network::Private,
+        "host" => Network::Host,
         "none" => Network::None,
         other => {
             return Err(Failure::Usage(format!(
-                "invalid --network {other:?}: use host or none"
+                "invalid --network {other:?}: use default, host or none"
             )))
         }
     };
@@ -92,6 +93,16 @@ pub(crate) fn run(args: &RunArgs, root: Option<&Path>) -> Result<(), Failure> {
         .clone()
         .or_else(|| (!c.working_dir.is_empty()).then(|| c.working_dir.clone()))
         .unwrap_or_else(|| "/".to_string());
+    let publish = args
+        .publish
+        .iter()
+        .map(|p| parse_publish(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !publish.is_empty() && network != Network::Private {
+        return Err(Failure::Usage(
+            "-p publishes ports of the default network: leave out --network".to_owned(),
+        ));
+    }
     let spec = RunSpec {
         lower: lower.iter().map(PathBuf::from).collect(),
         upper: upper.path().to_path_buf(),
@@ -104,6 +115,7 @@ pub(crate) fn run(args: &RunArgs, root: Option<&Path>) -> Result<(), Failure> {
         hostname: String::new(),
         files: Default::default(),
         mounts,
+        publish,
     };
     let code = executor::run_with(
         &spec,
@@ -131,6 +143,64 @@ pub(crate) fn run(args: &RunArgs, root: Option<&Path>) -> Result<(), Failure> {
             };
             eprint!("{}", super::report::render_chain(&anyhow::Error::new(e)));
             std::process::exit(status);
+        }
+    }
+}
+
+/// `-p [IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]`, as docker takes it (one
+/// port each; docker's ranges and random host ports are not taken).
+fn parse_publish(text: &str) -> Result<Publish, Failure> {
+    let invalid = || {
+        Failure::Usage(format!(
+            "invalid -p {text:?}: expected [IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]"
+        ))
+    };
+    let (ports, udp) = match text.rsplit_once('/') {
+        Some((ports, "tcp")) => (ports, false),
+        Some((ports, "udp")) => (ports, true),
+        Some(_) => return Err(invalid()),
+        None => (text, false),
+    };
+    let (rest, container) = ports.rsplit_once(':').ok_or_else(invalid)?;
+    let (host_ip, host) = match rest.rsplit_once(':') {
+        Some((ip, host)) => {
+            let ip = ip.trim_start_matches('[').trim_end_matches(']');
+            (Some(ip.parse().map_err(|_| invalid())?), host)
+        }
+        None => (None, rest),
+    };
+    Ok(Publish {
+        host_ip,
+        host_port: host.parse().map_err(|_| invalid())?,
+        container_port: container.parse().map_err(|_| invalid())?,
+        udp,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_specs_parse_as_dockers() {
+        let Ok(p) = parse_publish("8080:80") else {
+            panic!("{} is a valid -p", "8080:80")
+        };
+        assert_eq!(
+            (p.host_ip, p.host_port, p.container_port, p.udp),
+            (None, 8080, 80, false)
+        );
+        let Ok(p) = parse_publish("127.0.0.1:5353:53/udp") else {
+            panic!("{} is a valid -p", "127.0.0.1:5353:53/udp")
+        };
+        assert_eq!(p.host_ip, Some("127.0.0.1".parse().expect("ip")));
+        assert!(p.udp);
+        let Ok(p) = parse_publish("[::1]:8080:80/tcp") else {
+            panic!("{} is a valid -p", "[::1]:8080:80/tcp")
+        };
+        assert_eq!(p.host_ip, Some("::1".parse().expect("ip")));
+        for bad in ["80", "x:80", "8080:80/sctp", "1.2.3:8080:80", "70000:80"] {
+            assert!(parse_publish(bad).is_err(), "{bad}");
         }
     }
 }

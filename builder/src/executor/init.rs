@@ -20,7 +20,7 @@ use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
 use super::protocol::{errno, Failure, InitSpec, Message, Reporter};
 use super::stubs::Stubs;
-use super::{sys, user, ExtraMount, Network};
+use super::{network, sys, user, ExtraMount, Network};
 
 /// The init's exit code when the container could not be set up (as
 /// `docker run`'s); the reason travels over the status pipe.
@@ -304,7 +304,10 @@ fn container(
     nix::unistd::sethostname(&spec.hostname)
         .map_err(|e| Failure::setup(format!("set the host name {}", spec.hostname), e))?;
     enter_root(rootfs)?;
-    if run.network == Network::None {
+    if run.network == Network::Private {
+        network::wait_for_go().map_err(|e| Failure::setup("set up the step's network", e))?;
+    }
+    if run.network != Network::Host {
         sys::bring_up_loopback().map_err(|e| Failure::setup("bring up lo", e))?;
     }
 
