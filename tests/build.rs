@@ -668,7 +668,18 @@ fn build_network_none_applies_to_steps_without_their_own() {
     assert_eq!(build(&e, &["--network", "bridge"]).0, 2, "not a network");
 }
 
-/// pasta processes on the machine (`passt` is its binary's name).
+/// Whether the process of a `/proc/PID` directory is alive (not a zombie
+/// waiting for the machine's init to reap it).
+fn alive(proc_dir: &Path) -> bool {
+    std::fs::read_to_string(proc_dir.join("stat"))
+        .map(|stat| {
+            let state = stat.rsplit_once(") ").map(|(_, rest)| rest.as_bytes()[0]);
+            !matches!(state, Some(b'Z' | b'X'))
+        })
+        .unwrap_or(false)
+}
+
+/// Live pasta processes on the machine (`passt` is its binary's name).
 fn pasta_processes() -> usize {
     std::fs::read_dir("/proc")
         .expect("/proc")
@@ -677,6 +688,7 @@ fn pasta_processes() -> usize {
             std::fs::read_to_string(e.path().join("comm"))
                 .map(|c| c.starts_with("passt") || c.starts_with("pasta"))
                 .unwrap_or(false)
+                && alive(&e.path())
         })
         .count()
 }
@@ -719,6 +731,89 @@ fn the_default_network_is_private_and_the_hosts_loopback_out_of_reach() {
         "no default route through pasta's interface: {route:?}"
     );
     assert!(pasta_processes() <= before, "pasta outlived the build");
+}
+
+/// Live host processes whose command line contains `needle`.
+fn processes_with(needle: &[u8]) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            (cmdline.windows(needle.len()).any(|w| w == needle) && alive(&e.path())).then_some(pid)
+        })
+        .collect()
+}
+
+/// Ctrl-C (SIGINT) or SIGTERM during a RUN: estiba says the build was
+/// canceled and which step was running, exits 130 or 143, and within a
+/// second nothing it started is left (the step's processes, pasta).
+#[test]
+fn a_signal_cancels_the_build_names_the_running_step_and_stops_its_processes() {
+    use std::io::{BufRead, BufReader};
+    for (signal, code, name) in [
+        (libc::SIGINT, 130, "SIGINT"),
+        (libc::SIGTERM, 143, "SIGTERM"),
+    ] {
+        let marker = format!("{}", 7000 + code);
+        let e = env(&[(
+            "Dockerfile",
+            &format!("FROM busybox:test\nRUN echo started && busybox sleep {marker}\n"),
+        )]);
+        import_busybox(&e);
+        let pasta_before = pasta_processes();
+        let mut child = estiba(&e.root)
+            .args(["build", "--progress", "plain", "--no-cache"])
+            .arg(&e.ctx)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("estiba build starts");
+        let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        let mut seen = String::new();
+        while !seen.contains("started") {
+            let mut line = String::new();
+            assert!(
+                stderr.read_line(&mut line).expect("read") > 0,
+                "the build ended before its step started: {seen}"
+            );
+            seen.push_str(&line);
+        }
+        let sleep = format!("sleep\0{marker}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while processes_with(sleep.as_bytes()).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the step's sleep never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // SAFETY: kill with the pid of our own child.
+        let ret = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        assert_eq!(ret, 0);
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut rest).expect("read");
+        let status = child.wait().expect("wait");
+        assert_eq!(status.code(), Some(code), "{seen}{rest}");
+        assert!(rest.contains(&format!("canceled ({name})")), "{rest}");
+        assert!(
+            rest.contains("[2/2] RUN echo started"),
+            "the running step is not named: {rest}"
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            let left = (processes_with(sleep.as_bytes()), pasta_processes());
+            if left.0.is_empty() && left.1 <= pasta_before {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "left running a second after {name}: {left:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
 }
 
 /// Both snapshotters make the same layers: RUN steps that add, change,

@@ -365,6 +365,13 @@ pub fn run(spec: &RunSpec, output: &mut dyn FnMut(Stream, &[u8])) -> Result<i32,
     run_with(spec, &RunOptions::default(), output)
 }
 
+/// Stops what running steps need outside their build containers (the
+/// user-mode networks), for an exit that cannot wait for the steps: a
+/// canceled build. The containers themselves die with estiba.
+pub fn stop_all() {
+    network::stop_all();
+}
+
 /// [`run`] with an explicit init binary and scratch directory.
 pub fn run_with(
     spec: &RunSpec,

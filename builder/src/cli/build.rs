@@ -169,12 +169,15 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
     let plain = Plain::new();
     let tty = super::progress::Tty::new();
     let interactive = std::io::stderr().is_terminal();
-    let reporter: &dyn Reporter = match (args.progress, args.quiet) {
+    let shown: &dyn Reporter = match (args.progress, args.quiet) {
         (ProgressMode::Quiet, _) | (_, true) => &Silent,
         (ProgressMode::Tty, _) => &tty,
         (ProgressMode::Auto, _) if interactive => &tty,
         _ => &plain,
     };
+    // What a Ctrl-C names as running.
+    let tracked = super::interrupt::Tracked(shown);
+    let reporter: &dyn Reporter = &tracked;
     for w in &graph.warnings {
         reporter.warning(&w.message);
     }

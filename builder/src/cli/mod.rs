@@ -5,6 +5,7 @@
 mod args;
 mod build;
 mod images;
+mod interrupt;
 mod progress;
 mod report;
 mod run;
@@ -24,6 +25,7 @@ const EXIT_USAGE: i32 = 2;
 
 /// Runs the CLI and returns the process exit code.
 pub(crate) fn main() -> i32 {
+    interrupt::install();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -27,6 +27,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::mount::{mount, MsFlags};
@@ -77,10 +78,42 @@ pub(super) struct UserNet {
     child: Child,
 }
 
+/// The pids of the running pastas: [`stop_all`] kills them. A pid leaves
+/// the list before its process is reaped, so it is never a stranger's.
+static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+impl UserNet {
+    fn new(child: Child) -> UserNet {
+        if let Ok(mut running) = RUNNING.lock() {
+            running.push(child.id());
+        }
+        UserNet { child }
+    }
+}
+
 impl Drop for UserNet {
     fn drop(&mut self) {
+        if let Ok(mut running) = RUNNING.lock() {
+            running.retain(|&pid| pid != self.child.id());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Kills every pasta this process runs, for an exit that cannot wait for
+/// the steps (Ctrl-C). pasta changes its credentials, which clears the
+/// parent-death signal it was started with, so it would outlive estiba.
+pub(super) fn stop_all() {
+    if let Ok(running) = RUNNING.lock() {
+        for &pid in running.iter() {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
     }
 }
 
@@ -176,7 +209,9 @@ fn start(init_pid: u32, publish: &[Publish], scratch: &Path) -> Result<UserNet, 
     // on strings allocated before the fork.
     unsafe {
         command.pre_exec(move || {
-            // pasta dies with estiba (it runs in the foreground, as our child).
+            // pasta runs in the foreground as our child; this signal only
+            // covers the moments until it changes its credentials (then
+            // `stop_all` and the drop of `UserNet` end it).
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
             mount(
@@ -197,7 +232,7 @@ fn start(init_pid: u32, publish: &[Publish], scratch: &Path) -> Result<UserNet, 
         });
     }
     match command.spawn() {
-        Ok(child) => Ok(UserNet { child }),
+        Ok(child) => Ok(UserNet::new(child)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Err("pasta is not installed".to_owned()),
         Err(e) => Err(format!("cannot start pasta: {e}")),
     }
