@@ -9,7 +9,7 @@
 
 use crate::cachekey::{KeyInputs, KEY_VERSION};
 use crate::copy::{self, Chmod, CopyOptions, Writer};
-use crate::executor::Network;
+use crate::executor::{Network, Security};
 use crate::fetch;
 use crate::image::{self, History, ImageConfig, Manifest, HISTORY_COMMENT};
 use crate::layer;
@@ -1241,6 +1241,10 @@ impl<'a> Solver<'a> {
             hostname: String::new(),
             files: run.files.clone(),
             mounts,
+            security: match run.security.as_deref() {
+                Some("insecure") => Security::Insecure,
+                _ => Security::Sandbox,
+            },
         };
         // Stream whole lines to the reporter; keep the last ones for errors.
         let mut pending = Vec::new();

@@ -46,15 +46,19 @@ fn c_path(path: &Path) -> io::Result<CString> {
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-/// Removes every capability outside `keep` from the bounding set, so that
-/// nothing the step execs can gain it.
-pub(super) fn drop_bounding_set(keep: u64) -> io::Result<()> {
-    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+/// The highest capability number this kernel knows (63 if it won't say).
+fn last_capability() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(63)
-        .min(63);
-    for cap in 0..=last {
+        .min(63)
+}
+
+/// Removes every capability outside `keep` from the bounding set, so that
+/// nothing the step execs can gain it.
+pub(super) fn drop_bounding_set(keep: u64) -> io::Result<()> {
+    for cap in 0..=last_capability() {
         if keep & (1u64 << cap) != 0 {
             continue;
         }
@@ -85,6 +89,24 @@ struct CapData {
 }
 
 const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// This process's permitted set: every capability it can keep (`RUN
+/// --security=insecure` keeps them all).
+pub(super) fn permitted_capabilities() -> io::Result<u64> {
+    let header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: the header and two data structs have capget's v3 layout.
+    let ret = unsafe { libc::syscall(libc::SYS_capget, &header, data.as_mut_ptr()) };
+    check(ret as libc::c_int)?;
+    Ok(u64::from(data[0].permitted) | (u64::from(data[1].permitted) << 32))
+}
 
 /// Sets the effective and permitted sets to `caps`, the inheritable and
 /// ambient sets to nothing (as Docker since 20.10.14).
