@@ -46,19 +46,15 @@ fn c_path(path: &Path) -> io::Result<CString> {
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-/// The highest capability number this kernel knows (63 if it won't say).
-fn last_capability() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .unwrap_or(63)
-        .min(63)
-}
-
 /// Removes every capability outside `keep` from the bounding set, so that
 /// nothing the step execs can gain it.
 pub(super) fn drop_bounding_set(keep: u64) -> io::Result<()> {
-    for cap in 0..=last_capability() {
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(63)
+        .min(63);
+    for cap in 0..=last {
         if keep & (1u64 << cap) != 0 {
             continue;
         }
