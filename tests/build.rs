@@ -1669,3 +1669,56 @@ fn repeated_layers_and_cache_mount_owners() {
         "identical layers below a RUN, and a cache mount owned by uid 10: {err}"
     );
 }
+
+/// RUN steps and `estiba run` get docker's default seccomp profile (no
+/// user namespaces, no keyring); `RUN --security=insecure` needs
+/// `--allow security.insecure`, named at its line before anything runs,
+/// and then runs unconfined.
+#[test]
+fn run_steps_are_confined_by_seccomp_unless_insecure_is_allowed() {
+    let status = "busybox grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status";
+    let e = env(&[(
+        "Dockerfile",
+        &format!(
+            "FROM busybox:test\n\
+             RUN {status} > /sandbox; \
+                 busybox unshare -U -m -r true 2>/dev/null && echo escaped >> /sandbox; true\n\
+             RUN --security=insecure {status} > /insecure\n"
+        ),
+    )]);
+    import_busybox(&e);
+    let (code, out, err) = build(&e, &[]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("security.insecure is not allowed"),
+        "BuildKit's message: {err}"
+    );
+    assert!(err.contains("Dockerfile:3"), "{err}");
+    assert!(
+        !err.contains("#2 [2/3] RUN"),
+        "nothing runs before the check: {err}"
+    );
+
+    let out = local_export(&e, &["--allow", "security.insecure"]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("sandbox")).expect("sandbox"),
+        "NoNewPrivs:\t0\nSeccomp:\t2\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("insecure")).expect("insecure"),
+        "NoNewPrivs:\t0\nSeccomp:\t0\n"
+    );
+
+    let (code, _, err) = build(&e, &["--allow", "security.insecure", "-t", "seccomp:1"]);
+    assert_eq!(code, 0, "{err}");
+    let (out, _) = ok(estiba(&e.root).args([
+        "run",
+        "--rm",
+        "seccomp:1",
+        "busybox",
+        "grep",
+        "Seccomp:",
+        "/proc/self/status",
+    ]));
+    assert_eq!(out, "Seccomp:\t2\n", "estiba run is confined as RUN is");
+}

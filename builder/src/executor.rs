@@ -26,6 +26,7 @@ mod copyroot;
 mod init;
 mod network;
 mod protocol;
+mod seccomp;
 mod stubs;
 mod sys;
 mod user;
@@ -74,6 +75,19 @@ pub enum Network {
     Host,
     /// A new network namespace with only `lo`, up (`--network none`).
     None,
+}
+
+/// How a step is confined (`RUN --security`).
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Security {
+    /// Docker's defaults: its capability set, its seccomp profile, its
+    /// masked and read-only paths under `/proc` and `/sys`.
+    #[default]
+    Sandbox,
+    /// `RUN --security=insecure`, which the build must allow (`--allow
+    /// security.insecure`): every capability, no seccomp filter, nothing
+    /// masked, as BuildKit's insecure mode.
+    Insecure,
 }
 
 /// Extra mounts of `RUN --mount`.
@@ -141,6 +155,9 @@ pub struct RunSpec {
     /// -p`); build steps have none.
     #[serde(default)]
     pub publish: Vec<Publish>,
+    /// The step's confinement.
+    #[serde(default)]
+    pub security: Security,
 }
 
 /// A host port forwarded to a port of the container (`-p`).
@@ -306,6 +323,9 @@ pub enum ExecError {
         #[source]
         source: io::Error,
     },
+    /// The seccomp profile could not be made for this machine.
+    #[error("no seccomp filter for the build container: {0}")]
+    Seccomp(String),
     /// The init broke its protocol (an unreadable message).
     #[error("the build container's init failed: {0}")]
     Init(String),

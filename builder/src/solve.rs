@@ -9,7 +9,7 @@
 
 use crate::cachekey::{KeyInputs, KEY_VERSION};
 use crate::copy::{self, Chmod, CopyOptions, Writer};
-use crate::executor::Network;
+use crate::executor::{Network, Security};
 use crate::fetch;
 use crate::image::{self, History, ImageConfig, Manifest, HISTORY_COMMENT};
 use crate::layer;
@@ -21,7 +21,7 @@ use estiba_cache::{CacheRecord, Descriptor, Digest, Store};
 use estiba_frontend::dockerignore::Matcher;
 use estiba_frontend::graph::{Base, BuildGraph, CopySource, CopyStep, Op, Stage, Step};
 use estiba_frontend::Span;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -76,6 +76,9 @@ pub enum SolveErrorKind {
     /// The build container could not be set up or run.
     #[error("cannot run the step")]
     Exec(#[from] crate::executor::ExecError),
+    /// A step asks for an entitlement the build did not allow.
+    #[error("{0} is not allowed: the build must allow it with --allow {0}")]
+    NotAllowed(Entitlement),
     /// A `RUN --mount` type this estiba cannot provide yet.
     #[error("RUN --mount=type={0} is not supported yet (bind, cache, secret and tmpfs are)")]
     MountUnsupported(&'static str),
@@ -235,6 +238,25 @@ pub struct SolveOptions {
     /// `build --network`: the network of RUN steps that do not choose one
     /// (no `--network`, or `--network=default`).
     pub network: Network,
+    /// `build --allow`: what steps may ask for beyond the sandbox.
+    pub allow: BTreeSet<Entitlement>,
+}
+
+/// BuildKit's entitlements: what a Dockerfile may ask for only when the
+/// build allows it (`--allow`), checked before any step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Entitlement {
+    /// `RUN --security=insecure`: a step with every capability and no
+    /// seccomp filter.
+    SecurityInsecure,
+}
+
+impl std::fmt::Display for Entitlement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Entitlement::SecurityInsecure => "security.insecure",
+        })
+    }
 }
 
 /// Where a build secret's value comes from (`--secret`).
@@ -404,6 +426,7 @@ impl<'a> Solver<'a> {
     /// the same time as the others of its wave, each on its own thread, so
     /// independent stages take about the time of the longest.
     pub fn solve(&self, graph: &BuildGraph) -> Result<Built, SolveError> {
+        self.check_entitlements(graph)?;
         let mut built: BTreeMap<usize, Built> = BTreeMap::new();
         let multi = graph.needed_stages().count() > 1;
         let mut pending: Vec<&Stage> = graph.needed_stages().collect();
@@ -462,6 +485,26 @@ impl<'a> Solver<'a> {
                 reason: "the target stage was not built".to_string(),
             })
         })
+    }
+
+    /// Refuses, at its line, the first step that needs an entitlement the
+    /// build did not allow, before anything runs (as BuildKit does).
+    fn check_entitlements(&self, graph: &BuildGraph) -> Result<(), SolveError> {
+        for step in graph.needed_stages().flat_map(|stage| &stage.steps) {
+            let needs = match &step.op {
+                Op::Run(run) if run.security.as_deref() == Some("insecure") => {
+                    Entitlement::SecurityInsecure
+                }
+                _ => continue,
+            };
+            if !self.opts.allow.contains(&needs) {
+                return Err(SolveError {
+                    span: Some(step.span.clone()),
+                    kind: Box::new(SolveErrorKind::NotAllowed(needs)),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The starting image of a stage.
@@ -1245,6 +1288,10 @@ impl<'a> Solver<'a> {
             files: run.files.clone(),
             mounts,
             publish: Vec::new(),
+            security: match run.security.as_deref() {
+                Some("insecure") => Security::Insecure,
+                _ => Security::Sandbox,
+            },
         };
         // Stream whole lines to the reporter; keep the last ones for errors.
         let mut pending = Vec::new();

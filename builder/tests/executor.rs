@@ -16,16 +16,16 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use estiba::executor::{
-    run_with, upper_to_layer_dir, ExecError, ExtraMount, Network, RunOptions, RunSpec, Snapshotter,
-    Stream,
+    run_with, upper_to_layer_dir, ExecError, ExtraMount, Network, RunOptions, RunSpec, Security,
+    Snapshotter, Stream,
 };
 
 const PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const HOSTNAME: &str = "estiba-test";
-const APPLETS: [&str; 27] = [
+const APPLETS: [&str; 29] = [
     "sh", "echo", "cat", "id", "ls", "sleep", "mount", "mkdir", "rm", "env", "sort", "hostname",
     "pwd", "grep", "true", "false", "kill", "stat", "wc", "touch", "head", "readlink", "test",
-    "printf", "tr", "cut", "mknod",
+    "printf", "tr", "cut", "mknod", "unshare", "chroot",
 ];
 /// Set for the helper process of the SIGTERM test: its scratch directory.
 const HELPER_ENV: &str = "ESTIBA_EXECUTOR_TEST_HELPER";
@@ -117,6 +117,7 @@ impl Fixture {
             files: BTreeMap::new(),
             mounts: Vec::new(),
             publish: Vec::new(),
+            security: Security::Sandbox,
         }
     }
 
@@ -896,4 +897,126 @@ fn a_failed_overlay_mount_is_an_error_naming_it() {
         err.to_string().starts_with("cannot mount overlay on "),
         "{err}"
     );
+}
+
+/// A static C program that makes one raw system call and prints `ok` or
+/// the errno's name (`EPERM`): `probe keyctl|add_key|unshare|clone3`,
+/// `probe personality VALUE`, `probe socket FAMILY`, `probe euid`.
+const PROBE_C: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    long r;
+    if (argc < 2) return 2;
+    const char *what = argv[1];
+    const char *arg = argc > 2 ? argv[2] : "0";
+    if (!strcmp(what, "keyctl"))
+        r = syscall(SYS_keyctl, 0 /* KEYCTL_GET_KEYRING_ID */, -3 /* session */, 0);
+    else if (!strcmp(what, "add_key"))
+        r = syscall(SYS_add_key, "user", "estiba-probe", "x", 1, -2 /* process */);
+    else if (!strcmp(what, "personality"))
+        r = syscall(SYS_personality, strtoul(arg, 0, 0));
+    else if (!strcmp(what, "unshare"))
+        r = unshare(CLONE_NEWUSER | CLONE_NEWNS);
+    else if (!strcmp(what, "clone3"))
+        r = syscall(SYS_clone3, 0, 0);
+    else if (!strcmp(what, "socket"))
+        r = socket(atoi(arg), SOCK_STREAM, 0);
+    else if (!strcmp(what, "euid")) {
+        printf("%d\n", (int)geteuid());
+        return 0;
+    } else
+        return 2;
+    if (r < 0)
+        printf("%s\n", strerrorname_np(errno));
+    else
+        printf("ok\n");
+    return 0;
+}
+"#;
+
+/// Compiles [`PROBE_C`] into the fixture's image as `/bin/probe`, and a
+/// setuid-root copy as `/bin/suid-probe`.
+fn add_probe(f: &Fixture) {
+    let src = f.root.join("probe.c");
+    std::fs::write(&src, PROBE_C).expect("write probe.c");
+    let bin = f.lower.join("bin/probe");
+    let status = Command::new("cc")
+        .args(["-static", "-O", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .expect("cc runs: install gcc and libc6-dev (scripts/test-deps does)");
+    assert!(status.success(), "cc failed on the probe");
+    let suid = f.lower.join("bin/suid-probe");
+    std::fs::copy(&bin, &suid).expect("copy probe");
+    std::fs::set_permissions(&suid, std::os::unix::fs::PermissionsExt::from_mode(0o4755))
+        .expect("chmod u+s");
+}
+
+/// Docker's default seccomp profile confines every step: the kernel
+/// keyring, new user and mount namespaces, odd personalities and vsock
+/// sockets are refused, clone3 says ENOSYS so C libraries fall back to
+/// clone, and what a build normally does still works.
+#[test]
+fn steps_run_under_dockers_default_seccomp_profile() {
+    let f = Fixture::new(Etc::Users);
+    add_probe(&f);
+    let out = f.sh(&f.spec(
+        "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status; \
+         for call in keyctl add_key unshare clone3; do echo $call $(probe $call); done; \
+         echo personality-query $(probe personality 0xffffffff); \
+         echo personality-linux32 $(probe personality 8); \
+         echo personality-no-aslr $(probe personality 0x40000); \
+         echo socket-unix $(probe socket 1) socket-alg $(probe socket 38) \
+              socket-vsock $(probe socket 40); \
+         unshare -U -m -r mount -t tmpfs x /mnt 2>/dev/null && echo escaped || echo confined",
+    ));
+    assert_eq!(
+        out,
+        "NoNewPrivs:\t0\nSeccomp:\t2\n\
+         keyctl EPERM\nadd_key EPERM\nunshare EPERM\nclone3 ENOSYS\n\
+         personality-query ok\npersonality-linux32 ok\npersonality-no-aslr EPERM\n\
+         socket-unix ok socket-alg EPERM socket-vsock EPERM\nconfined\n"
+    );
+
+    // Root still chroots and makes device nodes (its capabilities allow
+    // both), and a setuid-root program still raises a user to root: the
+    // filter sets no no_new_privs, as docker's does not.
+    let out = f.sh(&f.spec(
+        "chroot / true && echo chroot ok; \
+         mknod /tmp/null c 1 3 && mknod /tmp/fifo p && echo mknod ok",
+    ));
+    assert_eq!(out, "chroot ok\nmknod ok\n");
+    let mut spec = f.spec("id -u; suid-probe euid");
+    spec.user = "app".into();
+    assert_eq!(f.sh(&spec), "1000\n0\n");
+}
+
+/// `RUN --security=insecure` (once the build allows it): every capability,
+/// no seccomp filter, as BuildKit's insecure mode.
+#[test]
+fn insecure_steps_run_unconfined() {
+    let f = Fixture::new(Etc::Users);
+    add_probe(&f);
+    let mut spec = f.spec(
+        "grep -E '^(CapEff|Seccomp):' /proc/self/status; probe keyctl; \
+         mount -t tmpfs x /mnt && echo mounted",
+    );
+    spec.security = Security::Insecure;
+    // Every capability estiba has (root's, the test's own).
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let ours = status
+        .lines()
+        .find(|l| l.starts_with("CapEff:"))
+        .expect("CapEff");
+    assert_eq!(f.sh(&spec), format!("{ours}\nSeccomp:\t0\nok\nmounted\n"));
 }

@@ -128,6 +128,10 @@ pub(crate) struct BuildArgs {
     /// `docker build`'s), host, or none (only lo).
     #[arg(long, value_enum, default_value_t = BuildNetwork::Default)]
     pub(crate) network: BuildNetwork,
+    /// Allow what steps may only do when allowed (BuildKit's
+    /// entitlements): security.insecure for `RUN --security=insecure`.
+    #[arg(long = "allow", value_enum)]
+    pub(crate) allow: Vec<AllowArg>,
     /// Progress output: auto, plain, tty or quiet.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub(crate) progress: ProgressMode,
@@ -159,6 +163,12 @@ pub(crate) enum BuildNetwork {
     Default,
     Host,
     None,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub(crate) enum AllowArg {
+    #[value(name = "security.insecure")]
+    SecurityInsecure,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -1,6 +1,6 @@
 //! `estiba build`: plan, solve, store, export.
 
-use super::args::{BuildArgs, BuildNetwork, CompressionArg, PlanFormat, ProgressMode};
+use super::args::{AllowArg, BuildArgs, BuildNetwork, CompressionArg, PlanFormat, ProgressMode};
 use super::progress::Plain;
 use super::{read_dockerfile, Failure};
 use anyhow::Context;
@@ -8,7 +8,7 @@ use estiba::context::BuildContext;
 use estiba::executor::Network;
 use estiba::progress::{Reporter, Silent};
 use estiba::reference::Reference;
-use estiba::solve::{self, SecretSource, SolveOptions, Solver, StoreResolver};
+use estiba::solve::{self, Entitlement, SecretSource, SolveOptions, Solver, StoreResolver};
 use estiba_frontend::{plan, NoImages, PlanOptions, Platform};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -214,6 +214,13 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
                 BuildNetwork::Host => Network::Host,
                 BuildNetwork::None => Network::None,
             },
+            allow: args
+                .allow
+                .iter()
+                .map(|a| match a {
+                    AllowArg::SecurityInsecure => Entitlement::SecurityInsecure,
+                })
+                .collect(),
         },
     );
     let built = solver.solve(&graph).map_err(|error| Failure::Dockerfile {

@@ -4,7 +4,7 @@
 use super::args::RunArgs;
 use super::Failure;
 use anyhow::{anyhow, Context};
-use estiba::executor::{self, ExtraMount, Network, Publish, RunOptions, RunSpec, Stream};
+use estiba::executor::{self, ExtraMount, Network, Publish, RunOptions, RunSpec, Security, Stream};
 use estiba::solve;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -116,6 +116,7 @@ pub(crate) fn run(args: &RunArgs, root: Option<&Path>) -> Result<(), Failure> {
         files: Default::default(),
         mounts,
         publish,
+        security: Security::Sandbox,
     };
     let code = executor::run_with(
         &spec,

@@ -19,8 +19,9 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
 use super::protocol::{errno, Failure, InitSpec, Message, Reporter};
+use super::seccomp::{self, SeccompError};
 use super::stubs::Stubs;
-use super::{network, sys, user, ExtraMount, Network};
+use super::{network, sys, user, ExtraMount, Network, Security};
 
 /// The init's exit code when the container could not be set up (as
 /// `docker run`'s); the reason travels over the status pipe.
@@ -278,7 +279,9 @@ fn container(
         mount_proc(&mut stubs)?;
         mount_dev(&mut stubs)?;
         mount_sys(&mut stubs)?;
-        hide_kernel_paths(rootfs)?;
+        if run.security == Security::Sandbox {
+            hide_kernel_paths(rootfs)?;
+        }
         let etc_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         for (target, source) in &spec.etc {
             let host = stubs.ensure(target, false)?;
@@ -350,8 +353,20 @@ fn container(
         .map(|e| c_string(e.as_bytes(), "an environment variable"))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let caps = sys::default_capability_mask();
+    let caps = match run.security {
+        Security::Sandbox => sys::default_capability_mask(),
+        Security::Insecure => {
+            sys::permitted_capabilities().map_err(|e| Failure::setup("read the capabilities", e))?
+        }
+    };
     sys::drop_bounding_set(caps).map_err(|e| Failure::setup("drop capabilities", e))?;
+    if run.security == Security::Sandbox {
+        // While CAP_SYS_ADMIN is still here: no no_new_privs needed.
+        seccomp::install(caps).map_err(|e| match e {
+            SeccompError::Install(e) => Failure::setup("install the seccomp filter", e),
+            other => Failure::Seccomp(crate::solve::error_chain(&other)),
+        })?;
+    }
     let gids: Vec<Gid> = user.groups.iter().map(|&g| Gid::from_raw(g)).collect();
     let ids = format!("{}:{}", user.uid, user.gid);
     nix::unistd::setgroups(&gids)

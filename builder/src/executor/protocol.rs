@@ -93,6 +93,8 @@ pub(super) enum Failure {
         errno: i32,
     },
     CommandNotFound(String),
+    /// The seccomp profile could not be compiled (its error chain).
+    Seccomp(String),
     Exec {
         command: String,
         errno: i32,
@@ -137,6 +139,7 @@ impl Failure {
                 source: os(errno),
             },
             Failure::CommandNotFound(command) => ExecError::CommandNotFound { command },
+            Failure::Seccomp(reason) => ExecError::Seccomp(reason),
             Failure::Exec { command, errno } => ExecError::Exec {
                 command,
                 source: os(errno),

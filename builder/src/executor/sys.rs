@@ -86,6 +86,24 @@ struct CapData {
 
 const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
+/// This process's permitted set: every capability it can keep (`RUN
+/// --security=insecure` keeps them all).
+pub(super) fn permitted_capabilities() -> io::Result<u64> {
+    let header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: the header and two data structs have capget's v3 layout.
+    let ret = unsafe { libc::syscall(libc::SYS_capget, &header, data.as_mut_ptr()) };
+    check(ret as libc::c_int)?;
+    Ok(u64::from(data[0].permitted) | (u64::from(data[1].permitted) << 32))
+}
+
 /// Sets the effective and permitted sets to `caps`, the inheritable and
 /// ambient sets to nothing (as Docker since 20.10.14).
 pub(super) fn set_capabilities(caps: u64) -> io::Result<()> {
