@@ -922,6 +922,44 @@ fn local_export_makes_devices_only_when_asked_and_warns_of_setuid_files() {
     assert_eq!(code, 2, "{err}");
 }
 
+/// `estiba import` honours SOURCE_DATE_EPOCH: one tar imported twice is
+/// one image. Without it the image is dated now, as before.
+#[test]
+fn import_with_source_date_epoch_gives_the_same_image_twice() {
+    let e = env(&[("Dockerfile", "FROM scratch\n")]);
+    let rootfs = e.ctx.parent().expect("tmp").join("rootfs");
+    write(&rootfs, &[("hello", "hola\n")]);
+    let tar = tar_tree(&rootfs);
+    let import = |name: &str, epoch: Option<&str>| {
+        let mut cmd = estiba(&e.root);
+        if let Some(epoch) = epoch {
+            cmd.env("SOURCE_DATE_EPOCH", epoch);
+        }
+        run(cmd.arg("import").arg(&tar).arg(name))
+    };
+    let (code, first, err) = import("a:1", Some("1700000000"));
+    assert_eq!(code, 0, "{err}");
+    let (code, second, err) = import("a:2", Some("1700000000"));
+    assert_eq!(code, 0, "{err}");
+    assert!(first.starts_with("sha256:"), "{first}");
+    assert_eq!(first, second);
+    let (json, _) = ok(estiba(&e.root).args(["inspect", "a:1"]));
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(v[0]["Created"], "2023-11-14T22:13:20Z");
+    assert_eq!(v[0]["History"][0]["created"], "2023-11-14T22:13:20Z");
+
+    let (code, now, err) = import("a:3", None);
+    assert_eq!(code, 0, "{err}");
+    assert_ne!(now, first);
+    let (json, _) = ok(estiba(&e.root).args(["inspect", "a:3"]));
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let created = v[0]["Created"].as_str().expect("created");
+    assert!(created.as_bytes() > b"2024".as_slice(), "{created}");
+    let (code, _, err) = import("a:4", Some("yesterday"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("SOURCE_DATE_EPOCH"), "{err}");
+}
+
 #[test]
 fn save_and_load_round_trip_in_both_formats() {
     let e = env(&[

@@ -214,14 +214,7 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
     );
     let context = BuildContext::open(&args.context, Some(&path), Some(stat_cache))
         .with_context(|| format!("cannot use the build context {}", args.context.display()))?;
-    let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.is_empty() => Some(v.parse::<i64>().map_err(|_| {
-            Failure::Usage(format!(
-                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds"
-            ))
-        })?),
-        _ => None,
-    };
+    let epoch = source_date_epoch()?;
     let solver = Solver::new(
         &store,
         &context,
@@ -296,6 +289,20 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
         println!("{image_id}");
     }
     Ok(())
+}
+
+/// `SOURCE_DATE_EPOCH`, when set and not empty: the time every timestamp
+/// an image records is given, for images that are the same bytes on any
+/// day.
+pub(crate) fn source_date_epoch() -> Result<Option<i64>, Failure> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => v.parse::<i64>().map(Some).map_err(|_| {
+            Failure::Usage(format!(
+                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds"
+            ))
+        }),
+        _ => Ok(None),
+    }
 }
 
 fn tags_or_default(tags: &[Reference]) -> Vec<String> {

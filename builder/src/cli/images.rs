@@ -230,9 +230,11 @@ pub(crate) fn prune(root: Option<&Path>, all: bool) -> Result<(), Failure> {
 }
 
 /// `estiba import FILE NAME`: the tarball (decompressed) becomes the one
-/// layer of a new image, as `docker import` does.
+/// layer of a new image, as `docker import` does. Its creation time is
+/// `SOURCE_DATE_EPOCH` when set, so one tar imported twice is one image.
 pub(crate) fn import(root: Option<&Path>, file: &Path, name: &str) -> Result<(), Failure> {
     let reference = Reference::parse(name).map_err(|e| Failure::Usage(e.to_string()))?;
+    let created = super::build::source_date_epoch()?.unwrap_or_else(now);
     let store = super::store::open(root)?;
     let _lock = store.lock_shared().context("cannot lock the store")?;
     let input =
@@ -251,7 +253,6 @@ pub(crate) fn import(root: Option<&Path>, file: &Path, name: &str) -> Result<(),
         .with_context(|| format!("cannot read {}", file.display()))?;
     let (digest, size) = blob.commit()?;
     let platform = estiba_frontend::Platform::host();
-    let created = now();
     let config = ImageConfig {
         architecture: platform.architecture,
         os: platform.os,
