@@ -79,12 +79,19 @@ fn env(files: &[(&str, &str)]) -> Env {
 /// Imports a busybox image (`busybox:test`) into the store, with a user
 /// `app` (1000) and a group `staff` (50) in its /etc files.
 fn import_busybox(e: &Env) {
+    let rootfs = e.ctx.parent().expect("tmp").join("rootfs");
+    busybox_rootfs(&rootfs);
+    import_tree(e, &rootfs, "busybox:test");
+}
+
+/// A busybox root filesystem in `rootfs`: busybox-static, a few applets,
+/// and /etc files with a user `app` (1000) and a group `staff` (50).
+fn busybox_rootfs(rootfs: &Path) {
     let busybox = Path::new("/bin/busybox");
     assert!(
         busybox.exists(),
         "/bin/busybox is missing: install busybox-static (scripts/test does)"
     );
-    let rootfs = e.ctx.parent().expect("tmp").join("rootfs");
     std::fs::create_dir_all(rootfs.join("bin")).expect("mkdir");
     std::fs::create_dir_all(rootfs.join("etc")).expect("mkdir");
     std::fs::copy(busybox, rootfs.join("bin/busybox")).expect("copy busybox");
@@ -92,7 +99,7 @@ fn import_busybox(e: &Env) {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("link");
     }
     write(
-        &rootfs,
+        rootfs,
         &[
             (
                 "etc/passwd",
@@ -101,17 +108,27 @@ fn import_busybox(e: &Env) {
             ("etc/group", "root:x:0:\nstaff:x:50:\napp:x:1000:\n"),
         ],
     );
-    let tar = e.ctx.parent().expect("tmp").join("rootfs.tar");
+}
+
+/// `estiba import` of a tar of `rootfs` as `name`.
+fn import_tree(e: &Env, rootfs: &Path, name: &str) {
+    let tar = tar_tree(rootfs);
+    ok(estiba(&e.root).arg("import").arg(&tar).arg(name));
+}
+
+/// A tar of the tree `rootfs`, beside it, as GNU tar writes it.
+fn tar_tree(rootfs: &Path) -> PathBuf {
+    let tar = rootfs.with_extension("tar");
     let status = Command::new("tar")
         .arg("-C")
-        .arg(&rootfs)
+        .arg(rootfs)
         .arg("-cf")
         .arg(&tar)
         .arg(".")
         .status()
         .expect("tar");
     assert!(status.success());
-    ok(estiba(&e.root).arg("import").arg(&tar).arg("busybox:test"));
+    tar
 }
 
 fn build(e: &Env, extra: &[&str]) -> (i32, String, String) {
@@ -848,6 +865,253 @@ fn copy_and_overlay_snapshotters_make_identical_images() {
         .arg(&e.ctx));
     assert_eq!(code, 1);
     assert!(err.contains("ESTIBA_SNAPSHOTTER=zfs"), "{err}");
+}
+
+/// A store whose parent other users can enter (a temp dir is 0700), with
+/// `hostile:test` imported: busybox plus what no other user of the host
+/// may reach through the store, a setuid-root copy of the host's `id`
+/// (`/bin/su-root`, which says `euid=0` when it works) and a 0666 `c 1 11` (`/dev/kmsg`, the kernel log), and
+/// a world-writable `/tmp`. The rootfs is made in a 0700 directory so the
+/// test's own device node is no door either.
+fn hostile_env(files: &[(&str, &str)]) -> Env {
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "making device nodes and switching to nobody need root (CI runs as root)"
+    );
+    let e = env(files);
+    let tmp = e.ctx.parent().expect("tmp");
+    std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let private = tmp.join("private");
+    std::fs::create_dir(&private).expect("mkdir");
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let rootfs = private.join("rootfs");
+    busybox_rootfs(&rootfs);
+    std::fs::copy("/usr/bin/id", rootfs.join("bin/su-root")).expect("copy");
+    std::fs::set_permissions(
+        rootfs.join("bin/su-root"),
+        std::fs::Permissions::from_mode(0o4755),
+    )
+    .expect("chmod");
+    std::fs::create_dir(rootfs.join("dev")).expect("mkdir");
+    mknod(
+        &rootfs.join("dev/kmsg"),
+        SFlag::S_IFCHR,
+        Mode::from_bits_truncate(0o666),
+        makedev(1, 11),
+    )
+    .expect("mknod");
+    std::fs::set_permissions(
+        rootfs.join("dev/kmsg"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .expect("chmod");
+    std::fs::create_dir(rootfs.join("tmp")).expect("mkdir");
+    std::fs::set_permissions(rootfs.join("tmp"), std::fs::Permissions::from_mode(0o1777))
+        .expect("chmod");
+    import_tree(&e, &rootfs, "hostile:test");
+    e
+}
+
+/// `sh -c SCRIPT` as the user nobody (65534), with no supplementary
+/// groups. Through a shell: setpriv keeps root's capabilities until its
+/// own exec, so the command it names is found with root's rights.
+fn as_nobody(script: &str) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "sh",
+        "-c",
+        script,
+        "sh",
+    ]);
+    c
+}
+
+/// Every path under the store root (not the root itself) that nobody can
+/// see: `test -e` as nobody, in one shell.
+fn visible_to_nobody(root: &Path) -> Vec<String> {
+    let paths: Vec<PathBuf> = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .into_iter()
+        .map(|e| e.expect("walk the store").into_path())
+        .collect();
+    let (out, _) = ok(as_nobody(
+        r#"for p; do if [ -e "$p" ] || [ -L "$p" ]; then echo "$p"; fi; done"#,
+    )
+    .args(&paths));
+    out.lines().map(str::to_string).collect()
+}
+
+/// The store holds what an image brought: the setuid binary and the device.
+fn assert_store_holds_hostile_files(root: &Path) {
+    let mut setuid = false;
+    let mut kmsg = false;
+    for entry in walkdir::WalkDir::new(root) {
+        let m = entry.expect("walk the store").metadata().expect("stat");
+        setuid |= m.is_file() && m.mode() & 0o4000 != 0 && m.uid() == 0;
+        kmsg |= m.file_type().is_char_device() && m.rdev() == nix::sys::stat::makedev(1, 11);
+    }
+    assert!(setuid && kmsg, "setuid: {setuid}, kmsg: {kmsg}");
+}
+
+/// Like docker's `/var/lib/docker` (0710) and its layer dirs (0700): an
+/// unprivileged user of the host can neither list the store nor reach
+/// anything in it, so an image's setuid-root binary or `c 1 11` node in an
+/// unpacked snapshot is no way to root or to the kernel log.
+#[test]
+fn other_users_cannot_reach_anything_in_the_store() {
+    let e = hostile_env(&[(
+        "Dockerfile",
+        "FROM hostile:test\nRUN --mount=type=cache,target=/cache echo x > /cache/x\n",
+    )]);
+    let (code, _, err) = build(&e, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_store_holds_hostile_files(&e.root);
+    assert_eq!(visible_to_nobody(&e.root), Vec::<String>::new());
+    let (code, _, _) = run(as_nobody(r#"ls "$1""#).arg(&e.root));
+    assert_ne!(code, 0, "nobody lists the store");
+    let su_root = walkdir::WalkDir::new(&e.root)
+        .into_iter()
+        .map(|e| e.expect("walk").into_path())
+        .find(|p| p.ends_with("rootfs/bin/su-root"))
+        .expect("a snapshot holds /bin/su-root");
+    let (code, out, err) = run(as_nobody(r#"exec "$1""#).arg(&su_root));
+    assert!(
+        code != 0 && !out.contains("euid=0"),
+        "nobody ran {}: {out}{err}",
+        su_root.display()
+    );
+}
+
+/// A store an older estiba made 0755 all the way down is tightened by the
+/// next command that opens it.
+#[test]
+fn an_older_stores_open_modes_are_tightened_when_it_is_opened() {
+    let e = hostile_env(&[("Dockerfile", "FROM hostile:test\nRUN true\n")]);
+    assert_eq!(build(&e, &[]).0, 0);
+    for entry in walkdir::WalkDir::new(&e.root) {
+        let entry = entry.expect("walk");
+        if entry.file_type().is_dir() {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
+        }
+    }
+    assert!(
+        !visible_to_nobody(&e.root).is_empty(),
+        "an old store is open to all"
+    );
+    ok(estiba(&e.root).arg("images"));
+    assert_eq!(visible_to_nobody(&e.root), Vec::<String>::new());
+}
+
+/// The private store is no obstacle to a build container: RUN steps as
+/// users other than root (the overlay's lower dirs and the cache mount are
+/// reached with the mounter's rights), with both snapshotters.
+#[test]
+fn run_steps_as_other_users_work_on_the_private_store() {
+    let e = hostile_env(&[(
+        "Dockerfile",
+        "FROM hostile:test\n\
+         USER 1000\n\
+         RUN --mount=type=cache,target=/cache,uid=1000 \
+         id -u > /tmp/app && ls /bin > /dev/null && cat /etc/passwd > /dev/null \
+         && echo cached > /cache/f && cat /cache/f >> /tmp/app\n\
+         USER 65534:65534\n\
+         RUN id -u > /tmp/nobody && cat /etc/group > /dev/null && ls /tmp >> /tmp/nobody\n",
+    )]);
+    for snapshotter in ["overlay", "copy"] {
+        let out = e.ctx.parent().expect("tmp").join(snapshotter);
+        let (_, err) = ok(estiba(&e.root)
+            .env("ESTIBA_SNAPSHOTTER", snapshotter)
+            .args(["build", "--progress", "plain", "--no-cache", "-o"])
+            .arg(format!("type=local,dest={}", out.display()))
+            .arg(&e.ctx));
+        let read = |f: &str| std::fs::read_to_string(out.join(f)).expect(f);
+        assert_eq!(read("tmp/app"), "1000\ncached\n", "{snapshotter}: {err}");
+        assert_eq!(
+            read("tmp/nobody"),
+            "65534\napp\nnobody\n",
+            "{snapshotter}: {err}"
+        );
+    }
+}
+
+/// `-o type=local` writes the image's files to the host: device nodes only
+/// when asked (`devices=true`), and a warning names the setuid files.
+#[test]
+fn local_export_makes_devices_only_when_asked_and_warns_of_setuid_files() {
+    let e = hostile_env(&[("Dockerfile", "FROM hostile:test\n")]);
+    let out = e.ctx.parent().expect("tmp").join("out");
+    let export = |spec: &str| {
+        let (code, o, err) = build(
+            &e,
+            &["-o", &format!("type=local,dest={}{spec}", out.display())],
+        );
+        assert_eq!(code, 0, "{o}\n{err}");
+        err
+    };
+    let err = export("");
+    assert!(
+        std::fs::symlink_metadata(out.join("dev/kmsg")).is_err(),
+        "the device was made"
+    );
+    assert!(err.contains("1 device node(s)"), "{err}");
+    assert!(err.contains("devices=true"), "{err}");
+    assert!(
+        err.contains("1 setuid/setgid file(s) written") && err.contains("/bin/su-root"),
+        "{err}"
+    );
+    let su = std::fs::metadata(out.join("bin/su-root")).expect("su-root");
+    assert_eq!(su.mode() & 0o7777, 0o4755);
+
+    let err = export(",devices=true");
+    let kmsg = std::fs::symlink_metadata(out.join("dev/kmsg")).expect("dev/kmsg");
+    assert!(kmsg.file_type().is_char_device());
+    assert_eq!(kmsg.rdev(), nix::sys::stat::makedev(1, 11));
+    assert!(!err.contains("device node(s)"), "{err}");
+    let (code, _, err) = build(&e, &["-o", "type=oci,dest=x.tar,devices=true"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+/// `estiba import` honours SOURCE_DATE_EPOCH: one tar imported twice is
+/// one image. Without it the image is dated now, as before.
+#[test]
+fn import_with_source_date_epoch_gives_the_same_image_twice() {
+    let e = env(&[("Dockerfile", "FROM scratch\n")]);
+    let rootfs = e.ctx.parent().expect("tmp").join("rootfs");
+    write(&rootfs, &[("hello", "hola\n")]);
+    let tar = tar_tree(&rootfs);
+    let import = |name: &str, epoch: Option<&str>| {
+        let mut cmd = estiba(&e.root);
+        if let Some(epoch) = epoch {
+            cmd.env("SOURCE_DATE_EPOCH", epoch);
+        }
+        run(cmd.arg("import").arg(&tar).arg(name))
+    };
+    let (code, first, err) = import("a:1", Some("1700000000"));
+    assert_eq!(code, 0, "{err}");
+    let (code, second, err) = import("a:2", Some("1700000000"));
+    assert_eq!(code, 0, "{err}");
+    assert!(first.starts_with("sha256:"), "{first}");
+    assert_eq!(first, second);
+    let (json, _) = ok(estiba(&e.root).args(["inspect", "a:1"]));
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(v[0]["Created"], "2023-11-14T22:13:20Z");
+    assert_eq!(v[0]["History"][0]["created"], "2023-11-14T22:13:20Z");
+
+    let (code, now, err) = import("a:3", None);
+    assert_eq!(code, 0, "{err}");
+    assert_ne!(now, first);
+    let (json, _) = ok(estiba(&e.root).args(["inspect", "a:3"]));
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let created = v[0]["Created"].as_str().expect("created");
+    assert!(created.as_bytes() > b"2024".as_slice(), "{created}");
+    let (code, _, err) = import("a:4", Some("yesterday"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("SOURCE_DATE_EPOCH"), "{err}");
 }
 
 #[test]

@@ -77,20 +77,26 @@ pub struct UnpackOptions {
     pub same_owner: bool,
     /// Apply or keep whiteouts.
     pub whiteouts: WhiteoutMode,
+    /// Create the character and block devices the layer holds. When false
+    /// they are skipped (whatever was at their path is still removed) and
+    /// counted in [`UnpackStats::devices_skipped`]: a tree the host sees
+    /// should not get a device node an image chose.
+    pub devices: bool,
 }
 
 impl Default for UnpackOptions {
-    /// Owners kept when running as root; whiteouts applied.
+    /// Owners kept when running as root; whiteouts applied; devices made.
     fn default() -> Self {
         UnpackOptions {
             same_owner: nix::unistd::geteuid().is_root(),
             whiteouts: WhiteoutMode::Apply,
+            devices: true,
         }
     }
 }
 
 /// Counts of what [`unpack_layer`] did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UnpackStats {
     /// Tar entries read (extension headers not counted).
     pub entries: u64,
@@ -110,6 +116,12 @@ pub struct UnpackStats {
     pub bytes: u64,
     /// xattrs the kernel refused on an unprivileged run.
     pub xattrs_skipped: u64,
+    /// Devices (and hard links to them) not made, as
+    /// [`UnpackOptions::devices`] asked.
+    pub devices_skipped: u64,
+    /// Regular files written with a setuid or setgid bit, relative to the
+    /// destination.
+    pub setid_files: Vec<PathBuf>,
 }
 
 /// The type of a layer entry.
@@ -1458,6 +1470,7 @@ pub fn unpack_layer(
         opts: opts.clone(),
         stats: UnpackStats::default(),
         written: HashSet::new(),
+        skipped_devices: HashSet::new(),
         dirs: Vec::new(),
         parent_cache: None,
     };
@@ -1478,6 +1491,8 @@ struct Unpacker {
     /// Resolved relative paths this layer has written (only when whiteouts
     /// are applied: they hide only what was there before).
     written: HashSet<PathBuf>,
+    /// Entries of devices this layer did not make, for its hard links to them.
+    skipped_devices: HashSet<PathBuf>,
     /// Directories whose mode and mtime are set at the end.
     dirs: Vec<(String, PathBuf, u32, i64)>,
     /// The last parent resolved: (entry components, resolved relative path).
@@ -1608,6 +1623,9 @@ impl Unpacker {
                 self.set_owner_and_xattrs(&name, &abs, meta)?;
                 set_mode(&abs, meta.mode).map_err(err)?;
                 set_mtime(&abs, meta.mtime).map_err(err)?;
+                if meta.mode & 0o6000 != 0 {
+                    self.stats.setid_files.push(rel.clone());
+                }
                 self.stats.files += 1;
                 self.stats.bytes += copied;
             }
@@ -1621,12 +1639,23 @@ impl Unpacker {
             }
             EntryKind::Hardlink => {
                 let target = meta.link_target.as_deref().unwrap_or(Path::new(""));
+                if self.skipped_devices.contains(target) {
+                    remove_any(&abs).map_err(err)?;
+                    self.stats.devices_skipped += 1;
+                    return Ok(());
+                }
                 let target_abs = self.resolve_link_target(&name, target)?;
                 if target_abs != abs {
                     remove_any(&abs).map_err(err)?;
                     fs::hard_link(&target_abs, &abs).map_err(err)?;
                 }
                 self.stats.hardlinks += 1;
+            }
+            EntryKind::CharDevice | EntryKind::BlockDevice if !self.opts.devices => {
+                remove_any(&abs).map_err(err)?;
+                self.skipped_devices.insert(meta.path.clone());
+                self.stats.devices_skipped += 1;
+                return Ok(());
             }
             EntryKind::CharDevice | EntryKind::BlockDevice | EntryKind::Fifo => {
                 remove_any(&abs).map_err(err)?;

@@ -20,7 +20,7 @@ use std::ffi::CString;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -192,6 +192,7 @@ fn root_opts() -> UnpackOptions {
     UnpackOptions {
         same_owner: is_root(),
         whiteouts: WhiteoutMode::Apply,
+        devices: true,
     }
 }
 
@@ -355,6 +356,49 @@ fn rich_tree(root: &Path) -> bool {
         set_mtime(e.path(), 1_600_000_000 + e.depth() as i64);
     }
     xattrs
+}
+
+/// A root filesystem for the host (`-o type=local`) gets no device node an
+/// image chose unless asked: devices and hard links to them are skipped and
+/// counted, and what was at their path goes; setuid and setgid files are
+/// named so the exporter can warn about them.
+#[test]
+fn unpack_skips_devices_when_asked_and_names_setid_files() {
+    let src = tmp();
+    rich_tree(src.path());
+    if is_root() {
+        fs::hard_link(src.path().join("null"), src.path().join("null-too")).unwrap();
+    }
+    let (tar, _) = layer_bytes(src.path(), &LayerOptions::default());
+    let dest = tmp();
+    write(&dest.path().join("null"), b"replaced by the layer");
+    let stats = unpack_layer(
+        &tar[..],
+        dest.path(),
+        &UnpackOptions {
+            devices: false,
+            ..root_opts()
+        },
+    )
+    .unwrap();
+    assert_eq!(stats.setid_files, vec![PathBuf::from("bin/su")]);
+    assert!(fs::symlink_metadata(dest.path().join("fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    if is_root() {
+        assert_eq!(stats.devices_skipped, 2);
+        for name in ["null", "null-too"] {
+            assert!(!dest.path().join(name).exists(), "{name}");
+        }
+    }
+    let dest = tmp();
+    let stats = unpack_layer(&tar[..], dest.path(), &root_opts()).unwrap();
+    assert_eq!(stats.devices_skipped, 0);
+    if is_root() {
+        let null = fs::symlink_metadata(dest.path().join("null-too")).unwrap();
+        assert!(null.file_type().is_char_device());
+    }
 }
 
 #[test]
@@ -622,6 +666,7 @@ fn read_only_dirs_get_their_mode_after_their_contents() {
         &UnpackOptions {
             same_owner: false,
             whiteouts: WhiteoutMode::Apply,
+            devices: true,
         },
     )
     .unwrap();

@@ -3,7 +3,7 @@
 //! own versioned state beside it.
 //!
 //! ```text
-//! ROOT/
+//! ROOT/                       0710; the directories below that estiba makes are 0700
 //!   oci-layout                {"imageLayoutVersion":"1.0.0"}
 //!   index.json                OCI image index; tags are manifests annotated with
 //!                             org.opencontainers.image.ref.name
@@ -37,7 +37,7 @@ pub use lock::StoreLock;
 pub use snapshots::SnapshotBuilder;
 
 use crate::Digest;
-use fsutil::{create_dir_all, io_err};
+use fsutil::io_err;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs;
@@ -76,6 +76,14 @@ pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 
 /// The only OCI image layout version this store reads and writes.
 pub const LAYOUT_VERSION: &str = "1.0.0";
+
+/// The store root's mode: its owner's, and a way through (no listing) for
+/// its group, as docker's `/var/lib/docker`.
+const ROOT_MODE: u32 = 0o710;
+
+/// The mode of every directory the store makes under its root: its
+/// owner's alone, as docker's layer directories.
+const PRIVATE_MODE: u32 = 0o700;
 
 const CACHEDIR_TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
 # This file is a cache directory tag created by estiba.\n\
@@ -237,21 +245,31 @@ impl Store {
     /// Opens the store at `root`, creating the layout (and `root` itself)
     /// where missing. Refuses a directory whose `oci-layout` has another
     /// version.
+    ///
+    /// The store is private to its owner, as `/var/lib/docker` is, since
+    /// unpacked snapshots hold images' setuid files and device nodes: the
+    /// root is 0710, `blobs/` and `estiba/` (and the directories the store
+    /// makes in them) 0700. A store made with looser modes by an older
+    /// estiba is tightened here; only these top-level directories are, as
+    /// nothing below them can be reached past them.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        create_dir_all(root)?;
+        fsutil::create_dir_mode(root, ROOT_MODE)?;
         let root = fs::canonicalize(root).map_err(io_err("resolve", root))?;
         let store = Store {
             root,
             exclusive_held: Arc::new(AtomicUsize::new(0)),
         };
         store.check_layout_version()?;
+        fsutil::private_dir(&store.root, ROOT_MODE)?;
         for dir in [
+            store.root.join("blobs"),
             store.blobs_dir(),
+            store.estiba_dir(),
             store.cache_dir(),
             store.snapshots_dir(),
             store.tmp_dir(),
         ] {
-            create_dir_all(&dir)?;
+            fsutil::private_dir(&dir, PRIVATE_MODE)?;
         }
         store.with_index_lock(|| {
             let layout = store.root.join("oci-layout");

@@ -158,6 +158,54 @@ fn layout_is_created_and_valid() {
     assert!(tmp_entries(&again).is_empty());
 }
 
+/// The permission bits of `path` beyond `allowed`.
+fn mode_beyond(path: &Path, allowed: u32) -> u32 {
+    fs::metadata(path).expect("stat").permissions().mode() & 0o777 & !allowed
+}
+
+/// Snapshots hold images' setuid files and device nodes: like
+/// `/var/lib/docker`, the root lets only its owner (and its group, through)
+/// in, and the directories below are the owner's alone. A store an older
+/// estiba made 0755 is tightened when opened; a stricter mode is kept.
+#[test]
+fn the_store_is_private_to_its_owner_and_older_stores_are_tightened() {
+    const PRIVATE: [&str; 6] = [
+        "blobs",
+        "blobs/sha256",
+        "estiba",
+        "estiba/cache-v1",
+        "estiba/snapshots-v1",
+        "estiba/tmp",
+    ];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("store");
+    let check = |root: &Path| {
+        assert_eq!(mode_beyond(root, 0o710), 0, "the store root");
+        for d in PRIVATE {
+            assert_eq!(mode_beyond(&root.join(d), 0o700), 0, "{d}");
+        }
+    };
+    Store::open(&root).expect("open creates the layout");
+    check(&root);
+    // What an older estiba left: everything 0755.
+    for d in PRIVATE.iter().map(|d| root.join(d)).chain([root.clone()]) {
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    Store::open(&root).expect("reopen");
+    check(&root);
+    assert_eq!(
+        fs::metadata(&root).expect("stat").permissions().mode() & 0o7777,
+        0o710
+    );
+    fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).expect("chmod");
+    Store::open(&root).expect("reopen");
+    assert_eq!(
+        fs::metadata(&root).expect("stat").permissions().mode() & 0o7777,
+        0o700,
+        "a stricter mode stays"
+    );
+}
+
 #[test]
 fn refuses_another_layout_version() {
     let dir = tempfile::tempdir().expect("temp dir");

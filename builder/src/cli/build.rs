@@ -104,16 +104,32 @@ enum Output {
     Image,
     Oci(PathBuf),
     Docker(PathBuf),
-    Local(PathBuf),
+    /// The root filesystem; device nodes only with `devices=true`.
+    Local {
+        dest: PathBuf,
+        devices: bool,
+    },
 }
 
 fn parse_output(spec: &str) -> Result<Output, Failure> {
     let mut kind = None;
     let mut dest = None;
+    let mut devices = None;
     for field in spec.split(',') {
         match field.split_once('=') {
             Some(("type", v)) => kind = Some(v.to_string()),
             Some(("dest", v)) => dest = Some(PathBuf::from(v)),
+            Some(("devices", v)) => {
+                devices = Some(match v {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(Failure::Usage(format!(
+                            "invalid --output field {field:?} in {spec:?}: devices is true or false"
+                        )))
+                    }
+                })
+            }
             _ if !field.contains('=') && kind.is_none() => kind = Some(field.to_string()),
             _ => {
                 return Err(Failure::Usage(format!(
@@ -125,11 +141,19 @@ fn parse_output(spec: &str) -> Result<Output, Failure> {
     let need_dest = |dest: Option<PathBuf>, kind: &str| {
         dest.ok_or_else(|| Failure::Usage(format!("--output type={kind} needs dest=PATH")))
     };
+    if devices.is_some() && kind.as_deref() != Some("local") {
+        return Err(Failure::Usage(format!(
+            "--output {spec:?}: devices= is for type=local only"
+        )));
+    }
     match kind.as_deref() {
         Some("image") | None => Ok(Output::Image),
         Some("oci") => Ok(Output::Oci(need_dest(dest, "oci")?)),
         Some("docker") => Ok(Output::Docker(need_dest(dest, "docker")?)),
-        Some("local") => Ok(Output::Local(need_dest(dest, "local")?)),
+        Some("local") => Ok(Output::Local {
+            dest: need_dest(dest, "local")?,
+            devices: devices.unwrap_or(false),
+        }),
         Some(other) => Err(Failure::Usage(format!(
             "unknown --output type {other:?}: use image, oci, docker or local"
         ))),
@@ -193,14 +217,7 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
     );
     let context = BuildContext::open(&args.context, Some(&path), Some(stat_cache))
         .with_context(|| format!("cannot use the build context {}", args.context.display()))?;
-    let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.is_empty() => Some(v.parse::<i64>().map_err(|_| {
-            Failure::Usage(format!(
-                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds"
-            ))
-        })?),
-        _ => None,
-    };
+    let epoch = source_date_epoch()?;
     let solver = Solver::new(
         &store,
         &context,
@@ -266,7 +283,9 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
                 false,
                 compression,
             )?,
-            Output::Local(dest) => super::images::export_rootfs(&store, &built, dest)?,
+            Output::Local { dest, devices } => {
+                super::images::export_rootfs(&store, &built, dest, *devices, reporter)?
+            }
         }
     }
     if let Some(f) = &args.iidfile {
@@ -281,6 +300,20 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
         println!("{image_id}");
     }
     Ok(())
+}
+
+/// `SOURCE_DATE_EPOCH`, when set and not empty: the time every timestamp
+/// an image records is given, for images that are the same bytes on any
+/// day.
+pub(crate) fn source_date_epoch() -> Result<Option<i64>, Failure> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => v.parse::<i64>().map(Some).map_err(|_| {
+            Failure::Usage(format!(
+                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds"
+            ))
+        }),
+        _ => Ok(None),
+    }
 }
 
 fn tags_or_default(tags: &[Reference]) -> Vec<String> {
@@ -325,6 +358,28 @@ fn dry_run(args: &BuildArgs, path: &Path, text: &str, opts: &PlanOptions) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_output_makes_devices_only_when_asked() {
+        let local = |devices| Output::Local {
+            dest: PathBuf::from("d"),
+            devices,
+        };
+        for (spec, want) in [
+            ("type=local,dest=d", local(false)),
+            ("type=local,dest=d,devices=false", local(false)),
+            ("local,dest=d,devices=true", local(true)),
+        ] {
+            assert_eq!(parse_output(spec).ok(), Some(want), "{spec}");
+        }
+        for bad in [
+            "type=local,dest=d,devices=yes",
+            "type=oci,dest=d,devices=true",
+            "devices=true",
+        ] {
+            assert!(matches!(parse_output(bad), Err(Failure::Usage(_))), "{bad}");
+        }
+    }
 
     #[test]
     fn secrets_parse_as_buildx_reads_them() {

@@ -230,9 +230,11 @@ pub(crate) fn prune(root: Option<&Path>, all: bool) -> Result<(), Failure> {
 }
 
 /// `estiba import FILE NAME`: the tarball (decompressed) becomes the one
-/// layer of a new image, as `docker import` does.
+/// layer of a new image, as `docker import` does. Its creation time is
+/// `SOURCE_DATE_EPOCH` when set, so one tar imported twice is one image.
 pub(crate) fn import(root: Option<&Path>, file: &Path, name: &str) -> Result<(), Failure> {
     let reference = Reference::parse(name).map_err(|e| Failure::Usage(e.to_string()))?;
+    let created = super::build::source_date_epoch()?.unwrap_or_else(now);
     let store = super::store::open(root)?;
     let _lock = store.lock_shared().context("cannot lock the store")?;
     let input =
@@ -251,7 +253,6 @@ pub(crate) fn import(root: Option<&Path>, file: &Path, name: &str) -> Result<(),
         .with_context(|| format!("cannot read {}", file.display()))?;
     let (digest, size) = blob.commit()?;
     let platform = estiba_frontend::Platform::host();
-    let created = now();
     let config = ImageConfig {
         architecture: platform.architecture,
         os: platform.os,
@@ -296,14 +297,64 @@ impl<R: std::io::Read, W: std::io::Write> std::io::Read for TeeReader<'_, R, W> 
 }
 
 /// `-o type=local,dest=DIR`: the image's root filesystem, layers applied.
-pub(crate) fn export_rootfs(store: &Store, built: &Built, dest: &Path) -> Result<(), Failure> {
+/// Device nodes are made only with `devices` (an image's `c 1 11` would
+/// otherwise be a door to the host's kernel log); a warning says how many
+/// were skipped, and another names the setuid and setgid files written.
+pub(crate) fn export_rootfs(
+    store: &Store,
+    built: &Built,
+    dest: &Path,
+    devices: bool,
+    reporter: &dyn estiba::progress::Reporter,
+) -> Result<(), Failure> {
     std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    let opts = estiba::layer::UnpackOptions {
+        devices,
+        ..estiba::layer::UnpackOptions::default()
+    };
+    let mut devices_skipped = 0;
+    let mut setid = std::collections::BTreeSet::new();
     for layer in &built.layers {
         let blob = store.open_blob(&layer.descriptor.digest)?;
         let reader = estiba::compress::decompressing_reader(std::io::BufReader::new(blob))
             .context("cannot read a layer")?;
-        estiba::layer::unpack_layer(reader, dest, &estiba::layer::UnpackOptions::default())
+        let stats = estiba::layer::unpack_layer(reader, dest, &opts)
             .with_context(|| format!("cannot write the root filesystem to {}", dest.display()))?;
+        devices_skipped += stats.devices_skipped;
+        setid.extend(stats.setid_files);
+    }
+    if devices_skipped > 0 {
+        reporter.warning(&format!(
+            "{devices_skipped} device node(s) of the image not written to {}: \
+             add devices=true to --output to write them",
+            dest.display()
+        ));
+    }
+    // What later layers left setuid or setgid.
+    use std::os::unix::fs::PermissionsExt;
+    let setid: Vec<_> = setid
+        .into_iter()
+        .filter(|rel| {
+            std::fs::symlink_metadata(dest.join(rel))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o6000 != 0)
+        })
+        .collect();
+    if !setid.is_empty() {
+        const NAMED: usize = 5;
+        let mut names: Vec<String> = setid
+            .iter()
+            .take(NAMED)
+            .map(|p| format!("/{}", p.display()))
+            .collect();
+        if setid.len() > NAMED {
+            names.push(format!("and {} more", setid.len() - NAMED));
+        }
+        reporter.warning(&format!(
+            "{} setuid/setgid file(s) written to {}: {}",
+            setid.len(),
+            dest.display(),
+            names.join(", ")
+        ));
     }
     Ok(())
 }

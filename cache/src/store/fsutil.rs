@@ -10,10 +10,10 @@
 use super::StoreError;
 use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::hash::{BuildHasher, Hasher as _};
 use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +31,38 @@ pub(crate) fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error
 /// `mkdir -p`.
 pub(crate) fn create_dir_all(path: &Path) -> Result<(), StoreError> {
     fs::create_dir_all(path).map_err(io_err("create directory", path))
+}
+
+/// `mkdir -p` that gives `path` itself `mode` (less the umask) when it
+/// makes it; its parents get the usual 0777 less the umask. Returns whether
+/// `path` was made; an existing directory is left as it is.
+pub(crate) fn create_dir_mode(path: &Path, mode: u32) -> Result<bool, StoreError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_all(parent)?;
+    }
+    match DirBuilder::new().mode(mode).create(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(false),
+        Err(e) => Err(io_err("create directory", path)(e)),
+    }
+}
+
+/// Makes `path` a directory whose permission bits are at most `mode`:
+/// made with `mode` where missing, and where it exists with more bits (a
+/// store an older estiba made 0755 all the way down) chmod'ed to drop the
+/// extra ones. Bits `mode` lacks but the directory has not are left alone,
+/// so a stricter mode its owner set stays.
+pub(crate) fn private_dir(path: &Path, mode: u32) -> Result<(), StoreError> {
+    if create_dir_mode(path, mode)? {
+        return Ok(());
+    }
+    let current = fs::metadata(path).map_err(io_err("inspect", path))?.mode() & 0o7777;
+    let tight = current & (mode | 0o7000);
+    if tight != current {
+        fs::set_permissions(path, fs::Permissions::from_mode(tight))
+            .map_err(io_err("restrict the permissions of", path))?;
+    }
+    Ok(())
 }
 
 /// Makes a directory entry durable: fsync of the directory itself.

@@ -131,7 +131,7 @@ impl Store {
         let mut attempts = 0;
         let dir = loop {
             let dir = tmp_dir.join(fsutil::unique_name("snapshot"));
-            match DirBuilder::new().mode(0o755).create(&dir) {
+            match DirBuilder::new().mode(super::PRIVATE_MODE).create(&dir) {
                 Ok(()) => break dir,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 16 => {
                     attempts += 1;
@@ -152,6 +152,7 @@ impl Store {
         };
         fsutil::flock(&builder.lock, LockKind::Exclusive, false)
             .map_err(io_err("lock", &builder.dir))?;
+        // The image's `/`: other users inside a build container go through it.
         DirBuilder::new()
             .mode(0o755)
             .create(&builder.rootfs)
