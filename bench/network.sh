@@ -89,11 +89,15 @@ for only in $ONLY; do
       "$REPO/scripts/node-base" "$ESTIBA" "$STORE" bench-node >"$LOG/node-base.log" 2>&1 ||
         { tail -n 20 "$LOG/node-base.log" >&2; die "scripts/node-base failed"; }
       mkdir -p "$WORK/npm"
+      # The host's CA bundle, for a network whose TLS goes through a proxy.
+      cp /etc/ssl/certs/ca-certificates.crt "$WORK/npm/ca.crt"
       cat >"$WORK/npm/package.json" <<'EOF'
 { "name": "bench", "version": "1.0.0", "dependencies": { "express": "4.19.2" } }
 EOF
       cat >"$WORK/npm/Dockerfile" <<'EOF'
 FROM bench-node
+ENV NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca.crt
+COPY ca.crt /etc/ssl/certs/ca.crt
 WORKDIR /app
 COPY package.json .
 RUN npm install --offline=false --no-audit --no-fund --cache /tmp/npm-cache && ls node_modules | wc -l

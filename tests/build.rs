@@ -659,7 +659,7 @@ fn build_network_none_applies_to_steps_without_their_own() {
         host_ifaces.iter().any(|i| i != "lo"),
         "the host has a network besides lo: {host_ifaces:?}"
     );
-    let none = local_export(&e, &["--network", "none"]);
+    let none = local_export(&e, &["--network", "none", "--allow", "network.host"]);
     assert_eq!(
         std::fs::read_to_string(none.join("default")).expect("default"),
         "lo\n"
@@ -667,22 +667,31 @@ fn build_network_none_applies_to_steps_without_their_own() {
     let host = std::fs::read_to_string(none.join("host")).expect("host");
     assert!(host.lines().any(|i| i != "lo"), "{host}");
 
-    let (code, _, err) = build(&e, &["--network", "host"]);
+    let (code, _, err) = build(&e, &["--network", "host", "--allow", "network.host"]);
     assert_eq!(code, 0, "{err}");
     assert!(
         !err.contains("CACHED"),
         "the first RUN ran again on the host network: {err}"
     );
-    let (code, _, err) = build(&e, &[]);
+    let (code, _, err) = build(&e, &["--allow", "network.host"]);
     assert_eq!(code, 0, "{err}");
     assert!(
         !err.contains("CACHED"),
         "the first RUN ran again on the default network: {err}"
     );
-    let (code, _, err) = build(&e, &["--network", "none"]);
+    let (code, _, err) = build(&e, &["--network", "none", "--allow", "network.host"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(err.matches("CACHED").count(), 2, "{err}");
     assert_eq!(build(&e, &["--network", "bridge"]).0, 2, "not a network");
+
+    // `RUN --network=host` is an entitlement, as in BuildKit: refused at
+    // its line unless the build allows it.
+    let (code, _, err) = build(&e, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("network.host is not allowed") && err.contains("Dockerfile:3"),
+        "{err}"
+    );
 }
 
 /// Whether the process of a `/proc/PID` directory is alive (not a zombie
@@ -738,7 +747,7 @@ fn the_default_network_is_private_and_the_hosts_loopback_out_of_reach() {
     )]);
     import_busybox(&e);
     let before = pasta_processes();
-    let out = local_export(&e, &[]);
+    let out = local_export(&e, &["--allow", "network.host"]);
     let read = |name: &str| std::fs::read_to_string(out.join(name)).expect(name);
     assert_eq!(read("default"), "unreachable\n");
     assert_eq!(read("host"), "host-only service\n");

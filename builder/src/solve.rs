@@ -249,12 +249,17 @@ pub enum Entitlement {
     /// `RUN --security=insecure`: a step with every capability and no
     /// seccomp filter.
     SecurityInsecure,
+    /// `RUN --network=host`: a step on the host's network, its loopback
+    /// services included (`build --network host` is the user's own choice
+    /// and needs nothing more).
+    NetworkHost,
 }
 
 impl std::fmt::Display for Entitlement {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Entitlement::SecurityInsecure => "security.insecure",
+            Entitlement::NetworkHost => "network.host",
         })
     }
 }
@@ -492,12 +497,18 @@ impl<'a> Solver<'a> {
     fn check_entitlements(&self, graph: &BuildGraph) -> Result<(), SolveError> {
         for step in graph.needed_stages().flat_map(|stage| &stage.steps) {
             let needs = match &step.op {
-                Op::Run(run) if run.security.as_deref() == Some("insecure") => {
-                    Entitlement::SecurityInsecure
-                }
+                Op::Run(run) => [
+                    (run.security.as_deref() == Some("insecure"))
+                        .then_some(Entitlement::SecurityInsecure),
+                    (run.network.as_deref() == Some("host")).then_some(Entitlement::NetworkHost),
+                ],
                 _ => continue,
             };
-            if !self.opts.allow.contains(&needs) {
+            if let Some(needs) = needs
+                .into_iter()
+                .flatten()
+                .find(|needs| !self.opts.allow.contains(needs))
+            {
                 return Err(SolveError {
                     span: Some(step.span.clone()),
                     kind: Box::new(SolveErrorKind::NotAllowed(needs)),

@@ -129,7 +129,8 @@ pub(crate) struct BuildArgs {
     #[arg(long, value_enum, default_value_t = BuildNetwork::Default)]
     pub(crate) network: BuildNetwork,
     /// Allow what steps may only do when allowed (BuildKit's
-    /// entitlements): security.insecure for `RUN --security=insecure`.
+    /// entitlements): security.insecure for `RUN --security=insecure`,
+    /// network.host for `RUN --network=host`.
     #[arg(long = "allow", value_enum)]
     pub(crate) allow: Vec<AllowArg>,
     /// Progress output: auto, plain, tty or quiet.
@@ -169,6 +170,8 @@ pub(crate) enum BuildNetwork {
 pub(crate) enum AllowArg {
     #[value(name = "security.insecure")]
     SecurityInsecure,
+    #[value(name = "network.host")]
+    NetworkHost,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

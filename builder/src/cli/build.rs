@@ -236,6 +236,7 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
                 .iter()
                 .map(|a| match a {
                     AllowArg::SecurityInsecure => Entitlement::SecurityInsecure,
+                    AllowArg::NetworkHost => Entitlement::NetworkHost,
                 })
                 .collect(),
         },
