@@ -178,16 +178,13 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
     for w in &graph.warnings {
         reporter.warning(&w.message);
     }
-    let stat_cache = store.root().join("estiba").join("statcache-v1").join(
-        estiba_cache::Digest::of(
-            args.context
-                .canonicalize()
-                .unwrap_or_default()
-                .as_os_str()
-                .as_encoded_bytes(),
-        )
-        .hex(),
-    );
+    let stat_cache = store.stat_cache_file(&estiba_cache::Digest::of(
+        args.context
+            .canonicalize()
+            .unwrap_or_default()
+            .as_os_str()
+            .as_encoded_bytes(),
+    ));
     let context = BuildContext::open(&args.context, Some(&path), Some(stat_cache))
         .with_context(|| format!("cannot use the build context {}", args.context.display()))?;
     let epoch = match std::env::var("SOURCE_DATE_EPOCH") {

@@ -18,7 +18,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 pub(crate) const MARKER: &str = "complete";
-const ROOTFS: &str = "rootfs";
+pub(crate) const ROOTFS: &str = "rootfs";
 
 /// A snapshot being built: fill [`path`](SnapshotBuilder::path), then
 /// [`commit`](SnapshotBuilder::commit). Dropped without committing, the
