@@ -16,7 +16,7 @@
 //! job), and neither is a manifest an index lists but that was never
 //! stored (a pulled image keeps only its own platform's).
 
-use super::fsutil::{self, io_err};
+use super::fsutil::io_err;
 use super::gc::{desc_digest, desc_media_type, entries, hex_digest, Manifest, Refs};
 use super::index::ref_name;
 use super::snapshots::{MARKER, ROOTFS};
@@ -267,23 +267,9 @@ impl Store {
                     }
                 }
                 Problem::BrokenSnapshot { name, .. } => {
-                    // Moved aside first (atomic), so nothing ever sees it
-                    // half-removed; a crash leaves a dead temp entry.
                     let path = self.snapshots_dir().join(name);
-                    let aside = self.tmp_dir().join(fsutil::unique_name("broken-snapshot"));
-                    match fs::rename(&path, &aside) {
-                        Ok(()) => {
-                            fsutil::remove_dir_all_force(&aside)?;
-                            done.snapshots_removed += 1;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(source) => {
-                            return Err(StoreError::Rename {
-                                from: path,
-                                to: aside,
-                                source,
-                            })
-                        }
+                    if self.remove_snapshot_dir(&path)?.is_some() {
+                        done.snapshots_removed += 1;
                     }
                 }
             }

@@ -319,8 +319,10 @@ impl Store {
             if keep {
                 continue;
             }
-            report.bytes_freed += fsutil::remove_dir_all_force(&path)?;
-            report.snapshots_removed += 1;
+            if let Some(freed) = self.remove_snapshot_dir(&path)? {
+                report.bytes_freed += freed;
+                report.snapshots_removed += 1;
+            }
         }
         Ok(())
     }
