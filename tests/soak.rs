@@ -108,8 +108,15 @@ fn tmp_entries(root: &Path) -> Vec<String> {
     names
 }
 
-fn fsck_is_clean(root: &Path) {
-    let (code, out, err) = run(estiba(root).arg("fsck"));
+/// `estiba fsck` finds nothing; with `full`, snapshots are also compared
+/// with their layers.
+fn fsck_is_clean(root: &Path, full: bool) {
+    let mut cmd = estiba(root);
+    cmd.arg("fsck");
+    if full {
+        cmd.arg("--full");
+    }
+    let (code, out, err) = run(&mut cmd);
     assert_eq!(code, 0, "fsck found problems:\n{out}\n{err}");
     assert!(out.contains("no problems"), "{out}");
 }
@@ -194,7 +201,7 @@ fn builds_killed_at_random_points_leave_a_sound_store_and_concurrent_builds_agre
     eprintln!("{killed} builds killed in {attempts} attempts");
 
     // The next command clears what the killed builds left.
-    fsck_is_clean(&root);
+    fsck_is_clean(&root, true);
     assert_eq!(tmp_entries(&root), Vec::<String>::new());
     assert_eq!(build_id(&root, &ctx, &[]), reference);
     assert_eq!(build_id(&root, &ctx, &["--no-cache"]), reference);
@@ -258,7 +265,7 @@ fn builds_killed_at_random_points_leave_a_sound_store_and_concurrent_builds_agre
             );
         }
     }
-    fsck_is_clean(&root);
+    fsck_is_clean(&root, true);
     assert_eq!(tmp_entries(&root), Vec::<String>::new());
     let images = ok(estiba(&root).arg("images"));
     for k in 0..BUILDS_PER_ROUND {
@@ -274,7 +281,7 @@ fn fsck_repair_drops_a_damaged_layer_and_the_next_build_makes_it_again() {
     let ctx = context(tmp.path());
     let root = tmp.path().join("store");
     let id = build_id(&root, &ctx, &["-t", "app:1"]);
-    fsck_is_clean(&root);
+    fsck_is_clean(&root, true);
 
     // Flip one byte of the largest blob: the 8 MB layer of the first RUN.
     let blobs = root.join("blobs/sha256");
@@ -307,7 +314,7 @@ fn fsck_repair_drops_a_damaged_layer_and_the_next_build_makes_it_again() {
         "{out}"
     );
     assert!(out.ends_with("no problems\n"), "{out}");
-    fsck_is_clean(&root);
+    fsck_is_clean(&root, true);
 
     // The step whose layer was dropped runs again; the rest is cached.
     let (code, _, err) = run(&mut build_cmd(&root, &ctx, &[]));
@@ -318,7 +325,7 @@ fn fsck_repair_drops_a_damaged_layer_and_the_next_build_makes_it_again() {
         bytes[at] ^= 0xff;
         bytes
     });
-    fsck_is_clean(&root);
+    fsck_is_clean(&root, true);
 }
 
 #[test]
@@ -380,5 +387,66 @@ fn a_refused_load_leaves_no_blob_behind() {
     // The sound archive loads, to the same image.
     let out = ok(estiba(&other).arg("load").arg("-i").arg(&archive));
     assert!(out.contains("Loaded image: app:1"), "{out}");
-    fsck_is_clean(&other);
+    fsck_is_clean(&other, true);
+}
+
+#[test]
+fn fsck_full_finds_a_snapshot_that_is_not_its_layer() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ctx = context(tmp.path());
+    // Whiteouts, an opaque directory, owners, modes, links, and a step
+    // after each RUN so that snapshots come both from RUN upper dirs and
+    // from unpacked layers.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\n\
+         ADD rootfs.tar /\n\
+         RUN mkdir -p /etc/d /opt/keep && echo a > /etc/d/a && echo k > /opt/keep/k \
+             && ln -s /etc/d/a /link && chmod 4755 /etc/d/a\n\
+         RUN rm /opt/keep/k && rm -rf /etc/d && mkdir /etc/d && echo b > /etc/d/b \
+             && ln /etc/d/b /etc/d/hard && chown 10:20 /etc/d/b\n\
+         COPY more.txt /etc/d/more\n\
+         RUN cat /etc/d/more /etc/d/b\n",
+    )
+    .expect("write");
+    let root = tmp.path().join("store");
+    let id = build_id(&root, &ctx, &[]);
+    fsck_is_clean(&root, true);
+
+    // Change one file of the snapshot holding /etc/d/b.
+    let snapshots = root.join("estiba/snapshots-v1");
+    let damaged = std::fs::read_dir(&snapshots)
+        .expect("snapshots")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.join("rootfs/etc/d/b").is_file())
+        .expect("the snapshot of the second RUN");
+    std::fs::write(damaged.join("rootfs/etc/d/b"), "c\n").expect("write");
+    let name = damaged.file_name().expect("name").to_string_lossy();
+
+    // Only --full unpacks the layers again and sees it.
+    fsck_is_clean(&root, false);
+    let (code, out, err) = run(estiba(&root).args(["fsck", "--full"]));
+    assert_eq!(code, 1, "{out}\n{err}");
+    let line = format!("snapshot {name}: differs from layer sha256:");
+    assert!(out.starts_with(&line), "{out}");
+    assert!(
+        out.contains(": /etc/d/b is a file 2 bytes sha256:"),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 1, "{out}");
+
+    let out = ok(estiba(&root).args(["fsck", "--full", "--repair"]));
+    assert!(
+        out.contains("Removed 0 blobs, 0 image entries, 0 cache records, 1 snapshots"),
+        "{out}"
+    );
+    assert!(!damaged.exists());
+    fsck_is_clean(&root, true);
+    // The next build unpacks the layer again where a step needs it.
+    assert_eq!(build_id(&root, &ctx, &["--no-cache"]), id);
+    assert_eq!(
+        std::fs::read_to_string(damaged.join("rootfs/etc/d/b")).expect("made again"),
+        "b\n"
+    );
+    fsck_is_clean(&root, true);
 }

@@ -1476,7 +1476,7 @@ fn distinct_layers(layers: &[PathBuf]) -> Vec<PathBuf> {
 /// step mounts them as lower dirs as they are. Making 0/0 devices and
 /// `trusted.*` xattrs needs root; without it (no RUN is possible then) the
 /// OCI form stays, which [`LayeredTree`] reads as well.
-fn overlay_form(dir: &Path) -> Result<()> {
+pub(crate) fn overlay_form(dir: &Path) -> Result<()> {
     if nix::unistd::geteuid().is_root() {
         crate::rootfs::oci_to_overlay(dir)?;
     }

@@ -1226,7 +1226,7 @@ fn store_with_image() -> (tempfile::TempDir, Store, Image, Digest) {
 
 #[test]
 fn fsck_of_a_sound_store_is_clean() {
-    let (_dir, store, _, _) = store_with_image();
+    let (_dir, store, image, _) = store_with_image();
     let _lock = store.lock_shared().expect("shared");
     let report = store.fsck().expect("fsck");
     assert!(report.is_clean(), "{:?}", report.problems);
@@ -1239,6 +1239,16 @@ fn fsck_of_a_sound_store_is_clean() {
         ),
         (4, 1, 1, 2)
     );
+    // Each snapshot's layer, for a caller that can unpack it again.
+    let layers: Vec<(Digest, Digest)> = report.layers.into_iter().collect();
+    let mut want: Vec<(Digest, Digest)> = image
+        .diff_ids
+        .iter()
+        .copied()
+        .zip(image.layers.iter().copied())
+        .collect();
+    want.sort();
+    assert_eq!(layers, want);
 }
 
 #[test]

@@ -58,6 +58,10 @@ pub(crate) enum Command {
         /// Drop what is broken (the next build makes it again).
         #[arg(long)]
         repair: bool,
+        /// Also unpack every layer that has a snapshot again and compare
+        /// the two trees (as long as unpacking the whole store takes).
+        #[arg(long)]
+        full: bool,
     },
     /// Load images from a `docker save` archive or an OCI archive.
     Load {

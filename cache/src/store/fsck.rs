@@ -23,7 +23,7 @@ use super::snapshots::{MARKER, ROOTFS};
 use super::tmp::Sweep;
 use super::{CacheRecord, Store, StoreError};
 use crate::Digest;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::fs;
 use std::io;
@@ -42,6 +42,11 @@ pub struct FsckReport {
     pub snapshots_checked: usize,
     /// Everything wrong, in the order found.
     pub problems: Vec<Problem>,
+    /// For each diff id a cache record or an image names, an intact layer
+    /// blob with that diff id: what a snapshot can be checked against
+    /// (by unpacking it again, which needs a tar reader this crate does
+    /// not have).
+    pub layers: BTreeMap<Digest, Digest>,
 }
 
 impl FsckReport {
@@ -87,6 +92,14 @@ pub enum SnapshotFault {
     },
     /// The marker is there but the tree is not.
     NoTree,
+    /// The tree is not what unpacking its layer gives (found by a caller
+    /// that can unpack layers: `estiba fsck --full`).
+    DiffersFromLayer {
+        /// The layer blob it was compared with.
+        layer: Digest,
+        /// The first difference.
+        detail: String,
+    },
 }
 
 /// One thing wrong in the store; its `Display` is one line naming it.
@@ -184,6 +197,9 @@ impl fmt::Display for Problem {
                         write!(f, "completion marker names {found:?}")
                     }
                     SnapshotFault::NoTree => f.write_str("rootfs is missing"),
+                    SnapshotFault::DiffersFromLayer { layer, detail } => {
+                        write!(f, "differs from layer {layer}: {detail}")
+                    }
                 }
             }
         }
@@ -390,10 +406,21 @@ impl Store {
                     .config
                     .map(|c| ("config", c))
                     .into_iter()
-                    .chain(refs.layers.into_iter().map(|l| ("layer", l)));
+                    .chain(refs.layers.iter().map(|l| ("layer", *l)));
                 for (role, blob) in parts {
                     if let Some(fault) = state(&blob) {
                         report.problems.push(broken(role, blob, fault));
+                    }
+                }
+                let diff_ids = refs
+                    .config
+                    .filter(|c| state(c).is_none())
+                    .and_then(|c| self.config_diff_ids(&c));
+                if let Some(diff_ids) = diff_ids.filter(|d| d.len() == refs.layers.len()) {
+                    for (diff_id, layer) in diff_ids.into_iter().zip(&refs.layers) {
+                        if state(layer).is_none() {
+                            report.layers.insert(diff_id, *layer);
+                        }
                     }
                 }
                 queue.extend(refs.manifests.into_iter().map(|(d, mt)| (d, mt, false)));
@@ -420,12 +447,17 @@ impl Store {
                 continue;
             };
             if let Some(layer) = &record.layer {
-                if let Some(fault) = state(&layer.digest) {
-                    report.problems.push(Problem::BrokenRecord {
+                match state(&layer.digest) {
+                    Some(fault) => report.problems.push(Problem::BrokenRecord {
                         key,
                         blob: layer.digest,
                         fault,
-                    });
+                    }),
+                    None => {
+                        if let Some(diff_id) = record.diff_id {
+                            report.layers.insert(diff_id, layer.digest);
+                        }
+                    }
                 }
             }
         }

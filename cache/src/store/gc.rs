@@ -232,25 +232,29 @@ impl Store {
     /// Marks the diff ids an image config lists; a config that cannot be
     /// read only means its snapshots are not kept.
     fn mark_diff_ids(&self, config: &Digest, live: &mut Live) {
+        live.diff_ids
+            .extend(self.config_diff_ids(config).into_iter().flatten());
+    }
+
+    /// The diff ids (`rootfs.diff_ids`) an image config lists, in order;
+    /// `None` for a config that is too large, unreadable or not JSON.
+    /// Entries that are not digests are left out.
+    pub(super) fn config_diff_ids(&self, config: &Digest) -> Option<Vec<Digest>> {
         let small = fs::metadata(self.blob_path(config)).is_ok_and(|m| m.len() <= MAX_CONFIG);
         if !small {
-            return;
+            return None;
         }
-        let Ok(bytes) = self.read_blob(config) else {
-            return;
-        };
-        let Ok(doc) = serde_json::from_slice::<Value>(&bytes) else {
-            return;
-        };
+        let doc = serde_json::from_slice::<Value>(&self.read_blob(config).ok()?).ok()?;
         let ids = doc
             .get("rootfs")
             .and_then(|r| r.get("diff_ids"))
             .and_then(Value::as_array);
-        for id in ids.into_iter().flatten() {
-            if let Some(d) = id.as_str().and_then(|s| s.parse().ok()) {
-                live.diff_ids.insert(d);
-            }
-        }
+        Some(
+            ids.into_iter()
+                .flatten()
+                .filter_map(|id| id.as_str().and_then(|s| s.parse().ok()))
+                .collect(),
+        )
     }
 
     fn sweep_records(
