@@ -169,13 +169,15 @@ fn builds_killed_at_random_points_leave_a_sound_store_and_concurrent_builds_agre
     let root = tmp.path().join("store");
     let mut killed = 0;
     let mut attempts = 0;
-    // Delays are drawn below this; it shrinks whenever a build finishes
-    // first (cached builds are quicker than the first one).
-    let mut limit = (full.as_millis() as u64).max(50);
+    // Delays are drawn below a limit per kind of build (uncached, cached);
+    // it shrinks whenever such a build finishes before its kill.
+    let mut limits = [(full.as_millis() as u64).max(50); 2];
+    let mut killed_after = Vec::new();
     while killed < KILLS && attempts < MAX_ATTEMPTS {
         attempts += 1;
+        let cached = attempts % 3 == 0;
         let mut cmd = build_cmd(&root, &ctx, &[]);
-        if attempts % 3 != 0 {
+        if !cached {
             cmd.arg("--no-cache");
         }
         let mut child = cmd
@@ -184,21 +186,29 @@ fn builds_killed_at_random_points_leave_a_sound_store_and_concurrent_builds_agre
             .process_group(0)
             .spawn()
             .expect("spawn estiba build");
-        std::thread::sleep(Duration::from_millis(rng.below(limit)));
+        let delay = rng.below(limits[usize::from(cached)]);
+        std::thread::sleep(Duration::from_millis(delay));
         kill_group(&child);
         let status = child.wait().expect("reap the build");
         if status.signal() == Some(libc::SIGKILL) {
             killed += 1;
+            killed_after.push(delay);
         } else {
             assert!(status.success(), "attempt {attempts}: {status}");
-            limit = (limit * 4 / 5).max(20);
+            let limit = &mut limits[usize::from(cached)];
+            *limit = (*limit * 4 / 5).max(20);
         }
     }
     assert!(
         killed >= KILLS,
         "only {killed} of {attempts} builds were killed before they finished"
     );
-    eprintln!("{killed} builds killed in {attempts} attempts");
+    killed_after.sort_unstable();
+    eprintln!(
+        "{killed} builds killed in {attempts} attempts, after {killed_after:?} ms \
+         (a clean build took {} ms)",
+        full.as_millis()
+    );
 
     // The next command clears what the killed builds left.
     fsck_is_clean(&root, true);
@@ -207,8 +217,8 @@ fn builds_killed_at_random_points_leave_a_sound_store_and_concurrent_builds_agre
     assert_eq!(build_id(&root, &ctx, &["--no-cache"]), reference);
     assert_eq!(tmp_entries(&root), Vec::<String>::new());
 
-    // Rounds of concurrent builds, with prune (or prune --all) and rmi of
-    // the round before's tags beside them.
+    // Rounds of concurrent builds, with prune (or prune --all), fsck and
+    // rmi of the round before's tags beside them.
     for round in 0..ROUNDS {
         let mut builds = Vec::new();
         for k in 0..BUILDS_PER_ROUND {
@@ -232,6 +242,12 @@ fn builds_killed_at_random_points_leave_a_sound_store_and_concurrent_builds_agre
             prune.arg("--all");
         }
         let prune = prune.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+        // A check beside the builds finds nothing half-done.
+        let fsck = estiba(&root)
+            .args(["fsck", "--full"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
         let rmi = (round > 0).then(|| {
             let mut cmd = estiba(&root);
             cmd.arg("rmi");
@@ -253,10 +269,8 @@ fn builds_killed_at_random_points_leave_a_sound_store_and_concurrent_builds_agre
             let id = std::fs::read_to_string(&iid).expect("iidfile");
             assert_eq!(id.trim(), reference, "round {round}");
         }
-        for other in [Some(prune.expect("spawn prune")), rmi]
-            .into_iter()
-            .flatten()
-        {
+        let others = [prune.expect("spawn prune"), fsck.expect("spawn fsck")];
+        for other in others.into_iter().chain(rmi) {
             let out = other.wait_with_output().expect("command ends");
             assert!(
                 out.status.success(),
