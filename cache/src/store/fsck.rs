@@ -1,7 +1,9 @@
 //! Checking the store (`estiba fsck`): every blob against its digest,
 //! everything that names a blob against the blobs there are, and snapshots
-//! against the layers they unpack; and repairing it by dropping what is
-//! broken, so the next build makes it again.
+//! against their diff ids; and repairing it by dropping what is broken, so
+//! the next build makes it again. Comparing a snapshot's tree with its
+//! layer needs a tar reader: the report names each snapshot's layer
+//! ([`FsckReport::layers`]) for a caller that has one (`estiba fsck --full`).
 //!
 //! What is checked:
 //!
