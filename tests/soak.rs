@@ -2,8 +2,9 @@
 //! steps killed with SIGKILL at random points, then `estiba fsck` is clean,
 //! nothing the killed builds left stays once the next command has run, and
 //! a rebuild gives the image a fresh store gives; then rounds of concurrent
-//! builds with `prune` and `rmi` beside them. Also `fsck --repair` on a
-//! damaged layer, and a refused `load` that leaves nothing behind.
+//! builds with `prune`, `rmi` and `fsck` beside them. Also `fsck --repair`
+//! on a damaged layer, `fsck --full` on a damaged snapshot, and a refused
+//! `load` that leaves nothing behind.
 //!
 //! The random delays come from a seed printed on stderr; set
 //! `ESTIBA_SOAK_SEED` to replay one.
@@ -241,13 +242,18 @@ fn builds_killed_at_random_points_leave_a_sound_store_and_concurrent_builds_agre
         if round % 2 == 1 {
             prune.arg("--all");
         }
-        let prune = prune.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+        let prune = prune
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn prune");
         // A check beside the builds finds nothing half-done.
         let fsck = estiba(&root)
             .args(["fsck", "--full"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .spawn();
+            .spawn()
+            .expect("spawn fsck");
         let rmi = (round > 0).then(|| {
             let mut cmd = estiba(&root);
             cmd.arg("rmi");
@@ -269,8 +275,7 @@ fn builds_killed_at_random_points_leave_a_sound_store_and_concurrent_builds_agre
             let id = std::fs::read_to_string(&iid).expect("iidfile");
             assert_eq!(id.trim(), reference, "round {round}");
         }
-        let others = [prune.expect("spawn prune"), fsck.expect("spawn fsck")];
-        for other in others.into_iter().chain(rmi) {
+        for other in [prune, fsck].into_iter().chain(rmi) {
             let out = other.wait_with_output().expect("command ends");
             assert!(
                 out.status.success(),
