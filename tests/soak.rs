@@ -109,6 +109,19 @@ fn tmp_entries(root: &Path) -> Vec<String> {
     names
 }
 
+/// What is in the store's stat cache dir that is not a stat cache (named
+/// by the digest of a context's path): temp files a killed build left.
+fn stat_cache_strays(root: &Path) -> Vec<String> {
+    let dir = root.join("estiba/statcache-v1");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    entries
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect()
+}
+
 /// `estiba fsck` finds nothing; with `full`, snapshots are also compared
 /// with their layers.
 fn fsck_is_clean(root: &Path, full: bool) {
@@ -214,6 +227,7 @@ fn builds_killed_at_random_points_leave_a_sound_store_and_concurrent_builds_agre
     // The next command clears what the killed builds left.
     fsck_is_clean(&root, true);
     assert_eq!(tmp_entries(&root), Vec::<String>::new());
+    assert_eq!(stat_cache_strays(&root), Vec::<String>::new());
     assert_eq!(build_id(&root, &ctx, &[]), reference);
     assert_eq!(build_id(&root, &ctx, &["--no-cache"]), reference);
     assert_eq!(tmp_entries(&root), Vec::<String>::new());

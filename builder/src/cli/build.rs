@@ -185,8 +185,12 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
             .as_os_str()
             .as_encoded_bytes(),
     ));
+    // The new stat cache file is written here, so a killed build's goes with
+    // the leftovers the next command removes.
+    let stat_scratch = store.temp_dir("statcache")?;
     let context = BuildContext::open(&args.context, Some(&path), Some(stat_cache))
-        .with_context(|| format!("cannot use the build context {}", args.context.display()))?;
+        .with_context(|| format!("cannot use the build context {}", args.context.display()))?
+        .with_stat_cache_temp_dir(stat_scratch.path());
     let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.is_empty() => Some(v.parse::<i64>().map_err(|_| {
             Failure::Usage(format!(

@@ -57,8 +57,8 @@ pub struct PruneReport {
     /// `RUN --mount=type=cache` directories deleted (with `all`; else only
     /// strays that are not named like one).
     pub mount_caches_removed: usize,
-    /// Build contexts' stat caches deleted (with `all`; else only a killed
-    /// build's temp files).
+    /// Build contexts' stat caches deleted (with `all`; else only strays
+    /// that are not named like one).
     pub stat_caches_removed: usize,
 }
 
@@ -334,8 +334,8 @@ impl Store {
     /// The caches beside the blobs that no record names: `RUN
     /// --mount=type=cache` directories and the stat caches of build
     /// contexts, all dropped with `all`. Otherwise only what is not named
-    /// like an entry of theirs goes (a stat cache's temp file a killed
-    /// build left).
+    /// like an entry of theirs goes (a stat cache's temp file an older
+    /// estiba, which wrote them beside the cache, left when killed).
     fn sweep_side_caches(&self, all: bool, report: &mut PruneReport) -> Result<(), StoreError> {
         for (name, path) in entries(&self.mount_caches_dir())? {
             if all || hex_digest(&name).is_none() {
