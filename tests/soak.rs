@@ -179,7 +179,7 @@ fn builds_killed_at_random_points_leave_a_sound_store_and_concurrent_builds_agre
     let full = started.elapsed();
 
     // Builds killed at random points, some from scratch (--no-cache), some
-    // on what the killed ones before them left.
+    // on what the killed ones before them left; and some prunes.
     let root = tmp.path().join("store");
     let mut killed = 0;
     let mut attempts = 0;
@@ -187,6 +187,7 @@ fn builds_killed_at_random_points_leave_a_sound_store_and_concurrent_builds_agre
     // it shrinks whenever such a build finishes before its kill.
     let mut limits = [(full.as_millis() as u64).max(50); 2];
     let mut killed_after = Vec::new();
+    let mut prunes_killed = 0;
     while killed < KILLS && attempts < MAX_ATTEMPTS {
         attempts += 1;
         let cached = attempts % 3 == 0;
@@ -212,6 +213,28 @@ fn builds_killed_at_random_points_leave_a_sound_store_and_concurrent_builds_agre
             let limit = &mut limits[usize::from(cached)];
             *limit = (*limit * 4 / 5).max(20);
         }
+        // Now and then a prune, killed too: GC must be as crash-safe.
+        if attempts % 4 == 0 {
+            let mut prune = estiba(&root);
+            prune.arg("prune");
+            if attempts % 8 == 0 {
+                prune.arg("--all");
+            }
+            let mut child = prune
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .expect("spawn estiba prune");
+            std::thread::sleep(Duration::from_millis(rng.below(40)));
+            kill_group(&child);
+            let status = child.wait().expect("reap the prune");
+            if status.signal() == Some(libc::SIGKILL) {
+                prunes_killed += 1;
+            } else {
+                assert!(status.success(), "prune after attempt {attempts}: {status}");
+            }
+        }
     }
     assert!(
         killed >= KILLS,
@@ -220,7 +243,7 @@ fn builds_killed_at_random_points_leave_a_sound_store_and_concurrent_builds_agre
     killed_after.sort_unstable();
     eprintln!(
         "{killed} builds killed in {attempts} attempts, after {killed_after:?} ms \
-         (a clean build took {} ms)",
+         (a clean build took {} ms); {prunes_killed} prunes killed",
         full.as_millis()
     );
 
