@@ -106,8 +106,10 @@ EOF
       ;;
     apt)
       command -v debootstrap >/dev/null || die "no debootstrap: apt-get install -y debootstrap"
-      mirror=$(grep -rhoE '^(deb|URIs:) +https?://[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null |
-        head -n1 | awk '{ print $2 }')
+      # Debian's own mirror from the apt sources (not a third party's).
+      mirror=$(awk '($1 == "URIs:" || $1 == "deb") && /\/debian\/?( |$)/ && !/security/ {
+        for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) { print $i; exit } }' \
+        /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null || true)
       [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
       echo "debootstrap --variant=minbase bookworm from $mirror (not timed)"
       debootstrap --variant=minbase bookworm "$WORK/debian" "$mirror" >"$LOG/debootstrap.log" 2>&1 ||

@@ -242,6 +242,14 @@ impl BuildContext {
         self
     }
 
+    /// Writes a new stat cache file in `dir` before renaming it over the
+    /// old one (by default it is written beside it). `dir` must be on the
+    /// same file system, and outlive the context (dropping it saves too).
+    pub fn with_stat_cache_temp_dir(self, dir: &Path) -> Self {
+        self.stat_cache().set_temp_dir(dir.to_path_buf());
+        self
+    }
+
     /// Lowers how many new stat cache records are kept in memory before
     /// they go to a sorted run file, for tests of the runs.
     #[doc(hidden)]

@@ -17,3 +17,4 @@ pub mod reference;
 pub mod rootfs;
 pub mod solve;
 pub mod tree;
+pub mod verify;

@@ -24,7 +24,7 @@ fn is_overlay_whiteout(m: &fs::Metadata) -> bool {
 }
 
 /// Whether `dir` is an overlayfs opaque directory (`trusted.overlay.opaque=y`).
-fn is_overlay_opaque(dir: &Path) -> bool {
+pub(crate) fn is_overlay_opaque(dir: &Path) -> bool {
     read_xattrs_raw(dir, "trusted.overlay.opaque").is_some_and(|v| v == b"y")
 }
 

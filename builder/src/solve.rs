@@ -17,7 +17,7 @@ use crate::progress::Reporter;
 use crate::reference::Reference;
 use crate::rootfs::LayeredTree;
 use crate::tree::{self, SourceTree};
-use estiba_cache::{CacheRecord, Descriptor, Digest, Store};
+use estiba_cache::{CacheRecord, Descriptor, Digest, Store, TempDir};
 use estiba_frontend::dockerignore::Matcher;
 use estiba_frontend::graph::{Base, BuildGraph, CopySource, CopyStep, Op, Stage, Step};
 use estiba_frontend::Span;
@@ -733,13 +733,7 @@ impl<'a> Solver<'a> {
             Op::Copy(copy) => {
                 // ADD <url>: downloaded first, so the content is in the key.
                 let urls: Vec<&String> = copy.sources.iter().filter(|s| fetch::is_url(s)).collect();
-                let downloads = tempfile::Builder::new()
-                    .prefix("download-")
-                    .tempdir_in(self.store.tmp_dir())
-                    .map_err(|source| SolveErrorKind::Io {
-                        path: self.store.tmp_dir(),
-                        source,
-                    })?;
+                let downloads = self.store.temp_dir("download")?;
                 // With --checksum the checksum names the content: a cache hit
                 // needs no download. Without it, the content decides the key.
                 let fetch_all = || -> Result<Vec<(PathBuf, fetch::Downloaded)>> {
@@ -1069,12 +1063,8 @@ impl<'a> Solver<'a> {
     /// A private copy of a bind mount's source in the store's temp dir,
     /// removed with the returned dir; returns the path to bind. The copy
     /// keeps writes to a `rw` mount out of the context and the layer.
-    fn materialize(&self, bind: &BindSource<'_>) -> Result<(tempfile::TempDir, PathBuf)> {
-        let tmp = self.store.tmp_dir();
-        let dir = tempfile::Builder::new()
-            .prefix("bind-")
-            .tempdir_in(&tmp)
-            .map_err(|source| SolveErrorKind::Io { path: tmp, source })?;
+    fn materialize(&self, bind: &BindSource<'_>) -> Result<(TempDir, PathBuf)> {
+        let dir = self.store.temp_dir("bind")?;
         let mut writer = Writer::new(
             LayeredTree::new(Vec::new()),
             CopyOptions {
@@ -1112,27 +1102,30 @@ impl<'a> Solver<'a> {
         }
     }
 
-    /// A secret's value in a temp file of the store (mode 0400 or `mode=`,
-    /// owned by `uid=`/`gid=`), removed when the returned file is dropped.
+    /// A secret's value in a file in a temp dir of the store (mode 0400 or
+    /// `mode=`, owned by `uid=`/`gid=`), removed when the returned dir is
+    /// dropped; returns the dir and the file.
     fn secret_file(
         &self,
         value: &[u8],
         mount: &estiba_frontend::instructions::Mount,
-    ) -> Result<tempfile::NamedTempFile> {
+    ) -> Result<(TempDir, PathBuf)> {
         use std::io::Write;
-        use std::os::unix::fs::PermissionsExt;
-        let tmp = self.store.tmp_dir();
-        let mut file = tempfile::Builder::new()
-            .prefix("secret-")
-            .tempfile_in(&tmp)
-            .map_err(|source| SolveErrorKind::Io { path: tmp, source })?;
-        let path = file.path().to_path_buf();
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let dir = self.store.temp_dir("secret")?;
+        let path = dir.path().join("secret");
         let io = |source| SolveErrorKind::Io {
             path: path.clone(),
             source,
         };
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io)?;
         file.write_all(value).map_err(io)?;
-        file.as_file().sync_all().map_err(io)?;
+        file.sync_all().map_err(io)?;
         let mode = mount.mode.unwrap_or(0o400) & 0o7777;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
         std::os::unix::fs::chown(
@@ -1141,7 +1134,7 @@ impl<'a> Solver<'a> {
             Some(mount.gid.unwrap_or(0)),
         )
         .map_err(io)?;
-        Ok(file)
+        Ok((dir, path))
     }
 
     /// RUN: the command in a build container above `current`'s layers; its
@@ -1160,14 +1153,14 @@ impl<'a> Solver<'a> {
         use crate::executor::{self, ExtraMount, RunOptions, RunSpec};
         use estiba_frontend::instructions::MountKind;
         let lower = self.layered(&current.layers)?;
-        let upper = self.new_upper()?;
-        let work = tempfile::Builder::new()
-            .prefix("work-")
-            .tempdir_in(self.store.tmp_dir())
-            .map_err(|source| SolveErrorKind::Io {
-                path: self.store.tmp_dir(),
-                source,
-            })?;
+        let upper = self.store.temp_dir("upper")?;
+        // The overlay's work dir and the executor's own scratch files.
+        let scratch = self.store.temp_dir("run")?;
+        let work = scratch.path().join("work");
+        std::fs::create_dir(&work).map_err(|source| SolveErrorKind::Io {
+            path: work.clone(),
+            source,
+        })?;
         let mut mounts = Vec::new();
         // Kept until the command has ended, then removed.
         let mut bind_dirs = Vec::new();
@@ -1190,19 +1183,11 @@ impl<'a> Solver<'a> {
                     let id =
                         m.id.clone()
                             .unwrap_or_else(|| m.target.clone().unwrap_or_default());
-                    let dir = self
-                        .store
-                        .root()
-                        .join("estiba")
-                        .join("mounts-v1")
-                        // BuildKit's cache starts from a directory made with
-                        // the mount's uid/gid/mode: they are part of its identity.
-                        .join(
-                            Digest::of(
-                                format!("{id}\0{:?}\0{:?}\0{:?}", m.uid, m.gid, m.mode).as_bytes(),
-                            )
-                            .hex(),
-                        );
+                    // BuildKit's cache starts from a directory made with
+                    // the mount's uid/gid/mode: they are part of its identity.
+                    let dir = self.store.mount_cache_dir(&Digest::of(
+                        format!("{id}\0{:?}\0{:?}\0{:?}", m.uid, m.gid, m.mode).as_bytes(),
+                    ));
                     if !dir.exists() {
                         // Made once, owned and moded as the mount asks
                         // (BuildKit: uid, gid default 0, mode 0755).
@@ -1212,10 +1197,7 @@ impl<'a> Solver<'a> {
                         };
                         let parent = dir.parent().unwrap_or(&dir);
                         std::fs::create_dir_all(parent).map_err(io)?;
-                        let fresh = tempfile::Builder::new()
-                            .prefix("cache-")
-                            .tempdir_in(self.store.tmp_dir())
-                            .map_err(io)?;
+                        let fresh = self.store.temp_dir("cache")?;
                         nix::unistd::chown(
                             fresh.path(),
                             Some(m.uid.unwrap_or(0).into()),
@@ -1268,9 +1250,9 @@ impl<'a> Solver<'a> {
                         (None, Some(_)) => None,
                     };
                     if let Some(target) = target {
-                        let file = self.secret_file(&value, m)?;
+                        let (file, path) = self.secret_file(&value, m)?;
                         mounts.push(ExtraMount::Bind {
-                            source: file.path().to_path_buf(),
+                            source: path,
                             target,
                             readonly: true,
                         });
@@ -1289,7 +1271,7 @@ impl<'a> Solver<'a> {
         let spec = RunSpec {
             lower: distinct_layers(lower.layers()),
             upper: upper.path().to_path_buf(),
-            work: work.path().to_path_buf(),
+            work,
             args: run.args.clone(),
             env,
             user: run.user.clone(),
@@ -1320,7 +1302,7 @@ impl<'a> Solver<'a> {
         let code = executor::run_with(
             &spec,
             &RunOptions {
-                tmp_dir: self.store.tmp_dir(),
+                tmp_dir: scratch.path().to_path_buf(),
                 ..RunOptions::default()
             },
             &mut |_, bytes| {
@@ -1349,23 +1331,14 @@ impl<'a> Solver<'a> {
                 output,
             });
         }
-        drop(work);
+        drop(scratch);
         executor::upper_to_layer_dir(upper.path())?;
         self.commit_upper(upper)
     }
 
-    /// A fresh, empty upper directory in the store's temp dir.
-    fn new_upper(&self) -> Result<tempfile::TempDir> {
-        let tmp = self.store.tmp_dir();
-        tempfile::Builder::new()
-            .prefix("upper-")
-            .tempdir_in(&tmp)
-            .map_err(|source| SolveErrorKind::Io { path: tmp, source })
-    }
-
     /// Turns a filled upper directory (OCI whiteout form) into a stored
     /// layer, and keeps the directory itself as the layer's snapshot.
-    fn commit_upper(&self, upper: tempfile::TempDir) -> Result<Layer> {
+    fn commit_upper(&self, upper: TempDir) -> Result<Layer> {
         let mut blob = self.store.blob_writer()?;
         let info = layer::write_layer(
             upper.path(),
@@ -1385,7 +1358,7 @@ impl<'a> Solver<'a> {
                 source,
             })?;
             // Renamed away: nothing left for the TempDir to remove.
-            let _ = upper.keep();
+            upper.keep();
             builder.commit()?;
         }
         Ok(Layer {
@@ -1445,11 +1418,7 @@ impl<'a> Solver<'a> {
                 })
             );
             if unpack && is_file && is_archive(tree.open(&m.path)?) {
-                let tmp = self.store.tmp_dir();
-                let extracted = tempfile::Builder::new()
-                    .prefix("add-")
-                    .tempdir_in(&tmp)
-                    .map_err(|source| SolveErrorKind::Io { path: tmp, source })?;
+                let extracted = self.store.temp_dir("add")?;
                 let reader =
                     crate::compress::decompressing_reader(tree.open(&m.path)?).map_err(|e| {
                         SolveErrorKind::Copy(copy::CopyError::Tree(tree::TreeError::Other(
@@ -1569,7 +1538,7 @@ fn distinct_layers(layers: &[PathBuf]) -> Vec<PathBuf> {
 /// step mounts them as lower dirs as they are. Making 0/0 devices and
 /// `trusted.*` xattrs needs root; without it (no RUN is possible then) the
 /// OCI form stays, which [`LayeredTree`] reads as well.
-fn overlay_form(dir: &Path) -> Result<()> {
+pub(crate) fn overlay_form(dir: &Path) -> Result<()> {
     if nix::unistd::geteuid().is_root() {
         crate::rootfs::oci_to_overlay(dir)?;
     }

@@ -1291,3 +1291,46 @@ fn twenty_thousand_files_cold_and_warm() {
         fs::metadata(&cache).expect("cache").len()
     );
 }
+
+#[test]
+fn a_new_stat_cache_file_is_written_in_the_given_temp_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("ctx");
+    let cache = dir.path().join("store/statcache/ctx");
+    let files = make_files(&root, 20);
+    let_timestamps_settle();
+    let hash_all = |ctx: &BuildContext| {
+        for f in &files {
+            ctx.content_digest(f).expect("digest");
+        }
+    };
+
+    // Written in a temp dir that is not there: the save fails, and nothing
+    // is left beside the cache file.
+    let ctx = BuildContext::open(&root, None, Some(cache.clone()))
+        .expect("open")
+        .with_stat_cache_temp_dir(&dir.path().join("gone"));
+    hash_all(&ctx);
+    let err = ctx.save_stat_cache().expect_err("no temp dir");
+    assert!(matches!(err, ContextError::SaveStatCache { .. }), "{err}");
+    drop(ctx);
+    let beside: Vec<_> = fs::read_dir(cache.parent().expect("parent"))
+        .expect("cache dir")
+        .collect();
+    assert!(beside.is_empty(), "{beside:?}");
+
+    // Written there, then renamed into place.
+    let scratch = dir.path().join("store/tmp");
+    mkdir(dir.path(), "store/tmp");
+    let ctx = BuildContext::open(&root, None, Some(cache.clone()))
+        .expect("open")
+        .with_stat_cache_temp_dir(&scratch);
+    hash_all(&ctx);
+    ctx.save_stat_cache().expect("save");
+    drop(ctx);
+    assert!(cache.is_file());
+    assert_eq!(fs::read_dir(&scratch).expect("scratch").count(), 0);
+    let ctx = BuildContext::open(&root, None, Some(cache)).expect("reopen");
+    hash_all(&ctx);
+    assert_eq!(ctx.stats().cache_hits, 20);
+}

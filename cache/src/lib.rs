@@ -11,7 +11,7 @@ mod store;
 
 pub use digest::{Digest, DigestError, Hasher};
 pub use store::{
-    media_type, remove_dir_all_force, BlobWriter, CacheRecord, Descriptor, PruneOptions,
-    PruneReport, SnapshotBuilder, Store, StoreError, StoreLock, LAYOUT_VERSION,
-    REF_NAME_ANNOTATION,
+    media_type, remove_dir_all_force, BlobFault, BlobWriter, CacheRecord, Descriptor, FsckReport,
+    Problem, PruneOptions, PruneReport, RepairReport, SnapshotBuilder, SnapshotFault, Store,
+    StoreError, StoreLock, TempDir, LAYOUT_VERSION, REF_NAME_ANNOTATION,
 };

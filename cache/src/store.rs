@@ -14,27 +14,36 @@
 //!     index.lock              flock: serialises read-modify-write of index.json
 //!     cache-v1/<hex>          step cache: one JSON CacheRecord per cache key
 //!     snapshots-v1/<hex>/     unpacked layer per diff id: rootfs/ + a `complete` marker
-//!     tmp/                    temp files and directories, renamed into place when done
+//!     mounts-v1/<hex>/        one `RUN --mount=type=cache` directory per identity
+//!     statcache-v1/<hex>      one build context's stat cache, by the digest of its path
+//!     tmp/                    temp files and directories, renamed into place when done;
+//!                             each names and is locked by the process that made it
 //! ```
 //!
 //! Nothing is ever written in place: blobs, `index.json`, cache records and
 //! snapshots are built under `estiba/tmp` and renamed, so a crash or a
 //! concurrent reader never sees half of anything under its final name.
+//! Every path above is named here, by a `Store` method, and
+//! [`Store::prune`] knows all of them.
 
 mod blobs;
 mod direct;
+mod fsck;
 mod fsutil;
 mod gc;
 mod index;
 mod lock;
 mod records;
 mod snapshots;
+mod tmp;
 
 pub use blobs::BlobWriter;
+pub use fsck::{BlobFault, FsckReport, Problem, RepairReport, SnapshotFault};
 pub use fsutil::remove_dir_all_force;
 pub use gc::{PruneOptions, PruneReport};
 pub use lock::StoreLock;
 pub use snapshots::SnapshotBuilder;
+pub use tmp::TempDir;
 
 use crate::Digest;
 use fsutil::io_err;
@@ -334,11 +343,29 @@ impl Store {
         self.estiba_dir().join("snapshots-v1")
     }
     /// `estiba/tmp`: scratch space on the store's file system, so what is
-    /// built there can be renamed into the store. Use it only while holding
-    /// a store lock: [`Store::prune`] removes every entry there that is not
-    /// `flock`ed by its creator.
-    pub fn tmp_dir(&self) -> PathBuf {
+    /// built there can be renamed into the store. Entries are made only by
+    /// [`Store::temp_dir`] and the store's own writers (see the `tmp`
+    /// module), never by hand.
+    fn tmp_dir(&self) -> PathBuf {
         self.estiba_dir().join("tmp")
+    }
+    fn mount_caches_dir(&self) -> PathBuf {
+        self.estiba_dir().join("mounts-v1")
+    }
+    fn stat_caches_dir(&self) -> PathBuf {
+        self.estiba_dir().join("statcache-v1")
+    }
+    /// The directory of the `RUN --mount=type=cache` whose identity (id,
+    /// owner, mode: the builder decides) hashes to `id`. It may not exist
+    /// yet; it outlives builds until `prune --all`.
+    pub fn mount_cache_dir(&self, id: &Digest) -> PathBuf {
+        self.mount_caches_dir().join(id.hex())
+    }
+    /// The stat cache file of the build context whose (canonical) path
+    /// hashes to `context`. It may not exist yet; its directory is created
+    /// by whoever writes it; it stays until `prune --all`.
+    pub fn stat_cache_file(&self, context: &Digest) -> PathBuf {
+        self.stat_caches_dir().join(context.hex())
     }
     fn index_path(&self) -> PathBuf {
         self.root.join("index.json")

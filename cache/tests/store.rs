@@ -1127,3 +1127,305 @@ fn disk_usage_counts_blobs() {
     let after = store.disk_usage().expect("usage");
     assert!(after >= before + 100_000);
 }
+
+const LEFTOVER_ROOT: &str = "ESTIBA_STORE_TEST_LEFTOVER_ROOT";
+
+/// Not a test on its own: the body of the child process of
+/// `leftovers_of_killed_processes_go_and_live_ones_stay`. It leaves one of
+/// each kind of temp entry open, says so, and waits to be killed.
+#[test]
+fn child_process_leaving_temp_data() {
+    let Ok(root) = std::env::var(LEFTOVER_ROOT) else {
+        return;
+    };
+    let store = Store::open(Path::new(&root)).expect("child opens store");
+    let _shared = store.lock_shared().expect("child shared lock");
+    // An overlay upper and work dir as a killed RUN leaves them: the
+    // kernel's work/work is mode 000.
+    let upper = store.temp_dir("upper").expect("temp dir");
+    fs::create_dir_all(upper.path().join("work/work")).expect("mkdir");
+    fs::write(upper.path().join("big"), vec![1u8; 1 << 20]).expect("write");
+    fs::set_permissions(
+        upper.path().join("work/work"),
+        fs::Permissions::from_mode(0o000),
+    )
+    .expect("chmod 000");
+    let mut blob = store.blob_writer().expect("blob writer");
+    blob.write_all(&[2u8; 100_000]).expect("write blob");
+    let snapshot = store
+        .snapshot_builder(&Digest::of(b"half"))
+        .expect("builder");
+    fs::write(snapshot.path().join("f"), b"x").expect("write");
+    let mut out = std::io::stdout();
+    out.write_all(b"ready\n")
+        .and_then(|()| out.flush())
+        .expect("tell the parent");
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn leftovers_of_killed_processes_go_and_live_ones_stay() {
+    use std::io::BufRead;
+    let (_dir, store) = new_store();
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut child = std::process::Command::new(&exe)
+        .args(["child_process_leaving_temp_data", "--exact", "--nocapture"])
+        .env(LEFTOVER_ROOT, store.root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn child");
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    while !line.contains("ready") {
+        line.clear();
+        assert_ne!(
+            out.read_line(&mut line).expect("read child"),
+            0,
+            "child ended"
+        );
+    }
+    assert_eq!(tmp_entries(&store).len(), 3, "{:?}", tmp_entries(&store));
+    // This process's own entries, and one an older estiba left (its name
+    // names no owner).
+    let live = store.temp_dir("live").expect("temp dir");
+    fs::create_dir(store.root().join("estiba/tmp/upper-Ab3xYz")).expect("mkdir");
+
+    // While the child lives, nothing of it goes.
+    let shared = store.lock_shared().expect("shared");
+    let report = store.remove_leftovers().expect("clean");
+    assert_eq!(report.tmp_removed, 0);
+    assert_eq!(tmp_entries(&store).len(), 5);
+
+    // Killed: its entries go, beside a shared lock (builds may run).
+    child.kill().expect("SIGKILL the child");
+    child.wait().expect("reap the child");
+    let report = store.remove_leftovers().expect("clean");
+    assert_eq!(report.tmp_removed, 3, "{:?}", tmp_entries(&store));
+    assert!(report.bytes_freed >= 1 << 20, "{report:?}");
+    let left = tmp_entries(&store);
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(live.path().is_dir());
+    drop(shared);
+
+    // GC, alone with the store, also takes the unowned entry; ours stays.
+    let _lock = store.lock_exclusive().expect("exclusive");
+    let report = store.prune(false).expect("prune");
+    assert_eq!(report.tmp_removed, 1);
+    assert!(live.path().is_dir());
+    drop(live);
+    assert!(tmp_entries(&store).is_empty());
+}
+
+#[test]
+fn prune_all_drops_mount_and_stat_caches_and_plain_prune_their_strays() {
+    let (_dir, store) = new_store();
+    let mount = store.mount_cache_dir(&Digest::of(b"id=/root/.cache"));
+    fs::create_dir_all(mount.join("pip")).expect("mkdir");
+    fs::write(mount.join("pip/wheel"), b"w").expect("write");
+    let stat = store.stat_cache_file(&Digest::of(b"/src/app"));
+    fs::create_dir_all(stat.parent().expect("parent")).expect("mkdir");
+    fs::write(&stat, b"cache").expect("write");
+    let stray = stat.with_file_name(".tmpAbCdEf");
+    fs::write(&stray, b"half").expect("write");
+    assert!(mount.starts_with(store.root()) && stat.starts_with(store.root()));
+
+    let _lock = store.lock_exclusive().expect("exclusive");
+    let report = store.prune(false).expect("prune");
+    assert_eq!(
+        (report.mount_caches_removed, report.stat_caches_removed),
+        (0, 1)
+    );
+    assert!(mount.join("pip/wheel").is_file() && stat.is_file() && !stray.exists());
+    let report = store.prune(true).expect("prune --all");
+    assert_eq!(
+        (report.mount_caches_removed, report.stat_caches_removed),
+        (1, 1)
+    );
+    assert!(!mount.exists() && !stat.exists());
+}
+
+/// A store with one tagged image whose second layer also has a cache
+/// record and a snapshot.
+fn store_with_image() -> (tempfile::TempDir, Store, Image, Digest) {
+    let (dir, store) = new_store();
+    let image = make_image(&store, "fsck", false);
+    store.set_tag("app:1", &image.manifest).expect("tag");
+    let key = Digest::of(b"step key");
+    store
+        .cache_put(
+            &key,
+            &CacheRecord {
+                layer: Some(desc(
+                    media_type::OCI_LAYER_GZIP,
+                    (image.layers[1], "fsck layer 1".len() as u64),
+                )),
+                diff_id: Some(image.diff_ids[1]),
+                created: 1,
+            },
+        )
+        .expect("record");
+    for diff_id in &image.diff_ids {
+        make_snapshot(&store, diff_id);
+    }
+    (dir, store, image, key)
+}
+
+#[test]
+fn fsck_of_a_sound_store_is_clean() {
+    let (_dir, store, image, _) = store_with_image();
+    let _lock = store.lock_shared().expect("shared");
+    let report = store.fsck().expect("fsck");
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(
+        (
+            report.blobs_checked,
+            report.images_checked,
+            report.records_checked,
+            report.snapshots_checked
+        ),
+        (4, 1, 1, 2)
+    );
+    // Each snapshot's layer, for a caller that can unpack it again.
+    let layers: Vec<(Digest, Digest)> = report.layers.into_iter().collect();
+    let mut want: Vec<(Digest, Digest)> = image
+        .diff_ids
+        .iter()
+        .copied()
+        .zip(image.layers.iter().copied())
+        .collect();
+    want.sort();
+    assert_eq!(layers, want);
+}
+
+#[test]
+fn fsck_finds_a_damaged_layer_and_repair_drops_it_and_what_needs_it() {
+    let (_dir, store, image, key) = store_with_image();
+    let layer = image.layers[1];
+    let path = store.blob_path(&layer);
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut bytes = fs::read(&path).expect("read");
+    bytes[3] ^= 1;
+    fs::write(&path, &bytes).expect("flip one byte");
+
+    let report = store.fsck().expect("fsck");
+    let lines: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            format!("blob {layer}: content hashes to {}", Digest::of(&bytes)),
+            format!("tag app:1: layer {layer} is damaged"),
+            format!("cache record {}: layer {layer} is damaged", key.hex()),
+        ]
+    );
+    assert!(matches!(store.repair(&report), Err(StoreError::NotLocked)));
+
+    let _lock = store.lock_exclusive().expect("exclusive");
+    let done = store.repair(&report).expect("repair");
+    assert_eq!(
+        (
+            done.blobs_removed,
+            done.index_entries_removed,
+            done.records_removed
+        ),
+        (1, 1, 1)
+    );
+    assert!(store.fsck().expect("fsck").is_clean());
+    // The next build misses and makes the layer again.
+    assert!(!store.has_blob(&layer));
+    assert_eq!(store.cache_get(&key).expect("lookup"), None);
+    assert_eq!(store.tag("app:1").expect("read"), None);
+    // What only the dropped tag kept goes with the next prune.
+    store.prune(false).expect("prune");
+    assert_eq!(blob_count(&store), 0);
+}
+
+#[test]
+fn fsck_finds_broken_records_snapshots_images_and_repair_drops_them() {
+    let (_dir, store, image, key) = store_with_image();
+    let cache = store.root().join("estiba/cache-v1");
+    fs::write(cache.join(Digest::of(b"bad").hex()), b"{not json").expect("write");
+    let gone = Digest::of(b"never stored");
+    let orphan_key = Digest::of(b"orphan");
+    store
+        .cache_put(
+            &orphan_key,
+            &CacheRecord {
+                layer: Some(desc(media_type::OCI_LAYER_GZIP, (gone, 1))),
+                diff_id: None,
+                created: 1,
+            },
+        )
+        .expect("record");
+    let snapshots = store.root().join("estiba/snapshots-v1");
+    // No marker; a marker naming another diff id; not a diff id at all.
+    let half = Digest::of(b"half");
+    fs::create_dir_all(snapshots.join(half.hex()).join("rootfs")).expect("mkdir");
+    let lying = snapshots.join(image.diff_ids[0].hex());
+    fs::write(lying.join("complete"), format!("{}\n", image.diff_ids[1])).expect("write");
+    fs::create_dir_all(snapshots.join("junk/rootfs")).expect("mkdir");
+    // A tag on a manifest that is not there, and one on a manifest that
+    // is not JSON.
+    store
+        .set_tag("lost:1", &desc(media_type::OCI_MANIFEST, (gone, 1)))
+        .expect("tag");
+    let not_json = store.put_blob(b"not a manifest").expect("put");
+    store
+        .set_tag("garbled:1", &desc(media_type::OCI_MANIFEST, not_json))
+        .expect("tag");
+
+    let report = store.fsck().expect("fsck");
+    let lines: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+    let bad = Digest::of(b"bad").hex();
+    let expected = [
+        format!("tag lost:1: manifest {gone} is missing"),
+        format!("tag garbled:1: manifest {} does not parse", not_json.0),
+        format!("cache record {}: layer {gone} is missing", orphan_key.hex()),
+        format!("cache record {bad}: does not parse"),
+        format!(
+            "snapshot {}: completion marker names \"{}\"",
+            image.diff_ids[0].hex(),
+            image.diff_ids[1]
+        ),
+        format!("snapshot {}: no completion marker", half.hex()),
+        "snapshot junk: not named by a diff id".to_string(),
+    ];
+    let mut sorted = lines.clone();
+    sorted.sort();
+    let mut want = expected.to_vec();
+    want.sort();
+    assert_eq!(sorted, want, "{lines:#?}");
+
+    let _lock = store.lock_exclusive().expect("exclusive");
+    let done = store.repair(&report).expect("repair");
+    assert_eq!(
+        (
+            done.index_entries_removed,
+            done.records_removed,
+            done.snapshots_removed
+        ),
+        (2, 2, 3)
+    );
+    assert!(store.fsck().expect("fsck").is_clean());
+    // What was sound stays.
+    assert!(store.tag("app:1").expect("read").is_some());
+    assert!(store.cache_get(&key).expect("lookup").is_some());
+    assert!(store.snapshot(&image.diff_ids[1]).is_some());
+    assert!(tmp_entries(&store).is_empty());
+}
+
+#[test]
+fn fsck_reports_an_unparseable_index_and_repair_empties_it() {
+    let (_dir, store, _, _) = store_with_image();
+    fs::write(store.root().join("index.json"), b"{\"manifests\": [").expect("write");
+    let report = store.fsck().expect("fsck");
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert!(report.problems[0]
+        .to_string()
+        .starts_with("index.json: does not parse: "));
+    let _lock = store.lock_exclusive().expect("exclusive");
+    store.repair(&report).expect("repair");
+    assert!(store.fsck().expect("fsck").is_clean());
+    assert!(store.tags().expect("tags").is_empty());
+}

@@ -3,7 +3,7 @@
 //! where the store is or what a build writes.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
 /// `estiba --root ROOT`, ready for a command and its arguments.
 pub(crate) fn estiba(root: &Path) -> Command {
@@ -13,4 +13,21 @@ pub(crate) fn estiba(root: &Path) -> Command {
         .arg("--root")
         .arg(root);
     cmd
+}
+
+/// Runs `cmd` to its end: its exit code (-1 if a signal ended it), stdout
+/// and stderr.
+// Not every test file that includes this module runs commands this way.
+#[allow(dead_code)]
+pub(crate) fn run(cmd: &mut Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("estiba runs");
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
 }

@@ -52,6 +52,17 @@ pub(crate) enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Check the store: every blob against its digest, tags and the build
+    /// cache against the blobs, snapshots against their layers.
+    Fsck {
+        /// Drop what is broken (the next build makes it again).
+        #[arg(long)]
+        repair: bool,
+        /// Also unpack every layer that has a snapshot again and compare
+        /// the two trees (as long as unpacking the whole store takes).
+        #[arg(long)]
+        full: bool,
+    },
     /// Load images from a `docker save` archive or an OCI archive.
     Load {
         /// The archive (`-` for standard input).

@@ -205,18 +205,19 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
     for w in &graph.warnings {
         reporter.warning(&w.message);
     }
-    let stat_cache = store.root().join("estiba").join("statcache-v1").join(
-        estiba_cache::Digest::of(
-            args.context
-                .canonicalize()
-                .unwrap_or_default()
-                .as_os_str()
-                .as_encoded_bytes(),
-        )
-        .hex(),
-    );
+    let stat_cache = store.stat_cache_file(&estiba_cache::Digest::of(
+        args.context
+            .canonicalize()
+            .unwrap_or_default()
+            .as_os_str()
+            .as_encoded_bytes(),
+    ));
+    // The new stat cache file is written here, so a killed build's goes with
+    // the leftovers the next command removes.
+    let stat_scratch = store.temp_dir("statcache")?;
     let context = BuildContext::open(&args.context, Some(&path), Some(stat_cache))
-        .with_context(|| format!("cannot use the build context {}", args.context.display()))?;
+        .with_context(|| format!("cannot use the build context {}", args.context.display()))?
+        .with_stat_cache_temp_dir(stat_scratch.path());
     let epoch = source_date_epoch()?;
     let solver = Solver::new(
         &store,

@@ -423,7 +423,7 @@ pub(crate) fn write_archive(
         .unwrap_or(Path::new("."));
     let tmp_out = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("cannot write in {}", dir.display()))?;
-    let scratch = store.root().join("estiba").join("tmp");
+    let scratch = store.temp_dir("save")?;
     let mut blobs = |d: &estiba_cache::Digest| -> std::io::Result<Box<dyn std::io::Read>> {
         let f = store
             .open_blob(d)
@@ -436,14 +436,14 @@ pub(crate) fn write_archive(
             &export,
             &mut blobs,
             out,
-            &scratch,
+            scratch.path(),
             &estiba::archive::OciArchiveOptions {
                 layer_compression: Some(compression),
             },
         )
         .with_context(|| format!("cannot write {}", dest.display()))?;
     } else {
-        estiba::archive::write_docker_archive(&export, &mut blobs, out, &scratch)
+        estiba::archive::write_docker_archive(&export, &mut blobs, out, scratch.path())
             .with_context(|| format!("cannot write {}", dest.display()))?;
     }
     tmp_out
@@ -469,7 +469,7 @@ pub(crate) fn write_archive(
 pub(crate) fn load(root: Option<&Path>, input: &Path) -> Result<(), Failure> {
     let store = super::store::open(root)?;
     let _lock = store.lock_shared().context("cannot lock the store")?;
-    let scratch = store.root().join("estiba").join("tmp");
+    let scratch = store.temp_dir("load")?;
     let reader: Box<dyn std::io::Read> = if input == Path::new("-") {
         Box::new(std::io::stdin().lock())
     } else {
@@ -478,9 +478,27 @@ pub(crate) fn load(root: Option<&Path>, input: &Path) -> Result<(), Failure> {
                 .with_context(|| format!("cannot open {}", input.display()))?,
         ))
     };
-    let archive = estiba::archive::read_archive(reader, &scratch)
+    let archive = estiba::archive::read_archive(reader, scratch.path())
         .with_context(|| format!("cannot load {}", input.display()))?;
+    // Every name is checked before anything is stored: a refused archive
+    // leaves no blob behind that nothing refers to.
+    let mut names = Vec::with_capacity(archive.images.len());
     for img in &archive.images {
+        let refs = img
+            .tags
+            .iter()
+            .map(|tag| {
+                Reference::parse(tag).with_context(|| {
+                    format!(
+                        "cannot load {}: invalid image name {tag:?}",
+                        input.display()
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        names.push(refs);
+    }
+    for (img, refs) in archive.images.iter().zip(&names) {
         let mut layers = Vec::with_capacity(img.layers.len());
         for l in &img.layers {
             let mut blob = store.blob_writer()?;
@@ -499,8 +517,7 @@ pub(crate) fn load(root: Option<&Path>, input: &Path) -> Result<(), Failure> {
         if img.tags.is_empty() {
             println!("Loaded image ID: {}", img.config_digest);
         }
-        for tag in &img.tags {
-            let r = Reference::parse(tag).map_err(|e| anyhow!("{e}"))?;
+        for r in refs {
             store.set_tag(&r.to_string(), &desc)?;
             println!("Loaded image: {}", r.familiar());
         }

@@ -4,6 +4,7 @@
 
 mod args;
 mod build;
+mod fsck;
 mod images;
 mod interrupt;
 mod progress;
@@ -41,6 +42,7 @@ pub(crate) fn main() -> i32 {
         Command::Tag { source, target } => images::tag(root, source, target),
         Command::Rmi { names } => images::rmi(root, names),
         Command::Prune { all } => images::prune(root, *all),
+        Command::Fsck { repair, full } => fsck::fsck(root, *repair, *full),
         Command::Load { input } => images::load(root, input),
         Command::Import { file, name } => images::import(root, file, name),
         Command::Save {

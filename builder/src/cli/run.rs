@@ -79,15 +79,11 @@ pub(crate) fn run(args: &RunArgs, root: Option<&Path>) -> Result<(), Failure> {
             )))
         }
     };
-    let tmp = store.tmp_dir();
-    let upper = tempfile::Builder::new()
-        .prefix("run-upper-")
-        .tempdir_in(&tmp)
-        .with_context(|| format!("cannot create a directory in {}", tmp.display()))?;
-    let work = tempfile::Builder::new()
-        .prefix("run-work-")
-        .tempdir_in(&tmp)
-        .with_context(|| format!("cannot create a directory in {}", tmp.display()))?;
+    let upper = store.temp_dir("run-upper")?;
+    // The overlay's work dir and the executor's own scratch files.
+    let scratch = store.temp_dir("run")?;
+    let work = scratch.path().join("work");
+    std::fs::create_dir(&work).with_context(|| format!("cannot create {}", work.display()))?;
     let workdir = args
         .workdir
         .clone()
@@ -106,7 +102,7 @@ pub(crate) fn run(args: &RunArgs, root: Option<&Path>) -> Result<(), Failure> {
     let spec = RunSpec {
         lower: lower.iter().map(PathBuf::from).collect(),
         upper: upper.path().to_path_buf(),
-        work: work.path().to_path_buf(),
+        work,
         args: argv,
         env,
         user: args.user.clone().unwrap_or_else(|| c.user.clone()),
@@ -121,7 +117,7 @@ pub(crate) fn run(args: &RunArgs, root: Option<&Path>) -> Result<(), Failure> {
     let code = executor::run_with(
         &spec,
         &RunOptions {
-            tmp_dir: tmp,
+            tmp_dir: scratch.path().to_path_buf(),
             ..RunOptions::default()
         },
         &mut |stream, bytes| {
@@ -132,6 +128,8 @@ pub(crate) fn run(args: &RunArgs, root: Option<&Path>) -> Result<(), Failure> {
         },
     );
     let _ = std::io::stdout().flush();
+    // `exit` runs no destructors: remove the container's files first.
+    drop((upper, scratch));
     match code {
         Ok(0) => Ok(()),
         Ok(code) => std::process::exit(code),

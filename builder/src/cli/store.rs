@@ -23,7 +23,24 @@ pub(crate) fn root(flag: Option<&Path>) -> PathBuf {
     }
 }
 
+/// Opens the store, and first removes what killed commands left in its
+/// temp dir (never a live command's: see `Store::remove_leftovers`).
 pub(crate) fn open(flag: Option<&Path>) -> Result<Store> {
     let root = root(flag);
-    Store::open(&root).with_context(|| format!("cannot open the store at {}", root.display()))
+    let store = Store::open(&root)
+        .with_context(|| format!("cannot open the store at {}", root.display()))?;
+    // A prune holding the store removes them itself: no need to wait.
+    let cleaned = store.try_lock_shared().and_then(|lock| match lock {
+        Some(_lock) => store.remove_leftovers().map(drop),
+        None => Ok(()),
+    });
+    if let Err(e) = cleaned {
+        // The command can still do its work; say why the space is not freed.
+        let e = anyhow::Error::new(e).context("cannot remove what earlier commands left");
+        eprint!(
+            "{}",
+            super::report::render_chain(&e).replacen("error:", "warning:", 1)
+        );
+    }
+    Ok(store)
 }

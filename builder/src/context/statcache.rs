@@ -159,6 +159,9 @@ pub(super) type NewRecord = (String, Option<Remembered>);
 #[derive(Debug)]
 pub(super) struct StatCache {
     file: Option<PathBuf>,
+    /// Where a new `file` is written before it is renamed over the old
+    /// one; `None`: beside it.
+    temp_dir: Option<PathBuf>,
     /// The context root the records belong to.
     root: String,
     /// The thread checking `file`, until a lookup needs it.
@@ -185,6 +188,7 @@ impl StatCache {
         });
         StatCache {
             file,
+            temp_dir: None,
             root,
             loading,
             old: None,
@@ -194,6 +198,12 @@ impl StatCache {
             batch_records: BATCH_RECORDS,
             runs: Vec::new(),
         }
+    }
+
+    /// Writes new cache files in `dir` (on the file's file system), so that
+    /// what a killed build leaves is where its owner cleans up.
+    pub(super) fn set_temp_dir(&mut self, dir: PathBuf) {
+        self.temp_dir = Some(dir);
     }
 
     /// The file the cache is kept in.
@@ -268,7 +278,7 @@ impl StatCache {
             _ => Path::new("."),
         };
         fs::create_dir_all(dir)?;
-        let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+        let mut temp = tempfile::NamedTempFile::new_in(self.temp_dir.as_deref().unwrap_or(dir))?;
         let mut header = Vec::new();
         header.extend_from_slice(CACHE_MAGIC);
         header.extend_from_slice(&CACHE_VERSION.to_le_bytes());

@@ -150,7 +150,7 @@ pub struct Writer<'t> {
     made: Memo<String>,
     opts: CopyOptions,
     /// Temporary directories whose files the diff refers to.
-    held: Vec<tempfile::TempDir>,
+    held: Vec<estiba_cache::TempDir>,
     /// Entries replace whatever is at their path, as extracting an archive
     /// does, rather than refusing to put a directory over a file.
     replace: bool,
@@ -380,7 +380,11 @@ impl<'t> Writer<'t> {
     /// ADD of a local archive, already extracted into `dir`: its contents go
     /// to the directory `dest` (created), with the owners and modes the
     /// archive gave them. The writer keeps `dir` until the layer is written.
-    pub fn add_extracted(&mut self, dir: tempfile::TempDir, dest: &str) -> Result<(), CopyError> {
+    pub fn add_extracted(
+        &mut self,
+        dir: estiba_cache::TempDir,
+        dest: &str,
+    ) -> Result<(), CopyError> {
         let tree: Rc<dyn SourceTree + 't> =
             Rc::new(LayeredTree::new(vec![dir.path().to_path_buf()]));
         self.held.push(dir);

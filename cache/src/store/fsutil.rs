@@ -2,11 +2,12 @@
 //! `flock`, temp files that are written, synced and renamed into place, and a
 //! tree removal that copes with what build containers leave behind.
 //!
-//! Every temp file or directory under `estiba/tmp` is `flock`ed by the
-//! process that made it for as long as it lives, so garbage collection can
-//! tell a live temp entry (lock taken) from one a crashed process left
-//! behind (lock free) without guessing from ages.
+//! Every temp file or directory under `estiba/tmp` names the process that
+//! made it and is `flock`ed by it for as long as it lives, so a cleaner can
+//! tell a live temp entry from one a killed process left behind without
+//! guessing from ages (see the `tmp` module).
 
+use super::tmp::Owner;
 use super::StoreError;
 use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
@@ -136,14 +137,16 @@ pub(crate) fn lock_file(
     }
 }
 
-/// A name no other process or thread picks: pid, a per-process counter and
-/// randomness from the standard library's randomly keyed hasher.
+/// A name no other process or thread picks, that says which process made
+/// it: `PREFIX-PID.START-N-RANDOM`, with this process's [`Owner`], a
+/// per-process counter and randomness from the standard library's randomly
+/// keyed hasher.
 pub(crate) fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut h = RandomState::new().build_hasher();
     h.write_u64(n);
-    format!("{prefix}-{}-{n}-{:016x}", std::process::id(), h.finish())
+    format!("{prefix}-{}-{n}-{:016x}", Owner::current(), h.finish())
 }
 
 /// A file under `estiba/tmp`, locked while it lives, removed on drop unless

@@ -7,18 +7,20 @@
 //! recursively; an image config's `rootfs.diff_ids` keep their snapshots.
 //! Each cache record keeps its layer blob and its snapshot. Then the sweep
 //! removes unmarked blobs, cache records whose blob is gone, unmarked or
-//! incomplete snapshots, and temp entries no live process holds a lock on.
+//! incomplete snapshots, and temp entries no live process holds a lock on;
+//! with `all`, also the mount caches and stat caches.
 //!
 //! The caller holds [`Store::lock_exclusive`], so no build is between
 //! writing a blob and recording it.
 
-use super::fsutil::{self, io_err, LockKind};
+use super::fsutil::{self, io_err};
 use super::snapshots::MARKER;
+use super::tmp::Sweep;
 use super::{media_type, CacheRecord, Store, StoreError};
 use crate::Digest;
 use serde_json::Value;
 use std::collections::HashSet;
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::path::Path;
 
@@ -31,7 +33,8 @@ const MAX_CONFIG: u64 = 16 << 20;
 /// What [`Store::prune_with`] removes beyond what nothing references.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PruneOptions {
-    /// Drop every cache record and every snapshot: only what tags reach stays.
+    /// Drop every cache record, snapshot, `RUN --mount=type=cache`
+    /// directory and stat cache: only what tags reach stays.
     pub all: bool,
     /// Also drop cache records created before this time (Unix seconds),
     /// and so whatever only they kept alive.
@@ -51,6 +54,12 @@ pub struct PruneReport {
     pub snapshots_removed: usize,
     /// Stale temp files and directories deleted.
     pub tmp_removed: usize,
+    /// `RUN --mount=type=cache` directories deleted (with `all`; else only
+    /// strays that are not named like one).
+    pub mount_caches_removed: usize,
+    /// Build contexts' stat caches deleted (with `all`; else only strays
+    /// that are not named like one).
+    pub stat_caches_removed: usize,
 }
 
 /// The mark phase's result.
@@ -60,11 +69,11 @@ struct Live {
     diff_ids: HashSet<Digest>,
 }
 
-fn desc_digest(v: &Value) -> Option<Digest> {
+pub(super) fn desc_digest(v: &Value) -> Option<Digest> {
     v.get("digest")?.as_str()?.parse().ok()
 }
 
-fn desc_media_type(v: &Value) -> Option<&str> {
+pub(super) fn desc_media_type(v: &Value) -> Option<&str> {
     v.get("mediaType")?.as_str()
 }
 
@@ -78,7 +87,42 @@ fn is_manifest_type(mt: &str) -> bool {
     )
 }
 
-fn entries(dir: &Path) -> Result<Vec<(String, std::path::PathBuf)>, StoreError> {
+/// A blob an `index.json` entry (or an index) points at, read as a manifest.
+pub(super) enum Manifest {
+    /// A JSON document: a manifest, an index or a manifest list.
+    Doc(Value),
+    /// Said to be a manifest (or of no stated type), but not JSON.
+    Unparseable(serde_json::Error),
+    /// Something else (a config, a layer) tagged directly.
+    Other,
+}
+
+/// The blobs a manifest or index names.
+pub(super) struct Refs {
+    /// An image manifest's config.
+    pub(super) config: Option<Digest>,
+    /// An image manifest's layers.
+    pub(super) layers: Vec<Digest>,
+    /// The manifests an index or manifest list lists, with their media types.
+    pub(super) manifests: Vec<(Digest, Option<String>)>,
+}
+
+impl Refs {
+    /// OCI image manifests and Docker schema 2 manifests name a config and
+    /// layers; OCI indexes and Docker manifest lists name manifests.
+    pub(super) fn of(doc: &Value) -> Refs {
+        let list = |key| doc.get(key).and_then(Value::as_array).into_iter().flatten();
+        Refs {
+            config: doc.get("config").and_then(desc_digest),
+            layers: list("layers").filter_map(desc_digest).collect(),
+            manifests: list("manifests")
+                .filter_map(|m| Some((desc_digest(m)?, desc_media_type(m).map(str::to_string))))
+                .collect(),
+        }
+    }
+}
+
+pub(super) fn entries(dir: &Path) -> Result<Vec<(String, std::path::PathBuf)>, StoreError> {
     let mut out = Vec::new();
     let read = match fs::read_dir(dir) {
         Ok(r) => r,
@@ -95,11 +139,32 @@ fn entries(dir: &Path) -> Result<Vec<(String, std::path::PathBuf)>, StoreError> 
     Ok(out)
 }
 
-fn hex_digest(name: &str) -> Option<Digest> {
+pub(super) fn hex_digest(name: &str) -> Option<Digest> {
     format!("sha256:{name}").parse().ok()
 }
 
 impl Store {
+    /// Reads blob `digest`, which an entry of media type `media_type`
+    /// points at, as a manifest. Large blobs not typed as manifests are not
+    /// read (it keeps a mislabelled layer out of memory).
+    pub(super) fn read_manifest(
+        &self,
+        digest: &Digest,
+        media_type: Option<&str>,
+    ) -> Result<Manifest, StoreError> {
+        let typed = media_type.is_some_and(is_manifest_type);
+        let size = fs::metadata(self.blob_path(digest)).map_or(0, |m| m.len());
+        if !typed && size > MAX_UNTYPED_MANIFEST {
+            return Ok(Manifest::Other);
+        }
+        let bytes = self.read_blob(digest)?;
+        Ok(match serde_json::from_slice(&bytes) {
+            Ok(doc) => Manifest::Doc(doc),
+            Err(source) if typed || media_type.is_none() => Manifest::Unparseable(source),
+            Err(_) => Manifest::Other,
+        })
+    }
+
     /// Collects garbage; see [`PruneOptions::all`]. The caller must hold
     /// [`Store::lock_exclusive`] on this handle (or a clone), else
     /// [`StoreError::NotLocked`].
@@ -121,7 +186,8 @@ impl Store {
         self.sweep_records(options, &mut live, &mut report)?;
         self.sweep_blobs(&live, &mut report)?;
         self.sweep_snapshots(options.all, &live, &mut report)?;
-        self.sweep_tmp(&mut report)?;
+        self.sweep_side_caches(options.all, &mut report)?;
+        self.sweep_tmp(Sweep::Unowned, &mut report)?;
         Ok(report)
     }
 
@@ -141,49 +207,24 @@ impl Store {
             if !live.blobs.insert(digest) {
                 continue;
             }
-            let Ok(meta) = fs::metadata(self.blob_path(&digest)) else {
+            if !self.has_blob(&digest) {
                 // A tag on a manifest that is not here keeps nothing else.
                 continue;
-            };
-            let typed = mt.as_deref().is_some_and(is_manifest_type);
-            if !typed && meta.len() > MAX_UNTYPED_MANIFEST {
-                continue;
             }
-            let bytes = self.read_blob(&digest)?;
-            let doc: Value = match serde_json::from_slice(&bytes) {
-                Ok(doc) => doc,
-                Err(source) if typed || mt.is_none() => {
+            let doc = match self.read_manifest(&digest, mt.as_deref())? {
+                Manifest::Doc(doc) => doc,
+                Manifest::Unparseable(source) => {
                     return Err(StoreError::InvalidManifest { digest, source })
                 }
-                // Something else (a config, a layer) tagged directly.
-                Err(_) => continue,
+                Manifest::Other => continue,
             };
-            // OCI image manifest, Docker schema 2 manifest: config + layers.
-            if let Some(config) = doc.get("config").and_then(desc_digest) {
+            let refs = Refs::of(&doc);
+            if let Some(config) = refs.config {
                 live.blobs.insert(config);
                 self.mark_diff_ids(&config, live);
             }
-            for layer in doc
-                .get("layers")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                if let Some(d) = desc_digest(layer) {
-                    live.blobs.insert(d);
-                }
-            }
-            // OCI image index, Docker manifest list: the manifests, recursively.
-            for m in doc
-                .get("manifests")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                if let Some(d) = desc_digest(m) {
-                    queue.push((d, desc_media_type(m).map(str::to_string)));
-                }
-            }
+            live.blobs.extend(refs.layers);
+            queue.extend(refs.manifests);
         }
         Ok(())
     }
@@ -191,25 +232,29 @@ impl Store {
     /// Marks the diff ids an image config lists; a config that cannot be
     /// read only means its snapshots are not kept.
     fn mark_diff_ids(&self, config: &Digest, live: &mut Live) {
+        live.diff_ids
+            .extend(self.config_diff_ids(config).into_iter().flatten());
+    }
+
+    /// The diff ids (`rootfs.diff_ids`) an image config lists, in order;
+    /// `None` for a config that is too large, unreadable or not JSON.
+    /// Entries that are not digests are left out.
+    pub(super) fn config_diff_ids(&self, config: &Digest) -> Option<Vec<Digest>> {
         let small = fs::metadata(self.blob_path(config)).is_ok_and(|m| m.len() <= MAX_CONFIG);
         if !small {
-            return;
+            return None;
         }
-        let Ok(bytes) = self.read_blob(config) else {
-            return;
-        };
-        let Ok(doc) = serde_json::from_slice::<Value>(&bytes) else {
-            return;
-        };
+        let doc = serde_json::from_slice::<Value>(&self.read_blob(config).ok()?).ok()?;
         let ids = doc
             .get("rootfs")
             .and_then(|r| r.get("diff_ids"))
             .and_then(Value::as_array);
-        for id in ids.into_iter().flatten() {
-            if let Some(d) = id.as_str().and_then(|s| s.parse().ok()) {
-                live.diff_ids.insert(d);
-            }
-        }
+        Some(
+            ids.into_iter()
+                .flatten()
+                .filter_map(|id| id.as_str().and_then(|s| s.parse().ok()))
+                .collect(),
+        )
     }
 
     fn sweep_records(
@@ -278,40 +323,31 @@ impl Store {
             if keep {
                 continue;
             }
-            report.bytes_freed += fsutil::remove_dir_all_force(&path)?;
-            report.snapshots_removed += 1;
+            if let Some(freed) = self.remove_snapshot_dir(&path)? {
+                report.bytes_freed += freed;
+                report.snapshots_removed += 1;
+            }
         }
         Ok(())
     }
 
-    /// Removes temp entries whose creator is gone: each live one is
-    /// `flock`ed by the process writing it.
-    fn sweep_tmp(&self, report: &mut PruneReport) -> Result<(), StoreError> {
-        for (_, path) in entries(&self.tmp_dir())? {
-            let meta = match fs::symlink_metadata(&path) {
-                Ok(m) => m,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_err("inspect", &path)(e)),
-            };
-            // Hold the lock (if it is a file or directory we can lock)
-            // while removing, so no one can start using it meanwhile.
-            let _held = if meta.is_file() || meta.is_dir() {
-                let file = match File::open(&path) {
-                    Ok(f) => f,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(io_err("open", &path)(e)),
-                };
-                if !fsutil::flock(&file, LockKind::Exclusive, true)
-                    .map_err(io_err("lock", &path))?
-                {
-                    continue;
-                }
-                Some(file)
-            } else {
-                None
-            };
-            report.bytes_freed += fsutil::remove_dir_all_force(&path)?;
-            report.tmp_removed += 1;
+    /// The caches beside the blobs that no record names: `RUN
+    /// --mount=type=cache` directories and the stat caches of build
+    /// contexts, all dropped with `all`. Otherwise only what is not named
+    /// like an entry of theirs goes (a stat cache's temp file an older
+    /// estiba, which wrote them beside the cache, left when killed).
+    fn sweep_side_caches(&self, all: bool, report: &mut PruneReport) -> Result<(), StoreError> {
+        for (name, path) in entries(&self.mount_caches_dir())? {
+            if all || hex_digest(&name).is_none() {
+                report.bytes_freed += fsutil::remove_dir_all_force(&path)?;
+                report.mount_caches_removed += 1;
+            }
+        }
+        for (name, path) in entries(&self.stat_caches_dir())? {
+            if all || hex_digest(&name).is_none() {
+                report.bytes_freed += fsutil::remove_dir_all_force(&path)?;
+                report.stat_caches_removed += 1;
+            }
         }
         Ok(())
     }

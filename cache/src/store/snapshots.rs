@@ -18,7 +18,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 pub(crate) const MARKER: &str = "complete";
-const ROOTFS: &str = "rootfs";
+pub(crate) const ROOTFS: &str = "rootfs";
 
 /// A snapshot being built: fill [`path`](SnapshotBuilder::path), then
 /// [`commit`](SnapshotBuilder::commit). Dropped without committing, the
@@ -119,6 +119,24 @@ impl Drop for SnapshotBuilder {
 }
 
 impl Store {
+    /// Removes the snapshot directory at `path` (under `snapshots-v1`):
+    /// renamed into `estiba/tmp` first, so no one ever finds it complete
+    /// but half-removed, and a crash meanwhile leaves only a dead temp entry
+    /// the next command removes. Returns the bytes freed, `None` if it was
+    /// not there.
+    pub(crate) fn remove_snapshot_dir(&self, path: &Path) -> Result<Option<u64>, StoreError> {
+        let aside = self.tmp_dir().join(fsutil::unique_name("old-snapshot"));
+        match fs::rename(path, &aside) {
+            Ok(()) => Ok(Some(fsutil::remove_dir_all_force(&aside)?)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Rename {
+                from: path.to_path_buf(),
+                to: aside,
+                source,
+            }),
+        }
+    }
+
     /// The tree of the complete snapshot for `diff_id`, if there is one.
     pub fn snapshot(&self, diff_id: &Digest) -> Option<PathBuf> {
         let dir = self.snapshots_dir().join(diff_id.hex());
