@@ -75,7 +75,8 @@ pub(super) fn wait_for_go() -> io::Result<bool> {
 /// A running pasta serving one step's namespace; killed when dropped.
 #[derive(Debug)]
 pub(super) struct UserNet {
-    child: Child,
+    /// `None` once dropped.
+    child: Option<Child>,
 }
 
 /// The pids of the running pastas: [`stop_all`] kills them. A pid leaves
@@ -87,17 +88,35 @@ impl UserNet {
         if let Ok(mut running) = RUNNING.lock() {
             running.push(child.id());
         }
-        UserNet { child }
+        UserNet { child: Some(child) }
+    }
+
+    /// pasta's exit status if it has exited.
+    fn exited(&mut self) -> io::Result<Option<std::process::ExitStatus>> {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait(),
+            None => Ok(None),
+        }
     }
 }
 
 impl Drop for UserNet {
     fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         if let Ok(mut running) = RUNNING.lock() {
-            running.retain(|&pid| pid != self.child.id());
+            running.retain(|&pid| pid != child.id());
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = child.kill();
+        // The kernel takes tens of milliseconds to tear down pasta's
+        // namespaces; the step need not wait: a thread reaps it (if no
+        // thread can start, it stays a zombie until estiba exits).
+        let _ = std::thread::Builder::new()
+            .name("pasta-reaper".to_owned())
+            .spawn(move || {
+                let _ = child.wait();
+            });
     }
 }
 
@@ -247,7 +266,7 @@ fn wait_ready(net: &mut UserNet, init_pid: u32, scratch: &Path) -> Result<(), St
         if has_default_route(init_pid) {
             return Ok(());
         }
-        match net.child.try_wait() {
+        match net.exited() {
             Ok(Some(status)) => {
                 let log = std::fs::read_to_string(log_path(scratch)).unwrap_or_default();
                 let said = log.lines().rev().find(|l| !l.trim().is_empty());
