@@ -1478,7 +1478,8 @@ struct Unpacker {
     /// Resolved relative paths this layer has written (only when whiteouts
     /// are applied: they hide only what was there before).
     written: HashSet<PathBuf>,
-    /// Directories whose mode and mtime are set at the end.
+    /// Directories whose mode and mtime are set at the end, by entry name
+    /// and resolved path relative to the root.
     dirs: Vec<(String, PathBuf, u32, i64)>,
     /// The last parent resolved: (entry components, resolved relative path).
     parent_cache: Option<(PathBuf, PathBuf)>,
@@ -1579,7 +1580,7 @@ impl Unpacker {
                 }
                 self.set_owner_and_xattrs(&name, &abs, meta)?;
                 self.dirs
-                    .push((name.clone(), abs.clone(), meta.mode, meta.mtime));
+                    .push((name.clone(), rel.clone(), meta.mode, meta.mtime));
                 self.stats.dirs += 1;
             }
             EntryKind::File => {
@@ -1816,18 +1817,18 @@ impl Unpacker {
     }
 
     /// Sets directory modes and mtimes, deepest first, now that nothing
-    /// more will be written into them.
+    /// more will be written into them. A directory a later entry replaced
+    /// or removed is skipped, and so is one a later entry moved out of
+    /// reach: had a parent become a symlink, the path would now name
+    /// whatever that symlink points at, maybe outside the root.
     fn finish_dirs(&mut self) -> Result<(), LayerError> {
-        for (entry, abs, mode, mtime) in self.dirs.iter().rev() {
-            match fs::symlink_metadata(abs) {
-                Ok(m) if m.is_dir() => {}
-                // Replaced or removed by a later entry.
-                Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(self.apply_err(entry, abs, e)),
+        for (entry, rel, mode, mtime) in self.dirs.iter().rev() {
+            let abs = self.root.join(rel);
+            if !is_real_dir(&self.root, rel).map_err(|e| self.apply_err(entry, &abs, e))? {
+                continue;
             }
-            set_mode(abs, *mode).map_err(|e| self.apply_err(entry, abs, e))?;
-            set_mtime(abs, *mtime).map_err(|e| self.apply_err(entry, abs, e))?;
+            set_mode(&abs, *mode).map_err(|e| self.apply_err(entry, &abs, e))?;
+            set_mtime(&abs, *mtime).map_err(|e| self.apply_err(entry, &abs, e))?;
         }
         Ok(())
     }
@@ -1846,6 +1847,22 @@ fn copy_content(data: &mut impl Read, out: &mut fs::File) -> Result<u64, DataErr
         out.write_all(&buf[..n]).map_err(DataError::Write)?;
         copied += n as u64;
     }
+}
+
+/// Whether `rel` below `root` is still a directory reached through
+/// directories only, no symlink on the way.
+fn is_real_dir(root: &Path, rel: &Path) -> io::Result<bool> {
+    let mut abs = root.to_path_buf();
+    for c in rel.iter() {
+        abs.push(c);
+        match fs::symlink_metadata(&abs) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 fn make_dir(path: &Path) -> io::Result<()> {

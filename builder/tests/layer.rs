@@ -1417,3 +1417,30 @@ fn truncated_or_corrupt_archives_are_errors() {
         "{err:?}"
     );
 }
+
+#[test]
+fn a_directory_replaced_by_a_symlink_keeps_its_mode_off_the_symlink_target() {
+    // Found by the `layer` fuzz target: directory modes are set at the end,
+    // by then `b` is a symlink out of the root and `b/etc` is outside.
+    use tar::EntryType::{Directory, Symlink};
+    let base = tmp();
+    let dest = base.path().join("dest");
+    let outside = base.path().join("outside");
+    fs::create_dir_all(&dest).unwrap();
+    fs::create_dir_all(outside.join("etc")).unwrap();
+    chmod(&outside.join("etc"), 0o755);
+    set_mtime(&outside.join("etc"), 1_000_000);
+    let tar = raw_tar(&[
+        (b"b/", Directory, b"", b""),
+        (b"b/etc/", Directory, b"", b""),
+        (b"b", Symlink, b"../outside", b""),
+    ]);
+    unpack_layer(&tar[..], &dest, &root_opts()).unwrap();
+    let m = fs::metadata(outside.join("etc")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o755, "mode set through the symlink");
+    assert_eq!(m.mtime(), 1_000_000, "mtime set through the symlink");
+    assert_eq!(
+        fs::read_link(dest.join("b")).unwrap(),
+        Path::new("../outside")
+    );
+}
