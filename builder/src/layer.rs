@@ -1052,32 +1052,10 @@ impl<R: Read> TarReader<R> {
                 };
             }
             let name = cstr(&block[0..100]);
-            let stored: i64 = parse_numeric(&block[148..156])
-                .ok_or_else(|| self.corrupt(Some(name), "bad checksum field"))?;
-            let unsigned: i64 = block
-                .iter()
-                .enumerate()
-                .map(|(i, b)| {
-                    if (148..156).contains(&i) {
-                        32
-                    } else {
-                        i64::from(*b)
-                    }
-                })
-                .sum();
-            let signed: i64 = block
-                .iter()
-                .enumerate()
-                .map(|(i, b)| {
-                    if (148..156).contains(&i) {
-                        32
-                    } else {
-                        i64::from(*b as i8)
-                    }
-                })
-                .sum();
-            if stored != unsigned && stored != signed {
-                return Err(self.corrupt(Some(name), "header checksum mismatch"));
+            match header_checksum_matches(&block) {
+                Some(true) => {}
+                Some(false) => return Err(self.corrupt(Some(name), "header checksum mismatch")),
+                None => return Err(self.corrupt(Some(name), "bad checksum field")),
             }
             let field = |range: std::ops::Range<usize>, what: &str| {
                 parse_numeric(&block[range])
@@ -1215,6 +1193,27 @@ impl<R: Read> Read for EntryData<'_, R> {
         self.tar.remaining -= n as u64;
         Ok(n)
     }
+}
+
+/// Whether a tar header block's checksum field holds the sum of its bytes
+/// (the field itself counted as spaces), summed as unsigned or, as some old
+/// tars did, signed bytes; `None` when the field is not a number.
+pub(crate) fn header_checksum_matches(block: &[u8; BLOCK]) -> Option<bool> {
+    let stored = parse_numeric(&block[148..156])?;
+    let sum = |byte: fn(u8) -> i64| -> i64 {
+        block
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    byte(*b)
+                }
+            })
+            .sum()
+    };
+    Some(stored == sum(i64::from) || stored == sum(|b| i64::from(b as i8)))
 }
 
 /// The bytes of a NUL-terminated field.
