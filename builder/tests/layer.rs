@@ -1444,3 +1444,62 @@ fn a_directory_replaced_by_a_symlink_keeps_its_mode_off_the_symlink_target() {
         Path::new("../outside")
     );
 }
+
+#[test]
+fn an_index_listing_the_same_blob_many_times_is_read_once() {
+    // index.json → 7 nested indexes → one manifest, each level listing
+    // the next 32 times: without walking each (blob, names) once, reading
+    // it would take 32^8 steps, a denial of service in 50 KiB.
+    let layer = layer_of(|d| write(&d.join("f"), b"x"));
+    let config = serde_json::to_vec(&serde_json::json!({
+        "rootfs": {"type": "layers", "diff_ids": [Digest::of(&layer).to_string()]}
+    }))
+    .unwrap();
+    let desc = |media_type: &str, data: &[u8]| {
+        serde_json::json!({
+            "mediaType": media_type,
+            "digest": Digest::of(data).to_string(),
+            "size": data.len(),
+        })
+    };
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "config": desc("application/vnd.oci.image.config.v1+json", &config),
+        "layers": [desc("application/vnd.oci.image.layer.v1.tar", &layer)],
+    }))
+    .unwrap();
+    let mut files = vec![layer.clone(), config.clone(), manifest.clone()];
+    let mut next = desc("application/vnd.oci.image.manifest.v1+json", &manifest);
+    for _ in 0..7 {
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": vec![next.clone(); 32],
+        }))
+        .unwrap();
+        next = desc("application/vnd.oci.image.index.v1+json", &index);
+        files.push(index);
+    }
+    let mut top = next.clone();
+    top["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "fan:out"});
+    let index_json = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": vec![top; 32],
+    }))
+    .unwrap();
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| format!("blobs/sha256/{}", Digest::of(f).hex()))
+        .collect();
+    let mut entries: Vec<(&str, &[u8])> = names
+        .iter()
+        .zip(&files)
+        .map(|(n, f)| (n.as_str(), f.as_slice()))
+        .collect();
+    entries.push(("index.json", &index_json));
+    let archive = archive_of(&entries, &[]);
+    let work = tmp();
+    let a = read_archive(&archive[..], work.path()).unwrap();
+    assert_eq!(a.images.len(), 1);
+    assert_eq!(a.images[0].tags, ["fan:out"]);
+    assert_eq!(a.images[0].manifest_digest, Some(Digest::of(&manifest)));
+}
