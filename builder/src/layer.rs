@@ -1130,7 +1130,13 @@ impl<R: Read> TarReader<R> {
                     b"linkpath" if !value.is_empty() => entry.link = value,
                     b"uid" => entry.uid = number(&value)?,
                     b"gid" => entry.gid = number(&value)?,
-                    b"size" => size = number(&value)?,
+                    // As Go's archive/tar: a size is an int64.
+                    b"size" => {
+                        size = number(&value)?;
+                        if i64::try_from(size).is_err() {
+                            return Err(self.corrupt(Some(&entry.path), "bad PAX size"));
+                        }
+                    }
                     b"mtime" => {
                         entry.mtime = parse_pax_time(&value)
                             .ok_or_else(|| self.corrupt(Some(&entry.path), "bad PAX mtime"))?

@@ -1503,3 +1503,23 @@ fn an_index_listing_the_same_blob_many_times_is_read_once() {
     assert_eq!(a.images[0].tags, ["fan:out"]);
     assert_eq!(a.images[0].manifest_digest, Some(Digest::of(&manifest)));
 }
+
+#[test]
+fn a_pax_size_beyond_what_a_tar_can_hold_is_corrupt() {
+    // The reader skipped an entry's content plus padding as one u64 sum:
+    // a PAX size of 2^64 - 1 on an entry whose content nobody reads (a
+    // directory, an entry the archive reader ignores) overflowed it.
+    use tar::EntryType::{Regular, XHeader};
+    let tar = raw_tar(&[
+        (b"pax", XHeader, b"", b"29 size=18446744073709551615\n"),
+        (b"d/", Regular, b"", b""),
+        (b"f", Regular, b"", b"x"),
+    ]);
+    let err = list_layer(&tar[..]).unwrap_err();
+    assert!(matches!(err, LayerError::Corrupt { .. }), "{err:?}");
+    let dest = tmp();
+    let err = unpack_layer(&tar[..], dest.path(), &root_opts()).unwrap_err();
+    assert!(matches!(err, LayerError::Corrupt { .. }), "{err:?}");
+    let err = read_archive(&tar[..], dest.path()).unwrap_err();
+    assert!(matches!(err, ArchiveError::Corrupt { .. }), "{err:?}");
+}
