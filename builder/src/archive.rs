@@ -613,6 +613,7 @@ pub fn read_archive(reader: impl Read, tmp: &Path) -> Result<ImageArchive, Archi
     let mut reader = ImageReader {
         x: &extracted,
         diff_ids: HashMap::new(),
+        walked: HashSet::new(),
     };
     let (format, images) = if extracted.lookup("manifest.json").is_some() {
         (ArchiveFormat::Docker, reader.docker_images()?)
@@ -635,6 +636,10 @@ struct ImageReader<'a> {
     x: &'a Extracted,
     /// Blob file → (diff ID, detected compression), computed once.
     diff_ids: HashMap<PathBuf, (Digest, Detected)>,
+    /// The (blob, names) pairs already walked: walking one again changes
+    /// nothing, and an index listing an index many times, nested, would
+    /// otherwise make the walk exponential in the depth.
+    walked: HashSet<(Digest, Vec<String>)>,
 }
 
 /// The digest a `blobs/sha256/<hex>` or `<hex>.json` entry name states.
@@ -793,6 +798,9 @@ impl ImageReader<'_> {
             }
             return Ok(());
         };
+        if !self.walked.insert((digest, names.to_vec())) {
+            return Ok(());
+        }
         match desc.media_type.as_str() {
             OCI_INDEX | DOCKER_LIST => {
                 if depth >= MAX_INDEX_DEPTH {

@@ -20,11 +20,13 @@
 //! a listing per level held at a time); both the copy and the cache key
 //! ([`hash_sources`]) use it, so they always agree.
 
+use crate::layer::{self, UnpackOptions, UnpackStats, WhiteoutMode};
 use crate::tree::{self, EntryKind, Meta, SourceTree, TreeError};
 use estiba_cache::{Digest, Hasher};
 use estiba_frontend::dockerignore::{path_match, Matcher};
 use std::ffi::CString;
 use std::fmt::Write as _;
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -73,6 +75,9 @@ pub enum CopyError {
     /// Writing the layer failed.
     #[error(transparent)]
     Layer(#[from] crate::layer::LayerError),
+    /// An archive ADD extracts cannot be decompressed.
+    #[error("cannot decompress the archive")]
+    Decompress(#[source] crate::compress::CompressError),
     /// Writing the destination failed.
     #[error("cannot write {path}")]
     Write {
@@ -511,6 +516,41 @@ fn hash_entries(
     Ok(())
 }
 
+/// Whether a file is a tar archive, plain or compressed, as docker's ADD
+/// decides it: the first 512 bytes (decompressed) are a tar header with a
+/// valid checksum.
+pub fn is_archive(reader: impl Read) -> bool {
+    let Ok(mut reader) = crate::compress::decompressing_reader(reader) else {
+        return false;
+    };
+    let mut header = [0u8; 512];
+    let mut filled = 0;
+    while filled < header.len() {
+        match reader.read(&mut header[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(_) => return false,
+        }
+    }
+    filled == header.len()
+        && header.iter().any(|b| *b != 0)
+        && layer::header_checksum_matches(&header) == Some(true)
+}
+
+/// Extracts an archive ADD was given ([`is_archive`]), decompressed, into
+/// `dest`, a fresh directory the step's [`Writer::add_extracted`] then
+/// takes: whiteout entries stay the files they are, owners are kept when
+/// running as root, and nothing is written outside `dest`
+/// ([`layer::unpack_layer`]'s guarantee).
+pub fn extract_archive(reader: impl Read, dest: &Path) -> Result<UnpackStats, CopyError> {
+    let reader = crate::compress::decompressing_reader(reader).map_err(CopyError::Decompress)?;
+    let opts = UnpackOptions {
+        whiteouts: WhiteoutMode::Keep,
+        ..UnpackOptions::default()
+    };
+    Ok(layer::unpack_layer(reader, dest, &opts)?)
+}
+
 /// Sets an xattr on a path without following a final symlink.
 pub fn set_xattr_public(path: &Path, name: &str, value: &[u8]) -> Result<(), CopyError> {
     set_xattr(path, name, value)
@@ -540,6 +580,28 @@ fn set_xattr(path: &Path, name: &str, value: &[u8]) -> Result<(), CopyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn archives_are_told_by_their_first_header_checksum() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_cksum();
+        b.append_data(&mut h, "x".repeat(150), &b"hi"[..])
+            .expect("append");
+        let tar = b.into_inner().expect("tar");
+        let mut gz = Vec::new();
+        crate::compress::compress(&tar[..], &mut gz, crate::compress::Compression::Gzip)
+            .expect("gzip");
+        assert!(is_archive(&tar[..]), "a tar starting with a GNU long name");
+        assert!(is_archive(&gz[..]), "a gzipped tar");
+        let mut corrupt = tar.clone();
+        corrupt[10] ^= 1;
+        assert!(!is_archive(&corrupt[..]), "a bad checksum");
+        assert!(!is_archive(&[0u8; 1024][..]), "zero blocks");
+        assert!(!is_archive(&tar[..511]), "less than a block");
+        assert!(!is_archive(&b"plain text"[..]), "text");
+    }
 
     #[test]
     fn chmod_forms() {

@@ -1064,32 +1064,10 @@ impl<R: Read> TarReader<R> {
                 };
             }
             let name = cstr(&block[0..100]);
-            let stored: i64 = parse_numeric(&block[148..156])
-                .ok_or_else(|| self.corrupt(Some(name), "bad checksum field"))?;
-            let unsigned: i64 = block
-                .iter()
-                .enumerate()
-                .map(|(i, b)| {
-                    if (148..156).contains(&i) {
-                        32
-                    } else {
-                        i64::from(*b)
-                    }
-                })
-                .sum();
-            let signed: i64 = block
-                .iter()
-                .enumerate()
-                .map(|(i, b)| {
-                    if (148..156).contains(&i) {
-                        32
-                    } else {
-                        i64::from(*b as i8)
-                    }
-                })
-                .sum();
-            if stored != unsigned && stored != signed {
-                return Err(self.corrupt(Some(name), "header checksum mismatch"));
+            match header_checksum_matches(&block) {
+                Some(true) => {}
+                Some(false) => return Err(self.corrupt(Some(name), "header checksum mismatch")),
+                None => return Err(self.corrupt(Some(name), "bad checksum field")),
             }
             let field = |range: std::ops::Range<usize>, what: &str| {
                 parse_numeric(&block[range])
@@ -1164,7 +1142,13 @@ impl<R: Read> TarReader<R> {
                     b"linkpath" if !value.is_empty() => entry.link = value,
                     b"uid" => entry.uid = number(&value)?,
                     b"gid" => entry.gid = number(&value)?,
-                    b"size" => size = number(&value)?,
+                    // As Go's archive/tar: a size is an int64.
+                    b"size" => {
+                        size = number(&value)?;
+                        if i64::try_from(size).is_err() {
+                            return Err(self.corrupt(Some(&entry.path), "bad PAX size"));
+                        }
+                    }
                     b"mtime" => {
                         entry.mtime = parse_pax_time(&value)
                             .ok_or_else(|| self.corrupt(Some(&entry.path), "bad PAX mtime"))?
@@ -1227,6 +1211,27 @@ impl<R: Read> Read for EntryData<'_, R> {
         self.tar.remaining -= n as u64;
         Ok(n)
     }
+}
+
+/// Whether a tar header block's checksum field holds the sum of its bytes
+/// (the field itself counted as spaces), summed as unsigned or, as some old
+/// tars did, signed bytes; `None` when the field is not a number.
+pub(crate) fn header_checksum_matches(block: &[u8; BLOCK]) -> Option<bool> {
+    let stored = parse_numeric(&block[148..156])?;
+    let sum = |byte: fn(u8) -> i64| -> i64 {
+        block
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    byte(*b)
+                }
+            })
+            .sum()
+    };
+    Some(stored == sum(i64::from) || stored == sum(|b| i64::from(b as i8)))
 }
 
 /// The bytes of a NUL-terminated field.
@@ -1493,7 +1498,8 @@ struct Unpacker {
     written: HashSet<PathBuf>,
     /// Entries of devices this layer did not make, for its hard links to them.
     skipped_devices: HashSet<PathBuf>,
-    /// Directories whose mode and mtime are set at the end.
+    /// Directories whose mode and mtime are set at the end, by entry name
+    /// and resolved path relative to the root.
     dirs: Vec<(String, PathBuf, u32, i64)>,
     /// The last parent resolved: (entry components, resolved relative path).
     parent_cache: Option<(PathBuf, PathBuf)>,
@@ -1594,7 +1600,7 @@ impl Unpacker {
                 }
                 self.set_owner_and_xattrs(&name, &abs, meta)?;
                 self.dirs
-                    .push((name.clone(), abs.clone(), meta.mode, meta.mtime));
+                    .push((name.clone(), rel.clone(), meta.mode, meta.mtime));
                 self.stats.dirs += 1;
             }
             EntryKind::File => {
@@ -1845,18 +1851,18 @@ impl Unpacker {
     }
 
     /// Sets directory modes and mtimes, deepest first, now that nothing
-    /// more will be written into them.
+    /// more will be written into them. A directory a later entry replaced
+    /// or removed is skipped, and so is one a later entry moved out of
+    /// reach: had a parent become a symlink, the path would now name
+    /// whatever that symlink points at, maybe outside the root.
     fn finish_dirs(&mut self) -> Result<(), LayerError> {
-        for (entry, abs, mode, mtime) in self.dirs.iter().rev() {
-            match fs::symlink_metadata(abs) {
-                Ok(m) if m.is_dir() => {}
-                // Replaced or removed by a later entry.
-                Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(self.apply_err(entry, abs, e)),
+        for (entry, rel, mode, mtime) in self.dirs.iter().rev() {
+            let abs = self.root.join(rel);
+            if !is_real_dir(&self.root, rel).map_err(|e| self.apply_err(entry, &abs, e))? {
+                continue;
             }
-            set_mode(abs, *mode).map_err(|e| self.apply_err(entry, abs, e))?;
-            set_mtime(abs, *mtime).map_err(|e| self.apply_err(entry, abs, e))?;
+            set_mode(&abs, *mode).map_err(|e| self.apply_err(entry, &abs, e))?;
+            set_mtime(&abs, *mtime).map_err(|e| self.apply_err(entry, &abs, e))?;
         }
         Ok(())
     }
@@ -1875,6 +1881,22 @@ fn copy_content(data: &mut impl Read, out: &mut fs::File) -> Result<u64, DataErr
         out.write_all(&buf[..n]).map_err(DataError::Write)?;
         copied += n as u64;
     }
+}
+
+/// Whether `rel` below `root` is still a directory reached through
+/// directories only, no symlink on the way.
+fn is_real_dir(root: &Path, rel: &Path) -> io::Result<bool> {
+    let mut abs = root.to_path_buf();
+    for c in rel.iter() {
+        abs.push(c);
+        match fs::symlink_metadata(&abs) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 fn make_dir(path: &Path) -> io::Result<()> {

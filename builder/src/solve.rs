@@ -22,7 +22,6 @@ use estiba_frontend::dockerignore::Matcher;
 use estiba_frontend::graph::{Base, BuildGraph, CopySource, CopyStep, Op, Stage, Step};
 use estiba_frontend::Span;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
@@ -1417,22 +1416,9 @@ impl<'a> Solver<'a> {
                     ..
                 })
             );
-            if unpack && is_file && is_archive(tree.open(&m.path)?) {
+            if unpack && is_file && copy::is_archive(tree.open(&m.path)?) {
                 let extracted = self.store.temp_dir("add")?;
-                let reader =
-                    crate::compress::decompressing_reader(tree.open(&m.path)?).map_err(|e| {
-                        SolveErrorKind::Copy(copy::CopyError::Tree(tree::TreeError::Other(
-                            e.to_string(),
-                        )))
-                    })?;
-                layer::unpack_layer(
-                    reader,
-                    extracted.path(),
-                    &layer::UnpackOptions {
-                        whiteouts: layer::WhiteoutMode::Keep,
-                        ..layer::UnpackOptions::default()
-                    },
-                )?;
+                copy::extract_archive(tree.open(&m.path)?, extracted.path())?;
                 writer.add_extracted(extracted, &step.dest)?;
             } else {
                 plain.push(m.clone());
@@ -1481,44 +1467,6 @@ fn absolute_target(target: &str, workdir: &str) -> String {
         let dir = if workdir.is_empty() { "/" } else { workdir };
         format!("{}/{target}", dir.trim_end_matches('/'))
     }
-}
-
-/// Whether a file is a tar archive, plain or compressed, as docker's ADD
-/// decides it: the first 512 bytes (decompressed) are a valid tar header.
-fn is_archive(reader: Box<dyn std::io::Read + '_>) -> bool {
-    let Ok(mut reader) = crate::compress::decompressing_reader(reader) else {
-        return false;
-    };
-    let mut header = [0u8; 512];
-    let mut filled = 0;
-    while filled < header.len() {
-        match reader.read(&mut header[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(_) => return false,
-        }
-    }
-    if filled < header.len() || header.iter().all(|b| *b == 0) {
-        return false;
-    }
-    // The header checksum: the sum of all bytes with the checksum field
-    // counted as spaces, stored as octal at 148..156.
-    let stored = std::str::from_utf8(&header[148..156])
-        .ok()
-        .map(|s| s.trim_matches(|c: char| c == '\0' || c == ' '))
-        .and_then(|s| u32::from_str_radix(s, 8).ok());
-    let sum: u32 = header
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            if (148..156).contains(&i) {
-                32
-            } else {
-                u32::from(*b)
-            }
-        })
-        .sum();
-    stored == Some(sum)
 }
 
 /// Each snapshot directory once, topmost occurrence first. A layer that

@@ -1462,3 +1462,109 @@ fn truncated_or_corrupt_archives_are_errors() {
         "{err:?}"
     );
 }
+
+#[test]
+fn a_directory_replaced_by_a_symlink_keeps_its_mode_off_the_symlink_target() {
+    // Found by the `layer` fuzz target: directory modes are set at the end,
+    // by then `b` is a symlink out of the root and `b/etc` is outside.
+    use tar::EntryType::{Directory, Symlink};
+    let base = tmp();
+    let dest = base.path().join("dest");
+    let outside = base.path().join("outside");
+    fs::create_dir_all(&dest).unwrap();
+    fs::create_dir_all(outside.join("etc")).unwrap();
+    chmod(&outside.join("etc"), 0o755);
+    set_mtime(&outside.join("etc"), 1_000_000);
+    let tar = raw_tar(&[
+        (b"b/", Directory, b"", b""),
+        (b"b/etc/", Directory, b"", b""),
+        (b"b", Symlink, b"../outside", b""),
+    ]);
+    unpack_layer(&tar[..], &dest, &root_opts()).unwrap();
+    let m = fs::metadata(outside.join("etc")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o755, "mode set through the symlink");
+    assert_eq!(m.mtime(), 1_000_000, "mtime set through the symlink");
+    assert_eq!(
+        fs::read_link(dest.join("b")).unwrap(),
+        Path::new("../outside")
+    );
+}
+
+#[test]
+fn an_index_listing_the_same_blob_many_times_is_read_once() {
+    // index.json → 7 nested indexes → one manifest, each level listing
+    // the next 32 times: without walking each (blob, names) once, reading
+    // it would take 32^8 steps, a denial of service in 50 KiB.
+    let layer = layer_of(|d| write(&d.join("f"), b"x"));
+    let config = serde_json::to_vec(&serde_json::json!({
+        "rootfs": {"type": "layers", "diff_ids": [Digest::of(&layer).to_string()]}
+    }))
+    .unwrap();
+    let desc = |media_type: &str, data: &[u8]| {
+        serde_json::json!({
+            "mediaType": media_type,
+            "digest": Digest::of(data).to_string(),
+            "size": data.len(),
+        })
+    };
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "config": desc("application/vnd.oci.image.config.v1+json", &config),
+        "layers": [desc("application/vnd.oci.image.layer.v1.tar", &layer)],
+    }))
+    .unwrap();
+    let mut files = vec![layer.clone(), config.clone(), manifest.clone()];
+    let mut next = desc("application/vnd.oci.image.manifest.v1+json", &manifest);
+    for _ in 0..7 {
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": vec![next.clone(); 32],
+        }))
+        .unwrap();
+        next = desc("application/vnd.oci.image.index.v1+json", &index);
+        files.push(index);
+    }
+    let mut top = next.clone();
+    top["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "fan:out"});
+    let index_json = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": vec![top; 32],
+    }))
+    .unwrap();
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| format!("blobs/sha256/{}", Digest::of(f).hex()))
+        .collect();
+    let mut entries: Vec<(&str, &[u8])> = names
+        .iter()
+        .zip(&files)
+        .map(|(n, f)| (n.as_str(), f.as_slice()))
+        .collect();
+    entries.push(("index.json", &index_json));
+    let archive = archive_of(&entries, &[]);
+    let work = tmp();
+    let a = read_archive(&archive[..], work.path()).unwrap();
+    assert_eq!(a.images.len(), 1);
+    assert_eq!(a.images[0].tags, ["fan:out"]);
+    assert_eq!(a.images[0].manifest_digest, Some(Digest::of(&manifest)));
+}
+
+#[test]
+fn a_pax_size_beyond_what_a_tar_can_hold_is_corrupt() {
+    // The reader skipped an entry's content plus padding as one u64 sum:
+    // a PAX size of 2^64 - 1 on an entry whose content nobody reads (a
+    // directory, an entry the archive reader ignores) overflowed it.
+    use tar::EntryType::{Regular, XHeader};
+    let tar = raw_tar(&[
+        (b"pax", XHeader, b"", b"29 size=18446744073709551615\n"),
+        (b"d/", Regular, b"", b""),
+        (b"f", Regular, b"", b"x"),
+    ]);
+    let err = list_layer(&tar[..]).unwrap_err();
+    assert!(matches!(err, LayerError::Corrupt { .. }), "{err:?}");
+    let dest = tmp();
+    let err = unpack_layer(&tar[..], dest.path(), &root_opts()).unwrap_err();
+    assert!(matches!(err, LayerError::Corrupt { .. }), "{err:?}");
+    let err = read_archive(&tar[..], dest.path()).unwrap_err();
+    assert!(matches!(err, ArchiveError::Corrupt { .. }), "{err:?}");
+}

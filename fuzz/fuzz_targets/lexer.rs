@@ -17,10 +17,15 @@ fuzz_target!(|data: &[u8]| {
         .raw_escapes(flags & 4 != 0)
         .skip_unset_env(flags & 8 != 0)
         .skip_process_quotes(flags & 16 != 0);
-    let env: BTreeMap<String, String> = [("A", "a b"), ("EMPTY", ""), ("PWD", "/home"), ("U", "한국어")]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let env: BTreeMap<String, String> = [
+        ("A", "a b"),
+        ("EMPTY", ""),
+        ("PWD", "/home"),
+        ("U", "한국어"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
     let _ = lexer.expand_word(&word, &env);
     let _ = lexer.expand_words(&word, &env);
     let _ = lexer.expand_word_with_matches(&word, &env);
