@@ -265,8 +265,7 @@ fn container(
         unsafe { libc::_exit(128 + libc::SIGKILL) }
     }
     drop(alive);
-    // SAFETY: umask cannot fail.
-    unsafe { libc::umask(0o022) };
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let run = &spec.run;
     let rootfs = spec.rootfs.as_path();
     {
@@ -608,9 +607,7 @@ fn mount_extra(stubs: &mut Stubs<'_>, extra: &ExtraMount) -> Result<(), Failure>
                 target,
             )?;
             // Keep the source's nosuid/noexec; never allow devices.
-            let kept = sys::mount_flags(&host)
-                .map(MsFlags::from_bits_truncate)
-                .unwrap_or(MsFlags::empty());
+            let kept = sys::mount_flags(&host).unwrap_or(MsFlags::empty());
             let flags = kept | MsFlags::MS_NODEV;
             if *readonly {
                 remount_ro(&host, flags, target)
