@@ -6,10 +6,8 @@ use estiba::context::{BuildContext, ContextError, ContextStats, RACY_WINDOW};
 use estiba::tree::{self, EntryKind, SourceTree, TreeError};
 use estiba_cache::Digest;
 use estiba_frontend::dockerignore::Matcher;
-use std::ffi::CString;
 use std::fs;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -512,26 +510,6 @@ fn children_are_sorted_bytewise() {
     );
 }
 
-fn set_xattr(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
-    let path = CString::new(path.as_os_str().as_bytes()).expect("no NUL");
-    let name = CString::new(name).expect("no NUL");
-    // SAFETY: NUL-terminated strings and a buffer of `value.len()` bytes.
-    let rc = unsafe {
-        libc::lsetxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 #[test]
 fn xattrs_are_read_and_filtered() {
     // On the target directory's file system (disk), not necessarily /tmp.
@@ -539,14 +517,14 @@ fn xattrs_are_read_and_filtered() {
     let file = dir.path().join("f");
     fs::write(&file, "x").expect("write");
     let ctx = open(dir.path());
-    match set_xattr(&file, "user.b", b"2").and_then(|()| set_xattr(&file, "user.a", b"1")) {
+    match xattr::set(&file, "user.b", b"2").and_then(|()| xattr::set(&file, "user.a", b"1")) {
         Ok(()) => {
             let mut expected = vec![
                 ("user.a".to_owned(), b"1".to_vec()),
                 ("user.b".to_owned(), b"2".to_vec()),
             ];
-            let root_only = set_xattr(&file, "trusted.estiba", b"t")
-                .and_then(|()| set_xattr(&file, "trusted.overlay.opaque", b"y"));
+            let root_only = xattr::set(&file, "trusted.estiba", b"t")
+                .and_then(|()| xattr::set(&file, "trusted.overlay.opaque", b"y"));
             if nix::unistd::geteuid().is_root() {
                 root_only.expect("root sets trusted.* xattrs");
                 expected.push(("trusted.estiba".to_owned(), b"t".to_vec()));
@@ -585,7 +563,7 @@ fn remembered_xattrs_follow_changes() {
     let root = dir.path().join("ctx");
     let cache = dir.path().join("stat-cache");
     put(&root, "f", "content");
-    if let Err(error) = set_xattr(&root.join("f"), "user.v", b"1") {
+    if let Err(error) = xattr::set(root.join("f"), "user.v", b"1") {
         assert_eq!(error.raw_os_error(), Some(libc::ENOTSUP), "{error}");
         return; // no user xattrs on this file system: nothing to remember
     }
@@ -614,7 +592,7 @@ fn remembered_xattrs_follow_changes() {
     );
     drop(ctx);
 
-    set_xattr(&root.join("f"), "user.v", b"2").expect("set again");
+    xattr::set(root.join("f"), "user.v", b"2").expect("set again");
     let ctx = BuildContext::open(&root, None, Some(cache)).expect("reopen");
     assert_eq!(
         user_xattrs(&ctx),
