@@ -182,7 +182,8 @@ impl Reporter {
     /// init started by hand) messages go nowhere.
     pub(super) fn from_status_fd() -> Reporter {
         let open = fcntl(STATUS_FD, FcntlArg::F_GETFD).is_ok();
-        // SAFETY: fd 3 is open and nothing else in this process owns it.
+        // SAFETY: fd 3 is open (F_GETFD just succeeded) and nothing else in
+        // this process owns it: the parent put it there for this reporter.
         let file = open.then(|| unsafe { std::fs::File::from_raw_fd(STATUS_FD) });
         Reporter { file }
     }
