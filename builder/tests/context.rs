@@ -554,6 +554,34 @@ fn xattrs_are_read_and_filtered() {
     }
 }
 
+/// A symlink is read as itself: the xattrs of the file it points at,
+/// perhaps outside the context, do not reach the image.
+#[test]
+fn a_symlink_does_not_take_its_targets_xattrs() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let root = dir.path().join("ctx");
+    let outside = dir.path().join("outside");
+    put(&root, "f", "in the context");
+    fs::write(&outside, "outside the context").expect("write");
+    std::os::unix::fs::symlink(&outside, root.join("l")).expect("symlink");
+    if let Err(error) = xattr::set(&outside, "user.secret", b"1") {
+        assert_eq!(error.raw_os_error(), Some(libc::ENOTSUP), "{error}");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI's target dir must take user xattrs"
+        );
+        return;
+    }
+    let ctx = open(&root);
+    let user: Vec<_> = ctx
+        .xattrs("l")
+        .expect("xattrs")
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("user."))
+        .collect();
+    assert!(user.is_empty(), "the target's xattrs leaked: {user:?}");
+}
+
 /// The stat cache also remembers a file's xattrs, so an unchanged context
 /// is not asked for them again; setting one changes the ctime, so the next
 /// build sees the new value.
