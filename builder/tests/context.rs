@@ -572,14 +572,17 @@ fn a_symlink_does_not_take_its_targets_xattrs() {
         );
         return;
     }
-    let ctx = open(&root);
-    let user: Vec<_> = ctx
-        .xattrs("l")
+    let user = user_xattrs(&open(&root), "l");
+    assert!(user.is_empty(), "the target's xattrs leaked: {user:?}");
+}
+
+/// The `user.` xattrs the context reports for `path`.
+fn user_xattrs(ctx: &BuildContext, path: &str) -> Vec<(String, Vec<u8>)> {
+    ctx.xattrs(path)
         .expect("xattrs")
         .into_iter()
         .filter(|(name, _)| name.starts_with("user."))
-        .collect();
-    assert!(user.is_empty(), "the target's xattrs leaked: {user:?}");
+        .collect()
 }
 
 /// The stat cache also remembers a file's xattrs, so an unchanged context
@@ -596,17 +599,10 @@ fn remembered_xattrs_follow_changes() {
         return; // no user xattrs on this file system: nothing to remember
     }
     let_timestamps_settle();
-    let user_xattrs = |ctx: &BuildContext| -> Vec<(String, Vec<u8>)> {
-        ctx.xattrs("f")
-            .expect("xattrs")
-            .into_iter()
-            .filter(|(name, _)| name.starts_with("user."))
-            .collect()
-    };
     let ctx = BuildContext::open(&root, None, Some(cache.clone())).expect("open");
     ctx.content_digest("f").expect("digest");
     assert_eq!(
-        user_xattrs(&ctx),
+        user_xattrs(&ctx, "f"),
         vec![("user.v".to_owned(), b"1".to_vec())]
     );
     drop(ctx);
@@ -615,7 +611,7 @@ fn remembered_xattrs_follow_changes() {
     ctx.content_digest("f").expect("digest");
     assert_eq!(ctx.stats().cache_hits, 1, "remembered");
     assert_eq!(
-        user_xattrs(&ctx),
+        user_xattrs(&ctx, "f"),
         vec![("user.v".to_owned(), b"1".to_vec())]
     );
     drop(ctx);
@@ -623,7 +619,7 @@ fn remembered_xattrs_follow_changes() {
     xattr::set(root.join("f"), "user.v", b"2").expect("set again");
     let ctx = BuildContext::open(&root, None, Some(cache)).expect("reopen");
     assert_eq!(
-        user_xattrs(&ctx),
+        user_xattrs(&ctx, "f"),
         vec![("user.v".to_owned(), b"2".to_vec())]
     );
     ctx.content_digest("f").expect("digest");
