@@ -692,15 +692,19 @@ fn alive(proc_dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Live pasta processes on the machine (`passt` is its binary's name).
-fn pasta_processes() -> usize {
+/// Live pasta processes serving steps of builds on the store `root` (its
+/// command line names the step's namespace file in the store): tests run
+/// side by side, so pastas of other builds are not counted.
+fn pasta_processes(root: &Path) -> usize {
+    let root = root.to_string_lossy().into_owned();
     std::fs::read_dir("/proc")
         .expect("/proc")
         .filter_map(|e| e.ok())
         .filter(|e| {
-            std::fs::read_to_string(e.path().join("comm"))
-                .map(|c| c.starts_with("passt") || c.starts_with("pasta"))
-                .unwrap_or(false)
+            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            (comm.starts_with("passt") || comm.starts_with("pasta"))
+                && String::from_utf8_lossy(&cmdline).contains(&root)
                 && alive(&e.path())
         })
         .count()
@@ -733,7 +737,6 @@ fn the_default_network_is_private_and_the_hosts_loopback_out_of_reach() {
         ),
     )]);
     import_busybox(&e);
-    let before = pasta_processes();
     let out = local_export(&e, &["--allow", "network.host"]);
     let read = |name: &str| std::fs::read_to_string(out.join(name)).expect(name);
     assert_eq!(read("default"), "unreachable\n");
@@ -743,7 +746,16 @@ fn the_default_network_is_private_and_the_hosts_loopback_out_of_reach() {
         !route.trim().is_empty() && !route.contains("lo"),
         "no default route through pasta's interface: {route:?}"
     );
-    assert!(pasta_processes() <= before, "pasta outlived the build");
+    // pasta is killed when its step ends and reaped by a thread: allow it
+    // a moment to go.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while pasta_processes(&e.root) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pasta outlived the build"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Live host processes whose command line contains `needle`.
@@ -775,7 +787,6 @@ fn a_signal_cancels_the_build_names_the_running_step_and_stops_its_processes() {
             &format!("FROM busybox:test\nRUN echo started && busybox sleep {marker}\n"),
         )]);
         import_busybox(&e);
-        let pasta_before = pasta_processes();
         let mut child = estiba(&e.root)
             .args(["build", "--progress", "plain", "--no-cache"])
             .arg(&e.ctx)
@@ -816,8 +827,8 @@ fn a_signal_cancels_the_build_names_the_running_step_and_stops_its_processes() {
         );
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
         loop {
-            let left = (processes_with(sleep.as_bytes()), pasta_processes());
-            if left.0.is_empty() && left.1 <= pasta_before {
+            let left = (processes_with(sleep.as_bytes()), pasta_processes(&e.root));
+            if left.0.is_empty() && left.1 == 0 {
                 break;
             }
             assert!(

@@ -57,10 +57,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::ffi::CString;
 use std::fmt::Write as _;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -617,28 +615,8 @@ fn mkdir(path: &Path, mode: u32) -> Result<(), String> {
 }
 
 fn lsetxattr(path: &Path, name: &str, value: &[u8]) -> Result<(), String> {
-    let p = CString::new(path.as_os_str().as_bytes()).map_err(|e| format!("{e}"))?;
-    let n = CString::new(name).map_err(|e| format!("{e}"))?;
-    // SAFETY: both strings are NUL-terminated and outlive the call; the
-    // value pointer and length describe a live slice.
-    let rc = unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(format!(
-            "setting xattr {name} on {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        ))
-    }
+    xattr::set(path, name, value)
+        .map_err(|e| format!("setting xattr {name} on {}: {e}", path.display()))
 }
 
 /// The files the upstream `tweakContextDir` callbacks create, by case slug.

@@ -45,13 +45,14 @@
 //! key on every call.
 
 use crate::memo::Memo;
+use crate::sys;
 use crate::tree::{self, EntryKind, Meta, SourceTree, TreeError};
 use estiba_cache::{Digest, Hasher};
 use estiba_frontend::dockerignore::{
     ignore_file_candidates, parse_ignore_file, IgnoreError, MatchInfo, Matcher,
 };
 use statcache::{NewRecord, Remembered, StatCache, StatKey, Xattrs};
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -1076,79 +1077,21 @@ fn open_regular(host: &Path) -> Result<(fs::File, fs::Metadata), TreeError> {
 }
 
 /// Whether an extended attribute is worth keeping in an image.
-fn keep_xattr(name: &str) -> bool {
-    name.starts_with("user.")
-        || name.starts_with("security.")
-        || (name.starts_with("trusted.") && !name.starts_with("trusted.overlay."))
+fn keep_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"user.")
+        || name.starts_with(b"security.")
+        || (name.starts_with(b"trusted.") && !name.starts_with(b"trusted.overlay."))
 }
 
 /// The kept extended attributes of `host` (not following a symlink), sorted
-/// by name; none on a file system without them.
+/// by name; none on a file system without them. Names that are not UTF-8
+/// are left out.
 fn read_xattrs(host: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
-    let path = CString::new(host.as_os_str().as_bytes())?;
-    let names = xattr_buffer(|buf, size| {
-        // SAFETY: `path` is NUL-terminated; `buf` is null with size 0 or
-        // points to `size` writable bytes.
-        unsafe { libc::llistxattr(path.as_ptr(), buf.cast(), size) }
-    });
-    let names = match names {
-        Ok(names) => names,
-        Err(error) if error.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
-        Err(error) => return Err(error),
-    };
-    let mut out = Vec::new();
-    for raw in names.split(|&b| b == 0).filter(|name| !name.is_empty()) {
-        let Ok(name) = std::str::from_utf8(raw) else {
-            continue;
-        };
-        if !keep_xattr(name) {
-            continue;
-        }
-        let Ok(c_name) = CString::new(raw) else {
-            continue;
-        };
-        let value = xattr_buffer(|buf, size| get_xattr(&path, &c_name, buf, size));
-        match value {
-            Ok(value) => out.push((name.to_owned(), value)),
-            // Removed since it was listed.
-            Err(error) if error.raw_os_error() == Some(libc::ENODATA) => {}
-            Err(error) => return Err(error),
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-fn get_xattr(path: &CStr, name: &CStr, buf: *mut u8, size: usize) -> isize {
-    // SAFETY: both strings are NUL-terminated; `buf` is null with size 0 or
-    // points to `size` writable bytes.
-    unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), buf.cast(), size) }
-}
-
-/// The size-then-fill dance of the xattr calls, retried while the value
-/// grows between the two calls.
-fn xattr_buffer(call: impl Fn(*mut u8, usize) -> isize) -> io::Result<Vec<u8>> {
-    loop {
-        let size = call(std::ptr::null_mut(), 0);
-        let size = usize::try_from(size).map_err(|_| io::Error::last_os_error())?;
-        if size == 0 {
-            return Ok(Vec::new());
-        }
-        let mut buf = vec![0u8; size];
-        let got = call(buf.as_mut_ptr(), buf.len());
-        match usize::try_from(got) {
-            Ok(got) => {
-                buf.truncate(got);
-                return Ok(buf);
-            }
-            Err(_) => {
-                let error = io::Error::last_os_error();
-                if error.raw_os_error() != Some(libc::ERANGE) {
-                    return Err(error);
-                }
-            }
-        }
-    }
+    let xattrs = sys::read_xattrs(host, keep_xattr)?;
+    Ok(xattrs
+        .into_iter()
+        .filter_map(|(name, value)| Some((String::from_utf8(name).ok()?, value)))
+        .collect())
 }
 
 fn now_ns() -> i64 {

@@ -24,10 +24,8 @@ use crate::layer::{self, UnpackOptions, UnpackStats, WhiteoutMode};
 use crate::tree::{self, EntryKind, Meta, SourceTree, TreeError};
 use estiba_cache::{Digest, Hasher};
 use estiba_frontend::dockerignore::{path_match, Matcher};
-use std::ffi::CString;
 use std::fmt::Write as _;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 mod writer;
@@ -549,32 +547,6 @@ pub fn extract_archive(reader: impl Read, dest: &Path) -> Result<UnpackStats, Co
         ..UnpackOptions::default()
     };
     Ok(layer::unpack_layer(reader, dest, &opts)?)
-}
-
-/// Sets an xattr on a path without following a final symlink.
-pub fn set_xattr_public(path: &Path, name: &str, value: &[u8]) -> Result<(), CopyError> {
-    set_xattr(path, name, value)
-}
-
-fn set_xattr(path: &Path, name: &str, value: &[u8]) -> Result<(), CopyError> {
-    let c_path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| write_err(path)(std::io::Error::other("path has a NUL byte")))?;
-    let c_name = CString::new(name)
-        .map_err(|_| write_err(path)(std::io::Error::other("xattr name has a NUL byte")))?;
-    // SAFETY: both strings are NUL-terminated; value is valid for its length.
-    let rc = unsafe {
-        libc::lsetxattr(
-            c_path.as_ptr(),
-            c_name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc != 0 {
-        return Err(write_err(path)(std::io::Error::last_os_error()));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

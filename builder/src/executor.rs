@@ -28,7 +28,6 @@ mod network;
 mod protocol;
 mod seccomp;
 mod stubs;
-mod sys;
 mod user;
 mod whiteout;
 
@@ -41,7 +40,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use rustix::event::{PollFd, PollFlags, Timespec};
 use serde::{Deserialize, Serialize};
+
+use crate::sys;
 
 use protocol::{InitSpec, Message};
 
@@ -698,8 +700,7 @@ fn spawn_init(
     // At fd 10 or above (`network::go_pipe`): the status fd's move to fd 3
     // cannot clobber it.
     let go_fd = go_r.map(AsRawFd::as_raw_fd);
-    // SAFETY: getpid has no preconditions.
-    let parent = unsafe { libc::getpid() };
+    let parent = nix::unistd::getpid().as_raw();
     let mut command = Command::new(&options.init_exe);
     command
         .arg(INIT_ARG)
@@ -808,47 +809,38 @@ fn follow(
             continue;
         }
 
-        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(4);
+        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(4);
         let mut which = Vec::with_capacity(4);
         for (i, pipe) in pipes.iter().enumerate() {
             if let Some(fd) = pipe {
-                fds.push(libc::pollfd {
-                    fd: fd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
+                fds.push(PollFd::new(fd, PollFlags::IN));
                 which.push(Some(i));
             }
         }
         if exited.is_none() {
             if let Some(fd) = &exit_fd {
-                fds.push(libc::pollfd {
-                    fd: fd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
+                fds.push(PollFd::new(fd, PollFlags::IN));
                 which.push(None);
             }
         }
         let timeout = match (exited, &exit_fd) {
             (Some((_, at)), _) => {
                 let left = DRAIN_AFTER_EXIT.saturating_sub(at.elapsed());
-                left.as_millis().clamp(1, 1000) as libc::c_int
+                Some(left.clamp(Duration::from_millis(1), Duration::from_secs(1)))
             }
-            (None, Some(_)) => -1,
-            (None, None) => 20,
+            (None, Some(_)) => None,
+            (None, None) => Some(Duration::from_millis(20)),
         };
-        // SAFETY: fds is a valid array of pollfd of the given length.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+        let timeout = timeout.and_then(|t| Timespec::try_from(t).ok());
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
-        for (pfd, slot) in fds.iter().zip(&which) {
-            if pfd.revents == 0 {
+        let ready: Vec<bool> = fds.iter().map(|pfd| !pfd.revents().is_empty()).collect();
+        drop(fds);
+        for (ready, slot) in ready.into_iter().zip(&which) {
+            if !ready {
                 continue;
             }
             match slot {

@@ -13,9 +13,10 @@
 //! without writing anything.
 
 use crate::compress::DigestWriter;
+use crate::sys;
 use estiba_cache::Digest;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -725,7 +726,8 @@ fn write_entry<W: Write>(
         }
         inodes.insert(key, f.rel.clone());
     }
-    h.xattrs = read_xattrs(&f.abs).map_err(|e| fs_err("read the xattrs of", e))?;
+    h.xattrs =
+        sys::read_xattrs(&f.abs, layer_xattr).map_err(|e| fs_err("read the xattrs of", e))?;
     if ft.is_dir() {
         h.kind = EntryKind::Dir;
         h.path.push(b'/');
@@ -769,141 +771,9 @@ fn layer_xattr(name: &[u8]) -> bool {
         && name != b"security.selinux"
 }
 
-fn cstring(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
-}
-
-fn unsupported(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOTSUP))
-}
-
-/// The layer-worthy xattrs of `path` (not following a symlink), by name.
-fn read_xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let c = cstring(path)?;
-    let mut names = Vec::new();
-    loop {
-        // SAFETY: a null buffer of size 0 asks for the needed size.
-        let size = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
-        if size < 0 {
-            let e = io::Error::last_os_error();
-            return if unsupported(&e) {
-                Ok(Vec::new())
-            } else {
-                Err(e)
-            };
-        }
-        if size == 0 {
-            return Ok(Vec::new());
-        }
-        let mut buf = vec![0u8; size as usize];
-        // SAFETY: buf is valid for buf.len() bytes.
-        let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ERANGE) {
-                continue;
-            }
-            return Err(e);
-        }
-        buf.truncate(n as usize);
-        for name in buf.split(|b| *b == 0) {
-            if !name.is_empty() && layer_xattr(name) {
-                names.push(name.to_vec());
-            }
-        }
-        break;
-    }
-    names.sort();
-    let mut out = Vec::new();
-    for name in names {
-        if let Some(value) = get_xattr(&c, &name)? {
-            out.push((name, value));
-        }
-    }
-    Ok(out)
-}
-
-fn get_xattr(path: &CString, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
-    let cname = CString::new(name)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "xattr name contains NUL"))?;
-    loop {
-        // SAFETY: a null buffer of size 0 asks for the needed size.
-        let size =
-            unsafe { libc::lgetxattr(path.as_ptr(), cname.as_ptr(), std::ptr::null_mut(), 0) };
-        if size < 0 {
-            let e = io::Error::last_os_error();
-            return if e.raw_os_error() == Some(libc::ENODATA) {
-                Ok(None)
-            } else {
-                Err(e)
-            };
-        }
-        let mut buf = vec![0u8; size as usize];
-        // SAFETY: buf is valid for buf.len() bytes.
-        let n = unsafe {
-            libc::lgetxattr(
-                path.as_ptr(),
-                cname.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::ERANGE) => continue,
-                Some(libc::ENODATA) => return Ok(None),
-                _ => return Err(e),
-            }
-        }
-        buf.truncate(n as usize);
-        return Ok(Some(buf));
-    }
-}
-
-fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
-    let c = cstring(path)?;
-    let cname = CString::new(name)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "xattr name contains NUL"))?;
-    // SAFETY: all pointers are valid for the lengths given.
-    let r = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            cname.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
+/// Sets both times of `path` (not following a symlink) to `mtime`.
 fn set_mtime(path: &Path, mtime: i64) -> io::Result<()> {
-    let c = cstring(path)?;
-    let t = libc::timespec {
-        tv_sec: mtime as libc::time_t,
-        tv_nsec: 0,
-    };
-    let times = [t, t];
-    // SAFETY: c is a valid path and times holds two timespecs.
-    let r = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    sys::set_times(path, (mtime, 0), (mtime, 0))
 }
 
 // ---------------------------------------------------------------------------
@@ -1838,7 +1708,7 @@ impl Unpacker {
             if name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.") {
                 continue;
             }
-            if let Err(e) = set_xattr(abs, name, value) {
+            if let Err(e) = xattr::set(abs, name, value) {
                 let refused = matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOTSUP));
                 if refused && !self.opts.same_owner {
                     self.stats.xattrs_skipped += 1;

@@ -16,5 +16,6 @@ pub mod progress;
 pub mod reference;
 pub mod rootfs;
 pub mod solve;
+mod sys;
 pub mod tree;
 pub mod verify;

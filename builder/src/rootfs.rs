@@ -7,6 +7,7 @@
 //! holding `.wh..wh..opq` hides everything below it in lower layers; a
 //! non-directory in a higher layer hides a directory of the same path below.
 
+use crate::sys;
 use crate::tree::{EntryKind, Meta, SourceTree, TreeError};
 use std::fs;
 use std::io::Read;
@@ -23,43 +24,12 @@ fn is_overlay_whiteout(m: &fs::Metadata) -> bool {
     m.file_type().is_char_device() && m.rdev() == 0
 }
 
+/// The xattr overlayfs marks an opaque directory with.
+pub(crate) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
 /// Whether `dir` is an overlayfs opaque directory (`trusted.overlay.opaque=y`).
 pub(crate) fn is_overlay_opaque(dir: &Path) -> bool {
-    read_xattrs_raw(dir, "trusted.overlay.opaque").is_some_and(|v| v == b"y")
-}
-
-fn read_xattrs_raw(path: &Path, name: &str) -> Option<Vec<u8>> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let c_name = std::ffi::CString::new(name).ok()?;
-    get_xattr(&c_path, &c_name).ok().flatten()
-}
-
-/// One xattr's value (`None` when the file has no such attribute), the
-/// buffer grown as the kernel asks.
-fn get_xattr(c_path: &std::ffi::CStr, c_name: &std::ffi::CStr) -> std::io::Result<Option<Vec<u8>>> {
-    let mut value = vec![0u8; 256];
-    loop {
-        // SAFETY: NUL-terminated strings; the buffer is valid for its length.
-        let n = unsafe {
-            libc::lgetxattr(
-                c_path.as_ptr(),
-                c_name.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
-        if n >= 0 {
-            value.truncate(n as usize);
-            return Ok(Some(value));
-        }
-        let err = std::io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::ERANGE) => value.resize(value.len() * 4, 0),
-            Some(libc::ENODATA) | Some(libc::ENOTSUP) => return Ok(None),
-            _ => return Err(err),
-        }
-    }
+    sys::xattr(dir, OPAQUE_XATTR.as_bytes()).is_ok_and(|v| v.is_some_and(|v| v == b"y"))
 }
 
 /// Converts a snapshot from OCI whiteout form (`.wh.<name>` files,
@@ -78,8 +48,7 @@ pub fn oci_to_overlay(root: &Path) -> Result<usize, TreeError> {
             let ft = entry.file_type().map_err(|e| io_err(&path, e))?;
             if name == OPAQUE_MARKER {
                 fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
-                crate::copy::set_xattr_public(&dir, "trusted.overlay.opaque", b"y")
-                    .map_err(|e| TreeError::Other(e.to_string()))?;
+                xattr::set(&dir, OPAQUE_XATTR, b"y").map_err(|e| io_err(&dir, e))?;
                 converted += 1;
             } else if let Some(gone) = name.strip_prefix(WHITEOUT_PREFIX) {
                 fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
@@ -310,39 +279,12 @@ impl SourceTree for LayeredTree {
 
 /// The xattrs of a file worth keeping in an image, sorted.
 pub fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>, TreeError> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| TreeError::Other(format!("{}: path has a NUL byte", path.display())))?;
-    let mut names = vec![0u8; 4096];
-    let len = loop {
-        // SAFETY: the buffer is valid for `names.len()` bytes and the path is
-        // NUL-terminated.
-        let n =
-            unsafe { libc::llistxattr(c_path.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let err = std::io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::ERANGE) => names.resize(names.len() * 4, 0),
-            Some(libc::ENOTSUP) | Some(libc::ENODATA) => return Ok(Vec::new()),
-            _ => return Err(io_err(path, err)),
-        }
-    };
-    let mut out = Vec::new();
-    for name in names[..len].split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let text = String::from_utf8_lossy(name).into_owned();
-        if text.starts_with("trusted.overlay.") {
-            continue;
-        }
-        let c_name = CString::new(name.to_vec())
-            .map_err(|_| TreeError::Other(format!("{}: bad xattr name", path.display())))?;
-        let value = get_xattr(&c_path, &c_name)
-            .map_err(|err| io_err(path, err))?
-            .unwrap_or_default();
-        out.push((text, value));
-    }
+    let xattrs = sys::read_xattrs(path, |name| !name.starts_with(b"trusted.overlay."))
+        .map_err(|err| io_err(path, err))?;
+    let mut out: Vec<(String, Vec<u8>)> = xattrs
+        .into_iter()
+        .map(|(name, value)| (String::from_utf8_lossy(&name).into_owned(), value))
+        .collect();
     out.sort();
     Ok(out)
 }

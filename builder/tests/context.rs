@@ -6,10 +6,8 @@ use estiba::context::{BuildContext, ContextError, ContextStats, RACY_WINDOW};
 use estiba::tree::{self, EntryKind, SourceTree, TreeError};
 use estiba_cache::Digest;
 use estiba_frontend::dockerignore::Matcher;
-use std::ffi::CString;
 use std::fs;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -512,26 +510,6 @@ fn children_are_sorted_bytewise() {
     );
 }
 
-fn set_xattr(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
-    let path = CString::new(path.as_os_str().as_bytes()).expect("no NUL");
-    let name = CString::new(name).expect("no NUL");
-    // SAFETY: NUL-terminated strings and a buffer of `value.len()` bytes.
-    let rc = unsafe {
-        libc::lsetxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 #[test]
 fn xattrs_are_read_and_filtered() {
     // On the target directory's file system (disk), not necessarily /tmp.
@@ -539,14 +517,14 @@ fn xattrs_are_read_and_filtered() {
     let file = dir.path().join("f");
     fs::write(&file, "x").expect("write");
     let ctx = open(dir.path());
-    match set_xattr(&file, "user.b", b"2").and_then(|()| set_xattr(&file, "user.a", b"1")) {
+    match xattr::set(&file, "user.b", b"2").and_then(|()| xattr::set(&file, "user.a", b"1")) {
         Ok(()) => {
             let mut expected = vec![
                 ("user.a".to_owned(), b"1".to_vec()),
                 ("user.b".to_owned(), b"2".to_vec()),
             ];
-            let root_only = set_xattr(&file, "trusted.estiba", b"t")
-                .and_then(|()| set_xattr(&file, "trusted.overlay.opaque", b"y"));
+            let root_only = xattr::set(&file, "trusted.estiba", b"t")
+                .and_then(|()| xattr::set(&file, "trusted.overlay.opaque", b"y"));
             if nix::unistd::geteuid().is_root() {
                 root_only.expect("root sets trusted.* xattrs");
                 expected.push(("trusted.estiba".to_owned(), b"t".to_vec()));
@@ -576,6 +554,37 @@ fn xattrs_are_read_and_filtered() {
     }
 }
 
+/// A symlink is read as itself: the xattrs of the file it points at,
+/// perhaps outside the context, do not reach the image.
+#[test]
+fn a_symlink_does_not_take_its_targets_xattrs() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let root = dir.path().join("ctx");
+    let outside = dir.path().join("outside");
+    put(&root, "f", "in the context");
+    fs::write(&outside, "outside the context").expect("write");
+    std::os::unix::fs::symlink(&outside, root.join("l")).expect("symlink");
+    if let Err(error) = xattr::set(&outside, "user.secret", b"1") {
+        assert_eq!(error.raw_os_error(), Some(libc::ENOTSUP), "{error}");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI's target dir must take user xattrs"
+        );
+        return;
+    }
+    let user = user_xattrs(&open(&root), "l");
+    assert!(user.is_empty(), "the target's xattrs leaked: {user:?}");
+}
+
+/// The `user.` xattrs the context reports for `path`.
+fn user_xattrs(ctx: &BuildContext, path: &str) -> Vec<(String, Vec<u8>)> {
+    ctx.xattrs(path)
+        .expect("xattrs")
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("user."))
+        .collect()
+}
+
 /// The stat cache also remembers a file's xattrs, so an unchanged context
 /// is not asked for them again; setting one changes the ctime, so the next
 /// build sees the new value.
@@ -585,22 +594,15 @@ fn remembered_xattrs_follow_changes() {
     let root = dir.path().join("ctx");
     let cache = dir.path().join("stat-cache");
     put(&root, "f", "content");
-    if let Err(error) = set_xattr(&root.join("f"), "user.v", b"1") {
+    if let Err(error) = xattr::set(root.join("f"), "user.v", b"1") {
         assert_eq!(error.raw_os_error(), Some(libc::ENOTSUP), "{error}");
         return; // no user xattrs on this file system: nothing to remember
     }
     let_timestamps_settle();
-    let user_xattrs = |ctx: &BuildContext| -> Vec<(String, Vec<u8>)> {
-        ctx.xattrs("f")
-            .expect("xattrs")
-            .into_iter()
-            .filter(|(name, _)| name.starts_with("user."))
-            .collect()
-    };
     let ctx = BuildContext::open(&root, None, Some(cache.clone())).expect("open");
     ctx.content_digest("f").expect("digest");
     assert_eq!(
-        user_xattrs(&ctx),
+        user_xattrs(&ctx, "f"),
         vec![("user.v".to_owned(), b"1".to_vec())]
     );
     drop(ctx);
@@ -609,15 +611,15 @@ fn remembered_xattrs_follow_changes() {
     ctx.content_digest("f").expect("digest");
     assert_eq!(ctx.stats().cache_hits, 1, "remembered");
     assert_eq!(
-        user_xattrs(&ctx),
+        user_xattrs(&ctx, "f"),
         vec![("user.v".to_owned(), b"1".to_vec())]
     );
     drop(ctx);
 
-    set_xattr(&root.join("f"), "user.v", b"2").expect("set again");
+    xattr::set(root.join("f"), "user.v", b"2").expect("set again");
     let ctx = BuildContext::open(&root, None, Some(cache)).expect("reopen");
     assert_eq!(
-        user_xattrs(&ctx),
+        user_xattrs(&ctx, "f"),
         vec![("user.v".to_owned(), b"2".to_vec())]
     );
     ctx.content_digest("f").expect("digest");

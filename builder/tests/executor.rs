@@ -183,15 +183,9 @@ fn walk(root: &Path, dir: &Path, found: &mut Vec<String>) {
 }
 
 fn xattr_names(path: &Path) -> Vec<String> {
-    let c = CString::new(path.as_os_str().as_bytes()).expect("path");
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: buf is valid for its length.
-    let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    assert!(n >= 0, "llistxattr {}", path.display());
-    buf.truncate(n as usize);
-    buf.split(|&b| b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
+    xattr::list(path)
+        .unwrap_or_else(|e| panic!("llistxattr {}: {e}", path.display()))
+        .map(|name| name.to_string_lossy().into_owned())
         .collect()
 }
 

@@ -16,7 +16,6 @@ use estiba::layer::{
 use estiba::tree::path_order;
 use estiba_cache::Digest;
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::CString;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -44,59 +43,22 @@ fn chmod(path: &Path, mode: u32) {
 }
 
 fn set_mtime(path: &Path, secs: i64) {
-    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-    let t = libc::timespec {
-        tv_sec: secs as libc::time_t,
-        tv_nsec: 0,
-    };
-    let times = [t, t];
-    let r = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    assert_eq!(r, 0, "utimensat {}", path.display());
-}
-
-fn lsetxattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-    let n = CString::new(name).unwrap();
-    let r = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn lgetxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
-    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-    let n = CString::new(name).unwrap();
-    let mut buf = vec![0u8; 65536];
-    let r = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if r < 0 {
-        return None;
-    }
-    buf.truncate(r as usize);
-    Some(buf)
+    let t = nix::sys::time::TimeSpec::new(secs, 0);
+    nix::sys::stat::utimensat(
+        None,
+        path,
+        &t,
+        &t,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap_or_else(|e| panic!("utimensat {}: {e}", path.display()));
 }
 
 /// Whether this file system takes `user.*` xattrs; prints why not.
 fn user_xattrs_supported(dir: &Path) -> bool {
     let probe = dir.join(".xattr-probe");
     fs::write(&probe, b"").unwrap();
-    let result = lsetxattr(&probe, "user.probe", b"1");
+    let result = xattr::set(&probe, "user.probe", b"1");
     fs::remove_file(&probe).unwrap();
     match result {
         Ok(()) => true,
@@ -147,7 +109,7 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
                 .or_insert_with(|| rel.clone());
             desc += &format!(" inode-of={}", first.display());
         }
-        if let Some(v) = lgetxattr(entry.path(), "user.estiba") {
+        if let Some(v) = xattr::get(entry.path(), "user.estiba").ok().flatten() {
             desc += &format!(" xattr={}", String::from_utf8_lossy(&v));
         }
         out.insert(rel, desc);
@@ -345,8 +307,8 @@ fn rich_tree(root: &Path) -> bool {
     }
     let xattrs = user_xattrs_supported(root);
     if xattrs {
-        lsetxattr(&root.join("etc/passwd"), "user.estiba", b"v=1\n=x").unwrap();
-        lsetxattr(&root.join("empty/dir"), "user.estiba", b"on a dir").unwrap();
+        xattr::set(root.join("etc/passwd"), "user.estiba", b"v=1\n=x").unwrap();
+        xattr::set(root.join("empty/dir"), "user.estiba", b"on a dir").unwrap();
     }
     for e in walkdir::WalkDir::new(root)
         .min_depth(1)
@@ -521,11 +483,11 @@ fn write_layer_keeps_whiteout_files_and_drops_overlay_xattrs() {
     write(&d.path().join("dir/new"), b"n");
     let xattrs = user_xattrs_supported(d.path());
     if is_root() {
-        lsetxattr(&d.path().join("dir"), "trusted.overlay.opaque", b"y").unwrap();
-        lsetxattr(&d.path().join("dir"), "trusted.estiba", b"kept").unwrap();
+        xattr::set(d.path().join("dir"), "trusted.overlay.opaque", b"y").unwrap();
+        xattr::set(d.path().join("dir"), "trusted.estiba", b"kept").unwrap();
     }
     if xattrs {
-        lsetxattr(&d.path().join("dir/new"), "user.overlay.origin", b"x").unwrap();
+        xattr::set(d.path().join("dir/new"), "user.overlay.origin", b"x").unwrap();
     }
     let (t, _) = layer_bytes(d.path(), &LayerOptions::default());
     let entries = list_layer(&t[..]).unwrap();

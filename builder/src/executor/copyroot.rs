@@ -225,8 +225,7 @@ impl Upper<'_> {
         let xattrs =
             crate::rootfs::read_xattrs(from).map_err(|e| fail(from)(io::Error::other(e)))?;
         for (name, value) in xattrs {
-            crate::copy::set_xattr_public(to, &name, &value)
-                .map_err(|e| fail(to)(io::Error::other(e)))?;
+            xattr::set(to, &name, &value).map_err(fail(to))?;
         }
         Ok(())
     }

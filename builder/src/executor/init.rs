@@ -117,8 +117,8 @@ fn init(report: &mut Reporter) -> Result<i32, Failure> {
                 Err(failure) => failure,
             };
             report.send(&Message::Failed(failure));
-            // SAFETY: leaving the forked child without running the parent's
-            // exit handlers.
+            // SAFETY: _exit has no preconditions; unlike `process::exit` it
+            // runs none of the parent's exit handlers twice in this copy.
             unsafe { libc::_exit(SETUP_FAILED) }
         }
         Ok(ForkResult::Parent { child }) => {
@@ -261,12 +261,12 @@ fn container(
     sys::kill_me_with_parent().map_err(|e| Failure::setup("arm the parent-death signal", e))?;
     if sys::hung_up(&alive) {
         // The init died before the death signal was armed.
-        // SAFETY: leaving the forked child at once.
+        // SAFETY: _exit has no preconditions; unlike `process::exit` it
+        // runs none of the parent's exit handlers twice in this copy.
         unsafe { libc::_exit(128 + libc::SIGKILL) }
     }
     drop(alive);
-    // SAFETY: umask cannot fail.
-    unsafe { libc::umask(0o022) };
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let run = &spec.run;
     let rootfs = spec.rootfs.as_path();
     {
@@ -608,9 +608,7 @@ fn mount_extra(stubs: &mut Stubs<'_>, extra: &ExtraMount) -> Result<(), Failure>
                 target,
             )?;
             // Keep the source's nosuid/noexec; never allow devices.
-            let kept = sys::mount_flags(&host)
-                .map(MsFlags::from_bits_truncate)
-                .unwrap_or(MsFlags::empty());
+            let kept = sys::mount_flags(&host).unwrap_or(MsFlags::empty());
             let flags = kept | MsFlags::MS_NODEV;
             if *readonly {
                 remount_ro(&host, flags, target)

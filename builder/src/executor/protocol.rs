@@ -7,6 +7,7 @@ use std::io::{self, Write};
 use std::os::fd::FromRawFd;
 use std::path::PathBuf;
 
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use serde::{Deserialize, Serialize};
 
 use super::{ExecError, RunSpec, STATUS_FD};
@@ -180,9 +181,9 @@ impl Reporter {
     /// Takes fd 3, where [`super::run`] put the status pipe. Without it (the
     /// init started by hand) messages go nowhere.
     pub(super) fn from_status_fd() -> Reporter {
-        // SAFETY: F_GETFD only inspects the descriptor table.
-        let open = unsafe { libc::fcntl(STATUS_FD, libc::F_GETFD) } >= 0;
-        // SAFETY: fd 3 is open and nothing else in this process owns it.
+        let open = fcntl(STATUS_FD, FcntlArg::F_GETFD).is_ok();
+        // SAFETY: fd 3 is open (F_GETFD just succeeded) and nothing else in
+        // this process owns it: the parent put it there for this reporter.
         let file = open.then(|| unsafe { std::fs::File::from_raw_fd(STATUS_FD) });
         Reporter { file }
     }
@@ -209,10 +210,7 @@ impl Reporter {
         if self.file.is_none() {
             return Ok(());
         }
-        // SAFETY: plain fcntl on a descriptor this process owns.
-        if unsafe { libc::fcntl(STATUS_FD, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        fcntl(STATUS_FD, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
         Ok(())
     }
 }

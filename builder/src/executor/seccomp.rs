@@ -805,19 +805,8 @@ fn compile(
 /// The running kernel's version, (major, minor); (0, 0) if unknown, which
 /// leaves out the groups that need a minimum.
 fn kernel_version() -> (u32, u32) {
-    // SAFETY: uname fills the zeroed struct.
-    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid utsname to fill.
-    if unsafe { libc::uname(&mut uts) } != 0 {
-        return (0, 0);
-    }
-    let release: Vec<u8> = uts
-        .release
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
-    parse_kernel_version(&String::from_utf8_lossy(&release))
+    let uts = rustix::system::uname();
+    parse_kernel_version(&uts.release().to_string_lossy())
 }
 
 /// `6.1.0-18-amd64` → (6, 1).

@@ -20,6 +20,7 @@ use std::path::{Component, Path, PathBuf};
 
 use super::protocol::{errno, Failure, Message, Reporter, Stamp, StubKind};
 use super::{sys, ExecError};
+use crate::rootfs::OPAQUE_XATTR;
 
 /// How many symlinks one path may go through, as the kernel's limit.
 const MAX_SYMLINKS: u32 = 40;
@@ -308,7 +309,7 @@ impl Tracked {
         // A directory the init created may be opaque (it replaced a deleted
         // one); without it the deletion shows again, as before the step.
         if kind == StubKind::CopiedUp
-            && !matches!(sys::xattr(&path, b"trusted.overlay.opaque"), Ok(None))
+            && !matches!(sys::xattr(&path, OPAQUE_XATTR.as_bytes()), Ok(None))
         {
             return false;
         }

@@ -7,16 +7,17 @@
 //! directory's permissions, owner and times. Directory times are restored
 //! after the entries inside them change.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use super::{sys, ExecError};
+use crate::rootfs::OPAQUE_XATTR;
 
 const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
-const OPAQUE_XATTR: &[u8] = b"trusted.overlay.opaque";
 /// Overlay metadata that means the upper dir is not a self-contained diff.
 const UNCONVERTIBLE_XATTRS: [(&[u8], &str); 2] = [
     (
@@ -76,7 +77,7 @@ fn convert_dir(dir: &Path, dir_meta: &fs::Metadata) -> Result<(), ExecError> {
             continue;
         }
         let opaque = meta.is_dir()
-            && sys::xattr(&path, OPAQUE_XATTR)
+            && sys::xattr(&path, OPAQUE_XATTR.as_bytes())
                 .map_err(|e| whiteout_error(&path, e))?
                 .is_some_and(|v| v == b"y");
         strip_overlay_xattrs(&path)?;
@@ -131,12 +132,8 @@ fn restore_times(path: &Path, meta: &fs::Metadata) -> Result<(), ExecError> {
 }
 
 fn strip_overlay_xattrs(path: &Path) -> Result<(), ExecError> {
-    let names = match sys::xattr_names(path) {
-        Ok(names) => names,
-        // A file system without xattrs has no overlay metadata either.
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
-        Err(e) => return Err(whiteout_error(path, e)),
-    };
+    // A file system without xattrs has no overlay metadata either.
+    let names = sys::xattr_names(path).map_err(|e| whiteout_error(path, e))?;
     for name in names {
         if !name.starts_with(OVERLAY_XATTR_PREFIX) {
             continue;
@@ -147,7 +144,7 @@ fn strip_overlay_xattrs(path: &Path) -> Result<(), ExecError> {
                 what: (*what).to_owned(),
             });
         }
-        match sys::remove_xattr(path, &name) {
+        match xattr::remove(path, OsStr::from_bytes(&name)) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
             Err(e) => return Err(whiteout_error(path, e)),

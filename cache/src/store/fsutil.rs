@@ -15,7 +15,6 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::hash::{BuildHasher, Hasher as _};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -93,25 +92,19 @@ pub(crate) enum LockKind {
 /// `Ok(false)` means someone else holds a conflicting lock. The lock belongs
 /// to the open file description and goes away when the file is closed.
 pub(crate) fn flock(file: &File, kind: LockKind, nonblocking: bool) -> io::Result<bool> {
-    let mut op = match kind {
-        LockKind::Shared => libc::LOCK_SH,
-        LockKind::Exclusive => libc::LOCK_EX,
+    use rustix::fs::FlockOperation;
+    let op = match (kind, nonblocking) {
+        (LockKind::Shared, false) => FlockOperation::LockShared,
+        (LockKind::Shared, true) => FlockOperation::NonBlockingLockShared,
+        (LockKind::Exclusive, false) => FlockOperation::LockExclusive,
+        (LockKind::Exclusive, true) => FlockOperation::NonBlockingLockExclusive,
     };
-    if nonblocking {
-        op |= libc::LOCK_NB;
-    }
     loop {
-        // SAFETY: the descriptor belongs to `file`, which outlives the call;
-        // flock(2) touches no memory.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-        if rc == 0 {
-            return Ok(true);
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) if nonblocking => return Ok(false),
-            _ => return Err(err),
+        match rustix::fs::flock(file, op) {
+            Ok(()) => return Ok(true),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::WOULDBLOCK) if nonblocking => return Ok(false),
+            Err(e) => return Err(e.into()),
         }
     }
 }
