@@ -290,6 +290,17 @@ mod tests {
     }
 
     #[test]
+    fn numbers_in_unknown_fields_survive_being_written_again() {
+        // Found by the image_json fuzz target: parsed at best-effort
+        // precision, this number changed each time a config was written.
+        let json = r#"{"k": 840000000000000000000000000001, "f": 2.2250738585072011e-308}"#;
+        let config: ImageConfig = serde_json::from_str(json).expect("parses");
+        let once = serde_json::to_string(&config).expect("serializes");
+        let again: ImageConfig = serde_json::from_str(&once).expect("parses again");
+        assert_eq!(serde_json::to_string(&again).expect("serializes"), once);
+    }
+
+    #[test]
     fn config_keeps_unknown_fields_and_writes_docker_maps() {
         let json = r#"{"architecture":"amd64","os":"linux","config":{"Hostname":"abc","ExposedPorts":{"80/tcp":{}},"Env":["A=1"]},"rootfs":{"type":"layers","diff_ids":[]},"moby.buildkit.buildinfo.v1":"x"}"#;
         let mut config: ImageConfig = serde_json::from_str(json).expect("parses");
