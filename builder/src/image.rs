@@ -249,11 +249,26 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
     let mut c = clock.split(':');
     let (h, min): (i64, i64) = (c.next()?.parse().ok()?, c.next()?.parse().ok()?);
     let s: i64 = c.next()?.split('.').next()?.parse().ok()?;
+    // RFC 3339's ranges (a config's `created` is untrusted: out-of-range
+    // fields are refused, and nothing below can overflow).
+    let fields_in_range = (0..=9999).contains(&y)
+        && (1..=12).contains(&m)
+        && (1..=31).contains(&day)
+        && (0..=23).contains(&h)
+        && (0..=59).contains(&min)
+        && (0..=60).contains(&s);
+    if !fields_in_range {
+        return None;
+    }
     let offset_secs = match offset.chars().next() {
         Some('+') | Some('-') => {
             let sign = if offset.starts_with('-') { -1 } else { 1 };
             let (oh, om) = offset[1..].split_once(':')?;
-            sign * (oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60)
+            let (oh, om) = (oh.parse::<i64>().ok()?, om.parse::<i64>().ok()?);
+            if !(0..=23).contains(&oh) || !(0..=59).contains(&om) {
+                return None;
+            }
+            sign * (oh * 3600 + om * 60)
         }
         _ => 0,
     };
@@ -271,6 +286,18 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing the image JSON (`created` of an untrusted config):
+    /// a huge hour overflowed the sum.
+    #[test]
+    fn out_of_range_fields_are_refused_not_overflowed() {
+        let fuzzed = "01-8-0T2222222:0000000000001792569754112222222:000000000000179256975411";
+        assert_eq!(parse_rfc3339(fuzzed), None);
+        assert_eq!(parse_rfc3339("2024-13-01T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("2024-01-01T24:00:00Z"), None);
+        assert_eq!(parse_rfc3339("2024-01-01T00:00:00+99:00"), None);
+        assert_eq!(parse_rfc3339("1970-01-01T01:00:00+01:00"), Some(0));
+    }
 
     #[test]
     fn times_round_trip() {
