@@ -276,6 +276,19 @@ pub(crate) fn set_times(path: &Path, atime: (i64, i64), mtime: (i64, i64)) -> io
     Ok(())
 }
 
+/// Makes every mount of this process's (new) mount namespace private, so
+/// nothing mounted from here on reaches the namespace it was copied from.
+/// Allocates nothing: safe between fork and exec.
+pub(crate) fn make_mounts_private() -> nix::Result<()> {
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+}
+
 /// The mount flags (`MS_NOSUID`, …) of the mount that holds `path`.
 pub(crate) fn mount_flags(path: &Path) -> io::Result<MsFlags> {
     let st = nix::sys::statvfs::statvfs(path)?;

@@ -81,14 +81,8 @@ fn init(report: &mut Reporter) -> Result<i32, Failure> {
         .map_err(|e| Failure::Spec(format!("unreadable spec for the init: {e}")))?;
 
     // Nothing mounted from here on may reach the host's namespace.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|e| Failure::setup("make the mounts of the build container private", e))?;
+    sys::make_mounts_private()
+        .map_err(|e| Failure::setup("make the mounts of the build container private", e))?;
     match &spec.copy_root {
         Some(root) => {
             let target = spec.rootfs.display().to_string();

@@ -233,13 +233,7 @@ fn start(init_pid: u32, publish: &[Publish], scratch: &Path) -> Result<UserNet, 
             // `stop_all` and the drop of `UserNet` end it).
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )?;
+            crate::sys::make_mounts_private()?;
             mount(
                 Some(ns_source.as_c_str()),
                 ns_target.as_c_str(),
