@@ -164,6 +164,38 @@ fn kill_group(child: &Child) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
         Err(e) => panic!("cannot kill the build's process group: {e}"),
     }
+    // Reaping estiba does not mean its RUN containers are gone: the kernel
+    // tears a pid namespace down after its init's parent has died, and until
+    // then they hold the build's temporary directories (in use, so no
+    // command may clear them). Wait until none is left alive.
+    let pgid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while group_alive(pgid) {
+        assert!(
+            Instant::now() < deadline,
+            "processes of the killed build (group {pgid}) outlived SIGKILL by 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether any process of the group `pgid` is alive (zombies are not: the
+/// machine's init may be slow to reap orphans, and they hold nothing).
+fn group_alive(pgid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.filter_map(|e| e.ok()).any(|e| {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            return false;
+        };
+        // After the command name: state, ppid, pgrp, ...
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            return false;
+        };
+        let fields: Vec<&str> = rest.split(' ').collect();
+        fields.len() > 2 && !matches!(fields[0], "Z" | "X") && fields[2] == pgid.to_string()
+    })
 }
 
 #[test]
