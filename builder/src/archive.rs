@@ -30,14 +30,12 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+use estiba_cache::media_type::{
+    DOCKER_CONFIG, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST as DOCKER_LIST, OCI_CONFIG, OCI_INDEX,
+    OCI_MANIFEST,
+};
 /// The OCI annotation naming a reference in an image layout.
-pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+pub use estiba_cache::REF_NAME_ANNOTATION as REF_NAME;
 /// containerd's annotation for the full image name (docker ≥ 25 writes it).
 pub const CONTAINERD_NAME: &str = "io.containerd.image.name";
 /// JSON documents larger than this are refused rather than read into memory.

@@ -7,6 +7,7 @@
 //! time, and the levels are fixed (gzip 6, zstd 3), so the same tar always
 //! gives the same blob with the same libraries.
 
+use estiba_cache::media_type as mt;
 use estiba_cache::{Digest, Hasher};
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -25,9 +26,9 @@ pub enum Compression {
 /// The OCI media type of a layer compressed with `compression`.
 pub fn media_type(compression: Compression) -> &'static str {
     match compression {
-        Compression::None => "application/vnd.oci.image.layer.v1.tar",
-        Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
-        Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        Compression::None => mt::OCI_LAYER_TAR,
+        Compression::Gzip => mt::OCI_LAYER_GZIP,
+        Compression::Zstd => mt::OCI_LAYER_ZSTD,
     }
 }
 
@@ -37,18 +38,16 @@ impl Compression {
     /// layer types. `None` for anything that is not a layer media type.
     pub fn from_media_type(media_type: &str) -> Option<Compression> {
         match media_type {
-            "application/vnd.oci.image.layer.v1.tar"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar"
-            | "application/vnd.docker.image.rootfs.diff.tar" => Some(Compression::None),
-            "application/vnd.oci.image.layer.v1.tar+gzip"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
-            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
-                Some(Compression::Gzip)
+            mt::OCI_LAYER_TAR | mt::OCI_LAYER_NONDISTRIBUTABLE_TAR | mt::DOCKER_LAYER_TAR => {
+                Some(Compression::None)
             }
-            "application/vnd.oci.image.layer.v1.tar+zstd"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
-            | "application/vnd.docker.image.rootfs.diff.tar.zstd" => Some(Compression::Zstd),
+            mt::OCI_LAYER_GZIP
+            | mt::OCI_LAYER_NONDISTRIBUTABLE_GZIP
+            | mt::DOCKER_LAYER_GZIP
+            | mt::DOCKER_LAYER_FOREIGN_GZIP => Some(Compression::Gzip),
+            mt::OCI_LAYER_ZSTD | mt::OCI_LAYER_NONDISTRIBUTABLE_ZSTD | mt::DOCKER_LAYER_ZSTD => {
+                Some(Compression::Zstd)
+            }
             _ => None,
         }
     }

@@ -13,15 +13,6 @@ use std::collections::BTreeMap;
 
 /// The history comment BuildKit writes.
 pub const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
-/// OCI image config media type.
-pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
-/// OCI image manifest media type.
-pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
-/// Docker image manifest media type.
-pub const DOCKER_MANIFEST_MEDIA_TYPE: &str = "application/vnd.docker.distribution.manifest.v2+json";
-/// Docker image config media type.
-pub const DOCKER_CONFIG_MEDIA_TYPE: &str = "application/vnd.docker.container.image.v1+json";
-
 /// `{}`: the value of docker's set-like maps.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Empty {}
@@ -192,23 +183,7 @@ fn set_map<'a>(keys: impl Iterator<Item = &'a String>) -> Option<BTreeMap<String
     (!map.is_empty()).then_some(map)
 }
 
-/// An image manifest (OCI or docker schema 2; the shapes are the same).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Manifest {
-    /// 2.
-    pub schema_version: u32,
-    /// The manifest's own media type.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media_type: Option<String>,
-    /// The config blob.
-    pub config: estiba_cache::Descriptor,
-    /// Layer blobs, bottom first.
-    pub layers: Vec<estiba_cache::Descriptor>,
-    /// Annotations.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-}
+pub use estiba_cache::oci::Manifest;
 
 /// Seconds since the epoch as RFC 3339 UTC (`2026-11-23T11:05:00Z`).
 pub fn rfc3339(unix: i64) -> String {

@@ -17,7 +17,7 @@ use crate::progress::Reporter;
 use crate::reference::Reference;
 use crate::rootfs::LayeredTree;
 use crate::tree::{self, SourceTree};
-use estiba_cache::{CacheRecord, Descriptor, Digest, Store, TempDir};
+use estiba_cache::{media_type, CacheRecord, Descriptor, Digest, Store, TempDir};
 use estiba_frontend::dockerignore::Matcher;
 use estiba_frontend::graph::{Base, BuildGraph, CopySource, CopyStep, Op, Stage, Step};
 use estiba_frontend::Span;
@@ -25,9 +25,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
-
-/// The media type of the uncompressed layers estiba stores.
-pub const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
 
 /// A failed build step or stage, with the Dockerfile lines it concerns.
 #[derive(Debug)]
@@ -204,13 +201,7 @@ impl Layer {
 
 /// The descriptor of a layer blob stored uncompressed.
 pub fn layer_descriptor(digest: Digest, size: u64) -> Descriptor {
-    Descriptor {
-        media_type: LAYER_MEDIA_TYPE.to_string(),
-        digest,
-        size,
-        annotations: BTreeMap::new(),
-        platform: None,
-    }
+    Descriptor::new(media_type::OCI_LAYER_TAR, digest, size)
 }
 
 /// A built image: its config and layers, not yet stored as a manifest.
@@ -371,14 +362,8 @@ pub fn store_manifest(store: &Store, config: &[u8], layers: Vec<Descriptor>) -> 
     let (config_digest, config_size) = store.put_blob(config)?;
     let manifest = Manifest {
         schema_version: 2,
-        media_type: Some(image::MANIFEST_MEDIA_TYPE.to_string()),
-        config: Descriptor {
-            media_type: image::CONFIG_MEDIA_TYPE.to_string(),
-            digest: config_digest,
-            size: config_size,
-            annotations: BTreeMap::new(),
-            platform: None,
-        },
+        media_type: Some(media_type::OCI_MANIFEST.to_string()),
+        config: Descriptor::new(media_type::OCI_CONFIG, config_digest, config_size),
         layers,
         annotations: BTreeMap::new(),
     };
@@ -388,13 +373,7 @@ pub fn store_manifest(store: &Store, config: &[u8], layers: Vec<Descriptor>) -> 
             reason: e.to_string(),
         })?;
     let (digest, size) = store.put_blob(&manifest_json)?;
-    Ok(Descriptor {
-        media_type: image::MANIFEST_MEDIA_TYPE.to_string(),
-        digest,
-        size,
-        annotations: BTreeMap::new(),
-        platform: None,
-    })
+    Ok(Descriptor::new(media_type::OCI_MANIFEST, digest, size))
 }
 
 impl<'a> Solver<'a> {

@@ -7,11 +7,13 @@
 #![deny(missing_docs)]
 
 mod digest;
+pub mod oci;
 mod store;
 
 pub use digest::{Digest, DigestError, Hasher};
+pub use oci::{media_type, Descriptor, REF_NAME_ANNOTATION};
 pub use store::{
-    media_type, remove_dir_all_force, BlobFault, BlobWriter, CacheRecord, Descriptor, FsckReport,
-    Problem, PruneOptions, PruneReport, RepairReport, SnapshotBuilder, SnapshotFault, Store,
-    StoreError, StoreLock, TempDir, LAYOUT_VERSION, REF_NAME_ANNOTATION,
+    remove_dir_all_force, BlobFault, BlobWriter, CacheRecord, FsckReport, Problem, PruneOptions,
+    PruneReport, RepairReport, SnapshotBuilder, SnapshotFault, Store, StoreError, StoreLock,
+    TempDir, LAYOUT_VERSION,
 };

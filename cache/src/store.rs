@@ -45,43 +45,15 @@ pub use lock::StoreLock;
 pub use snapshots::SnapshotBuilder;
 pub use tmp::TempDir;
 
+use crate::oci::{media_type, Descriptor, REF_NAME_ANNOTATION};
 use crate::Digest;
 use fsutil::io_err;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-
-/// Media types the store understands when it follows references.
-pub mod media_type {
-    /// An OCI image manifest.
-    pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-    /// An OCI image index.
-    pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-    /// An OCI image config.
-    pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-    /// An OCI layer, gzip-compressed.
-    pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-    /// An OCI layer, uncompressed.
-    pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
-    /// An OCI layer, zstd-compressed.
-    pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
-    /// A Docker image manifest, schema 2.
-    pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-    /// A Docker manifest list.
-    pub const DOCKER_MANIFEST_LIST: &str =
-        "application/vnd.docker.distribution.manifest.list.v2+json";
-    /// A Docker image config.
-    pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-    /// A Docker layer, gzip-compressed.
-    pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-}
-
-/// The annotation that names a tag in `index.json`.
-pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 
 /// The only OCI image layout version this store reads and writes.
 pub const LAYOUT_VERSION: &str = "1.0.0";
@@ -97,24 +69,6 @@ const PRIVATE_MODE: u32 = 0o700;
 const CACHEDIR_TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
 # This file is a cache directory tag created by estiba.\n\
 # For information about cache directory tags see https://bford.info/cachedir/\n";
-
-/// An OCI content descriptor: what a manifest, an index or a tag points at.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct Descriptor {
-    /// The media type of the referenced content.
-    pub media_type: String,
-    /// The digest of the referenced content.
-    pub digest: Digest,
-    /// Its size in bytes.
-    pub size: u64,
-    /// Arbitrary metadata.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-    /// The platform, for entries of an index.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<serde_json::Value>,
-}
 
 /// What the step cache remembers about one step.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -375,26 +329,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn descriptor_json_shape() {
-        let d = Descriptor {
-            media_type: media_type::OCI_MANIFEST.into(),
-            digest: Digest::of(b"x"),
-            size: 1,
-            annotations: BTreeMap::new(),
-            platform: None,
-        };
-        let json = serde_json::to_value(&d).expect("encodes");
-        assert_eq!(
-            json,
-            serde_json::json!({
-                "mediaType": media_type::OCI_MANIFEST,
-                "digest": Digest::of(b"x").to_string(),
-                "size": 1,
-            })
-        );
-    }
 
     #[test]
     fn error_messages_are_lowercase_and_name_things() {

@@ -7,7 +7,6 @@ use estiba_cache::{
     StoreError, REF_NAME_ANNOTATION,
 };
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -41,13 +40,7 @@ fn read_json(path: &Path) -> Value {
 }
 
 fn desc(media_type: &str, (digest, size): (Digest, u64)) -> Descriptor {
-    Descriptor {
-        media_type: media_type.to_string(),
-        digest,
-        size,
-        annotations: BTreeMap::new(),
-        platform: None,
-    }
+    Descriptor::new(media_type, digest, size)
 }
 
 fn put_json(store: &Store, v: &Value) -> (Digest, u64) {
@@ -488,7 +481,11 @@ fn index_json_is_a_valid_oci_index_with_ref_names() {
     let (_dir, store) = new_store();
     let image = make_image(&store, "a", false);
     let mut with_platform = image.manifest.clone();
-    with_platform.platform = Some(json!({"architecture": "amd64", "os": "linux"}));
+    with_platform.platform = Some(estiba_cache::oci::Platform {
+        architecture: "amd64".into(),
+        os: "linux".into(),
+        ..Default::default()
+    });
     store.set_tag("localhost/a:1", &with_platform).expect("tag");
     store.set_tag("b", &image.manifest).expect("tag");
 
@@ -808,7 +805,11 @@ fn prune_keeps_what_tags_reach_and_removes_the_rest() {
     let in_index_docker = make_image(&store, "docker", true);
     let in_index_oci = make_image(&store, "oci", false);
     let mut arm = in_index_oci.manifest.clone();
-    arm.platform = Some(json!({"architecture": "arm64", "os": "linux"}));
+    arm.platform = Some(estiba_cache::oci::Platform {
+        architecture: "arm64".into(),
+        os: "linux".into(),
+        ..Default::default()
+    });
     let index = put_json(
         &store,
         &json!({

@@ -1,0 +1,198 @@
+//! The OCI image spec's (and docker schema 2's) documents, defined once for
+//! every part of estiba: media types, descriptors, manifests, indexes and
+//! platforms. The store, the image layer, archives and the registry client
+//! all read and write these.
+//!
+//! Manifests and indexes from outside (archives, registries) are parsed
+//! with these types only to follow them; their bytes are kept as they came,
+//! so their digests stay what their authors made.
+
+use crate::Digest;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Media types of manifests, indexes, configs and layers.
+pub mod media_type {
+    /// An OCI image manifest.
+    pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    /// An OCI image index.
+    pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    /// An OCI image config.
+    pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+    /// An OCI layer, gzip-compressed.
+    pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+    /// An OCI layer, uncompressed.
+    pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+    /// An OCI layer, zstd-compressed.
+    pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+    /// An OCI layer that registries need not hold (deprecated by the spec,
+    /// still met in Windows images).
+    pub const OCI_LAYER_NONDISTRIBUTABLE_TAR: &str =
+        "application/vnd.oci.image.layer.nondistributable.v1.tar";
+    /// The same, gzip-compressed.
+    pub const OCI_LAYER_NONDISTRIBUTABLE_GZIP: &str =
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+    /// The same, zstd-compressed.
+    pub const OCI_LAYER_NONDISTRIBUTABLE_ZSTD: &str =
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd";
+    /// A Docker image manifest, schema 2.
+    pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    /// A Docker manifest list.
+    pub const DOCKER_MANIFEST_LIST: &str =
+        "application/vnd.docker.distribution.manifest.list.v2+json";
+    /// A Docker image config.
+    pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+    /// A Docker layer, gzip-compressed.
+    pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+    /// A Docker layer, uncompressed (rare, but docker reads it).
+    pub const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
+    /// A Docker layer, zstd-compressed (docker ≥ 23 pushes it on request).
+    pub const DOCKER_LAYER_ZSTD: &str = "application/vnd.docker.image.rootfs.diff.tar.zstd";
+    /// A Docker foreign (Windows base) layer, fetched from its `urls`.
+    pub const DOCKER_LAYER_FOREIGN_GZIP: &str =
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+
+    /// Whether `media_type` names a single-image manifest (OCI or docker).
+    pub fn is_manifest(media_type: &str) -> bool {
+        matches!(media_type, OCI_MANIFEST | DOCKER_MANIFEST)
+    }
+
+    /// Whether `media_type` names an index or a docker manifest list.
+    pub fn is_index(media_type: &str) -> bool {
+        matches!(media_type, OCI_INDEX | DOCKER_MANIFEST_LIST)
+    }
+}
+
+/// The annotation that names a tag in an image layout's `index.json`.
+pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
+
+/// An OCI content descriptor: what a manifest, an index or a tag points at.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    /// The media type of the referenced content.
+    pub media_type: String,
+    /// The digest of the referenced content.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Where else the content may be fetched (foreign layers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
+    /// Arbitrary metadata.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// The platform, for entries of an index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+}
+
+impl Descriptor {
+    /// A descriptor with no annotations, URLs or platform.
+    pub fn new(media_type: &str, digest: Digest, size: u64) -> Self {
+        Descriptor {
+            media_type: media_type.to_string(),
+            digest,
+            size,
+            urls: Vec::new(),
+            annotations: BTreeMap::new(),
+            platform: None,
+        }
+    }
+}
+
+/// The platform an image runs on, as an index entry states it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Platform {
+    /// `amd64`, `arm64`, `arm`, ...
+    pub architecture: String,
+    /// `linux`, `windows`, ...
+    pub os: String,
+    /// Windows' build number, e.g. `10.0.17763.1040`.
+    #[serde(
+        rename = "os.version",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub os_version: String,
+    /// Required OS features (Windows).
+    #[serde(rename = "os.features", default, skip_serializing_if = "Vec::is_empty")]
+    pub os_features: Vec<String>,
+    /// `v7`, `v8`, or empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub variant: String,
+}
+
+/// An image manifest (OCI or docker schema 2; the shapes are the same).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    /// 2.
+    pub schema_version: u32,
+    /// The manifest's own media type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    /// The config blob.
+    pub config: Descriptor,
+    /// Layer blobs, bottom first.
+    pub layers: Vec<Descriptor>,
+    /// Annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// An image index or docker manifest list: one manifest per platform.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Index {
+    /// 2.
+    pub schema_version: u32,
+    /// The index's own media type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    /// The manifests (or nested indexes) it lists.
+    #[serde(default)]
+    pub manifests: Vec<Descriptor>,
+    /// Annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptor_json_shape() {
+        let d = Descriptor::new(media_type::OCI_MANIFEST, Digest::of(b"x"), 1);
+        let json = serde_json::to_value(&d).expect("encodes");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "mediaType": media_type::OCI_MANIFEST,
+                "digest": Digest::of(b"x").to_string(),
+                "size": 1,
+            })
+        );
+    }
+
+    #[test]
+    fn platform_json_uses_the_specs_dotted_names() {
+        let p: Platform = serde_json::from_str(
+            r#"{"architecture":"amd64","os":"windows","os.version":"10.0.17763","os.features":["win32k"]}"#,
+        )
+        .expect("decodes");
+        assert_eq!(p.os_version, "10.0.17763");
+        assert_eq!(p.os_features, vec!["win32k".to_string()]);
+        let arm = Platform {
+            architecture: "arm".into(),
+            os: "linux".into(),
+            variant: "v7".into(),
+            ..Platform::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&arm).expect("encodes"),
+            r#"{"architecture":"arm","os":"linux","variant":"v7"}"#
+        );
+    }
+}
