@@ -7,7 +7,7 @@ use anyhow::Context;
 use estiba::context::BuildContext;
 use estiba::executor::Network;
 use estiba::progress::{Reporter, Silent};
-use estiba::reference::Reference;
+use estiba::registry::Reference;
 use estiba::solve::{self, Entitlement, SecretSource, SolveOptions, Solver, StoreResolver};
 use estiba_frontend::{plan, NoImages, PlanOptions, Platform};
 use std::collections::BTreeMap;

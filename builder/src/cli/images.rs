@@ -5,7 +5,7 @@ use super::args::{ArchiveFormat, ListFormat};
 use super::Failure;
 use anyhow::{anyhow, Context, Result};
 use estiba::image::{self, History, ImageConfig, RootFs};
-use estiba::reference::Reference;
+use estiba::registry::Reference;
 use estiba::solve::{self, Built, Layer};
 use estiba_cache::{Descriptor, Store};
 use std::path::Path;
