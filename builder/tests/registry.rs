@@ -9,7 +9,7 @@ use estiba_cache::oci::{media_type, Descriptor};
 use estiba_cache::Digest;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,6 +24,11 @@ struct TestRegistry {
 
 impl TestRegistry {
     fn start(htpasswd: Option<(&str, &str)>) -> TestRegistry {
+        Self::start_with(htpasswd, None)
+    }
+
+    /// With `tls`: the (certificate, key) it serves https with.
+    fn start_with(htpasswd: Option<(&str, &str)>, tls: Option<(&Path, &Path)>) -> TestRegistry {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
@@ -42,6 +47,13 @@ impl TestRegistry {
             config.push_str(&format!(
                 "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
                 file.display()
+            ));
+        }
+        if let Some((cert, key)) = tls {
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
             ));
         }
         let config_path = dir.path().join("config.yml");
@@ -282,10 +294,19 @@ fn uploads_in_chunks_above_the_threshold() {
         o.chunked_upload_threshold = 1024 * 1024;
         o.upload_chunk_size = 300 * 1024;
     });
-    let image = r(&format!("{}/big/blob:1", registry.addr));
+    let proxy = CuttingProxy::start(&registry.addr, u64::MAX, 0);
+    let image = r(&format!("{}/big/blob:1", proxy.addr));
     let bytes = blob_bytes(1024 * 1024 + 12_345, 4);
     let desc = push_bytes(&reg, &image, media_type::OCI_LAYER_GZIP, &bytes);
+    assert_eq!(proxy.count("PATCH "), 4, "1 MiB + 12 KiB in 300 KiB chunks");
+    assert_eq!(proxy.count("PUT "), 1, "the closing PUT");
     assert_eq!(fetch_blob(&reg, &image, &desc), bytes);
+
+    // At the threshold: one PUT, no PATCH.
+    let small = blob_bytes(1024 * 1024, 5);
+    push_bytes(&reg, &image, media_type::OCI_LAYER_GZIP, &small);
+    assert_eq!(proxy.count("PATCH "), 4);
+    assert_eq!(proxy.count("PUT "), 2);
 }
 
 #[test]
@@ -326,12 +347,166 @@ fn basic_auth_logs_in_and_refuses_without_credentials() {
     assert_eq!(fetch_blob(&reg, &image, &desc), bytes);
 }
 
-/// A loopback proxy that cuts the first `cuts` connections after
-/// forwarding `after` bytes of the registry's answers, counting every
-/// answer byte it forwards.
+/// Runs openssl in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a certificate for 127.0.0.1 it signed: (ca.crt, server.crt, server.key).
+fn make_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut args = vec!["req", "-x509", "-days", "2", "-subj", "/CN=estiba test CA"];
+    args.extend(ec);
+    args.extend(["-keyout", "ca.key", "-out", "ca.crt"]);
+    openssl(dir, &args);
+    let mut args = vec!["req", "-subj", "/CN=127.0.0.1"];
+    args.extend(ec);
+    args.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    openssl(dir, &args);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("write ext");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.crt",
+        ],
+    );
+    (
+        dir.join("ca.crt"),
+        dir.join("server.crt"),
+        dir.join("server.key"),
+    )
+}
+
+#[test]
+fn tls_with_an_unknown_ca_says_where_to_put_it() {
+    let pki = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = make_ca(pki.path());
+    let registry = TestRegistry::start_with(None, Some((&cert, &key)));
+    let home = tempfile::tempdir().expect("tempdir");
+    let image = r(&format!("{}/tls/app:1", registry.addr));
+
+    let err = client(home.path())
+        .head_manifest(&image)
+        .expect_err("unknown CA");
+    let certs = home.path().join("certs.d");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "cannot verify the TLS certificate of {addr}: put its CA in {certs}/{addr}/ca.crt, or list {addr} in \"insecure-registries\" in {config}",
+            addr = registry.addr,
+            certs = certs.display(),
+            config = home.path().join("registries.json").display(),
+        )
+    );
+
+    // Listed as insecure: the certificate is not checked.
+    std::fs::write(
+        home.path().join("registries.json"),
+        format!(r#"{{"insecure-registries": ["{}"]}}"#, registry.addr),
+    )
+    .expect("write config");
+    assert_eq!(
+        client(home.path()).head_manifest(&image).expect("insecure"),
+        None
+    );
+    std::fs::remove_file(home.path().join("registries.json")).expect("rm");
+
+    // The CA where docker reads it: verified https.
+    std::fs::create_dir_all(certs.join(&registry.addr)).expect("mkdir");
+    std::fs::copy(&ca, certs.join(&registry.addr).join("ca.crt")).expect("copy");
+    let reg = client(home.path());
+    let bytes = blob_bytes(2000, 7);
+    let desc = push_bytes(&reg, &image, media_type::OCI_LAYER_GZIP, &bytes);
+    assert_eq!(fetch_blob(&reg, &image, &desc), bytes);
+}
+
+/// A loopback proxy that cuts the first `cuts` connections that carry
+/// more than `after` bytes of the registry's answers, right there, counting every
+/// answer byte it forwards, the cuts it made and the requests of each
+/// method it saw.
 struct CuttingProxy {
     addr: String,
     forwarded: Arc<AtomicU64>,
+    cuts_left: Arc<AtomicUsize>,
+    requests: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl CuttingProxy {
+    /// How many requests began with `prefix` (`"PATCH "`, `"GET "`), or
+    /// had a `range: bytes=` header.
+    fn count(&self, prefix: &str) -> usize {
+        let requests = self.requests.lock().expect("lock");
+        requests.iter().filter(|r| r.starts_with(prefix)).count()
+    }
+}
+
+/// Copies a client's bytes to the server, noting each request line.
+fn copy_requests(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    requests: Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut tail: Vec<u8> = Vec::new();
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut window = std::mem::take(&mut tail);
+        window.extend_from_slice(&buf[..n]);
+        for method in ["GET ", "HEAD ", "POST ", "PATCH ", "PUT ", "range: bytes="] {
+            let needle = if method.starts_with("range") {
+                method.to_string()
+            } else {
+                format!("{method}/v2/")
+            };
+            let hits = window
+                .windows(needle.len())
+                .filter(|w| *w == needle.as_bytes())
+                .count();
+            let mut requests = requests.lock().expect("lock");
+            requests.extend(std::iter::repeat_n(method.to_string(), hits));
+        }
+        tail = window[window.len().saturating_sub(16)..].to_vec();
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
 }
 
 impl CuttingProxy {
@@ -340,6 +515,8 @@ impl CuttingProxy {
         let addr = listener.local_addr().expect("addr").to_string();
         let forwarded = Arc::new(AtomicU64::new(0));
         let cuts_left = Arc::new(AtomicUsize::new(cuts));
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (cuts_seen, requests_seen) = (cuts_left.clone(), requests.clone());
         let upstream = upstream.to_string();
         let total = forwarded.clone();
         std::thread::spawn(move || {
@@ -348,17 +525,13 @@ impl CuttingProxy {
                 let Ok(server) = TcpStream::connect(&upstream) else {
                     return;
                 };
-                let cut = cuts_left
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                    .is_ok();
-                let limit = if cut { after } else { u64::MAX };
-                let (mut c_read, mut s_write) = (
+                let cuts_left = cuts_left.clone();
+                let (c_read, s_write) = (
                     client.try_clone().expect("clone"),
                     server.try_clone().expect("clone"),
                 );
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut c_read, &mut s_write);
-                });
+                let requests = requests.clone();
+                std::thread::spawn(move || copy_requests(c_read, s_write, requests));
                 let total = total.clone();
                 std::thread::spawn(move || {
                     let (mut server, mut client) = (server, client);
@@ -369,13 +542,24 @@ impl CuttingProxy {
                             Ok(0) | Err(_) => break,
                             Ok(n) => n,
                         };
-                        let n = n.min(usize::try_from(limit - sent).unwrap_or(usize::MAX));
+                        // Past `after` bytes, the connection is cut if a cut is left.
+                        let cut = sent + n as u64 > after
+                            && cuts_left
+                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| {
+                                    c.checked_sub(1)
+                                })
+                                .is_ok();
+                        let n = if cut {
+                            usize::try_from(after - sent).unwrap_or(n)
+                        } else {
+                            n
+                        };
                         if client.write_all(&buf[..n]).is_err() {
                             break;
                         }
                         sent += n as u64;
                         total.fetch_add(n as u64, Ordering::SeqCst);
-                        if sent >= limit {
+                        if cut {
                             break;
                         }
                     }
@@ -384,7 +568,12 @@ impl CuttingProxy {
                 });
             }
         });
-        CuttingProxy { addr, forwarded }
+        CuttingProxy {
+            addr,
+            forwarded,
+            cuts_left: cuts_seen,
+            requests: requests_seen,
+        }
     }
 }
 
@@ -404,6 +593,16 @@ fn a_cut_download_resumes_where_it_stopped() {
     reg.get_blob(&through, &desc, &mut out, &|_| {})
         .expect("resumed download");
     assert_eq!(Digest::of(&out), desc.digest);
+    assert_eq!(
+        proxy.cuts_left.load(Ordering::SeqCst),
+        0,
+        "both cuts happened"
+    );
+    assert_eq!(
+        proxy.count("GET "),
+        4,
+        "the /v2/ probe, then the blob in three pieces"
+    );
     let forwarded = proxy.forwarded.load(Ordering::SeqCst);
     // Starting over would have sent at least one cut megabyte twice.
     assert!(

@@ -23,7 +23,8 @@ pub const CONFIG_ENV: &str = "ESTIBA_REGISTRIES_CONFIG";
 /// The parsed config file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct RegistriesConfig {
-    /// `host[:port]` or CIDR ranges that may use http or unverified TLS.
+    /// `host[:port]` or CIDR ranges that may use http or unverified TLS
+    /// (loopback registries may use http without being listed).
     #[serde(rename = "insecure-registries", default)]
     pub insecure_registries: Vec<String>,
     /// Mirrors tried first for docker.io pulls (`https://mirror.example`).
@@ -107,14 +108,21 @@ impl RegistriesConfig {
     }
 
     /// Whether `registry` (`host[:port]`) may be spoken to over plain http
-    /// or with a certificate nobody vouches for: loopback registries (as
-    /// docker treats them) and those listed.
-    pub fn is_insecure(&self, registry: &str) -> bool {
+    /// when https fails: loopback registries (as docker treats them) and
+    /// those listed.
+    pub fn allows_http(&self, registry: &str) -> bool {
+        let host = host_of(registry);
+        host == "localhost"
+            || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            || self.is_listed_insecure(registry)
+    }
+
+    /// Whether `registry` is listed in `insecure-registries` (by name or
+    /// CIDR range): its certificate is then not verified either, as docker
+    /// does for the registries listed there.
+    pub fn is_listed_insecure(&self, registry: &str) -> bool {
         let host = host_of(registry);
         let ip = host.parse::<IpAddr>().ok();
-        if host == "localhost" || ip.is_some_and(|ip| ip.is_loopback()) {
-            return true;
-        }
         self.insecure_registries.iter().any(|entry| {
             let entry = entry
                 .trim_start_matches("http://")
@@ -179,19 +187,20 @@ mod tests {
             c.registry_mirrors,
             vec!["https://mirror.example".to_string()]
         );
-        for (registry, insecure) in [
-            ("registry.lan:5000", true),
-            ("registry.lan:5001", false),
-            ("registry.lan", false),
-            ("plain.lan", true),
-            ("10.1.2.3:5000", true),
-            ("11.1.2.3:5000", false),
-            ("localhost:5000", true),
-            ("127.0.0.5:80", true),
-            ("[::1]:5000", true),
-            ("ghcr.io", false),
+        for (registry, http, listed) in [
+            ("registry.lan:5000", true, true),
+            ("registry.lan:5001", false, false),
+            ("registry.lan", false, false),
+            ("plain.lan", true, true),
+            ("10.1.2.3:5000", true, true),
+            ("11.1.2.3:5000", false, false),
+            ("localhost:5000", true, false),
+            ("127.0.0.5:80", true, false),
+            ("[::1]:5000", true, false),
+            ("ghcr.io", false, false),
         ] {
-            assert_eq!(c.is_insecure(registry), insecure, "{registry}");
+            assert_eq!(c.allows_http(registry), http, "{registry}");
+            assert_eq!(c.is_listed_insecure(registry), listed, "{registry}");
         }
     }
 

@@ -490,7 +490,7 @@ impl Registry {
             "docker.io" => "registry-1.docker.io",
             other => other,
         };
-        let ep = self.probe(host, api_host, self.config.is_insecure(host), None)?;
+        let ep = self.probe(host, api_host, None)?;
         let ep = Registry::with_login(
             ep,
             Credential::Basic {

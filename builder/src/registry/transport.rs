@@ -62,8 +62,7 @@ impl Registry {
             "docker.io" => "registry-1.docker.io",
             other => other,
         };
-        let insecure = self.config.is_insecure(registry);
-        let ep = self.probe(registry, api_host, insecure, None)?;
+        let ep = self.probe(registry, api_host, None)?;
         let ep = Arc::new(ep);
         self.lock_endpoints()
             .insert(registry.to_string(), ep.clone());
@@ -101,11 +100,7 @@ impl Registry {
             Some(p) => format!("{host}:{p}"),
             None => host.to_string(),
         };
-        let insecure = self.config.is_insecure(&name);
-        let ep = Arc::new(
-            self.probe(&name, &name, insecure, Some(url.scheme()))
-                .ok()?,
-        );
+        let ep = Arc::new(self.probe(&name, &name, Some(url.scheme())).ok()?);
         self.lock_endpoints().insert(key, ep.clone());
         Some(ep)
     }
@@ -116,18 +111,19 @@ impl Registry {
         self.endpoints.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Finds the scheme `registry` answers `/v2/` on, and its challenge.
+    /// Finds the scheme `registry` answers `/v2/` on, and its challenge:
+    /// https, then http when the config allows it and https failed for
+    /// another reason than an untrusted certificate.
     pub(crate) fn probe(
         &self,
         name: &str,
         api_host: &str,
-        insecure: bool,
         only_scheme: Option<&str>,
     ) -> Result<Endpoint, RegistryError> {
-        let client = self.client_for(name, insecure)?;
+        let client = self.client_for(name, self.config.is_listed_insecure(name))?;
         let schemes: Vec<&str> = match only_scheme {
             Some(s) => vec![s],
-            None if insecure => vec!["https", "http"],
+            None if self.config.allows_http(name) => vec!["https", "http"],
             None => vec!["https"],
         };
         let mut first_err = None;
@@ -159,8 +155,12 @@ impl Registry {
                     });
                 }
                 Ok(Err(e)) => {
+                    let err = self.network_error(name, name, e);
+                    if matches!(err, RegistryError::UnknownCa { .. }) {
+                        return Err(err);
+                    }
                     if first_err.is_none() {
-                        first_err = Some(self.network_error(name, name, e));
+                        first_err = Some(err);
                     }
                 }
                 Err(_) => {
@@ -188,12 +188,12 @@ impl Registry {
 
     /// A client trusting the system roots plus `certs_dir/NAME/*.crt`, with
     /// the client certificate `*.cert` + `*.key` there, as docker reads them.
-    fn client_for(&self, name: &str, insecure: bool) -> Result<Client, RegistryError> {
+    fn client_for(&self, name: &str, skip_verify: bool) -> Result<Client, RegistryError> {
         let mut builder = Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("estiba/", env!("CARGO_PKG_VERSION")))
             .tcp_keepalive(Duration::from_secs(30))
-            .danger_accept_invalid_certs(insecure);
+            .danger_accept_invalid_certs(skip_verify);
         let dir = self.opts.certs_dir.join(name);
         if let Ok(entries) = std::fs::read_dir(&dir) {
             let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
