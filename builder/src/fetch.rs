@@ -4,24 +4,26 @@
 //! `__unnamed__`), gets mode 0600 and the server's `Last-Modified` time, is
 //! streamed to disk while hashed (never held in memory), and must match
 //! `--checksum` when one is given. It is not unpacked: ADD extracts only
-//! local archives.
+//! local archives. The HTTP client is the registry client's
+//! ([`crate::registry::http`]), with its connect and inactivity timeouts.
 
+use crate::registry::http;
 use estiba_cache::{Digest, Hasher};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// A failed download.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    /// The request failed (DNS, connection, TLS) or the server said no.
+    /// The request failed (DNS, connection, TLS, timeout) or the server said no.
     #[error("cannot download {url}")]
     Request {
         /// The URL.
         url: String,
         /// Why.
         #[source]
-        source: Box<ureq::Error>,
+        source: http::HttpError,
     },
     /// Reading the body or writing the file failed.
     #[error("cannot download {url} to {path}")]
@@ -89,13 +91,6 @@ pub fn download(url: &str, dir: &Path, checksum: Option<&str>) -> Result<Downloa
         ),
         None => None,
     };
-    let response = ureq::get(url)
-        .call()
-        .map_err(|source| FetchError::Request {
-            url: url.to_string(),
-            source: Box::new(source),
-        })?;
-    let modified = response.header("Last-Modified").and_then(parse_http_date);
     let name = file_name(url);
     let path = dir.join(&name);
     let io = |source| FetchError::Io {
@@ -103,18 +98,23 @@ pub fn download(url: &str, dir: &Path, checksum: Option<&str>) -> Result<Downloa
         path: path.clone(),
         source,
     };
-    let mut file = std::fs::File::create(&path).map_err(io)?;
-    let mut hasher = Hasher::new();
-    let mut reader = response.into_reader();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = reader.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
+    let file = std::fs::File::create(&path).map_err(io)?;
+    let mut sink = HashingWriter {
+        file,
+        hasher: Hasher::new(),
+    };
+    let answer = match http::download(url, &mut sink) {
+        Ok(a) => a,
+        Err(http::HttpError::Write(source)) => return Err(io(source)),
+        Err(source) => {
+            return Err(FetchError::Request {
+                url: url.to_string(),
+                source,
+            })
         }
-        hasher.update(&buf[..n]);
-        file.write_all(&buf[..n]).map_err(io)?;
-    }
+    };
+    let modified = answer.last_modified.as_deref().and_then(parse_http_date);
+    let HashingWriter { file, hasher } = sink;
     file.sync_all().map_err(io)?;
     drop(file);
     let digest = hasher.finish();
@@ -140,6 +140,24 @@ pub fn download(url: &str, dir: &Path, checksum: Option<&str>) -> Result<Downloa
         .map_err(|e| io(e.into()))?;
     }
     Ok(Downloaded { path, name, digest })
+}
+
+/// A file that hashes what is written to it.
+struct HashingWriter {
+    file: std::fs::File,
+    hasher: Hasher,
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// An RFC 7231 date (`Wed, 21 Oct 2015 07:28:00 GMT`) as seconds.

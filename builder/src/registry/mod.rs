@@ -13,6 +13,7 @@ mod blob;
 pub mod config;
 pub mod credentials;
 mod error;
+pub mod http;
 pub mod reference;
 mod transport;
 
