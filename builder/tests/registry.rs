@@ -611,3 +611,145 @@ fn a_cut_download_resumes_where_it_stopped() {
         desc.size
     );
 }
+
+/// A loopback proxy that answers the first `failures` HTTP requests itself
+/// with `status` (and `Retry-After: 0`) and forwards the rest.
+fn failing_proxy(upstream: &str, status: &'static str, failures: usize) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let left = Arc::new(AtomicUsize::new(failures));
+    let upstream = upstream.to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let mut first = [0u8; 1];
+            // A TLS hello (the https probe): hang up, as an http server would fail it.
+            if client.peek(&mut first).map_or(true, |n| n == 0) || first[0] == 0x16 {
+                continue;
+            }
+            if left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\nRetry-After: 0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = client.write_all(answer.as_bytes());
+                let _ = client.shutdown(std::net::Shutdown::Write);
+                // Drain what the client still sends so it sees the answer.
+                let _ = client.set_read_timeout(Some(Duration::from_millis(200)));
+                let _ = std::io::copy(&mut client, &mut std::io::sink());
+                continue;
+            }
+            let Ok(server) = TcpStream::connect(&upstream) else {
+                return;
+            };
+            let (c2, s2) = (
+                client.try_clone().expect("clone"),
+                server.try_clone().expect("clone"),
+            );
+            std::thread::spawn(move || {
+                let (mut c2, mut s2) = (c2, s2);
+                let _ = std::io::copy(&mut c2, &mut s2);
+                let _ = s2.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let (mut server, mut client) = (server, client);
+                let _ = std::io::copy(&mut server, &mut client);
+                let _ = client.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn server_errors_and_rate_limits_are_retried_then_reported() {
+    let registry = TestRegistry::start(None);
+    let home = tempfile::tempdir().expect("tempdir");
+    let direct = client(home.path());
+    let image = r(&format!("{}/flaky/app:1", registry.addr));
+    let layer = push_bytes(
+        &direct,
+        &image,
+        media_type::OCI_LAYER_GZIP,
+        &blob_bytes(50_000, 8),
+    );
+    let config = push_bytes(&direct, &image, media_type::OCI_CONFIG, b"{}");
+    let manifest = manifest_for(&config, std::slice::from_ref(&layer));
+    direct
+        .put_manifest(&image, media_type::OCI_MANIFEST, &manifest)
+        .expect("put manifest");
+
+    // The /v2/ probe takes the first failure; then three more on the way.
+    let proxy = failing_proxy(&registry.addr, "503 Service Unavailable", 4);
+    let through = r(&format!("{proxy}/flaky/app:1"));
+    let reg = client(home.path());
+    assert_eq!(reg.get_manifest(&through).expect("retried").bytes, manifest);
+    assert_eq!(fetch_blob(&reg, &through, &layer), blob_bytes(50_000, 8));
+    let pushed = blob_bytes(70_000, 9);
+    push_bytes(&reg, &through, media_type::OCI_LAYER_GZIP, &pushed);
+    assert!(direct
+        .blob_exists(&image, &Digest::of(&pushed))
+        .expect("head"));
+
+    let proxy = failing_proxy(&registry.addr, "429 Too Many Requests", 1000);
+    let through = r(&format!("{proxy}/flaky/app:1"));
+    let err = client(home.path())
+        .get_manifest(&through)
+        .expect_err("always 429");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{proxy} kept answering 429 (too many requests) for {proxy}/flaky/app:1 after {} attempts: wait and try again",
+            estiba::registry::MAX_ATTEMPTS
+        )
+    );
+}
+
+#[test]
+fn threads_share_one_client_for_concurrent_downloads() {
+    let registry = TestRegistry::start(None);
+    let home = tempfile::tempdir().expect("tempdir");
+    let reg = client(home.path());
+    let image = r(&format!("{}/many/layers:1", registry.addr));
+    let blobs: Vec<(Vec<u8>, Descriptor)> = (0..6u8)
+        .map(|i| {
+            let bytes = blob_bytes(200_000 + usize::from(i) * 1000, 20 + i);
+            let desc = push_bytes(&reg, &image, media_type::OCI_LAYER_GZIP, &bytes);
+            (bytes, desc)
+        })
+        .collect();
+    let reg = client(home.path());
+    std::thread::scope(|s| {
+        for (bytes, desc) in &blobs {
+            let (reg, image) = (&reg, &image);
+            s.spawn(move || assert_eq!(&fetch_blob(reg, image, desc), bytes));
+        }
+    });
+}
+
+#[test]
+fn docker_hub_pulls_go_to_the_configured_mirror() {
+    let mirror = TestRegistry::start(None);
+    let home = tempfile::tempdir().expect("tempdir");
+    let reg = client(home.path());
+    let in_mirror = r(&format!("{}/library/busybox:1", mirror.addr));
+    let config = push_bytes(&reg, &in_mirror, media_type::OCI_CONFIG, b"{}");
+    let manifest = manifest_for(&config, &[]);
+    reg.put_manifest(&in_mirror, media_type::OCI_MANIFEST, &manifest)
+        .expect("put manifest");
+
+    std::fs::write(
+        home.path().join("registries.json"),
+        format!(r#"{{"registry-mirrors": ["http://{}"]}}"#, mirror.addr),
+    )
+    .expect("write config");
+    let reg = client(home.path());
+    let hub = r("busybox:1");
+    assert_eq!(
+        reg.get_manifest(&hub).expect("from the mirror").bytes,
+        manifest
+    );
+    assert_eq!(fetch_blob(&reg, &hub, &config), b"{}");
+}

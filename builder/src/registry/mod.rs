@@ -175,20 +175,22 @@ impl Registry {
         registry: &str,
         mut f: impl FnMut(&Endpoint) -> Result<T, RegistryError>,
     ) -> Result<T, RegistryError> {
-        let mut endpoints = self.pull_endpoints(registry)?;
-        // The registry itself is last; mirrors before it may fail.
-        let origin = endpoints.pop();
-        for ep in &endpoints {
-            match f(ep) {
-                Ok(v) => return Ok(v),
-                Err(e @ RegistryError::DigestMismatch { .. }) => return Err(e),
-                Err(_) => continue,
+        if registry == reference::DEFAULT_REGISTRY {
+            for mirror in &self.config.registry_mirrors {
+                // A mirror that is down or lacks the image is skipped, as
+                // dockerd does; content it serves is verified all the same.
+                let Some(ep) = self.mirror_endpoint(mirror) else {
+                    continue;
+                };
+                match f(&ep) {
+                    Ok(v) => return Ok(v),
+                    Err(e @ RegistryError::DigestMismatch { .. }) => return Err(e),
+                    Err(_) => continue,
+                }
             }
         }
-        match origin {
-            Some(ep) => f(&ep),
-            None => Err(RegistryError::Client("no endpoint for the registry".into())),
-        }
+        let ep = self.endpoint(registry)?;
+        f(&ep)
     }
 
     /// A pull request's scope and error context.
@@ -304,9 +306,6 @@ impl Registry {
         let head = self.on_pull_endpoints(&r.registry, |ep| {
             let call = Self::pull_call(ep, r);
             let resp = self.manifest_request(&call, r, reqwest::Method::HEAD)?;
-            if resp.status() == StatusCode::NOT_FOUND {
-                return Ok(None);
-            }
             if !resp.status().is_success() {
                 return Err(self.status_error(&call, resp, "HEAD manifest", 1));
             }
@@ -317,15 +316,16 @@ impl Registry {
                 .get(CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
-            Ok(Some((digest, media, size)))
-        })?;
+            Ok((digest, media, size))
+        });
         match head {
-            None => Ok(None),
-            Some((Some(digest), Some(media), Some(size))) => {
+            Err(RegistryError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+            Ok((Some(digest), Some(media), Some(size))) => {
                 Ok(Some(Descriptor::new(&media, digest, size)))
             }
             // A registry that leaves something out of its HEAD answer: GET.
-            Some(_) => {
+            Ok(_) => {
                 let f = self.get_manifest(r)?;
                 Ok(Some(Descriptor::new(
                     &f.media_type,

@@ -69,27 +69,9 @@ impl Registry {
         Ok(ep)
     }
 
-    /// The endpoints a pull from `registry` tries in order: the configured
-    /// mirrors for docker.io (those that answer), then the registry.
-    pub(crate) fn pull_endpoints(
-        &self,
-        registry: &str,
-    ) -> Result<Vec<Arc<Endpoint>>, RegistryError> {
-        let mut out = Vec::new();
-        if registry == super::reference::DEFAULT_REGISTRY {
-            for mirror in &self.config.registry_mirrors {
-                if let Some(ep) = self.mirror_endpoint(mirror) {
-                    out.push(ep);
-                }
-            }
-        }
-        out.push(self.endpoint(registry)?);
-        Ok(out)
-    }
-
     /// A mirror's endpoint, or `None` when it cannot be reached (a mirror
     /// that is down is skipped, as dockerd does).
-    fn mirror_endpoint(&self, mirror: &str) -> Option<Arc<Endpoint>> {
+    pub(crate) fn mirror_endpoint(&self, mirror: &str) -> Option<Arc<Endpoint>> {
         let key = format!("mirror {mirror}");
         if let Some(ep) = self.lock_endpoints().get(&key) {
             return Some(ep.clone());
