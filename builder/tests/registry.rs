@@ -753,3 +753,105 @@ fn docker_hub_pulls_go_to_the_configured_mirror() {
     );
     assert_eq!(fetch_blob(&reg, &hub, &config), b"{}");
 }
+
+/// Reads an HTTP request head (up to the blank line) from `stream`.
+fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// A loopback server standing for blob storage (what S3 is to Docker
+/// Hub): serves `body` to any GET and keeps each request head it got.
+fn blob_storage(body: Vec<u8>) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let head = read_head(&mut stream);
+            seen.lock().expect("lock").push(head);
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(answer.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    (addr, heads)
+}
+
+/// A loopback proxy in front of a registry that redirects blob GETs to
+/// `storage` (307) and forwards every other request, one per connection.
+fn redirecting_proxy(upstream: &str, storage: &str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let (upstream, storage) = (upstream.to_string(), storage.to_string());
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let mut first = [0u8; 1];
+            if client.peek(&mut first).map_or(true, |n| n == 0) || first[0] == 0x16 {
+                continue;
+            }
+            let head = read_head(&mut client);
+            let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+            if head.starts_with("GET ") && path.contains("/blobs/sha256:") {
+                let answer = format!(
+                    "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{storage}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = client.write_all(answer.as_bytes());
+                continue;
+            }
+            let Ok(mut server) = TcpStream::connect(&upstream) else {
+                return;
+            };
+            let head = head.replacen("\r\n", "\r\nConnection: close\r\n", 1);
+            if server.write_all(head.as_bytes()).is_err() {
+                continue;
+            }
+            let mut c2 = client.try_clone().expect("clone");
+            let mut s2 = server.try_clone().expect("clone");
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c2, &mut s2);
+            });
+            let _ = std::io::copy(&mut server, &mut client);
+            let _ = client.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    addr
+}
+
+#[test]
+fn blob_redirects_are_followed_without_the_registrys_credentials() {
+    let registry = TestRegistry::start(Some(("ana", "s3cret")));
+    let home = tempfile::tempdir().expect("tempdir");
+    let bytes = blob_bytes(40_000, 30);
+    let (storage, heads) = blob_storage(bytes.clone());
+    let proxy = redirecting_proxy(&registry.addr, &storage);
+    credentials::store(home.path(), &proxy, "ana", "s3cret").expect("store");
+    let reg = client(home.path());
+    let image = r(&format!("{proxy}/private/app:1"));
+    let desc = Descriptor::new(
+        media_type::OCI_LAYER_GZIP,
+        Digest::of(&bytes),
+        bytes.len() as u64,
+    );
+    assert_eq!(fetch_blob(&reg, &image, &desc), bytes);
+    let heads = heads.lock().expect("lock");
+    assert_eq!(heads.len(), 1, "one GET reached the storage");
+    assert!(
+        !heads[0].to_ascii_lowercase().contains("authorization:"),
+        "the registry's credentials went to the storage: {}",
+        heads[0]
+    );
+}

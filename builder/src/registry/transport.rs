@@ -397,13 +397,26 @@ impl Registry {
                         return Ok(Some(bearer_header(&t)));
                     }
                 }
-                let token = self.fetch_token(
-                    call.ep,
-                    &realm,
-                    service.as_deref(),
-                    &call.scopes,
-                    credential.as_ref(),
-                )?;
+                let token = self
+                    .fetch_token(
+                        call.ep,
+                        &realm,
+                        service.as_deref(),
+                        &call.scopes,
+                        credential.as_ref(),
+                    )
+                    .map_err(|e| match e {
+                        // Refused (with the stored credentials or none):
+                        // say which image and how to log in.
+                        RegistryError::Unauthorized { .. } | RegistryError::LoginFailed { .. } => {
+                            RegistryError::Unauthorized {
+                                action: call.action,
+                                reference: call.reference.clone(),
+                                host: call.ep.name.clone(),
+                            }
+                        }
+                        e => e,
+                    })?;
                 let value = token.value.clone();
                 self.tokens.put(&call.ep.name, &call.scopes, token);
                 Ok(Some(bearer_header(&value)))
