@@ -612,6 +612,15 @@ fn a_cut_download_resumes_where_it_stopped() {
     );
 }
 
+/// The connections of `listener` that speak plain HTTP; a TLS hello (the
+/// client's https probe) is hung up on, as an http server would fail it.
+fn http_clients(listener: TcpListener) -> impl Iterator<Item = TcpStream> {
+    std::iter::from_fn(move || listener.accept().ok().map(|(c, _)| c)).filter(|client| {
+        let mut first = [0u8; 1];
+        client.peek(&mut first).is_ok_and(|n| n == 1) && first[0] != 0x16
+    })
+}
+
 /// A loopback proxy that answers the first `failures` HTTP requests itself
 /// with `status` (and `Retry-After: 0`) and forwards the rest.
 fn failing_proxy(upstream: &str, status: &'static str, failures: usize) -> String {
@@ -620,13 +629,7 @@ fn failing_proxy(upstream: &str, status: &'static str, failures: usize) -> Strin
     let left = Arc::new(AtomicUsize::new(failures));
     let upstream = upstream.to_string();
     std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(mut client) = client else { return };
-            let mut first = [0u8; 1];
-            // A TLS hello (the https probe): hang up, as an http server would fail it.
-            if client.peek(&mut first).map_or(true, |n| n == 0) || first[0] == 0x16 {
-                continue;
-            }
+        for mut client in http_clients(listener) {
             if left
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok()
@@ -797,12 +800,7 @@ fn redirecting_proxy(upstream: &str, storage: &str) -> String {
     let addr = listener.local_addr().expect("addr").to_string();
     let (upstream, storage) = (upstream.to_string(), storage.to_string());
     std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(mut client) = client else { return };
-            let mut first = [0u8; 1];
-            if client.peek(&mut first).map_or(true, |n| n == 0) || first[0] == 0x16 {
-                continue;
-            }
+        for mut client in http_clients(listener) {
             let head = read_head(&mut client);
             let path = head.split(' ').nth(1).unwrap_or("/").to_string();
             if head.starts_with("GET ") && path.contains("/blobs/sha256:") {
