@@ -7,7 +7,7 @@ mod registry;
 
 use base64::Engine;
 use registry::http::request;
-use registry::{Auth, RegistryServer};
+use registry::{layout, skopeo_copy, Auth, RegistryServer};
 
 fn basic(user: &str, pass: &str) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
@@ -99,4 +99,119 @@ fn tls_registry_serves_https_with_a_ca_laid_out_as_certs_d() {
     // A plaintext request to the TLS port gets Go's 400, not an answer.
     let resp = request(&reg.host(), "GET", "/v2/", &[], &[]).expect("GET /v2/");
     assert_eq!(resp.status(), 400);
+}
+
+/// Pushes a one-image layout with skopeo and reads it back: the registry
+/// holds the very manifest written.
+fn push_and_inspect(reg: &RegistryServer) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = layout::write_image(dir.path(), "hello", "amd64", b"hello\n").expect("layout");
+    reg.push_layout(dir.path(), "hello", "test/hello:v1", false)
+        .unwrap_or_else(|e| panic!("{e}\nregistry log:\n{}", reg.log_tail()));
+    let info = reg.inspect("test/hello:v1", false).expect("inspect");
+    assert_eq!(info["Digest"], img.manifest.to_string(), "{info}");
+    assert_eq!(info["Architecture"], "amd64");
+    assert_eq!(info["Layers"][0], img.layer.to_string());
+}
+
+#[test]
+fn skopeo_pushes_and_reads_back_in_every_mode() {
+    for auth in [Auth::None, Auth::basic("tester", "s3cret"), Auth::Tls] {
+        let Some(reg) = RegistryServer::start_or_skip(
+            "skopeo_pushes_and_reads_back_in_every_mode",
+            auth.clone(),
+        ) else {
+            return;
+        };
+        push_and_inspect(&reg);
+    }
+}
+
+#[test]
+fn skopeo_with_a_wrong_password_is_refused() {
+    let Some(reg) = RegistryServer::start_or_skip(
+        "skopeo_with_a_wrong_password_is_refused",
+        Auth::basic("tester", "s3cret"),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    layout::write_image(dir.path(), "hello", "amd64", b"hello\n").expect("layout");
+    let err = skopeo_copy(
+        &format!("oci:{}:hello", dir.path().display()),
+        &reg.docker_ref("test/hello:v1"),
+        &["--dest-tls-verify=false", "--dest-creds", "tester:wrong"],
+    )
+    .expect_err("a wrong password is refused");
+    assert!(
+        err.contains("401") || err.to_lowercase().contains("unauthorized"),
+        "{err}"
+    );
+    let err = reg
+        .inspect("test/hello:v1", false)
+        .expect_err("nothing was pushed");
+    assert!(
+        err.contains("manifest unknown") || err.contains("not found"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tls_registry_is_refused_without_its_ca() {
+    let Some(reg) =
+        RegistryServer::start_or_skip("tls_registry_is_refused_without_its_ca", Auth::Tls)
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    layout::write_image(dir.path(), "hello", "amd64", b"hello\n").expect("layout");
+    let err = skopeo_copy(
+        &format!("oci:{}:hello", dir.path().display()),
+        &reg.docker_ref("test/hello:v1"),
+        &[],
+    )
+    .expect_err("an unknown CA is refused");
+    assert!(err.contains("certificate"), "{err}");
+}
+
+#[test]
+fn a_multi_platform_index_is_pushed_whole_and_resolves_per_platform() {
+    let Some(reg) = RegistryServer::start_or_skip(
+        "a_multi_platform_index_is_pushed_whole_and_resolves_per_platform",
+        Auth::None,
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let index =
+        layout::write_multi_platform(dir.path(), "multi", &["amd64", "arm64"]).expect("layout");
+    reg.push_layout(dir.path(), "multi", "test/multi:v1", true)
+        .unwrap_or_else(|e| panic!("{e}\nregistry log:\n{}", reg.log_tail()));
+    let raw = reg.inspect("test/multi:v1", true).expect("inspect --raw");
+    assert_eq!(raw["mediaType"], "application/vnd.oci.image.index.v1+json");
+    let listed: Vec<(String, String)> = raw["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .map(|m| {
+            (
+                m["platform"]["architecture"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+                m["digest"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = index
+        .images
+        .iter()
+        .map(|i| (i.architecture.clone(), i.manifest.to_string()))
+        .collect();
+    assert_eq!(listed, expected);
+    for arch in ["amd64", "arm64"] {
+        let by_digest = format!("test/multi@{}", index.image(arch).expect("image").manifest);
+        let info = reg.inspect(&by_digest, false).expect("inspect by digest");
+        assert_eq!(info["Architecture"], arch, "{info}");
+    }
 }

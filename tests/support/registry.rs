@@ -34,6 +34,14 @@ mod child;
 mod ci;
 #[path = "registry/http.rs"]
 pub(crate) mod http;
+#[path = "registry/layout.rs"]
+pub(crate) mod layout;
+#[path = "registry/skopeo.rs"]
+mod skopeo;
+
+// Each test file that includes the harness uses a part of it.
+#[allow(unused_imports)]
+pub(crate) use skopeo::{skopeo, skopeo_copy, skopeo_inspect};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -245,6 +253,64 @@ impl RegistryServer {
             Auth::Basic { user, pass } => Some((user, pass)),
             Auth::None | Auth::Tls => None,
         }
+    }
+
+    /// `docker://127.0.0.1:PORT/REPO_REF` (REPO_REF: `repo:tag`,
+    /// `ns/repo@sha256:…`).
+    pub(crate) fn docker_ref(&self, repo_ref: &str) -> String {
+        format!("docker://{}/{repo_ref}", self.host())
+    }
+
+    /// skopeo's options to reach this registry, for `skopeo inspect` and
+    /// the like (`prefix` ""), or as the source (`"src-"`) or destination
+    /// (`"dest-"`) of `skopeo copy`: the CA in TLS mode, plain http
+    /// otherwise, and the credentials where there are some.
+    pub(crate) fn skopeo_args(&self, prefix: &str) -> Vec<String> {
+        let mut args = match self.certs_dir() {
+            Some(dir) => vec![
+                format!("--{prefix}cert-dir"),
+                dir.join(self.host()).to_string_lossy().into_owned(),
+            ],
+            None => vec![format!("--{prefix}tls-verify=false")],
+        };
+        if let Some((user, pass)) = self.credentials() {
+            args.push(format!("--{prefix}creds"));
+            args.push(format!("{user}:{pass}"));
+        }
+        args
+    }
+
+    /// `skopeo copy [--all] oci:LAYOUT:NAME docker://HOST/REPO_REF`: pushes
+    /// an image (or with `all`, every image of an index) from an OCI
+    /// layout, such as an estiba store or one from [`layout`].
+    pub(crate) fn push_layout(
+        &self,
+        layout: &Path,
+        name: &str,
+        repo_ref: &str,
+        all: bool,
+    ) -> Result<String, String> {
+        let mut args = self.skopeo_args("dest-");
+        if all {
+            args.push("--all".to_owned());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        skopeo_copy(
+            &format!("oci:{}:{name}", layout.display()),
+            &self.docker_ref(repo_ref),
+            &args,
+        )
+    }
+
+    /// `skopeo inspect [--raw] docker://HOST/REPO_REF` with this registry's
+    /// options.
+    pub(crate) fn inspect(&self, repo_ref: &str, raw: bool) -> Result<serde_json::Value, String> {
+        let mut args = self.skopeo_args("");
+        if raw {
+            args.push("--raw".to_owned());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        skopeo_inspect(&self.docker_ref(repo_ref), &args)
     }
 
     /// Where the registry keeps its blobs and repositories.
