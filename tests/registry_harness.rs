@@ -7,7 +7,7 @@ mod registry;
 
 use base64::Engine;
 use registry::http::request;
-use registry::{layout, skopeo_copy, Auth, RegistryServer};
+use registry::{layout, skopeo_copy, skopeo_inspect, Auth, RegistryServer, TokenPolicy};
 
 fn basic(user: &str, pass: &str) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
@@ -213,5 +213,169 @@ fn a_multi_platform_index_is_pushed_whole_and_resolves_per_platform() {
         let by_digest = format!("test/multi@{}", index.image(arch).expect("image").manifest);
         let info = reg.inspect(&by_digest, false).expect("inspect by digest");
         assert_eq!(info["Architecture"], arch, "{info}");
+    }
+}
+
+/// Asks the issuer for a token as a client would after a 401: the realm
+/// and service from the challenge, `scope`, basic credentials if given.
+fn token_for(reg: &RegistryServer, scope: &str, creds: Option<(&str, &str)>) -> (u16, String) {
+    let anon = request(&reg.host(), "GET", "/v2/", &[], &[]).expect("GET /v2/");
+    assert_eq!(anon.status(), 401);
+    let challenge = anon
+        .head
+        .header("WWW-Authenticate")
+        .unwrap_or("")
+        .to_owned();
+    let issuer = reg.token_issuer().expect("an issuer in token mode");
+    assert!(
+        challenge.starts_with(&format!("Bearer realm=\"{}\"", issuer.realm())),
+        "{challenge}"
+    );
+    assert!(
+        challenge.contains("service=\"estiba-test-registry\""),
+        "{challenge}"
+    );
+    let realm = issuer.realm();
+    let issuer_host = realm
+        .trim_start_matches("http://")
+        .trim_end_matches("/token");
+    let auth = creds.map(|(u, p)| basic(u, p));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    let scope: String = form_urlencoded::byte_serialize(scope.as_bytes()).collect();
+    let target = format!("/token?service=estiba-test-registry&scope={scope}");
+    let resp = request(issuer_host, "GET", &target, &headers, &[]).expect("GET /token");
+    if resp.status() != 200 {
+        return (resp.status(), String::new());
+    }
+    let json: serde_json::Value = serde_json::from_slice(&resp.body).expect("token JSON");
+    assert_eq!(json["token"], json["access_token"]);
+    assert_eq!(json["expires_in"], issuer.policy().expires_in);
+    (200, json["token"].as_str().expect("token").to_owned())
+}
+
+/// `GET /v2/REPO/tags/list` with a bearer token.
+fn tags_list(reg: &RegistryServer, repo: &str, token: &str) -> registry::http::Response {
+    let bearer = format!("Bearer {token}");
+    let target = format!("/v2/{repo}/tags/list");
+    request(
+        &reg.host(),
+        "GET",
+        &target,
+        &[("Authorization", &bearer)],
+        &[],
+    )
+    .expect("GET tags")
+}
+
+/// The claims of a JWT, unverified (the registry verifies it).
+fn jwt_claims(token: &str) -> serde_json::Value {
+    let payload = token.split('.').nth(1).expect("a JWT has three parts");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("claims JSON")
+}
+
+#[test]
+fn token_registry_accepts_the_issuers_tokens_for_what_they_grant() {
+    let Some(reg) = RegistryServer::start_or_skip(
+        "token_registry_accepts_the_issuers_tokens_for_what_they_grant",
+        Auth::token("tester", "s3cret"),
+    ) else {
+        return;
+    };
+    push_and_inspect(&reg);
+    let issuer = reg.token_issuer().expect("issuer");
+    let log = issuer.log();
+    assert!(issuer.requests() >= 1, "skopeo never asked the issuer");
+    assert!(
+        log.iter().any(|r| r.status == 200
+            && r.account.as_deref() == Some("tester")
+            && r.scopes
+                .iter()
+                .any(|s| s.starts_with("repository:test/hello:") && s.contains("push"))),
+        "{log:#?}"
+    );
+
+    // The raw flow: a pull token for the pushed repository reads it.
+    let (status, token) = token_for(
+        &reg,
+        "repository:test/hello:pull",
+        Some(("tester", "s3cret")),
+    );
+    assert_eq!(status, 200);
+    let claims = jwt_claims(&token);
+    assert_eq!(claims["iss"], "estiba-test-issuer");
+    assert_eq!(claims["aud"], "estiba-test-registry");
+    assert_eq!(claims["sub"], "tester");
+    let lifetime = claims["exp"].as_u64().zip(claims["iat"].as_u64());
+    assert_eq!(lifetime.map(|(e, i)| e - i), Some(300));
+    assert_eq!(
+        claims["access"],
+        serde_json::json!([{ "type": "repository", "name": "test/hello", "actions": ["pull"] }])
+    );
+    let tags = tags_list(&reg, "test/hello", &token);
+    assert_eq!(tags.status(), 200, "{}", reg.log_tail());
+    let tags: serde_json::Value = serde_json::from_slice(&tags.body).expect("tags JSON");
+    assert_eq!(tags["tags"], serde_json::json!(["v1"]));
+    // That token does not cover another repository.
+    let other = tags_list(&reg, "test/other", &token);
+    assert_eq!(other.status(), 401);
+
+    // A wrong password gets no token, and skopeo is refused.
+    let (status, _) = token_for(
+        &reg,
+        "repository:test/hello:pull",
+        Some(("tester", "wrong")),
+    );
+    assert_eq!(status, 401);
+    let err = skopeo_inspect(
+        &reg.docker_ref("test/hello:v1"),
+        &["--tls-verify=false", "--creds", "tester:wrong"],
+    )
+    .expect_err("a wrong password is refused");
+    assert!(err.contains("401") || err.contains("nauthorized"), "{err}");
+    assert!(issuer.log().iter().any(|r| r.status == 401));
+}
+
+#[test]
+fn token_registry_lets_anonymous_clients_pull_only_when_allowed() {
+    for anonymous_pull in [false, true] {
+        let Some(reg) = RegistryServer::start_or_skip(
+            "token_registry_lets_anonymous_clients_pull_only_when_allowed",
+            Auth::Token(TokenPolicy {
+                user: "tester".to_owned(),
+                pass: "s3cret".to_owned(),
+                anonymous_pull,
+                expires_in: 2,
+            }),
+        ) else {
+            return;
+        };
+        push_and_inspect(&reg);
+        let (status, token) = token_for(&reg, "repository:test/hello:pull,push", None);
+        assert_eq!(
+            status, 200,
+            "anonymous clients get a token, maybe an empty one"
+        );
+        let tags = tags_list(&reg, "test/hello", &token);
+        let expected = if anonymous_pull { 200 } else { 401 };
+        assert_eq!(tags.status(), expected, "anonymous_pull {anonymous_pull}");
+        let last = reg
+            .token_issuer()
+            .expect("issuer")
+            .log()
+            .pop()
+            .expect("logged");
+        let granted = if anonymous_pull {
+            serde_json::json!([{ "type": "repository", "name": "test/hello", "actions": ["pull"] }])
+        } else {
+            serde_json::json!([])
+        };
+        assert_eq!(last.granted, granted);
+        assert_eq!(last.account, None);
+        // Anonymous skopeo reads only where anonymous pull is on.
+        let read = skopeo_inspect(&reg.docker_ref("test/hello:v1"), &["--tls-verify=false"]);
+        assert_eq!(read.is_ok(), anonymous_pull, "{read:?}");
     }
 }

@@ -38,10 +38,14 @@ pub(crate) mod http;
 pub(crate) mod layout;
 #[path = "registry/skopeo.rs"]
 mod skopeo;
+#[path = "registry/token.rs"]
+pub(crate) mod token;
 
 // Each test file that includes the harness uses a part of it.
 #[allow(unused_imports)]
 pub(crate) use skopeo::{skopeo, skopeo_copy, skopeo_inspect};
+#[allow(unused_imports)]
+pub(crate) use token::{TokenIssuer, TokenPolicy, TokenRequest};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -74,6 +78,10 @@ pub(crate) enum Auth {
     /// signed by a CA made for this server ([`RegistryServer::ca_file`]),
     /// anonymous.
     Tls,
+    /// Plain http with distribution's `auth: token`: clients get a bearer
+    /// token from a [`TokenIssuer`] the harness runs
+    /// ([`RegistryServer::token_issuer`]).
+    Token(TokenPolicy),
 }
 
 impl Auth {
@@ -83,6 +91,17 @@ impl Auth {
             user: user.to_owned(),
             pass: pass.to_owned(),
         }
+    }
+
+    /// `Auth::Token` for `user`/`pass`: no anonymous pull, tokens valid
+    /// for 300 s.
+    pub(crate) fn token(user: &str, pass: &str) -> Auth {
+        Auth::Token(TokenPolicy {
+            user: user.to_owned(),
+            pass: pass.to_owned(),
+            anonymous_pull: false,
+            expires_in: 300,
+        })
     }
 }
 
@@ -96,6 +115,7 @@ pub(crate) struct RegistryServer {
     port: u16,
     auth: Auth,
     tls: Option<Tls>,
+    issuer: Option<TokenIssuer>,
 }
 
 /// The TLS material of a server started with [`Auth::Tls`].
@@ -132,12 +152,28 @@ impl RegistryServer {
             .tempdir()
             .map_err(|e| format!("creating a temporary directory: {e}"))?;
         let root = dir.path().to_path_buf();
+        let mut issuer = None;
         let auth_config = match &auth {
             Auth::None | Auth::Tls => serde_json::json!({}),
             Auth::Basic { user, pass } => {
                 let path = root.join("htpasswd");
                 write_htpasswd(&path, user, pass)?;
                 serde_json::json!({ "htpasswd": { "realm": REALM, "path": path } })
+            }
+            Auth::Token(policy) => {
+                let dir = root.join("token");
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                let signer = certs::self_signed(&dir, "signer", token::ISSUER)?;
+                let started = TokenIssuer::start(policy.clone(), &signer)?;
+                let config = serde_json::json!({ "token": {
+                    "realm": started.realm(),
+                    "service": token::SERVICE,
+                    "issuer": token::ISSUER,
+                    "rootcertbundle": signer.cert,
+                }});
+                issuer = Some(started);
+                config
             }
         };
         let tls = match &auth {
@@ -181,11 +217,13 @@ impl RegistryServer {
                 port,
                 auth: auth.clone(),
                 tls: None,
+                issuer: None,
             };
             match server.wait_ready() {
                 Ok(()) => {
                     server.dir = Some(dir);
                     server.tls = tls;
+                    server.issuer = issuer;
                     if let Some(t) = &server.tls {
                         server.lay_out_certs_dir(t)?;
                     }
@@ -251,8 +289,15 @@ impl RegistryServer {
     pub(crate) fn credentials(&self) -> Option<(&str, &str)> {
         match &self.auth {
             Auth::Basic { user, pass } => Some((user, pass)),
+            Auth::Token(policy) => Some((&policy.user, &policy.pass)),
             Auth::None | Auth::Tls => None,
         }
+    }
+
+    /// The token issuer, in token mode: its request count and log show
+    /// whether a client cached or refreshed its tokens.
+    pub(crate) fn token_issuer(&self) -> Option<&TokenIssuer> {
+        self.issuer.as_ref()
     }
 
     /// `docker://127.0.0.1:PORT/REPO_REF` (REPO_REF: `repo:tag`,
