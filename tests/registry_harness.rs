@@ -7,7 +7,9 @@ mod registry;
 
 use base64::Engine;
 use registry::http::request;
-use registry::{layout, skopeo_copy, skopeo_inspect, Auth, RegistryServer, TokenPolicy};
+use registry::{
+    layout, skopeo_copy, skopeo_inspect, Auth, FaultProxy, Faults, RegistryServer, TokenPolicy,
+};
 
 fn basic(user: &str, pass: &str) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
@@ -378,4 +380,256 @@ fn token_registry_lets_anonymous_clients_pull_only_when_allowed() {
         let read = skopeo_inspect(&reg.docker_ref("test/hello:v1"), &["--tls-verify=false"]);
         assert_eq!(read.is_ok(), anonymous_pull, "{read:?}");
     }
+}
+
+/// A registry holding `test/big:v1`, an image with a layer of 256 KiB of
+/// noise (so gzip leaves it large); the layout it was pushed from and what
+/// was written.
+fn registry_with_a_big_image(
+    test: &str,
+) -> Option<(RegistryServer, tempfile::TempDir, layout::WrittenImage)> {
+    let reg = RegistryServer::start_or_skip(test, Auth::None)?;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = fastrand::Rng::with_seed(7);
+    let noise: Vec<u8> = (0..256 * 1024).map(|_| rng.u8(..)).collect();
+    let img = layout::write_image(dir.path(), "big", "amd64", &noise).expect("layout");
+    reg.push_layout(dir.path(), "big", "test/big:v1", false)
+        .unwrap_or_else(|e| panic!("{e}\nregistry log:\n{}", reg.log_tail()));
+    Some((reg, dir, img))
+}
+
+fn blob_path(layout: &std::path::Path, digest: &estiba_cache::Digest) -> std::path::PathBuf {
+    layout.join("blobs/sha256").join(digest.hex())
+}
+
+#[test]
+fn fault_proxy_injects_errors_and_forwards_the_rest_intact() {
+    let Some((reg, dir, img)) =
+        registry_with_a_big_image("fault_proxy_injects_errors_and_forwards_the_rest_intact")
+    else {
+        return;
+    };
+    let blob = std::fs::read(blob_path(dir.path(), &img.layer)).expect("layer blob");
+    let proxy = FaultProxy::start(
+        &reg.host(),
+        Faults {
+            error_rate: 0.5,
+            ..Faults::default()
+        },
+    )
+    .expect("proxy");
+    let target = format!("/v2/test/big/blobs/{}", img.layer);
+    let (mut ok, mut failed) = (0u64, 0u64);
+    for _ in 0..200 {
+        let resp = request(&proxy.host(), "GET", &target, &[], &[]).expect("GET through the proxy");
+        match resp.status() {
+            200 => {
+                assert!(resp.complete);
+                assert!(
+                    resp.body == blob,
+                    "a forwarded blob differs from the pushed one"
+                );
+                ok += 1;
+            }
+            429 => {
+                let after = resp.head.header("Retry-After");
+                assert!(matches!(after, Some("0" | "1")), "{after:?}");
+                failed += 1;
+            }
+            500 | 502 => failed += 1,
+            other => panic!("unexpected status {other}"),
+        }
+        if ok >= 3 && failed >= 3 {
+            break;
+        }
+    }
+    assert!(
+        ok >= 3 && failed >= 3,
+        "ok {ok}, injected {failed} (seed {})",
+        proxy.seed()
+    );
+    let counts = proxy.counts();
+    assert_eq!(counts.error_total(), failed, "{counts:?}");
+    assert_eq!(counts.forwarded, ok, "{counts:?}");
+    assert_eq!(counts.requests, ok + failed, "{counts:?}");
+    assert_eq!(counts.cuts, 0);
+}
+
+/// Fetches `target` through `host`, resuming with `Range: bytes=N-` after
+/// every cut; the body and how many fetches it took.
+fn fetch_resuming(host: &str, target: &str) -> (Vec<u8>, u32) {
+    let mut body = Vec::new();
+    let mut fetches = 0;
+    loop {
+        fetches += 1;
+        assert!(fetches < 10_000, "no progress fetching {target}");
+        let range = format!("bytes={}-", body.len());
+        let headers: Vec<(&str, &str)> = if body.is_empty() {
+            Vec::new()
+        } else {
+            vec![("Range", range.as_str())]
+        };
+        let resp = request(host, "GET", target, &headers, &[]).expect("GET through the proxy");
+        let expected = if body.is_empty() { 200 } else { 206 };
+        assert_eq!(resp.status(), expected, "{:?}", resp.head);
+        body.extend_from_slice(&resp.body);
+        if resp.complete {
+            return (body, fetches);
+        }
+    }
+}
+
+#[test]
+fn fault_proxy_cuts_blob_bodies_and_resumed_ranges_add_up_to_the_blob() {
+    let Some((reg, dir, img)) = registry_with_a_big_image(
+        "fault_proxy_cuts_blob_bodies_and_resumed_ranges_add_up_to_the_blob",
+    ) else {
+        return;
+    };
+    let blob = std::fs::read(blob_path(dir.path(), &img.layer)).expect("layer blob");
+    // Every blob answer is cut, and nothing else is.
+    let proxy = FaultProxy::start(
+        &reg.host(),
+        Faults {
+            cut_rate: 1.0,
+            ..Faults::default()
+        },
+    )
+    .expect("proxy");
+    let (body, fetches) =
+        fetch_resuming(&proxy.host(), &format!("/v2/test/big/blobs/{}", img.layer));
+    assert!(body == blob, "the resumed blob differs from the pushed one");
+    assert!(fetches > 1);
+    // Only a 1-byte remainder is left uncut.
+    assert_eq!(proxy.counts().cuts, u64::from(fetches - 1));
+    let manifest = request(
+        &proxy.host(),
+        "GET",
+        &format!("/v2/test/big/manifests/{}", img.manifest),
+        &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+        &[],
+    )
+    .expect("GET manifest");
+    assert_eq!(manifest.status(), 200);
+    assert!(manifest.complete, "a manifest was cut");
+    assert_eq!(
+        estiba_cache::Digest::of(&manifest.body),
+        img.manifest,
+        "the manifest came through changed"
+    );
+}
+
+#[test]
+fn fault_proxy_forwards_skopeo_uploads_and_downloads_faithfully() {
+    let Some(reg) = RegistryServer::start_or_skip(
+        "fault_proxy_forwards_skopeo_uploads_and_downloads_faithfully",
+        Auth::basic("tester", "s3cret"),
+    ) else {
+        return;
+    };
+    let proxy = FaultProxy::start(&reg.host(), Faults::default()).expect("proxy");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let index =
+        layout::write_multi_platform(dir.path(), "multi", &["amd64", "arm64"]).expect("layout");
+    let via_proxy = format!("docker://{}/test/multi:v1", proxy.host());
+    skopeo_copy(
+        &format!("oci:{}:multi", dir.path().display()),
+        &via_proxy,
+        &[
+            "--all",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "tester:s3cret",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}\nregistry log:\n{}", reg.log_tail()));
+    // Read back directly from the registry: what went through is whole.
+    let raw = reg.inspect("test/multi:v1", true).expect("inspect --raw");
+    let digests: Vec<&str> = raw["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .filter_map(|m| m["digest"].as_str())
+        .collect();
+    let expected: Vec<String> = index
+        .images
+        .iter()
+        .map(|i| i.manifest.to_string())
+        .collect();
+    assert_eq!(digests, expected);
+    // And a copy back out through the proxy gives the same index.
+    let out = tempfile::tempdir().expect("tempdir");
+    skopeo_copy(
+        &via_proxy,
+        &format!("oci:{}:copy", out.path().display()),
+        &[
+            "--all",
+            "--src-tls-verify=false",
+            "--src-creds",
+            "tester:s3cret",
+        ],
+    )
+    .expect("copy out through the proxy");
+    let copied = std::fs::read(blob_path(out.path(), &index.index)).expect("the index came back");
+    assert_eq!(estiba_cache::Digest::of(&copied), index.index);
+    let counts = proxy.counts();
+    assert!(counts.forwarded > 10, "{counts:?}");
+    assert_eq!(counts.faults(), 0);
+}
+
+#[test]
+fn fault_proxy_forwards_a_chunked_upload_and_stops_at_max_faults() {
+    let Some(reg) = RegistryServer::start_or_skip(
+        "fault_proxy_forwards_a_chunked_upload_and_stops_at_max_faults",
+        Auth::None,
+    ) else {
+        return;
+    };
+    // Every request fails until two have, then everything goes through.
+    let proxy = FaultProxy::start(
+        &reg.host(),
+        Faults {
+            error_rate: 1.0,
+            max_faults: Some(2),
+            ..Faults::default()
+        },
+    )
+    .expect("proxy");
+    let start = "/v2/test/up/blobs/uploads/";
+    for _ in 0..2 {
+        let resp = request(&proxy.host(), "POST", start, &[], &[]).expect("POST");
+        assert!(matches!(resp.status(), 500 | 502 | 429), "{:?}", resp.head);
+    }
+    let resp = request(&proxy.host(), "POST", start, &[], &[]).expect("POST");
+    assert_eq!(resp.status(), 202, "{}", reg.log_tail());
+    let location = resp.head.header("Location").expect("an upload location");
+    // The registry builds it from the Host header: it names the proxy.
+    let path = location
+        .strip_prefix(&proxy.url())
+        .unwrap_or_else(|| panic!("{location} does not name the proxy {}", proxy.url()));
+    let parts: [&[u8]; 3] = [b"first part, ", b"second part, ", b"and the end\n"];
+    let resp =
+        registry::http::request_chunked(&proxy.host(), "PATCH", path, &[], &parts).expect("PATCH");
+    assert_eq!(resp.status(), 202, "{}", reg.log_tail());
+    let blob = parts.concat();
+    let digest = estiba_cache::Digest::of(&blob);
+    let next = resp.head.header("Location").expect("the next location");
+    let next = next.strip_prefix(&proxy.url()).unwrap_or(next);
+    let sep = if next.contains('?') { '&' } else { '?' };
+    let put = format!("{next}{sep}digest={digest}");
+    let resp = request(&proxy.host(), "PUT", &put, &[], &[]).expect("PUT");
+    assert_eq!(resp.status(), 201, "{}", reg.log_tail());
+    let got = request(
+        &reg.host(),
+        "GET",
+        &format!("/v2/test/up/blobs/{digest}"),
+        &[],
+        &[],
+    )
+    .expect("GET blob");
+    assert_eq!(got.status(), 200);
+    assert!(got.body == blob, "the uploaded blob differs");
+    let counts = proxy.counts();
+    assert_eq!(counts.error_total(), 2, "{counts:?}");
+    assert_eq!(counts.forwarded, 3, "{counts:?}");
 }

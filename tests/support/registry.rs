@@ -32,6 +32,8 @@ mod certs;
 mod child;
 #[path = "ci.rs"]
 mod ci;
+#[path = "registry/fault_proxy.rs"]
+mod fault_proxy;
 #[path = "registry/http.rs"]
 pub(crate) mod http;
 #[path = "registry/layout.rs"]
@@ -42,6 +44,8 @@ mod skopeo;
 pub(crate) mod token;
 
 // Each test file that includes the harness uses a part of it.
+#[allow(unused_imports)]
+pub(crate) use fault_proxy::{FaultCounts, FaultProxy, Faults, SEED_VAR};
 #[allow(unused_imports)]
 pub(crate) use skopeo::{skopeo, skopeo_copy, skopeo_inspect};
 #[allow(unused_imports)]

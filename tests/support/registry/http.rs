@@ -1,13 +1,17 @@
 //! Just enough HTTP/1.1 for the registry harness: reading a message head,
 //! copying a request body as it is framed (`Content-Length` or chunked),
-//! and a one-request client that tells a complete body from a cut one.
+//! a one-request client that tells a complete body from a cut one, and the
+//! accept loop of the harness's own servers (token issuer, fault proxy).
 //!
 //! The fault proxy forwards bytes it has parsed with these functions, and
 //! the self-tests fetch through it with [`request`], so a truncated answer
 //! is seen as such instead of being papered over by a client's retries.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// The longest head (start line plus headers) accepted.
@@ -220,6 +224,43 @@ pub(crate) fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> io::Result<Response> {
+    let framing = if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
+        Some(("Content-Length", body.len().to_string()))
+    } else {
+        None
+    };
+    send(addr, method, target, headers, framing, body)
+}
+
+/// [`request`] with the body sent chunked (`Transfer-Encoding: chunked`),
+/// one chunk per element of `chunks`, as streaming upload clients do.
+pub(crate) fn request_chunked(
+    addr: &str,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    chunks: &[&[u8]],
+) -> io::Result<Response> {
+    let mut body = Vec::new();
+    for chunk in chunks.iter().filter(|c| !c.is_empty()) {
+        body.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        body.extend_from_slice(chunk);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"0\r\n\r\n");
+    let framing = Some(("Transfer-Encoding", "chunked".to_owned()));
+    send(addr, method, target, headers, framing, &body)
+}
+
+/// Sends a request whose body is already framed as `framing` says.
+fn send(
+    addr: &str,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    framing: Option<(&str, String)>,
+    body: &[u8],
+) -> io::Result<Response> {
     let stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
@@ -231,8 +272,8 @@ pub(crate) fn request(
         head.set(n, v);
     }
     head.set("Connection", "close");
-    if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
-        head.set("Content-Length", &body.len().to_string());
+    if let Some((name, value)) = framing {
+        head.set(name, &value);
     }
     let mut w = &stream;
     w.write_all(&head.to_bytes())?;
@@ -278,6 +319,68 @@ fn read_chunked(r: &mut impl BufRead, out: &mut Vec<u8>) -> bool {
         let mut crlf = [0u8; 2];
         if out.len() - before != size || r.read_exact(&mut crlf).is_err() {
             return false;
+        }
+    }
+}
+
+/// A server on a free loopback port whose accept loop runs in a thread and
+/// hands each connection to `handle` in a thread of its own; stopped on
+/// drop (the accept loop ends; connections in flight finish on their own).
+#[derive(Debug)]
+pub(crate) struct LoopbackServer {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LoopbackServer {
+    /// Binds `127.0.0.1:0` and starts accepting; `what` names the server in
+    /// errors.
+    pub(crate) fn start(
+        what: &str,
+        handle: impl Fn(TcpStream) + Send + Sync + 'static,
+    ) -> Result<LoopbackServer, String> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| format!("binding a loopback port for {what}: {e}"))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| format!("reading the port of {what}: {e}"))?
+            .port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = Arc::new(handle);
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    let handle = Arc::clone(&handle);
+                    std::thread::spawn(move || handle(conn));
+                }
+            })
+        };
+        Ok(LoopbackServer {
+            port,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The port it listens on.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for LoopbackServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

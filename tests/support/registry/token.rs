@@ -15,10 +15,9 @@
 //! client caches its tokens and refreshes them after `expires_in`.
 
 use std::io::{BufReader, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -64,10 +63,8 @@ pub(crate) struct TokenRequest {
 /// A running token issuer; stopped on drop.
 #[derive(Debug)]
 pub(crate) struct TokenIssuer {
-    port: u16,
-    stop: Arc<AtomicBool>,
+    server: http::LoopbackServer,
     state: Arc<State>,
-    thread: Option<JoinHandle<()>>,
 }
 
 struct State {
@@ -102,12 +99,6 @@ impl TokenIssuer {
             .lines()
             .filter(|l| !l.starts_with("-----"))
             .collect();
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .map_err(|e| format!("binding the token issuer's port: {e}"))?;
-        let port = listener
-            .local_addr()
-            .map_err(|e| format!("reading the token issuer's port: {e}"))?
-            .port();
         let state = Arc::new(State {
             policy,
             key,
@@ -115,34 +106,18 @@ impl TokenIssuer {
             requests: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
         });
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
+        let server = {
             let state = Arc::clone(&state);
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(conn) = conn else { continue };
-                    let state = Arc::clone(&state);
-                    std::thread::spawn(move || {
-                        let _ = serve(&state, conn);
-                    });
-                }
-            })
+            http::LoopbackServer::start("the token issuer", move |conn| {
+                let _ = serve(&state, conn);
+            })?
         };
-        Ok(TokenIssuer {
-            port,
-            stop,
-            state,
-            thread: Some(thread),
-        })
+        Ok(TokenIssuer { server, state })
     }
 
     /// The realm URL the registry sends clients to.
     pub(crate) fn realm(&self) -> String {
-        format!("http://127.0.0.1:{}/token", self.port)
+        format!("http://127.0.0.1:{}/token", self.server.port())
     }
 
     /// How many requests it has answered (any status).
@@ -162,17 +137,6 @@ impl TokenIssuer {
     /// Its policy.
     pub(crate) fn policy(&self) -> &TokenPolicy {
         &self.state.policy
-    }
-}
-
-impl Drop for TokenIssuer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
