@@ -4,6 +4,8 @@
 
 #[path = "support/registry.rs"]
 mod registry;
+#[path = "support/estiba.rs"]
+mod support_estiba;
 
 use base64::Engine;
 use registry::http::request;
@@ -125,6 +127,23 @@ fn skopeo_pushes_and_reads_back_in_every_mode() {
         ) else {
             return;
         };
+        push_and_inspect(&reg);
+    }
+}
+
+#[test]
+fn skopeo_pushes_and_reads_back_with_basic_and_token_auth_over_tls() {
+    for auth in [
+        Auth::basic("tester", "s3cret"),
+        Auth::token("tester", "s3cret"),
+    ] {
+        let Some(reg) = registry::or_skip(
+            "skopeo_pushes_and_reads_back_with_basic_and_token_auth_over_tls",
+            RegistryServer::start_tls(auth),
+        ) else {
+            return;
+        };
+        assert!(reg.url().starts_with("https://"));
         push_and_inspect(&reg);
     }
 }
@@ -632,4 +651,87 @@ fn fault_proxy_forwards_a_chunked_upload_and_stops_at_max_faults() {
     let counts = proxy.counts();
     assert_eq!(counts.error_total(), 2, "{counts:?}");
     assert_eq!(counts.forwarded, 3, "{counts:?}");
+}
+
+#[test]
+fn an_estiba_store_is_a_push_source() {
+    let Some(reg) = RegistryServer::start_or_skip("an_estiba_store_is_a_push_source", Auth::None)
+    else {
+        return;
+    };
+    let work = tempfile::tempdir().expect("tempdir");
+    let root = work.path().join("store");
+    let rootfs = work.path().join("rootfs.tar");
+    let mut tar = tar::Builder::new(std::fs::File::create(&rootfs).expect("rootfs.tar"));
+    let mut header = tar::Header::new_gnu();
+    header.set_size(3);
+    header.set_mode(0o644);
+    tar.append_data(&mut header, "hi.txt", &b"hi\n"[..])
+        .expect("tar entry");
+    tar.finish().expect("tar");
+    let (code, out, err) = support_estiba::run(
+        support_estiba::estiba(&root)
+            .arg("import")
+            .arg(&rootfs)
+            .arg("mine:v1"),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("index.json")).expect("index.json"))
+            .expect("index JSON");
+    let tagged = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .find(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"] == "docker.io/library/mine:v1"
+        })
+        .expect("the import is tagged")["digest"]
+        .clone();
+    reg.push_layout(&root, "docker.io/library/mine:v1", "test/mine:v1", false)
+        .unwrap_or_else(|e| panic!("{e}\nregistry log:\n{}", reg.log_tail()));
+    let info = reg.inspect("test/mine:v1", false).expect("inspect");
+    assert_eq!(info["Digest"], tagged);
+}
+
+#[test]
+fn token_issuer_answers_the_oauth2_password_grant() {
+    let Some(reg) = RegistryServer::start_or_skip(
+        "token_issuer_answers_the_oauth2_password_grant",
+        Auth::token("tester", "s3cret"),
+    ) else {
+        return;
+    };
+    push_and_inspect(&reg);
+    let issuer = reg.token_issuer().expect("issuer");
+    let before = issuer.requests();
+    let realm = issuer.realm();
+    let host = realm
+        .trim_start_matches("http://")
+        .trim_end_matches("/token");
+    let form = |pass: &str| {
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "password")
+            .append_pair("service", "estiba-test-registry")
+            .append_pair("client_id", "estiba-tests")
+            .append_pair("username", "tester")
+            .append_pair("password", pass)
+            .append_pair("scope", "repository:test/hello:pull")
+            .finish()
+    };
+    let ctype = ("Content-Type", "application/x-www-form-urlencoded");
+    let resp = request(host, "POST", "/token", &[ctype], form("s3cret").as_bytes()).expect("POST");
+    assert_eq!(resp.status(), 200);
+    let json: serde_json::Value = serde_json::from_slice(&resp.body).expect("JSON");
+    let token = json["access_token"].as_str().expect("access_token");
+    assert_eq!(tags_list(&reg, "test/hello", token).status(), 200);
+    let resp = request(host, "POST", "/token", &[ctype], form("wrong").as_bytes()).expect("POST");
+    assert_eq!(resp.status(), 401);
+    assert_eq!(issuer.requests(), before + 2);
+    let log = issuer.log();
+    let last_two: Vec<(&str, u16)> = log[log.len() - 2..]
+        .iter()
+        .map(|r| (r.method.as_str(), r.status))
+        .collect();
+    assert_eq!(last_two, [("POST", 200), ("POST", 401)]);
 }
