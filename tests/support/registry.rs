@@ -89,7 +89,8 @@ pub(crate) const REALM: &str = "estiba-test";
 pub(crate) enum Auth {
     /// Plain http, anonymous: anyone pulls and pushes.
     None,
-    /// Plain http with htpasswd basic auth (bcrypt, made by `htpasswd -B`).
+    /// htpasswd basic auth (bcrypt, made by `htpasswd -B`), over plain
+    /// http (or https with [`RegistryServer::start_tls`]).
     Basic {
         /// The one user.
         user: String,
@@ -100,7 +101,8 @@ pub(crate) enum Auth {
     /// signed by a CA made for this server ([`RegistryServer::ca_file`]),
     /// anonymous.
     Tls,
-    /// Plain http with distribution's `auth: token`: clients get a bearer
+    /// distribution's `auth: token`, over plain http (or https with
+    /// [`RegistryServer::start_tls`]): clients get a bearer
     /// token from a [`TokenIssuer`] the harness runs
     /// ([`RegistryServer::token_issuer`]).
     Token(TokenPolicy),

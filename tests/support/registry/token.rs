@@ -42,6 +42,10 @@ pub(crate) struct TokenPolicy {
     /// Whether clients without credentials get `pull` on every repository.
     pub(crate) anonymous_pull: bool,
     /// The tokens' lifetime in seconds (`expires_in`, and `exp - iat`).
+    /// A short one makes a client refresh (count the issuer's requests);
+    /// note that distribution itself still accepts a token up to 60 s
+    /// past `exp` (its leeway), and docker's client treats anything under
+    /// 60 s as 60 s.
     pub(crate) expires_in: u64,
 }
 
