@@ -737,3 +737,80 @@ fn token_issuer_answers_the_oauth2_password_grant() {
         .collect();
     assert_eq!(last_two, [("POST", 200), ("POST", 401)]);
 }
+
+#[test]
+fn fault_proxy_corrupts_blob_bodies_keeping_their_length() {
+    let Some((reg, dir, img)) =
+        registry_with_a_big_image("fault_proxy_corrupts_blob_bodies_keeping_their_length")
+    else {
+        return;
+    };
+    let blob = std::fs::read(blob_path(dir.path(), &img.layer)).expect("layer blob");
+    let proxy = FaultProxy::start(
+        &reg.host(),
+        Faults {
+            corrupt_rate: 1.0,
+            ..Faults::default()
+        },
+    )
+    .expect("proxy");
+    let target = format!("/v2/test/big/blobs/{}", img.layer);
+    let resp = request(&proxy.host(), "GET", &target, &[], &[]).expect("GET through the proxy");
+    assert_eq!(resp.status(), 200);
+    assert!(resp.complete);
+    assert_eq!(resp.body.len(), blob.len());
+    let differing = resp.body.iter().zip(&blob).filter(|(a, b)| a != b).count();
+    assert_eq!(differing, 1, "one byte is flipped");
+    assert_ne!(estiba_cache::Digest::of(&resp.body), img.layer);
+    let counts = proxy.counts();
+    assert_eq!((counts.corruptions, counts.cuts), (1, 0), "{counts:?}");
+}
+
+#[test]
+fn a_damaged_stored_blob_is_served_as_it_is() {
+    let Some((reg, _dir, img)) =
+        registry_with_a_big_image("a_damaged_stored_blob_is_served_as_it_is")
+    else {
+        return;
+    };
+    let path = reg.blob_data_path(&img.layer.to_string());
+    let mut bytes = std::fs::read(&path).expect("the stored blob");
+    bytes[0] ^= 0xff;
+    std::fs::write(&path, &bytes).expect("damage it");
+    let target = format!("/v2/test/big/blobs/{}", img.layer);
+    let resp = request(&reg.host(), "GET", &target, &[], &[]).expect("GET");
+    assert_eq!(resp.status(), 200);
+    assert!(resp.body == bytes, "the registry serves the damaged bytes");
+}
+
+#[test]
+fn docker_config_holds_the_registry_credentials() {
+    let Some(reg) = RegistryServer::start_or_skip(
+        "docker_config_holds_the_registry_credentials",
+        Auth::basic("tester", "s3cret"),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = reg.write_docker_config(dir.path()).expect("config.json");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("JSON");
+    let auth = config["auths"][reg.host()]["auth"].as_str().expect("auth");
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(auth)
+        .expect("base64");
+    assert_eq!(decoded, b"tester:s3cret");
+    // skopeo reads the same file (as an auth file) and gets in with it.
+    let layout_dir = tempfile::tempdir().expect("tempdir");
+    layout::write_image(layout_dir.path(), "hello", "amd64", b"hello\n").expect("layout");
+    skopeo_copy(
+        &format!("oci:{}:hello", layout_dir.path().display()),
+        &reg.docker_ref("test/hello:v1"),
+        &[
+            "--dest-tls-verify=false",
+            "--dest-authfile",
+            &path.to_string_lossy(),
+        ],
+    )
+    .expect("push with the config's credentials");
+}

@@ -18,14 +18,16 @@
 //!   (`127.0.0.1:PORT`), `url()`, `ca_file()` and `certs_dir()` (TLS:
 //!   `DIR/127.0.0.1:PORT/ca.crt`, `DIR/localhost:PORT/ca.crt`),
 //!   `credentials()`, `token_issuer()`, `log_tail()`, `storage_dir()`,
-//!   `pid()`. With skopeo: `push_layout(dir, name, repo_ref, all)`,
+//!   `blob_data_path(digest)` (to damage a stored blob), `pid()`,
+//!   `docker_config_json()` / `write_docker_config(dir)` (`auths` as
+//!   `docker login` writes them). With skopeo: `push_layout(dir, name, repo_ref, all)`,
 //!   `inspect(repo_ref, raw)`, `skopeo_args(prefix)`, `docker_ref(repo_ref)`.
 //! - [`Auth`]: `None`, `Basic{user,pass}` (htpasswd, bcrypt), `Tls` (https
 //!   with a CA made here), `Token(TokenPolicy)` (distribution's `auth:
 //!   token` with the [`TokenIssuer`] of `token.rs`: request count and log,
 //!   `anonymous_pull`, `expires_in`).
 //! - [`FaultProxy`]: `start(upstream_host, Faults{error_rate, statuses,
-//!   cut_rate, max_faults, seed})` in front of a plain-http registry;
+//!   cut_rate, corrupt_rate, max_faults, seed})` in front of a plain-http registry;
 //!   `host()`, `url()`, `seed()`, `counts()` ([`FaultCounts`]).
 //! - [`layout`]: `write_image`, `write_multi_platform` (OCI layouts made of
 //!   plain files, with their digests).
@@ -387,6 +389,42 @@ impl RegistryServer {
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         skopeo_inspect(&self.docker_ref(repo_ref), &args)
+    }
+
+    /// The file holding blob `digest` (`sha256:…`) in the registry's
+    /// storage, for tests that damage a blob the registry then serves as it
+    /// is (distribution checks digests on upload, not on download).
+    pub(crate) fn blob_data_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        let prefix = hex.get(..2).unwrap_or(hex);
+        self.storage_dir()
+            .join("docker/registry/v2/blobs/sha256")
+            .join(prefix)
+            .join(hex)
+            .join("data")
+    }
+
+    /// A docker client config (`config.json`, as `docker login` writes it)
+    /// holding this registry's credentials under `auths."127.0.0.1:PORT"`;
+    /// empty `auths` in the modes without credentials.
+    pub(crate) fn docker_config_json(&self) -> serde_json::Value {
+        use base64::Engine;
+        let mut auths = serde_json::Map::new();
+        if let Some((user, pass)) = self.credentials() {
+            let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+            auths.insert(self.host(), serde_json::json!({ "auth": auth }));
+        }
+        serde_json::json!({ "auths": auths })
+    }
+
+    /// Writes [`RegistryServer::docker_config_json`] to `DIR/config.json`
+    /// (for `DOCKER_CONFIG=DIR`); the file's path.
+    pub(crate) fn write_docker_config(&self, dir: &Path) -> Result<PathBuf, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let path = dir.join("config.json");
+        std::fs::write(&path, self.docker_config_json().to_string())
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        Ok(path)
     }
 
     /// Where the registry keeps its blobs and repositories.
