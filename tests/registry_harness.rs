@@ -421,31 +421,52 @@ fn blob_path(layout: &std::path::Path, digest: &estiba_cache::Digest) -> std::pa
     layout.join("blobs/sha256").join(digest.hex())
 }
 
+/// The big image's registry with a fault proxy in front of it.
+struct Proxied {
+    /// Held so the registry lives as long as the proxy.
+    _registry: RegistryServer,
+    proxy: FaultProxy,
+    img: layout::WrittenImage,
+    /// The layer blob as pushed.
+    blob: Vec<u8>,
+    /// `/v2/test/big/blobs/LAYER`.
+    target: String,
+}
+
+fn proxied_big_image(test: &str, faults: Faults) -> Option<Proxied> {
+    let (reg, dir, img) = registry_with_a_big_image(test)?;
+    let blob = std::fs::read(blob_path(dir.path(), &img.layer)).expect("layer blob");
+    let proxy = FaultProxy::start(&reg.host(), faults).expect("proxy");
+    let target = format!("/v2/test/big/blobs/{}", img.layer);
+    Some(Proxied {
+        _registry: reg,
+        proxy,
+        img,
+        blob,
+        target,
+    })
+}
+
 #[test]
 fn fault_proxy_injects_errors_and_forwards_the_rest_intact() {
-    let Some((reg, dir, img)) =
-        registry_with_a_big_image("fault_proxy_injects_errors_and_forwards_the_rest_intact")
-    else {
-        return;
-    };
-    let blob = std::fs::read(blob_path(dir.path(), &img.layer)).expect("layer blob");
-    let proxy = FaultProxy::start(
-        &reg.host(),
+    let Some(p) = proxied_big_image(
+        "fault_proxy_injects_errors_and_forwards_the_rest_intact",
         Faults {
             error_rate: 0.5,
             ..Faults::default()
         },
-    )
-    .expect("proxy");
-    let target = format!("/v2/test/big/blobs/{}", img.layer);
+    ) else {
+        return;
+    };
     let (mut ok, mut failed) = (0u64, 0u64);
     for _ in 0..200 {
-        let resp = request(&proxy.host(), "GET", &target, &[], &[]).expect("GET through the proxy");
+        let resp =
+            request(&p.proxy.host(), "GET", &p.target, &[], &[]).expect("GET through the proxy");
         match resp.status() {
             200 => {
                 assert!(resp.complete);
                 assert!(
-                    resp.body == blob,
+                    resp.body == p.blob,
                     "a forwarded blob differs from the pushed one"
                 );
                 ok += 1;
@@ -465,9 +486,9 @@ fn fault_proxy_injects_errors_and_forwards_the_rest_intact() {
     assert!(
         ok >= 3 && failed >= 3,
         "ok {ok}, injected {failed} (seed {})",
-        proxy.seed()
+        p.proxy.seed()
     );
-    let counts = proxy.counts();
+    let counts = p.proxy.counts();
     assert_eq!(counts.error_total(), failed, "{counts:?}");
     assert_eq!(counts.forwarded, ok, "{counts:?}");
     assert_eq!(counts.requests, ok + failed, "{counts:?}");
@@ -500,31 +521,28 @@ fn fetch_resuming(host: &str, target: &str) -> (Vec<u8>, u32) {
 
 #[test]
 fn fault_proxy_cuts_blob_bodies_and_resumed_ranges_add_up_to_the_blob() {
-    let Some((reg, dir, img)) = registry_with_a_big_image(
-        "fault_proxy_cuts_blob_bodies_and_resumed_ranges_add_up_to_the_blob",
-    ) else {
-        return;
-    };
-    let blob = std::fs::read(blob_path(dir.path(), &img.layer)).expect("layer blob");
     // Every blob answer is cut, and nothing else is.
-    let proxy = FaultProxy::start(
-        &reg.host(),
+    let Some(p) = proxied_big_image(
+        "fault_proxy_cuts_blob_bodies_and_resumed_ranges_add_up_to_the_blob",
         Faults {
             cut_rate: 1.0,
             ..Faults::default()
         },
-    )
-    .expect("proxy");
-    let (body, fetches) =
-        fetch_resuming(&proxy.host(), &format!("/v2/test/big/blobs/{}", img.layer));
-    assert!(body == blob, "the resumed blob differs from the pushed one");
+    ) else {
+        return;
+    };
+    let (body, fetches) = fetch_resuming(&p.proxy.host(), &p.target);
+    assert!(
+        body == p.blob,
+        "the resumed blob differs from the pushed one"
+    );
     assert!(fetches > 1);
     // Only a 1-byte remainder is left uncut.
-    assert_eq!(proxy.counts().cuts, u64::from(fetches - 1));
+    assert_eq!(p.proxy.counts().cuts, u64::from(fetches - 1));
     let manifest = request(
-        &proxy.host(),
+        &p.proxy.host(),
         "GET",
-        &format!("/v2/test/big/manifests/{}", img.manifest),
+        &format!("/v2/test/big/manifests/{}", p.img.manifest),
         &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
         &[],
     )
@@ -533,7 +551,7 @@ fn fault_proxy_cuts_blob_bodies_and_resumed_ranges_add_up_to_the_blob() {
     assert!(manifest.complete, "a manifest was cut");
     assert_eq!(
         estiba_cache::Digest::of(&manifest.body),
-        img.manifest,
+        p.img.manifest,
         "the manifest came through changed"
     );
 }
@@ -740,29 +758,28 @@ fn token_issuer_answers_the_oauth2_password_grant() {
 
 #[test]
 fn fault_proxy_corrupts_blob_bodies_keeping_their_length() {
-    let Some((reg, dir, img)) =
-        registry_with_a_big_image("fault_proxy_corrupts_blob_bodies_keeping_their_length")
-    else {
-        return;
-    };
-    let blob = std::fs::read(blob_path(dir.path(), &img.layer)).expect("layer blob");
-    let proxy = FaultProxy::start(
-        &reg.host(),
+    let Some(p) = proxied_big_image(
+        "fault_proxy_corrupts_blob_bodies_keeping_their_length",
         Faults {
             corrupt_rate: 1.0,
             ..Faults::default()
         },
-    )
-    .expect("proxy");
-    let target = format!("/v2/test/big/blobs/{}", img.layer);
-    let resp = request(&proxy.host(), "GET", &target, &[], &[]).expect("GET through the proxy");
+    ) else {
+        return;
+    };
+    let resp = request(&p.proxy.host(), "GET", &p.target, &[], &[]).expect("GET through the proxy");
     assert_eq!(resp.status(), 200);
     assert!(resp.complete);
-    assert_eq!(resp.body.len(), blob.len());
-    let differing = resp.body.iter().zip(&blob).filter(|(a, b)| a != b).count();
+    assert_eq!(resp.body.len(), p.blob.len());
+    let differing = resp
+        .body
+        .iter()
+        .zip(&p.blob)
+        .filter(|(a, b)| a != b)
+        .count();
     assert_eq!(differing, 1, "one byte is flipped");
-    assert_ne!(estiba_cache::Digest::of(&resp.body), img.layer);
-    let counts = proxy.counts();
+    assert_ne!(estiba_cache::Digest::of(&resp.body), p.img.layer);
+    let counts = p.proxy.counts();
     assert_eq!((counts.corruptions, counts.cuts), (1, 0), "{counts:?}");
 }
 
