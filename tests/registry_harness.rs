@@ -831,3 +831,41 @@ fn docker_config_holds_the_registry_credentials() {
     )
     .expect("push with the config's credentials");
 }
+
+#[test]
+fn a_docker_manifest_list_is_pushed_with_format_v2s2() {
+    let Some(reg) = RegistryServer::start_or_skip(
+        "a_docker_manifest_list_is_pushed_with_format_v2s2",
+        Auth::None,
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    layout::write_multi_platform(dir.path(), "multi", &["amd64", "arm64"]).expect("layout");
+    reg.push_layout_with(
+        dir.path(),
+        "multi",
+        "test/list:v1",
+        &["--all", "--format", "v2s2"],
+    )
+    .unwrap_or_else(|e| panic!("{e}\nregistry log:\n{}", reg.log_tail()));
+    let raw = reg.inspect("test/list:v1", true).expect("inspect --raw");
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    );
+    let entries = raw["manifests"].as_array().expect("manifests");
+    assert_eq!(entries.len(), 2);
+    for (entry, arch) in entries.iter().zip(["amd64", "arm64"]) {
+        assert_eq!(
+            entry["mediaType"],
+            "application/vnd.docker.distribution.manifest.v2+json"
+        );
+        assert_eq!(entry["platform"]["architecture"], arch);
+        let digest = entry["digest"].as_str().expect("digest");
+        let info = reg
+            .inspect(&format!("test/list@{digest}"), false)
+            .expect("inspect");
+        assert_eq!(info["Architecture"], arch);
+    }
+}

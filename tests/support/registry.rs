@@ -367,11 +367,27 @@ impl RegistryServer {
         repo_ref: &str,
         all: bool,
     ) -> Result<String, String> {
+        let extra: &[&str] = if all {
+            &["--preserve-digests", "--all"]
+        } else {
+            &["--preserve-digests"]
+        };
+        self.push_layout_with(layout, name, repo_ref, extra)
+    }
+
+    /// `skopeo copy EXTRA… oci:LAYOUT:NAME docker://HOST/REPO_REF` with
+    /// this registry's options: e.g. `["--all", "--format", "v2s2"]` stores
+    /// a docker manifest list of docker schema 2 manifests (the digests
+    /// change: skopeo converts, and gzips uncompressed layers).
+    pub(crate) fn push_layout_with(
+        &self,
+        layout: &Path,
+        name: &str,
+        repo_ref: &str,
+        extra_args: &[&str],
+    ) -> Result<String, String> {
         let mut args = self.skopeo_args("dest-");
-        args.push("--preserve-digests".to_owned());
-        if all {
-            args.push("--all".to_owned());
-        }
+        args.extend(extra_args.iter().map(|a| (*a).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         skopeo_copy(
             &format!("oci:{}:{name}", layout.display()),
