@@ -204,35 +204,48 @@ fn a_multi_platform_index_is_pushed_whole_and_resolves_per_platform() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let index =
-        layout::write_multi_platform(dir.path(), "multi", &["amd64", "arm64"]).expect("layout");
+    let index = layout::write_multi_platform(dir.path(), "multi", &["amd64", "arm64", "arm/v7"])
+        .expect("layout");
     reg.push_layout(dir.path(), "multi", "test/multi:v1", true)
         .unwrap_or_else(|e| panic!("{e}\nregistry log:\n{}", reg.log_tail()));
     let raw = reg.inspect("test/multi:v1", true).expect("inspect --raw");
     assert_eq!(raw["mediaType"], "application/vnd.oci.image.index.v1+json");
+    // Each entry names its platform (variant included) and the manifest
+    // written for it.
     let listed: Vec<(String, String)> = raw["manifests"]
         .as_array()
         .expect("manifests")
         .iter()
         .map(|m| {
-            (
-                m["platform"]["architecture"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_owned(),
-                m["digest"].as_str().unwrap_or("").to_owned(),
-            )
+            let p = &m["platform"];
+            let arch = p["architecture"].as_str().unwrap_or("");
+            let platform = match p["variant"].as_str() {
+                Some(v) => format!("{arch}/{v}"),
+                None => arch.to_owned(),
+            };
+            (platform, m["digest"].as_str().unwrap_or("").to_owned())
         })
         .collect();
     let expected: Vec<(String, String)> = index
         .images
         .iter()
-        .map(|i| (i.architecture.clone(), i.manifest.to_string()))
+        .map(|i| (i.platform.clone(), i.manifest.to_string()))
         .collect();
     assert_eq!(listed, expected);
-    for arch in ["amd64", "arm64"] {
-        let by_digest = format!("test/multi@{}", index.image(arch).expect("image").manifest);
-        let info = reg.inspect(&by_digest, false).expect("inspect by digest");
+    // skopeo resolves the index to the platform asked for.
+    for (arch, variant) in [("amd64", None), ("arm64", None), ("arm", Some("v7"))] {
+        let mut args = vec!["--tls-verify=false", "--override-arch", arch];
+        let platform = match variant {
+            Some(v) => {
+                args.extend(["--override-variant", v]);
+                format!("{arch}/{v}")
+            }
+            None => arch.to_owned(),
+        };
+        let info = skopeo_inspect(&reg.docker_ref("test/multi:v1"), &args).expect("inspect");
+        let image = index.image(&platform).expect("image");
+        // ("Digest" is the index's own; the layer tells the images apart.)
+        assert_eq!(info["Layers"][0], image.layer.to_string(), "{platform}");
         assert_eq!(info["Architecture"], arch, "{info}");
     }
 }
