@@ -36,17 +36,12 @@ fn plain_registry_answers_v2_and_is_gone_after_drop() {
     );
     let pid = reg.pid();
     let dir = reg.dir().to_path_buf();
-    let host = reg.host();
     drop(reg);
     assert!(
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "registry process {pid} still runs after drop"
     );
     assert!(!dir.exists(), "{} still exists after drop", dir.display());
-    assert!(
-        request(&host, "GET", "/v2/", &[], &[]).is_err(),
-        "{host} still answers after drop"
-    );
 }
 
 #[test]
