@@ -1,6 +1,10 @@
-//! Self-tests of the registry harness (tests/support/registry.rs): each
-//! mode of the real registry answers as its mode says and is gone after
-//! drop.
+//! Self-tests of the registry harness (tests/support/registry.rs): every
+//! mode of the real registry (plain, basic, TLS, token, and basic/token
+//! over TLS) takes a push from skopeo and gives it back, refuses what its
+//! mode refuses, and is gone after drop; the token issuer grants what it
+//! should and counts its requests; the fault proxy injects the faults it
+//! counts and forwards the rest byte for byte; the test images and an
+//! estiba store push as the layouts they are.
 
 #[path = "support/registry.rs"]
 mod registry;
