@@ -4,96 +4,19 @@
 //! chunked uploads, basic auth, and a download resumed after the
 //! connection is cut.
 
+#[path = "../../tests/support/registry.rs"]
+mod harness;
+
 use estiba::registry::{credentials, Reference, Registry, RegistryError, RegistryOptions};
 use estiba_cache::oci::{media_type, Descriptor};
 use estiba_cache::Digest;
+use harness::{Auth, FaultProxy, Faults, RegistryServer, TokenPolicy};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// A `docker-registry` on a free loopback port, stopped on drop.
-struct TestRegistry {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl TestRegistry {
-    fn start(htpasswd: Option<(&str, &str)>) -> TestRegistry {
-        Self::start_with(htpasswd, None)
-    }
-
-    /// With `tls`: the (certificate, key) it serves https with.
-    fn start_with(htpasswd: Option<(&str, &str)>, tls: Option<(&Path, &Path)>) -> TestRegistry {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-            dir.path().join("data").display()
-        );
-        if let Some((user, pass)) = htpasswd {
-            let out = Command::new("htpasswd")
-                .args(["-Bbn", user, pass])
-                .output()
-                .expect("htpasswd runs (apache2-utils)");
-            assert!(out.status.success());
-            let file = dir.path().join("htpasswd");
-            std::fs::write(&file, out.stdout).expect("write htpasswd");
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
-                file.display()
-            ));
-        }
-        if let Some((cert, key)) = tls {
-            config.push_str(&format!(
-                "  tls:\n    certificate: {}\n    key: {}\n",
-                cert.display(),
-                key.display()
-            ));
-        }
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).expect("write config");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry runs (Debian package docker-registry)");
-        let started = Instant::now();
-        while TcpStream::connect(&addr).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "registry did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        TestRegistry {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for TestRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind")
-        .port()
-}
+use std::time::Duration;
 
 /// A client reading credentials from `docker_config` and no system config.
 fn client(docker_config: &Path) -> Registry {
@@ -113,6 +36,34 @@ fn client_with(docker_config: &Path, tweak: impl FnOnce(&mut RegistryOptions)) -
 
 fn r(text: &str) -> Reference {
     Reference::parse(text).expect("reference")
+}
+
+/// Pushes an image of `layers` (already pushed) and an empty config under
+/// `image`'s tag; the manifest.
+fn push_image(reg: &Registry, image: &Reference, layers: &[Descriptor]) -> Vec<u8> {
+    let config = push_bytes(reg, image, media_type::OCI_CONFIG, b"{}");
+    let manifest = manifest_for(&config, layers);
+    reg.put_manifest(image, media_type::OCI_MANIFEST, &manifest)
+        .expect("push manifest");
+    manifest
+}
+
+/// Pushes a one-layer image of [`blob_bytes`]`(len, seed)`; the layer's
+/// descriptor and the manifest.
+fn push_layer_image(
+    reg: &Registry,
+    image: &Reference,
+    len: usize,
+    seed: u8,
+) -> (Descriptor, Vec<u8>) {
+    let layer = push_bytes(
+        reg,
+        image,
+        media_type::OCI_LAYER_GZIP,
+        &blob_bytes(len, seed),
+    );
+    let manifest = push_image(reg, image, std::slice::from_ref(&layer));
+    (layer, manifest)
 }
 
 /// Deterministic, incompressible-looking bytes.
@@ -157,10 +108,15 @@ fn manifest_for(config: &Descriptor, layers: &[Descriptor]) -> Vec<u8> {
 
 #[test]
 fn pushes_a_blob_and_manifest_then_pulls_them_back() {
-    let registry = TestRegistry::start(None);
+    let Some(registry) = RegistryServer::start_or_skip(
+        "pushes_a_blob_and_manifest_then_pulls_them_back",
+        Auth::None,
+    ) else {
+        return;
+    };
     let home = tempfile::tempdir().expect("tempdir");
     let reg = client(home.path());
-    let image = r(&format!("{}/team/app:v1", registry.addr));
+    let image = r(&format!("{}/team/app:v1", registry.host()));
 
     let layer = blob_bytes(300_000, 1);
     let ldesc = Descriptor::new(
@@ -233,28 +189,38 @@ fn pushes_a_blob_and_manifest_then_pulls_them_back() {
 
 #[test]
 fn missing_tags_say_not_found_and_head_says_none() {
-    let registry = TestRegistry::start(None);
+    let Some(registry) =
+        RegistryServer::start_or_skip("missing_tags_say_not_found_and_head_says_none", Auth::None)
+    else {
+        return;
+    };
     let home = tempfile::tempdir().expect("tempdir");
     let reg = client(home.path());
-    let image = r(&format!("{}/nothing/here:v9", registry.addr));
+    let image = r(&format!("{}/nothing/here:v9", registry.host()));
     assert_eq!(reg.head_manifest(&image).expect("head"), None);
     let err = reg.get_manifest(&image).expect_err("missing");
     assert_eq!(
         err.to_string(),
         format!(
             "{}/nothing/here:v9 not found in {} (check the name and tag)",
-            registry.addr, registry.addr
+            registry.host(),
+            registry.host()
         )
     );
 }
 
 #[test]
 fn mounts_across_repositories_and_falls_back_to_upload_on_202() {
-    let registry = TestRegistry::start(None);
+    let Some(registry) = RegistryServer::start_or_skip(
+        "mounts_across_repositories_and_falls_back_to_upload_on_202",
+        Auth::None,
+    ) else {
+        return;
+    };
     let home = tempfile::tempdir().expect("tempdir");
     let reg = client(home.path());
-    let base = r(&format!("{}/base/os:1", registry.addr));
-    let app = r(&format!("{}/team/app:1", registry.addr));
+    let base = r(&format!("{}/base/os:1", registry.host()));
+    let app = r(&format!("{}/team/app:1", registry.host()));
     let layer = push_bytes(
         &reg,
         &base,
@@ -288,13 +254,17 @@ fn mounts_across_repositories_and_falls_back_to_upload_on_202() {
 
 #[test]
 fn uploads_in_chunks_above_the_threshold() {
-    let registry = TestRegistry::start(None);
+    let Some(registry) =
+        RegistryServer::start_or_skip("uploads_in_chunks_above_the_threshold", Auth::None)
+    else {
+        return;
+    };
     let home = tempfile::tempdir().expect("tempdir");
     let reg = client_with(home.path(), |o| {
         o.chunked_upload_threshold = 1024 * 1024;
         o.upload_chunk_size = 300 * 1024;
     });
-    let proxy = CuttingProxy::start(&registry.addr, u64::MAX, 0);
+    let proxy = CuttingProxy::start(&registry.host(), u64::MAX, 0);
     let image = r(&format!("{}/big/blob:1", proxy.addr));
     let bytes = blob_bytes(1024 * 1024 + 12_345, 4);
     let desc = push_bytes(&reg, &image, media_type::OCI_LAYER_GZIP, &bytes);
@@ -311,9 +281,14 @@ fn uploads_in_chunks_above_the_threshold() {
 
 #[test]
 fn basic_auth_logs_in_and_refuses_without_credentials() {
-    let registry = TestRegistry::start(Some(("ana", "s3cret")));
+    let Some(registry) = RegistryServer::start_or_skip(
+        "basic_auth_logs_in_and_refuses_without_credentials",
+        Auth::basic("ana", "s3cret"),
+    ) else {
+        return;
+    };
     let home = tempfile::tempdir().expect("tempdir");
-    let image = r(&format!("{}/private/app:1", registry.addr));
+    let image = r(&format!("{}/private/app:1", registry.host()));
 
     let reg = client(home.path());
     let err = reg.get_manifest(&image).expect_err("anonymous");
@@ -321,7 +296,8 @@ fn basic_auth_logs_in_and_refuses_without_credentials() {
         err.to_string(),
         format!(
             "not authorized to pull {}/private/app:1: log in with `estiba login {}`",
-            registry.addr, registry.addr
+            registry.host(),
+            registry.host()
         )
     );
     let bytes = blob_bytes(1000, 5);
@@ -336,87 +312,28 @@ fn basic_auth_logs_in_and_refuses_without_credentials() {
     );
 
     let err = reg
-        .login(&registry.addr, "ana", "wrong")
+        .login(&registry.host(), "ana", "wrong")
         .expect_err("bad password");
     assert!(matches!(err, RegistryError::LoginFailed { .. }), "{err}");
-    reg.login(&registry.addr, "ana", "s3cret").expect("login");
-    credentials::store(home.path(), &registry.addr, "ana", "s3cret").expect("store");
+    reg.login(&registry.host(), "ana", "s3cret").expect("login");
+    credentials::store(home.path(), &registry.host(), "ana", "s3cret").expect("store");
 
     let reg = client(home.path());
     push_bytes(&reg, &image, media_type::OCI_LAYER_GZIP, &bytes);
     assert_eq!(fetch_blob(&reg, &image, &desc), bytes);
 }
 
-/// Runs openssl in `dir`.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA and a certificate for 127.0.0.1 it signed: (ca.crt, server.crt, server.key).
-fn make_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut args = vec!["req", "-x509", "-days", "2", "-subj", "/CN=estiba test CA"];
-    args.extend(ec);
-    args.extend(["-keyout", "ca.key", "-out", "ca.crt"]);
-    openssl(dir, &args);
-    let mut args = vec!["req", "-subj", "/CN=127.0.0.1"];
-    args.extend(ec);
-    args.extend(["-keyout", "server.key", "-out", "server.csr"]);
-    openssl(dir, &args);
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .expect("write ext");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "server.crt",
-        ],
-    );
-    (
-        dir.join("ca.crt"),
-        dir.join("server.crt"),
-        dir.join("server.key"),
-    )
-}
-
 #[test]
 fn tls_with_an_unknown_ca_says_where_to_put_it() {
-    let pki = tempfile::tempdir().expect("tempdir");
-    let (ca, cert, key) = make_ca(pki.path());
-    let registry = TestRegistry::start_with(None, Some((&cert, &key)));
+    let Some(registry) = harness::or_skip(
+        "tls_with_an_unknown_ca_says_where_to_put_it",
+        RegistryServer::start(Auth::Tls),
+    ) else {
+        return;
+    };
+    let ca = registry.ca_file().expect("a TLS server has a CA");
     let home = tempfile::tempdir().expect("tempdir");
-    let image = r(&format!("{}/tls/app:1", registry.addr));
+    let image = r(&format!("{}/tls/app:1", registry.host()));
 
     let err = client(home.path())
         .head_manifest(&image)
@@ -426,7 +343,7 @@ fn tls_with_an_unknown_ca_says_where_to_put_it() {
         err.to_string(),
         format!(
             "cannot verify the TLS certificate of {addr}: put its CA in {certs}/{addr}/ca.crt, or list {addr} in \"insecure-registries\" in {config}",
-            addr = registry.addr,
+            addr = registry.host(),
             certs = certs.display(),
             config = home.path().join("registries.json").display(),
         )
@@ -435,7 +352,7 @@ fn tls_with_an_unknown_ca_says_where_to_put_it() {
     // Listed as insecure: the certificate is not checked.
     std::fs::write(
         home.path().join("registries.json"),
-        format!(r#"{{"insecure-registries": ["{}"]}}"#, registry.addr),
+        format!(r#"{{"insecure-registries": ["{}"]}}"#, registry.host()),
     )
     .expect("write config");
     assert_eq!(
@@ -445,8 +362,8 @@ fn tls_with_an_unknown_ca_says_where_to_put_it() {
     std::fs::remove_file(home.path().join("registries.json")).expect("rm");
 
     // The CA where docker reads it: verified https.
-    std::fs::create_dir_all(certs.join(&registry.addr)).expect("mkdir");
-    std::fs::copy(&ca, certs.join(&registry.addr).join("ca.crt")).expect("copy");
+    std::fs::create_dir_all(certs.join(registry.host())).expect("mkdir");
+    std::fs::copy(ca, certs.join(registry.host()).join("ca.crt")).expect("copy");
     let reg = client(home.path());
     let bytes = blob_bytes(2000, 7);
     let desc = push_bytes(&reg, &image, media_type::OCI_LAYER_GZIP, &bytes);
@@ -579,14 +496,18 @@ impl CuttingProxy {
 
 #[test]
 fn a_cut_download_resumes_where_it_stopped() {
-    let registry = TestRegistry::start(None);
+    let Some(registry) =
+        RegistryServer::start_or_skip("a_cut_download_resumes_where_it_stopped", Auth::None)
+    else {
+        return;
+    };
     let home = tempfile::tempdir().expect("tempdir");
     let direct = client(home.path());
-    let image = r(&format!("{}/cut/blob:1", registry.addr));
+    let image = r(&format!("{}/cut/blob:1", registry.host()));
     let bytes = blob_bytes(3 * 1024 * 1024, 6);
     let desc = push_bytes(&direct, &image, media_type::OCI_LAYER_GZIP, &bytes);
 
-    let proxy = CuttingProxy::start(&registry.addr, 1024 * 1024, 2);
+    let proxy = CuttingProxy::start(&registry.host(), 1024 * 1024, 2);
     let through = r(&format!("{}/cut/blob:1", proxy.addr));
     let reg = client(home.path());
     let mut out = Vec::new();
@@ -668,24 +589,19 @@ fn failing_proxy(upstream: &str, status: &'static str, failures: usize) -> Strin
 
 #[test]
 fn server_errors_and_rate_limits_are_retried_then_reported() {
-    let registry = TestRegistry::start(None);
+    let Some(registry) = RegistryServer::start_or_skip(
+        "server_errors_and_rate_limits_are_retried_then_reported",
+        Auth::None,
+    ) else {
+        return;
+    };
     let home = tempfile::tempdir().expect("tempdir");
     let direct = client(home.path());
-    let image = r(&format!("{}/flaky/app:1", registry.addr));
-    let layer = push_bytes(
-        &direct,
-        &image,
-        media_type::OCI_LAYER_GZIP,
-        &blob_bytes(50_000, 8),
-    );
-    let config = push_bytes(&direct, &image, media_type::OCI_CONFIG, b"{}");
-    let manifest = manifest_for(&config, std::slice::from_ref(&layer));
-    direct
-        .put_manifest(&image, media_type::OCI_MANIFEST, &manifest)
-        .expect("put manifest");
+    let image = r(&format!("{}/flaky/app:1", registry.host()));
+    let (layer, manifest) = push_layer_image(&direct, &image, 50_000, 8);
 
     // The /v2/ probe takes the first failure; then three more on the way.
-    let proxy = failing_proxy(&registry.addr, "503 Service Unavailable", 4);
+    let proxy = failing_proxy(&registry.host(), "503 Service Unavailable", 4);
     let through = r(&format!("{proxy}/flaky/app:1"));
     let reg = client(home.path());
     assert_eq!(reg.get_manifest(&through).expect("retried").bytes, manifest);
@@ -696,7 +612,7 @@ fn server_errors_and_rate_limits_are_retried_then_reported() {
         .blob_exists(&image, &Digest::of(&pushed))
         .expect("head"));
 
-    let proxy = failing_proxy(&registry.addr, "429 Too Many Requests", 1000);
+    let proxy = failing_proxy(&registry.host(), "429 Too Many Requests", 1000);
     let through = r(&format!("{proxy}/flaky/app:1"));
     let err = client(home.path())
         .get_manifest(&through)
@@ -712,10 +628,15 @@ fn server_errors_and_rate_limits_are_retried_then_reported() {
 
 #[test]
 fn threads_share_one_client_for_concurrent_downloads() {
-    let registry = TestRegistry::start(None);
+    let Some(registry) = RegistryServer::start_or_skip(
+        "threads_share_one_client_for_concurrent_downloads",
+        Auth::None,
+    ) else {
+        return;
+    };
     let home = tempfile::tempdir().expect("tempdir");
     let reg = client(home.path());
-    let image = r(&format!("{}/many/layers:1", registry.addr));
+    let image = r(&format!("{}/many/layers:1", registry.host()));
     let blobs: Vec<(Vec<u8>, Descriptor)> = (0..6u8)
         .map(|i| {
             let bytes = blob_bytes(200_000 + usize::from(i) * 1000, 20 + i);
@@ -734,18 +655,19 @@ fn threads_share_one_client_for_concurrent_downloads() {
 
 #[test]
 fn docker_hub_pulls_go_to_the_configured_mirror() {
-    let mirror = TestRegistry::start(None);
+    let Some(mirror) =
+        RegistryServer::start_or_skip("docker_hub_pulls_go_to_the_configured_mirror", Auth::None)
+    else {
+        return;
+    };
     let home = tempfile::tempdir().expect("tempdir");
     let reg = client(home.path());
-    let in_mirror = r(&format!("{}/library/busybox:1", mirror.addr));
-    let config = push_bytes(&reg, &in_mirror, media_type::OCI_CONFIG, b"{}");
-    let manifest = manifest_for(&config, &[]);
-    reg.put_manifest(&in_mirror, media_type::OCI_MANIFEST, &manifest)
-        .expect("put manifest");
+    let in_mirror = r(&format!("{}/library/busybox:1", mirror.host()));
+    let (layer, manifest) = push_layer_image(&reg, &in_mirror, 1000, 60);
 
     std::fs::write(
         home.path().join("registries.json"),
-        format!(r#"{{"registry-mirrors": ["http://{}"]}}"#, mirror.addr),
+        format!(r#"{{"registry-mirrors": ["http://{}"]}}"#, mirror.host()),
     )
     .expect("write config");
     let reg = client(home.path());
@@ -754,7 +676,7 @@ fn docker_hub_pulls_go_to_the_configured_mirror() {
         reg.get_manifest(&hub).expect("from the mirror").bytes,
         manifest
     );
-    assert_eq!(fetch_blob(&reg, &hub, &config), b"{}");
+    assert_eq!(fetch_blob(&reg, &hub, &layer), blob_bytes(1000, 60));
 }
 
 /// Reads an HTTP request head (up to the blank line) from `stream`.
@@ -831,11 +753,16 @@ fn redirecting_proxy(upstream: &str, storage: &str) -> String {
 
 #[test]
 fn blob_redirects_are_followed_without_the_registrys_credentials() {
-    let registry = TestRegistry::start(Some(("ana", "s3cret")));
+    let Some(registry) = RegistryServer::start_or_skip(
+        "blob_redirects_are_followed_without_the_registrys_credentials",
+        Auth::basic("ana", "s3cret"),
+    ) else {
+        return;
+    };
     let home = tempfile::tempdir().expect("tempdir");
     let bytes = blob_bytes(40_000, 30);
     let (storage, heads) = blob_storage(bytes.clone());
-    let proxy = redirecting_proxy(&registry.addr, &storage);
+    let proxy = redirecting_proxy(&registry.host(), &storage);
     credentials::store(home.path(), &proxy, "ana", "s3cret").expect("store");
     let reg = client(home.path());
     let image = r(&format!("{proxy}/private/app:1"));
@@ -852,4 +779,172 @@ fn blob_redirects_are_followed_without_the_registrys_credentials() {
         "the registry's credentials went to the storage: {}",
         heads[0]
     );
+}
+
+/// A client holding the server's credentials in its docker config.
+fn logged_in_client(server: &RegistryServer, home: &Path) -> Registry {
+    server.write_docker_config(home).expect("docker config");
+    client(home)
+}
+
+#[test]
+fn bearer_tokens_are_fetched_per_scope_cached_and_refused_with_the_login_hint() {
+    let policy = TokenPolicy {
+        user: "ana".into(),
+        pass: "s3cret".into(),
+        anonymous_pull: true,
+        expires_in: 300,
+    };
+    let Some(registry) = RegistryServer::start_or_skip(
+        "bearer_tokens_are_fetched_per_scope_cached_and_refused_with_the_login_hint",
+        Auth::Token(policy),
+    ) else {
+        return;
+    };
+    let issuer = registry.token_issuer().expect("token mode");
+    let home = tempfile::tempdir().expect("tempdir");
+    let reg = logged_in_client(&registry, home.path());
+    let base = r(&format!("{}/base/os:1", registry.host()));
+    let app = r(&format!("{}/team/app:1", registry.host()));
+
+    let (layer, manifest) = push_layer_image(&reg, &base, 20_000, 40);
+    let log = issuer.log();
+    assert!(
+        log.iter()
+            .all(|t| t.status == 200 && t.account.as_deref() == Some("ana")),
+        "{log:?}"
+    );
+    assert_eq!(
+        log.iter()
+            .filter(|t| t.scopes == ["repository:base/os:pull,push"])
+            .count(),
+        1,
+        "one token for every push request to the repository: {log:?}"
+    );
+
+    // A mount asks for the source repository's pull scope too.
+    assert!(reg.mount_blob(&app, &base, &layer.digest).expect("mount"));
+    assert!(
+        issuer
+            .log()
+            .iter()
+            .any(|t| t.scopes == ["repository:team/app:pull,push", "repository:base/os:pull"]),
+        "{:?}",
+        issuer.log()
+    );
+
+    // Anonymous: pulls (the policy allows it), pushes are refused.
+    let anon_home = tempfile::tempdir().expect("tempdir");
+    let anon = client(anon_home.path());
+    assert_eq!(
+        anon.get_manifest(&base).expect("anonymous pull").bytes,
+        manifest
+    );
+    let before = issuer.requests();
+    for _ in 0..3 {
+        assert_eq!(fetch_blob(&anon, &base, &layer), blob_bytes(20_000, 40));
+    }
+    assert_eq!(issuer.requests(), before, "the pull token is reused");
+    let err = anon
+        .put_manifest(&app, media_type::OCI_MANIFEST, &manifest)
+        .expect_err("anonymous push");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "not authorized to push {host}/team/app:1: log in with `estiba login {host}`",
+            host = registry.host()
+        )
+    );
+
+    // Login checks the password with the token server.
+    let err = anon
+        .login(&registry.host(), "ana", "wrong")
+        .expect_err("wrong password");
+    assert!(matches!(err, RegistryError::LoginFailed { .. }), "{err}");
+    anon.login(&registry.host(), "ana", "s3cret")
+        .expect("login");
+}
+
+#[test]
+fn expired_tokens_are_fetched_again() {
+    let policy = TokenPolicy {
+        user: "ana".into(),
+        pass: "s3cret".into(),
+        anonymous_pull: false,
+        expires_in: 1,
+    };
+    let Some(registry) =
+        RegistryServer::start_or_skip("expired_tokens_are_fetched_again", Auth::Token(policy))
+    else {
+        return;
+    };
+    let issuer = registry.token_issuer().expect("token mode");
+    let home = tempfile::tempdir().expect("tempdir");
+    let reg = logged_in_client(&registry, home.path());
+    let image = r(&format!("{}/short/lived:1", registry.host()));
+    let d = Digest::of(b"nothing");
+    assert!(!reg.blob_exists(&image, &d).expect("head"));
+    let after_first = issuer.requests();
+    // Past 90% of the token's one second, the client asks for a new one.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(!reg.blob_exists(&image, &d).expect("head"));
+    assert_eq!(issuer.requests(), after_first + 1, "{:?}", issuer.log());
+}
+
+#[test]
+fn pull_and_push_survive_a_faulty_network() {
+    let Some(registry) =
+        RegistryServer::start_or_skip("pull_and_push_survive_a_faulty_network", Auth::None)
+    else {
+        return;
+    };
+    // Pushes meet injected 500/502/429; pulls meet those and cut bodies.
+    let push_proxy = FaultProxy::start(
+        &registry.host(),
+        Faults {
+            error_rate: 0.3,
+            max_faults: Some(12),
+            ..Faults::default()
+        },
+    )
+    .expect("fault proxy");
+    let pull_proxy = FaultProxy::start(
+        &registry.host(),
+        Faults {
+            error_rate: 0.2,
+            cut_rate: 0.7,
+            max_faults: Some(12),
+            ..Faults::default()
+        },
+    )
+    .expect("fault proxy");
+    let home = tempfile::tempdir().expect("tempdir");
+    let reg = client_with(home.path(), |o| {
+        o.chunked_upload_threshold = 512 * 1024;
+        o.upload_chunk_size = 256 * 1024;
+    });
+    let image = r(&format!("{}/faulty/app:1", push_proxy.host()));
+    let layers: Vec<(Vec<u8>, Descriptor)> = (0..4u8)
+        .map(|i| {
+            let bytes = blob_bytes(300_000 + usize::from(i) * 200_000, 50 + i);
+            let desc = push_bytes(&reg, &image, media_type::OCI_LAYER_GZIP, &bytes);
+            (bytes, desc)
+        })
+        .collect();
+    let descs: Vec<Descriptor> = layers.iter().map(|(_, d)| d.clone()).collect();
+    let manifest = push_image(&reg, &image, &descs);
+    let pushed = push_proxy.counts();
+    assert!(pushed.error_total() > 0, "faults happened: {pushed:?}");
+
+    let reg = client(home.path());
+    let image = r(&format!("{}/faulty/app:1", pull_proxy.host()));
+    assert_eq!(
+        reg.get_manifest(&image).expect("pull manifest").bytes,
+        manifest
+    );
+    for (bytes, desc) in &layers {
+        assert_eq!(&fetch_blob(&reg, &image, desc), bytes);
+    }
+    let pulled = pull_proxy.counts();
+    assert!(pulled.cuts > 0, "faults happened: {pulled:?}");
 }

@@ -256,44 +256,89 @@ impl Registry {
         };
         let mut reader = open().map_err(read_err)?;
         let mut offset = 0;
-        if desc.size > self.opts.chunked_upload_threshold {
-            let chunk = self.opts.upload_chunk_size.max(1);
-            while offset < desc.size {
-                let len = chunk.min(desc.size - offset);
-                let resp = self.send_streamed(
-                    call,
-                    Method::PATCH,
-                    location.clone(),
-                    &mut *reader,
-                    desc,
-                    (offset, len),
-                    true,
-                    progress,
-                )?;
-                if resp.status() != StatusCode::ACCEPTED {
-                    return Err(self.status_error(call, resp, "PATCH blob chunk", 1));
+        let chunked = desc.size > self.opts.chunked_upload_threshold;
+        let chunk = self.opts.upload_chunk_size.max(1);
+        let mut failures = 0;
+        loop {
+            // Chunks go up as PATCHes; the closing PUT carries what is left
+            // (everything, for a monolithic upload).
+            let last = !chunked || offset >= desc.size;
+            let len = if last {
+                desc.size - offset
+            } else {
+                chunk.min(desc.size - offset)
+            };
+            let mut url = location.clone();
+            if last {
+                url.query_pairs_mut()
+                    .append_pair("digest", &desc.digest.to_string());
+            }
+            let method = if last { Method::PUT } else { Method::PATCH };
+            let sent = self.send_streamed(
+                call,
+                method,
+                url,
+                &mut *reader,
+                desc,
+                (offset, len),
+                !last,
+                progress,
+            );
+            let err = match sent {
+                Ok(resp) if last && resp.status().is_success() => return Ok(()),
+                Ok(resp) if !last && resp.status() == StatusCode::ACCEPTED => {
+                    location = self.location(call, &resp)?;
+                    offset += len;
+                    failures = 0;
+                    continue;
                 }
-                location = self.location(call, &resp)?;
-                offset += len;
+                Ok(resp) => {
+                    let what = if last { "PUT blob" } else { "PATCH blob chunk" };
+                    return Err(self.status_error(call, resp, what, 1));
+                }
+                Err(e) if e.is_transient() => e,
+                Err(e) => return Err(e),
+            };
+            // A request failed on the way: ask the session how much it
+            // holds and go on from there; a session that cannot say is
+            // given up (the caller starts a new one).
+            failures += 1;
+            if failures >= MAX_ATTEMPTS {
+                return Err(err);
+            }
+            std::thread::sleep(backoff(failures));
+            let Some(held) = self.upload_status(call, &location) else {
+                return Err(err);
+            };
+            if held > desc.size {
+                return Err(err);
+            }
+            offset = held;
+            reader = open().map_err(read_err)?;
+            let skipped = std::io::copy(&mut (&mut reader).take(offset), &mut std::io::sink())
+                .map_err(read_err)?;
+            if skipped != offset {
+                return Err(read_err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the blob is shorter than its descriptor says",
+                )));
             }
         }
-        location
-            .query_pairs_mut()
-            .append_pair("digest", &desc.digest.to_string());
-        let resp = self.send_streamed(
-            call,
-            Method::PUT,
-            location,
-            &mut *reader,
-            desc,
-            (offset, desc.size - offset),
-            false,
-            progress,
-        )?;
-        if resp.status() != StatusCode::CREATED && !resp.status().is_success() {
-            return Err(self.status_error(call, resp, "PUT blob", 1));
+    }
+
+    /// How many bytes an upload session holds (`GET` on it: 204 with
+    /// `Range: 0-LAST`); `None` when the registry no longer knows it.
+    fn upload_status(&self, call: &Call<'_>, location: &Url) -> Option<u64> {
+        let resp = self.send(call, &|c| c.get(location.clone())).ok()?;
+        if !resp.status().is_success() {
+            return None;
         }
-        Ok(())
+        let range = resp.headers().get(RANGE)?.to_str().ok()?;
+        let last: u64 = range.trim().strip_prefix("0-")?.parse().ok()?;
+        // distribution says `0-0` for an empty session too: sending the
+        // first byte again is refused (416) rather than duplicated, and
+        // the next status settles it.
+        Some(if last == 0 { 0 } else { last + 1 })
     }
 
     /// POST `/blobs/uploads/`: a new upload session's URL.
