@@ -948,3 +948,61 @@ fn pull_and_push_survive_a_faulty_network() {
     let pulled = pull_proxy.counts();
     assert!(pulled.cuts > 0, "faults happened: {pulled:?}");
 }
+
+#[test]
+fn credentials_go_through_the_configured_helper() {
+    let Some(registry) = RegistryServer::start_or_skip(
+        "credentials_go_through_the_configured_helper",
+        Auth::basic("ana", "s3cret"),
+    ) else {
+        return;
+    };
+    // A credential helper as docker-credential-helpers behave: `store`
+    // reads {"ServerURL","Username","Secret"}, `get` prints it back (or
+    // "credentials not found", exit 1), `erase` forgets it.
+    let bin = tempfile::tempdir().expect("tempdir");
+    let held = bin.path().join("held.json");
+    let script = format!(
+        "#!/bin/sh\ncase \"$1\" in\n store) cat > {held} ;;\n get) cat > /dev/null; if [ -f {held} ]; then cat {held}; else echo 'credentials not found in native keychain'; exit 1; fi ;;\n erase) cat > /dev/null; rm -f {held} ;;\nesac\n",
+        held = held.display()
+    );
+    let helper = bin.path().join("docker-credential-estibatest");
+    std::fs::write(&helper, script).expect("write helper");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![bin.path().to_path_buf()];
+    dirs.extend(std::env::split_paths(&path));
+    // Only adds a directory of its own to PATH, so other tests running at
+    // the same time find what they found before.
+    std::env::set_var("PATH", std::env::join_paths(dirs).expect("PATH"));
+
+    let home = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        home.path().join("config.json"),
+        r#"{"credsStore": "estibatest", "auths": {}}"#,
+    )
+    .expect("write config");
+    let image = r(&format!("{}/helped/app:1", registry.host()));
+    let err = client(home.path())
+        .blob_exists(&image, &Digest::of(b"x"))
+        .expect_err("the helper holds nothing: anonymous, refused");
+    assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err}");
+
+    credentials::store(home.path(), &registry.host(), "ana", "s3cret").expect("store");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(home.path().join("config.json")).expect("read"))
+            .expect("json");
+    assert_eq!(
+        config["auths"][registry.host()],
+        serde_json::json!({}),
+        "no secret in the file"
+    );
+    assert!(held.exists(), "the helper holds it");
+    assert!(!client(home.path())
+        .blob_exists(&image, &Digest::of(b"x"))
+        .expect("logged in through the helper"));
+
+    assert!(credentials::erase(home.path(), &registry.host()).expect("erase"));
+    assert!(!held.exists(), "the helper forgot it");
+}

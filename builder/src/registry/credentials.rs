@@ -127,6 +127,13 @@ pub fn get(dir: &Path, registry: &str) -> Result<Option<Credential>, Credentials
         }
         Ok(DockerCredential::IdentityToken(t)) => Ok(Some(Credential::IdentityToken(t))),
         Err(CredentialRetrievalError::NoCredentialConfigured) => Ok(None),
+        // What docker-credential-helpers answer for a registry they hold
+        // nothing for (docker treats it as anonymous too).
+        Err(CredentialRetrievalError::HelperFailure { stdout, .. })
+            if stdout.contains("credentials not found") =>
+        {
+            Ok(None)
+        }
         Err(e) => Err(CredentialsError::Read {
             registry: registry.to_string(),
             path,
