@@ -304,7 +304,7 @@ impl Registry {
             // given up (the caller starts a new one).
             failures += 1;
             if failures >= MAX_ATTEMPTS {
-                return Err(err);
+                return Err(err.after_attempts(failures));
             }
             std::thread::sleep(backoff(failures));
             let Some(held) = self.upload_status(call, &location) else {

@@ -291,6 +291,31 @@ fn body_suffix(body: &str) -> String {
 }
 
 impl RegistryError {
+    /// The same error, counting `n` tries where it counts them.
+    pub(crate) fn after_attempts(self, n: u32) -> Self {
+        match self {
+            RegistryError::TooManyRequests {
+                reference, host, ..
+            } => RegistryError::TooManyRequests {
+                reference,
+                host,
+                attempts: n,
+            },
+            RegistryError::ServerError {
+                status,
+                reference,
+                host,
+                ..
+            } => RegistryError::ServerError {
+                status,
+                reference,
+                host,
+                attempts: n,
+            },
+            other => other,
+        }
+    }
+
     /// Whether another try (with backoff) may succeed.
     pub(crate) fn is_transient(&self) -> bool {
         matches!(

@@ -213,7 +213,6 @@ impl Registry {
             scopes: vec![auth::scope(&r.repository, actions)],
             action,
             reference: r.familiar(),
-            replayable: true,
         }
     }
 

@@ -48,8 +48,6 @@ pub(crate) struct Call<'a> {
     pub(crate) action: Action,
     /// The image or repository, as errors name it.
     pub(crate) reference: String,
-    /// Whether the request may be sent again (no streamed body).
-    pub(crate) replayable: bool,
 }
 
 impl Registry {
@@ -215,10 +213,11 @@ impl Registry {
         builder.build().map_err(|e| RegistryError::Client(e.into()))
     }
 
-    /// Sends a request built by `make` with authorization, answering a 401
-    /// by authenticating again once and retrying transient failures (when
-    /// the request is replayable). Returns any other answer for the caller
-    /// to read; 5xx and 429 that outlast the retries are errors.
+    /// Sends a request built by `make` (again for each try, so its body
+    /// must be in memory: blob uploads use `send_streamed`) with
+    /// authorization, answering a 401 by authenticating again once and
+    /// retrying transient failures. Returns any other answer for the
+    /// caller to read; 5xx and 429 that outlast the retries are errors.
     pub(crate) fn send(
         &self,
         call: &Call<'_>,
@@ -235,7 +234,7 @@ impl Registry {
             }
             let answer =
                 self.block_on(async { tokio::time::timeout(IDLE_TIMEOUT, req.send()).await });
-            let may_retry = call.replayable && attempt < MAX_ATTEMPTS;
+            let may_retry = attempt < MAX_ATTEMPTS;
             let resp = match answer {
                 Ok(Ok(resp)) => resp,
                 Ok(Err(e)) => {
@@ -260,7 +259,7 @@ impl Registry {
                 }
             };
             let status = resp.status();
-            if status == StatusCode::UNAUTHORIZED && !refreshed && call.replayable {
+            if status == StatusCode::UNAUTHORIZED && !refreshed {
                 if let Some(c) = challenge_of(resp.headers()) {
                     *call.ep.challenge.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
                 }
