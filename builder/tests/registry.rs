@@ -1006,3 +1006,80 @@ fn credentials_go_through_the_configured_helper() {
     assert!(credentials::erase(home.path(), &registry.host()).expect("erase"));
     assert!(!held.exists(), "the helper forgot it");
 }
+
+/// A loopback server that speaks just enough of the protocol to hand out
+/// bad manifests: `/v2/` answers 200, `/v2/NAME/manifests/TAG` answers
+/// with what `answer(TAG)` gives (headers, body).
+fn bad_registry(answer: fn(&str) -> (String, Vec<u8>)) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        for mut client in http_clients(listener) {
+            let head = read_head(&mut client);
+            let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+            let (headers, body) = match path.rsplit_once("/manifests/") {
+                Some((_, tag)) => answer(tag),
+                None => (String::new(), Vec::new()),
+            };
+            let _ = client.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            let _ = client.write_all(&body);
+        }
+    });
+    addr
+}
+
+#[test]
+fn bad_manifests_and_dead_registries_are_refused_with_their_reason() {
+    let addr = bad_registry(|tag| {
+        let json = format!("Content-Type: {}\r\n", media_type::OCI_MANIFEST);
+        match tag {
+            "huge" => (json, vec![b' '; 5 * 1024 * 1024]),
+            "text" => (json, b"<html>not a manifest</html>".to_vec()),
+            _ => (
+                format!(
+                    "{json}Docker-Content-Digest: {}\r\n",
+                    Digest::of(b"another")
+                ),
+                br#"{"schemaVersion":2}"#.to_vec(),
+            ),
+        }
+    });
+    let home = tempfile::tempdir().expect("tempdir");
+    let reg = client(home.path());
+    let err = reg
+        .get_manifest(&r(&format!("{addr}/x:huge")))
+        .expect_err("too large");
+    assert_eq!(
+        err.to_string(),
+        format!("the manifest of {addr}/x:huge from {addr} is larger than 4194304 bytes: refused")
+    );
+    let err = reg
+        .get_manifest(&r(&format!("{addr}/x:text")))
+        .expect_err("not JSON");
+    assert_eq!(
+        err.to_string(),
+        format!("the manifest of {addr}/x:text from {addr} is not JSON")
+    );
+    let err = reg
+        .get_manifest(&r(&format!("{addr}/x:lying")))
+        .expect_err("digest");
+    assert!(matches!(err, RegistryError::DigestMismatch { .. }), "{err}");
+    let pinned = Reference::parse(&format!("{addr}/x@{}", Digest::of(b"pinned"))).expect("ref");
+    let err = reg.get_manifest(&pinned).expect_err("digest");
+    assert!(err.to_string().contains("has digest"), "{err}");
+
+    let dead = format!("127.0.0.1:{}", harness::free_port().expect("port"));
+    let err = reg
+        .get_manifest(&r(&format!("{dead}/x:1")))
+        .expect_err("nobody there");
+    assert_eq!(
+        err.to_string(),
+        format!("cannot connect to {dead}: connection refused (is the registry running at that address?)")
+    );
+}
