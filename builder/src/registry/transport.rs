@@ -124,6 +124,12 @@ impl Registry {
                 tokio::time::timeout(IDLE_TIMEOUT, client.get(url).send()).await
             });
             match answer {
+                // An https server answering plain http (Go's says 400):
+                // the https error is the one to report.
+                Ok(Ok(resp))
+                    if scheme == "http"
+                        && first_err.is_some()
+                        && resp.status() == StatusCode::BAD_REQUEST => {}
                 Ok(Ok(resp)) => {
                     let challenge = challenge_of(resp.headers());
                     return Ok(Endpoint {
