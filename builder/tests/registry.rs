@@ -1083,3 +1083,38 @@ fn bad_manifests_and_dead_registries_are_refused_with_their_reason() {
         format!("cannot connect to {dead}: connection refused (is the registry running at that address?)")
     );
 }
+
+#[test]
+fn a_corrupted_blob_is_refused() {
+    let Some(registry) = RegistryServer::start_or_skip("a_corrupted_blob_is_refused", Auth::None)
+    else {
+        return;
+    };
+    let home = tempfile::tempdir().expect("tempdir");
+    let direct = client(home.path());
+    let image = r(&format!("{}/corrupt/app:1", registry.host()));
+    let bytes = blob_bytes(100_000, 70);
+    let desc = push_bytes(&direct, &image, media_type::OCI_LAYER_GZIP, &bytes);
+    let proxy = FaultProxy::start(
+        &registry.host(),
+        Faults {
+            corrupt_rate: 1.0,
+            max_faults: Some(1),
+            ..Faults::default()
+        },
+    )
+    .expect("fault proxy");
+    let through = r(&format!("{}/corrupt/app:1", proxy.host()));
+    let reg = client(home.path());
+    let err = reg
+        .get_blob(&through, &desc, &mut Vec::new(), &|_| {})
+        .expect_err("one flipped byte");
+    assert!(matches!(err, RegistryError::DigestMismatch { .. }), "{err}");
+    assert!(err.to_string().ends_with(": refused"), "{err}");
+    assert_eq!(proxy.counts().corruptions, 1);
+    assert_eq!(
+        fetch_blob(&reg, &through, &desc),
+        bytes,
+        "the next try is clean"
+    );
+}
