@@ -89,8 +89,8 @@ fn parse_params(text: &str) -> HashMap<String, String> {
 }
 
 /// The token server's answer (distribution's token spec; OAuth2 servers
-/// say `access_token`).
-#[derive(Debug, serde::Deserialize)]
+/// say `access_token`). No `Debug`: it holds the token.
+#[derive(serde::Deserialize)]
 pub(crate) struct TokenResponse {
     #[serde(default)]
     token: Option<String>,
@@ -118,10 +118,17 @@ impl TokenResponse {
 }
 
 /// A bearer token.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Token {
     pub(crate) value: String,
     pub(crate) renew_at: Instant,
+}
+
+impl std::fmt::Debug for Token {
+    /// Never prints the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token(***, renew at {:?})", self.renew_at)
+    }
 }
 
 /// The scope of a repository for `actions` (`pull` or `pull,push`).
@@ -229,5 +236,13 @@ mod tests {
         );
         cache.forget("r", &scopes);
         assert_eq!(cache.get("r", &scopes, now), None);
+        let shown = format!(
+            "{:?}",
+            Token {
+                value: "secret".into(),
+                renew_at: now
+            }
+        );
+        assert!(!shown.contains("secret"), "{shown}");
     }
 }
