@@ -1993,3 +1993,99 @@ fn run_steps_are_confined_by_seccomp_unless_insecure_is_allowed() {
     ]));
     assert_eq!(out, "Seccomp:\t2\n", "estiba run is confined as RUN is");
 }
+
+/// Images are found by ID as docker finds them: the full ID (with or without
+/// `sha256:`), or any unique prefix of it, in inspect, tag, save, run and
+/// rmi. A name is looked up first; an ambiguous prefix is an error.
+#[test]
+fn images_are_found_by_full_or_short_id() {
+    let e = env(&[("Dockerfile", "FROM busybox:test\nLABEL which=a\n")]);
+    import_busybox(&e);
+    let iid = e.ctx.parent().expect("tmp").join("iid");
+    let (code, _, err) = build(
+        &e,
+        &["-t", "app:a", "--iidfile", iid.to_str().expect("utf-8")],
+    );
+    assert_eq!(code, 0, "{err}");
+    let id = std::fs::read_to_string(&iid).expect("iidfile");
+    let hex = id.strip_prefix("sha256:").expect("sha256 id").to_string();
+
+    for given in [id.as_str(), hex.as_str(), &hex[..12], &hex[..5]] {
+        let (out, _) = ok(estiba(&e.root).args(["inspect", given]));
+        let inspected: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(inspected[0]["Id"], serde_json::json!(id), "inspect {given}");
+        assert_eq!(inspected[0]["RepoTags"], serde_json::json!(["app:a"]));
+    }
+
+    // tag by ID, run by ID, save by ID (no name in the archive, as docker).
+    ok(estiba(&e.root).args(["tag", &hex[..12], "other:b"]));
+    let (out, _) = ok(estiba(&e.root).args(["inspect", "other:b"]));
+    assert!(out.contains(&id), "{out}");
+    let (code, out, err) = run(estiba(&e.root).args([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &hex[..12],
+        "echo",
+        "by-id",
+    ]));
+    assert_eq!((code, out.trim()), (0, "by-id"), "{err}");
+    let archive = e.ctx.parent().expect("tmp").join("by-id.tar");
+    ok(estiba(&e.root)
+        .args(["save", "-o"])
+        .arg(&archive)
+        .arg(&hex[..12]));
+    let listing = Command::new("tar")
+        .arg("-xOf")
+        .arg(&archive)
+        .arg("manifest.json")
+        .output()
+        .expect("tar");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&listing.stdout).expect("manifest.json");
+    let tags = manifest[0]["RepoTags"].as_array().map_or(0, Vec::len);
+    assert_eq!(tags, 0, "saved by ID, the image has no name: {manifest}");
+
+    // A second image: a one-character prefix may now be ambiguous, a
+    // distinct prefix is not; an unknown one says so.
+    std::fs::write(
+        e.ctx.join("Dockerfile"),
+        "FROM busybox:test\nLABEL which=b\n",
+    )
+    .expect("write");
+    let (code, _, err) = build(
+        &e,
+        &["-t", "app:b", "--iidfile", iid.to_str().expect("utf-8")],
+    );
+    assert_eq!(code, 0, "{err}");
+    let id_b = std::fs::read_to_string(&iid).expect("iidfile");
+    let (busybox, _) = ok(estiba(&e.root).args(["inspect", "busybox:test"]));
+    let busybox: serde_json::Value = serde_json::from_str(&busybox).expect("json");
+    let ids = [
+        id.clone(),
+        id_b.clone(),
+        busybox[0]["Id"].as_str().expect("id").to_string(),
+    ];
+    let hexes: Vec<&str> = ids.iter().map(|i| &i[7..]).collect();
+    let shared = (1..12).find_map(|n| {
+        let p = &hexes[0][..n];
+        (hexes[1].starts_with(p) || hexes[2].starts_with(p)).then_some(p)
+    });
+    if let Some(p) = shared {
+        let (code, _, err) = run(estiba(&e.root).args(["inspect", p]));
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("ambiguous"), "{err}");
+    }
+    let (code, _, err) = run(estiba(&e.root).args(["inspect", "0000000000ff"]));
+    assert_ne!(code, 0);
+    assert!(err.contains("0000000000ff"), "{err}");
+
+    // rmi by ID removes every name of the image.
+    ok(estiba(&e.root).args(["rmi", &hex[..12]]));
+    for name in ["app:a", "other:b"] {
+        let (code, _, _) = run(estiba(&e.root).args(["inspect", name]));
+        assert_ne!(code, 0, "{name} is gone");
+    }
+    ok(estiba(&e.root).args(["inspect", "app:b"]));
+}

@@ -6,9 +6,10 @@ use super::{read_dockerfile, Failure};
 use anyhow::Context;
 use estiba::context::BuildContext;
 use estiba::executor::Network;
+use estiba::image::Images;
 use estiba::progress::{Reporter, Silent};
 use estiba::reference::Reference;
-use estiba::solve::{self, Entitlement, SecretSource, SolveOptions, Solver, StoreResolver};
+use estiba::solve::{Entitlement, SecretSource, SolveOptions, Solver};
 use estiba_frontend::{plan, NoImages, PlanOptions, Platform};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -184,12 +185,6 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
         .collect::<Result<BTreeMap<_, _>, _>>()?;
     let store = super::store::open(root)?;
     let _lock = store.lock_shared().context("cannot lock the store")?;
-    let graph =
-        plan(&text, &opts, &StoreResolver::new(&store)).map_err(|error| Failure::Dockerfile {
-            span: error.span().cloned(),
-            error: Box::new(error),
-            source: text.clone(),
-        })?;
     let plain = Plain::new();
     let tty = super::progress::Tty::new();
     let interactive = std::io::stderr().is_terminal();
@@ -202,6 +197,12 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
     // What a Ctrl-C names as running.
     let tracked = super::interrupt::Tracked(shown);
     let reporter: &dyn Reporter = &tracked;
+    let images = Images::local(&store, reporter);
+    let graph = plan(&text, &opts, &images).map_err(|error| Failure::Dockerfile {
+        span: error.span().cloned(),
+        error: Box::new(error),
+        source: text.clone(),
+    })?;
     for w in &graph.warnings {
         reporter.warning(&w.message);
     }
@@ -220,7 +221,7 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
         .with_stat_cache_temp_dir(stat_scratch.path());
     let epoch = source_date_epoch()?;
     let solver = Solver::new(
-        &store,
+        &images,
         &context,
         reporter,
         SolveOptions {
@@ -251,7 +252,8 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
     let export_id = solver.vertex();
     let export_start = std::time::Instant::now();
     reporter.started(export_id, "exporting to image");
-    let manifest = solve::store_image(&store, &built).context("cannot store the image")?;
+    let manifest = estiba::image::store_image(&store, &built.config, &built.layers)
+        .context("cannot store the image")?;
     let config_digest = estiba_cache::Digest::of(
         &serde_json::to_vec(&built.config).context("cannot serialize the config")?,
     );
