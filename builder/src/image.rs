@@ -5,9 +5,12 @@
 //! writes as `{"80/tcp": {}}` are written that way; history entries carry
 //! BuildKit's comment so `docker history` reads the same.
 
+mod pull;
+mod push;
 mod source;
 mod stored;
 
+pub use push::{Format, PushOptions, Pushed};
 pub use source::{Images, PullPolicy};
 pub(crate) use stored::overlay_form;
 pub use stored::{find, read, snapshot, store_image, store_manifest, Image, Layer};
@@ -46,6 +49,22 @@ pub enum ImageError {
         /// Why.
         reason: String,
     },
+    /// An index has no manifest for the platform.
+    #[error("{image} has no image for {platform} (it has: {offered})")]
+    NoPlatform {
+        /// The image.
+        image: String,
+        /// What was asked for.
+        platform: String,
+        /// The index's platforms.
+        offered: String,
+    },
+    /// A push with no registry client (an offline command).
+    #[error("cannot push {0}: this command has no registry")]
+    NoRegistry(String),
+    /// The registry failed or refused.
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
     /// A layer could not be unpacked.
     #[error("cannot unpack a layer")]
     Layer(#[from] crate::layer::LayerError),

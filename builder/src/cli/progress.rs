@@ -184,3 +184,18 @@ impl Reporter for Tty {
         ));
     }
 }
+
+/// The progress display a command asked for.
+pub(crate) fn chosen<'a>(
+    mode: super::args::ProgressMode,
+    quiet: bool,
+    plain: &'a Plain,
+    tty: &'a Tty,
+) -> &'a dyn Reporter {
+    match (mode, quiet) {
+        (super::args::ProgressMode::Quiet, _) | (_, true) => &estiba::progress::Silent,
+        (super::args::ProgressMode::Tty, _) => tty,
+        (super::args::ProgressMode::Auto, _) if std::io::IsTerminal::is_terminal(&std::io::stderr()) => tty,
+        _ => plain,
+    }
+}

@@ -2,10 +2,12 @@
 //! solver, the planner (through [`BaseResolver`]) and the CLI ask
 //! [`Images`] for an image by reference and never look further.
 
+use super::pull::{self, PullProgress};
+use super::push::{self, PushOptions, PushProgress, Pushed};
 use super::stored::{self, Image};
 use super::ImageError;
 use crate::progress::Reporter;
-use crate::reference::Reference;
+use crate::registry::{Reference, Registry};
 use estiba_cache::Store;
 use estiba_frontend::{BaseImage, BaseResolver, Platform, ResolveError};
 use std::collections::HashMap;
@@ -27,6 +29,7 @@ pub enum PullPolicy {
 /// The image layer of one command: a store, and the registry behind it.
 pub struct Images<'a> {
     store: &'a Store,
+    registry: Option<&'a Registry>,
     policy: PullPolicy,
     reporter: &'a dyn Reporter,
     next_id: AtomicUsize,
@@ -48,10 +51,25 @@ impl<'a> Images<'a> {
     pub fn local(store: &'a Store, reporter: &'a dyn Reporter) -> Self {
         Images {
             store,
+            registry: None,
             policy: PullPolicy::Never,
             reporter,
             next_id: AtomicUsize::new(1),
             resolved: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Images from `store`, and from `registry` as `policy` says.
+    pub fn with_registry(
+        store: &'a Store,
+        registry: &'a Registry,
+        policy: PullPolicy,
+        reporter: &'a dyn Reporter,
+    ) -> Self {
+        Images {
+            registry: Some(registry),
+            policy,
+            ..Images::local(store, reporter)
         }
     }
 
@@ -83,13 +101,74 @@ impl<'a> Images<'a> {
         self.resolved.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lookup(&self, reference: &str, _platform: &Platform) -> Result<Image, ImageError> {
+    fn lookup(&self, reference: &str, platform: &Platform) -> Result<Image, ImageError> {
         let r = Reference::parse(reference)?;
-        if let Some(image) = stored::by_name(self.store, &r)? {
-            return Ok(image);
+        let stored = stored::by_name(self.store, &r)?;
+        let registry = match (self.registry, self.policy, stored) {
+            (_, PullPolicy::Never, Some(image)) | (None, _, Some(image)) => return Ok(image),
+            (_, PullPolicy::Missing, Some(image)) => return Ok(image),
+            // A digest names one image forever: nothing newer to ask for.
+            (_, PullPolicy::Always, Some(image)) if r.digest.is_some() => return Ok(image),
+            (Some(registry), PullPolicy::Always, Some(image)) => {
+                // The tag still names what the store has: nothing to pull.
+                match registry.head_manifest(&r)? {
+                    Some(now) if now.digest == image.descriptor.digest => return Ok(image),
+                    _ => registry,
+                }
+            }
+            (Some(registry), PullPolicy::Missing | PullPolicy::Always, None) => registry,
+            (_, PullPolicy::Never, None) | (None, _, None) => {
+                return Err(ImageError::NotFound(r.familiar()))
+            }
+        };
+        let id = self.vertex();
+        let started = std::time::Instant::now();
+        self.reporter.started(id, &format!("pull {r}"));
+        let progress = PullProgress {
+            reporter: self.reporter,
+            id,
+        };
+        match pull::pull(self.store, registry, &r, platform, &progress) {
+            Ok(image) => {
+                self.reporter.done(id, started.elapsed());
+                Ok(image)
+            }
+            Err(e) => {
+                self.reporter
+                    .failed(id, started.elapsed(), &crate::solve::error_chain(&e));
+                Err(e)
+            }
         }
-        let _ = self.reporter;
-        Err(ImageError::NotFound(r.familiar()))
+    }
+
+    /// Pushes `image` (from the store) to `dest`.
+    pub fn push(
+        &self,
+        image: &Image,
+        dest: &Reference,
+        opts: &PushOptions,
+    ) -> Result<Pushed, ImageError> {
+        let Some(registry) = self.registry else {
+            return Err(ImageError::NoRegistry(dest.familiar()));
+        };
+        let id = self.vertex();
+        let started = std::time::Instant::now();
+        self.reporter.started(id, &format!("pushing {dest}"));
+        let progress = PushProgress {
+            reporter: self.reporter,
+            id,
+        };
+        match push::push(self.store, registry, image, dest, opts, &progress) {
+            Ok(pushed) => {
+                self.reporter.done(id, started.elapsed());
+                Ok(pushed)
+            }
+            Err(e) => {
+                self.reporter
+                    .failed(id, started.elapsed(), &crate::solve::error_chain(&e));
+                Err(e)
+            }
+        }
     }
 }
 
