@@ -63,6 +63,66 @@ pub mod media_type {
     }
 }
 
+/// How a layer blob is compressed, as far as OCI (and docker) layer media
+/// types can say. The store keys the compressed forms of a layer by it
+/// ([`Store::compressed_blob`](crate::Store::compressed_blob)): docker's and
+/// OCI's gzip types name the same bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Compression {
+    /// A plain tar.
+    None,
+    /// gzip (RFC 1952), the format every registry and runtime reads.
+    Gzip,
+    /// zstd (RFC 8878).
+    Zstd,
+}
+
+impl Compression {
+    /// The compression a layer media type says its blob has: OCI layer
+    /// types (including the non-distributable ones) and Docker schema 2
+    /// layer types. `None` for anything that is not a layer media type.
+    pub fn from_media_type(layer_type: &str) -> Option<Compression> {
+        use self::media_type as mt;
+        match layer_type {
+            mt::OCI_LAYER_TAR | mt::OCI_LAYER_NONDISTRIBUTABLE_TAR | mt::DOCKER_LAYER_TAR => {
+                Some(Compression::None)
+            }
+            mt::OCI_LAYER_GZIP
+            | mt::OCI_LAYER_NONDISTRIBUTABLE_GZIP
+            | mt::DOCKER_LAYER_GZIP
+            | mt::DOCKER_LAYER_FOREIGN_GZIP => Some(Compression::Gzip),
+            mt::OCI_LAYER_ZSTD | mt::OCI_LAYER_NONDISTRIBUTABLE_ZSTD | mt::DOCKER_LAYER_ZSTD => {
+                Some(Compression::Zstd)
+            }
+            _ => None,
+        }
+    }
+
+    /// The OCI media type of a layer compressed this way.
+    pub fn oci_media_type(self) -> &'static str {
+        match self {
+            Compression::None => media_type::OCI_LAYER_TAR,
+            Compression::Gzip => media_type::OCI_LAYER_GZIP,
+            Compression::Zstd => media_type::OCI_LAYER_ZSTD,
+        }
+    }
+
+    /// A short lowercase name: `uncompressed`, `gzip`, `zstd`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "uncompressed",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The annotation that names a tag in an image layout's `index.json`.
 pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 
