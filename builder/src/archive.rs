@@ -15,12 +15,12 @@
 //! archives are the classic format `docker load` has read since 1.10
 //! (`manifest.json`, `<config hex>.json`, `<diff ID hex>/layer.tar`,
 //! `repositories`); OCI archives hold an `oci-layout`, an `index.json`
-//! naming each tag with `org.opencontainers.image.ref.name`, and blobs, with
-//! layers compressed once, at export, as the options say (gzip by default).
+//! naming each tag with `org.opencontainers.image.ref.name`, and blobs as
+//! the images describe them (the image layer hands in compressed layers).
 
 use crate::compress::{
-    self, decompressing_reader, media_type, sniff, CompressError, CompressWriter, Compression,
-    Detected, DigestWriter,
+    decompressing_reader, media_type, sniff, CompressError, Compression, Detected, DigestReader,
+    DigestWriter,
 };
 use crate::layer::{clean_components, EntryKind, TarError, TarHeader, TarReader, TarWriter};
 use estiba_cache::{Digest, DigestError, Hasher};
@@ -994,48 +994,6 @@ pub struct ExportLayer {
     pub media_type: String,
 }
 
-/// How [`write_oci_archive`] writes layers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OciArchiveOptions {
-    /// Compression of the layers in the archive; `None` keeps each blob as
-    /// it is stored.
-    pub layer_compression: Option<Compression>,
-}
-
-impl Default for OciArchiveOptions {
-    fn default() -> Self {
-        OciArchiveOptions {
-            layer_compression: Some(Compression::Gzip),
-        }
-    }
-}
-
-/// A reader that hashes and counts what is read through it.
-struct DigestReader<R> {
-    inner: R,
-    hasher: Hasher,
-    size: u64,
-}
-
-impl<R: Read> DigestReader<R> {
-    fn new(inner: R) -> Self {
-        DigestReader {
-            inner,
-            hasher: Hasher::new(),
-            size: 0,
-        }
-    }
-}
-
-impl<R: Read> Read for DigestReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-}
-
 struct Out<W: Write> {
     tar: TarWriter<W>,
     written: HashSet<String>,
@@ -1194,7 +1152,7 @@ fn spill_uncompressed(
         digest: layer.digest,
         source,
     })?;
-    check_blob(layer, blob.hasher.finish(), blob.size)?;
+    check_blob(layer, blob)?;
     let (mut file, actual, size) = out.finish();
     if actual != diff_id {
         return Err(ArchiveError::DiffIdMismatch {
@@ -1211,7 +1169,9 @@ fn spill_uncompressed(
     Ok((file, size))
 }
 
-fn check_blob(layer: &ExportLayer, actual: Digest, size: u64) -> Result<(), ArchiveError> {
+/// Checks what was read through `blob` is the whole of `layer`'s blob.
+fn check_blob<R: Read>(layer: &ExportLayer, blob: DigestReader<R>) -> Result<(), ArchiveError> {
+    let (_, actual, size) = blob.finish();
     if actual != layer.digest {
         return Err(ArchiveError::CorruptBlob {
             digest: layer.digest,
@@ -1264,7 +1224,7 @@ pub fn write_docker_archive(
                     }
                     let mut blob = DigestReader::new(open_blob(blobs, &layer.digest)?);
                     out.stream(&path, &mut blob, layer.size, layer.digest)?;
-                    check_blob(layer, blob.hasher.finish(), blob.size)?;
+                    check_blob(layer, blob)?;
                 } else {
                     let (file, size) = spill_uncompressed(blobs, layer, *diff_id, tmp)?;
                     out.stream(&path, file, size, layer.digest)?;
@@ -1303,19 +1263,14 @@ pub fn write_docker_archive(
     out.finish()
 }
 
-/// A layer as it goes into an OCI archive.
-struct WrittenLayer {
-    digest: Digest,
-    size: u64,
-    media_type: String,
-}
-
 /// Writes `images` as an OCI archive: `oci-layout`, the blobs, and an
 /// `index.json` with one descriptor per tag (`org.opencontainers.image.ref.name`).
-/// Layers are recompressed (through temp files under `tmp`) when their
-/// compression differs from `opts.layer_compression`, which changes their
-/// digests and so the manifest; a stored manifest is kept byte for byte
-/// when nothing it describes changed. Returns each image's manifest digest.
+/// Layer blobs are written as `images` describe them: to export layers
+/// compressed, pass the compressed blobs
+/// ([`compressed_layer`](crate::image::compressed_layer) makes them, once).
+/// A stored manifest is kept byte for byte when it describes exactly those
+/// blobs, else an OCI manifest is written for them. Returns each image's
+/// manifest digest.
 ///
 /// Blobs are checked as they are copied; a bad one fails the write after
 /// part of it reached `out`, so write to a temp file and rename.
@@ -1323,8 +1278,6 @@ pub fn write_oci_archive(
     images: &[ExportImage],
     blobs: &mut dyn BlobSource,
     out: impl Write,
-    tmp: &Path,
-    opts: &OciArchiveOptions,
 ) -> Result<Vec<Digest>, ArchiveError> {
     let mut out = Out {
         tar: TarWriter::new(out),
@@ -1337,14 +1290,11 @@ pub fn write_oci_archive(
     let mut manifest_digests = Vec::new();
     for image in images {
         let (config_digest, diff_ids) = config_diff_ids(image)?;
-        let mut written = Vec::new();
         for (layer, diff_id) in image.layers.iter().zip(&diff_ids) {
-            written.push(write_oci_layer(
-                &mut out, blobs, layer, *diff_id, tmp, opts,
-            )?);
+            write_oci_layer(&mut out, blobs, layer, *diff_id)?;
         }
         out.bytes(&blob_name(&config_digest), &image.config)?;
-        let manifest = oci_manifest(image, config_digest, &written)?;
+        let manifest = oci_manifest(image, config_digest)?;
         let manifest_digest = Digest::of(&manifest);
         out.bytes(&blob_name(&manifest_digest), &manifest)?;
         let media_type = serde_json::from_slice::<serde_json::Value>(&manifest)
@@ -1383,89 +1333,34 @@ pub fn write_oci_archive(
     Ok(manifest_digests)
 }
 
+/// Writes `layer`'s blob as it is stored (once per archive), checking it
+/// as it is copied.
 fn write_oci_layer<W: Write>(
     out: &mut Out<W>,
     blobs: &mut dyn BlobSource,
     layer: &ExportLayer,
     diff_id: Digest,
-    tmp: &Path,
-    opts: &OciArchiveOptions,
-) -> Result<WrittenLayer, ArchiveError> {
-    let stored = layer_compression(layer)?;
-    let wanted = opts.layer_compression.unwrap_or(stored);
-    if wanted == stored {
-        let path = blob_name(&layer.digest);
-        if !out.written.contains(&path) {
-            if stored == Compression::None && layer.digest != diff_id {
-                return Err(ArchiveError::DiffIdMismatch {
-                    entry: layer.digest.to_string(),
-                    expected: diff_id,
-                    actual: layer.digest,
-                });
-            }
-            let mut blob = DigestReader::new(open_blob(blobs, &layer.digest)?);
-            out.stream(&path, &mut blob, layer.size, layer.digest)?;
-            check_blob(layer, blob.hasher.finish(), blob.size)?;
-        }
-        return Ok(WrittenLayer {
-            digest: layer.digest,
-            size: layer.size,
-            media_type: layer.media_type.clone(),
+) -> Result<(), ArchiveError> {
+    let path = blob_name(&layer.digest);
+    if out.written.contains(&path) {
+        return Ok(());
+    }
+    if layer_compression(layer)? == Compression::None && layer.digest != diff_id {
+        return Err(ArchiveError::DiffIdMismatch {
+            entry: layer.digest.to_string(),
+            expected: diff_id,
+            actual: layer.digest,
         });
     }
-    let (tar, _) = spill_uncompressed(blobs, layer, diff_id, tmp)?;
-    let spill = tempfile::tempfile_in(tmp).map_err(|source| ArchiveError::Fs {
-        action: "create a temporary file in",
-        path: tmp.to_path_buf(),
-        source,
-    })?;
-    let (mut file, digest, size) = {
-        let mut w =
-            CompressWriter::new(spill, wanted).map_err(|source| ArchiveError::Compress {
-                digest: layer.digest,
-                source,
-            })?;
-        copy(&mut &tar, &mut w).map_err(|e| ArchiveError::Compress {
-            digest: layer.digest,
-            source: match e {
-                CopyError::Read(source) => CompressError::Read {
-                    format: "uncompressed".to_string(),
-                    source,
-                },
-                CopyError::Write(source) => CompressError::Write {
-                    compression: wanted,
-                    source,
-                },
-            },
-        })?;
-        w.finish().map_err(|source| ArchiveError::Compress {
-            digest: layer.digest,
-            source,
-        })?
-    };
-    file.rewind().map_err(|source| ArchiveError::Fs {
-        action: "rewind",
-        path: tmp.to_path_buf(),
-        source,
-    })?;
-    let path = blob_name(&digest);
-    if !out.written.contains(&path) {
-        out.stream(&path, file, size, digest)?;
-    }
-    Ok(WrittenLayer {
-        digest,
-        size,
-        media_type: compress::media_type(wanted).to_string(),
-    })
+    let mut blob = DigestReader::new(open_blob(blobs, &layer.digest)?);
+    out.stream(&path, &mut blob, layer.size, layer.digest)?;
+    check_blob(layer, blob)
 }
 
 /// The manifest to write: the stored one when it describes exactly these
 /// blobs, else an OCI manifest for them keeping the stored annotations.
-fn oci_manifest(
-    image: &ExportImage,
-    config_digest: Digest,
-    layers: &[WrittenLayer],
-) -> Result<Vec<u8>, ArchiveError> {
+fn oci_manifest(image: &ExportImage, config_digest: Digest) -> Result<Vec<u8>, ArchiveError> {
+    let layers = &image.layers;
     let stored: Option<serde_json::Value> = image
         .manifest
         .as_deref()

@@ -156,6 +156,38 @@ impl<W: Write> Write for DigestWriter<W> {
     }
 }
 
+/// A reader that hashes and counts what is read through it.
+#[derive(Debug)]
+pub(crate) struct DigestReader<R> {
+    inner: R,
+    hasher: Hasher,
+    size: u64,
+}
+
+impl<R: Read> DigestReader<R> {
+    pub(crate) fn new(inner: R) -> Self {
+        DigestReader {
+            inner,
+            hasher: Hasher::new(),
+            size: 0,
+        }
+    }
+
+    /// The inner reader, the digest and the number of bytes read.
+    pub(crate) fn finish(self) -> (R, Digest, u64) {
+        (self.inner, self.hasher.finish(), self.size)
+    }
+}
+
+impl<R: Read> Read for DigestReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+}
+
 enum Encoder<W: Write> {
     None(DigestWriter<W>),
     Gzip(ParallelGzip<DigestWriter<W>>),

@@ -5,6 +5,10 @@
 //! writes as `{"80/tcp": {}}` are written that way; history entries carry
 //! BuildKit's comment so `docker history` reads the same.
 
+mod compressed;
+
+pub use compressed::{compressed_layer, CompressedError};
+
 use estiba_frontend::graph::ImageConfig as PlannedConfig;
 use estiba_frontend::instructions::Healthcheck;
 use serde::{Deserialize, Serialize};

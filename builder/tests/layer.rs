@@ -6,15 +6,17 @@
 
 use estiba::archive::{
     read_archive, write_docker_archive, write_oci_archive, ArchiveError, ArchiveFormat, BlobSource,
-    ExportImage, ExportLayer, OciArchiveOptions,
+    ExportImage, ExportLayer,
 };
 use estiba::compress::{compress, decompressing_reader, media_type, sniff, Compression, Detected};
+use estiba::image::{compressed_layer, CompressedError};
 use estiba::layer::{
     list_layer, unpack_layer, write_layer, EntryKind, LayerError, LayerOptions, UnpackOptions,
     Whiteout, WhiteoutMode,
 };
 use estiba::tree::path_order;
-use estiba_cache::Digest;
+use estiba_cache::media_type::{DOCKER_LAYER_GZIP, OCI_CONFIG};
+use estiba_cache::{Descriptor, Digest, Store};
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{self, Read, Write};
@@ -919,6 +921,140 @@ fn sample_images(blobs: &mut Blobs) -> Vec<ExportImage> {
     ]
 }
 
+/// `images` with every layer `compression`-compressed as exports do it
+/// (through a store: [`estiba::image::compressed_layer`]), the compressed
+/// blobs added to `blobs`.
+fn compressed(
+    images: &[ExportImage],
+    blobs: &mut Blobs,
+    compression: Compression,
+) -> Vec<ExportImage> {
+    let dir = tmp();
+    let store = Store::open(dir.path()).unwrap();
+    let mut out = images.to_vec();
+    for image in &mut out {
+        let config: serde_json::Value = serde_json::from_slice(&image.config).unwrap();
+        let diff_ids = config["rootfs"]["diff_ids"].as_array().unwrap();
+        for (layer, diff_id) in image.layers.iter_mut().zip(diff_ids) {
+            store.put_blob(&blobs.0[&layer.digest]).unwrap();
+            let desc = Descriptor::new(&layer.media_type, layer.digest, layer.size);
+            let diff_id: Digest = diff_id.as_str().unwrap().parse().unwrap();
+            let c = estiba::image::compressed_layer(&store, &desc, &diff_id, compression).unwrap();
+            blobs.put(store.read_blob(&c.digest).unwrap());
+            *layer = ExportLayer {
+                digest: c.digest,
+                size: c.size,
+                media_type: c.media_type,
+            };
+        }
+    }
+    out
+}
+
+fn blob_names(store: &Store) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(store.root().join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_layer_is_compressed_once_and_what_is_read_is_checked() {
+    let dir = tmp();
+    let store = Store::open(dir.path()).unwrap();
+    let tar = layer_of(|d| write(&d.join("etc/os-release"), b"ID=estiba\n"));
+    let diff_id = Digest::of(&tar);
+    let (digest, size) = store.put_blob(&tar).unwrap();
+    let plain = Descriptor::new(media_type(Compression::None), digest, size);
+
+    // Compressed as compressing the tar gives, stored and recorded; asked
+    // again, the record answers.
+    let gz = compressed_layer(&store, &plain, &diff_id, Compression::Gzip).unwrap();
+    assert_eq!(
+        compress(&tar[..], &mut Vec::new(), Compression::Gzip).unwrap(),
+        (gz.digest, gz.size)
+    );
+    assert_eq!(gz.media_type, media_type(Compression::Gzip));
+    assert_eq!(
+        store.compressed_blob(&diff_id, Compression::Gzip).unwrap(),
+        Some(gz.clone())
+    );
+    let blobs = blob_names(&store);
+    fs::write(store.blob_path(&digest), b"damaged").unwrap();
+    assert_eq!(
+        compressed_layer(&store, &plain, &diff_id, Compression::Gzip).unwrap(),
+        gz,
+        "the kept blob is used, the layer not read"
+    );
+    assert_eq!(blob_names(&store), blobs);
+    store.put_blob(&tar).unwrap(); // the layer again
+
+    // A layer already in the wanted form is itself, media type and all.
+    let docker_gz = Descriptor::new(DOCKER_LAYER_GZIP, gz.digest, gz.size);
+    assert_eq!(
+        compressed_layer(&store, &docker_gz, &diff_id, Compression::Gzip).unwrap(),
+        docker_gz
+    );
+    // From gzip to zstd: decompressed and compressed again in one pass,
+    // recorded under the diff ID.
+    let zst = compressed_layer(&store, &docker_gz, &diff_id, Compression::Zstd).unwrap();
+    assert_eq!(
+        store.compressed_blob(&diff_id, Compression::Zstd).unwrap(),
+        Some(zst.clone())
+    );
+    let mut back = Vec::new();
+    decompressing_reader(&store.read_blob(&zst.digest).unwrap()[..])
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert!(back == tar);
+
+    // A layer that is not what the config says, or not what its digest
+    // says, is refused and nothing is stored or recorded.
+    let blobs = blob_names(&store);
+    let other = Digest::of(b"another layer");
+    let err = compressed_layer(&store, &plain, &other, Compression::Gzip).unwrap_err();
+    assert!(
+        matches!(err, CompressedError::DiffIdMismatch { .. }),
+        "{err:?}"
+    );
+    let err = compressed_layer(&store, &gz, &other, Compression::Zstd).unwrap_err();
+    assert!(
+        matches!(&err, CompressedError::DiffIdMismatch { actual, .. } if *actual == diff_id),
+        "{err:?}"
+    );
+    assert_eq!(
+        store.compressed_blob(&other, Compression::Zstd).unwrap(),
+        None
+    );
+    let other_dir = tmp();
+    let fresh = Store::open(other_dir.path()).unwrap();
+    fresh.put_blob(&tar).unwrap();
+    let mut bytes = tar.clone();
+    bytes[600] ^= 1;
+    fs::write(fresh.blob_path(&digest), &bytes).unwrap();
+    let err = compressed_layer(&fresh, &plain, &diff_id, Compression::Gzip).unwrap_err();
+    assert!(
+        matches!(err, CompressedError::CorruptBlob { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&digest.to_string()), "{err}");
+    assert_eq!(blob_names(&fresh), [digest.hex().to_string()]);
+    assert_eq!(
+        fresh.compressed_blob(&diff_id, Compression::Gzip).unwrap(),
+        None
+    );
+    assert_eq!(blob_names(&store), blobs);
+    // Only layers.
+    let config = Descriptor::new(OCI_CONFIG, digest, size);
+    assert!(matches!(
+        compressed_layer(&store, &config, &diff_id, Compression::Gzip),
+        Err(CompressedError::MediaType { .. })
+    ));
+}
+
 fn outer_paths(archive: &[u8]) -> Vec<String> {
     tar::Archive::new(archive)
         .entries()
@@ -1028,16 +1164,10 @@ fn which(tool: &str) -> bool {
 fn oci_archive_round_trips() {
     let mut blobs = Blobs::default();
     let images = sample_images(&mut blobs);
+    let gzipped = compressed(&images, &mut blobs, Compression::Gzip);
     let work = tmp();
     let mut out = Vec::new();
-    let digests = write_oci_archive(
-        &images,
-        &mut blobs,
-        &mut out,
-        work.path(),
-        &OciArchiveOptions::default(),
-    )
-    .unwrap();
+    let digests = write_oci_archive(&gzipped, &mut blobs, &mut out).unwrap();
     let paths = outer_paths(&out);
     assert_eq!(paths[0], "oci-layout");
     assert!(paths.contains(&"index.json".to_string()));
@@ -1092,30 +1222,13 @@ fn oci_archive_round_trips() {
         store.put(fs::read(&l.path).unwrap());
     }
     let mut out2 = Vec::new();
-    let d2 = write_oci_archive(
-        &reexport,
-        &mut store,
-        &mut out2,
-        work.path(),
-        &OciArchiveOptions {
-            layer_compression: None,
-        },
-    )
-    .unwrap();
+    let d2 = write_oci_archive(&reexport, &mut store, &mut out2).unwrap();
     assert_eq!(d2, [digests[0]]);
 
     // zstd on request.
     let mut out3 = Vec::new();
-    write_oci_archive(
-        &images,
-        &mut blobs,
-        &mut out3,
-        work.path(),
-        &OciArchiveOptions {
-            layer_compression: Some(Compression::Zstd),
-        },
-    )
-    .unwrap();
+    let zstd = compressed(&images, &mut blobs, Compression::Zstd);
+    write_oci_archive(&zstd, &mut blobs, &mut out3).unwrap();
     let zst = read_archive(&out3[..], work.path()).unwrap();
     check_round_trip(&images, &zst);
     assert!(zst.images[0]
@@ -1293,14 +1406,7 @@ fn reads_nested_indexes_and_skips_missing_platforms() {
     let images = sample_images(&mut blobs);
     let work = tmp();
     let mut out = Vec::new();
-    let digests = write_oci_archive(
-        &images[1..],
-        &mut blobs,
-        &mut out,
-        work.path(),
-        &OciArchiveOptions::default(),
-    )
-    .unwrap();
+    let digests = write_oci_archive(&images[1..], &mut blobs, &mut out).unwrap();
     // Rebuild the archive with index.json → nested index → [manifest,
     // a manifest whose blobs are absent, an attestation-like artifact].
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
@@ -1360,14 +1466,8 @@ fn truncated_or_corrupt_archives_are_errors() {
     let mut docker = Vec::new();
     write_docker_archive(&images, &mut blobs, &mut docker, work.path()).unwrap();
     let mut oci = Vec::new();
-    write_oci_archive(
-        &images,
-        &mut blobs,
-        &mut oci,
-        work.path(),
-        &OciArchiveOptions::default(),
-    )
-    .unwrap();
+    let gzipped = compressed(&images, &mut blobs, Compression::Gzip);
+    write_oci_archive(&gzipped, &mut blobs, &mut oci).unwrap();
     for (what, archive) in [("docker", &docker), ("oci", &oci)] {
         let n = archive.len();
         for cut in [0, 100, 512, 513, n / 3, n / 2, n - 1024, n - 512, n - 1] {
@@ -1408,21 +1508,8 @@ fn truncated_or_corrupt_archives_are_errors() {
     let bytes = corrupt.0.get_mut(&d).unwrap();
     let last = bytes.len() - 2000;
     bytes[last] ^= 1;
-    let err = write_oci_archive(
-        &images,
-        &mut corrupt,
-        &mut Vec::new(),
-        work.path(),
-        &OciArchiveOptions::default(),
-    )
-    .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ArchiveError::CorruptBlob { .. } | ArchiveError::DiffIdMismatch { .. }
-        ),
-        "{err:?}"
-    );
+    let err = write_oci_archive(&images, &mut corrupt, &mut Vec::new()).unwrap_err();
+    assert!(matches!(err, ArchiveError::CorruptBlob { .. }), "{err:?}");
 }
 
 #[test]
