@@ -23,6 +23,7 @@ use crate::compress::{
     DigestWriter,
 };
 use crate::layer::{clean_components, EntryKind, TarError, TarHeader, TarReader, TarWriter};
+use estiba_cache::oci::{Descriptor, Index, Manifest};
 use estiba_cache::{Digest, DigestError, Hasher};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -347,29 +348,6 @@ struct DockerManifestEntry {
     repo_tags: Option<Vec<String>>,
     #[serde(rename = "Layers", default)]
     layers: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Descriptor {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
-    size: u64,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    annotations: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Index {
-    #[serde(default)]
-    manifests: Vec<Descriptor>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Manifest {
-    config: Descriptor,
-    #[serde(default)]
-    layers: Vec<Descriptor>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -752,18 +730,14 @@ impl ImageReader<'_> {
         let index: Index = self.x.read_json("index.json")?;
         let mut images: Vec<ArchiveImage> = Vec::new();
         for desc in &index.manifests {
-            self.walk("index.json", desc, &names_of(desc), 0, &mut images)?;
+            self.walk(desc, &names_of(desc), 0, &mut images)?;
         }
         Ok(images)
     }
 
     /// Reads the blob a descriptor names, checking size and digest.
-    fn blob(
-        &self,
-        from: &str,
-        desc: &Descriptor,
-    ) -> Result<Option<(String, Digest)>, ArchiveError> {
-        let digest = parse_digest(from, &desc.digest)?;
+    fn blob(&self, desc: &Descriptor) -> Result<Option<(String, Digest)>, ArchiveError> {
+        let digest = desc.digest;
         let name = blob_name(&digest);
         let Some((entry, stored)) = self.x.lookup(&name) else {
             return Ok(None);
@@ -781,17 +755,16 @@ impl ImageReader<'_> {
 
     fn walk(
         &mut self,
-        from: &str,
         desc: &Descriptor,
         names: &[String],
         depth: usize,
         images: &mut Vec<ArchiveImage>,
     ) -> Result<(), ArchiveError> {
-        let Some((entry, digest)) = self.blob(from, desc)? else {
+        let Some((entry, digest)) = self.blob(desc)? else {
             // A nested index may list platforms whose blobs were left out.
             if depth == 0 {
                 return Err(ArchiveError::Missing {
-                    entry: blob_name(&parse_digest(from, &desc.digest)?),
+                    entry: blob_name(&desc.digest),
                 });
             }
             return Ok(());
@@ -811,7 +784,7 @@ impl ImageReader<'_> {
                 for child in &index.manifests {
                     let own = names_of(child);
                     let names = if own.is_empty() { names } else { &own[..] };
-                    self.walk(&entry, child, names, depth + 1, images)?;
+                    self.walk(child, names, depth + 1, images)?;
                 }
                 Ok(())
             }
@@ -860,9 +833,9 @@ impl ImageReader<'_> {
             return Ok(None);
         }
         let (config_entry, config_digest) =
-            self.blob(entry, &manifest.config)?
+            self.blob(&manifest.config)?
                 .ok_or_else(|| ArchiveError::Missing {
-                    entry: blob_name(&digest_or_zero(&manifest.config.digest)),
+                    entry: blob_name(&manifest.config.digest),
                 })?;
         let config = self.x.read_small(&config_entry)?;
         let diff_ids = self.config_diff_ids(&config_entry, &config, manifest.layers.len())?;
@@ -874,11 +847,9 @@ impl ImageReader<'_> {
                     media_type: desc.media_type.clone(),
                 });
             }
-            let (layer_entry, _) =
-                self.blob(entry, desc)?
-                    .ok_or_else(|| ArchiveError::Missing {
-                        entry: blob_name(&digest_or_zero(&desc.digest)),
-                    })?;
+            let (layer_entry, _) = self.blob(desc)?.ok_or_else(|| ArchiveError::Missing {
+                entry: blob_name(&desc.digest),
+            })?;
             let (_, stored) = self.x.get(&layer_entry)?;
             let stored = stored.clone();
             layers.push(self.layer(
@@ -897,11 +868,6 @@ impl ImageReader<'_> {
             layers,
         }))
     }
-}
-
-/// A digest already checked to parse (for error messages only).
-fn digest_or_zero(s: &str) -> Digest {
-    s.parse().unwrap_or_else(|_| Digest::of(b""))
 }
 
 /// The references an index descriptor names: containerd's full name when
@@ -979,19 +945,10 @@ pub struct ExportImage {
     pub manifest: Option<Vec<u8>>,
     /// The image config bytes.
     pub config: Vec<u8>,
-    /// The layer blobs, bottom first, matching the config's diff IDs.
-    pub layers: Vec<ExportLayer>,
-}
-
-/// A layer blob to write.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExportLayer {
-    /// The blob's digest (what [`BlobSource::open_blob`] is asked for).
-    pub digest: Digest,
-    /// The blob's size.
-    pub size: u64,
-    /// The blob's media type (tells its compression).
-    pub media_type: String,
+    /// The layer blobs, bottom first, matching the config's diff IDs: each
+    /// descriptor's digest is what [`BlobSource::open_blob`] is asked for,
+    /// its media type tells the blob's compression.
+    pub layers: Vec<Descriptor>,
 }
 
 struct Out<W: Write> {
@@ -1096,7 +1053,7 @@ fn config_diff_ids(image: &ExportImage) -> Result<(Digest, Vec<Digest>), Archive
     Ok((config_digest, diff_ids))
 }
 
-fn layer_compression(layer: &ExportLayer) -> Result<Compression, ArchiveError> {
+fn layer_compression(layer: &Descriptor) -> Result<Compression, ArchiveError> {
     Compression::from_media_type(&layer.media_type).ok_or_else(|| ArchiveError::MediaType {
         entry: layer.digest.to_string(),
         media_type: layer.media_type.clone(),
@@ -1120,7 +1077,7 @@ fn split_tag(reference: &str) -> Option<(&str, &str)> {
 /// the blob's digest and the diff ID; returns the file and its size.
 fn spill_uncompressed(
     blobs: &mut dyn BlobSource,
-    layer: &ExportLayer,
+    layer: &Descriptor,
     diff_id: Digest,
     tmp: &Path,
 ) -> Result<(File, u64), ArchiveError> {
@@ -1170,7 +1127,7 @@ fn spill_uncompressed(
 }
 
 /// Checks what was read through `blob` is the whole of `layer`'s blob.
-fn check_blob<R: Read>(layer: &ExportLayer, blob: DigestReader<R>) -> Result<(), ArchiveError> {
+fn check_blob<R: Read>(layer: &Descriptor, blob: DigestReader<R>) -> Result<(), ArchiveError> {
     let (_, actual, size) = blob.finish();
     if actual != layer.digest {
         return Err(ArchiveError::CorruptBlob {
@@ -1302,10 +1259,8 @@ pub fn write_oci_archive(
             .and_then(|v| v.get("mediaType")?.as_str().map(str::to_string))
             .unwrap_or_else(|| OCI_MANIFEST.to_string());
         let descriptor = |annotations| Descriptor {
-            media_type: media_type.clone(),
-            digest: manifest_digest.to_string(),
-            size: manifest.len() as u64,
             annotations,
+            ..Descriptor::new(&media_type, manifest_digest, manifest.len() as u64)
         };
         let tags: Vec<String> = image
             .tags
@@ -1338,7 +1293,7 @@ pub fn write_oci_archive(
 fn write_oci_layer<W: Write>(
     out: &mut Out<W>,
     blobs: &mut dyn BlobSource,
-    layer: &ExportLayer,
+    layer: &Descriptor,
     diff_id: Digest,
 ) -> Result<(), ArchiveError> {
     let path = blob_name(&layer.digest);
@@ -1368,12 +1323,10 @@ fn oci_manifest(image: &ExportImage, config_digest: Digest) -> Result<Vec<u8>, A
     if let (Some(bytes), Some(parsed)) = (&image.manifest, &stored) {
         let same = serde_json::from_value::<Manifest>(parsed.clone())
             .map(|m| {
-                m.config.digest == config_digest.to_string()
+                m.config.digest == config_digest
                     && m.layers.len() == layers.len()
                     && m.layers.iter().zip(layers).all(|(d, l)| {
-                        d.digest == l.digest.to_string()
-                            && d.size == l.size
-                            && d.media_type == l.media_type
+                        d.digest == l.digest && d.size == l.size && d.media_type == l.media_type
                     })
             })
             .unwrap_or(false);

@@ -6,7 +6,7 @@
 
 use estiba::archive::{
     read_archive, write_docker_archive, write_oci_archive, ArchiveError, ArchiveFormat, BlobSource,
-    ExportImage, ExportLayer,
+    ExportImage,
 };
 use estiba::compress::{compress, decompressing_reader, media_type, sniff, Compression, Detected};
 use estiba::image::{compressed_layer, CompressedError};
@@ -892,16 +892,12 @@ fn sample_images(blobs: &mut Blobs) -> Vec<ExportImage> {
         }))
         .unwrap()
     };
-    let base_layer = ExportLayer {
-        digest: gz_digest,
-        size: gz_size,
-        media_type: media_type(Compression::Gzip).to_string(),
-    };
-    let top_layer = ExportLayer {
-        digest: top_digest,
-        size: top_size,
-        media_type: "application/vnd.docker.image.rootfs.diff.tar".to_string(),
-    };
+    let base_layer = Descriptor::new(media_type(Compression::Gzip), gz_digest, gz_size);
+    let top_layer = Descriptor::new(
+        "application/vnd.docker.image.rootfs.diff.tar",
+        top_digest,
+        top_size,
+    );
     vec![
         ExportImage {
             tags: vec![
@@ -937,15 +933,9 @@ fn compressed(
         let diff_ids = config["rootfs"]["diff_ids"].as_array().unwrap();
         for (layer, diff_id) in image.layers.iter_mut().zip(diff_ids) {
             store.put_blob(&blobs.0[&layer.digest]).unwrap();
-            let desc = Descriptor::new(&layer.media_type, layer.digest, layer.size);
             let diff_id: Digest = diff_id.as_str().unwrap().parse().unwrap();
-            let c = estiba::image::compressed_layer(&store, &desc, &diff_id, compression).unwrap();
-            blobs.put(store.read_blob(&c.digest).unwrap());
-            *layer = ExportLayer {
-                digest: c.digest,
-                size: c.size,
-                media_type: c.media_type,
-            };
+            *layer = compressed_layer(&store, layer, &diff_id, compression).unwrap();
+            blobs.put(store.read_blob(&layer.digest).unwrap());
         }
     }
     out
@@ -1210,11 +1200,7 @@ fn oci_archive_round_trips() {
         layers: kept
             .layers
             .iter()
-            .map(|l| ExportLayer {
-                digest: l.digest,
-                size: l.size,
-                media_type: l.media_type.clone().unwrap(),
-            })
+            .map(|l| Descriptor::new(l.media_type.as_deref().unwrap(), l.digest, l.size))
             .collect(),
     }];
     let mut store = Blobs::default();
@@ -1400,6 +1386,114 @@ fn reads_legacy_symlinked_layers_and_docker_25_layouts() {
     );
 }
 
+/// The regular files of a tar, in order: (path, content).
+fn files_of(archive: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    for e in tar::Archive::new(archive).entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.header().entry_type().is_file() {
+            let mut v = Vec::new();
+            e.read_to_end(&mut v).unwrap();
+            files.push((String::from_utf8(e.path_bytes().into_owned()).unwrap(), v));
+        }
+    }
+    files
+}
+
+/// `files` as a tar, with `path` holding `content` instead.
+fn with_file(files: &[(String, Vec<u8>)], path: &str, content: &[u8]) -> Vec<u8> {
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, v)| (p.as_str(), if p == path { content } else { &v[..] }))
+        .collect();
+    archive_of(&refs, &[])
+}
+
+#[test]
+fn oci_documents_with_bad_digests_are_refused_naming_the_entry() {
+    let mut blobs = Blobs::default();
+    let images = sample_images(&mut blobs);
+    let work = tmp();
+    let mut out = Vec::new();
+    write_oci_archive(&images[1..], &mut blobs, &mut out).unwrap();
+    let files = files_of(&out);
+    let json = |path: &str| -> serde_json::Value {
+        serde_json::from_slice(&files.iter().find(|(p, _)| p == path).unwrap().1).unwrap()
+    };
+    let index = json("index.json");
+    // An index entry without a media type is read as an image manifest.
+    let mut lenient = index.clone();
+    lenient["manifests"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("mediaType");
+    let a = read_archive(
+        &with_file(&files, "index.json", lenient.to_string().as_bytes())[..],
+        work.path(),
+    )
+    .unwrap();
+    assert_eq!(a.images[0].tags, ["base:1"]);
+
+    // A digest that is not one: an error naming the document and the digest.
+    let chain = |e: &ArchiveError| {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            text.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        text
+    };
+    let mut bad = index.clone();
+    bad["manifests"][0]["digest"] = "sha256:not-hex".into();
+    let err = read_archive(
+        &with_file(&files, "index.json", bad.to_string().as_bytes())[..],
+        work.path(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, ArchiveError::Json { entry, .. } if entry == "index.json"),
+        "{err:?}"
+    );
+    assert!(
+        chain(&err).contains("malformed sha256 digest \"sha256:not-hex\""),
+        "{}",
+        chain(&err)
+    );
+
+    // The same inside a manifest: the manifest's entry is named. (Its
+    // digest changes, so the index points at the new one.)
+    let manifest_path = format!(
+        "blobs/sha256/{}",
+        index["manifests"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("sha256:")
+            .unwrap()
+    );
+    let mut manifest = json(&manifest_path);
+    manifest["layers"][0]["digest"] = "md5:0123".into();
+    let manifest = manifest.to_string().into_bytes();
+    let new_path = format!("blobs/sha256/{}", Digest::of(&manifest).hex());
+    let mut index = index;
+    index["manifests"][0]["digest"] = Digest::of(&manifest).to_string().into();
+    index["manifests"][0]["size"] = manifest.len().into();
+    let mut files = files.clone();
+    files.retain(|(p, _)| p != &manifest_path && p != "index.json");
+    files.push((new_path.clone(), manifest));
+    files.push(("index.json".into(), index.to_string().into_bytes()));
+    let err = read_archive(&with_file(&files, "", b"")[..], work.path()).unwrap_err();
+    assert!(
+        matches!(&err, ArchiveError::Json { entry, .. } if *entry == new_path),
+        "{err:?}"
+    );
+    assert!(
+        chain(&err).contains("unsupported digest algorithm in \"md5:0123\""),
+        "{}",
+        chain(&err)
+    );
+}
+
 #[test]
 fn reads_nested_indexes_and_skips_missing_platforms() {
     let mut blobs = Blobs::default();
@@ -1409,15 +1503,7 @@ fn reads_nested_indexes_and_skips_missing_platforms() {
     let digests = write_oci_archive(&images[1..], &mut blobs, &mut out).unwrap();
     // Rebuild the archive with index.json → nested index → [manifest,
     // a manifest whose blobs are absent, an attestation-like artifact].
-    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-    for e in tar::Archive::new(&out[..]).entries().unwrap() {
-        let mut e = e.unwrap();
-        if e.header().entry_type().is_file() {
-            let mut v = Vec::new();
-            e.read_to_end(&mut v).unwrap();
-            files.push((String::from_utf8(e.path_bytes().into_owned()).unwrap(), v));
-        }
-    }
+    let mut files = files_of(&out);
     let index: serde_json::Value =
         serde_json::from_slice(&files.iter().find(|(p, _)| p == "index.json").unwrap().1).unwrap();
     let mut manifest_desc = index["manifests"][0].clone();

@@ -130,7 +130,10 @@ pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
-    /// The media type of the referenced content.
+    /// The media type of the referenced content. Empty when a document
+    /// leaves it out: archives written by older tools do in `index.json`,
+    /// and their readers take such an entry for an image manifest.
+    #[serde(default)]
     pub media_type: String,
     /// The digest of the referenced content.
     pub digest: Digest,
@@ -187,14 +190,18 @@ pub struct Platform {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
-    /// 2.
+    /// Always 2; read as 0 when missing, as archives from older tools may
+    /// leave it out: a reader that cares checks it.
+    #[serde(default)]
     pub schema_version: u32,
     /// The manifest's own media type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media_type: Option<String>,
     /// The config blob.
     pub config: Descriptor,
-    /// Layer blobs, bottom first.
+    /// Layer blobs, bottom first (none when missing, as in artifacts that
+    /// are not images, which readers skip by their config's media type).
+    #[serde(default)]
     pub layers: Vec<Descriptor>,
     /// Annotations.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -205,7 +212,9 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Index {
-    /// 2.
+    /// Always 2; read as 0 when missing, as archives from older tools may
+    /// leave it out: a reader that cares checks it.
+    #[serde(default)]
     pub schema_version: u32,
     /// The index's own media type.
     #[serde(default, skip_serializing_if = "Option::is_none")]

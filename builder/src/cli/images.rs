@@ -415,14 +415,7 @@ pub(crate) fn write_archive(
                 .collect(),
             manifest: Some(manifest_bytes),
             config,
-            layers: layers
-                .iter()
-                .map(|l| estiba::archive::ExportLayer {
-                    digest: l.digest,
-                    size: l.size,
-                    media_type: l.media_type.clone(),
-                })
-                .collect(),
+            layers,
         });
     }
     let dir = dest
