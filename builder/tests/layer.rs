@@ -1400,13 +1400,21 @@ fn files_of(archive: &[u8]) -> Vec<(String, Vec<u8>)> {
     files
 }
 
+/// `files` as a tar.
+fn tar_of(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(p, v)| (p.as_str(), &v[..])).collect();
+    archive_of(&refs, &[])
+}
+
 /// `files` as a tar, with `path` holding `content` instead.
 fn with_file(files: &[(String, Vec<u8>)], path: &str, content: &[u8]) -> Vec<u8> {
-    let refs: Vec<(&str, &[u8])> = files
-        .iter()
-        .map(|(p, v)| (p.as_str(), if p == path { content } else { &v[..] }))
-        .collect();
-    archive_of(&refs, &[])
+    let mut files = files.to_vec();
+    for (p, v) in &mut files {
+        if p == path {
+            *v = content.to_vec();
+        }
+    }
+    tar_of(&files)
 }
 
 #[test]
@@ -1482,7 +1490,7 @@ fn oci_documents_with_bad_digests_are_refused_naming_the_entry() {
     files.retain(|(p, _)| p != &manifest_path && p != "index.json");
     files.push((new_path.clone(), manifest));
     files.push(("index.json".into(), index.to_string().into_bytes()));
-    let err = read_archive(&with_file(&files, "", b"")[..], work.path()).unwrap_err();
+    let err = read_archive(&tar_of(&files)[..], work.path()).unwrap_err();
     assert!(
         matches!(&err, ArchiveError::Json { entry, .. } if *entry == new_path),
         "{err:?}"
@@ -1536,8 +1544,7 @@ fn reads_nested_indexes_and_skips_missing_platforms() {
     files.retain(|(p, _)| p != "index.json");
     files.push((format!("blobs/sha256/{}", nested_digest.hex()), nested));
     files.push(("index.json".into(), top));
-    let refs: Vec<(&str, &[u8])> = files.iter().map(|(p, v)| (p.as_str(), &v[..])).collect();
-    let rebuilt = archive_of(&refs, &[]);
+    let rebuilt = tar_of(&files);
     let a = read_archive(&rebuilt[..], work.path()).unwrap();
     assert_eq!(a.images.len(), 1);
     assert_eq!(a.images[0].tags, ["docker.io/library/multi:1"]);
