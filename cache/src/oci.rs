@@ -107,6 +107,16 @@ impl Compression {
         }
     }
 
+    /// The docker schema 2 media type of a layer compressed this way (for
+    /// manifests pushed in docker's format).
+    pub fn docker_media_type(self) -> &'static str {
+        match self {
+            Compression::None => media_type::DOCKER_LAYER_TAR,
+            Compression::Gzip => media_type::DOCKER_LAYER_GZIP,
+            Compression::Zstd => media_type::DOCKER_LAYER_ZSTD,
+        }
+    }
+
     /// A short lowercase name: `uncompressed`, `gzip`, `zstd`.
     pub fn name(self) -> &'static str {
         match self {
@@ -243,6 +253,19 @@ mod tests {
                 "size": 1,
             })
         );
+    }
+
+    #[test]
+    fn compressions_and_their_media_types_map_both_ways() {
+        for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+            assert_eq!(Compression::from_media_type(c.oci_media_type()), Some(c));
+            assert_eq!(Compression::from_media_type(c.docker_media_type()), Some(c));
+        }
+        assert_eq!(
+            Compression::from_media_type(media_type::DOCKER_LAYER_FOREIGN_GZIP),
+            Some(Compression::Gzip)
+        );
+        assert_eq!(Compression::from_media_type(media_type::OCI_CONFIG), None);
     }
 
     #[test]
