@@ -127,10 +127,15 @@ pub fn compressed_layer(
         store.open_blob(&layer.digest).map_err(store_err)?,
     ));
     let mut out = store.blob_writer().map_err(store_err)?;
-    let ((digest, size), tar_digest) = {
+    // An uncompressed layer is its own tar: its digest is the diff ID, and
+    // is hashed once.
+    let ((digest, size), tar_digest) = if stored == Compression::None {
+        let written = compress::compress(&mut blob, &mut out, compression).map_err(compress_err)?;
+        (written, None)
+    } else {
         let mut tar = DigestReader::new(decompressing_reader(&mut blob).map_err(compress_err)?);
         let written = compress::compress(&mut tar, &mut out, compression).map_err(compress_err)?;
-        (written, tar.finish().1)
+        (written, Some(tar.finish().1))
     };
     // What a decompressor left unread (padding after the stream) is part
     // of the blob too.
@@ -149,6 +154,7 @@ pub fn compressed_layer(
             expected_size: layer.size,
         });
     }
+    let tar_digest = tar_digest.unwrap_or(actual);
     if tar_digest != *diff_id {
         return Err(CompressedError::DiffIdMismatch {
             digest: layer.digest,
