@@ -5,9 +5,11 @@
 //! writes as `{"80/tcp": {}}` are written that way; history entries carry
 //! BuildKit's comment so `docker history` reads the same.
 
+mod compressed;
 mod source;
 mod stored;
 
+pub use compressed::{compressed_layer, CompressedError};
 pub use source::{Images, PullPolicy};
 pub(crate) use stored::overlay_form;
 pub use stored::{find, read, snapshot, store_image, store_manifest, Image, Layer};
