@@ -1156,6 +1156,76 @@ fn save_and_load_round_trip_in_both_formats() {
     }
 }
 
+fn blob_count(root: &Path) -> usize {
+    std::fs::read_dir(root.join("blobs/sha256"))
+        .expect("blobs")
+        .count()
+}
+
+#[test]
+fn an_oci_export_compresses_each_layer_once_and_keeps_it() {
+    // More than one 1 MiB gzip chunk, so the parallel compressor is used.
+    let big: String = (0..200_000u64)
+        .map(|i| format!("{i:08x} {}\n", i * 7919 % 104_729))
+        .collect();
+    let e = env(&[
+        ("Dockerfile", "FROM scratch\nCOPY a /a\nCOPY b /b\n"),
+        ("a", "a"),
+        ("b", &big),
+    ]);
+    let tmp = e.root.parent().expect("tmp").to_path_buf();
+    let first = tmp.join("first.tar");
+    let dest = format!("type=oci,dest={}", first.display());
+    let (code, out, err) = build(&e, &["-t", "once:1", "-o", "type=image", "-o", &dest]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    let blobs = blob_count(&e.root);
+
+    // Each layer went in gzip-compressed, as compressing the stored tar
+    // always gave, and the store keeps that blob and a record of it.
+    let archive =
+        estiba::archive::read_archive(std::fs::File::open(&first).expect("open archive"), &tmp)
+            .expect("read archive");
+    let layers = &archive.images[0].layers;
+    assert_eq!(layers.len(), 2);
+    for layer in layers {
+        let stored = std::fs::read(e.root.join("blobs/sha256").join(layer.diff_id.hex()))
+            .expect("the uncompressed layer is in the store");
+        let mut gz = Vec::new();
+        let (digest, _) =
+            estiba::compress::compress(&stored[..], &mut gz, estiba::compress::Compression::Gzip)
+                .expect("gzip");
+        assert_eq!(layer.digest, digest);
+        assert!(e.root.join("blobs/sha256").join(digest.hex()).is_file());
+        let record = e
+            .root
+            .join("estiba/compressed-v1")
+            .join(format!("{}.gzip", layer.diff_id.hex()));
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&record).expect("record")).expect("json");
+        assert_eq!(record["digest"], digest.to_string());
+    }
+
+    // The second export reads the kept blobs, not the layers: with every
+    // uncompressed layer damaged it still writes the same archive, and
+    // the store has no new blob.
+    for layer in layers {
+        let path = e.root.join("blobs/sha256").join(layer.diff_id.hex());
+        let mut bytes = std::fs::read(&path).expect("read layer");
+        bytes[0] ^= 1;
+        std::fs::write(&path, bytes).expect("damage layer");
+    }
+    let second = tmp.join("second.tar");
+    ok(estiba(&e.root)
+        .args(["save", "--format", "oci", "-o"])
+        .arg(&second)
+        .arg("once:1"));
+    assert!(
+        std::fs::read(&first).expect("first") == std::fs::read(&second).expect("second"),
+        "the two exports differ"
+    );
+    assert_eq!(blob_count(&e.root), blobs);
+}
+
 #[test]
 fn a_truncated_archive_is_refused_and_nothing_is_tagged() {
     let e = env(&[("Dockerfile", "FROM scratch\nCOPY a /a\n"), ("a", "a")]);

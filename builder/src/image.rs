@@ -5,12 +5,17 @@
 //! writes as `{"80/tcp": {}}` are written that way; history entries carry
 //! BuildKit's comment so `docker history` reads the same.
 
+mod compressed;
 mod pull;
 mod push;
 mod source;
 mod stored;
 
+pub use compressed::{compressed_layer, CompressedError};
 pub use push::{Format, PushOptions, Pushed};
+pub use source::{Images, PullPolicy};
+pub(crate) use stored::overlay_form;
+pub use stored::{find, read, snapshot, store_image, store_manifest, Image, Layer};
 pub use source::{Images, PullPolicy};
 pub(crate) use stored::overlay_form;
 pub use stored::{find, read, snapshot, store_image, store_manifest, Image, Layer};
@@ -62,6 +67,9 @@ pub enum ImageError {
     /// A push with no registry client (an offline command).
     #[error("cannot push {0}: this command has no registry")]
     NoRegistry(String),
+    /// A layer could not be compressed for a push.
+    #[error(transparent)]
+    Compressed(#[from] CompressedError),
     /// The registry failed or refused.
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),

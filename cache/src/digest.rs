@@ -171,6 +171,11 @@ impl<R: std::io::Read> DigestReader<R> {
         std::io::copy(&mut self, &mut std::io::sink())?;
         Ok((self.hasher.finish(), self.size))
     }
+
+    /// The inner reader, and the digest and size of what was read so far.
+    pub fn into_parts(self) -> (R, Digest, u64) {
+        (self.inner, self.hasher.finish(), self.size)
+    }
 }
 
 impl<R: std::io::Read> std::io::Read for DigestReader<R> {

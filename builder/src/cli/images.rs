@@ -385,7 +385,10 @@ pub(crate) fn save(
 }
 
 /// Writes images from the store to an archive at `dest` (a temp file
-/// renamed into place, so a failure leaves no half archive).
+/// renamed into place, so a failure leaves no half archive). An OCI archive
+/// gets each layer `compression`-compressed, as the store kept it from an
+/// earlier export or push, else compressed now and kept; a docker archive
+/// gets them uncompressed.
 pub(crate) fn write_archive(
     store: &Store,
     images: &[(Vec<String>, Descriptor)],
@@ -399,6 +402,12 @@ pub(crate) fn write_archive(
         let manifest: image::Manifest = serde_json::from_slice(&manifest_bytes)
             .with_context(|| format!("manifest {} is corrupt", desc.digest))?;
         let config = store.read_blob(&manifest.config.digest)?;
+        let layers = if oci {
+            compressed_layers(store, &manifest, &config, compression)
+                .with_context(|| format!("cannot write {}", dest.display()))?
+        } else {
+            manifest.layers
+        };
         export.push(estiba::archive::ExportImage {
             tags: tags
                 .iter()
@@ -406,15 +415,7 @@ pub(crate) fn write_archive(
                 .collect(),
             manifest: Some(manifest_bytes),
             config,
-            layers: manifest
-                .layers
-                .iter()
-                .map(|l| estiba::archive::ExportLayer {
-                    digest: l.digest,
-                    size: l.size,
-                    media_type: l.media_type.clone(),
-                })
-                .collect(),
+            layers,
         });
     }
     let dir = dest
@@ -423,7 +424,6 @@ pub(crate) fn write_archive(
         .unwrap_or(Path::new("."));
     let tmp_out = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("cannot write in {}", dir.display()))?;
-    let scratch = store.temp_dir("save")?;
     let mut blobs = |d: &estiba_cache::Digest| -> std::io::Result<Box<dyn std::io::Read>> {
         let f = store
             .open_blob(d)
@@ -432,17 +432,10 @@ pub(crate) fn write_archive(
     };
     let out = std::io::BufWriter::new(tmp_out.as_file());
     if oci {
-        estiba::archive::write_oci_archive(
-            &export,
-            &mut blobs,
-            out,
-            scratch.path(),
-            &estiba::archive::OciArchiveOptions {
-                layer_compression: Some(compression),
-            },
-        )
-        .with_context(|| format!("cannot write {}", dest.display()))?;
+        estiba::archive::write_oci_archive(&export, &mut blobs, out)
+            .with_context(|| format!("cannot write {}", dest.display()))?;
     } else {
+        let scratch = store.temp_dir("save")?;
         estiba::archive::write_docker_archive(&export, &mut blobs, out, scratch.path())
             .with_context(|| format!("cannot write {}", dest.display()))?;
     }
@@ -461,6 +454,43 @@ pub(crate) fn write_archive(
         .map_err(|e| e.error)
         .with_context(|| format!("cannot write {}", dest.display()))?;
     Ok(())
+}
+
+/// The layers of an image (its manifest and config) `compression`-compressed
+/// in the store: see [`estiba::image::compressed_layer`].
+fn compressed_layers(
+    store: &Store,
+    manifest: &image::Manifest,
+    config: &[u8],
+    compression: estiba::compress::Compression,
+) -> Result<Vec<Descriptor>> {
+    let config_digest = &manifest.config.digest;
+    let parsed: image::ImageConfig = serde_json::from_slice(config)
+        .with_context(|| format!("image config {config_digest} is corrupt"))?;
+    let diff_ids = &parsed.rootfs.diff_ids;
+    if diff_ids.len() != manifest.layers.len() {
+        return Err(anyhow!(
+            "image config {config_digest} lists {} diff IDs for {} layers",
+            diff_ids.len(),
+            manifest.layers.len()
+        ));
+    }
+    manifest
+        .layers
+        .iter()
+        .zip(diff_ids)
+        .map(|(layer, diff_id)| {
+            let diff_id = diff_id.parse().with_context(|| {
+                format!("image config {config_digest} lists diff ID {diff_id:?}")
+            })?;
+            Ok(estiba::image::compressed_layer(
+                store,
+                layer,
+                &diff_id,
+                compression,
+            )?)
+        })
+        .collect()
 }
 
 /// `estiba load -i FILE`: every image of a docker or OCI archive into the

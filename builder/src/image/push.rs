@@ -175,11 +175,9 @@ pub(super) fn push(
 /// The layer media type `format` uses for a blob of `blob_type`.
 fn layer_type(format: Format, blob_type: &str) -> &'static str {
     let compression = Compression::from_media_type(blob_type).unwrap_or(Compression::None);
-    match (format, compression) {
-        (Format::Oci, c) => crate::compress::media_type(c),
-        (Format::Docker, Compression::None) => media_type::DOCKER_LAYER_TAR,
-        (Format::Docker, Compression::Gzip) => media_type::DOCKER_LAYER_GZIP,
-        (Format::Docker, Compression::Zstd) => media_type::DOCKER_LAYER_ZSTD,
+    match format {
+        Format::Oci => crate::compress::media_type(compression),
+        Format::Docker => compression.docker_media_type(),
     }
 }
 
