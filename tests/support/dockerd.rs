@@ -10,8 +10,11 @@
 //! daemon left mounted under its directory and removes it, also when the
 //! test fails.
 
-use std::fs::File;
-use std::os::unix::process::CommandExt;
+#[path = "child.rs"]
+mod child;
+#[path = "ci.rs"]
+mod ci;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -44,15 +47,7 @@ impl Dockerd {
         match Dockerd::start() {
             Ok(d) => Some(d),
             Err(why) => {
-                let in_ci = std::env::var("CI")
-                    .map(|v| !v.is_empty() && v != "false" && v != "0")
-                    .unwrap_or(false);
-                assert!(
-                    !in_ci,
-                    "{test}: docker is the reference builder and CI must run this test, \
-                     but dockerd cannot be started: {why}"
-                );
-                eprintln!("skipped: {test}: dockerd cannot be started here: {why}");
+                ci::skip_or_fail(test, "dockerd (the reference builder)", &why);
                 None
             }
         }
@@ -89,11 +84,6 @@ impl Dockerd {
             .map_err(|e| format!("creating a directory in {}: {e}", base.display()))?;
         let root = dir.path().to_path_buf();
         let sock = root.join("docker.sock");
-        let log = File::create(root.join("dockerd.log"))
-            .map_err(|e| format!("creating the dockerd log: {e}"))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| format!("cloning the dockerd log handle: {e}"))?;
         let mut cmd = Command::new(dockerd);
         cmd.args([
             "--bridge=none",
@@ -108,24 +98,9 @@ impl Dockerd {
         .arg("--pidfile")
         .arg(root.join("pid"))
         .arg("-H")
-        .arg(format!("unix://{}", sock.display()))
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2);
-        // SAFETY: prctl is async-signal-safe and touches no memory of the
-        // parent. If this test process dies without running Drop (a signal,
-        // an abort), the kernel sends the daemon SIGTERM.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("running {}: {e}", dockerd.display()))?;
+        .arg(format!("unix://{}", sock.display()));
+        // If this test dies without running Drop, the daemon gets SIGTERM.
+        let child = child::spawn(&mut cmd, &root.join("dockerd.log"), libc::SIGTERM)?;
         let mut d = Dockerd {
             child,
             dir: Some(dir),
@@ -169,9 +144,7 @@ impl Dockerd {
 
     /// The last lines of the daemon's log, for failure messages.
     pub(crate) fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.root.join("dockerd.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        child::log_tail(&self.root.join("dockerd.log"), 20)
     }
 
     /// A `docker` client command talking to this daemon only: no
@@ -198,21 +171,7 @@ impl Dockerd {
     }
 
     fn stop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let start = Instant::now();
-            while start.elapsed() < STOP_TIMEOUT {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            if let Ok(None) = self.child.try_wait() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
+        child::stop(&mut self.child, STOP_TIMEOUT);
         self.kill_own_containerd();
         self.unmount_all();
     }
@@ -274,10 +233,7 @@ impl Drop for Dockerd {
     fn drop(&mut self) {
         self.stop();
         if let Some(dir) = self.dir.take() {
-            let path = dir.path().to_path_buf();
-            if let Err(e) = dir.close() {
-                eprintln!("warning: removing {}: {e}", path.display());
-            }
+            child::remove_dir(dir);
         }
     }
 }
