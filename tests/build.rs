@@ -8,8 +8,11 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "support/busybox.rs"]
+mod busybox;
 #[path = "support/estiba.rs"]
 mod support_estiba;
+use busybox::{busybox_rootfs, tar_tree};
 use support_estiba::{estiba, run};
 
 fn ok(cmd: &mut Command) -> (String, String) {
@@ -71,51 +74,10 @@ fn import_busybox(e: &Env) {
     import_tree(e, &rootfs, "busybox:test");
 }
 
-/// A busybox root filesystem in `rootfs`: busybox-static, a few applets,
-/// and /etc files with a user `app` (1000) and a group `staff` (50).
-fn busybox_rootfs(rootfs: &Path) {
-    let busybox = Path::new("/bin/busybox");
-    assert!(
-        busybox.exists(),
-        "/bin/busybox is missing: install busybox-static (scripts/test does)"
-    );
-    std::fs::create_dir_all(rootfs.join("bin")).expect("mkdir");
-    std::fs::create_dir_all(rootfs.join("etc")).expect("mkdir");
-    std::fs::copy(busybox, rootfs.join("bin/busybox")).expect("copy busybox");
-    for applet in ["sh", "ls", "cat", "echo", "id"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("link");
-    }
-    write(
-        rootfs,
-        &[
-            (
-                "etc/passwd",
-                "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
-            ),
-            ("etc/group", "root:x:0:\nstaff:x:50:\napp:x:1000:\n"),
-        ],
-    );
-}
-
 /// `estiba import` of a tar of `rootfs` as `name`.
 fn import_tree(e: &Env, rootfs: &Path, name: &str) {
     let tar = tar_tree(rootfs);
     ok(estiba(&e.root).arg("import").arg(&tar).arg(name));
-}
-
-/// A tar of the tree `rootfs`, beside it, as GNU tar writes it.
-fn tar_tree(rootfs: &Path) -> PathBuf {
-    let tar = rootfs.with_extension("tar");
-    let status = Command::new("tar")
-        .arg("-C")
-        .arg(rootfs)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .expect("tar");
-    assert!(status.success());
-    tar
 }
 
 fn build(e: &Env, extra: &[&str]) -> (i32, String, String) {
