@@ -5,18 +5,23 @@
 //! interop with skopeo and dockerd both ways.
 // A test that cannot run outside CI says so on stderr rather than silently.
 #![allow(clippy::print_stderr)]
+// dockerd's and the registry's harnesses each include the shared child and
+// CI helpers.
+#![allow(clippy::duplicate_mod)]
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 #[path = "support/busybox.rs"]
 mod busybox;
+// Only docker() is used here, not the reference build.
+#[allow(dead_code)]
 #[path = "support/dockerd.rs"]
 mod dockerd;
-#[path = "support/estiba.rs"]
-mod support_estiba;
 #[path = "support/registry.rs"]
 mod registry;
+#[path = "support/estiba.rs"]
+mod support_estiba;
 
 use registry::{layout, Auth, FaultProxy, Faults, RegistryServer};
 
@@ -66,7 +71,11 @@ impl Env {
             busybox::busybox_rootfs(&rootfs);
         }
         let tar = busybox::tar_tree(&rootfs);
-        ok(self.estiba(store).arg("import").arg(&tar).arg("busybox:test"));
+        ok(self
+            .estiba(store)
+            .arg("import")
+            .arg(&tar)
+            .arg("busybox:test"));
     }
 
     /// The image ID of `name` in `store`.
@@ -100,7 +109,10 @@ fn ok(cmd: &mut Command) -> (String, String) {
 
 fn fails(cmd: &mut Command) -> String {
     let (code, out, err) = support_estiba::run(cmd);
-    assert_eq!(code, 1, "expected a failure (exit 1):\nstdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(
+        code, 1,
+        "expected a failure (exit 1):\nstdout:\n{out}\nstderr:\n{err}"
+    );
     err
 }
 
@@ -147,12 +159,22 @@ fn an_image_pushed_by_a_build_is_pulled_run_and_built_from_elsewhere() {
     assert_eq!(metadata["containerimage.digest"], serde_json::json!(digest));
     assert_eq!(metadata["image.name"], serde_json::json!(name));
     let id = std::fs::read_to_string(&iid).expect("iidfile");
-    assert_eq!(metadata["containerimage.config.digest"], serde_json::json!(id));
+    assert_eq!(
+        metadata["containerimage.config.digest"],
+        serde_json::json!(id)
+    );
 
     let inspected = reg.inspect("app:1", false).expect("skopeo inspect");
-    assert_eq!(inspected["Digest"], serde_json::json!(digest), "{inspected}");
+    assert_eq!(
+        inspected["Digest"],
+        serde_json::json!(digest),
+        "{inspected}"
+    );
     let raw = reg.inspect("app:1", true).expect("skopeo inspect --raw");
-    assert_eq!(raw["mediaType"], serde_json::json!("application/vnd.oci.image.manifest.v1+json"));
+    assert_eq!(
+        raw["mediaType"],
+        serde_json::json!("application/vnd.oci.image.manifest.v1+json")
+    );
     for layer in raw["layers"].as_array().expect("layers") {
         assert_eq!(
             layer["mediaType"],
@@ -172,9 +194,16 @@ fn an_image_pushed_by_a_build_is_pulled_run_and_built_from_elsewhere() {
     assert!(out.contains(&name), "{out}");
     assert_eq!(e.image_id("b", &name), id);
     assert_eq!(e.manifest_digest("b", &name), digest);
-    let (out, _) = ok(e
-        .estiba("b")
-        .args(["run", "--rm", "--network", "none", &name, "cat", "/hola", "/f.txt"]));
+    let (out, _) = ok(e.estiba("b").args([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &name,
+        "cat",
+        "/hola",
+        "/f.txt",
+    ]));
     assert_eq!(out, "hola\nuno\n");
     e.fsck_clean("b");
     // Pulled again: nothing downloaded, the layers already exist.
@@ -194,16 +223,29 @@ fn an_image_pushed_by_a_build_is_pulled_run_and_built_from_elsewhere() {
         .args(["build", "--progress", "plain", "-t", "derived:1"])
         .arg(&ctx2));
     assert!(err.contains(&format!("pull {name}")), "{err}");
-    let (out, _) = ok(e
-        .estiba("c")
-        .args(["run", "--rm", "--network", "none", "derived:1", "cat", "/copia"]));
+    let (out, _) = ok(e.estiba("c").args([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "derived:1",
+        "cat",
+        "/copia",
+    ]));
     assert_eq!(out, "hola\n");
 
     // With the registry gone, a rebuild needs nothing from it ...
     drop(reg);
     let (_, err) = ok(e
         .estiba("c")
-        .args(["build", "--progress", "plain", "--no-cache", "-t", "derived:2"])
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "--no-cache",
+            "-t",
+            "derived:2",
+        ])
         .arg(&ctx2));
     assert!(!err.contains(&format!("pull {name}")), "{err}");
     // ... unless --pull asks it what the tag names now.
@@ -212,7 +254,10 @@ fn an_image_pushed_by_a_build_is_pulled_run_and_built_from_elsewhere() {
             .args(["build", "--progress", "plain", "--pull", "-t", "derived:3"])
             .arg(&ctx2),
     );
-    assert!(err.contains("Dockerfile:1"), "the FROM line is named: {err}");
+    assert!(
+        err.contains("Dockerfile:1"),
+        "the FROM line is named: {err}"
+    );
     assert!(err.contains("127.0.0.1"), "the registry is named: {err}");
     e.fsck_clean("c");
 }
@@ -227,14 +272,14 @@ fn images_skopeo_pushed_are_pulled_per_platform_and_built_from() {
     };
     let e = Env::new();
     let dir = e.path("layout");
-    let multi =
-        layout::write_multi_platform(&dir, "multi", &["amd64", "arm64"]).expect("layout");
+    let multi = layout::write_multi_platform(&dir, "multi", &["amd64", "arm64"]).expect("layout");
     reg.push_layout(&dir, "multi", "multi:1", true)
         .expect("skopeo copy --all");
     let name = format!("{}/multi:1", reg.host());
     for (platform, arch) in [("linux/amd64", "amd64"), ("linux/arm64", "arm64")] {
         let store = format!("s-{arch}");
-        ok(e.estiba(&store).args(["pull", "--platform", platform, &name]));
+        ok(e.estiba(&store)
+            .args(["pull", "--platform", platform, &name]));
         let want = multi.image(arch).expect("image").manifest.to_string();
         assert_eq!(e.manifest_digest(&store, &name), want, "{platform}");
         // FROM it, with a file read back from the image's layer.
@@ -247,8 +292,7 @@ fn images_skopeo_pushed_are_pulled_per_platform_and_built_from() {
         .expect("write");
         std::fs::write(ctx.join("extra.txt"), "extra\n").expect("write");
         let out = e.path(&format!("out-{arch}"));
-        ok(e
-            .estiba(&store)
+        ok(e.estiba(&store)
             .args(["build", "--progress", "plain", "--platform", platform])
             .arg("-o")
             .arg(format!("type=local,dest={}", out.display()))
@@ -259,7 +303,10 @@ fn images_skopeo_pushed_are_pulled_per_platform_and_built_from() {
         );
         e.fsck_clean(&store);
     }
-    let err = fails(e.estiba("s-other").args(["pull", "--platform", "linux/s390x", &name]));
+    let err = fails(
+        e.estiba("s-other")
+            .args(["pull", "--platform", "linux/s390x", &name]),
+    );
     assert!(
         err.contains("linux/s390x") && err.contains("linux/arm64") && err.contains("linux/amd64"),
         "the error names what was asked and what there is: {err}"
@@ -310,16 +357,22 @@ fn basic_auth_login_push_pull_logout() {
     let config = e.path("docker/config.json");
     let (code, _, err) = login("wrong");
     assert_eq!(code, 1, "{err}");
-    assert!(!config.exists() || !std::fs::read_to_string(&config).expect("read").contains(&reg.host()));
+    assert!(
+        !config.exists()
+            || !std::fs::read_to_string(&config)
+                .expect("read")
+                .contains(&reg.host())
+    );
     let (code, out, err) = login("s3cr3t");
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("Login Succeeded"), "{out}");
     let saved: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&config).expect("config.json")).expect("json");
-    let auth = saved["auths"][reg.host()]["auth"].as_str().expect("auths entry");
+    let auth = saved["auths"][reg.host()]["auth"]
+        .as_str()
+        .expect("auths entry");
     assert_eq!(
-        auth,
-        "YW5hOnMzY3IzdA==",
+        auth, "YW5hOnMzY3IzdA==",
         "base64 of ana:s3cr3t, as docker writes it"
     );
 
@@ -350,8 +403,7 @@ fn token_auth_push_and_pull() {
     e.import_busybox("a");
     let name = format!("{}/team/app:1", reg.host());
     ok(e.estiba("a").args(["tag", "busybox:test", &name]));
-    ok(e
-        .estiba("a")
+    ok(e.estiba("a")
         .args(["login", "-u", "ana", "-p", "s3cr3t", &reg.host()]));
     let (out, _) = ok(e.estiba("a").args(["push", &name]));
     let digest = pushed_digest(&out, &name);
@@ -361,7 +413,9 @@ fn token_auth_push_and_pull() {
     let log = issuer.log();
     assert!(
         log.iter().any(|r| r.status == 200
-            && r.scopes.iter().any(|s| s.contains("team/app") && s.contains("push"))),
+            && r.scopes
+                .iter()
+                .any(|s| s.contains("team/app") && s.contains("push"))),
         "a token with push scope was issued: {log:?}"
     );
     e.fsck_clean("b");
@@ -422,9 +476,17 @@ fn pull_and_push_survive_a_registry_that_fails_at_random() {
     let digest = pushed_digest(&out, &name);
     ok(e.estiba("b").args(["pull", &name]));
     assert_eq!(e.manifest_digest("b", &name), digest);
-    let (out, _) = ok(e
-        .estiba("b")
-        .args(["run", "--rm", "--network", "none", &name, "busybox", "wc", "-l", "/big.txt"]));
+    let (out, _) = ok(e.estiba("b").args([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &name,
+        "busybox",
+        "wc",
+        "-l",
+        "/big.txt",
+    ]));
     assert!(out.contains("200000"), "{out}");
     e.fsck_clean("b");
     let counts = proxy.counts();
@@ -484,9 +546,17 @@ fn dockerd_pulls_and_runs_what_estiba_pushed() {
     let ctx = e.context(&[("Dockerfile", APP), ("f.txt", "dos\n")]);
     for format in ["docker", "oci"] {
         let name = format!("{}/app:{format}", reg.host());
-        ok(e
-            .estiba("a")
-            .args(["build", "--progress", "plain", "--push", "--push-format", format, "-t", &name])
+        ok(e.estiba("a")
+            .args([
+                "build",
+                "--progress",
+                "plain",
+                "--push",
+                "--push-format",
+                format,
+                "-t",
+                &name,
+            ])
             .arg(&ctx));
         let out = docker
             .docker()
@@ -500,7 +570,16 @@ fn dockerd_pulls_and_runs_what_estiba_pushed() {
         );
         let out = docker
             .docker()
-            .args(["run", "--rm", "--network", "none", &name, "cat", "/hola", "/f.txt"])
+            .args([
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                &name,
+                "cat",
+                "/hola",
+                "/f.txt",
+            ])
             .output()
             .expect("docker run");
         assert_eq!(
@@ -527,8 +606,7 @@ fn a_killed_pull_leaves_a_sound_store_and_the_next_pull_completes() {
         ("big.txt", &big),
     ]);
     let name = format!("{}/app:big", reg.host());
-    ok(e
-        .estiba("a")
+    ok(e.estiba("a")
         .args(["build", "--progress", "plain", "--push", "-t", &name])
         .arg(&ctx));
     let seed = std::time::SystemTime::now()
@@ -550,9 +628,17 @@ fn a_killed_pull_leaves_a_sound_store_and_the_next_pull_completes() {
     }
     ok(e.estiba("b").args(["pull", &name]));
     e.fsck_clean("b");
-    let (out, _) = ok(e
-        .estiba("b")
-        .args(["run", "--rm", "--network", "none", &name, "busybox", "wc", "-l", "/big.txt"]));
+    let (out, _) = ok(e.estiba("b").args([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &name,
+        "busybox",
+        "wc",
+        "-l",
+        "/big.txt",
+    ]));
     assert!(out.contains("2000000"), "{out}");
 }
 

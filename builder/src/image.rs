@@ -16,9 +16,6 @@ pub use push::{Format, PushOptions, Pushed};
 pub use source::{Images, PullPolicy};
 pub(crate) use stored::overlay_form;
 pub use stored::{find, read, snapshot, store_image, store_manifest, Image, Layer};
-pub use source::{Images, PullPolicy};
-pub(crate) use stored::overlay_form;
-pub use stored::{find, read, snapshot, store_image, store_manifest, Image, Layer};
 
 use estiba_frontend::graph::ImageConfig as PlannedConfig;
 use estiba_frontend::instructions::Healthcheck;
@@ -45,7 +42,7 @@ pub enum ImageError {
     },
     /// A name that is no image reference.
     #[error(transparent)]
-    Reference(#[from] crate::reference::ReferenceError),
+    Reference(#[from] crate::registry::ReferenceError),
     /// A stored image is not what it should be.
     #[error("image {image} is corrupt: {reason}")]
     Corrupt {

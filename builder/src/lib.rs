@@ -13,7 +13,7 @@ pub mod image;
 pub mod layer;
 mod memo;
 pub mod progress;
-pub mod reference;
+pub mod registry;
 pub mod rootfs;
 pub mod solve;
 mod sys;

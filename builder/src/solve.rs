@@ -14,7 +14,7 @@ use crate::fetch;
 use crate::image::{self, History, ImageConfig, ImageError, Images, Layer, HISTORY_COMMENT};
 use crate::layer;
 use crate::progress::Reporter;
-use crate::reference::Reference;
+use crate::registry::Reference;
 use crate::rootfs::LayeredTree;
 use crate::tree::{self, SourceTree};
 use estiba_cache::{media_type, CacheRecord, Descriptor, Digest, Store, TempDir};
@@ -56,7 +56,7 @@ pub enum SolveErrorKind {
     Image(#[from] ImageError),
     /// A reference that does not parse.
     #[error(transparent)]
-    Reference(#[from] crate::reference::ReferenceError),
+    Reference(#[from] crate::registry::ReferenceError),
     /// A RUN command exited non-zero; `output` is its last lines.
     #[error("process {command:?} did not complete successfully: exit code: {code}{output}")]
     RunFailed {

@@ -9,7 +9,7 @@
 mod support;
 
 use estiba::archive::read_archive;
-use estiba::reference::Reference;
+use estiba::registry::Reference;
 use estiba_cache::{Digest, Hasher};
 use libfuzzer_sys::fuzz_target;
 use std::io;

@@ -1,18 +1,17 @@
 //! `estiba build`: plan, solve, store, export.
 
-use super::args::{AllowArg, BuildArgs, BuildNetwork, CompressionArg, PlanFormat, ProgressMode};
+use super::args::{AllowArg, BuildArgs, BuildNetwork, PlanFormat};
 use super::progress::Plain;
 use super::{read_dockerfile, Failure};
 use anyhow::Context;
 use estiba::context::BuildContext;
 use estiba::executor::Network;
 use estiba::image::{Images, PullPolicy, PushOptions};
-use estiba::progress::{Reporter, Silent};
-use estiba::reference::Reference;
+use estiba::progress::Reporter;
+use estiba::registry::Reference;
 use estiba::solve::{Entitlement, SecretSource, SolveOptions, Solver};
 use estiba_frontend::{plan, NoImages, PlanOptions, Platform};
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 /// The Dockerfile a build uses: `-f` as given, else `CONTEXT/Dockerfile`.

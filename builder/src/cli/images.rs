@@ -6,7 +6,7 @@ use super::Failure;
 use anyhow::{anyhow, Context, Result};
 use estiba::image::Layer;
 use estiba::image::{self, History, ImageConfig, RootFs};
-use estiba::reference::Reference;
+use estiba::registry::Reference;
 use estiba::solve::Built;
 use estiba_cache::{Descriptor, Store};
 use std::path::Path;

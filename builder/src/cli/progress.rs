@@ -195,7 +195,11 @@ pub(crate) fn chosen<'a>(
     match (mode, quiet) {
         (super::args::ProgressMode::Quiet, _) | (_, true) => &estiba::progress::Silent,
         (super::args::ProgressMode::Tty, _) => tty,
-        (super::args::ProgressMode::Auto, _) if std::io::IsTerminal::is_terminal(&std::io::stderr()) => tty,
+        (super::args::ProgressMode::Auto, _)
+            if std::io::IsTerminal::is_terminal(&std::io::stderr()) =>
+        {
+            tty
+        }
         _ => plain,
     }
 }

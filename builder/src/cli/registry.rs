@@ -14,10 +14,25 @@ use std::path::Path;
 /// Docker Hub, as `docker login` names it when no server is given.
 const DOCKER_HUB: &str = "docker.io";
 
-/// The registry client, configured as DESIGN.md says: docker's credentials,
-/// docker's certs.d, estiba's registries config.
+/// Overrides docker's `/etc/docker/certs.d` (per-registry CAs and client
+/// certificates), for tests and for users without access to `/etc`.
+const CERTS_DIR_ENV: &str = "ESTIBA_CERTS_DIR";
+
+/// The registry client, configured as DESIGN.md says: docker's credentials
+/// (`$DOCKER_CONFIG` or `~/.docker`), docker's certs.d, estiba's registries
+/// config (`$ESTIBA_REGISTRIES_CONFIG` or its default path).
 pub(crate) fn open() -> Result<Registry, Failure> {
-    Registry::new(RegistryOptions::from_env())
+    let mut opts = RegistryOptions::default();
+    if let Some(dir) = std::env::var_os(CERTS_DIR_ENV).filter(|d| !d.is_empty()) {
+        opts.certs_dir = dir.into();
+    }
+    Registry::new(opts).map_err(|e| Failure::Other(anyhow::Error::new(e)))
+}
+
+/// Where `login` and `logout` keep credentials: docker's config directory.
+fn credentials_dir() -> Result<std::path::PathBuf, Failure> {
+    RegistryOptions::default()
+        .docker_config_dir()
         .map_err(|e| Failure::Other(anyhow::Error::new(e)))
 }
 
@@ -151,12 +166,10 @@ pub(crate) fn login(
     let host = server.map_or(DOCKER_HUB, normalize_server);
     let username = match username {
         Some(u) => u.to_string(),
-        None => {
-            return Err(Failure::Usage(
-                "estiba login needs -u USER (and the password on standard input with --password-stdin)"
-                    .to_string(),
-            ))
-        }
+        None => return Err(Failure::Usage(
+            "estiba login needs -u USER (and the password on standard input with --password-stdin)"
+                .to_string(),
+        )),
     };
     let password = match (password, password_stdin) {
         (Some(_), true) => {
@@ -188,9 +201,10 @@ pub(crate) fn login(
     registry
         .login(host, &username, &password)
         .map_err(|e| anyhow!(estiba::solve::error_chain(&e)))?;
-    let saved = credentials::store(host, &username, &password)
+    let dir = credentials_dir()?;
+    credentials::store(&dir, host, &username, &password)
         .map_err(|e| anyhow!(estiba::solve::error_chain(&e)))?;
-    eprintln!("Credentials saved in {saved}");
+    eprintln!("Credentials saved in {}", dir.join("config.json").display());
     println!("Login Succeeded");
     Ok(())
 }
@@ -198,7 +212,8 @@ pub(crate) fn login(
 /// `estiba logout`.
 pub(crate) fn logout(server: Option<&str>) -> Result<(), Failure> {
     let host = server.map_or(DOCKER_HUB, normalize_server);
-    let removed = credentials::erase(host).map_err(|e| anyhow!(estiba::solve::error_chain(&e)))?;
+    let removed = credentials::erase(&credentials_dir()?, host)
+        .map_err(|e| anyhow!(estiba::solve::error_chain(&e)))?;
     if removed {
         println!("Removing login credentials for {host}");
     } else {

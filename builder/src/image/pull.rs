@@ -75,7 +75,9 @@ pub(super) fn pull(
     if !media_type::is_manifest(&manifest_type) {
         return Err(ImageError::Corrupt {
             image: name,
-            reason: format!("the registry answered with a {manifest_type:?}, not an image manifest"),
+            reason: format!(
+                "the registry answered with a {manifest_type:?}, not an image manifest"
+            ),
         });
     }
     let manifest: Manifest =
@@ -132,9 +134,10 @@ fn download_layers(
     let mut missing: Vec<&Descriptor> = Vec::new();
     for layer in layers {
         if store.has_blob(&layer.digest) {
-            progress
-                .reporter
-                .log(progress.id, &format!("{} already exists", short(&layer.digest)));
+            progress.reporter.log(
+                progress.id,
+                &format!("{} already exists", short(&layer.digest)),
+            );
         } else if !missing.iter().any(|m| m.digest == layer.digest) {
             missing.push(layer);
         }

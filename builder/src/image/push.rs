@@ -77,12 +77,9 @@ pub(super) fn push(
         let blob = match Compression::from_media_type(&layer.descriptor.media_type) {
             // Layers pulled compressed are pushed as they are.
             Some(Compression::Gzip | Compression::Zstd) => layer.descriptor.clone(),
-            _ => super::compressed_layer(
-                store,
-                &layer.descriptor,
-                &layer.diff_id,
-                opts.compression,
-            )?,
+            _ => {
+                super::compressed_layer(store, &layer.descriptor, &layer.diff_id, opts.compression)?
+            }
         };
         layers.push(Descriptor {
             media_type: layer_type(opts.format, &blob.media_type).to_string(),
@@ -103,7 +100,11 @@ pub(super) fn push(
     };
     // A manifest that already says all this (an image pulled from a
     // registry) is pushed byte for byte, so it keeps its digest.
-    let stored_type = image.manifest.media_type.as_deref().unwrap_or(&image.descriptor.media_type);
+    let stored_type = image
+        .manifest
+        .media_type
+        .as_deref()
+        .unwrap_or(&image.descriptor.media_type);
     let manifest_bytes = if stored_type == manifest_type
         && image.manifest.config.media_type == config.media_type
         && image.manifest.layers == layers

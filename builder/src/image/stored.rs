@@ -8,7 +8,7 @@
 
 use super::{ImageConfig, ImageError, Manifest};
 use crate::layer;
-use crate::reference::Reference;
+use crate::registry::Reference;
 use estiba_cache::{media_type, Descriptor, Digest, DigestReader, Store};
 use std::path::PathBuf;
 
