@@ -112,9 +112,6 @@ impl RegistriesConfig {
     pub fn is_insecure(&self, registry: &str) -> bool {
         let host = host_of(registry);
         let ip = host.parse::<IpAddr>().ok();
-        if host == "localhost" || ip.is_some_and(|ip| ip.is_loopback()) {
-            return true;
-        }
         self.insecure_registries.iter().any(|entry| {
             let entry = entry
                 .trim_start_matches("http://")
@@ -129,6 +126,17 @@ impl RegistriesConfig {
             }
         })
     }
+}
+
+/// Whether `registry` is on this machine's loopback (`localhost`,
+/// 127.0.0.0/8, `::1`): such a registry may answer in plain http, as
+/// docker allows. Unlike a registry listed insecure, one that answers in
+/// https must still show a certificate the client trusts (docker skips
+/// the check for loopback too; estiba does not: a loopback port can be
+/// anyone's on a shared machine).
+pub fn is_loopback(registry: &str) -> bool {
+    let host = host_of(registry);
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The host of `host[:port]` (brackets of an IPv6 address removed).
@@ -186,12 +194,23 @@ mod tests {
             ("plain.lan", true),
             ("10.1.2.3:5000", true),
             ("11.1.2.3:5000", false),
-            ("localhost:5000", true),
-            ("127.0.0.5:80", true),
-            ("[::1]:5000", true),
+            ("localhost:5000", false),
+            ("127.0.0.5:80", false),
+            ("[::1]:5000", false),
             ("ghcr.io", false),
         ] {
             assert_eq!(c.is_insecure(registry), insecure, "{registry}");
+        }
+        // Loopback registries may answer in plain http, but are not
+        // insecure: their certificates are still checked.
+        for (registry, loopback) in [
+            ("localhost:5000", true),
+            ("127.0.0.5:80", true),
+            ("[::1]:5000", true),
+            ("10.1.2.3:5000", false),
+            ("localhost.example:5000", false),
+        ] {
+            assert_eq!(is_loopback(registry), loopback, "{registry}");
         }
     }
 

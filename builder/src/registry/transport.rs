@@ -7,7 +7,7 @@
 use super::auth::{self, Challenge};
 use super::credentials::Credential;
 use super::error::{Action, RegistryError};
-use super::Registry;
+use super::{config, Registry};
 use base64::Engine as _;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{Client, RequestBuilder, Response, StatusCode, Url};
@@ -127,7 +127,7 @@ impl Registry {
         let client = self.client_for(name, insecure)?;
         let schemes: Vec<&str> = match only_scheme {
             Some(s) => vec![s],
-            None if insecure => vec!["https", "http"],
+            None if insecure || config::is_loopback(name) => vec!["https", "http"],
             None => vec!["https"],
         };
         let mut first_err = None;
@@ -159,8 +159,14 @@ impl Registry {
                     });
                 }
                 Ok(Err(e)) => {
+                    let e = self.network_error(name, name, e);
+                    // It speaks TLS with a certificate not trusted: plain
+                    // http is no way around that.
+                    if matches!(e, RegistryError::UnknownCa { .. }) {
+                        return Err(e);
+                    }
                     if first_err.is_none() {
-                        first_err = Some(self.network_error(name, name, e));
+                        first_err = Some(e);
                     }
                 }
                 Err(_) => {
