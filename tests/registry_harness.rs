@@ -1,9 +1,15 @@
-//! Self-tests of the registry harness (tests/support/registry.rs): each
-//! mode of the real registry answers as its mode says and is gone after
-//! drop.
+//! Self-tests of the registry harness (tests/support/registry.rs): every
+//! mode of the real registry (plain, basic, TLS, token, and basic/token
+//! over TLS) takes a push from skopeo and gives it back, refuses what its
+//! mode refuses, and is gone after drop; the token issuer grants what it
+//! should and counts its requests; the fault proxy injects the faults it
+//! counts and forwards the rest byte for byte; the test images and an
+//! estiba store push as the layouts they are.
 
 #[path = "support/registry.rs"]
 mod registry;
+#[path = "support/estiba.rs"]
+mod support_estiba;
 
 use base64::Engine;
 use registry::http::request;
@@ -34,17 +40,12 @@ fn plain_registry_answers_v2_and_is_gone_after_drop() {
     );
     let pid = reg.pid();
     let dir = reg.dir().to_path_buf();
-    let host = reg.host();
     drop(reg);
     assert!(
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "registry process {pid} still runs after drop"
     );
     assert!(!dir.exists(), "{} still exists after drop", dir.display());
-    assert!(
-        request(&host, "GET", "/v2/", &[], &[]).is_err(),
-        "{host} still answers after drop"
-    );
 }
 
 #[test]
@@ -130,6 +131,23 @@ fn skopeo_pushes_and_reads_back_in_every_mode() {
 }
 
 #[test]
+fn skopeo_pushes_and_reads_back_with_basic_and_token_auth_over_tls() {
+    for auth in [
+        Auth::basic("tester", "s3cret"),
+        Auth::token("tester", "s3cret"),
+    ] {
+        let Some(reg) = registry::or_skip(
+            "skopeo_pushes_and_reads_back_with_basic_and_token_auth_over_tls",
+            RegistryServer::start_tls(auth),
+        ) else {
+            return;
+        };
+        assert!(reg.url().starts_with("https://"));
+        push_and_inspect(&reg);
+    }
+}
+
+#[test]
 fn skopeo_with_a_wrong_password_is_refused() {
     let Some(reg) = RegistryServer::start_or_skip(
         "skopeo_with_a_wrong_password_is_refused",
@@ -185,35 +203,48 @@ fn a_multi_platform_index_is_pushed_whole_and_resolves_per_platform() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let index =
-        layout::write_multi_platform(dir.path(), "multi", &["amd64", "arm64"]).expect("layout");
+    let index = layout::write_multi_platform(dir.path(), "multi", &["amd64", "arm64", "arm/v7"])
+        .expect("layout");
     reg.push_layout(dir.path(), "multi", "test/multi:v1", true)
         .unwrap_or_else(|e| panic!("{e}\nregistry log:\n{}", reg.log_tail()));
     let raw = reg.inspect("test/multi:v1", true).expect("inspect --raw");
     assert_eq!(raw["mediaType"], "application/vnd.oci.image.index.v1+json");
+    // Each entry names its platform (variant included) and the manifest
+    // written for it.
     let listed: Vec<(String, String)> = raw["manifests"]
         .as_array()
         .expect("manifests")
         .iter()
         .map(|m| {
-            (
-                m["platform"]["architecture"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_owned(),
-                m["digest"].as_str().unwrap_or("").to_owned(),
-            )
+            let p = &m["platform"];
+            let arch = p["architecture"].as_str().unwrap_or("");
+            let platform = match p["variant"].as_str() {
+                Some(v) => format!("{arch}/{v}"),
+                None => arch.to_owned(),
+            };
+            (platform, m["digest"].as_str().unwrap_or("").to_owned())
         })
         .collect();
     let expected: Vec<(String, String)> = index
         .images
         .iter()
-        .map(|i| (i.architecture.clone(), i.manifest.to_string()))
+        .map(|i| (i.platform.clone(), i.manifest.to_string()))
         .collect();
     assert_eq!(listed, expected);
-    for arch in ["amd64", "arm64"] {
-        let by_digest = format!("test/multi@{}", index.image(arch).expect("image").manifest);
-        let info = reg.inspect(&by_digest, false).expect("inspect by digest");
+    // skopeo resolves the index to the platform asked for.
+    for (arch, variant) in [("amd64", None), ("arm64", None), ("arm", Some("v7"))] {
+        let mut args = vec!["--tls-verify=false", "--override-arch", arch];
+        let platform = match variant {
+            Some(v) => {
+                args.extend(["--override-variant", v]);
+                format!("{arch}/{v}")
+            }
+            None => arch.to_owned(),
+        };
+        let info = skopeo_inspect(&reg.docker_ref("test/multi:v1"), &args).expect("inspect");
+        let image = index.image(&platform).expect("image");
+        // ("Digest" is the index's own; the layer tells the images apart.)
+        assert_eq!(info["Layers"][0], image.layer.to_string(), "{platform}");
         assert_eq!(info["Architecture"], arch, "{info}");
     }
 }
@@ -402,31 +433,52 @@ fn blob_path(layout: &std::path::Path, digest: &estiba_cache::Digest) -> std::pa
     layout.join("blobs/sha256").join(digest.hex())
 }
 
+/// The big image's registry with a fault proxy in front of it.
+struct Proxied {
+    /// Held so the registry lives as long as the proxy.
+    _registry: RegistryServer,
+    proxy: FaultProxy,
+    img: layout::WrittenImage,
+    /// The layer blob as pushed.
+    blob: Vec<u8>,
+    /// `/v2/test/big/blobs/LAYER`.
+    target: String,
+}
+
+fn proxied_big_image(test: &str, faults: Faults) -> Option<Proxied> {
+    let (reg, dir, img) = registry_with_a_big_image(test)?;
+    let blob = std::fs::read(blob_path(dir.path(), &img.layer)).expect("layer blob");
+    let proxy = FaultProxy::start(&reg.host(), faults).expect("proxy");
+    let target = format!("/v2/test/big/blobs/{}", img.layer);
+    Some(Proxied {
+        _registry: reg,
+        proxy,
+        img,
+        blob,
+        target,
+    })
+}
+
 #[test]
 fn fault_proxy_injects_errors_and_forwards_the_rest_intact() {
-    let Some((reg, dir, img)) =
-        registry_with_a_big_image("fault_proxy_injects_errors_and_forwards_the_rest_intact")
-    else {
-        return;
-    };
-    let blob = std::fs::read(blob_path(dir.path(), &img.layer)).expect("layer blob");
-    let proxy = FaultProxy::start(
-        &reg.host(),
+    let Some(p) = proxied_big_image(
+        "fault_proxy_injects_errors_and_forwards_the_rest_intact",
         Faults {
             error_rate: 0.5,
             ..Faults::default()
         },
-    )
-    .expect("proxy");
-    let target = format!("/v2/test/big/blobs/{}", img.layer);
+    ) else {
+        return;
+    };
     let (mut ok, mut failed) = (0u64, 0u64);
     for _ in 0..200 {
-        let resp = request(&proxy.host(), "GET", &target, &[], &[]).expect("GET through the proxy");
+        let resp =
+            request(&p.proxy.host(), "GET", &p.target, &[], &[]).expect("GET through the proxy");
         match resp.status() {
             200 => {
                 assert!(resp.complete);
                 assert!(
-                    resp.body == blob,
+                    resp.body == p.blob,
                     "a forwarded blob differs from the pushed one"
                 );
                 ok += 1;
@@ -446,9 +498,9 @@ fn fault_proxy_injects_errors_and_forwards_the_rest_intact() {
     assert!(
         ok >= 3 && failed >= 3,
         "ok {ok}, injected {failed} (seed {})",
-        proxy.seed()
+        p.proxy.seed()
     );
-    let counts = proxy.counts();
+    let counts = p.proxy.counts();
     assert_eq!(counts.error_total(), failed, "{counts:?}");
     assert_eq!(counts.forwarded, ok, "{counts:?}");
     assert_eq!(counts.requests, ok + failed, "{counts:?}");
@@ -481,31 +533,28 @@ fn fetch_resuming(host: &str, target: &str) -> (Vec<u8>, u32) {
 
 #[test]
 fn fault_proxy_cuts_blob_bodies_and_resumed_ranges_add_up_to_the_blob() {
-    let Some((reg, dir, img)) = registry_with_a_big_image(
-        "fault_proxy_cuts_blob_bodies_and_resumed_ranges_add_up_to_the_blob",
-    ) else {
-        return;
-    };
-    let blob = std::fs::read(blob_path(dir.path(), &img.layer)).expect("layer blob");
     // Every blob answer is cut, and nothing else is.
-    let proxy = FaultProxy::start(
-        &reg.host(),
+    let Some(p) = proxied_big_image(
+        "fault_proxy_cuts_blob_bodies_and_resumed_ranges_add_up_to_the_blob",
         Faults {
             cut_rate: 1.0,
             ..Faults::default()
         },
-    )
-    .expect("proxy");
-    let (body, fetches) =
-        fetch_resuming(&proxy.host(), &format!("/v2/test/big/blobs/{}", img.layer));
-    assert!(body == blob, "the resumed blob differs from the pushed one");
+    ) else {
+        return;
+    };
+    let (body, fetches) = fetch_resuming(&p.proxy.host(), &p.target);
+    assert!(
+        body == p.blob,
+        "the resumed blob differs from the pushed one"
+    );
     assert!(fetches > 1);
     // Only a 1-byte remainder is left uncut.
-    assert_eq!(proxy.counts().cuts, u64::from(fetches - 1));
+    assert_eq!(p.proxy.counts().cuts, u64::from(fetches - 1));
     let manifest = request(
-        &proxy.host(),
+        &p.proxy.host(),
         "GET",
-        &format!("/v2/test/big/manifests/{}", img.manifest),
+        &format!("/v2/test/big/manifests/{}", p.img.manifest),
         &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
         &[],
     )
@@ -514,7 +563,7 @@ fn fault_proxy_cuts_blob_bodies_and_resumed_ranges_add_up_to_the_blob() {
     assert!(manifest.complete, "a manifest was cut");
     assert_eq!(
         estiba_cache::Digest::of(&manifest.body),
-        img.manifest,
+        p.img.manifest,
         "the manifest came through changed"
     );
 }
@@ -617,7 +666,9 @@ fn fault_proxy_forwards_a_chunked_upload_and_stops_at_max_faults() {
     let next = next.strip_prefix(&proxy.url()).unwrap_or(next);
     let sep = if next.contains('?') { '&' } else { '?' };
     let put = format!("{next}{sep}digest={digest}");
-    let resp = request(&proxy.host(), "PUT", &put, &[], &[]).expect("PUT");
+    // The proxy answers `Expect: 100-continue` itself.
+    let expect = [("Expect", "100-continue")];
+    let resp = request(&proxy.host(), "PUT", &put, &expect, &[]).expect("PUT");
     assert_eq!(resp.status(), 201, "{}", reg.log_tail());
     let got = request(
         &reg.host(),
@@ -632,4 +683,201 @@ fn fault_proxy_forwards_a_chunked_upload_and_stops_at_max_faults() {
     let counts = proxy.counts();
     assert_eq!(counts.error_total(), 2, "{counts:?}");
     assert_eq!(counts.forwarded, 3, "{counts:?}");
+}
+
+#[test]
+fn an_estiba_store_is_a_push_source() {
+    let Some(reg) = RegistryServer::start_or_skip("an_estiba_store_is_a_push_source", Auth::None)
+    else {
+        return;
+    };
+    let work = tempfile::tempdir().expect("tempdir");
+    let root = work.path().join("store");
+    let rootfs = work.path().join("rootfs.tar");
+    let mut tar = tar::Builder::new(std::fs::File::create(&rootfs).expect("rootfs.tar"));
+    let mut header = tar::Header::new_gnu();
+    header.set_size(3);
+    header.set_mode(0o644);
+    tar.append_data(&mut header, "hi.txt", &b"hi\n"[..])
+        .expect("tar entry");
+    tar.finish().expect("tar");
+    let (code, out, err) = support_estiba::run(
+        support_estiba::estiba(&root)
+            .arg("import")
+            .arg(&rootfs)
+            .arg("mine:v1"),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("index.json")).expect("index.json"))
+            .expect("index JSON");
+    let tagged = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .find(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"] == "docker.io/library/mine:v1"
+        })
+        .expect("the import is tagged")["digest"]
+        .clone();
+    reg.push_layout(&root, "docker.io/library/mine:v1", "test/mine:v1", false)
+        .unwrap_or_else(|e| panic!("{e}\nregistry log:\n{}", reg.log_tail()));
+    let info = reg.inspect("test/mine:v1", false).expect("inspect");
+    assert_eq!(info["Digest"], tagged);
+}
+
+#[test]
+fn token_issuer_answers_the_oauth2_password_grant() {
+    let Some(reg) = RegistryServer::start_or_skip(
+        "token_issuer_answers_the_oauth2_password_grant",
+        Auth::token("tester", "s3cret"),
+    ) else {
+        return;
+    };
+    push_and_inspect(&reg);
+    let issuer = reg.token_issuer().expect("issuer");
+    let before = issuer.requests();
+    let realm = issuer.realm();
+    let host = realm
+        .trim_start_matches("http://")
+        .trim_end_matches("/token");
+    let form = |pass: &str| {
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "password")
+            .append_pair("service", "estiba-test-registry")
+            .append_pair("client_id", "estiba-tests")
+            .append_pair("username", "tester")
+            .append_pair("password", pass)
+            .append_pair("scope", "repository:test/hello:pull")
+            .finish()
+    };
+    let ctype = ("Content-Type", "application/x-www-form-urlencoded");
+    let resp = request(host, "POST", "/token", &[ctype], form("s3cret").as_bytes()).expect("POST");
+    assert_eq!(resp.status(), 200);
+    let json: serde_json::Value = serde_json::from_slice(&resp.body).expect("JSON");
+    let token = json["access_token"].as_str().expect("access_token");
+    assert_eq!(tags_list(&reg, "test/hello", token).status(), 200);
+    let resp = request(host, "POST", "/token", &[ctype], form("wrong").as_bytes()).expect("POST");
+    assert_eq!(resp.status(), 401);
+    assert_eq!(issuer.requests(), before + 2);
+    let log = issuer.log();
+    let last_two: Vec<(&str, u16)> = log[log.len() - 2..]
+        .iter()
+        .map(|r| (r.method.as_str(), r.status))
+        .collect();
+    assert_eq!(last_two, [("POST", 200), ("POST", 401)]);
+}
+
+#[test]
+fn fault_proxy_corrupts_blob_bodies_keeping_their_length() {
+    let Some(p) = proxied_big_image(
+        "fault_proxy_corrupts_blob_bodies_keeping_their_length",
+        Faults {
+            corrupt_rate: 1.0,
+            ..Faults::default()
+        },
+    ) else {
+        return;
+    };
+    let resp = request(&p.proxy.host(), "GET", &p.target, &[], &[]).expect("GET through the proxy");
+    assert_eq!(resp.status(), 200);
+    assert!(resp.complete);
+    assert_eq!(resp.body.len(), p.blob.len());
+    let differing = resp
+        .body
+        .iter()
+        .zip(&p.blob)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(differing, 1, "one byte is flipped");
+    assert_ne!(estiba_cache::Digest::of(&resp.body), p.img.layer);
+    let counts = p.proxy.counts();
+    assert_eq!((counts.corruptions, counts.cuts), (1, 0), "{counts:?}");
+}
+
+#[test]
+fn a_damaged_stored_blob_is_served_as_it_is() {
+    let Some((reg, _dir, img)) =
+        registry_with_a_big_image("a_damaged_stored_blob_is_served_as_it_is")
+    else {
+        return;
+    };
+    let path = reg.blob_data_path(&img.layer.to_string());
+    let mut bytes = std::fs::read(&path).expect("the stored blob");
+    bytes[0] ^= 0xff;
+    std::fs::write(&path, &bytes).expect("damage it");
+    let target = format!("/v2/test/big/blobs/{}", img.layer);
+    let resp = request(&reg.host(), "GET", &target, &[], &[]).expect("GET");
+    assert_eq!(resp.status(), 200);
+    assert!(resp.body == bytes, "the registry serves the damaged bytes");
+}
+
+#[test]
+fn docker_config_holds_the_registry_credentials() {
+    let Some(reg) = RegistryServer::start_or_skip(
+        "docker_config_holds_the_registry_credentials",
+        Auth::basic("tester", "s3cret"),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = reg.write_docker_config(dir.path()).expect("config.json");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("JSON");
+    let auth = config["auths"][reg.host()]["auth"].as_str().expect("auth");
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(auth)
+        .expect("base64");
+    assert_eq!(decoded, b"tester:s3cret");
+    // skopeo reads the same file (as an auth file) and gets in with it.
+    let layout_dir = tempfile::tempdir().expect("tempdir");
+    layout::write_image(layout_dir.path(), "hello", "amd64", b"hello\n").expect("layout");
+    skopeo_copy(
+        &format!("oci:{}:hello", layout_dir.path().display()),
+        &reg.docker_ref("test/hello:v1"),
+        &[
+            "--dest-tls-verify=false",
+            "--dest-authfile",
+            &path.to_string_lossy(),
+        ],
+    )
+    .expect("push with the config's credentials");
+}
+
+#[test]
+fn a_docker_manifest_list_is_pushed_with_format_v2s2() {
+    let Some(reg) = RegistryServer::start_or_skip(
+        "a_docker_manifest_list_is_pushed_with_format_v2s2",
+        Auth::None,
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    layout::write_multi_platform(dir.path(), "multi", &["amd64", "arm64"]).expect("layout");
+    reg.push_layout_with(
+        dir.path(),
+        "multi",
+        "test/list:v1",
+        &["--all", "--format", "v2s2"],
+    )
+    .unwrap_or_else(|e| panic!("{e}\nregistry log:\n{}", reg.log_tail()));
+    let raw = reg.inspect("test/list:v1", true).expect("inspect --raw");
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    );
+    let entries = raw["manifests"].as_array().expect("manifests");
+    assert_eq!(entries.len(), 2);
+    for (entry, arch) in entries.iter().zip(["amd64", "arm64"]) {
+        assert_eq!(
+            entry["mediaType"],
+            "application/vnd.docker.distribution.manifest.v2+json"
+        );
+        assert_eq!(entry["platform"]["architecture"], arch);
+        let digest = entry["digest"].as_str().expect("digest");
+        let info = reg
+            .inspect(&format!("test/list@{digest}"), false)
+            .expect("inspect");
+        assert_eq!(info["Architecture"], arch);
+    }
 }

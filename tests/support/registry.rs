@@ -1,25 +1,45 @@
 //! A real registry for tests (DESIGN.md, "Real components for tests"):
 //! Debian's `docker-registry` (distribution v2.8) on `127.0.0.1:<free
 //! port>`, with its config, storage, certificates and log in a temporary
-//! directory, in one of the auth modes of [`Auth`].
+//! directory, in one of the auth modes of [`Auth`]; plus what registry
+//! tests need around it. One include gives all of it:
 //!
 //! ```ignore
 //! #[path = "support/registry.rs"]
 //! mod registry;
-//! use registry::{Auth, RegistryServer};
+//! use registry::{Auth, FaultProxy, Faults, RegistryServer};
 //!
 //! let Some(reg) = RegistryServer::start_or_skip("my_test", Auth::None) else { return };
-//! // reg.host() == "127.0.0.1:PORT"; push with reg.push_layout(...), read with reg.inspect(...)
 //! ```
 //!
-//! Dropping the server stops the process this harness started, by its PID
+//! - [`RegistryServer`]: `start(Auth)` / `start_or_skip(test, Auth)` (fails
+//!   in CI, prints `skipped:` elsewhere), `start_tls(Auth)` for basic or
+//!   token auth over https, [`or_skip`]. Accessors: `host()`
+//!   (`127.0.0.1:PORT`), `url()`, `ca_file()` and `certs_dir()` (TLS:
+//!   `DIR/127.0.0.1:PORT/ca.crt`, `DIR/localhost:PORT/ca.crt`),
+//!   `credentials()`, `token_issuer()`, `log_tail()`, `storage_dir()`,
+//!   `blob_data_path(digest)` (to damage a stored blob), `pid()`,
+//!   `docker_config_json()` / `write_docker_config(dir)` (`auths` as
+//!   `docker login` writes them). With skopeo: `push_layout(dir, name, repo_ref, all)`,
+//!   `inspect(repo_ref, raw)`, `skopeo_args(prefix)`, `docker_ref(repo_ref)`.
+//! - [`Auth`]: `None`, `Basic{user,pass}` (htpasswd, bcrypt), `Tls` (https
+//!   with a CA made here), `Token(TokenPolicy)` (distribution's `auth:
+//!   token` with the [`TokenIssuer`] of `token.rs`: request count and log,
+//!   `anonymous_pull`, `expires_in`).
+//! - [`FaultProxy`]: `start(upstream_host, Faults{error_rate, statuses,
+//!   cut_rate, corrupt_rate, max_faults, seed})` in front of a plain-http registry;
+//!   `host()`, `url()`, `seed()`, `counts()` ([`FaultCounts`]).
+//! - [`layout`]: `write_image`, `write_multi_platform` (OCI layouts made of
+//!   plain files, with their digests).
+//! - [`skopeo_copy`], [`skopeo_inspect`], [`skopeo`]: the reference client.
+//! - [`http`]: `request`, `request_chunked` (a raw one-request client that
+//!   reports a cut body as incomplete), message parsing.
+//!
+//! Dropping a server stops the process this harness started, by its PID
 //! (SIGTERM, a grace period, then SIGKILL), and removes the directory, also
 //! when the test fails. The child also gets SIGKILL if the thread that
 //! started it dies first (`PR_SET_PDEATHSIG`), so keep a server inside the
 //! test that started it rather than in a static shared across test threads.
-//!
-//! The submodules, reachable through this one include: [`http`] (a raw
-//! HTTP/1.1 client and message parsing), and the helpers re-exported below.
 
 // Each test file that includes the harness uses a part of it.
 #![allow(dead_code)]
@@ -71,7 +91,8 @@ pub(crate) const REALM: &str = "estiba-test";
 pub(crate) enum Auth {
     /// Plain http, anonymous: anyone pulls and pushes.
     None,
-    /// Plain http with htpasswd basic auth (bcrypt, made by `htpasswd -B`).
+    /// htpasswd basic auth (bcrypt, made by `htpasswd -B`), over plain
+    /// http (or https with [`RegistryServer::start_tls`]).
     Basic {
         /// The one user.
         user: String,
@@ -82,7 +103,8 @@ pub(crate) enum Auth {
     /// signed by a CA made for this server ([`RegistryServer::ca_file`]),
     /// anonymous.
     Tls,
-    /// Plain http with distribution's `auth: token`: clients get a bearer
+    /// distribution's `auth: token`, over plain http (or https with
+    /// [`RegistryServer::start_tls`]): clients get a bearer
     /// token from a [`TokenIssuer`] the harness runs
     /// ([`RegistryServer::token_issuer`]).
     Token(TokenPolicy),
@@ -134,18 +156,24 @@ impl RegistryServer {
     /// run the test); elsewhere it prints `skipped: TEST: …` and returns
     /// `None`.
     pub(crate) fn start_or_skip(test: &str, auth: Auth) -> Option<RegistryServer> {
-        match RegistryServer::start(auth) {
-            Ok(r) => Some(r),
-            Err(why) => {
-                ci::skip_or_fail(test, "the test registry (docker-registry)", &why);
-                None
-            }
-        }
+        or_skip(test, RegistryServer::start(auth))
     }
 
     /// Starts a registry in mode `auth` on a free loopback port and waits
     /// until `/v2/` answers.
     pub(crate) fn start(auth: Auth) -> Result<RegistryServer, String> {
+        let tls = auth == Auth::Tls;
+        RegistryServer::start_with(auth, tls)
+    }
+
+    /// [`RegistryServer::start`] with https whatever the mode: basic or
+    /// token auth over TLS, as real registries run. (The token issuer
+    /// itself stays plain http on loopback.)
+    pub(crate) fn start_tls(auth: Auth) -> Result<RegistryServer, String> {
+        RegistryServer::start_with(auth, true)
+    }
+
+    fn start_with(auth: Auth, tls: bool) -> Result<RegistryServer, String> {
         if !Path::new(REGISTRY_BIN).exists() {
             return Err(format!(
                 "no registry at {REGISTRY_BIN} (Debian's docker-registry: scripts/test-deps installs it)"
@@ -180,10 +208,7 @@ impl RegistryServer {
                 config
             }
         };
-        let tls = match &auth {
-            Auth::Tls => Some(make_tls(&root)?),
-            _ => None,
-        };
+        let tls = if tls { Some(make_tls(&root)?) } else { None };
         let mut last_err = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
@@ -329,9 +354,12 @@ impl RegistryServer {
         args
     }
 
-    /// `skopeo copy [--all] oci:LAYOUT:NAME docker://HOST/REPO_REF`: pushes
-    /// an image (or with `all`, every image of an index) from an OCI
-    /// layout, such as an estiba store or one from [`layout`].
+    /// `skopeo copy --preserve-digests [--all] oci:LAYOUT:NAME
+    /// docker://HOST/REPO_REF`: pushes an image (or with `all`, every image
+    /// of an index) from an OCI layout, such as an estiba store or one from
+    /// [`layout`], as it is: uncompressed layers stay uncompressed (skopeo
+    /// would gzip them otherwise), so the registry serves the layout's own
+    /// manifest digests.
     pub(crate) fn push_layout(
         &self,
         layout: &Path,
@@ -339,10 +367,27 @@ impl RegistryServer {
         repo_ref: &str,
         all: bool,
     ) -> Result<String, String> {
+        let extra: &[&str] = if all {
+            &["--preserve-digests", "--all"]
+        } else {
+            &["--preserve-digests"]
+        };
+        self.push_layout_with(layout, name, repo_ref, extra)
+    }
+
+    /// `skopeo copy EXTRA… oci:LAYOUT:NAME docker://HOST/REPO_REF` with
+    /// this registry's options: e.g. `["--all", "--format", "v2s2"]` stores
+    /// a docker manifest list of docker schema 2 manifests (the digests
+    /// change: skopeo converts, and gzips uncompressed layers).
+    pub(crate) fn push_layout_with(
+        &self,
+        layout: &Path,
+        name: &str,
+        repo_ref: &str,
+        extra_args: &[&str],
+    ) -> Result<String, String> {
         let mut args = self.skopeo_args("dest-");
-        if all {
-            args.push("--all".to_owned());
-        }
+        args.extend(extra_args.iter().map(|a| (*a).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         skopeo_copy(
             &format!("oci:{}:{name}", layout.display()),
@@ -360,6 +405,42 @@ impl RegistryServer {
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         skopeo_inspect(&self.docker_ref(repo_ref), &args)
+    }
+
+    /// The file holding blob `digest` (`sha256:…`) in the registry's
+    /// storage, for tests that damage a blob the registry then serves as it
+    /// is (distribution checks digests on upload, not on download).
+    pub(crate) fn blob_data_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        let prefix = hex.get(..2).unwrap_or(hex);
+        self.storage_dir()
+            .join("docker/registry/v2/blobs/sha256")
+            .join(prefix)
+            .join(hex)
+            .join("data")
+    }
+
+    /// A docker client config (`config.json`, as `docker login` writes it)
+    /// holding this registry's credentials under `auths."127.0.0.1:PORT"`;
+    /// empty `auths` in the modes without credentials.
+    pub(crate) fn docker_config_json(&self) -> serde_json::Value {
+        use base64::Engine;
+        let mut auths = serde_json::Map::new();
+        if let Some((user, pass)) = self.credentials() {
+            let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+            auths.insert(self.host(), serde_json::json!({ "auth": auth }));
+        }
+        serde_json::json!({ "auths": auths })
+    }
+
+    /// Writes [`RegistryServer::docker_config_json`] to `DIR/config.json`
+    /// (for `DOCKER_CONFIG=DIR`); the file's path.
+    pub(crate) fn write_docker_config(&self, dir: &Path) -> Result<PathBuf, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let path = dir.join("config.json");
+        std::fs::write(&path, self.docker_config_json().to_string())
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        Ok(path)
     }
 
     /// Where the registry keeps its blobs and repositories.
@@ -438,6 +519,22 @@ fn spawn(root: &Path, config: &Path) -> Result<Child, String> {
         }
     }
     child::spawn(&mut cmd, &root.join("registry.log"), libc::SIGKILL)
+}
+
+/// The server `started`, or `None` after saying why not: in CI that
+/// panics (CI must run `test`), elsewhere it prints `skipped: TEST: …`.
+/// For `or_skip("t", RegistryServer::start_tls(auth))` and the like.
+pub(crate) fn or_skip(
+    test: &str,
+    started: Result<RegistryServer, String>,
+) -> Option<RegistryServer> {
+    match started {
+        Ok(r) => Some(r),
+        Err(why) => {
+            ci::skip_or_fail(test, "the test registry (docker-registry)", &why);
+            None
+        }
+    }
 }
 
 /// A loopback port nobody listens on right now (another process may take

@@ -1,9 +1,9 @@
 //! A loopback proxy between a client under test and a plain-http test
 //! registry that misbehaves as registries and networks do: it answers a
 //! random fraction of requests itself with 500, 502 or 429 (`Retry-After:
-//! 0` or `1`) without forwarding them, and cuts a random fraction of blob
+//! 0` or `1`) without forwarding them, cuts a random fraction of blob
 //! downloads (`GET /v2/…/blobs/sha256:…`, 200 or 206) after part of the
-//! body. Everything else is forwarded byte for byte: the request head with
+//! body, and flips a byte in another fraction. Everything else is forwarded byte for byte: the request head with
 //! `Connection: close` (one request per connection keeps the framing
 //! simple), the body as it is framed (`Content-Length` or chunked), and the
 //! whole answer, ranges and upload `Location`s included (the registry
@@ -40,7 +40,11 @@ pub(crate) struct Faults {
     /// The fraction (0 to 1) of blob GET answers cut after part of the body
     /// (a body of fewer than 2 bytes is never cut).
     pub(crate) cut_rate: f64,
-    /// At most this many faults (errors and cuts together), then it only
+    /// The fraction (0 to 1) of the remaining blob GET answers (those not
+    /// cut) whose body has one byte flipped, its length kept: the client
+    /// must notice the digest does not match.
+    pub(crate) corrupt_rate: f64,
+    /// At most this many faults (of every kind together), then it only
     /// forwards; `None` for no limit.
     pub(crate) max_faults: Option<u64>,
     /// The RNG seed; `None` for a random one. `ESTIBA_FAULT_SEED`
@@ -55,6 +59,7 @@ impl Default for Faults {
             error_rate: 0.0,
             statuses: vec![500, 502, 429],
             cut_rate: 0.0,
+            corrupt_rate: 0.0,
             max_faults: None,
             seed: None,
         }
@@ -72,6 +77,8 @@ pub(crate) struct FaultCounts {
     pub(crate) errors: BTreeMap<u16, u64>,
     /// Blob answers cut mid-body.
     pub(crate) cuts: u64,
+    /// Blob answers with a byte flipped.
+    pub(crate) corruptions: u64,
 }
 
 impl FaultCounts {
@@ -80,9 +87,9 @@ impl FaultCounts {
         self.errors.values().sum()
     }
 
-    /// Every fault: injected answers and cuts.
+    /// Every fault: injected answers, cuts and corruptions.
     pub(crate) fn faults(&self) -> u64 {
-        self.error_total() + self.cuts
+        self.error_total() + self.cuts + self.corruptions
     }
 }
 
@@ -102,21 +109,31 @@ struct State {
     tally: Mutex<Tally>,
 }
 
-/// The counts, and the cuts decided whose answers have not come yet: both
+/// The counts, and the body faults decided whose answers have not come
+/// yet: both
 /// count against `max_faults`, under one lock, so a fault is booked when it
 /// is decided, before the client can see it and send the next request.
 #[derive(Debug, Default)]
 struct Tally {
     counts: FaultCounts,
-    pending_cuts: u64,
+    pending_body_faults: u64,
+}
+
+/// What is done to a blob answer's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyFault {
+    /// Close the connection after part of it.
+    Cut,
+    /// Flip one byte of it.
+    Corrupt,
 }
 
 /// What to do with one request.
 enum Plan {
     /// Answer it with this status, not forwarding it.
     Fail(u16),
-    /// Forward it; cut the answer's body if it is a blob's.
-    Forward { cut: bool },
+    /// Forward it; do this to the answer's body if it is a blob's.
+    Forward(Option<BodyFault>),
 }
 
 impl State {
@@ -130,34 +147,44 @@ impl State {
 
     /// Decides, counts the request, and books the fault if there is one.
     fn plan(&self, head: &http::Head) -> Plan {
-        let (fail, pick, cut) = self.rng(|r| (r.f64(), r.usize(..), r.f64()));
+        let (fail, pick, cut, corrupt) = self.rng(|r| (r.f64(), r.usize(..), r.f64(), r.f64()));
         let statuses = &self.faults.statuses;
         self.tally(|t| {
             t.counts.requests += 1;
-            let used = t.counts.faults() + t.pending_cuts;
+            let used = t.counts.faults() + t.pending_body_faults;
             if self.faults.max_faults.is_some_and(|max| used >= max) {
-                return Plan::Forward { cut: false };
+                return Plan::Forward(None);
             }
             if fail < self.faults.error_rate && !statuses.is_empty() {
                 let status = statuses[pick % statuses.len()];
                 *t.counts.errors.entry(status).or_default() += 1;
                 return Plan::Fail(status);
             }
-            let cut = is_blob_get(head) && cut < self.faults.cut_rate;
-            if cut {
-                t.pending_cuts += 1;
+            let fault = if !is_blob_get(head) {
+                None
+            } else if cut < self.faults.cut_rate {
+                Some(BodyFault::Cut)
+            } else if corrupt < self.faults.corrupt_rate {
+                Some(BodyFault::Corrupt)
+            } else {
+                None
+            };
+            if fault.is_some() {
+                t.pending_body_faults += 1;
             }
-            Plan::Forward { cut }
+            Plan::Forward(fault)
         })
     }
 
-    /// Settles a booked cut: made (`done`) or not (the answer had no body
-    /// to cut).
-    fn settle_cut(&self, done: bool) {
+    /// Settles a booked body fault: made (`Some`) or not (the answer had
+    /// no body to spoil).
+    fn settle(&self, made: Option<BodyFault>) {
         self.tally(|t| {
-            t.pending_cuts -= 1;
-            if done {
-                t.counts.cuts += 1;
+            t.pending_body_faults -= 1;
+            match made {
+                Some(BodyFault::Cut) => t.counts.cuts += 1,
+                Some(BodyFault::Corrupt) => t.counts.corruptions += 1,
+                None => {}
             }
         });
     }
@@ -242,7 +269,7 @@ fn serve(state: &State, client: TcpStream) -> io::Result<()> {
         .header("expect")
         .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
     let mut to_client = &client;
-    let cut = match state.plan(&head) {
+    let fault = match state.plan(&head) {
         Plan::Fail(status) => {
             // Read the body first (unless the client waits for a 100), so
             // closing does not reset the connection before it reads this.
@@ -265,27 +292,26 @@ fn serve(state: &State, client: TcpStream) -> io::Result<()> {
             to_client.flush()?;
             return Ok(());
         }
-        Plan::Forward { cut } => cut,
+        Plan::Forward(fault) => fault,
     };
-    let mut cut_made = false;
-    let result = forward(state, head, from_client, &client, cut, &mut cut_made);
-    if cut && !cut_made {
-        state.settle_cut(false);
+    let mut settled = false;
+    let result = forward(state, head, from_client, &client, fault, &mut settled);
+    if fault.is_some() && !settled {
+        state.settle(None);
     }
     result
 }
 
 /// Forwards the request whose `head` was read from `from_client`, and
-/// the answer back to `client`; with `cut`, a blob's body is cut after
-/// part of it (`cut_made` says so, the cut counted before the client sees
-/// it).
+/// the answer back to `client`, doing `fault` to a blob's body (counted,
+/// and `settled` set, before the client can see it).
 fn forward(
     state: &State,
     mut head: http::Head,
     mut from_client: BufReader<TcpStream>,
     client: &TcpStream,
-    cut: bool,
-    cut_made: &mut bool,
+    fault: Option<BodyFault>,
+    settled: &mut bool,
 ) -> io::Result<()> {
     let expects_continue = head
         .header("expect")
@@ -315,14 +341,20 @@ fn forward(
     answer.set("Connection", "close");
     to_client.write_all(&answer.to_bytes())?;
     let len = answer.content_length().unwrap_or(0);
-    if cut && matches!(answer.status(), 200 | 206) && len >= 2 {
-        let keep = state.rng(|r| r.u64(1..len));
-        state.settle_cut(true);
-        *cut_made = true;
-        io::copy(&mut from_upstream.by_ref().take(keep), &mut to_client)?;
-        to_client.flush()?;
-        let _ = client.shutdown(Shutdown::Both);
-        return Ok(());
+    let spoilable = matches!(answer.status(), 200 | 206) && len >= 2;
+    if let (Some(fault), true) = (fault, spoilable) {
+        let at = state.rng(|r| r.u64(1..len));
+        state.settle(Some(fault));
+        *settled = true;
+        io::copy(&mut from_upstream.by_ref().take(at), &mut to_client)?;
+        if fault == BodyFault::Cut {
+            to_client.flush()?;
+            let _ = client.shutdown(Shutdown::Both);
+            return Ok(());
+        }
+        let mut byte = [0u8; 1];
+        from_upstream.read_exact(&mut byte)?;
+        to_client.write_all(&[byte[0] ^ 0xff])?;
     }
     // Connection: close: the answer ends where the registry's connection
     // does, whatever its framing.

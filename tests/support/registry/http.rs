@@ -280,7 +280,13 @@ fn send(
     w.write_all(body)?;
     w.flush()?;
     let mut r = BufReader::new(&stream);
-    let head = read_head(&mut r)?.ok_or_else(|| eof("the response head"))?;
+    // Interim answers (`100 Continue`) come before the real one.
+    let head = loop {
+        let head = read_head(&mut r)?.ok_or_else(|| eof("the response head"))?;
+        if !matches!(head.status(), 100 | 102 | 103) {
+            break head;
+        }
+    };
     let mut body = Vec::new();
     let no_body = method == "HEAD" || matches!(head.status(), 100..=199 | 204 | 304);
     let complete = if no_body {

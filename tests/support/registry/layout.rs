@@ -14,8 +14,12 @@ use estiba_cache::{media_type, Descriptor, Digest, REF_NAME_ANNOTATION};
 /// What [`write_image`] wrote.
 #[derive(Debug, Clone)]
 pub(crate) struct WrittenImage {
+    /// The platform asked for, `ARCH` or `ARCH/VARIANT` (`arm/v7`).
+    pub(crate) platform: String,
     /// The architecture in its config.
     pub(crate) architecture: String,
+    /// The variant in its config, empty if none.
+    pub(crate) variant: String,
     /// The manifest's digest (what a registry answers for it).
     pub(crate) manifest: Digest,
     /// The config's digest.
@@ -36,9 +40,9 @@ pub(crate) struct WrittenIndex {
 }
 
 impl WrittenIndex {
-    /// The image for `architecture`.
-    pub(crate) fn image(&self, architecture: &str) -> Option<&WrittenImage> {
-        self.images.iter().find(|i| i.architecture == architecture)
+    /// The image for `platform` (`ARCH` or `ARCH/VARIANT`, as asked).
+    pub(crate) fn image(&self, platform: &str) -> Option<&WrittenImage> {
+        self.images.iter().find(|i| i.platform == platform)
     }
 }
 
@@ -79,12 +83,13 @@ fn layer(content: &[u8]) -> Result<(Vec<u8>, Digest), String> {
     Ok((gz, diff_id))
 }
 
-/// Writes the blobs of a one-layer linux image for `architecture` whose
-/// `/hello.txt` holds `content`, without tagging it.
-fn image_blobs(dir: &Path, architecture: &str, content: &[u8]) -> Result<WrittenImage, String> {
+/// Writes the blobs of a one-layer linux image for `platform` (`ARCH` or
+/// `ARCH/VARIANT`) whose `/hello.txt` holds `content`, without tagging it.
+fn image_blobs(dir: &Path, platform: &str, content: &[u8]) -> Result<WrittenImage, String> {
+    let (architecture, variant) = platform.split_once('/').unwrap_or((platform, ""));
     let (gz, diff_id) = layer(content)?;
     let layer_digest = put_blob(dir, &gz)?;
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "architecture": architecture,
         "os": "linux",
         "created": "2024-01-01T00:00:00Z",
@@ -92,6 +97,9 @@ fn image_blobs(dir: &Path, architecture: &str, content: &[u8]) -> Result<Written
         "rootfs": { "type": "layers", "diff_ids": [diff_id.to_string()] },
         "history": [{ "created": "2024-01-01T00:00:00Z", "created_by": "estiba test image" }],
     });
+    if !variant.is_empty() {
+        config["variant"] = serde_json::json!(variant);
+    }
     let config_bytes = to_json(&config)?;
     let config_digest = put_blob(dir, &config_bytes)?;
     let manifest = Manifest {
@@ -119,10 +127,13 @@ fn image_blobs(dir: &Path, architecture: &str, content: &[u8]) -> Result<Written
     descriptor.platform = Some(Platform {
         architecture: architecture.to_owned(),
         os: "linux".to_owned(),
+        variant: variant.to_owned(),
         ..Platform::default()
     });
     Ok(WrittenImage {
+        platform: platform.to_owned(),
         architecture: architecture.to_owned(),
+        variant: variant.to_owned(),
         manifest: manifest_digest,
         config: config_digest,
         layer: layer_digest,
@@ -161,32 +172,33 @@ fn tag(dir: &Path, name: &str, mut descriptor: Descriptor) -> Result<(), String>
         .map_err(|e| format!("writing {}: {e}", index_path.display()))
 }
 
-/// Writes a one-layer linux image for `architecture` into the OCI layout
-/// at `dir` (created if needed), tagged `name` (`oci:DIR:NAME`), its
-/// `/hello.txt` holding `content`.
+/// Writes a one-layer linux image for `platform` (`ARCH` or
+/// `ARCH/VARIANT`) into the OCI layout at `dir` (created if needed), tagged
+/// `name` (`oci:DIR:NAME`), its `/hello.txt` holding `content`.
 pub(crate) fn write_image(
     dir: &Path,
     name: &str,
-    architecture: &str,
+    platform: &str,
     content: &[u8],
 ) -> Result<WrittenImage, String> {
-    let image = image_blobs(dir, architecture, content)?;
+    let image = image_blobs(dir, platform, content)?;
     tag(dir, name, image.descriptor.clone())?;
     Ok(image)
 }
 
-/// Writes an OCI index of one image per entry of `architectures` (each
-/// with its own `/hello.txt`, `hello from ARCH`) into the layout at `dir`,
+/// Writes an OCI index of one image per entry of `platforms` (`ARCH` or
+/// `ARCH/VARIANT`; each image with its own `/hello.txt`, `hello from
+/// PLATFORM`) into the layout at `dir`,
 /// tagged `name`: `skopeo copy --all oci:DIR:NAME docker://…` pushes it as
 /// a multi-platform image.
 pub(crate) fn write_multi_platform(
     dir: &Path,
     name: &str,
-    architectures: &[&str],
+    platforms: &[&str],
 ) -> Result<WrittenIndex, String> {
-    let images = architectures
+    let images = platforms
         .iter()
-        .map(|arch| image_blobs(dir, arch, format!("hello from {arch}\n").as_bytes()))
+        .map(|p| image_blobs(dir, p, format!("hello from {p}\n").as_bytes()))
         .collect::<Result<Vec<_>, _>>()?;
     let index = Index {
         schema_version: 2,

@@ -42,6 +42,10 @@ pub(crate) struct TokenPolicy {
     /// Whether clients without credentials get `pull` on every repository.
     pub(crate) anonymous_pull: bool,
     /// The tokens' lifetime in seconds (`expires_in`, and `exp - iat`).
+    /// A short one makes a client refresh (count the issuer's requests);
+    /// a registry-side rejection of an expired token is not something to
+    /// wait for (distribution allows clock-skew leeway past `exp`), and
+    /// docker's own client treats anything under 60 s as 60 s.
     pub(crate) expires_in: u64,
 }
 
