@@ -318,15 +318,6 @@ pub enum ArchiveError {
         #[source]
         source: serde_json::Error,
     },
-    /// Compressing a layer failed.
-    #[error("cannot compress layer {digest}")]
-    Compress {
-        /// The layer's blob digest.
-        digest: Digest,
-        /// The cause.
-        #[source]
-        source: CompressError,
-    },
 }
 
 fn compress_io(e: CompressError) -> io::Error {

@@ -109,10 +109,8 @@ pub(super) fn parse_record(bytes: &[u8], compression: Compression) -> Option<Des
 /// compression; `None` for a name that is not one of ours.
 pub(super) fn parse_compressed_name(name: &str) -> Option<(Digest, Compression)> {
     let (hex, kind) = name.split_once('.')?;
-    let compression = match kind {
-        "gzip" => Compression::Gzip,
-        "zstd" => Compression::Zstd,
-        _ => return None,
-    };
+    let compression = [Compression::Gzip, Compression::Zstd]
+        .into_iter()
+        .find(|c| c.name() == kind)?;
     Some((super::gc::hex_digest(hex)?, compression))
 }
