@@ -661,3 +661,109 @@ fn bad_image_names_are_refused_with_a_reason() {
         assert!(err.contains("invalid image reference"), "{bad:?}: {err}");
     }
 }
+
+/// Pushed to a second repository of the same registry, the blobs the
+/// first one holds are mounted, not uploaded again; the image is the same.
+#[test]
+fn a_push_to_another_repository_mounts_the_blobs_the_registry_has() {
+    let Some(reg) = RegistryServer::start_or_skip("mount", Auth::None) else {
+        return;
+    };
+    let e = Env::new();
+    e.import_busybox("a");
+    let ctx = e.context(&[("Dockerfile", APP), ("f.txt", "tres\n")]);
+    let first = format!("{}/team/first:1", reg.host());
+    let second = format!("{}/team/second:1", reg.host());
+    let (out, _) = ok(e
+        .estiba("a")
+        .args(["build", "--progress", "plain", "--push", "-t", &first])
+        .arg(&ctx));
+    let digest = pushed_digest(&out, &first);
+    let (out, err) = ok(e
+        .estiba("a")
+        .args(["push", "--progress", "plain", &first, &second]));
+    assert_eq!(pushed_digest(&out, &second), digest);
+    let mounted = err
+        .matches(&format!("mounted from {}/team/first", reg.host()))
+        .count();
+    assert_eq!(mounted, 4, "the config and 3 layers are mounted:\n{err}");
+    assert_eq!(
+        reg.inspect("team/second:1", false).expect("inspect")["Digest"],
+        serde_json::json!(digest)
+    );
+}
+
+/// A tag the registry does not have: one line naming the image and the
+/// registry, exit 1, nothing in the store.
+#[test]
+fn a_missing_tag_is_one_clear_line() {
+    let Some(reg) = RegistryServer::start_or_skip("missing_tag", Auth::None) else {
+        return;
+    };
+    let e = Env::new();
+    let name = format!("{}/nobody/here:1", reg.host());
+    let err = fails(e.estiba("a").args(["pull", &name]));
+    assert!(err.contains("nobody/here:1"), "{err}");
+    assert!(err.contains("not found"), "{err}");
+    let ctx = e.context(&[("Dockerfile", &format!("FROM {name}\nRUN true\n"))]);
+    let err = fails(
+        e.estiba("a")
+            .args(["build", "--progress", "plain"])
+            .arg(&ctx),
+    );
+    assert!(
+        err.contains("Dockerfile:1"),
+        "the FROM line is named: {err}"
+    );
+    assert!(err.contains("not found"), "{err}");
+    e.fsck_clean("a");
+}
+
+/// A tag that moves: without `--pull` a build keeps what the store has;
+/// with it, the build gets what the tag names now, and the cache key
+/// follows the new digest.
+#[test]
+fn pull_flag_takes_what_a_moved_tag_names_now() {
+    let Some(reg) = RegistryServer::start_or_skip("moved_tag", Auth::None) else {
+        return;
+    };
+    let e = Env::new();
+    e.import_busybox("a");
+    let base = format!("{}/base:latest", reg.host());
+    let push_base = |text: &str| {
+        let ctx = e.path("base-ctx");
+        std::fs::create_dir_all(&ctx).expect("mkdir");
+        std::fs::write(ctx.join("Dockerfile"), "FROM busybox:test\nCOPY v /v\n").expect("write");
+        std::fs::write(ctx.join("v"), text).expect("write");
+        ok(e.estiba("a")
+            .args(["build", "--progress", "plain", "--push", "-t", &base])
+            .arg(&ctx));
+    };
+    push_base("one\n");
+    let ctx = e.path("app-ctx");
+    std::fs::create_dir_all(&ctx).expect("mkdir");
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {base}\nRUN cat /v > /seen\n"),
+    )
+    .expect("write");
+    let seen = |extra: &[&str]| {
+        ok(e.estiba("b")
+            .args(["build", "--progress", "plain", "-t", "app:1"])
+            .args(extra)
+            .arg(&ctx));
+        let (out, _) =
+            ok(e.estiba("b")
+                .args(["run", "--rm", "--network", "none", "app:1", "cat", "/seen"]));
+        out
+    };
+    assert_eq!(seen(&[]), "one\n");
+    push_base("two\n");
+    assert_eq!(
+        seen(&[]),
+        "one\n",
+        "without --pull the store's image is used"
+    );
+    assert_eq!(seen(&["--pull"]), "two\n", "--pull takes the moved tag");
+    e.fsck_clean("b");
+}

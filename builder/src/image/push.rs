@@ -122,11 +122,12 @@ pub(super) fn push(
     };
 
     let sources = mount_sources(store, image, dest)?;
-    // Each blob with the diff ID of its layer (what mount sources share).
-    let mut blobs: Vec<(&Descriptor, Option<Digest>)> = vec![(&config, None)];
+    // Each blob with what mount sources are matched by: a layer's diff ID
+    // (its compressed form may differ), the config's own digest.
+    let mut blobs: Vec<(&Descriptor, Digest)> = vec![(&config, config.digest)];
     for (blob, layer) in layers.iter().zip(&image.layers) {
         if !blobs.iter().any(|(b, _)| b.digest == blob.digest) {
-            blobs.push((blob, Some(layer.diff_id)));
+            blobs.push((blob, layer.diff_id));
         }
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -137,10 +138,10 @@ pub(super) fn push(
                 scope.spawn(|| -> Result<(), ImageError> {
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some((blob, diff_id)) = blobs.get(i) else {
+                        let Some((blob, key)) = blobs.get(i) else {
                             return Ok(());
                         };
-                        upload(store, registry, dest, blob, *diff_id, &sources, progress)?;
+                        upload(store, registry, dest, blob, *key, &sources, progress)?;
                     }
                 })
             })
@@ -183,8 +184,9 @@ fn layer_type(format: Format, blob_type: &str) -> &'static str {
 }
 
 /// Repositories of `dest`'s registry that other images in the store were
-/// named after, with the diff IDs of their layers: a blob one of them holds
-/// is mounted instead of uploaded (the registry says whether it has it).
+/// named after, with what of ours they hold (the diff IDs of shared layers,
+/// the config when it is the same): such a blob is mounted instead of
+/// uploaded (the registry says whether it really has it).
 fn mount_sources(
     store: &Store,
     image: &Image,
@@ -204,12 +206,15 @@ fn mount_sources(
         let Ok(other) = stored::read(store, &tag, &desc) else {
             continue;
         };
-        let shared: Vec<Digest> = other
+        let mut shared: Vec<Digest> = other
             .layers
             .iter()
             .map(|l| l.diff_id)
             .filter(|d| image.layers.iter().any(|l| l.diff_id == *d))
             .collect();
+        if other.id() == image.id() {
+            shared.push(image.id());
+        }
         if !shared.is_empty() {
             out.push((r, shared));
         }
@@ -222,7 +227,7 @@ fn upload(
     registry: &Registry,
     dest: &Reference,
     blob: &Descriptor,
-    diff_id: Option<Digest>,
+    key: Digest,
     sources: &[(Reference, Vec<Digest>)],
     progress: &PushProgress<'_>,
 ) -> Result<(), ImageError> {
@@ -233,10 +238,8 @@ fn upload(
             .log(progress.id, &format!("{item} already exists"));
         return Ok(());
     }
-    for (from, diff_ids) in sources {
-        if diff_id.is_some_and(|d| diff_ids.contains(&d))
-            && registry.mount_blob(dest, from, &blob.digest)?
-        {
+    for (from, held) in sources {
+        if held.contains(&key) && registry.mount_blob(dest, from, &blob.digest)? {
             progress.reporter.log(
                 progress.id,
                 &format!("{item} mounted from {}", from.familiar_name()),
