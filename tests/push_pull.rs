@@ -767,3 +767,71 @@ fn pull_flag_takes_what_a_moved_tag_names_now() {
     assert_eq!(seen(&["--pull"]), "two\n", "--pull takes the moved tag");
     e.fsck_clean("b");
 }
+
+/// Docker schema 2 manifests and zstd layers round-trip: pushed in each
+/// form, pulled into an empty store (same image ID), and run.
+#[test]
+fn docker_manifests_and_zstd_layers_are_pulled_and_run() {
+    let Some(reg) = RegistryServer::start_or_skip("formats", Auth::None) else {
+        return;
+    };
+    let e = Env::new();
+    e.import_busybox("a");
+    let ctx = e.context(&[("Dockerfile", APP), ("f.txt", "cuatro\n")]);
+    let iid = e.path("iid");
+    ok(e.estiba("a")
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            "app:formats",
+            "--iidfile",
+        ])
+        .arg(&iid)
+        .arg(&ctx));
+    let id = std::fs::read_to_string(&iid).expect("iidfile");
+    for (i, (format, compression, layer_type)) in [
+        (
+            "docker",
+            "gzip",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        ),
+        ("oci", "zstd", "application/vnd.oci.image.layer.v1.tar+zstd"),
+        (
+            "docker",
+            "zstd",
+            "application/vnd.docker.image.rootfs.diff.tar.zstd",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = format!("{}/app:{format}-{compression}", reg.host());
+        ok(e.estiba("a").args([
+            "push",
+            "--format",
+            format,
+            "--compression",
+            compression,
+            "app:formats",
+            &name,
+        ]));
+        let raw = reg
+            .inspect(&format!("app:{format}-{compression}"), true)
+            .expect("inspect --raw");
+        assert_eq!(
+            raw["layers"][0]["mediaType"],
+            serde_json::json!(layer_type),
+            "{raw}"
+        );
+        let store = format!("b{i}");
+        ok(e.estiba(&store).args(["pull", &name]));
+        assert_eq!(e.image_id(&store, &name), id, "{format} {compression}");
+        let (out, _) =
+            ok(e.estiba(&store)
+                .args(["run", "--rm", "--network", "none", &name, "cat", "/f.txt"]));
+        assert_eq!(out, "cuatro\n");
+        e.fsck_clean(&store);
+    }
+}
