@@ -62,8 +62,6 @@ pub(super) fn pull(
             progress.id,
             &format!("resolve {reference} to {} for {platform}", chosen.digest),
         );
-        // The index itself is kept too: `save` and a later push can hand it on.
-        store.put_blob(&top.bytes)?;
         (fetched.bytes, fetched.media_type, fetched.digest)
     } else {
         (top.bytes, top.media_type, top.digest)
