@@ -8,8 +8,11 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "support/busybox.rs"]
+mod busybox;
 #[path = "support/estiba.rs"]
 mod support_estiba;
+use busybox::{busybox_rootfs, tar_tree};
 use support_estiba::{estiba, run};
 
 fn ok(cmd: &mut Command) -> (String, String) {
@@ -71,51 +74,10 @@ fn import_busybox(e: &Env) {
     import_tree(e, &rootfs, "busybox:test");
 }
 
-/// A busybox root filesystem in `rootfs`: busybox-static, a few applets,
-/// and /etc files with a user `app` (1000) and a group `staff` (50).
-fn busybox_rootfs(rootfs: &Path) {
-    let busybox = Path::new("/bin/busybox");
-    assert!(
-        busybox.exists(),
-        "/bin/busybox is missing: install busybox-static (scripts/test does)"
-    );
-    std::fs::create_dir_all(rootfs.join("bin")).expect("mkdir");
-    std::fs::create_dir_all(rootfs.join("etc")).expect("mkdir");
-    std::fs::copy(busybox, rootfs.join("bin/busybox")).expect("copy busybox");
-    for applet in ["sh", "ls", "cat", "echo", "id"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("link");
-    }
-    write(
-        rootfs,
-        &[
-            (
-                "etc/passwd",
-                "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
-            ),
-            ("etc/group", "root:x:0:\nstaff:x:50:\napp:x:1000:\n"),
-        ],
-    );
-}
-
 /// `estiba import` of a tar of `rootfs` as `name`.
 fn import_tree(e: &Env, rootfs: &Path, name: &str) {
     let tar = tar_tree(rootfs);
     ok(estiba(&e.root).arg("import").arg(&tar).arg(name));
-}
-
-/// A tar of the tree `rootfs`, beside it, as GNU tar writes it.
-fn tar_tree(rootfs: &Path) -> PathBuf {
-    let tar = rootfs.with_extension("tar");
-    let status = Command::new("tar")
-        .arg("-C")
-        .arg(rootfs)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .expect("tar");
-    assert!(status.success());
-    tar
 }
 
 fn build(e: &Env, extra: &[&str]) -> (i32, String, String) {
@@ -1156,6 +1118,76 @@ fn save_and_load_round_trip_in_both_formats() {
     }
 }
 
+fn blob_count(root: &Path) -> usize {
+    std::fs::read_dir(root.join("blobs/sha256"))
+        .expect("blobs")
+        .count()
+}
+
+#[test]
+fn an_oci_export_compresses_each_layer_once_and_keeps_it() {
+    // More than one 1 MiB gzip chunk, so the parallel compressor is used.
+    let big: String = (0..200_000u64)
+        .map(|i| format!("{i:08x} {}\n", i * 7919 % 104_729))
+        .collect();
+    let e = env(&[
+        ("Dockerfile", "FROM scratch\nCOPY a /a\nCOPY b /b\n"),
+        ("a", "a"),
+        ("b", &big),
+    ]);
+    let tmp = e.root.parent().expect("tmp").to_path_buf();
+    let first = tmp.join("first.tar");
+    let dest = format!("type=oci,dest={}", first.display());
+    let (code, out, err) = build(&e, &["-t", "once:1", "-o", "type=image", "-o", &dest]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    let blobs = blob_count(&e.root);
+
+    // Each layer went in gzip-compressed, as compressing the stored tar
+    // always gave, and the store keeps that blob and a record of it.
+    let archive =
+        estiba::archive::read_archive(std::fs::File::open(&first).expect("open archive"), &tmp)
+            .expect("read archive");
+    let layers = &archive.images[0].layers;
+    assert_eq!(layers.len(), 2);
+    for layer in layers {
+        let stored = std::fs::read(e.root.join("blobs/sha256").join(layer.diff_id.hex()))
+            .expect("the uncompressed layer is in the store");
+        let mut gz = Vec::new();
+        let (digest, _) =
+            estiba::compress::compress(&stored[..], &mut gz, estiba::compress::Compression::Gzip)
+                .expect("gzip");
+        assert_eq!(layer.digest, digest);
+        assert!(e.root.join("blobs/sha256").join(digest.hex()).is_file());
+        let record = e
+            .root
+            .join("estiba/compressed-v1")
+            .join(format!("{}.gzip", layer.diff_id.hex()));
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&record).expect("record")).expect("json");
+        assert_eq!(record["digest"], digest.to_string());
+    }
+
+    // The second export reads the kept blobs, not the layers: with every
+    // uncompressed layer damaged it still writes the same archive, and
+    // the store has no new blob.
+    for layer in layers {
+        let path = e.root.join("blobs/sha256").join(layer.diff_id.hex());
+        let mut bytes = std::fs::read(&path).expect("read layer");
+        bytes[0] ^= 1;
+        std::fs::write(&path, bytes).expect("damage layer");
+    }
+    let second = tmp.join("second.tar");
+    ok(estiba(&e.root)
+        .args(["save", "--format", "oci", "-o"])
+        .arg(&second)
+        .arg("once:1"));
+    assert!(
+        std::fs::read(&first).expect("first") == std::fs::read(&second).expect("second"),
+        "the two exports differ"
+    );
+    assert_eq!(blob_count(&e.root), blobs);
+}
+
 #[test]
 fn a_truncated_archive_is_refused_and_nothing_is_tagged() {
     let e = env(&[("Dockerfile", "FROM scratch\nCOPY a /a\n"), ("a", "a")]);
@@ -1550,11 +1582,16 @@ fn copy_parents_and_exclude() {
 }
 
 #[test]
-fn copy_from_an_image_not_in_the_store_fails_at_its_line() {
-    let e = env(&[("Dockerfile", "FROM scratch\nCOPY --from=nowhere:1 /x /x\n")]);
+fn copy_from_an_image_that_cannot_be_pulled_fails_at_its_line() {
+    // Not in the store, so it is pulled: from a loopback port where no
+    // registry listens (tests reach nothing but loopback).
+    let e = env(&[(
+        "Dockerfile",
+        "FROM scratch\nCOPY --from=127.0.0.1:1/nowhere:1 /x /x\n",
+    )]);
     let (code, _, err) = build(&e, &[]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("image nowhere:1 is not in the store"), "{err}");
+    assert!(err.contains("cannot connect to 127.0.0.1:1"), "{err}");
     assert!(err.contains("Dockerfile:2"), "{err}");
 }
 
@@ -1992,4 +2029,100 @@ fn run_steps_are_confined_by_seccomp_unless_insecure_is_allowed() {
         "/proc/self/status",
     ]));
     assert_eq!(out, "Seccomp:\t2\n", "estiba run is confined as RUN is");
+}
+
+/// Images are found by ID as docker finds them: the full ID (with or without
+/// `sha256:`), or any unique prefix of it, in inspect, tag, save, run and
+/// rmi. A name is looked up first; an ambiguous prefix is an error.
+#[test]
+fn images_are_found_by_full_or_short_id() {
+    let e = env(&[("Dockerfile", "FROM busybox:test\nLABEL which=a\n")]);
+    import_busybox(&e);
+    let iid = e.ctx.parent().expect("tmp").join("iid");
+    let (code, _, err) = build(
+        &e,
+        &["-t", "app:a", "--iidfile", iid.to_str().expect("utf-8")],
+    );
+    assert_eq!(code, 0, "{err}");
+    let id = std::fs::read_to_string(&iid).expect("iidfile");
+    let hex = id.strip_prefix("sha256:").expect("sha256 id").to_string();
+
+    for given in [id.as_str(), hex.as_str(), &hex[..12], &hex[..5]] {
+        let (out, _) = ok(estiba(&e.root).args(["inspect", given]));
+        let inspected: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(inspected[0]["Id"], serde_json::json!(id), "inspect {given}");
+        assert_eq!(inspected[0]["RepoTags"], serde_json::json!(["app:a"]));
+    }
+
+    // tag by ID, run by ID, save by ID (no name in the archive, as docker).
+    ok(estiba(&e.root).args(["tag", &hex[..12], "other:b"]));
+    let (out, _) = ok(estiba(&e.root).args(["inspect", "other:b"]));
+    assert!(out.contains(&id), "{out}");
+    let (code, out, err) = run(estiba(&e.root).args([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &hex[..12],
+        "echo",
+        "by-id",
+    ]));
+    assert_eq!((code, out.trim()), (0, "by-id"), "{err}");
+    let archive = e.ctx.parent().expect("tmp").join("by-id.tar");
+    ok(estiba(&e.root)
+        .args(["save", "-o"])
+        .arg(&archive)
+        .arg(&hex[..12]));
+    let listing = Command::new("tar")
+        .arg("-xOf")
+        .arg(&archive)
+        .arg("manifest.json")
+        .output()
+        .expect("tar");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&listing.stdout).expect("manifest.json");
+    let tags = manifest[0]["RepoTags"].as_array().map_or(0, Vec::len);
+    assert_eq!(tags, 0, "saved by ID, the image has no name: {manifest}");
+
+    // A second image: a one-character prefix may now be ambiguous, a
+    // distinct prefix is not; an unknown one says so.
+    std::fs::write(
+        e.ctx.join("Dockerfile"),
+        "FROM busybox:test\nLABEL which=b\n",
+    )
+    .expect("write");
+    let (code, _, err) = build(
+        &e,
+        &["-t", "app:b", "--iidfile", iid.to_str().expect("utf-8")],
+    );
+    assert_eq!(code, 0, "{err}");
+    let id_b = std::fs::read_to_string(&iid).expect("iidfile");
+    let (busybox, _) = ok(estiba(&e.root).args(["inspect", "busybox:test"]));
+    let busybox: serde_json::Value = serde_json::from_str(&busybox).expect("json");
+    let ids = [
+        id.clone(),
+        id_b.clone(),
+        busybox[0]["Id"].as_str().expect("id").to_string(),
+    ];
+    let hexes: Vec<&str> = ids.iter().map(|i| &i[7..]).collect();
+    let shared = (1..12).find_map(|n| {
+        let p = &hexes[0][..n];
+        (hexes[1].starts_with(p) || hexes[2].starts_with(p)).then_some(p)
+    });
+    if let Some(p) = shared {
+        let (code, _, err) = run(estiba(&e.root).args(["inspect", p]));
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("ambiguous"), "{err}");
+    }
+    let (code, _, err) = run(estiba(&e.root).args(["inspect", "0000000000ff"]));
+    assert_ne!(code, 0);
+    assert!(err.contains("0000000000ff"), "{err}");
+
+    // rmi by ID removes every name of the image.
+    ok(estiba(&e.root).args(["rmi", &hex[..12]]));
+    for name in ["app:a", "other:b"] {
+        let (code, _, _) = run(estiba(&e.root).args(["inspect", name]));
+        assert_ne!(code, 0, "{name} is gone");
+    }
+    ok(estiba(&e.root).args(["inspect", "app:b"]));
 }

@@ -15,15 +15,15 @@
 //! archives are the classic format `docker load` has read since 1.10
 //! (`manifest.json`, `<config hex>.json`, `<diff ID hex>/layer.tar`,
 //! `repositories`); OCI archives hold an `oci-layout`, an `index.json`
-//! naming each tag with `org.opencontainers.image.ref.name`, and blobs, with
-//! layers compressed once, at export, as the options say (gzip by default).
+//! naming each tag with `org.opencontainers.image.ref.name`, and blobs as
+//! the images describe them (the image layer hands in compressed layers).
 
 use crate::compress::{
-    self, decompressing_reader, media_type, sniff, CompressError, CompressWriter, Compression,
-    Detected, DigestWriter,
+    decompressing_reader, media_type, sniff, CompressError, Compression, Detected, DigestWriter,
 };
 use crate::layer::{clean_components, EntryKind, TarError, TarHeader, TarReader, TarWriter};
-use estiba_cache::{Digest, DigestError, Hasher};
+use estiba_cache::oci::{Descriptor, Index, Manifest};
+use estiba_cache::{Digest, DigestError, DigestReader, Hasher};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
@@ -318,15 +318,6 @@ pub enum ArchiveError {
         #[source]
         source: serde_json::Error,
     },
-    /// Compressing a layer failed.
-    #[error("cannot compress layer {digest}")]
-    Compress {
-        /// The layer's blob digest.
-        digest: Digest,
-        /// The cause.
-        #[source]
-        source: CompressError,
-    },
 }
 
 fn compress_io(e: CompressError) -> io::Error {
@@ -347,29 +338,6 @@ struct DockerManifestEntry {
     repo_tags: Option<Vec<String>>,
     #[serde(rename = "Layers", default)]
     layers: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Descriptor {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
-    size: u64,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    annotations: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Index {
-    #[serde(default)]
-    manifests: Vec<Descriptor>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Manifest {
-    config: Descriptor,
-    #[serde(default)]
-    layers: Vec<Descriptor>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -752,18 +720,14 @@ impl ImageReader<'_> {
         let index: Index = self.x.read_json("index.json")?;
         let mut images: Vec<ArchiveImage> = Vec::new();
         for desc in &index.manifests {
-            self.walk("index.json", desc, &names_of(desc), 0, &mut images)?;
+            self.walk(desc, &names_of(desc), 0, &mut images)?;
         }
         Ok(images)
     }
 
     /// Reads the blob a descriptor names, checking size and digest.
-    fn blob(
-        &self,
-        from: &str,
-        desc: &Descriptor,
-    ) -> Result<Option<(String, Digest)>, ArchiveError> {
-        let digest = parse_digest(from, &desc.digest)?;
+    fn blob(&self, desc: &Descriptor) -> Result<Option<(String, Digest)>, ArchiveError> {
+        let digest = desc.digest;
         let name = blob_name(&digest);
         let Some((entry, stored)) = self.x.lookup(&name) else {
             return Ok(None);
@@ -781,17 +745,16 @@ impl ImageReader<'_> {
 
     fn walk(
         &mut self,
-        from: &str,
         desc: &Descriptor,
         names: &[String],
         depth: usize,
         images: &mut Vec<ArchiveImage>,
     ) -> Result<(), ArchiveError> {
-        let Some((entry, digest)) = self.blob(from, desc)? else {
+        let Some((entry, digest)) = self.blob(desc)? else {
             // A nested index may list platforms whose blobs were left out.
             if depth == 0 {
                 return Err(ArchiveError::Missing {
-                    entry: blob_name(&parse_digest(from, &desc.digest)?),
+                    entry: blob_name(&desc.digest),
                 });
             }
             return Ok(());
@@ -811,7 +774,7 @@ impl ImageReader<'_> {
                 for child in &index.manifests {
                     let own = names_of(child);
                     let names = if own.is_empty() { names } else { &own[..] };
-                    self.walk(&entry, child, names, depth + 1, images)?;
+                    self.walk(child, names, depth + 1, images)?;
                 }
                 Ok(())
             }
@@ -860,9 +823,9 @@ impl ImageReader<'_> {
             return Ok(None);
         }
         let (config_entry, config_digest) =
-            self.blob(entry, &manifest.config)?
+            self.blob(&manifest.config)?
                 .ok_or_else(|| ArchiveError::Missing {
-                    entry: blob_name(&digest_or_zero(&manifest.config.digest)),
+                    entry: blob_name(&manifest.config.digest),
                 })?;
         let config = self.x.read_small(&config_entry)?;
         let diff_ids = self.config_diff_ids(&config_entry, &config, manifest.layers.len())?;
@@ -874,11 +837,9 @@ impl ImageReader<'_> {
                     media_type: desc.media_type.clone(),
                 });
             }
-            let (layer_entry, _) =
-                self.blob(entry, desc)?
-                    .ok_or_else(|| ArchiveError::Missing {
-                        entry: blob_name(&digest_or_zero(&desc.digest)),
-                    })?;
+            let (layer_entry, _) = self.blob(desc)?.ok_or_else(|| ArchiveError::Missing {
+                entry: blob_name(&desc.digest),
+            })?;
             let (_, stored) = self.x.get(&layer_entry)?;
             let stored = stored.clone();
             layers.push(self.layer(
@@ -897,11 +858,6 @@ impl ImageReader<'_> {
             layers,
         }))
     }
-}
-
-/// A digest already checked to parse (for error messages only).
-fn digest_or_zero(s: &str) -> Digest {
-    s.parse().unwrap_or_else(|_| Digest::of(b""))
 }
 
 /// The references an index descriptor names: containerd's full name when
@@ -979,61 +935,10 @@ pub struct ExportImage {
     pub manifest: Option<Vec<u8>>,
     /// The image config bytes.
     pub config: Vec<u8>,
-    /// The layer blobs, bottom first, matching the config's diff IDs.
-    pub layers: Vec<ExportLayer>,
-}
-
-/// A layer blob to write.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExportLayer {
-    /// The blob's digest (what [`BlobSource::open_blob`] is asked for).
-    pub digest: Digest,
-    /// The blob's size.
-    pub size: u64,
-    /// The blob's media type (tells its compression).
-    pub media_type: String,
-}
-
-/// How [`write_oci_archive`] writes layers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OciArchiveOptions {
-    /// Compression of the layers in the archive; `None` keeps each blob as
-    /// it is stored.
-    pub layer_compression: Option<Compression>,
-}
-
-impl Default for OciArchiveOptions {
-    fn default() -> Self {
-        OciArchiveOptions {
-            layer_compression: Some(Compression::Gzip),
-        }
-    }
-}
-
-/// A reader that hashes and counts what is read through it.
-struct DigestReader<R> {
-    inner: R,
-    hasher: Hasher,
-    size: u64,
-}
-
-impl<R: Read> DigestReader<R> {
-    fn new(inner: R) -> Self {
-        DigestReader {
-            inner,
-            hasher: Hasher::new(),
-            size: 0,
-        }
-    }
-}
-
-impl<R: Read> Read for DigestReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
+    /// The layer blobs, bottom first, matching the config's diff IDs: each
+    /// descriptor's digest is what [`BlobSource::open_blob`] is asked for,
+    /// its media type tells the blob's compression.
+    pub layers: Vec<Descriptor>,
 }
 
 struct Out<W: Write> {
@@ -1138,7 +1043,7 @@ fn config_diff_ids(image: &ExportImage) -> Result<(Digest, Vec<Digest>), Archive
     Ok((config_digest, diff_ids))
 }
 
-fn layer_compression(layer: &ExportLayer) -> Result<Compression, ArchiveError> {
+fn layer_compression(layer: &Descriptor) -> Result<Compression, ArchiveError> {
     Compression::from_media_type(&layer.media_type).ok_or_else(|| ArchiveError::MediaType {
         entry: layer.digest.to_string(),
         media_type: layer.media_type.clone(),
@@ -1162,7 +1067,7 @@ fn split_tag(reference: &str) -> Option<(&str, &str)> {
 /// the blob's digest and the diff ID; returns the file and its size.
 fn spill_uncompressed(
     blobs: &mut dyn BlobSource,
-    layer: &ExportLayer,
+    layer: &Descriptor,
     diff_id: Digest,
     tmp: &Path,
 ) -> Result<(File, u64), ArchiveError> {
@@ -1194,7 +1099,7 @@ fn spill_uncompressed(
         digest: layer.digest,
         source,
     })?;
-    check_blob(layer, blob.hasher.finish(), blob.size)?;
+    check_blob(layer, blob)?;
     let (mut file, actual, size) = out.finish();
     if actual != diff_id {
         return Err(ArchiveError::DiffIdMismatch {
@@ -1211,7 +1116,9 @@ fn spill_uncompressed(
     Ok((file, size))
 }
 
-fn check_blob(layer: &ExportLayer, actual: Digest, size: u64) -> Result<(), ArchiveError> {
+/// Checks what was read through `blob` is the whole of `layer`'s blob.
+fn check_blob<R: Read>(layer: &Descriptor, blob: DigestReader<R>) -> Result<(), ArchiveError> {
+    let (_, actual, size) = blob.into_parts();
     if actual != layer.digest {
         return Err(ArchiveError::CorruptBlob {
             digest: layer.digest,
@@ -1264,7 +1171,7 @@ pub fn write_docker_archive(
                     }
                     let mut blob = DigestReader::new(open_blob(blobs, &layer.digest)?);
                     out.stream(&path, &mut blob, layer.size, layer.digest)?;
-                    check_blob(layer, blob.hasher.finish(), blob.size)?;
+                    check_blob(layer, blob)?;
                 } else {
                     let (file, size) = spill_uncompressed(blobs, layer, *diff_id, tmp)?;
                     out.stream(&path, file, size, layer.digest)?;
@@ -1303,19 +1210,14 @@ pub fn write_docker_archive(
     out.finish()
 }
 
-/// A layer as it goes into an OCI archive.
-struct WrittenLayer {
-    digest: Digest,
-    size: u64,
-    media_type: String,
-}
-
 /// Writes `images` as an OCI archive: `oci-layout`, the blobs, and an
 /// `index.json` with one descriptor per tag (`org.opencontainers.image.ref.name`).
-/// Layers are recompressed (through temp files under `tmp`) when their
-/// compression differs from `opts.layer_compression`, which changes their
-/// digests and so the manifest; a stored manifest is kept byte for byte
-/// when nothing it describes changed. Returns each image's manifest digest.
+/// Layer blobs are written as `images` describe them: to export layers
+/// compressed, pass the compressed blobs
+/// ([`compressed_layer`](crate::image::compressed_layer) makes them, once).
+/// A stored manifest is kept byte for byte when it describes exactly those
+/// blobs, else an OCI manifest is written for them. Returns each image's
+/// manifest digest.
 ///
 /// Blobs are checked as they are copied; a bad one fails the write after
 /// part of it reached `out`, so write to a temp file and rename.
@@ -1323,8 +1225,6 @@ pub fn write_oci_archive(
     images: &[ExportImage],
     blobs: &mut dyn BlobSource,
     out: impl Write,
-    tmp: &Path,
-    opts: &OciArchiveOptions,
 ) -> Result<Vec<Digest>, ArchiveError> {
     let mut out = Out {
         tar: TarWriter::new(out),
@@ -1337,14 +1237,11 @@ pub fn write_oci_archive(
     let mut manifest_digests = Vec::new();
     for image in images {
         let (config_digest, diff_ids) = config_diff_ids(image)?;
-        let mut written = Vec::new();
         for (layer, diff_id) in image.layers.iter().zip(&diff_ids) {
-            written.push(write_oci_layer(
-                &mut out, blobs, layer, *diff_id, tmp, opts,
-            )?);
+            write_oci_layer(&mut out, blobs, layer, *diff_id)?;
         }
         out.bytes(&blob_name(&config_digest), &image.config)?;
-        let manifest = oci_manifest(image, config_digest, &written)?;
+        let manifest = oci_manifest(image, config_digest)?;
         let manifest_digest = Digest::of(&manifest);
         out.bytes(&blob_name(&manifest_digest), &manifest)?;
         let media_type = serde_json::from_slice::<serde_json::Value>(&manifest)
@@ -1352,10 +1249,8 @@ pub fn write_oci_archive(
             .and_then(|v| v.get("mediaType")?.as_str().map(str::to_string))
             .unwrap_or_else(|| OCI_MANIFEST.to_string());
         let descriptor = |annotations| Descriptor {
-            media_type: media_type.clone(),
-            digest: manifest_digest.to_string(),
-            size: manifest.len() as u64,
             annotations,
+            ..Descriptor::new(&media_type, manifest_digest, manifest.len() as u64)
         };
         let tags: Vec<String> = image
             .tags
@@ -1383,89 +1278,34 @@ pub fn write_oci_archive(
     Ok(manifest_digests)
 }
 
+/// Writes `layer`'s blob as it is stored (once per archive), checking it
+/// as it is copied.
 fn write_oci_layer<W: Write>(
     out: &mut Out<W>,
     blobs: &mut dyn BlobSource,
-    layer: &ExportLayer,
+    layer: &Descriptor,
     diff_id: Digest,
-    tmp: &Path,
-    opts: &OciArchiveOptions,
-) -> Result<WrittenLayer, ArchiveError> {
-    let stored = layer_compression(layer)?;
-    let wanted = opts.layer_compression.unwrap_or(stored);
-    if wanted == stored {
-        let path = blob_name(&layer.digest);
-        if !out.written.contains(&path) {
-            if stored == Compression::None && layer.digest != diff_id {
-                return Err(ArchiveError::DiffIdMismatch {
-                    entry: layer.digest.to_string(),
-                    expected: diff_id,
-                    actual: layer.digest,
-                });
-            }
-            let mut blob = DigestReader::new(open_blob(blobs, &layer.digest)?);
-            out.stream(&path, &mut blob, layer.size, layer.digest)?;
-            check_blob(layer, blob.hasher.finish(), blob.size)?;
-        }
-        return Ok(WrittenLayer {
-            digest: layer.digest,
-            size: layer.size,
-            media_type: layer.media_type.clone(),
+) -> Result<(), ArchiveError> {
+    let path = blob_name(&layer.digest);
+    if out.written.contains(&path) {
+        return Ok(());
+    }
+    if layer_compression(layer)? == Compression::None && layer.digest != diff_id {
+        return Err(ArchiveError::DiffIdMismatch {
+            entry: layer.digest.to_string(),
+            expected: diff_id,
+            actual: layer.digest,
         });
     }
-    let (tar, _) = spill_uncompressed(blobs, layer, diff_id, tmp)?;
-    let spill = tempfile::tempfile_in(tmp).map_err(|source| ArchiveError::Fs {
-        action: "create a temporary file in",
-        path: tmp.to_path_buf(),
-        source,
-    })?;
-    let (mut file, digest, size) = {
-        let mut w =
-            CompressWriter::new(spill, wanted).map_err(|source| ArchiveError::Compress {
-                digest: layer.digest,
-                source,
-            })?;
-        copy(&mut &tar, &mut w).map_err(|e| ArchiveError::Compress {
-            digest: layer.digest,
-            source: match e {
-                CopyError::Read(source) => CompressError::Read {
-                    format: "uncompressed".to_string(),
-                    source,
-                },
-                CopyError::Write(source) => CompressError::Write {
-                    compression: wanted,
-                    source,
-                },
-            },
-        })?;
-        w.finish().map_err(|source| ArchiveError::Compress {
-            digest: layer.digest,
-            source,
-        })?
-    };
-    file.rewind().map_err(|source| ArchiveError::Fs {
-        action: "rewind",
-        path: tmp.to_path_buf(),
-        source,
-    })?;
-    let path = blob_name(&digest);
-    if !out.written.contains(&path) {
-        out.stream(&path, file, size, digest)?;
-    }
-    Ok(WrittenLayer {
-        digest,
-        size,
-        media_type: compress::media_type(wanted).to_string(),
-    })
+    let mut blob = DigestReader::new(open_blob(blobs, &layer.digest)?);
+    out.stream(&path, &mut blob, layer.size, layer.digest)?;
+    check_blob(layer, blob)
 }
 
 /// The manifest to write: the stored one when it describes exactly these
 /// blobs, else an OCI manifest for them keeping the stored annotations.
-fn oci_manifest(
-    image: &ExportImage,
-    config_digest: Digest,
-    layers: &[WrittenLayer],
-) -> Result<Vec<u8>, ArchiveError> {
+fn oci_manifest(image: &ExportImage, config_digest: Digest) -> Result<Vec<u8>, ArchiveError> {
+    let layers = &image.layers;
     let stored: Option<serde_json::Value> = image
         .manifest
         .as_deref()
@@ -1473,12 +1313,10 @@ fn oci_manifest(
     if let (Some(bytes), Some(parsed)) = (&image.manifest, &stored) {
         let same = serde_json::from_value::<Manifest>(parsed.clone())
             .map(|m| {
-                m.config.digest == config_digest.to_string()
+                m.config.digest == config_digest
                     && m.layers.len() == layers.len()
                     && m.layers.iter().zip(layers).all(|(d, l)| {
-                        d.digest == l.digest.to_string()
-                            && d.size == l.size
-                            && d.media_type == l.media_type
+                        d.digest == l.digest && d.size == l.size && d.media_type == l.media_type
                     })
             })
             .unwrap_or(false);

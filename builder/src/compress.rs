@@ -7,60 +7,16 @@
 //! time, and the levels are fixed (gzip 6, zstd 3), so the same tar always
 //! gives the same blob with the same libraries.
 
-use estiba_cache::media_type as mt;
 use estiba_cache::{Digest, Hasher};
 use std::fmt;
 use std::io::{self, Read, Write};
 
-/// How a layer blob is compressed, as far as OCI media types can say.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Compression {
-    /// A plain tar.
-    None,
-    /// gzip (RFC 1952), the format every registry and runtime reads.
-    Gzip,
-    /// zstd (RFC 8878).
-    Zstd,
-}
+pub use estiba_cache::Compression;
 
-/// The OCI media type of a layer compressed with `compression`.
+/// The OCI media type of a layer compressed with `compression`
+/// ([`Compression::oci_media_type`]).
 pub fn media_type(compression: Compression) -> &'static str {
-    match compression {
-        Compression::None => mt::OCI_LAYER_TAR,
-        Compression::Gzip => mt::OCI_LAYER_GZIP,
-        Compression::Zstd => mt::OCI_LAYER_ZSTD,
-    }
-}
-
-impl Compression {
-    /// The compression a layer media type says its blob has: OCI layer
-    /// types (including the non-distributable ones) and Docker schema 2
-    /// layer types. `None` for anything that is not a layer media type.
-    pub fn from_media_type(media_type: &str) -> Option<Compression> {
-        match media_type {
-            mt::OCI_LAYER_TAR | mt::OCI_LAYER_NONDISTRIBUTABLE_TAR | mt::DOCKER_LAYER_TAR => {
-                Some(Compression::None)
-            }
-            mt::OCI_LAYER_GZIP
-            | mt::OCI_LAYER_NONDISTRIBUTABLE_GZIP
-            | mt::DOCKER_LAYER_GZIP
-            | mt::DOCKER_LAYER_FOREIGN_GZIP => Some(Compression::Gzip),
-            mt::OCI_LAYER_ZSTD | mt::OCI_LAYER_NONDISTRIBUTABLE_ZSTD | mt::DOCKER_LAYER_ZSTD => {
-                Some(Compression::Zstd)
-            }
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Compression {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Compression::None => "uncompressed",
-            Compression::Gzip => "gzip",
-            Compression::Zstd => "zstd",
-        })
-    }
+    compression.oci_media_type()
 }
 
 /// What the first bytes of a stream say it is.

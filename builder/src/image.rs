@@ -5,11 +5,84 @@
 //! writes as `{"80/tcp": {}}` are written that way; history entries carry
 //! BuildKit's comment so `docker history` reads the same.
 
+mod compressed;
+mod pull;
+mod push;
+mod source;
+mod stored;
+
+pub use compressed::{compressed_layer, CompressedError};
+pub use push::{Format, PushOptions, Pushed};
+pub use source::{Images, PullPolicy};
+pub(crate) use stored::overlay_form;
+pub use stored::{find, read, snapshot, store_image, store_manifest, Image, Layer};
+
 use estiba_frontend::graph::ImageConfig as PlannedConfig;
 use estiba_frontend::instructions::Healthcheck;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
+
+/// What the image layer can fail at.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImageError {
+    /// No image of that name or ID is in the store, and none could be pulled.
+    #[error(
+        "image {0} is not in the store: bring it in with `estiba pull`, `estiba load` or `estiba import` first"
+    )]
+    NotFound(String),
+    /// An ID prefix that more than one image has.
+    #[error("image ID prefix {prefix} is ambiguous: {count} images have it")]
+    AmbiguousId {
+        /// What was given.
+        prefix: String,
+        /// How many images matched.
+        count: usize,
+    },
+    /// A name that is no image reference.
+    #[error(transparent)]
+    Reference(#[from] crate::registry::ReferenceError),
+    /// A stored image is not what it should be.
+    #[error("image {image} is corrupt: {reason}")]
+    Corrupt {
+        /// Which.
+        image: String,
+        /// Why.
+        reason: String,
+    },
+    /// An index has no manifest for the platform.
+    #[error("{image} has no image for {platform} (it has: {offered})")]
+    NoPlatform {
+        /// The image.
+        image: String,
+        /// What was asked for.
+        platform: String,
+        /// The index's platforms.
+        offered: String,
+    },
+    /// A push with no registry client (an offline command).
+    #[error("cannot push {0}: this command has no registry")]
+    NoRegistry(String),
+    /// A layer could not be compressed for a push.
+    #[error(transparent)]
+    Compressed(#[from] CompressedError),
+    /// The registry failed or refused.
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    /// A layer could not be unpacked.
+    #[error("cannot unpack a layer")]
+    Layer(#[from] crate::layer::LayerError),
+    /// A config or manifest could not be encoded.
+    #[error("cannot encode the image")]
+    Encode(#[source] serde_json::Error),
+    /// The store failed.
+    #[error("the store failed")]
+    Store(#[from] estiba_cache::StoreError),
+    /// A snapshot could not be brought to the overlay form.
+    #[error("cannot prepare a snapshot")]
+    Tree(#[from] crate::tree::TreeError),
+}
 
 /// The history comment BuildKit writes.
 pub const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";

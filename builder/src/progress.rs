@@ -19,6 +19,31 @@ pub trait Reporter: Sync {
     fn failed(&self, id: usize, elapsed: Duration, message: &str);
     /// A warning not tied to a vertex.
     fn warning(&self, message: &str);
+    /// Bytes moved so far of one item (a layer being pulled or pushed) of a
+    /// vertex: `done` of `total`. Called often; a display shows it live.
+    fn transfer(&self, id: usize, item: &str, done: u64, total: u64) {
+        let _ = (id, item, done, total);
+    }
+}
+
+/// `1.2MB`, as docker prints sizes (decimal units).
+pub fn human_size(bytes: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < units.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.3}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+            + units[unit]
+    }
 }
 
 /// A reporter that says nothing.

@@ -11,7 +11,7 @@ use crate::cachekey::{KeyInputs, KEY_VERSION};
 use crate::copy::{self, Chmod, CopyOptions, Writer};
 use crate::executor::{Network, Security};
 use crate::fetch;
-use crate::image::{self, History, ImageConfig, Manifest, HISTORY_COMMENT};
+use crate::image::{self, History, ImageConfig, ImageError, Images, Layer, HISTORY_COMMENT};
 use crate::layer;
 use crate::progress::Reporter;
 use crate::registry::Reference;
@@ -22,7 +22,7 @@ use estiba_frontend::dockerignore::Matcher;
 use estiba_frontend::graph::{Base, BuildGraph, CopySource, CopyStep, Op, Stage, Step};
 use estiba_frontend::Span;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -52,10 +52,8 @@ impl std::error::Error for SolveError {
 #[derive(Debug, thiserror::Error)]
 pub enum SolveErrorKind {
     /// FROM an image that is not in the store.
-    #[error(
-        "image {0} is not in the store: bring it in with `estiba load` or `estiba import` first"
-    )]
-    NoSuchImage(String),
+    #[error(transparent)]
+    Image(#[from] ImageError),
     /// A reference that does not parse.
     #[error(transparent)]
     Reference(#[from] crate::registry::ReferenceError),
@@ -180,30 +178,6 @@ impl From<layer::LayerError> for SolveErrorKind {
 
 type Result<T, E = SolveErrorKind> = std::result::Result<T, E>;
 
-/// A layer of a built image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Layer {
-    /// The stored blob (uncompressed tar).
-    pub descriptor: Descriptor,
-    /// The digest of the uncompressed tar (equal to the blob digest here).
-    pub diff_id: Digest,
-}
-
-impl Layer {
-    /// A layer stored uncompressed: its blob's digest is its diff ID.
-    pub fn uncompressed(digest: Digest, size: u64) -> Self {
-        Layer {
-            descriptor: layer_descriptor(digest, size),
-            diff_id: digest,
-        }
-    }
-}
-
-/// The descriptor of a layer blob stored uncompressed.
-pub fn layer_descriptor(digest: Digest, size: u64) -> Descriptor {
-    Descriptor::new(media_type::OCI_LAYER_TAR, digest, size)
-}
-
 /// A built image: its config and layers, not yet stored as a manifest.
 #[derive(Debug, Clone)]
 pub struct Built {
@@ -265,11 +239,11 @@ pub enum SecretSource {
 
 /// Solves graphs against one store and one context.
 pub struct Solver<'a> {
+    images: &'a Images<'a>,
     store: &'a Store,
     context: &'a (dyn SourceTree + Sync),
     reporter: &'a dyn Reporter,
     opts: SolveOptions,
-    next_id: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Solver<'_> {
@@ -284,119 +258,27 @@ fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Loads an image from the store by reference: manifest digest, config, layers.
-pub fn load_image(store: &Store, reference: &str) -> Result<(Descriptor, ImageConfig, Vec<Layer>)> {
-    let r = Reference::parse(reference)?;
-    let Some(desc) = store.tag(&r.to_string())? else {
-        return Err(SolveErrorKind::NoSuchImage(r.familiar()));
-    };
-    let corrupt = |reason: String| SolveErrorKind::CorruptImage {
-        image: r.familiar(),
-        reason,
-    };
-    let manifest: Manifest = serde_json::from_slice(&store.read_blob(&desc.digest)?)
-        .map_err(|e| corrupt(format!("manifest: {e}")))?;
-    let config: ImageConfig = serde_json::from_slice(&store.read_blob(&manifest.config.digest)?)
-        .map_err(|e| corrupt(format!("config: {e}")))?;
-    if config.rootfs.diff_ids.len() != manifest.layers.len() {
-        return Err(corrupt(format!(
-            "{} layers but {} diff ids",
-            manifest.layers.len(),
-            config.rootfs.diff_ids.len()
-        )));
-    }
-    let mut layers = Vec::with_capacity(manifest.layers.len());
-    for (descriptor, diff) in manifest.layers.into_iter().zip(&config.rootfs.diff_ids) {
-        let diff_id = diff
-            .parse::<Digest>()
-            .map_err(|e| corrupt(format!("diff id {diff}: {e}")))?;
-        layers.push(Layer {
-            descriptor,
-            diff_id,
-        });
-    }
-    Ok((desc, config, layers))
-}
-
-/// The unpacked snapshot of a stored layer (made from its blob the first
-/// time), for `estiba run`.
-pub fn snapshot_of(store: &Store, layer: &Layer) -> Result<PathBuf> {
-    let reporter = crate::progress::Silent;
-    let empty = EmptyTree;
-    let solver = Solver::new(store, &empty, &reporter, SolveOptions::default());
-    solver.snapshot(layer)
-}
-
-/// A tree with nothing in it: the context of a solver that reads none.
-struct EmptyTree;
-
-impl SourceTree for EmptyTree {
-    fn stat(&self, _: &str) -> Result<Option<tree::Meta>, tree::TreeError> {
-        Ok(None)
-    }
-    fn children(&self, _: &str) -> Result<Vec<String>, tree::TreeError> {
-        Ok(Vec::new())
-    }
-    fn open(&self, path: &str) -> Result<Box<dyn std::io::Read + '_>, tree::TreeError> {
-        Err(tree::TreeError::Other(format!("{path}: no such file")))
-    }
-    fn xattrs(&self, _: &str) -> Result<Vec<(String, Vec<u8>)>, tree::TreeError> {
-        Ok(Vec::new())
-    }
-}
-
-/// Stores `built` as an OCI manifest and returns its descriptor.
-pub fn store_image(store: &Store, built: &Built) -> Result<Descriptor> {
-    let config_json =
-        serde_json::to_vec(&built.config).map_err(|e| SolveErrorKind::CorruptImage {
-            image: "(new)".to_string(),
-            reason: e.to_string(),
-        })?;
-    let layers = built.layers.iter().map(|l| l.descriptor.clone()).collect();
-    store_manifest(store, &config_json, layers)
-}
-
-/// Stores a config (its bytes as they are, so the image ID is kept) and an
-/// OCI manifest naming it and `layers`; returns the manifest's descriptor.
-pub fn store_manifest(store: &Store, config: &[u8], layers: Vec<Descriptor>) -> Result<Descriptor> {
-    let (config_digest, config_size) = store.put_blob(config)?;
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(media_type::OCI_MANIFEST.to_string()),
-        config: Descriptor::new(media_type::OCI_CONFIG, config_digest, config_size),
-        layers,
-        annotations: BTreeMap::new(),
-    };
-    let manifest_json =
-        serde_json::to_vec(&manifest).map_err(|e| SolveErrorKind::CorruptImage {
-            image: "(new)".to_string(),
-            reason: e.to_string(),
-        })?;
-    let (digest, size) = store.put_blob(&manifest_json)?;
-    Ok(Descriptor::new(media_type::OCI_MANIFEST, digest, size))
-}
-
 impl<'a> Solver<'a> {
-    /// A solver over `store`, reading the build context `context`.
+    /// A solver over `images` (the store, and the registry behind it),
+    /// reading the build context `context`.
     pub fn new(
-        store: &'a Store,
+        images: &'a Images<'a>,
         context: &'a (dyn SourceTree + Sync),
         reporter: &'a dyn Reporter,
         opts: SolveOptions,
     ) -> Self {
         Solver {
-            store,
+            images,
+            store: images.store(),
             context,
             reporter,
             opts,
-            next_id: std::sync::atomic::AtomicUsize::new(1),
         }
     }
 
     /// A new progress vertex id (the CLI numbers its export steps with these too).
     pub fn vertex(&self) -> usize {
-        self.next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        self.images.vertex()
     }
 
     fn time(&self) -> i64 {
@@ -515,11 +397,11 @@ impl<'a> Solver<'a> {
                 })
             }
             Base::Image { reference, .. } => {
-                let (desc, config, layers) = load_image(self.store, reference)?;
+                let image = self.images.get(reference, &stage.platform)?;
                 Ok(Built {
-                    config,
-                    layers,
-                    key: desc.digest.to_string(),
+                    key: image.descriptor.digest.to_string(),
+                    config: image.config,
+                    layers: image.layers,
                 })
             }
             Base::Stage { index } => {
@@ -670,7 +552,7 @@ impl<'a> Solver<'a> {
             Op::Config => Ok((None, key_of(None, None, None).to_string(), false)),
             Op::Run(run) => {
                 // What a bind mount shows is part of what the step reads.
-                let binds = self.bind_sources(graph, run, built)?;
+                let binds = self.bind_sources(graph, stage, run, built)?;
                 let sources = (!binds.is_empty()).then(|| {
                     let digests: Vec<String> =
                         binds.values().map(|b| b.digest.to_string()).collect();
@@ -758,10 +640,10 @@ impl<'a> Solver<'a> {
                             )
                         }
                         CopySource::Image { reference } => {
-                            let (desc, _, layers) = load_image(self.store, reference)?;
+                            let image = self.images.get(reference, &stage.platform)?;
                             (
-                                Rc::new(self.layered(&layers)?),
-                                Some(desc.digest.to_string()),
+                                Rc::new(self.layered(&image.layers)?),
+                                Some(image.descriptor.digest.to_string()),
                                 format!("image {reference}"),
                             )
                         }
@@ -899,26 +781,7 @@ impl<'a> Solver<'a> {
 
     /// The unpacked snapshot of a layer, made from its blob the first time.
     fn snapshot(&self, l: &Layer) -> Result<PathBuf> {
-        if let Some(dir) = self.store.snapshot(&l.diff_id) {
-            return Ok(dir);
-        }
-        let builder = self.store.snapshot_builder(&l.diff_id)?;
-        let blob = self.store.open_blob(&l.descriptor.digest)?;
-        let reader = crate::compress::decompressing_reader(Box::new(std::io::BufReader::new(blob)))
-            .map_err(|e| SolveErrorKind::CorruptImage {
-                image: l.descriptor.digest.to_string(),
-                reason: e.to_string(),
-            })?;
-        layer::unpack_layer(
-            reader,
-            builder.path(),
-            &layer::UnpackOptions {
-                whiteouts: layer::WhiteoutMode::Keep,
-                ..layer::UnpackOptions::default()
-            },
-        )?;
-        overlay_form(builder.path())?;
-        Ok(builder.commit()?)
+        Ok(image::snapshot(self.store, l)?)
     }
 
     /// Runs `fill` on a diff above `current`'s layers, then writes the diff
@@ -961,6 +824,7 @@ impl<'a> Solver<'a> {
     fn bind_sources(
         &self,
         graph: &BuildGraph,
+        stage: &Stage,
         run: &estiba_frontend::graph::RunStep,
         built: &BTreeMap<usize, Built>,
     ) -> Result<BTreeMap<usize, BindSource<'a>>> {
@@ -990,9 +854,9 @@ impl<'a> Solver<'a> {
                         )
                     }
                     (None, Some(reference)) => {
-                        let (_, _, layers) = load_image(self.store, reference)?;
+                        let image = self.images.get(reference, &stage.platform)?;
                         (
-                            Rc::new(self.layered(&layers)?),
+                            Rc::new(self.layered(&image.layers)?),
                             true,
                             format!("image {reference}"),
                         )
@@ -1327,7 +1191,7 @@ impl<'a> Solver<'a> {
         )?;
         let (digest, size) = blob.commit()?;
         if self.store.snapshot(&info.diff_id).is_none() {
-            overlay_form(upper.path())?;
+            image::overlay_form(upper.path())?;
             let builder = self.store.snapshot_builder(&info.diff_id)?;
             let target = builder.path().to_path_buf();
             let _ = std::fs::remove_dir(&target);
@@ -1340,7 +1204,7 @@ impl<'a> Solver<'a> {
             builder.commit()?;
         }
         Ok(Layer {
-            descriptor: layer_descriptor(digest, size),
+            descriptor: Descriptor::new(media_type::OCI_LAYER_TAR, digest, size),
             diff_id: info.diff_id,
         })
     }
@@ -1461,17 +1325,6 @@ fn distinct_layers(layers: &[PathBuf]) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Snapshots are kept with whiteouts in the form overlayfs reads, so a RUN
-/// step mounts them as lower dirs as they are. Making 0/0 devices and
-/// `trusted.*` xattrs needs root; without it (no RUN is possible then) the
-/// OCI form stays, which [`LayeredTree`] reads as well.
-pub(crate) fn overlay_form(dir: &Path) -> Result<()> {
-    if nix::unistd::geteuid().is_root() {
-        crate::rootfs::oci_to_overlay(dir)?;
-    }
-    Ok(())
-}
-
 /// `--chown` of a step, resolved against the image.
 fn writer_chown(lower: &LayeredTree, copy: &CopyStep) -> Result<Option<(u32, u32)>> {
     match &copy.chown {
@@ -1549,36 +1402,4 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     out
-}
-
-/// Base images for the planner, from the store: their ENV, WORKDIR, USER and
-/// ONBUILD triggers, and manifest digests for cache keys.
-#[derive(Debug)]
-pub struct StoreResolver<'a> {
-    store: &'a Store,
-}
-
-impl<'a> StoreResolver<'a> {
-    /// A resolver over `store`.
-    pub fn new(store: &'a Store) -> Self {
-        StoreResolver { store }
-    }
-}
-
-impl estiba_frontend::BaseResolver for StoreResolver<'_> {
-    fn resolve(
-        &self,
-        reference: &str,
-        _platform: &estiba_frontend::Platform,
-    ) -> Option<estiba_frontend::BaseImage> {
-        let (desc, config, _) = load_image(self.store, reference).ok()?;
-        Some(estiba_frontend::BaseImage {
-            digest: Some(desc.digest.to_string()),
-            platform: estiba_frontend::Platform::parse(&format!(
-                "{}/{}",
-                config.os, config.architecture
-            )),
-            config: config.planned(),
-        })
-    }
 }

@@ -75,7 +75,7 @@ pub fn compare_snapshot(
         },
     )
     .map_err(|e| unpack_err(Box::new(e)))?;
-    crate::solve::overlay_form(&fresh).map_err(|e| unpack_err(Box::new(e)))?;
+    crate::image::overlay_form(&fresh).map_err(|e| unpack_err(Box::new(e)))?;
     let ours = describe_tree(snapshot)?;
     let theirs = describe_tree(&fresh)?;
     Ok(first_difference(&ours, &theirs))

@@ -6,15 +6,17 @@
 
 use estiba::archive::{
     read_archive, write_docker_archive, write_oci_archive, ArchiveError, ArchiveFormat, BlobSource,
-    ExportImage, ExportLayer, OciArchiveOptions,
+    ExportImage,
 };
 use estiba::compress::{compress, decompressing_reader, media_type, sniff, Compression, Detected};
+use estiba::image::{compressed_layer, CompressedError};
 use estiba::layer::{
     list_layer, unpack_layer, write_layer, EntryKind, LayerError, LayerOptions, UnpackOptions,
     Whiteout, WhiteoutMode,
 };
 use estiba::tree::path_order;
-use estiba_cache::Digest;
+use estiba_cache::media_type::{DOCKER_LAYER_GZIP, OCI_CONFIG};
+use estiba_cache::{Descriptor, Digest, Store};
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{self, Read, Write};
@@ -890,16 +892,12 @@ fn sample_images(blobs: &mut Blobs) -> Vec<ExportImage> {
         }))
         .unwrap()
     };
-    let base_layer = ExportLayer {
-        digest: gz_digest,
-        size: gz_size,
-        media_type: media_type(Compression::Gzip).to_string(),
-    };
-    let top_layer = ExportLayer {
-        digest: top_digest,
-        size: top_size,
-        media_type: "application/vnd.docker.image.rootfs.diff.tar".to_string(),
-    };
+    let base_layer = Descriptor::new(media_type(Compression::Gzip), gz_digest, gz_size);
+    let top_layer = Descriptor::new(
+        "application/vnd.docker.image.rootfs.diff.tar",
+        top_digest,
+        top_size,
+    );
     vec![
         ExportImage {
             tags: vec![
@@ -917,6 +915,134 @@ fn sample_images(blobs: &mut Blobs) -> Vec<ExportImage> {
             layers: vec![base_layer],
         },
     ]
+}
+
+/// `images` with every layer `compression`-compressed as exports do it
+/// (through a store: [`estiba::image::compressed_layer`]), the compressed
+/// blobs added to `blobs`.
+fn compressed(
+    images: &[ExportImage],
+    blobs: &mut Blobs,
+    compression: Compression,
+) -> Vec<ExportImage> {
+    let dir = tmp();
+    let store = Store::open(dir.path()).unwrap();
+    let mut out = images.to_vec();
+    for image in &mut out {
+        let config: serde_json::Value = serde_json::from_slice(&image.config).unwrap();
+        let diff_ids = config["rootfs"]["diff_ids"].as_array().unwrap();
+        for (layer, diff_id) in image.layers.iter_mut().zip(diff_ids) {
+            store.put_blob(&blobs.0[&layer.digest]).unwrap();
+            let diff_id: Digest = diff_id.as_str().unwrap().parse().unwrap();
+            *layer = compressed_layer(&store, layer, &diff_id, compression).unwrap();
+            blobs.put(store.read_blob(&layer.digest).unwrap());
+        }
+    }
+    out
+}
+
+fn blob_names(store: &Store) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(store.root().join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_layer_is_compressed_once_and_what_is_read_is_checked() {
+    let dir = tmp();
+    let store = Store::open(dir.path()).unwrap();
+    let tar = layer_of(|d| write(&d.join("etc/os-release"), b"ID=estiba\n"));
+    let diff_id = Digest::of(&tar);
+    let (digest, size) = store.put_blob(&tar).unwrap();
+    let plain = Descriptor::new(media_type(Compression::None), digest, size);
+
+    // Compressed as compressing the tar gives, stored and recorded; asked
+    // again, the record answers.
+    let gz = compressed_layer(&store, &plain, &diff_id, Compression::Gzip).unwrap();
+    assert_eq!(
+        compress(&tar[..], &mut Vec::new(), Compression::Gzip).unwrap(),
+        (gz.digest, gz.size)
+    );
+    assert_eq!(gz.media_type, media_type(Compression::Gzip));
+    assert_eq!(
+        store.compressed_blob(&diff_id, Compression::Gzip).unwrap(),
+        Some(gz.clone())
+    );
+    let blobs = blob_names(&store);
+    fs::write(store.blob_path(&digest), b"damaged").unwrap();
+    assert_eq!(
+        compressed_layer(&store, &plain, &diff_id, Compression::Gzip).unwrap(),
+        gz,
+        "the kept blob is used, the layer not read"
+    );
+    assert_eq!(blob_names(&store), blobs);
+    store.put_blob(&tar).unwrap(); // the layer again
+
+    // A layer already in the wanted form is itself, media type and all.
+    let docker_gz = Descriptor::new(DOCKER_LAYER_GZIP, gz.digest, gz.size);
+    assert_eq!(
+        compressed_layer(&store, &docker_gz, &diff_id, Compression::Gzip).unwrap(),
+        docker_gz
+    );
+    // From gzip to zstd: decompressed and compressed again in one pass,
+    // recorded under the diff ID.
+    let zst = compressed_layer(&store, &docker_gz, &diff_id, Compression::Zstd).unwrap();
+    assert_eq!(
+        store.compressed_blob(&diff_id, Compression::Zstd).unwrap(),
+        Some(zst.clone())
+    );
+    let mut back = Vec::new();
+    decompressing_reader(&store.read_blob(&zst.digest).unwrap()[..])
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert!(back == tar);
+
+    // A layer that is not what the config says, or not what its digest
+    // says, is refused and nothing is stored or recorded.
+    let blobs = blob_names(&store);
+    let other = Digest::of(b"another layer");
+    let err = compressed_layer(&store, &plain, &other, Compression::Gzip).unwrap_err();
+    assert!(
+        matches!(err, CompressedError::DiffIdMismatch { .. }),
+        "{err:?}"
+    );
+    let err = compressed_layer(&store, &gz, &other, Compression::Zstd).unwrap_err();
+    assert!(
+        matches!(&err, CompressedError::DiffIdMismatch { actual, .. } if *actual == diff_id),
+        "{err:?}"
+    );
+    assert_eq!(
+        store.compressed_blob(&other, Compression::Zstd).unwrap(),
+        None
+    );
+    let other_dir = tmp();
+    let fresh = Store::open(other_dir.path()).unwrap();
+    fresh.put_blob(&tar).unwrap();
+    let mut bytes = tar.clone();
+    bytes[600] ^= 1;
+    fs::write(fresh.blob_path(&digest), &bytes).unwrap();
+    let err = compressed_layer(&fresh, &plain, &diff_id, Compression::Gzip).unwrap_err();
+    assert!(
+        matches!(err, CompressedError::CorruptBlob { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&digest.to_string()), "{err}");
+    assert_eq!(blob_names(&fresh), [digest.hex().to_string()]);
+    assert_eq!(
+        fresh.compressed_blob(&diff_id, Compression::Gzip).unwrap(),
+        None
+    );
+    assert_eq!(blob_names(&store), blobs);
+    // Only layers.
+    let config = Descriptor::new(OCI_CONFIG, digest, size);
+    assert!(matches!(
+        compressed_layer(&store, &config, &diff_id, Compression::Gzip),
+        Err(CompressedError::MediaType { .. })
+    ));
 }
 
 fn outer_paths(archive: &[u8]) -> Vec<String> {
@@ -1028,16 +1154,10 @@ fn which(tool: &str) -> bool {
 fn oci_archive_round_trips() {
     let mut blobs = Blobs::default();
     let images = sample_images(&mut blobs);
+    let gzipped = compressed(&images, &mut blobs, Compression::Gzip);
     let work = tmp();
     let mut out = Vec::new();
-    let digests = write_oci_archive(
-        &images,
-        &mut blobs,
-        &mut out,
-        work.path(),
-        &OciArchiveOptions::default(),
-    )
-    .unwrap();
+    let digests = write_oci_archive(&gzipped, &mut blobs, &mut out).unwrap();
     let paths = outer_paths(&out);
     assert_eq!(paths[0], "oci-layout");
     assert!(paths.contains(&"index.json".to_string()));
@@ -1080,11 +1200,7 @@ fn oci_archive_round_trips() {
         layers: kept
             .layers
             .iter()
-            .map(|l| ExportLayer {
-                digest: l.digest,
-                size: l.size,
-                media_type: l.media_type.clone().unwrap(),
-            })
+            .map(|l| Descriptor::new(l.media_type.as_deref().unwrap(), l.digest, l.size))
             .collect(),
     }];
     let mut store = Blobs::default();
@@ -1092,30 +1208,13 @@ fn oci_archive_round_trips() {
         store.put(fs::read(&l.path).unwrap());
     }
     let mut out2 = Vec::new();
-    let d2 = write_oci_archive(
-        &reexport,
-        &mut store,
-        &mut out2,
-        work.path(),
-        &OciArchiveOptions {
-            layer_compression: None,
-        },
-    )
-    .unwrap();
+    let d2 = write_oci_archive(&reexport, &mut store, &mut out2).unwrap();
     assert_eq!(d2, [digests[0]]);
 
     // zstd on request.
     let mut out3 = Vec::new();
-    write_oci_archive(
-        &images,
-        &mut blobs,
-        &mut out3,
-        work.path(),
-        &OciArchiveOptions {
-            layer_compression: Some(Compression::Zstd),
-        },
-    )
-    .unwrap();
+    let zstd = compressed(&images, &mut blobs, Compression::Zstd);
+    write_oci_archive(&zstd, &mut blobs, &mut out3).unwrap();
     let zst = read_archive(&out3[..], work.path()).unwrap();
     check_round_trip(&images, &zst);
     assert!(zst.images[0]
@@ -1287,24 +1386,10 @@ fn reads_legacy_symlinked_layers_and_docker_25_layouts() {
     );
 }
 
-#[test]
-fn reads_nested_indexes_and_skips_missing_platforms() {
-    let mut blobs = Blobs::default();
-    let images = sample_images(&mut blobs);
-    let work = tmp();
-    let mut out = Vec::new();
-    let digests = write_oci_archive(
-        &images[1..],
-        &mut blobs,
-        &mut out,
-        work.path(),
-        &OciArchiveOptions::default(),
-    )
-    .unwrap();
-    // Rebuild the archive with index.json → nested index → [manifest,
-    // a manifest whose blobs are absent, an attestation-like artifact].
-    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-    for e in tar::Archive::new(&out[..]).entries().unwrap() {
+/// The regular files of a tar, in order: (path, content).
+fn files_of(archive: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    for e in tar::Archive::new(archive).entries().unwrap() {
         let mut e = e.unwrap();
         if e.header().entry_type().is_file() {
             let mut v = Vec::new();
@@ -1312,6 +1397,121 @@ fn reads_nested_indexes_and_skips_missing_platforms() {
             files.push((String::from_utf8(e.path_bytes().into_owned()).unwrap(), v));
         }
     }
+    files
+}
+
+/// `files` as a tar.
+fn tar_of(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(p, v)| (p.as_str(), &v[..])).collect();
+    archive_of(&refs, &[])
+}
+
+/// `files` as a tar, with `path` holding `content` instead.
+fn with_file(files: &[(String, Vec<u8>)], path: &str, content: &[u8]) -> Vec<u8> {
+    let mut files = files.to_vec();
+    for (p, v) in &mut files {
+        if p == path {
+            *v = content.to_vec();
+        }
+    }
+    tar_of(&files)
+}
+
+#[test]
+fn oci_documents_with_bad_digests_are_refused_naming_the_entry() {
+    let mut blobs = Blobs::default();
+    let images = sample_images(&mut blobs);
+    let work = tmp();
+    let mut out = Vec::new();
+    write_oci_archive(&images[1..], &mut blobs, &mut out).unwrap();
+    let files = files_of(&out);
+    let json = |path: &str| -> serde_json::Value {
+        serde_json::from_slice(&files.iter().find(|(p, _)| p == path).unwrap().1).unwrap()
+    };
+    let index = json("index.json");
+    // An index entry without a media type is read as an image manifest.
+    let mut lenient = index.clone();
+    lenient["manifests"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("mediaType");
+    let a = read_archive(
+        &with_file(&files, "index.json", lenient.to_string().as_bytes())[..],
+        work.path(),
+    )
+    .unwrap();
+    assert_eq!(a.images[0].tags, ["base:1"]);
+
+    // A digest that is not one: an error naming the document and the digest.
+    let chain = |e: &ArchiveError| {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            text.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        text
+    };
+    let mut bad = index.clone();
+    bad["manifests"][0]["digest"] = "sha256:not-hex".into();
+    let err = read_archive(
+        &with_file(&files, "index.json", bad.to_string().as_bytes())[..],
+        work.path(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, ArchiveError::Json { entry, .. } if entry == "index.json"),
+        "{err:?}"
+    );
+    assert!(
+        chain(&err).contains("malformed sha256 digest \"sha256:not-hex\""),
+        "{}",
+        chain(&err)
+    );
+
+    // The same inside a manifest: the manifest's entry is named. (Its
+    // digest changes, so the index points at the new one.)
+    let manifest_path = format!(
+        "blobs/sha256/{}",
+        index["manifests"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("sha256:")
+            .unwrap()
+    );
+    let mut manifest = json(&manifest_path);
+    manifest["layers"][0]["digest"] = "md5:0123".into();
+    let manifest = manifest.to_string().into_bytes();
+    let new_path = format!("blobs/sha256/{}", Digest::of(&manifest).hex());
+    let mut index = index;
+    index["manifests"][0]["digest"] = Digest::of(&manifest).to_string().into();
+    index["manifests"][0]["size"] = manifest.len().into();
+    let mut files = files.clone();
+    files.retain(|(p, _)| p != &manifest_path && p != "index.json");
+    files.push((new_path.clone(), manifest));
+    files.push(("index.json".into(), index.to_string().into_bytes()));
+    let err = read_archive(&tar_of(&files)[..], work.path()).unwrap_err();
+    assert!(
+        matches!(&err, ArchiveError::Json { entry, .. } if *entry == new_path),
+        "{err:?}"
+    );
+    assert!(
+        chain(&err).contains("unsupported digest algorithm in \"md5:0123\""),
+        "{}",
+        chain(&err)
+    );
+}
+
+#[test]
+fn reads_nested_indexes_and_skips_missing_platforms() {
+    let mut blobs = Blobs::default();
+    let images = sample_images(&mut blobs);
+    let work = tmp();
+    let mut out = Vec::new();
+    let digests = write_oci_archive(&images[1..], &mut blobs, &mut out).unwrap();
+    // Rebuild the archive with index.json → nested index → [manifest,
+    // a manifest whose blobs are absent, an attestation-like artifact].
+    let mut files = files_of(&out);
     let index: serde_json::Value =
         serde_json::from_slice(&files.iter().find(|(p, _)| p == "index.json").unwrap().1).unwrap();
     let mut manifest_desc = index["manifests"][0].clone();
@@ -1344,8 +1544,7 @@ fn reads_nested_indexes_and_skips_missing_platforms() {
     files.retain(|(p, _)| p != "index.json");
     files.push((format!("blobs/sha256/{}", nested_digest.hex()), nested));
     files.push(("index.json".into(), top));
-    let refs: Vec<(&str, &[u8])> = files.iter().map(|(p, v)| (p.as_str(), &v[..])).collect();
-    let rebuilt = archive_of(&refs, &[]);
+    let rebuilt = tar_of(&files);
     let a = read_archive(&rebuilt[..], work.path()).unwrap();
     assert_eq!(a.images.len(), 1);
     assert_eq!(a.images[0].tags, ["docker.io/library/multi:1"]);
@@ -1360,14 +1559,8 @@ fn truncated_or_corrupt_archives_are_errors() {
     let mut docker = Vec::new();
     write_docker_archive(&images, &mut blobs, &mut docker, work.path()).unwrap();
     let mut oci = Vec::new();
-    write_oci_archive(
-        &images,
-        &mut blobs,
-        &mut oci,
-        work.path(),
-        &OciArchiveOptions::default(),
-    )
-    .unwrap();
+    let gzipped = compressed(&images, &mut blobs, Compression::Gzip);
+    write_oci_archive(&gzipped, &mut blobs, &mut oci).unwrap();
     for (what, archive) in [("docker", &docker), ("oci", &oci)] {
         let n = archive.len();
         for cut in [0, 100, 512, 513, n / 3, n / 2, n - 1024, n - 512, n - 1] {
@@ -1408,21 +1601,8 @@ fn truncated_or_corrupt_archives_are_errors() {
     let bytes = corrupt.0.get_mut(&d).unwrap();
     let last = bytes.len() - 2000;
     bytes[last] ^= 1;
-    let err = write_oci_archive(
-        &images,
-        &mut corrupt,
-        &mut Vec::new(),
-        work.path(),
-        &OciArchiveOptions::default(),
-    )
-    .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ArchiveError::CorruptBlob { .. } | ArchiveError::DiffIdMismatch { .. }
-        ),
-        "{err:?}"
-    );
+    let err = write_oci_archive(&images, &mut corrupt, &mut Vec::new()).unwrap_err();
+    assert!(matches!(err, ArchiveError::CorruptBlob { .. }), "{err:?}");
 }
 
 #[test]

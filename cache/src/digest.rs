@@ -147,6 +147,46 @@ impl std::io::Write for Hasher {
     }
 }
 
+/// A reader that hashes and counts what is read through it.
+#[derive(Debug)]
+pub struct DigestReader<R> {
+    inner: R,
+    hasher: Hasher,
+    size: u64,
+}
+
+impl<R: std::io::Read> DigestReader<R> {
+    /// Wraps `inner`.
+    pub fn new(inner: R) -> Self {
+        DigestReader {
+            inner,
+            hasher: Hasher::new(),
+            size: 0,
+        }
+    }
+
+    /// Reads what is left (so the digest covers the whole stream), then
+    /// gives the digest and size of everything read.
+    pub fn finish(mut self) -> std::io::Result<(Digest, u64)> {
+        std::io::copy(&mut self, &mut std::io::sink())?;
+        Ok((self.hasher.finish(), self.size))
+    }
+
+    /// The inner reader, and the digest and size of what was read so far.
+    pub fn into_parts(self) -> (R, Digest, u64) {
+        (self.inner, self.hasher.finish(), self.size)
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for DigestReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,8 +10,8 @@ mod digest;
 pub mod oci;
 mod store;
 
-pub use digest::{Digest, DigestError, Hasher};
-pub use oci::{media_type, Descriptor, REF_NAME_ANNOTATION};
+pub use digest::{Digest, DigestError, DigestReader, Hasher};
+pub use oci::{media_type, Compression, Descriptor, REF_NAME_ANNOTATION};
 pub use store::{
     remove_dir_all_force, BlobFault, BlobWriter, CacheRecord, FsckReport, Problem, PruneOptions,
     PruneReport, RepairReport, SnapshotBuilder, SnapshotFault, Store, StoreError, StoreLock,

@@ -63,6 +63,76 @@ pub mod media_type {
     }
 }
 
+/// How a layer blob is compressed, as far as OCI (and docker) layer media
+/// types can say. The store keys the compressed forms of a layer by it
+/// ([`Store::compressed_blob`](crate::Store::compressed_blob)): docker's and
+/// OCI's gzip types name the same bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Compression {
+    /// A plain tar.
+    None,
+    /// gzip (RFC 1952), the format every registry and runtime reads.
+    Gzip,
+    /// zstd (RFC 8878).
+    Zstd,
+}
+
+impl Compression {
+    /// The compression a layer media type says its blob has: OCI layer
+    /// types (including the non-distributable ones) and Docker schema 2
+    /// layer types. `None` for anything that is not a layer media type.
+    pub fn from_media_type(layer_type: &str) -> Option<Compression> {
+        use self::media_type as mt;
+        match layer_type {
+            mt::OCI_LAYER_TAR | mt::OCI_LAYER_NONDISTRIBUTABLE_TAR | mt::DOCKER_LAYER_TAR => {
+                Some(Compression::None)
+            }
+            mt::OCI_LAYER_GZIP
+            | mt::OCI_LAYER_NONDISTRIBUTABLE_GZIP
+            | mt::DOCKER_LAYER_GZIP
+            | mt::DOCKER_LAYER_FOREIGN_GZIP => Some(Compression::Gzip),
+            mt::OCI_LAYER_ZSTD | mt::OCI_LAYER_NONDISTRIBUTABLE_ZSTD | mt::DOCKER_LAYER_ZSTD => {
+                Some(Compression::Zstd)
+            }
+            _ => None,
+        }
+    }
+
+    /// The OCI media type of a layer compressed this way.
+    pub fn oci_media_type(self) -> &'static str {
+        match self {
+            Compression::None => media_type::OCI_LAYER_TAR,
+            Compression::Gzip => media_type::OCI_LAYER_GZIP,
+            Compression::Zstd => media_type::OCI_LAYER_ZSTD,
+        }
+    }
+
+    /// The docker schema 2 media type of a layer compressed this way (for
+    /// manifests pushed in docker's format).
+    pub fn docker_media_type(self) -> &'static str {
+        match self {
+            Compression::None => media_type::DOCKER_LAYER_TAR,
+            Compression::Gzip => media_type::DOCKER_LAYER_GZIP,
+            Compression::Zstd => media_type::DOCKER_LAYER_ZSTD,
+        }
+    }
+
+    /// A short lowercase name: `uncompressed`, `gzip`, `zstd`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "uncompressed",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The annotation that names a tag in an image layout's `index.json`.
 pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 
@@ -70,7 +140,10 @@ pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
-    /// The media type of the referenced content.
+    /// The media type of the referenced content. Empty when a document
+    /// leaves it out: archives written by older tools do in `index.json`,
+    /// and their readers take such an entry for an image manifest.
+    #[serde(default)]
     pub media_type: String,
     /// The digest of the referenced content.
     pub digest: Digest,
@@ -127,14 +200,18 @@ pub struct Platform {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
-    /// 2.
+    /// Always 2; read as 0 when missing, as archives from older tools may
+    /// leave it out: a reader that cares checks it.
+    #[serde(default)]
     pub schema_version: u32,
     /// The manifest's own media type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media_type: Option<String>,
     /// The config blob.
     pub config: Descriptor,
-    /// Layer blobs, bottom first.
+    /// Layer blobs, bottom first (none when missing, as in artifacts that
+    /// are not images, which readers skip by their config's media type).
+    #[serde(default)]
     pub layers: Vec<Descriptor>,
     /// Annotations.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -145,7 +222,9 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Index {
-    /// 2.
+    /// Always 2; read as 0 when missing, as archives from older tools may
+    /// leave it out: a reader that cares checks it.
+    #[serde(default)]
     pub schema_version: u32,
     /// The index's own media type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -174,6 +253,19 @@ mod tests {
                 "size": 1,
             })
         );
+    }
+
+    #[test]
+    fn compressions_and_their_media_types_map_both_ways() {
+        for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+            assert_eq!(Compression::from_media_type(c.oci_media_type()), Some(c));
+            assert_eq!(Compression::from_media_type(c.docker_media_type()), Some(c));
+        }
+        assert_eq!(
+            Compression::from_media_type(media_type::DOCKER_LAYER_FOREIGN_GZIP),
+            Some(Compression::Gzip)
+        );
+        assert_eq!(Compression::from_media_type(media_type::OCI_CONFIG), None);
     }
 
     #[test]

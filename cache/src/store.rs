@@ -14,19 +14,23 @@
 //!     index.lock              flock: serialises read-modify-write of index.json
 //!     cache-v1/<hex>          step cache: one JSON CacheRecord per cache key
 //!     snapshots-v1/<hex>/     unpacked layer per diff id: rootfs/ + a `complete` marker
+//!     compressed-v1/<hex>.<c> the blob holding layer <hex> (a diff id) compressed with
+//!                             <c> (gzip, zstd): one JSON descriptor, written after its blob
 //!     mounts-v1/<hex>/        one `RUN --mount=type=cache` directory per identity
 //!     statcache-v1/<hex>      one build context's stat cache, by the digest of its path
 //!     tmp/                    temp files and directories, renamed into place when done;
 //!                             each names and is locked by the process that made it
 //! ```
 //!
-//! Nothing is ever written in place: blobs, `index.json`, cache records and
-//! snapshots are built under `estiba/tmp` and renamed, so a crash or a
-//! concurrent reader never sees half of anything under its final name.
+//! Nothing is ever written in place: blobs, `index.json`, cache records,
+//! compressed-layer records and snapshots are built under `estiba/tmp` and
+//! renamed, so a crash or a concurrent reader never sees half of anything
+//! under its final name.
 //! Every path above is named here, by a `Store` method, and
 //! [`Store::prune`] knows all of them.
 
 mod blobs;
+mod compressed;
 mod direct;
 mod fsck;
 mod fsutil;
@@ -178,6 +182,13 @@ pub enum StoreError {
         /// The cause.
         #[source]
         source: serde_json::Error,
+    },
+    /// [`Store::record_compressed`] was given a blob that is not a gzip or
+    /// zstd layer.
+    #[error("not a compressed layer: media type {media_type:?}")]
+    NotCompressedLayer {
+        /// The blob's media type.
+        media_type: String,
     },
     /// [`Store::prune`] was called without the exclusive lock.
     #[error("pruning needs the store's exclusive lock: take Store::lock_exclusive first")]

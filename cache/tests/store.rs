@@ -3,8 +3,8 @@
 //! locking and garbage collection.
 
 use estiba_cache::{
-    media_type, remove_dir_all_force, CacheRecord, Descriptor, Digest, PruneOptions, Store,
-    StoreError, REF_NAME_ANNOTATION,
+    media_type, remove_dir_all_force, CacheRecord, Compression, Descriptor, Digest, PruneOptions,
+    Store, StoreError, REF_NAME_ANNOTATION,
 };
 use serde_json::{json, Value};
 use std::fs;
@@ -1429,4 +1429,239 @@ fn fsck_reports_an_unparseable_index_and_repair_empties_it() {
     store.repair(&report).expect("repair");
     assert!(store.fsck().expect("fsck").is_clean());
     assert!(store.tags().expect("tags").is_empty());
+}
+
+/// A tagged image with one uncompressed layer (blob digest = diff id) and
+/// a stand-in for its gzip form; returns the layer and the gzip blob.
+fn store_with_uncompressed_image(store: &Store, seed: &str) -> (Descriptor, Descriptor) {
+    let layer = desc(
+        media_type::OCI_LAYER_TAR,
+        store
+            .put_blob(format!("{seed} layer tar").as_bytes())
+            .expect("put layer"),
+    );
+    let config = put_json(
+        store,
+        &json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [layer.digest.to_string()]},
+        }),
+    );
+    let manifest = put_json(
+        store,
+        &json!({
+            "schemaVersion": 2,
+            "mediaType": media_type::OCI_MANIFEST,
+            "config": desc(media_type::OCI_CONFIG, config),
+            "layers": [layer],
+        }),
+    );
+    store
+        .set_tag(seed, &desc(media_type::OCI_MANIFEST, manifest))
+        .expect("tag");
+    let gzip = desc(
+        media_type::OCI_LAYER_GZIP,
+        store
+            .put_blob(format!("{seed} layer gzip").as_bytes())
+            .expect("put gzip form"),
+    );
+    (layer, gzip)
+}
+
+/// [`store_with_uncompressed_image`], with its gzip form recorded.
+fn image_with_gzip_form(store: &Store, seed: &str) -> (Descriptor, Descriptor) {
+    let (layer, gzip) = store_with_uncompressed_image(store, seed);
+    store
+        .record_compressed(&layer.digest, &gzip)
+        .expect("record");
+    (layer, gzip)
+}
+
+fn gzip_form(store: &Store, diff_id: &Digest) -> Option<Descriptor> {
+    store
+        .compressed_blob(diff_id, Compression::Gzip)
+        .expect("lookup")
+}
+
+#[test]
+fn compressed_records_name_their_blob_and_miss_when_it_is_gone() {
+    let (_dir, store) = new_store();
+    let (layer, gzip) = store_with_uncompressed_image(&store, "app");
+    let diff_id = layer.digest;
+    assert_eq!(gzip_form(&store, &diff_id), None);
+    // Recorded under docker's gzip type, answered under OCI's: the same bytes.
+    let mut docker = gzip.clone();
+    docker.media_type = media_type::DOCKER_LAYER_GZIP.to_string();
+    docker
+        .annotations
+        .insert("x".to_string(), "dropped".to_string());
+    store.record_compressed(&diff_id, &docker).expect("record");
+    assert_eq!(gzip_form(&store, &diff_id), Some(gzip.clone()));
+    assert_eq!(
+        read_json(
+            &store
+                .root()
+                .join(format!("estiba/compressed-v1/{}.gzip", diff_id.hex()))
+        ),
+        serde_json::to_value(&gzip).expect("encode")
+    );
+    assert!(tmp_entries(&store).is_empty(), "{:?}", tmp_entries(&store));
+    // Another compression has no record; no compression is the layer itself.
+    assert_eq!(
+        store
+            .compressed_blob(&diff_id, Compression::Zstd)
+            .expect("lookup"),
+        None
+    );
+    assert_eq!(
+        store
+            .compressed_blob(&diff_id, Compression::None)
+            .expect("lookup"),
+        Some(layer.clone())
+    );
+    // Only gzip and zstd blobs that are here are recorded.
+    assert!(matches!(
+        store.record_compressed(&diff_id, &layer),
+        Err(StoreError::NotCompressedLayer { .. })
+    ));
+    let absent = Descriptor::new(media_type::OCI_LAYER_ZSTD, Digest::of(b"absent"), 6);
+    assert!(matches!(
+        store.record_compressed(&diff_id, &absent),
+        Err(StoreError::MissingBlob { .. })
+    ));
+    // A record whose blob went is a miss, as is one that does not parse.
+    fs::remove_file(store.blob_path(&gzip.digest)).expect("remove gzip blob");
+    assert_eq!(gzip_form(&store, &diff_id), None);
+    fs::write(
+        store
+            .root()
+            .join(format!("estiba/compressed-v1/{}.gzip", diff_id.hex())),
+        b"{not json",
+    )
+    .expect("damage record");
+    assert_eq!(gzip_form(&store, &diff_id), None);
+}
+
+#[test]
+fn prune_keeps_a_compressed_layer_while_its_layer_is_kept() {
+    let (_dir, store) = new_store();
+    let (layer, gzip) = image_with_gzip_form(&store, "app");
+    // A record whose blob is gone is dropped.
+    let (_, other_gzip) = image_with_gzip_form(&store, "other");
+    fs::remove_file(store.blob_path(&other_gzip.digest)).expect("remove blob");
+    let _lock = store.lock_exclusive().expect("exclusive");
+
+    let report = store.prune(false).expect("prune");
+    assert_eq!(report.compressed_records_removed, 1);
+    assert_eq!(report.blobs_removed, 0);
+    assert_eq!(gzip_form(&store, &layer.digest), Some(gzip.clone()));
+
+    // Kept by a cache record alone, the layer keeps its gzip form too.
+    assert!(store.remove_tag("app").expect("untag"));
+    let key = Digest::of(b"step");
+    store
+        .cache_put(
+            &key,
+            &CacheRecord {
+                layer: Some(layer.clone()),
+                diff_id: Some(layer.digest),
+                created: 1,
+            },
+        )
+        .expect("cache record");
+    let report = store.prune(false).expect("prune");
+    assert_eq!(report.compressed_records_removed, 0);
+    assert!(store.has_blob(&gzip.digest));
+
+    // Once the layer goes, so do the record and the gzip blob.
+    assert!(store.cache_remove(&key).expect("remove record"));
+    let before = blob_count(&store);
+    let report = store.prune(false).expect("prune");
+    assert_eq!(report.compressed_records_removed, 1);
+    assert!(!store.has_blob(&layer.digest));
+    assert!(!store.has_blob(&gzip.digest));
+    assert_eq!(blob_count(&store), before - 2);
+    let left: Vec<_> = fs::read_dir(store.root().join("estiba/compressed-v1"))
+        .expect("read records")
+        .collect();
+    assert!(left.is_empty());
+}
+
+#[test]
+fn prune_all_drops_compressed_forms_of_tagged_layers() {
+    let (_dir, store) = new_store();
+    let (layer, gzip) = image_with_gzip_form(&store, "app");
+    let _lock = store.lock_exclusive().expect("exclusive");
+    let report = store.prune(true).expect("prune --all");
+    assert_eq!(report.compressed_records_removed, 1);
+    assert_eq!(report.blobs_removed, 1);
+    assert!(store.has_blob(&layer.digest));
+    assert!(!store.has_blob(&gzip.digest));
+    assert_eq!(gzip_form(&store, &layer.digest), None);
+}
+
+#[test]
+fn fsck_finds_broken_compressed_records_and_repair_drops_them() {
+    let (_dir, store) = new_store();
+    let (layer, gzip) = image_with_gzip_form(&store, "app");
+    let (other, other_gzip) = image_with_gzip_form(&store, "other");
+    let records = store.root().join("estiba/compressed-v1");
+    {
+        let _lock = store.lock_shared().expect("shared");
+        let report = store.fsck().expect("fsck");
+        assert!(report.is_clean(), "{:?}", report.problems);
+        assert_eq!(report.compressed_checked, 2);
+    }
+    // A record whose blob is damaged, one whose blob is missing, one that
+    // does not parse.
+    let path = store.blob_path(&gzip.digest);
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut bytes = fs::read(&path).expect("read");
+    bytes[0] ^= 1;
+    fs::write(&path, &bytes).expect("flip one byte");
+    fs::remove_file(store.blob_path(&other_gzip.digest)).expect("remove blob");
+    fs::write(records.join("junk.gzip"), b"{}").expect("write junk");
+
+    let report = store.fsck().expect("fsck");
+    let lines: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+    let mut want = vec![
+        format!(
+            "blob {}: content hashes to {}",
+            gzip.digest,
+            Digest::of(&bytes)
+        ),
+        format!(
+            "gzip form of layer {}: blob {} is damaged",
+            layer.digest.hex(),
+            gzip.digest
+        ),
+        format!(
+            "gzip form of layer {}: blob {} is missing",
+            other.digest.hex(),
+            other_gzip.digest
+        ),
+        "compressed layer record junk.gzip: does not parse".to_string(),
+    ];
+    // Records are read in name order.
+    if other.digest.hex() < layer.digest.hex() {
+        want.swap(1, 2);
+    }
+    let mut sorted_tail = want.split_off(1);
+    sorted_tail.sort_by_key(|l| l.starts_with("compressed"));
+    want.extend(sorted_tail);
+    assert_eq!(lines, want);
+
+    let _lock = store.lock_exclusive().expect("exclusive");
+    let done = store.repair(&report).expect("repair");
+    assert_eq!(
+        (done.blobs_removed, done.compressed_records_removed),
+        (1, 3)
+    );
+    let after = store.fsck().expect("fsck");
+    assert!(after.is_clean(), "{:?}", after.problems);
+    assert_eq!(after.compressed_checked, 0);
+    // The layers themselves are sound: their images stay.
+    assert!(store.tag("app").expect("read").is_some());
+    assert!(store.has_blob(&layer.digest));
 }

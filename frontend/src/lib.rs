@@ -18,7 +18,7 @@ pub mod span;
 mod suggest;
 
 pub use graph::{BuildGraph, ImageConfig, Platform};
-pub use plan::{plan, BaseImage, BaseResolver, NoImages, PlanOptions};
+pub use plan::{plan, BaseImage, BaseResolver, NoImages, PlanOptions, ResolveError};
 pub use span::Span;
 
 /// Any frontend failure; every variant knows where in the Dockerfile it is.

@@ -141,6 +141,15 @@ pub enum PlanErrorKind {
     /// `STOPSIGNAL SIGFOO`.
     #[error("invalid signal: {0}")]
     BadSignal(String),
+    /// A base image could not be looked up (its registry refused, say).
+    #[error("cannot resolve {reference}")]
+    BaseImage {
+        /// The reference as the FROM line expands to.
+        reference: String,
+        /// Why.
+        #[source]
+        source: ResolveError,
+    },
     /// A base image's ONBUILD trigger that does not parse.
     #[error("invalid ONBUILD trigger {trigger:?} of the base image")]
     BadTrigger {
@@ -180,17 +189,25 @@ pub struct BaseImage {
 pub trait BaseResolver {
     /// The image for `reference` on `platform`, or `None` when unknown (the
     /// plan then starts from an empty config; the builder fails later if the
-    /// image truly does not exist).
-    fn resolve(&self, reference: &str, platform: &Platform) -> Option<BaseImage>;
+    /// image truly does not exist). An error (a registry that refuses, a
+    /// corrupt image) fails the plan at the FROM line.
+    fn resolve(
+        &self,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<Option<BaseImage>, ResolveError>;
 }
+
+/// Why a resolver could not look a base image up.
+pub type ResolveError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A resolver that knows no image: for `--dry-run` without a store, and tests.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoImages;
 
 impl BaseResolver for NoImages {
-    fn resolve(&self, _: &str, _: &Platform) -> Option<BaseImage> {
-        None
+    fn resolve(&self, _: &str, _: &Platform) -> Result<Option<BaseImage>, ResolveError> {
+        Ok(None)
     }
 }
 
@@ -645,7 +662,18 @@ impl<'a> Planner<'a> {
                 None,
                 Vec::new(),
             ),
-            Base::Image { reference, .. } => match self.resolver.resolve(reference, platform) {
+            Base::Image { reference, .. } => match self
+                .resolver
+                .resolve(reference, platform)
+                .map_err(|source| {
+                    err(
+                        span,
+                        PlanErrorKind::BaseImage {
+                            reference: reference.clone(),
+                            source,
+                        },
+                    )
+                })? {
                 Some(image) => {
                     let mut config = image.config;
                     let triggers = std::mem::take(&mut config.on_build);

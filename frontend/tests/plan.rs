@@ -9,7 +9,9 @@
 
 use estiba_frontend::graph::{Base, BuildGraph, CopySource, CopyStep, Op, RunStep, Stage, Step};
 use estiba_frontend::instructions::{Healthcheck, MountKind};
-use estiba_frontend::{plan, BaseImage, BaseResolver, Error, ImageConfig, PlanOptions, Platform};
+use estiba_frontend::{
+    plan, BaseImage, BaseResolver, Error, ImageConfig, PlanOptions, Platform, ResolveError,
+};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,10 +24,17 @@ const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/b
 #[derive(Default)]
 struct Images {
     images: BTreeMap<String, BaseImage>,
+    refused: BTreeMap<String, String>,
     asked: RefCell<Vec<(String, String)>>,
 }
 
 impl Images {
+    fn refusing(mut self, reference: &str, message: &str) -> Self {
+        self.refused
+            .insert(reference.to_string(), message.to_string());
+        self
+    }
+
     fn with(mut self, reference: &str, config: ImageConfig) -> Self {
         let digest = format!("sha256:{:064x}", self.images.len() + 1);
         self.images.insert(
@@ -45,11 +54,18 @@ impl Images {
 }
 
 impl BaseResolver for Images {
-    fn resolve(&self, reference: &str, platform: &Platform) -> Option<BaseImage> {
+    fn resolve(
+        &self,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<Option<BaseImage>, ResolveError> {
         self.asked
             .borrow_mut()
             .push((reference.to_string(), platform.to_string()));
-        self.images.get(reference).cloned()
+        if let Some(message) = self.refused.get(reference) {
+            return Err(message.clone().into());
+        }
+        Ok(self.images.get(reference).cloned())
     }
 }
 
@@ -1502,4 +1518,27 @@ fn chmod_must_be_octal_up_to_07777_or_symbolic() {
     }
     let g = build("FROM scratch\nARG M=u+x\nCOPY --chmod=$M run.sh /\n");
     assert_eq!(copy_of(&target(&g).steps[1]).chmod.as_deref(), Some("u+x"));
+}
+
+/// A resolver's error (a registry that refuses) fails the plan at the FROM
+/// line that named the image, with the resolver's reason as the cause.
+#[test]
+fn a_base_image_the_resolver_cannot_look_up_fails_at_its_from_line() {
+    let images = Images::default().refusing("private/app:1", "not authorized: log in");
+    let err = plan(
+        "FROM scratch AS a\nRUN true\n\nFROM private/app:1\nRUN true\n",
+        &opts(),
+        &images,
+    )
+    .expect_err("the resolver refused");
+    let text = format!("{err}");
+    assert!(text.contains("cannot resolve private/app:1"), "{text}");
+    assert_eq!(err.span().map(|s| s.line), Some(4), "{text}");
+    let mut chain = text.clone();
+    let mut source = std::error::Error::source(&err);
+    while let Some(e) = source {
+        chain.push_str(&format!(": {e}"));
+        source = e.source();
+    }
+    assert!(chain.contains("not authorized: log in"), "{chain}");
 }

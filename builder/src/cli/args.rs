@@ -91,6 +91,40 @@ pub(crate) enum Command {
     /// Run a command in a container of an image, in the foreground (the
     /// container is removed when it ends).
     Run(RunArgs),
+    /// Pull an image from a registry into the store.
+    Pull {
+        /// The platform to pull for (os/arch[/variant]; default: this machine's).
+        #[arg(long)]
+        platform: Option<String>,
+        /// Print only the image name.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        /// The image (`node:14`, `ghcr.io/org/app@sha256:…`).
+        name: String,
+    },
+    /// Push an image (by name or ID) to a registry, as DEST if given.
+    Push(PushArgs),
+    /// Log in to a registry: the credentials go to ~/.docker/config.json
+    /// (or its credential helper), as `docker login` writes them.
+    Login {
+        /// The user name.
+        #[arg(short = 'u', long)]
+        username: Option<String>,
+        /// The password (prefer --password-stdin: arguments are visible to
+        /// other users).
+        #[arg(short = 'p', long)]
+        password: Option<String>,
+        /// Read the password (or token) from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// The registry (default: Docker Hub).
+        server: Option<String>,
+    },
+    /// Remove a registry's credentials.
+    Logout {
+        /// The registry (default: Docker Hub).
+        server: Option<String>,
+    },
     /// Tools for looking inside estiba.
     Debug {
         #[command(subcommand)]
@@ -105,6 +139,35 @@ pub(crate) enum DebugCommand {
         /// The Dockerfile (`-` for standard input).
         dockerfile: PathBuf,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct PushArgs {
+    /// Media types of the pushed manifest: oci or docker (schema 2).
+    #[arg(long, value_enum, default_value_t = ManifestFormat::Oci)]
+    pub(crate) format: ManifestFormat,
+    /// Compression of layers the store holds uncompressed.
+    #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
+    pub(crate) compression: CompressionArg,
+    /// Progress output: auto, plain, tty or quiet.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub(crate) progress: ProgressMode,
+    /// Write the pushed digest and name as JSON (buildx's keys).
+    #[arg(long)]
+    pub(crate) metadata_file: Option<PathBuf>,
+    /// Print only the pushed manifest's digest.
+    #[arg(short = 'q', long)]
+    pub(crate) quiet: bool,
+    /// The image in the store.
+    pub(crate) name: String,
+    /// Where to push it (default: its own name).
+    pub(crate) dest: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub(crate) enum ManifestFormat {
+    Oci,
+    Docker,
 }
 
 #[derive(Debug, clap::Args)]
@@ -148,12 +211,28 @@ pub(crate) struct BuildArgs {
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub(crate) progress: ProgressMode,
     /// Where the result goes: type=image (default), type=oci,dest=F.tar,
-    /// type=docker,dest=F.tar, type=local,dest=DIR.
+    /// type=docker,dest=F.tar, type=local,dest=DIR,
+    /// type=registry[,name=REF] (push), type=image,push=true.
     #[arg(short = 'o', long = "output")]
     pub(crate) outputs: Vec<String>,
     /// Write the image ID to this file.
     #[arg(long)]
     pub(crate) iidfile: Option<PathBuf>,
+    /// Push the image to its registry under every -t name (as
+    /// `--output type=registry`).
+    #[arg(long)]
+    pub(crate) push: bool,
+    /// Ask the registry for newer versions of base images, even those in
+    /// the store.
+    #[arg(long)]
+    pub(crate) pull: bool,
+    /// Media types of pushed manifests: oci or docker (schema 2).
+    #[arg(long = "push-format", value_enum, default_value_t = ManifestFormat::Oci)]
+    pub(crate) push_format: ManifestFormat,
+    /// Write the build's result as JSON (buildx's keys: containerimage.digest,
+    /// containerimage.config.digest, image.name).
+    #[arg(long)]
+    pub(crate) metadata_file: Option<PathBuf>,
     /// Print only the image ID.
     #[arg(short = 'q', long)]
     pub(crate) quiet: bool,

@@ -1,17 +1,17 @@
 //! `estiba build`: plan, solve, store, export.
 
-use super::args::{AllowArg, BuildArgs, BuildNetwork, CompressionArg, PlanFormat, ProgressMode};
+use super::args::{AllowArg, BuildArgs, BuildNetwork, PlanFormat};
 use super::progress::Plain;
 use super::{read_dockerfile, Failure};
 use anyhow::Context;
 use estiba::context::BuildContext;
 use estiba::executor::Network;
-use estiba::progress::{Reporter, Silent};
+use estiba::image::{Images, PullPolicy, PushOptions};
+use estiba::progress::Reporter;
 use estiba::registry::Reference;
-use estiba::solve::{self, Entitlement, SecretSource, SolveOptions, Solver, StoreResolver};
+use estiba::solve::{Entitlement, SecretSource, SolveOptions, Solver};
 use estiba_frontend::{plan, NoImages, PlanOptions, Platform};
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 /// The Dockerfile a build uses: `-f` as given, else `CONTEXT/Dockerfile`.
@@ -102,6 +102,8 @@ fn parse_secret(spec: &str) -> Result<(String, SecretSource), Failure> {
 #[derive(Debug, PartialEq, Eq)]
 enum Output {
     Image,
+    /// Pushed to these names (none: the -t names).
+    Registry(Vec<Reference>),
     Oci(PathBuf),
     Docker(PathBuf),
     /// The root filesystem; device nodes only with `devices=true`.
@@ -115,10 +117,27 @@ fn parse_output(spec: &str) -> Result<Output, Failure> {
     let mut kind = None;
     let mut dest = None;
     let mut devices = None;
+    let mut names = Vec::new();
+    let mut push = false;
     for field in spec.split(',') {
         match field.split_once('=') {
             Some(("type", v)) => kind = Some(v.to_string()),
             Some(("dest", v)) => dest = Some(PathBuf::from(v)),
+            Some(("name", v)) => names.push(
+                Reference::parse(v)
+                    .map_err(|e| Failure::Usage(format!("--output {spec:?}: {e}")))?,
+            ),
+            Some(("push", v)) => {
+                push = match v {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(Failure::Usage(format!(
+                            "invalid --output field {field:?} in {spec:?}: push is true or false"
+                        )))
+                    }
+                }
+            }
             Some(("devices", v)) => {
                 devices = Some(match v {
                     "true" => true,
@@ -146,7 +165,16 @@ fn parse_output(spec: &str) -> Result<Output, Failure> {
             "--output {spec:?}: devices= is for type=local only"
         )));
     }
+    if (push || !names.is_empty()) && !matches!(kind.as_deref(), Some("image" | "registry") | None)
+    {
+        return Err(Failure::Usage(format!(
+            "--output {spec:?}: name= and push= are for type=image and type=registry"
+        )));
+    }
     match kind.as_deref() {
+        // BuildKit's type=registry is type=image,push=true.
+        Some("registry") => Ok(Output::Registry(names)),
+        Some("image") | None if push => Ok(Output::Registry(names)),
         Some("image") | None => Ok(Output::Image),
         Some("oci") => Ok(Output::Oci(need_dest(dest, "oci")?)),
         Some("docker") => Ok(Output::Docker(need_dest(dest, "docker")?)),
@@ -155,7 +183,7 @@ fn parse_output(spec: &str) -> Result<Output, Failure> {
             devices: devices.unwrap_or(false),
         }),
         Some(other) => Err(Failure::Usage(format!(
-            "unknown --output type {other:?}: use image, oci, docker or local"
+            "unknown --output type {other:?}: use image, registry, oci, docker or local"
         ))),
     }
 }
@@ -184,24 +212,24 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
         .collect::<Result<BTreeMap<_, _>, _>>()?;
     let store = super::store::open(root)?;
     let _lock = store.lock_shared().context("cannot lock the store")?;
-    let graph =
-        plan(&text, &opts, &StoreResolver::new(&store)).map_err(|error| Failure::Dockerfile {
-            span: error.span().cloned(),
-            error: Box::new(error),
-            source: text.clone(),
-        })?;
     let plain = Plain::new();
     let tty = super::progress::Tty::new();
-    let interactive = std::io::stderr().is_terminal();
-    let shown: &dyn Reporter = match (args.progress, args.quiet) {
-        (ProgressMode::Quiet, _) | (_, true) => &Silent,
-        (ProgressMode::Tty, _) => &tty,
-        (ProgressMode::Auto, _) if interactive => &tty,
-        _ => &plain,
-    };
+    let shown = super::progress::chosen(args.progress, args.quiet, &plain, &tty);
     // What a Ctrl-C names as running.
     let tracked = super::interrupt::Tracked(shown);
     let reporter: &dyn Reporter = &tracked;
+    let registry = super::registry::open()?;
+    let policy = if args.pull {
+        PullPolicy::Always
+    } else {
+        PullPolicy::Missing
+    };
+    let images = Images::with_registry(&store, &registry, policy, reporter);
+    let graph = plan(&text, &opts, &images).map_err(|error| Failure::Dockerfile {
+        span: error.span().cloned(),
+        error: Box::new(error),
+        source: text.clone(),
+    })?;
     for w in &graph.warnings {
         reporter.warning(&w.message);
     }
@@ -220,7 +248,7 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
         .with_stat_cache_temp_dir(stat_scratch.path());
     let epoch = source_date_epoch()?;
     let solver = Solver::new(
-        &store,
+        &images,
         &context,
         reporter,
         SolveOptions {
@@ -251,7 +279,8 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
     let export_id = solver.vertex();
     let export_start = std::time::Instant::now();
     reporter.started(export_id, "exporting to image");
-    let manifest = solve::store_image(&store, &built).context("cannot store the image")?;
+    let manifest = estiba::image::store_image(&store, &built.config, &built.layers)
+        .context("cannot store the image")?;
     let config_digest = estiba_cache::Digest::of(
         &serde_json::to_vec(&built.config).context("cannot serialize the config")?,
     );
@@ -264,13 +293,28 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
                 .with_context(|| format!("cannot tag {}", tag.familiar()))?;
         }
     }
-    let compression = match args.compression {
-        CompressionArg::Gzip => estiba::compress::Compression::Gzip,
-        CompressionArg::Zstd => estiba::compress::Compression::Zstd,
-    };
+    let compression = super::registry::compression(args.compression);
+    // Where the image is pushed: -t names with --push, and every
+    // type=registry output (its name=, else the -t names).
+    let mut push_to: Vec<Reference> = Vec::new();
+    if args.push {
+        push_to.extend(tags.iter().cloned());
+    }
+    for output in &outputs {
+        if let Output::Registry(names) = output {
+            push_to.extend(if names.is_empty() { &tags } else { names }.iter().cloned());
+        }
+    }
+    if (args.push || outputs.iter().any(|o| matches!(o, Output::Registry(_)))) && push_to.is_empty()
+    {
+        return Err(Failure::Usage(
+            "pushing needs a name: give -t NAME (or --output type=registry,name=NAME)".to_string(),
+        ));
+    }
+    push_to.dedup();
     for output in &outputs {
         match output {
-            Output::Image => {}
+            Output::Image | Output::Registry(_) => {}
             Output::Oci(dest) => super::images::write_archive(
                 &store,
                 &[(tags_or_default(&tags), manifest.clone())],
@@ -290,6 +334,23 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
             }
         }
     }
+    let mut pushed = Vec::with_capacity(push_to.len());
+    if !push_to.is_empty() {
+        let image = estiba::image::read(&store, &image_id, &manifest)
+            .map_err(|e| anyhow::anyhow!(estiba::solve::error_chain(&e)))?;
+        let opts = PushOptions {
+            format: super::registry::format(args.push_format),
+            compression,
+        };
+        for dest in &push_to {
+            pushed.push(images.push(&image, dest, &opts).map_err(|error| {
+                Failure::Other(anyhow::anyhow!(estiba::solve::error_chain(&error)))
+            })?);
+        }
+    }
+    if let Some(f) = &args.metadata_file {
+        super::registry::write_metadata(f, &config_digest, &pushed)?;
+    }
     if let Some(f) = &args.iidfile {
         std::fs::write(f, &image_id).with_context(|| format!("cannot write {}", f.display()))?;
     }
@@ -300,6 +361,10 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
     reporter.done(export_id, export_start.elapsed());
     if args.quiet {
         println!("{image_id}");
+    } else {
+        for p in &pushed {
+            super::registry::print_pushed(p);
+        }
     }
     Ok(())
 }

@@ -20,11 +20,13 @@ pub(crate) fn fsck(root: Option<&Path>, repair: bool, full: bool) -> Result<(), 
         } else {
             let done = store.repair(&found).context("cannot repair the store")?;
             println!(
-                "Removed {} blobs, {} image entries, {} cache records, {} snapshots",
+                "Removed {} blobs, {} image entries, {} cache records, {} snapshots, \
+                 {} compressed layer records",
                 done.blobs_removed,
                 done.index_entries_removed,
                 done.records_removed,
-                done.snapshots_removed
+                done.snapshots_removed,
+                done.compressed_records_removed
             );
             let after = check(&store, full)?;
             print_problems(&after);
@@ -50,11 +52,13 @@ pub(crate) fn fsck(root: Option<&Path>, repair: bool, full: bool) -> Result<(), 
         .into());
     }
     println!(
-        "Checked {} blobs, {} images, {} cache records, {} snapshots: no problems",
+        "Checked {} blobs, {} images, {} cache records, {} snapshots, \
+         {} compressed layer records: no problems",
         report.blobs_checked,
         report.images_checked,
         report.records_checked,
-        report.snapshots_checked
+        report.snapshots_checked,
+        report.compressed_checked
     );
     Ok(())
 }

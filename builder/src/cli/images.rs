@@ -4,9 +4,10 @@
 use super::args::{ArchiveFormat, ListFormat};
 use super::Failure;
 use anyhow::{anyhow, Context, Result};
+use estiba::image::Layer;
 use estiba::image::{self, History, ImageConfig, RootFs};
 use estiba::registry::Reference;
-use estiba::solve::{self, Built, Layer};
+use estiba::solve::Built;
 use estiba_cache::{Descriptor, Store};
 use std::path::Path;
 
@@ -14,26 +15,6 @@ fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// `1.2MB`, as docker prints sizes (decimal units).
-fn human_size(bytes: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit + 1 < units.len() {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{value:.3}")
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_string()
-            + units[unit]
-    }
 }
 
 /// `5 minutes ago`, as docker prints ages.
@@ -66,19 +47,22 @@ struct Listed {
 
 fn listed(store: &Store) -> Result<Vec<Listed>> {
     let mut out = Vec::new();
-    for (name, _) in store.tags()? {
+    for (name, desc) in store.tags()? {
         let Ok(reference) = Reference::parse(&name) else {
             continue;
         };
-        let (_, config, layers) = solve::load_image(store, &name)
-            .map_err(|e| anyhow!(solve::error_chain(&e)))
+        let image = image::read(store, &reference.familiar(), &desc)
+            .map_err(|e| anyhow!(estiba::solve::error_chain(&e)))
             .with_context(|| format!("cannot read image {name}"))?;
-        let config_json = serde_json::to_vec(&config)?;
         out.push(Listed {
             reference,
-            id: estiba_cache::Digest::of(&config_json).to_string(),
-            created: config.created.as_deref().and_then(image::parse_rfc3339),
-            size: layers.iter().map(|l| l.descriptor.size).sum(),
+            id: image.id().to_string(),
+            created: image
+                .config
+                .created
+                .as_deref()
+                .and_then(image::parse_rfc3339),
+            size: image.layers.iter().map(|l| l.descriptor.size).sum(),
         });
     }
     Ok(out)
@@ -122,7 +106,7 @@ pub(crate) fn images(root: Option<&Path>, format: ListFormat) -> Result<(), Fail
                             .take(12)
                             .collect(),
                         human_age(i.created),
-                        human_size(i.size),
+                        estiba::progress::human_size(i.size),
                     ]
                 })
                 .collect();
@@ -156,10 +140,8 @@ pub(crate) fn images(root: Option<&Path>, format: ListFormat) -> Result<(), Fail
 pub(crate) fn inspect(root: Option<&Path>, name: &str) -> Result<(), Failure> {
     let store = super::store::open(root)?;
     let _lock = store.lock_shared().context("cannot lock the store")?;
-    let reference = Reference::parse(name).map_err(|e| Failure::Usage(e.to_string()))?;
-    let (desc, config, layers) =
-        solve::load_image(&store, name).map_err(|e| anyhow!(solve::error_chain(&e)))?;
-    let config_json = serde_json::to_vec(&config).context("cannot serialize")?;
+    let (reference, img) = find(&store, name)?;
+    let (desc, config, layers) = (&img.descriptor, &img.config, &img.layers);
     let tags: Vec<String> = store
         .tags()?
         .into_iter()
@@ -167,9 +149,9 @@ pub(crate) fn inspect(root: Option<&Path>, name: &str) -> Result<(), Failure> {
         .filter_map(|(n, _)| Reference::parse(&n).ok().map(|r| r.familiar()))
         .collect();
     let out = serde_json::json!([{
-        "Id": estiba_cache::Digest::of(&config_json).to_string(),
+        "Id": img.id().to_string(),
         "RepoTags": tags,
-        "Name": reference.familiar(),
+        "Name": reference.map_or_else(|| name.to_string(), |r| r.familiar()),
         "ManifestDigest": desc.digest.to_string(),
         "Created": config.created,
         "Author": config.author,
@@ -190,12 +172,9 @@ pub(crate) fn inspect(root: Option<&Path>, name: &str) -> Result<(), Failure> {
 pub(crate) fn tag(root: Option<&Path>, source: &str, target: &str) -> Result<(), Failure> {
     let store = super::store::open(root)?;
     let _lock = store.lock_shared().context("cannot lock the store")?;
-    let src = Reference::parse(source).map_err(|e| Failure::Usage(e.to_string()))?;
     let dst = Reference::parse(target).map_err(|e| Failure::Usage(e.to_string()))?;
-    let desc = store
-        .tag(&src.to_string())?
-        .ok_or_else(|| anyhow!("no such image: {}", src.familiar()))?;
-    store.set_tag(&dst.to_string(), &desc)?;
+    let (_, img) = find(&store, source)?;
+    store.set_tag(&dst.to_string(), &img.descriptor)?;
     Ok(())
 }
 
@@ -204,11 +183,30 @@ pub(crate) fn rmi(root: Option<&Path>, names: &[String]) -> Result<(), Failure> 
     let _lock = store.lock_shared().context("cannot lock the store")?;
     let mut missing = Vec::new();
     for name in names {
-        let r = Reference::parse(name).map_err(|e| Failure::Usage(e.to_string()))?;
-        if store.remove_tag(&r.to_string())? {
-            println!("Untagged: {}", r.familiar());
-        } else {
-            missing.push(r.familiar());
+        let img = match image::find(&store, name) {
+            Ok((_, img)) => img,
+            Err(image::ImageError::NotFound(_)) => {
+                missing.push(name.clone());
+                continue;
+            }
+            Err(e) => return Err(failure(e)),
+        };
+        // A name removes that tag; an ID removes every tag of the image,
+        // as `docker rmi ID` does when one repository holds them.
+        let tags: Vec<String> = match Reference::parse(name) {
+            Ok(r) if store.tag(&r.to_string())?.is_some() => vec![r.to_string()],
+            _ => store
+                .tags()?
+                .into_iter()
+                .filter(|(_, d)| d.digest == img.descriptor.digest)
+                .map(|(t, _)| t)
+                .collect(),
+        };
+        for t in tags {
+            if store.remove_tag(&t)? {
+                let shown = Reference::parse(&t).map_or(t.clone(), |r| r.familiar());
+                println!("Untagged: {shown}");
+            }
         }
     }
     if !missing.is_empty() {
@@ -225,7 +223,10 @@ pub(crate) fn prune(root: Option<&Path>, all: bool) -> Result<(), Failure> {
         "Deleted {} blobs, {} cache records, {} snapshots",
         report.blobs_removed, report.cache_records_removed, report.snapshots_removed
     );
-    println!("Total reclaimed space: {}", human_size(report.bytes_freed));
+    println!(
+        "Total reclaimed space: {}",
+        estiba::progress::human_size(report.bytes_freed)
+    );
     Ok(())
 }
 
@@ -274,8 +275,8 @@ pub(crate) fn import(root: Option<&Path>, file: &Path, name: &str) -> Result<(),
         layers: vec![Layer::uncompressed(digest, size)],
         key: String::new(),
     };
-    let manifest =
-        solve::store_image(&store, &built).map_err(|e| anyhow!(solve::error_chain(&e)))?;
+    let manifest = image::store_image(&store, &built.config, &built.layers)
+        .map_err(|e| anyhow!(estiba::solve::error_chain(&e)))?;
     store.set_tag(&reference.to_string(), &manifest)?;
     let id = estiba_cache::Digest::of(&serde_json::to_vec(&built.config).context("serialize")?);
     println!("{id}");
@@ -369,11 +370,10 @@ pub(crate) fn save(
     let _lock = store.lock_shared().context("cannot lock the store")?;
     let mut images = Vec::new();
     for name in names {
-        let r = Reference::parse(name).map_err(|e| Failure::Usage(e.to_string()))?;
-        let desc = store
-            .tag(&r.to_string())?
-            .ok_or_else(|| anyhow!("no such image: {}", r.familiar()))?;
-        images.push((vec![r.to_string()], desc));
+        // Saved by ID, an image carries no name, as with `docker save ID`.
+        let (reference, img) = find(&store, name)?;
+        let tags = reference.map(|r| r.to_string()).into_iter().collect();
+        images.push((tags, img.descriptor));
     }
     write_archive(
         &store,
@@ -385,7 +385,10 @@ pub(crate) fn save(
 }
 
 /// Writes images from the store to an archive at `dest` (a temp file
-/// renamed into place, so a failure leaves no half archive).
+/// renamed into place, so a failure leaves no half archive). An OCI archive
+/// gets each layer `compression`-compressed, as the store kept it from an
+/// earlier export or push, else compressed now and kept; a docker archive
+/// gets them uncompressed.
 pub(crate) fn write_archive(
     store: &Store,
     images: &[(Vec<String>, Descriptor)],
@@ -399,6 +402,12 @@ pub(crate) fn write_archive(
         let manifest: image::Manifest = serde_json::from_slice(&manifest_bytes)
             .with_context(|| format!("manifest {} is corrupt", desc.digest))?;
         let config = store.read_blob(&manifest.config.digest)?;
+        let layers = if oci {
+            compressed_layers(store, &manifest, &config, compression)
+                .with_context(|| format!("cannot write {}", dest.display()))?
+        } else {
+            manifest.layers
+        };
         export.push(estiba::archive::ExportImage {
             tags: tags
                 .iter()
@@ -406,15 +415,7 @@ pub(crate) fn write_archive(
                 .collect(),
             manifest: Some(manifest_bytes),
             config,
-            layers: manifest
-                .layers
-                .iter()
-                .map(|l| estiba::archive::ExportLayer {
-                    digest: l.digest,
-                    size: l.size,
-                    media_type: l.media_type.clone(),
-                })
-                .collect(),
+            layers,
         });
     }
     let dir = dest
@@ -423,7 +424,6 @@ pub(crate) fn write_archive(
         .unwrap_or(Path::new("."));
     let tmp_out = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("cannot write in {}", dir.display()))?;
-    let scratch = store.temp_dir("save")?;
     let mut blobs = |d: &estiba_cache::Digest| -> std::io::Result<Box<dyn std::io::Read>> {
         let f = store
             .open_blob(d)
@@ -432,17 +432,10 @@ pub(crate) fn write_archive(
     };
     let out = std::io::BufWriter::new(tmp_out.as_file());
     if oci {
-        estiba::archive::write_oci_archive(
-            &export,
-            &mut blobs,
-            out,
-            scratch.path(),
-            &estiba::archive::OciArchiveOptions {
-                layer_compression: Some(compression),
-            },
-        )
-        .with_context(|| format!("cannot write {}", dest.display()))?;
+        estiba::archive::write_oci_archive(&export, &mut blobs, out)
+            .with_context(|| format!("cannot write {}", dest.display()))?;
     } else {
+        let scratch = store.temp_dir("save")?;
         estiba::archive::write_docker_archive(&export, &mut blobs, out, scratch.path())
             .with_context(|| format!("cannot write {}", dest.display()))?;
     }
@@ -461,6 +454,43 @@ pub(crate) fn write_archive(
         .map_err(|e| e.error)
         .with_context(|| format!("cannot write {}", dest.display()))?;
     Ok(())
+}
+
+/// The layers of an image (its manifest and config) `compression`-compressed
+/// in the store: see [`estiba::image::compressed_layer`].
+fn compressed_layers(
+    store: &Store,
+    manifest: &image::Manifest,
+    config: &[u8],
+    compression: estiba::compress::Compression,
+) -> Result<Vec<Descriptor>> {
+    let config_digest = &manifest.config.digest;
+    let parsed: image::ImageConfig = serde_json::from_slice(config)
+        .with_context(|| format!("image config {config_digest} is corrupt"))?;
+    let diff_ids = &parsed.rootfs.diff_ids;
+    if diff_ids.len() != manifest.layers.len() {
+        return Err(anyhow!(
+            "image config {config_digest} lists {} diff IDs for {} layers",
+            diff_ids.len(),
+            manifest.layers.len()
+        ));
+    }
+    manifest
+        .layers
+        .iter()
+        .zip(diff_ids)
+        .map(|(layer, diff_id)| {
+            let diff_id = diff_id.parse().with_context(|| {
+                format!("image config {config_digest} lists diff ID {diff_id:?}")
+            })?;
+            Ok(estiba::image::compressed_layer(
+                store,
+                layer,
+                &diff_id,
+                compression,
+            )?)
+        })
+        .collect()
 }
 
 /// `estiba load -i FILE`: every image of a docker or OCI archive into the
@@ -510,10 +540,10 @@ pub(crate) fn load(root: Option<&Path>, input: &Path) -> Result<(), Failure> {
             let (digest, size) = blob
                 .commit_expect(&l.diff_id)
                 .with_context(|| format!("layer {} does not match its diff id", l.entry))?;
-            layers.push(solve::layer_descriptor(digest, size));
+            layers.push(Layer::uncompressed(digest, size).descriptor);
         }
-        let desc = solve::store_manifest(&store, &img.config, layers)
-            .map_err(|e| anyhow!(solve::error_chain(&e)))?;
+        let desc = image::store_manifest(&store, &img.config, layers)
+            .map_err(|e| anyhow!(estiba::solve::error_chain(&e)))?;
         if img.tags.is_empty() {
             println!("Loaded image ID: {}", img.config_digest);
         }
@@ -523,4 +553,21 @@ pub(crate) fn load(root: Option<&Path>, input: &Path) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// The image `name` (a name, or an image ID or a prefix of one) in the
+/// store, and the tag it was found by.
+pub(crate) fn find(
+    store: &Store,
+    name: &str,
+) -> Result<(Option<Reference>, image::Image), Failure> {
+    image::find(store, name).map_err(failure)
+}
+
+/// An image layer error as the CLI reports it: a bad name is a usage error.
+fn failure(e: image::ImageError) -> Failure {
+    match e {
+        image::ImageError::Reference(e) => Failure::Usage(e.to_string()),
+        e => Failure::Other(anyhow::Error::new(e)),
+    }
 }

@@ -106,6 +106,9 @@ impl<R: Reporter + ?Sized> Reporter for Tracked<'_, R> {
     fn warning(&self, message: &str) {
         self.0.warning(message);
     }
+    fn transfer(&self, id: usize, item: &str, done: u64, total: u64) {
+        self.0.transfer(id, item, done, total);
+    }
 }
 
 #[cfg(test)]

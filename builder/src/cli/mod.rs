@@ -8,6 +8,7 @@ mod fsck;
 mod images;
 mod interrupt;
 mod progress;
+mod registry;
 mod report;
 mod run;
 mod store;
@@ -51,6 +52,24 @@ pub(crate) fn main() -> i32 {
             names,
         } => images::save(root, output, *format, names),
         Command::Run(args) => run::run(args, root),
+        Command::Pull {
+            platform,
+            quiet,
+            name,
+        } => registry::pull(root, name, platform.as_deref(), *quiet),
+        Command::Push(args) => registry::push(root, args),
+        Command::Login {
+            username,
+            password,
+            password_stdin,
+            server,
+        } => registry::login(
+            server.as_deref(),
+            username.as_deref(),
+            password.as_deref(),
+            *password_stdin,
+        ),
+        Command::Logout { server } => registry::logout(server.as_deref()),
         Command::Debug {
             command: DebugCommand::Parse { dockerfile },
         } => debug_parse(dockerfile),

@@ -69,8 +69,13 @@ impl Reporter for Plain {
 pub(crate) struct Tty {
     multi: indicatif::MultiProgress,
     bars: Mutex<std::collections::BTreeMap<usize, indicatif::ProgressBar>>,
+    /// Steps that move bytes: their name and each item's (done, total).
+    transfers: Mutex<std::collections::BTreeMap<usize, Transfers>>,
     color: bool,
 }
+
+/// A step's name and the bytes its items (layers) moved so far.
+type Transfers = (String, std::collections::BTreeMap<String, (u64, u64)>);
 
 impl std::fmt::Debug for Tty {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -85,6 +90,7 @@ impl Tty {
                 indicatif::ProgressDrawTarget::stderr(),
             ),
             bars: Mutex::new(std::collections::BTreeMap::new()),
+            transfers: Mutex::new(std::collections::BTreeMap::new()),
             color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
         }
     }
@@ -92,8 +98,14 @@ impl Tty {
     /// Replaces a step's spinner with a permanent line above the live ones.
     fn finish(&self, id: usize, mark: &str, tail: &str) {
         let bar = self.bars.lock().ok().and_then(|mut b| b.remove(&id));
+        let named = self
+            .transfers
+            .lock()
+            .ok()
+            .and_then(|mut t| t.remove(&id))
+            .map(|(name, _)| name);
         if let Some(bar) = bar {
-            let name = bar.message();
+            let name = named.unwrap_or_else(|| bar.message());
             bar.finish_and_clear();
             self.multi.remove(&bar);
             let _ = self.multi.println(format!("{mark} {name} {tail}"));
@@ -150,5 +162,44 @@ impl Reporter for Tty {
         let _ = self
             .multi
             .println(self.paint("33", &format!("WARNING: {message}")));
+    }
+    fn transfer(&self, id: usize, item: &str, done: u64, total: u64) {
+        let Some(bar) = self.bars.lock().ok().and_then(|b| b.get(&id).cloned()) else {
+            return;
+        };
+        let Ok(mut transfers) = self.transfers.lock() else {
+            return;
+        };
+        let (name, items) = transfers
+            .entry(id)
+            .or_insert_with(|| (bar.message(), Default::default()));
+        items.insert(item.to_string(), (done, total));
+        let (done, total) = items
+            .values()
+            .fold((0, 0), |(d, t), (di, ti)| (d + di, t + ti));
+        bar.set_message(format!(
+            "{name} {} / {}",
+            estiba::progress::human_size(done),
+            estiba::progress::human_size(total)
+        ));
+    }
+}
+
+/// The progress display a command asked for.
+pub(crate) fn chosen<'a>(
+    mode: super::args::ProgressMode,
+    quiet: bool,
+    plain: &'a Plain,
+    tty: &'a Tty,
+) -> &'a dyn Reporter {
+    match (mode, quiet) {
+        (super::args::ProgressMode::Quiet, _) | (_, true) => &estiba::progress::Silent,
+        (super::args::ProgressMode::Tty, _) => tty,
+        (super::args::ProgressMode::Auto, _)
+            if std::io::IsTerminal::is_terminal(&std::io::stderr()) =>
+        {
+            tty
+        }
+        _ => plain,
     }
 }

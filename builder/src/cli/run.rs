@@ -5,7 +5,6 @@ use super::args::RunArgs;
 use super::Failure;
 use anyhow::{anyhow, Context};
 use estiba::executor::{self, ExtraMount, Network, Publish, RunOptions, RunSpec, Security, Stream};
-use estiba::solve;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -15,11 +14,14 @@ const EXIT_NOT_STARTED: i32 = 125;
 pub(crate) fn run(args: &RunArgs, root: Option<&Path>) -> Result<(), Failure> {
     let store = super::store::open(root)?;
     let _lock = store.lock_shared().context("cannot lock the store")?;
-    let (_, config, layers) =
-        solve::load_image(&store, &args.image).map_err(|e| anyhow!(solve::error_chain(&e)))?;
-    let mut lower = Vec::with_capacity(layers.len());
-    for layer in layers.iter().rev() {
-        lower.push(solve::snapshot_of(&store, layer).map_err(|e| anyhow!(solve::error_chain(&e)))?);
+    let (_, image) = super::images::find(&store, &args.image)?;
+    let config = image.config;
+    let mut lower = Vec::with_capacity(image.layers.len());
+    for layer in image.layers.iter().rev() {
+        lower.push(
+            estiba::image::snapshot(&store, layer)
+                .map_err(|e| anyhow!(estiba::solve::error_chain(&e)))?,
+        );
     }
     let c = &config.config;
     // docker's rule: ENTRYPOINT, then the given command or else CMD.

@@ -145,7 +145,7 @@ pub enum RegistryError {
         source: reqwest::Error,
     },
     /// Any other network failure, after retries.
-    #[error("cannot reach {host} for {reference}")]
+    #[error("cannot reach {host}{}", for_image(.host, .reference))]
     Network {
         /// The registry.
         host: String,
@@ -325,5 +325,14 @@ impl RegistryError {
                 | RegistryError::ServerError { .. }
                 | RegistryError::TooManyRequests { .. }
         )
+    }
+}
+
+/// ` for IMAGE`, unless the image is only the registry's name (a probe).
+fn for_image(host: &str, reference: &str) -> String {
+    if reference.is_empty() || reference == host {
+        String::new()
+    } else {
+        format!(" for {reference}")
     }
 }

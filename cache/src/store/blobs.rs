@@ -97,7 +97,7 @@ impl BlobWriter {
 /// A regular file of the right size is already there: a blob is only ever
 /// renamed into place complete, so the size check only guards against
 /// outside damage.
-fn complete_blob_exists(path: &Path, size: u64) -> bool {
+pub(super) fn complete_blob_exists(path: &Path, size: u64) -> bool {
     fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == size)
 }
 

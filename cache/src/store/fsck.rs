@@ -12,18 +12,21 @@
 //! | each blob             | its content is re-hashed and must give its name            |
 //! | `index.json`          | parses; each entry's manifest (and an index's manifests that are here) parses, and its config and layers are here and intact |
 //! | each cache record     | parses; its layer blob is here and intact                  |
+//! | each compressed-layer record | named by a diff id and a compression; parses; its blob is here and intact |
 //! | each snapshot         | named by a diff id; its completion marker holds that diff id; its `rootfs/` is there |
 //!
 //! What nothing references is not a problem (that is [`Store::prune`]'s
 //! job), and neither is a manifest an index lists but that was never
 //! stored (a pulled image keeps only its own platform's).
 
+use super::compressed::{parse_compressed_name, parse_record};
 use super::fsutil::io_err;
 use super::gc::{desc_digest, desc_media_type, entries, hex_digest, Manifest, Refs};
 use super::index::ref_name;
 use super::snapshots::{MARKER, ROOTFS};
 use super::tmp::Sweep;
 use super::{CacheRecord, Store, StoreError};
+use crate::oci::Compression;
 use crate::Digest;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
@@ -40,6 +43,8 @@ pub struct FsckReport {
     pub images_checked: usize,
     /// Cache records read.
     pub records_checked: usize,
+    /// Compressed-layer records read.
+    pub compressed_checked: usize,
     /// Snapshots looked at.
     pub snapshots_checked: usize,
     /// Everything wrong, in the order found.
@@ -154,6 +159,23 @@ pub enum Problem {
         /// What is wrong with it.
         fault: BlobFault,
     },
+    /// A compressed-layer record that does not parse, or is not named by
+    /// a diff id and a compression.
+    InvalidCompressedRecord {
+        /// Its file name.
+        name: String,
+    },
+    /// A compressed-layer record whose blob is missing or damaged.
+    BrokenCompressedRecord {
+        /// The layer's diff id.
+        diff_id: Digest,
+        /// The compression the record is for.
+        compression: Compression,
+        /// The compressed blob.
+        blob: Digest,
+        /// What is wrong with it.
+        fault: BlobFault,
+    },
     /// A snapshot that is not what its name says.
     BrokenSnapshot {
         /// Its directory name.
@@ -190,6 +212,19 @@ impl fmt::Display for Problem {
             Problem::BrokenRecord { key, blob, fault } => {
                 write!(f, "cache record {}: layer {blob} {fault}", key.hex())
             }
+            Problem::InvalidCompressedRecord { name } => {
+                write!(f, "compressed layer record {name}: does not parse")
+            }
+            Problem::BrokenCompressedRecord {
+                diff_id,
+                compression,
+                blob,
+                fault,
+            } => write!(
+                f,
+                "{compression} form of layer {}: blob {blob} {fault}",
+                diff_id.hex()
+            ),
             Problem::BrokenSnapshot { name, fault } => {
                 write!(f, "snapshot {name}: ")?;
                 match fault {
@@ -217,6 +252,8 @@ pub struct RepairReport {
     pub index_entries_removed: usize,
     /// Cache records deleted.
     pub records_removed: usize,
+    /// Compressed-layer records deleted.
+    pub compressed_records_removed: usize,
     /// Snapshots deleted.
     pub snapshots_removed: usize,
 }
@@ -240,13 +277,14 @@ impl Store {
         };
         self.check_images(&state, &mut report)?;
         self.check_records(&state, &mut report)?;
+        self.check_compressed(&state, &mut report)?;
         self.check_snapshots(&mut report)?;
         Ok(report)
     }
 
     /// Drops everything `report` (from [`Store::fsck`] under the same lock)
-    /// found broken: damaged blobs, the tags and cache records that need
-    /// them, broken snapshots; an `index.json` that does not parse is
+    /// found broken: damaged blobs, the tags, cache records and
+    /// compressed-layer records that need them, broken snapshots; an `index.json` that does not parse is
     /// replaced by an empty one. Needs [`Store::lock_exclusive`], else
     /// [`StoreError::NotLocked`]. What the dropped things alone kept alive
     /// goes with the next [`Store::prune`].
@@ -260,11 +298,8 @@ impl Store {
         for problem in &report.problems {
             match problem {
                 Problem::CorruptBlob { digest, .. } | Problem::UnreadableBlob { digest, .. } => {
-                    let path = self.blob_path(digest);
-                    match fs::remove_file(&path) {
-                        Ok(()) => done.blobs_removed += 1,
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(io_err("remove", &path)(e)),
+                    if remove_file(&self.blob_path(digest))? {
+                        done.blobs_removed += 1;
                     }
                 }
                 Problem::InvalidIndex { .. } => reset_index = true,
@@ -272,16 +307,27 @@ impl Store {
                     entries.insert((tag.clone(), *manifest));
                 }
                 Problem::InvalidRecord { name } => {
-                    let path = self.cache_dir().join(name);
-                    match fs::remove_file(&path) {
-                        Ok(()) => done.records_removed += 1,
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(io_err("remove", &path)(e)),
+                    if remove_file(&self.cache_dir().join(name))? {
+                        done.records_removed += 1;
                     }
                 }
                 Problem::BrokenRecord { key, .. } => {
                     if self.cache_remove(key)? {
                         done.records_removed += 1;
+                    }
+                }
+                Problem::InvalidCompressedRecord { name } => {
+                    if remove_file(&self.compressed_dir().join(name))? {
+                        done.compressed_records_removed += 1;
+                    }
+                }
+                Problem::BrokenCompressedRecord {
+                    diff_id,
+                    compression,
+                    ..
+                } => {
+                    if remove_file(&self.compressed_path(diff_id, *compression))? {
+                        done.compressed_records_removed += 1;
                     }
                 }
                 Problem::BrokenSnapshot { name, .. } => {
@@ -466,6 +512,43 @@ impl Store {
         Ok(())
     }
 
+    /// Every compressed-layer record parses and has its blob.
+    fn check_compressed(
+        &self,
+        state: &dyn Fn(&Digest) -> Option<BlobFault>,
+        report: &mut FsckReport,
+    ) -> Result<(), StoreError> {
+        for (name, path) in sorted_entries(&self.compressed_dir())? {
+            report.compressed_checked += 1;
+            let bytes = match fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("read", &path)(e)),
+            };
+            let parsed = parse_compressed_name(&name)
+                .and_then(|(diff_id, c)| Some((diff_id, c, parse_record(&bytes, c)?)));
+            let Some((diff_id, compression, desc)) = parsed else {
+                report
+                    .problems
+                    .push(Problem::InvalidCompressedRecord { name });
+                continue;
+            };
+            let fault = match state(&desc.digest) {
+                None if !self.blob_has_size(&desc.digest, desc.size) => Some(BlobFault::Damaged),
+                fault => fault,
+            };
+            if let Some(fault) = fault {
+                report.problems.push(Problem::BrokenCompressedRecord {
+                    diff_id,
+                    compression,
+                    blob: desc.digest,
+                    fault,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Every snapshot is complete and is the diff id it is named by.
     fn check_snapshots(&self, report: &mut FsckReport) -> Result<(), StoreError> {
         for (name, path) in sorted_entries(&self.snapshots_dir())? {
@@ -496,6 +579,15 @@ impl Store {
             }
         }
         Ok(())
+    }
+}
+
+/// Removes a file; `false` if it was already gone.
+fn remove_file(path: &std::path::Path) -> Result<bool, StoreError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err("remove", path)(e)),
     }
 }
 

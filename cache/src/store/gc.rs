@@ -5,14 +5,20 @@
 //! its config and layers (OCI image manifests and Docker schema 2
 //! manifests); an index or a Docker manifest list keeps its manifests,
 //! recursively; an image config's `rootfs.diff_ids` keep their snapshots.
-//! Each cache record keeps its layer blob and its snapshot. Then the sweep
-//! removes unmarked blobs, cache records whose blob is gone, unmarked or
+//! Each cache record keeps its layer blob and its snapshot. A compressed
+//! form of a layer (see the `compressed` module) is derived data: its
+//! record keeps its blob while the layer is kept in some form (its blob,
+//! named by the diff id, or an image config or cache record naming the diff
+//! id). Then the sweep removes unmarked blobs, cache records whose blob is
+//! gone, compressed-layer records whose layer or blob is gone, unmarked or
 //! incomplete snapshots, and temp entries no live process holds a lock on;
-//! with `all`, also the mount caches and stat caches.
+//! with `all`, also every compressed-layer record, the mount caches and
+//! stat caches.
 //!
 //! The caller holds [`Store::lock_exclusive`], so no build is between
 //! writing a blob and recording it.
 
+use super::compressed::{parse_compressed_name, parse_record};
 use super::fsutil::{self, io_err};
 use super::snapshots::MARKER;
 use super::tmp::Sweep;
@@ -33,8 +39,9 @@ const MAX_CONFIG: u64 = 16 << 20;
 /// What [`Store::prune_with`] removes beyond what nothing references.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PruneOptions {
-    /// Drop every cache record, snapshot, `RUN --mount=type=cache`
-    /// directory and stat cache: only what tags reach stays.
+    /// Drop every cache record, compressed-layer record, snapshot, `RUN
+    /// --mount=type=cache` directory and stat cache: only what tags reach
+    /// stays.
     pub all: bool,
     /// Also drop cache records created before this time (Unix seconds),
     /// and so whatever only they kept alive.
@@ -50,6 +57,9 @@ pub struct PruneReport {
     pub bytes_freed: u64,
     /// Step cache records deleted.
     pub cache_records_removed: usize,
+    /// Compressed-layer records deleted (their blobs count in
+    /// `blobs_removed` when nothing else keeps them).
+    pub compressed_records_removed: usize,
     /// Snapshots deleted.
     pub snapshots_removed: usize,
     /// Stale temp files and directories deleted.
@@ -184,6 +194,7 @@ impl Store {
         let mut live = Live::default();
         self.mark_from_index(&mut live)?;
         self.sweep_records(options, &mut live, &mut report)?;
+        self.sweep_compressed(options.all, &mut live, &mut report)?;
         self.sweep_blobs(&live, &mut report)?;
         self.sweep_snapshots(options.all, &live, &mut report)?;
         self.sweep_side_caches(options.all, &mut report)?;
@@ -291,6 +302,35 @@ impl Store {
             }
             report.bytes_freed += fsutil::remove_dir_all_force(&path)?;
             report.cache_records_removed += 1;
+        }
+        Ok(())
+    }
+
+    /// Keeps (and marks the blob of) each compressed-layer record whose
+    /// layer is live and whose blob is whole; removes the others, and all
+    /// of them with `all`. Runs after the marks of tags and cache records.
+    fn sweep_compressed(
+        &self,
+        all: bool,
+        live: &mut Live,
+        report: &mut PruneReport,
+    ) -> Result<(), StoreError> {
+        for (name, path) in entries(&self.compressed_dir())? {
+            let blob = parse_compressed_name(&name).and_then(|(diff_id, compression)| {
+                let layer_live = live.blobs.contains(&diff_id) || live.diff_ids.contains(&diff_id);
+                let desc = parse_record(&fs::read(&path).ok()?, compression)?;
+                (!all && layer_live && self.blob_has_size(&desc.digest, desc.size))
+                    .then_some(desc.digest)
+            });
+            match blob {
+                Some(blob) => {
+                    live.blobs.insert(blob);
+                }
+                None => {
+                    report.bytes_freed += fsutil::remove_dir_all_force(&path)?;
+                    report.compressed_records_removed += 1;
+                }
+            }
         }
         Ok(())
     }

@@ -1,0 +1,271 @@
+//! Pushing an image from the store to a registry: its layers compressed
+//! (once: the compressed blob is kept in the store for the next push or
+//! export), every blob the registry lacks uploaded or mounted from another
+//! repository of the same registry, then the manifest.
+
+use super::stored::{self, Image};
+use super::ImageError;
+use crate::compress::Compression;
+use crate::progress::{human_size, Reporter};
+use crate::registry::{Reference, Registry};
+use estiba_cache::oci::{media_type, Descriptor, Manifest};
+use estiba_cache::{Digest, Store};
+use std::time::Instant;
+
+/// Blobs uploaded at once.
+const CONCURRENT_UPLOADS: usize = 3;
+
+/// The media types a pushed manifest uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Format {
+    /// OCI image manifest, config and layer types.
+    #[default]
+    Oci,
+    /// Docker schema 2 types, for registries that know no OCI.
+    Docker,
+}
+
+/// How to push.
+#[derive(Debug, Clone, Copy)]
+pub struct PushOptions {
+    /// Manifest media types.
+    pub format: Format,
+    /// How layers stored uncompressed are compressed (layers stored
+    /// compressed are pushed as they are).
+    pub compression: Compression,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        PushOptions {
+            format: Format::Oci,
+            compression: Compression::Gzip,
+        }
+    }
+}
+
+/// What a push made: the manifest the registry now has.
+#[derive(Debug, Clone)]
+pub struct Pushed {
+    /// Where.
+    pub reference: Reference,
+    /// The manifest's digest (`containerimage.digest`).
+    pub digest: Digest,
+    /// The manifest's size.
+    pub size: u64,
+    /// The manifest's media type.
+    pub media_type: String,
+}
+
+/// Where a push's progress goes.
+pub(super) struct PushProgress<'a> {
+    pub(super) reporter: &'a dyn Reporter,
+    pub(super) id: usize,
+}
+
+/// Pushes `image` to `dest`.
+pub(super) fn push(
+    store: &Store,
+    registry: &Registry,
+    image: &Image,
+    dest: &Reference,
+    opts: &PushOptions,
+    progress: &PushProgress<'_>,
+) -> Result<Pushed, ImageError> {
+    let mut layers = Vec::with_capacity(image.layers.len());
+    for layer in &image.layers {
+        let blob = match Compression::from_media_type(&layer.descriptor.media_type) {
+            // Layers pulled compressed are pushed as they are.
+            Some(Compression::Gzip | Compression::Zstd) => layer.descriptor.clone(),
+            _ => {
+                super::compressed_layer(store, &layer.descriptor, &layer.diff_id, opts.compression)?
+            }
+        };
+        layers.push(Descriptor {
+            media_type: layer_type(opts.format, &blob.media_type).to_string(),
+            ..blob
+        });
+    }
+    let config = Descriptor::new(
+        match opts.format {
+            Format::Oci => media_type::OCI_CONFIG,
+            Format::Docker => media_type::DOCKER_CONFIG,
+        },
+        image.manifest.config.digest,
+        image.manifest.config.size,
+    );
+    let manifest_type = match opts.format {
+        Format::Oci => media_type::OCI_MANIFEST,
+        Format::Docker => media_type::DOCKER_MANIFEST,
+    };
+    // A manifest that already says all this (an image pulled from a
+    // registry) is pushed byte for byte, so it keeps its digest.
+    let stored_type = image
+        .manifest
+        .media_type
+        .as_deref()
+        .unwrap_or(&image.descriptor.media_type);
+    let manifest_bytes = if stored_type == manifest_type
+        && image.manifest.config.media_type == config.media_type
+        && image.manifest.layers == layers
+    {
+        store.read_blob(&image.descriptor.digest)?
+    } else {
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(manifest_type.to_string()),
+            config: config.clone(),
+            layers: layers.clone(),
+            annotations: Default::default(),
+        };
+        serde_json::to_vec(&manifest).map_err(ImageError::Encode)?
+    };
+
+    let sources = mount_sources(store, image, dest)?;
+    // Each blob with what mount sources are matched by: a layer's diff ID
+    // (its compressed form may differ), the config's own digest.
+    let mut blobs: Vec<(&Descriptor, Digest)> = vec![(&config, config.digest)];
+    for (blob, layer) in layers.iter().zip(&image.layers) {
+        if !blobs.iter().any(|(b, _)| b.digest == blob.digest) {
+            blobs.push((blob, layer.diff_id));
+        }
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = blobs.len().min(CONCURRENT_UPLOADS);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| -> Result<(), ImageError> {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((blob, key)) = blobs.get(i) else {
+                            return Ok(());
+                        };
+                        upload(store, registry, dest, blob, *key, &sources, progress)?;
+                    }
+                })
+            })
+            .collect();
+        let mut first_error = None;
+        for h in handles {
+            let outcome = h.join().unwrap_or_else(|_| {
+                Err(ImageError::Corrupt {
+                    image: dest.familiar(),
+                    reason: "an upload thread panicked".to_string(),
+                })
+            });
+            if let Err(e) = outcome {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    })?;
+    let digest = registry.put_manifest(dest, manifest_type, &manifest_bytes)?;
+    let size = manifest_bytes.len() as u64;
+    progress.reporter.log(
+        progress.id,
+        &format!("pushing manifest for {dest}@{digest} done"),
+    );
+    Ok(Pushed {
+        reference: dest.clone(),
+        digest,
+        size,
+        media_type: manifest_type.to_string(),
+    })
+}
+
+/// The layer media type `format` uses for a blob of `blob_type`.
+fn layer_type(format: Format, blob_type: &str) -> &'static str {
+    let compression = Compression::from_media_type(blob_type).unwrap_or(Compression::None);
+    match format {
+        Format::Oci => crate::compress::media_type(compression),
+        Format::Docker => compression.docker_media_type(),
+    }
+}
+
+/// Repositories of `dest`'s registry that other images in the store were
+/// named after, with what of ours they hold (the diff IDs of shared layers,
+/// the config when it is the same): such a blob is mounted instead of
+/// uploaded (the registry says whether it really has it).
+fn mount_sources(
+    store: &Store,
+    image: &Image,
+    dest: &Reference,
+) -> Result<Vec<(Reference, Vec<Digest>)>, ImageError> {
+    let mut out: Vec<(Reference, Vec<Digest>)> = Vec::new();
+    for (tag, desc) in store.tags()? {
+        let Ok(r) = Reference::parse(&tag) else {
+            continue;
+        };
+        if r.registry != dest.registry || r.repository == dest.repository {
+            continue;
+        }
+        if out.iter().any(|(o, _)| o.repository == r.repository) {
+            continue;
+        }
+        let Ok(other) = stored::read(store, &tag, &desc) else {
+            continue;
+        };
+        let mut shared: Vec<Digest> = other
+            .layers
+            .iter()
+            .map(|l| l.diff_id)
+            .filter(|d| image.layers.iter().any(|l| l.diff_id == *d))
+            .collect();
+        if other.id() == image.id() {
+            shared.push(image.id());
+        }
+        if !shared.is_empty() {
+            out.push((r, shared));
+        }
+    }
+    Ok(out)
+}
+
+fn upload(
+    store: &Store,
+    registry: &Registry,
+    dest: &Reference,
+    blob: &Descriptor,
+    key: Digest,
+    sources: &[(Reference, Vec<Digest>)],
+    progress: &PushProgress<'_>,
+) -> Result<(), ImageError> {
+    let item = format!("sha256:{}", &blob.digest.hex()[..12]);
+    if registry.blob_exists(dest, &blob.digest)? {
+        progress
+            .reporter
+            .log(progress.id, &format!("{item} already exists"));
+        return Ok(());
+    }
+    for (from, held) in sources {
+        if held.contains(&key) && registry.mount_blob(dest, from, &blob.digest)? {
+            progress.reporter.log(
+                progress.id,
+                &format!("{item} mounted from {}", from.familiar_name()),
+            );
+            return Ok(());
+        }
+    }
+    let started = Instant::now();
+    let open = || -> std::io::Result<Box<dyn std::io::Read + Send>> {
+        let f = store
+            .open_blob(&blob.digest)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(Box::new(std::io::BufReader::new(f)))
+    };
+    registry.put_blob(dest, blob, &open, &|done| {
+        progress
+            .reporter
+            .transfer(progress.id, &item, done, blob.size);
+    })?;
+    progress.reporter.log(
+        progress.id,
+        &format!(
+            "{item} {} {:.1}s done",
+            human_size(blob.size),
+            started.elapsed().as_secs_f64()
+        ),
+    );
+    Ok(())
+}
