@@ -835,3 +835,35 @@ fn docker_manifests_and_zstd_layers_are_pulled_and_run() {
         e.fsck_clean(&store);
     }
 }
+
+/// `-o type=registry,name=REF` pushes without tagging the store, as
+/// BuildKit's registry exporter; a push with no name is a usage error.
+#[test]
+fn output_type_registry_pushes_to_its_name() {
+    let Some(reg) = RegistryServer::start_or_skip("output_registry", Auth::None) else {
+        return;
+    };
+    let e = Env::new();
+    e.import_busybox("a");
+    let ctx = e.context(&[("Dockerfile", APP), ("f.txt", "cinco\n")]);
+    let name = format!("{}/app:exported", reg.host());
+    let (out, _) = ok(e
+        .estiba("a")
+        .args(["build", "--progress", "plain", "-o"])
+        .arg(format!("type=registry,name={name}"))
+        .arg(&ctx));
+    let digest = pushed_digest(&out, &name);
+    assert_eq!(
+        reg.inspect("app:exported", false).expect("inspect")["Digest"],
+        serde_json::json!(digest)
+    );
+    let (code, _, _) = support_estiba::run(e.estiba("a").args(["inspect", &name]));
+    assert_ne!(code, 0, "type=registry does not tag the store");
+    let (code, _, err) = support_estiba::run(
+        e.estiba("a")
+            .args(["build", "--progress", "plain", "--push"])
+            .arg(&ctx),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("-t NAME"), "{err}");
+}
