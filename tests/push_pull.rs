@@ -867,3 +867,278 @@ fn output_type_registry_pushes_to_its_name() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("-t NAME"), "{err}");
 }
+
+// ---------------------------------------------------------------------------
+// The build cache shared through a registry (--cache-to / --cache-from)
+
+/// Two stages: COPY, a RUN with a cache mount, a second stage that copies
+/// from the first. Each RUN checks the secret `who` is `A`: a secret is no
+/// part of a cache key, so a machine that says `B` can only succeed when no
+/// RUN executes there.
+const SHARED: &str = "FROM busybox:test AS build
+COPY src/a.txt /src/a.txt
+COPY src/b.txt /src/b.txt
+RUN --mount=type=cache,target=/cache --mount=type=secret,id=who test \"$(cat /run/secrets/who)\" = A && echo built >> /cache/log && cat /src/a.txt /src/b.txt > /out.txt
+FROM busybox:test
+COPY other.txt /app/other.txt
+COPY --from=build /out.txt /app/out.txt
+RUN --mount=type=secret,id=who test \"$(cat /run/secrets/who)\" = A && cat /app/other.txt /app/out.txt > /app/all.txt
+";
+
+/// Each step of a plain progress log: its name, and whether it was CACHED.
+fn steps(stderr: &str) -> Vec<(String, bool)> {
+    let mut names: Vec<(String, String)> = Vec::new();
+    let mut cached = std::collections::BTreeSet::new();
+    for line in stderr.lines() {
+        let Some(rest) = line.strip_prefix('#') else {
+            continue;
+        };
+        let Some((id, text)) = rest.split_once(' ') else {
+            continue;
+        };
+        if text == "CACHED" {
+            cached.insert(id.to_string());
+        } else if text.starts_with('[') && !names.iter().any(|(i, _)| i == id) {
+            names.push((id.to_string(), text.to_string()));
+        }
+    }
+    names
+        .into_iter()
+        .map(|(id, name)| {
+            let hit = cached.contains(&id);
+            (name, hit)
+        })
+        .collect()
+}
+
+/// The steps of `stderr` that ran (were not CACHED), by name.
+fn ran(stderr: &str) -> Vec<String> {
+    steps(stderr)
+        .into_iter()
+        .filter(|(name, hit)| !hit && (name.contains(" RUN ") || name.contains(" COPY ")))
+        .map(|(name, _)| name)
+        .collect()
+}
+
+impl Env {
+    fn shared_context(&self) -> PathBuf {
+        let ctx = self.context(&[("Dockerfile", SHARED), ("other.txt", "other\n")]);
+        std::fs::create_dir_all(ctx.join("src")).expect("mkdir");
+        std::fs::write(ctx.join("src/a.txt"), "a\n").expect("write");
+        std::fs::write(ctx.join("src/b.txt"), "b\n").expect("write");
+        ctx
+    }
+
+    /// `estiba build` of the shared context on `store`, as machine `who`.
+    fn build_as(&self, store: &str, who: &str, extra: &[&str]) -> (i32, String, String) {
+        support_estiba::run(
+            self.estiba(store)
+                .env("WHO", who)
+                .args(["build", "--progress", "plain", "--secret", "id=who,env=WHO"])
+                .args(extra)
+                .arg(self.path("ctx")),
+        )
+    }
+}
+
+/// The proof of issue 11: machine A builds and pushes the image and its
+/// cache; machine B, an empty store, builds the same context from the
+/// cache: every step a hit, no RUN executed, the same image digest. One
+/// source changed on B: only the steps that read it and those after it run.
+#[test]
+fn an_empty_machine_builds_from_the_registry_cache_without_running_a_step() {
+    let Some(reg) = RegistryServer::start_or_skip("cache_proof", Auth::None) else {
+        return;
+    };
+    let e = Env::new();
+    e.shared_context();
+    let image_a = format!("{}/app:a", reg.host());
+    let cache = format!("{}/app:cache", reg.host());
+    let meta = e.path("meta-a.json");
+    e.import_busybox("a");
+    let (code, out, err) = e.build_as(
+        "a",
+        "A",
+        &[
+            "--push",
+            "-t",
+            &image_a,
+            "--cache-to",
+            &format!("type=registry,ref={cache},mode=max"),
+            "--metadata-file",
+            meta.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let digest_a = pushed_digest(&out, &image_a);
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&meta).expect("metadata")).expect("json");
+    assert_eq!(
+        metadata["estiba.cache.exported"][0]["ref"],
+        serde_json::json!(cache),
+        "{metadata}"
+    );
+
+    // B: empty but for its base image; says it is B, so a RUN would fail.
+    e.import_busybox("b");
+    let image_b = format!("{}/app:b", reg.host());
+    let (code, out, err) = e.build_as(
+        "b",
+        "B",
+        &["--push", "-t", &image_b, "--cache-from", &format!("type=registry,ref={cache}")],
+    );
+    assert_eq!(code, 0, "B built with RUN steps that ran: {err}");
+    assert_eq!(ran(&err), Vec::<String>::new(), "every step is a hit:\n{err}");
+    assert_eq!(pushed_digest(&out, &image_b), digest_a, "the same image");
+    e.fsck_clean("b");
+
+    // One file changed on B: the steps that read it and those after run.
+    std::fs::write(e.path("ctx/src/b.txt"), "b changed\n").expect("write");
+    e.import_busybox("c");
+    let (code, _, err) = e.build_as(
+        "c",
+        "A",
+        &["-t", "changed:1", "--cache-from", &format!("type=registry,ref={cache}")],
+    );
+    assert_eq!(code, 0, "{err}");
+    let ran = ran(&err);
+    let ran_text = ran.join("\n");
+    assert!(!ran_text.contains("COPY src/a.txt"), "{ran_text}");
+    assert!(!ran_text.contains("COPY other.txt"), "{ran_text}");
+    assert!(ran_text.contains("COPY src/b.txt"), "{ran_text}");
+    assert_eq!(ran.iter().filter(|s| s.contains(" RUN ")).count(), 2, "{ran_text}");
+    assert!(ran_text.contains("COPY --from=build"), "{ran_text}");
+}
+
+/// mode=min exports the final image's steps only; mode=max every stage's.
+/// An intermediate stage built from each: only max spares its RUN.
+#[test]
+fn mode_max_exports_intermediate_stages_and_mode_min_does_not() {
+    let Some(reg) = RegistryServer::start_or_skip("cache_modes", Auth::None) else {
+        return;
+    };
+    let e = Env::new();
+    e.shared_context();
+    e.import_busybox("a");
+    let min = format!("{}/app:cache-min", reg.host());
+    let max = format!("{}/app:cache-max", reg.host());
+    let (code, _, err) = e.build_as(
+        "a",
+        "A",
+        &[
+            "--cache-to",
+            &format!("type=registry,ref={min},mode=min"),
+            "--cache-to",
+            &format!("type=registry,ref={max},mode=max"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    for (cache, store, hits) in [(&max, "max", true), (&min, "min", false)] {
+        e.import_busybox(store);
+        let (code, _, err) = e.build_as(
+            store,
+            "B",
+            &["--target", "build", "--cache-from", &format!("type=registry,ref={cache}")],
+        );
+        if hits {
+            assert_eq!(code, 0, "mode=max has the build stage: {err}");
+            assert_eq!(ran(&err), Vec::<String>::new(), "{err}");
+        } else {
+            assert_eq!(code, 1, "mode=min lacks the build stage's RUN: {err}");
+        }
+    }
+}
+
+/// The cache in a directory (what a CI cache action saves), an inline
+/// cache in the pushed image, and a list of sources where the first is
+/// missing and the second has it: each gives every step as a hit.
+#[test]
+fn local_and_inline_caches_and_a_missing_first_source() {
+    let Some(reg) = RegistryServer::start_or_skip("cache_kinds", Auth::None) else {
+        return;
+    };
+    let e = Env::new();
+    e.shared_context();
+    e.import_busybox("a");
+    let dir = e.path("ci-cache");
+    let inline = format!("{}/app:inline", reg.host());
+    let (code, _, err) = e.build_as(
+        "a",
+        "A",
+        &[
+            "--push",
+            "-t",
+            &inline,
+            "--cache-to",
+            "type=inline",
+            "--cache-to",
+            &format!("type=local,dest={},mode=max", dir.display()),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(dir.join("index.json").exists() && dir.join("oci-layout").exists());
+
+    e.import_busybox("local");
+    let (code, _, err) = e.build_as(
+        "local",
+        "B",
+        &["--cache-from", &format!("type=local,src={}", dir.display())],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(ran(&err), Vec::<String>::new(), "{err}");
+
+    e.import_busybox("inline");
+    let missing = format!("{}/app:no-such-cache", reg.host());
+    let (code, _, err) = e.build_as(
+        "inline",
+        "B",
+        &["--cache-from", &missing, "--cache-from", &inline],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("no-such-cache"), "the missing source is a warning: {err}");
+    assert_eq!(ran(&err), Vec::<String>::new(), "{err}");
+}
+
+/// A cache whose layer blob is gone from the registry: a miss with a
+/// warning, the step runs, the build succeeds.
+#[test]
+fn a_cache_with_a_missing_blob_is_a_miss_not_a_failure() {
+    let Some(reg) = RegistryServer::start_or_skip("cache_gone", Auth::None) else {
+        return;
+    };
+    let e = Env::new();
+    e.shared_context();
+    e.import_busybox("a");
+    let cache = format!("{}/app:cache", reg.host());
+    let (code, _, err) = e.build_as(
+        "a",
+        "A",
+        &["--cache-to", &format!("type=registry,ref={cache},mode=max")],
+    );
+    assert_eq!(code, 0, "{err}");
+    let raw = reg.inspect("app:cache", true).expect("inspect --raw");
+    for layer in raw["layers"].as_array().expect("layers") {
+        let digest = layer["digest"].as_str().expect("digest");
+        let hex = digest.strip_prefix("sha256:").expect("sha256");
+        let data = reg
+            .storage_dir()
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data");
+        let mut bytes = std::fs::read(&data).expect("blob");
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0xff;
+        std::fs::write(&data, bytes).expect("damage");
+    }
+    e.import_busybox("b");
+    let (code, _, err) = e.build_as(
+        "b",
+        "A",
+        &["--cache-from", &format!("type=registry,ref={cache}")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("cannot be used"), "a warning: {err}");
+    assert!(!ran(&err).is_empty(), "steps ran: {err}");
+    e.fsck_clean("b");
+}

@@ -11,7 +11,9 @@ use crate::cachekey::{KeyInputs, KEY_VERSION};
 use crate::copy::{self, Chmod, CopyOptions, Writer};
 use crate::executor::{Network, Security};
 use crate::fetch;
-use crate::image::{self, History, ImageConfig, ImageError, Images, Layer, HISTORY_COMMENT};
+use crate::image::{
+    self, CacheEntry, History, ImageConfig, ImageError, Images, Layer, RemoteCache, HISTORY_COMMENT,
+};
 use crate::layer;
 use crate::progress::Reporter;
 use crate::registry::Reference;
@@ -244,6 +246,10 @@ pub struct Solver<'a> {
     context: &'a (dyn SourceTree + Sync),
     reporter: &'a dyn Reporter,
     opts: SolveOptions,
+    /// `--cache-from`: steps other machines built, looked up on a local miss.
+    remote: Option<&'a RemoteCache<'a>>,
+    /// Every cached step of this build (hit or made), for `--cache-to`.
+    entries: std::sync::Mutex<Vec<CacheEntry>>,
 }
 
 impl std::fmt::Debug for Solver<'_> {
@@ -273,7 +279,79 @@ impl<'a> Solver<'a> {
             context,
             reporter,
             opts,
+            remote: None,
+            entries: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Looks steps up in `remote` (`--cache-from`) when the store misses.
+    pub fn with_remote_cache(self, remote: &'a RemoteCache<'a>) -> Self {
+        Solver {
+            remote: (!remote.is_empty()).then_some(remote),
+            ..self
+        }
+    }
+
+    /// The cached steps of the last solve, hit or made, each once, sorted
+    /// by key: what `--cache-to` exports.
+    pub fn cache_entries(&self) -> Vec<CacheEntry> {
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        entries.sort_by_key(|e| e.key);
+        entries.dedup_by_key(|e| e.key);
+        entries
+    }
+
+    fn remember(&self, key: &Digest, layer: &Layer, created: i64) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(CacheEntry {
+                key: *key,
+                layer: Some(layer.clone()),
+                created,
+            });
+    }
+
+    /// The step `key` from `--cache-from`, its layer brought into the
+    /// store. A layer the cache no longer has, or has damaged, is a miss
+    /// with a warning: the step runs.
+    fn remote_hit(&self, key: &Digest) -> Result<Option<(Layer, i64)>> {
+        let Some(remote) = self.remote else {
+            return Ok(None);
+        };
+        let Some(hit) = remote.get(key) else {
+            return Ok(None);
+        };
+        let Some(layer) = hit.layer else {
+            return Ok(None);
+        };
+        if !self.store.has_blob(&layer.descriptor.digest) {
+            match remote.fetch(self.store, &layer.descriptor) {
+                Ok(true) => {}
+                Ok(false) => return Ok(None),
+                Err(e) => {
+                    self.reporter.warning(&format!(
+                        "the cache's layer {} cannot be used, so its step runs: {}",
+                        layer.descriptor.digest,
+                        error_chain(&e)
+                    ));
+                    return Ok(None);
+                }
+            }
+        }
+        self.store.cache_put(
+            key,
+            &CacheRecord {
+                layer: Some(layer.descriptor.clone()),
+                diff_id: Some(layer.diff_id),
+                created: hit.created,
+            },
+        )?;
+        Ok(Some((layer, hit.created)))
     }
 
     /// A new progress vertex id (the CLI numbers its export steps with these too).
@@ -747,26 +825,30 @@ impl<'a> Solver<'a> {
         if !self.opts.no_cache {
             if let Some(record) = self.store.cache_get(key)? {
                 if let (Some(descriptor), Some(diff_id)) = (record.layer, record.diff_id) {
-                    return Ok((
-                        Some(Layer {
-                            descriptor,
-                            diff_id,
-                        }),
-                        key.to_string(),
-                        true,
-                    ));
+                    let layer = Layer {
+                        descriptor,
+                        diff_id,
+                    };
+                    self.remember(key, &layer, record.created);
+                    return Ok((Some(layer), key.to_string(), true));
                 }
+            }
+            if let Some((layer, created)) = self.remote_hit(key)? {
+                self.remember(key, &layer, created);
+                return Ok((Some(layer), key.to_string(), true));
             }
         }
         let layer = run()?;
+        let created = now();
         self.store.cache_put(
             key,
             &CacheRecord {
                 layer: Some(layer.descriptor.clone()),
                 diff_id: Some(layer.diff_id),
-                created: now(),
+                created,
             },
         )?;
+        self.remember(key, &layer, created);
         Ok((Some(layer), key.to_string(), false))
     }
 

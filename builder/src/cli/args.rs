@@ -229,6 +229,14 @@ pub(crate) struct BuildArgs {
     /// Media types of pushed manifests: oci or docker (schema 2).
     #[arg(long = "push-format", value_enum, default_value_t = ManifestFormat::Oci)]
     pub(crate) push_format: ManifestFormat,
+    /// Export the build cache: type=registry,ref=REF[,mode=min|max][,compression=gzip|zstd],
+    /// type=local,dest=DIR[,mode=…], or type=inline (in the pushed image).
+    #[arg(long = "cache-to")]
+    pub(crate) cache_to: Vec<String>,
+    /// Use a build cache: type=registry,ref=REF, type=local,src=DIR, or REF
+    /// (a cache or an image with an inline cache); repeatable, first wins.
+    #[arg(long = "cache-from")]
+    pub(crate) cache_from: Vec<String>,
     /// Write the build's result as JSON (buildx's keys: containerimage.digest,
     /// containerimage.config.digest, image.name).
     #[arg(long)]

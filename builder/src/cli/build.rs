@@ -6,7 +6,11 @@ use super::{read_dockerfile, Failure};
 use anyhow::Context;
 use estiba::context::BuildContext;
 use estiba::executor::Network;
-use estiba::image::{Images, PullPolicy, PushOptions};
+use super::cache::{CacheTo, Mode as CacheMode};
+use estiba::image::{
+    export_cache, inline_metadata, CacheDest, CacheEntry, CacheExportOptions, Images, PullPolicy,
+    PushOptions, RemoteCache, INLINE_CACHE_KEY,
+};
 use estiba::progress::Reporter;
 use estiba::registry::Reference;
 use estiba::solve::{Entitlement, SecretSource, SolveOptions, Solver};
@@ -205,6 +209,16 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
         .iter()
         .map(|t| Reference::parse(t).map_err(|e| Failure::Usage(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
+    let cache_to = args
+        .cache_to
+        .iter()
+        .map(|c| super::cache::parse_to(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cache_from = args
+        .cache_from
+        .iter()
+        .map(|c| super::cache::parse_from(c))
+        .collect::<Result<Vec<_>, _>>()?;
     let secrets = args
         .secrets
         .iter()
@@ -247,6 +261,8 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
         .with_context(|| format!("cannot use the build context {}", args.context.display()))?
         .with_stat_cache_temp_dir(stat_scratch.path());
     let epoch = source_date_epoch()?;
+    // Only each source's manifest and config now; layers when a step hits.
+    let remote = RemoteCache::load(Some(&registry), &cache_from, reporter);
     let solver = Solver::new(
         &images,
         &context,
@@ -269,7 +285,8 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
                 })
                 .collect(),
         },
-    );
+    )
+    .with_remote_cache(&remote);
     let built = solver.solve(&graph).map_err(|error| Failure::Dockerfile {
         span: error.span.clone(),
         error: Box::new(error),
@@ -279,10 +296,30 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
     let export_id = solver.vertex();
     let export_start = std::time::Instant::now();
     reporter.started(export_id, "exporting to image");
-    let manifest = estiba::image::store_image(&store, &built.config, &built.layers)
+    let entries = solver.cache_entries();
+    // The steps of the final image: what mode=min (and inline) export.
+    let min_entries: Vec<CacheEntry> = entries
+        .iter()
+        .filter(|e| {
+            e.layer
+                .as_ref()
+                .is_some_and(|l| built.layers.iter().any(|b| b.diff_id == l.diff_id))
+        })
+        .cloned()
+        .collect();
+    let mut config = built.config.clone();
+    // A base image's inline cache describes the base, not this image.
+    config.other.remove(INLINE_CACHE_KEY);
+    if cache_to.iter().any(|c| matches!(c, CacheTo::Inline)) {
+        config.other.insert(
+            INLINE_CACHE_KEY.to_string(),
+            inline_metadata(&min_entries, &built.layers),
+        );
+    }
+    let manifest = estiba::image::store_image(&store, &config, &built.layers)
         .context("cannot store the image")?;
     let config_digest = estiba_cache::Digest::of(
-        &serde_json::to_vec(&built.config).context("cannot serialize the config")?,
+        &serde_json::to_vec(&config).context("cannot serialize the config")?,
     );
     let image_id = config_digest.to_string();
     let want_image = outputs.is_empty() || outputs.contains(&Output::Image);
@@ -348,8 +385,49 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
             })?);
         }
     }
+    let mut exported = Vec::new();
+    for to in &cache_to {
+        let CacheTo::Artifact {
+            dest,
+            mode,
+            compression,
+        } = to
+        else {
+            continue;
+        };
+        let chosen = match mode {
+            CacheMode::Min => &min_entries,
+            CacheMode::Max => &entries,
+        };
+        let id = solver.vertex();
+        let started = std::time::Instant::now();
+        let what = match dest {
+            CacheDest::Registry { reference } => reference.to_string(),
+            CacheDest::Local { dir } => dir.display().to_string(),
+        };
+        reporter.started(id, &format!("exporting cache to {what}"));
+        let digest = export_cache(
+            &store,
+            Some(&registry),
+            dest,
+            chosen,
+            &CacheExportOptions {
+                compression: *compression,
+            },
+            reporter,
+            id,
+        )
+        .map_err(|e| anyhow::anyhow!(estiba::solve::error_chain(&e)))
+        .with_context(|| format!("cannot export the build cache to {what}"))?;
+        reporter.log(
+            id,
+            &format!("{} steps, manifest {digest} done", chosen.len()),
+        );
+        reporter.done(id, started.elapsed());
+        exported.push((what, digest));
+    }
     if let Some(f) = &args.metadata_file {
-        super::registry::write_metadata(f, &config_digest, &pushed)?;
+        super::registry::write_metadata(f, &config_digest, &pushed, &exported)?;
     }
     if let Some(f) = &args.iidfile {
         std::fs::write(f, &image_id).with_context(|| format!("cannot write {}", f.display()))?;

@@ -4,6 +4,7 @@
 
 mod args;
 mod build;
+mod cache;
 mod fsck;
 mod images;
 mod interrupt;

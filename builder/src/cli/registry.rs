@@ -116,7 +116,7 @@ pub(crate) fn push(root: Option<&Path>, args: &PushArgs) -> Result<(), Failure> 
         print_pushed(&pushed);
     }
     if let Some(f) = &args.metadata_file {
-        write_metadata(f, &image.id(), &[pushed])?;
+        write_metadata(f, &image.id(), &[pushed], &[])?;
     }
     Ok(())
 }
@@ -136,6 +136,7 @@ pub(crate) fn write_metadata(
     file: &Path,
     config: &estiba_cache::Digest,
     pushed: &[Pushed],
+    caches: &[(String, estiba_cache::Digest)],
 ) -> Result<(), Failure> {
     let mut out = serde_json::json!({
         "containerimage.config.digest": config.to_string(),
@@ -149,6 +150,13 @@ pub(crate) fn write_metadata(
         });
         let names: Vec<String> = pushed.iter().map(|p| p.reference.to_string()).collect();
         out["image.name"] = serde_json::json!(names.join(","));
+    }
+    if !caches.is_empty() {
+        // Not a buildx key: where each --cache-to went, and its manifest.
+        out["estiba.cache.exported"] = caches
+            .iter()
+            .map(|(to, digest)| serde_json::json!({"ref": to, "digest": digest.to_string()}))
+            .collect();
     }
     let text = serde_json::to_string_pretty(&out).context("cannot encode the metadata")?;
     std::fs::write(file, text).with_context(|| format!("cannot write {}", file.display()))?;
