@@ -116,6 +116,12 @@ pub enum CacheError {
         /// The image.
         image: String,
     },
+    /// A registry cache with no registry client (an offline command).
+    #[error("cache {cache} is in a registry, and this command has no registry client")]
+    NoRegistry {
+        /// The cache.
+        cache: String,
+    },
     /// A blob of a local cache is not what its digest says.
     #[error("blob {} is damaged: {size} bytes hashing to {actual}, expected {expected_size} bytes", path.display())]
     DamagedBlob {
@@ -543,7 +549,10 @@ impl<'r> RemoteCache<'r> {
                 CacheSource::Registry { reference } => {
                     let loaded = match registry {
                         Some(registry) => load_registry(registry, reference),
-                        None => Err(ImageError::NoRegistry(reference.familiar())),
+                        None => Err(CacheError::NoRegistry {
+                            cache: reference.to_string(),
+                        }
+                        .into()),
                     };
                     (Origin::Registry(reference.clone()), loaded)
                 }
@@ -552,8 +561,9 @@ impl<'r> RemoteCache<'r> {
             let loaded = match loaded {
                 Ok(loaded) => loaded,
                 Err(e) => {
+                    // The error names the source.
                     reporter.warning(&format!(
-                        "cache {source} is not used: {}",
+                        "cache not used: {}",
                         crate::solve::error_chain(&e)
                     ));
                     continue;
@@ -621,7 +631,10 @@ impl<'r> RemoteCache<'r> {
         match origin {
             Origin::Registry(reference) => {
                 let Some(registry) = self.registry else {
-                    return Err(ImageError::NoRegistry(reference.familiar()));
+                    return Err(CacheError::NoRegistry {
+                        cache: reference.to_string(),
+                    }
+                    .into());
                 };
                 registry.get_blob(reference, blob, &mut out, &|_| {})?;
             }
