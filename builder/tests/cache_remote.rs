@@ -104,6 +104,30 @@ impl Env {
         Layer::uncompressed(digest, size)
     }
 
+    /// Stores an image of `config` and `layers` and pushes it to
+    /// `reference`; with `tag`, the store also names it so.
+    fn push_image(
+        &self,
+        mut config: image::ImageConfig,
+        layers: &[Layer],
+        reference: &Reference,
+        tag: bool,
+    ) {
+        config.rootfs.diff_ids = layers.iter().map(|l| l.diff_id.to_string()).collect();
+        let desc = image::store_image(&self.store, &config, layers).expect("store image");
+        if tag {
+            self.store
+                .set_tag(&reference.to_string(), &desc)
+                .expect("tag");
+        }
+        let stored = image::read(&self.store, &reference.familiar(), &desc).expect("read");
+        let reporter = Recorder::default();
+        let _lock = self.store.lock_shared().expect("lock");
+        Images::with_registry(&self.store, &self.reg, PullPolicy::Never, &reporter)
+            .push(&stored, reference, &PushOptions::default())
+            .expect("push");
+    }
+
     fn export(&self, dest: &CacheDest, entries: &[CacheEntry], reporter: &Recorder) -> Digest {
         self.export_with(dest, entries, Compression::Gzip, reporter)
     }
@@ -127,6 +151,11 @@ impl Env {
         )
         .expect("export")
     }
+}
+
+/// A plain-http registry for `test` (`None`: skipped outside CI).
+fn start(test: &str) -> Option<RegistryServer> {
+    RegistryServer::start_or_skip(test, Auth::None)
 }
 
 fn r(text: &str) -> Reference {
@@ -187,10 +216,9 @@ fn fetch_and_check(cache: &RemoteCache<'_>, store: &Store, layer: &Layer) {
 
 #[test]
 fn a_registry_cache_gives_every_key_and_brings_its_blobs_into_an_empty_store() {
-    let Some(server) = RegistryServer::start_or_skip(
-        "a_registry_cache_gives_every_key_and_brings_its_blobs_into_an_empty_store",
-        Auth::None,
-    ) else {
+    let Some(server) =
+        start("a_registry_cache_gives_every_key_and_brings_its_blobs_into_an_empty_store")
+    else {
         return;
     };
     let env = Env::new();
@@ -293,10 +321,7 @@ fn a_registry_cache_gives_every_key_and_brings_its_blobs_into_an_empty_store() {
 
 #[test]
 fn exporting_the_same_entries_again_changes_and_uploads_nothing() {
-    let Some(server) = RegistryServer::start_or_skip(
-        "exporting_the_same_entries_again_changes_and_uploads_nothing",
-        Auth::None,
-    ) else {
+    let Some(server) = start("exporting_the_same_entries_again_changes_and_uploads_nothing") else {
         return;
     };
     let env = Env::new();
@@ -422,10 +447,8 @@ fn damage(path: &Path) {
 
 #[test]
 fn a_blob_gone_or_damaged_is_an_error_of_fetch_and_never_of_load() {
-    let Some(server) = RegistryServer::start_or_skip(
-        "a_blob_gone_or_damaged_is_an_error_of_fetch_and_never_of_load",
-        Auth::None,
-    ) else {
+    let Some(server) = start("a_blob_gone_or_damaged_is_an_error_of_fetch_and_never_of_load")
+    else {
         return;
     };
     let env = Env::new();
@@ -484,10 +507,9 @@ fn a_blob_gone_or_damaged_is_an_error_of_fetch_and_never_of_load() {
 
 #[test]
 fn a_missing_or_unreadable_source_is_a_warning_and_the_others_still_count() {
-    let Some(server) = RegistryServer::start_or_skip(
-        "a_missing_or_unreadable_source_is_a_warning_and_the_others_still_count",
-        Auth::None,
-    ) else {
+    let Some(server) =
+        start("a_missing_or_unreadable_source_is_a_warning_and_the_others_still_count")
+    else {
         return;
     };
     let env = Env::new();
@@ -599,10 +621,7 @@ fn of_two_sources_the_first_that_has_a_key_wins() {
 
 #[test]
 fn an_image_pushed_with_inline_cache_metadata_is_a_cache_source() {
-    let Some(server) = RegistryServer::start_or_skip(
-        "an_image_pushed_with_inline_cache_metadata_is_a_cache_source",
-        Auth::None,
-    ) else {
+    let Some(server) = start("an_image_pushed_with_inline_cache_metadata_is_a_cache_source") else {
         return;
     };
     let env = Env::new();
@@ -620,22 +639,14 @@ fn an_image_pushed_with_inline_cache_metadata_is_a_cache_source() {
             os: "linux".to_string(),
             ..image::ImageConfig::default()
         };
-        config.rootfs.diff_ids = layers.iter().map(|l| l.diff_id.to_string()).collect();
         if inline {
             config.other.insert(
                 INLINE_CACHE_KEY.to_string(),
                 inline_metadata(&entries, &layers),
             );
         }
-        let desc = image::store_image(&env.store, &config, &layers).expect("store image");
-        let stored = image::read(&env.store, name, &desc).expect("read image");
         let reference = r(&format!("{}/{name}:latest", server.host()));
-        let reporter = Recorder::default();
-        let images = Images::with_registry(&env.store, &env.reg, PullPolicy::Never, &reporter);
-        let _lock = env.store.lock_shared().expect("lock");
-        images
-            .push(&stored, &reference, &PushOptions::default())
-            .expect("push");
+        env.push_image(config, &layers, &reference, false);
         reference
     };
     let with_cache = push("team/app", true);
@@ -665,5 +676,38 @@ fn an_image_pushed_with_inline_cache_metadata_is_a_cache_source() {
     assert!(
         warnings.len() == 1 && warnings[0].contains("holds no cache"),
         "{warnings:?}"
+    );
+}
+
+#[test]
+fn a_cache_in_another_repository_mounts_the_layers_the_image_push_sent() {
+    let Some(server) = start("a_cache_in_another_repository_mounts_the_layers_the_image_push_sent")
+    else {
+        return;
+    };
+    let env = Env::new();
+    let a = env.layer("a");
+    let reference = r(&format!("{}/team/app:latest", server.host()));
+    env.push_image(
+        image::ImageConfig::default(),
+        std::slice::from_ref(&a),
+        &reference,
+        true,
+    );
+
+    let cache = r(&format!("{}/team/cache:buildcache", server.host()));
+    let reporter = Recorder::default();
+    env.export(
+        &registry_dest(&cache),
+        &[entry("copy", Some(&a))],
+        &reporter,
+    );
+    let logs = reporter.logs();
+    assert_eq!(
+        logs.iter()
+            .filter(|l| l.contains(" mounted from ") && l.ends_with("/team/app"))
+            .count(),
+        1,
+        "the layer is mounted, not uploaded again: {logs:?}"
     );
 }

@@ -52,7 +52,7 @@ use crate::compress::Compression;
 use crate::progress::Reporter;
 use crate::registry::{Reference, Registry, MAX_MANIFEST_SIZE};
 use estiba_cache::oci::{media_type, Descriptor, Index, Manifest, REF_NAME_ANNOTATION};
-use estiba_cache::{Digest, DigestReader, Store};
+use estiba_cache::{CacheRecord, Digest, DigestReader, Store};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs;
@@ -149,6 +149,33 @@ pub struct CacheEntry {
     pub created: i64,
 }
 
+impl CacheEntry {
+    /// The entry of the store's record for `key`; `None` for a record that
+    /// names a compressed layer without its diff ID (nothing estiba writes),
+    /// which could not be told from a step that made no layer.
+    pub fn from_record(key: Digest, record: &CacheRecord) -> Option<CacheEntry> {
+        let layer = match (&record.layer, record.diff_id) {
+            (None, _) => None,
+            (Some(descriptor), Some(diff_id)) => Some(Layer {
+                descriptor: descriptor.clone(),
+                diff_id,
+            }),
+            (Some(descriptor), None)
+                if Compression::from_media_type(&descriptor.media_type)
+                    == Some(Compression::None) =>
+            {
+                Some(Layer::uncompressed(descriptor.digest, descriptor.size))
+            }
+            (Some(_), None) => return None,
+        };
+        Some(CacheEntry {
+            key,
+            layer,
+            created: record.created,
+        })
+    }
+}
+
 /// Where a cache is exported (`--cache-to`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CacheDest {
@@ -212,6 +239,17 @@ pub struct CacheHit {
     pub layer: Option<Layer>,
     /// When the entry was made, in seconds since the epoch.
     pub created: i64,
+}
+
+impl CacheHit {
+    /// The store's record for this hit (once its blob is fetched).
+    pub fn record(&self) -> CacheRecord {
+        CacheRecord {
+            layer: self.layer.as_ref().map(|l| l.descriptor.clone()),
+            diff_id: self.layer.as_ref().map(|l| l.diff_id),
+            created: self.created,
+        }
+    }
 }
 
 /// The config JSON (and the inline cache's value).
@@ -861,6 +899,43 @@ mod tests {
             layer: layer_of.map(layer),
             created: 1_700_000_000 + i64::from(key),
         }
+    }
+
+    #[test]
+    fn store_records_become_entries_and_hits_become_records() {
+        let gz = Descriptor::new(media_type::OCI_LAYER_GZIP, Digest::of(b"gz"), 2);
+        let record = CacheRecord {
+            layer: Some(gz.clone()),
+            diff_id: Some(Digest::of(b"tar")),
+            created: 5,
+        };
+        let entry = CacheEntry::from_record(Digest::of(b"k"), &record).expect("an entry");
+        let hit = CacheHit {
+            layer: entry.layer.clone(),
+            created: entry.created,
+        };
+        assert_eq!(hit.record(), record);
+        let no_layer = CacheRecord {
+            layer: None,
+            diff_id: None,
+            created: 1,
+        };
+        let entry = CacheEntry::from_record(Digest::of(b"k"), &no_layer).expect("an entry");
+        assert_eq!(entry.layer, None);
+        // A compressed layer without its diff ID would read as "no layer".
+        let unknown = CacheRecord {
+            layer: Some(gz),
+            diff_id: None,
+            created: 1,
+        };
+        assert_eq!(CacheEntry::from_record(Digest::of(b"k"), &unknown), None);
+        let tar = CacheRecord {
+            layer: Some(Layer::uncompressed(Digest::of(b"tar"), 3).descriptor),
+            diff_id: None,
+            created: 1,
+        };
+        let entry = CacheEntry::from_record(Digest::of(b"k"), &tar).expect("an entry");
+        assert_eq!(entry.layer.map(|l| l.diff_id), Some(Digest::of(b"tar")));
     }
 
     #[test]
