@@ -559,6 +559,19 @@ fn a_missing_or_unreadable_source_is_a_warning_and_the_others_still_count() {
         "{warnings:?}"
     );
 
+    // An export to a registry without a client fails, before any work.
+    let err = export_cache(
+        &env.store,
+        None,
+        &registry_dest(&reference),
+        &[entry("copy", Some(&a))],
+        &CacheExportOptions::default(),
+        &Recorder::default(),
+        1,
+    )
+    .expect_err("no registry client");
+    assert!(matches!(err, image::ImageError::NoRegistry(_)), "{err:?}");
+
     // An empty cache is a cache (the registry takes a manifest with no
     // layers), not a warning.
     let empty = r(&format!("{}/cache/empty:buildcache", server.host()));

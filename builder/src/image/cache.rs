@@ -314,6 +314,8 @@ pub fn inline_metadata(entries: &[CacheEntry], image_layers: &[Layer]) -> serde_
 
 /// A cache ready to be written: its blobs are in the store.
 struct Artifact {
+    /// How many entries (keys) it holds.
+    entries: usize,
     config: Descriptor,
     /// Each layer blob once, with its diff ID (what mounts match it by).
     layers: Vec<(Descriptor, Digest)>,
@@ -351,6 +353,7 @@ fn artifact(
             created: entry.created,
         });
     }
+    let config_entries_len = config_entries.len();
     let config_json = serde_json::to_vec(&CacheConfig {
         version: CONFIG_VERSION,
         entries: config_entries,
@@ -368,6 +371,7 @@ fn artifact(
     };
     let manifest = serde_json::to_vec(&manifest).map_err(ImageError::Encode)?;
     Ok(Artifact {
+        entries: config_entries_len,
         config,
         layers,
         manifest,
@@ -389,23 +393,32 @@ pub fn export_cache(
     reporter: &dyn Reporter,
     vertex: usize,
 ) -> Result<Digest, ImageError> {
-    if let CacheDest::Registry { reference } = dest {
-        if registry.is_none() {
-            return Err(ImageError::NoRegistry(reference.familiar()));
-        }
+    // A registry destination without a client fails before any work.
+    enum Target<'a> {
+        Registry(&'a Registry, &'a Reference),
+        Local(&'a Path),
     }
+    let target = match (dest, registry) {
+        (CacheDest::Registry { reference }, Some(registry)) => {
+            Target::Registry(registry, reference)
+        }
+        (CacheDest::Registry { reference }, None) => {
+            return Err(ImageError::NoRegistry(reference.familiar()))
+        }
+        (CacheDest::Local { dir }, _) => Target::Local(dir),
+    };
     let artifact = artifact(store, entries, opts.compression)?;
     reporter.log(
         vertex,
         &format!(
             "exporting cache: {} entries, {} layers",
-            sorted(entries).len(),
+            artifact.entries,
             artifact.layers.len()
         ),
     );
     let digest = Digest::of(&artifact.manifest);
-    match (dest, registry) {
-        (CacheDest::Registry { reference }, Some(registry)) => {
+    match target {
+        Target::Registry(registry, reference) => {
             let progress = PushProgress {
                 reporter,
                 id: vertex,
@@ -422,10 +435,7 @@ pub fn export_cache(
                 &format!("pushing cache manifest for {reference}@{digest} done"),
             );
         }
-        (CacheDest::Registry { reference }, None) => {
-            return Err(ImageError::NoRegistry(reference.familiar()))
-        }
-        (CacheDest::Local { dir }, _) => {
+        Target::Local(dir) => {
             write_layout(store, dir, &artifact)?;
             reporter.log(
                 vertex,
