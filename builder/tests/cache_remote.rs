@@ -207,7 +207,15 @@ fn hit_blob(cache: &RemoteCache<'_>, name: &str) -> Layer {
 /// verifies, and its content decompresses to the diff ID.
 fn fetch_and_check(cache: &RemoteCache<'_>, store: &Store, layer: &Layer) {
     assert!(!store.has_blob(&layer.descriptor.digest));
-    assert!(cache.fetch(store, &layer.descriptor).expect("fetch"));
+    let reporter = Recorder::default();
+    assert!(cache
+        .fetch_reporting(store, &layer.descriptor, &reporter, 1)
+        .expect("fetch"));
+    let logs = reporter.logs();
+    assert!(
+        logs.len() == 1 && logs[0].ends_with(" done"),
+        "one line says it: {logs:?}"
+    );
     store
         .verify_blob(&layer.descriptor.digest)
         .expect("the fetched blob verifies");

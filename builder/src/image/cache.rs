@@ -49,7 +49,7 @@ use super::push::{self, Format, PushProgress};
 use super::stored::Layer;
 use super::{ImageConfig, ImageError};
 use crate::compress::Compression;
-use crate::progress::Reporter;
+use crate::progress::{human_size, Reporter, Silent};
 use crate::registry::{Reference, Registry, MAX_MANIFEST_SIZE};
 use estiba_cache::oci::{media_type, Descriptor, Index, Manifest, REF_NAME_ANNOTATION};
 use estiba_cache::{CacheRecord, Digest, DigestReader, Store};
@@ -58,6 +58,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// The `artifactType` of a cache manifest.
 pub const CACHE_ARTIFACT_TYPE: &str = "application/vnd.estiba.cache.v1";
@@ -648,6 +649,18 @@ impl<'r> RemoteCache<'r> {
     /// `Ok(true)` at once when the store has it. A blob that is gone or
     /// damaged everywhere is the first source's error (store nothing).
     pub fn fetch(&self, store: &Store, descriptor: &Descriptor) -> Result<bool, ImageError> {
+        self.fetch_reporting(store, descriptor, &Silent, 0)
+    }
+
+    /// [`RemoteCache::fetch`], showing the bytes received (and a line when
+    /// done) on `reporter` under vertex `vertex`.
+    pub fn fetch_reporting(
+        &self,
+        store: &Store,
+        descriptor: &Descriptor,
+        reporter: &dyn Reporter,
+        vertex: usize,
+    ) -> Result<bool, ImageError> {
         let Some(holders) = self.blobs.get(&descriptor.digest) else {
             return Ok(false);
         };
@@ -659,8 +672,21 @@ impl<'r> RemoteCache<'r> {
             let Some(origin) = self.origins.get(*at) else {
                 continue;
             };
-            match self.fetch_from(store, origin, blob) {
-                Ok(()) => return Ok(true),
+            let started = Instant::now();
+            let item = format!("sha256:{}", &blob.digest.hex()[..12]);
+            let progress = |done: u64| reporter.transfer(vertex, &item, done, blob.size);
+            match self.fetch_from(store, origin, blob, &progress) {
+                Ok(()) => {
+                    reporter.log(
+                        vertex,
+                        &format!(
+                            "{item} {} {:.1}s done",
+                            human_size(blob.size),
+                            started.elapsed().as_secs_f64()
+                        ),
+                    );
+                    return Ok(true);
+                }
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
@@ -674,6 +700,7 @@ impl<'r> RemoteCache<'r> {
         store: &Store,
         origin: &Origin,
         blob: &Descriptor,
+        progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(), ImageError> {
         let mut out = store.blob_writer()?;
         match origin {
@@ -684,7 +711,7 @@ impl<'r> RemoteCache<'r> {
                     }
                     .into());
                 };
-                registry.get_blob(reference, blob, &mut out, &|_| {})?;
+                registry.get_blob(reference, blob, &mut out, progress)?;
             }
             Origin::Local(dir) => {
                 let path = layout_blob(dir, &blob.digest);
@@ -692,6 +719,7 @@ impl<'r> RemoteCache<'r> {
                 let mut from = DigestReader::new(io::BufReader::new(file).take(blob.size + 1));
                 io::copy(&mut from, &mut out).map_err(io_err("read", &path))?;
                 let (_, actual, size) = from.into_parts();
+                progress(size);
                 if actual != blob.digest || size != blob.size {
                     return Err(CacheError::DamagedBlob {
                         path,
@@ -909,6 +937,12 @@ mod tests {
             layer: layer_of.map(layer),
             created: 1_700_000_000 + i64::from(key),
         }
+    }
+
+    #[test]
+    fn a_remote_cache_is_shared_by_the_solver_threads() {
+        fn sync<T: Sync + Send>() {}
+        sync::<RemoteCache<'_>>();
     }
 
     #[test]
