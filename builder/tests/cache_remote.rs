@@ -732,3 +732,66 @@ fn a_cache_in_another_repository_mounts_the_layers_the_image_push_sent() {
         "the layer is mounted, not uploaded again: {logs:?}"
     );
 }
+
+#[test]
+fn skopeo_copies_the_cache_between_a_registry_and_a_dir_and_both_load() {
+    let Some(server) = start("skopeo_copies_the_cache_between_a_registry_and_a_dir_and_both_load")
+    else {
+        return;
+    };
+    let env = Env::new();
+    let (a, b) = (env.layer("a"), env.layer("b"));
+    let entries = [entry("copy", Some(&a)), entry("env", None)];
+    let reporter = Recorder::default();
+    // A registry cache, copied by the reference client into a layout.
+    let pushed = r(&format!("{}/cache/app:buildcache", server.host()));
+    let digest = env.export(&registry_dest(&pushed), &entries, &reporter);
+    let copied = env.path("copied");
+    harness::skopeo_copy(
+        &format!("docker://{pushed}"),
+        &format!("oci:{}:latest", copied.display()),
+        &["--src-tls-verify=false"],
+    )
+    .expect("skopeo copies the cache out of the registry");
+    // A layout cache, copied by it into a registry.
+    let dir = env.path("ci-cache");
+    env.export(
+        &CacheDest::Local { dir: dir.clone() },
+        &[entry("run", Some(&b))],
+        &reporter,
+    );
+    let uploaded = r(&format!("{}/cache/from-dir:buildcache", server.host()));
+    harness::skopeo_copy(
+        &format!("oci:{}:latest", dir.display()),
+        &format!("docker://{uploaded}"),
+        &["--dest-tls-verify=false"],
+    )
+    .expect("skopeo copies the layout into the registry");
+
+    let cache = RemoteCache::load(
+        Some(&env.reg),
+        &[
+            CacheSource::Local { dir: copied },
+            registry_source(&uploaded),
+        ],
+        &reporter,
+    );
+    assert_eq!(reporter.warnings(), Vec::<String>::new());
+    assert_eq!(hit_blob(&cache, "copy").diff_id, a.diff_id);
+    assert_eq!(cache.get(&key("env")).expect("hit").layer, None);
+    let other = env.empty_store("other");
+    fetch_and_check(&cache, &other, &hit_blob(&cache, "copy"));
+    fetch_and_check(&cache, &other, &hit_blob(&cache, "run"));
+    let raw = harness::skopeo_inspect(
+        &format!("docker://{pushed}"),
+        &["--raw", "--tls-verify=false"],
+    )
+    .expect("inspect");
+    assert_eq!(raw["artifactType"], "application/vnd.estiba.cache.v1");
+    // skopeo kept the manifest's bytes: the digest estiba exported.
+    let index: Index = serde_json::from_slice(
+        &std::fs::read(env.path("copied").join("index.json")).expect("index"),
+    )
+    .expect("parses");
+    assert_eq!(index.manifests[0].digest, digest);
+}
