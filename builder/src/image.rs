@@ -5,12 +5,17 @@
 //! writes as `{"80/tcp": {}}` are written that way; history entries carry
 //! BuildKit's comment so `docker history` reads the same.
 
+mod cache;
 mod compressed;
 mod pull;
 mod push;
 mod source;
 mod stored;
 
+pub use cache::{
+    export_cache, inline_metadata, CacheDest, CacheEntry, CacheError, CacheExportOptions, CacheHit,
+    CacheSource, RemoteCache, CACHE_ARTIFACT_TYPE, CACHE_CONFIG_MEDIA_TYPE, INLINE_CACHE_KEY,
+};
 pub use compressed::{compressed_layer, CompressedError};
 pub use push::{Format, PushOptions, Pushed};
 pub use source::{Images, PullPolicy};
@@ -79,6 +84,9 @@ pub enum ImageError {
     /// The store failed.
     #[error("the store failed")]
     Store(#[from] estiba_cache::StoreError),
+    /// A cache could not be exported or imported.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
     /// A snapshot could not be brought to the overlay form.
     #[error("cannot prepare a snapshot")]
     Tree(#[from] crate::tree::TreeError),

@@ -207,6 +207,10 @@ pub struct Manifest {
     /// The manifest's own media type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media_type: Option<String>,
+    /// What kind of artifact a manifest that is no image holds (OCI image
+    /// spec 1.1), e.g. estiba's build cache; `None` for images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
     /// The config blob.
     pub config: Descriptor,
     /// Layer blobs, bottom first (none when missing, as in artifacts that

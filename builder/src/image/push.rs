@@ -3,7 +3,7 @@
 //! export), every blob the registry lacks uploaded or mounted from another
 //! repository of the same registry, then the manifest.
 
-use super::stored::{self, Image};
+use super::stored::{self, Image, Layer};
 use super::ImageError;
 use crate::compress::Compression;
 use crate::progress::{human_size, Reporter};
@@ -72,20 +72,11 @@ pub(super) fn push(
     opts: &PushOptions,
     progress: &PushProgress<'_>,
 ) -> Result<Pushed, ImageError> {
-    let mut layers = Vec::with_capacity(image.layers.len());
-    for layer in &image.layers {
-        let blob = match Compression::from_media_type(&layer.descriptor.media_type) {
-            // Layers pulled compressed are pushed as they are.
-            Some(Compression::Gzip | Compression::Zstd) => layer.descriptor.clone(),
-            _ => {
-                super::compressed_layer(store, &layer.descriptor, &layer.diff_id, opts.compression)?
-            }
-        };
-        layers.push(Descriptor {
-            media_type: layer_type(opts.format, &blob.media_type).to_string(),
-            ..blob
-        });
-    }
+    let layers = image
+        .layers
+        .iter()
+        .map(|layer| layer_blob(store, layer, opts.compression, opts.format))
+        .collect::<Result<Vec<_>, _>>()?;
     let config = Descriptor::new(
         match opts.format {
             Format::Oci => media_type::OCI_CONFIG,
@@ -114,6 +105,7 @@ pub(super) fn push(
         let manifest = Manifest {
             schema_version: 2,
             media_type: Some(manifest_type.to_string()),
+            artifact_type: None,
             config: config.clone(),
             layers: layers.clone(),
             annotations: Default::default(),
@@ -121,7 +113,8 @@ pub(super) fn push(
         serde_json::to_vec(&manifest).map_err(ImageError::Encode)?
     };
 
-    let sources = mount_sources(store, image, dest)?;
+    let diff_ids: Vec<Digest> = image.layers.iter().map(|l| l.diff_id).collect();
+    let sources = mount_sources(store, &diff_ids, Some(image.id()), dest)?;
     // Each blob with what mount sources are matched by: a layer's diff ID
     // (its compressed form may differ), the config's own digest.
     let mut blobs: Vec<(&Descriptor, Digest)> = vec![(&config, config.digest)];
@@ -130,6 +123,53 @@ pub(super) fn push(
             blobs.push((blob, layer.diff_id));
         }
     }
+    upload_blobs(store, registry, dest, &blobs, &sources, progress)?;
+    let digest = registry.put_manifest(dest, manifest_type, &manifest_bytes)?;
+    let size = manifest_bytes.len() as u64;
+    progress.reporter.log(
+        progress.id,
+        &format!("pushing manifest for {dest}@{digest} done"),
+    );
+    Ok(Pushed {
+        reference: dest.clone(),
+        digest,
+        size,
+        media_type: manifest_type.to_string(),
+    })
+}
+
+/// The blob a push (or a cache export) sends for `layer`: a layer stored
+/// compressed as it is, one stored uncompressed compressed with
+/// `compression` (once: [`super::compressed_layer`]); its descriptor
+/// carries the layer media type `format` uses.
+pub(super) fn layer_blob(
+    store: &Store,
+    layer: &Layer,
+    compression: Compression,
+    format: Format,
+) -> Result<Descriptor, ImageError> {
+    let blob = match Compression::from_media_type(&layer.descriptor.media_type) {
+        // Layers pulled compressed are pushed as they are.
+        Some(Compression::Gzip | Compression::Zstd) => layer.descriptor.clone(),
+        _ => super::compressed_layer(store, &layer.descriptor, &layer.diff_id, compression)?,
+    };
+    Ok(Descriptor {
+        media_type: layer_type(format, &blob.media_type).to_string(),
+        ..blob
+    })
+}
+
+/// Uploads `blobs` (each with the digest [`mount_sources`] match it by) to
+/// `dest`'s repository, a few at once: a blob the repository has is
+/// skipped, one a mount source holds is mounted, the rest are uploaded.
+pub(super) fn upload_blobs(
+    store: &Store,
+    registry: &Registry,
+    dest: &Reference,
+    blobs: &[(&Descriptor, Digest)],
+    sources: &[(Reference, Vec<Digest>)],
+    progress: &PushProgress<'_>,
+) -> Result<(), ImageError> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let workers = blobs.len().min(CONCURRENT_UPLOADS);
     std::thread::scope(|scope| {
@@ -141,7 +181,7 @@ pub(super) fn push(
                         let Some((blob, key)) = blobs.get(i) else {
                             return Ok(());
                         };
-                        upload(store, registry, dest, blob, *key, &sources, progress)?;
+                        upload(store, registry, dest, blob, *key, sources, progress)?;
                     }
                 })
             })
@@ -159,18 +199,6 @@ pub(super) fn push(
             }
         }
         first_error.map_or(Ok(()), Err)
-    })?;
-    let digest = registry.put_manifest(dest, manifest_type, &manifest_bytes)?;
-    let size = manifest_bytes.len() as u64;
-    progress.reporter.log(
-        progress.id,
-        &format!("pushing manifest for {dest}@{digest} done"),
-    );
-    Ok(Pushed {
-        reference: dest.clone(),
-        digest,
-        size,
-        media_type: manifest_type.to_string(),
     })
 }
 
@@ -183,13 +211,14 @@ fn layer_type(format: Format, blob_type: &str) -> &'static str {
     }
 }
 
-/// Repositories of `dest`'s registry that other images in the store were
-/// named after, with what of ours they hold (the diff IDs of shared layers,
-/// the config when it is the same): such a blob is mounted instead of
-/// uploaded (the registry says whether it really has it).
-fn mount_sources(
+/// Repositories of `dest`'s registry that images in the store were named
+/// after, with what of ours they hold (those of `diff_ids` their layers
+/// have, `config` when their config is the same): such a blob is mounted
+/// instead of uploaded (the registry says whether it really has it).
+pub(super) fn mount_sources(
     store: &Store,
-    image: &Image,
+    diff_ids: &[Digest],
+    config: Option<Digest>,
     dest: &Reference,
 ) -> Result<Vec<(Reference, Vec<Digest>)>, ImageError> {
     let mut out: Vec<(Reference, Vec<Digest>)> = Vec::new();
@@ -210,10 +239,10 @@ fn mount_sources(
             .layers
             .iter()
             .map(|l| l.diff_id)
-            .filter(|d| image.layers.iter().any(|l| l.diff_id == *d))
+            .filter(|d| diff_ids.contains(d))
             .collect();
-        if other.id() == image.id() {
-            shared.push(image.id());
+        if config == Some(other.id()) {
+            shared.push(other.id());
         }
         if !shared.is_empty() {
             out.push((r, shared));

@@ -154,6 +154,7 @@ pub fn store_manifest(
     let manifest = Manifest {
         schema_version: 2,
         media_type: Some(media_type::OCI_MANIFEST.to_string()),
+        artifact_type: None,
         config: Descriptor::new(media_type::OCI_CONFIG, config_digest, config_size),
         layers,
         annotations: Default::default(),

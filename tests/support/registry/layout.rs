@@ -105,6 +105,7 @@ fn image_blobs(dir: &Path, platform: &str, content: &[u8]) -> Result<WrittenImag
     let manifest = Manifest {
         schema_version: 2,
         media_type: Some(media_type::OCI_MANIFEST.to_owned()),
+        artifact_type: None,
         config: Descriptor::new(
             media_type::OCI_CONFIG,
             config_digest,
