@@ -1,12 +1,12 @@
 //! `estiba build`: plan, solve, store, export.
 
 use super::args::{AllowArg, BuildArgs, BuildNetwork, PlanFormat};
+use super::cache::{CacheTo, Mode as CacheMode};
 use super::progress::Plain;
 use super::{read_dockerfile, Failure};
 use anyhow::Context;
 use estiba::context::BuildContext;
 use estiba::executor::Network;
-use super::cache::{CacheTo, Mode as CacheMode};
 use estiba::image::{
     export_cache, inline_metadata, CacheDest, CacheEntry, CacheExportOptions, Images, PullPolicy,
     PushOptions, RemoteCache, INLINE_CACHE_KEY,

@@ -151,7 +151,8 @@ mod tests {
                 mode: Mode::Max,
                 compression: Compression::Zstd,
             }) => assert_eq!(reference.to_string(), "reg.lan:5000/app:cache"),
-            other => panic!("{other:?}"),
+            Ok(other) => panic!("{other:?}"),
+            Err(_) => panic!("refused"),
         }
         assert!(matches!(
             parse_to("type=local,dest=/tmp/c"),
@@ -162,7 +163,13 @@ mod tests {
             })
         ));
         assert!(matches!(parse_to("type=inline"), Ok(CacheTo::Inline)));
-        for bad in ["type=registry", "type=local,src=/x", "type=s3,ref=x", "mode=max", "type=registry,ref=x,mode=all"] {
+        for bad in [
+            "type=registry",
+            "type=local,src=/x",
+            "type=s3,ref=x",
+            "mode=max",
+            "type=registry,ref=x,mode=all",
+        ] {
             assert!(matches!(parse_to(bad), Err(Failure::Usage(_))), "{bad}");
         }
         assert!(matches!(
