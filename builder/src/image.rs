@@ -28,6 +28,54 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
+/// Where an image layer operation reports its progress: a vertex of the
+/// command's display.
+#[derive(Clone, Copy)]
+pub(crate) struct Vertex<'a> {
+    pub(crate) reporter: &'a dyn crate::progress::Reporter,
+    pub(crate) id: usize,
+}
+
+/// Runs `work` on every item, `workers` at a time (layers downloaded or
+/// uploaded concurrently); the first error is returned once all stopped.
+/// `what` names the work in the error a panicking thread becomes.
+pub(crate) fn each_concurrently<T: Sync>(
+    items: &[T],
+    workers: usize,
+    what: &str,
+    work: impl Fn(&T) -> Result<(), ImageError> + Sync,
+) -> Result<(), ImageError> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers.min(items.len()))
+            .map(|_| {
+                scope.spawn(|| -> Result<(), ImageError> {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else {
+                            return Ok(());
+                        };
+                        work(item)?;
+                    }
+                })
+            })
+            .collect();
+        let mut first_error = None;
+        for h in handles {
+            let outcome = h.join().unwrap_or_else(|_| {
+                Err(ImageError::Corrupt {
+                    image: what.to_string(),
+                    reason: "a worker thread panicked".to_string(),
+                })
+            });
+            if let Err(e) = outcome {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    })
+}
+
 /// What the image layer can fail at.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -45,8 +45,9 @@
 //! that is missing, unreachable or corrupt is a warning and gives nothing:
 //! a cache never fails a build.
 
-use super::push::{self, Format, PushProgress};
+use super::push::{self, Format};
 use super::stored::Layer;
+use super::Vertex;
 use super::{ImageConfig, ImageError};
 use crate::compress::Compression;
 use crate::progress::{human_size, Reporter, Silent};
@@ -420,7 +421,7 @@ pub fn export_cache(
     let digest = Digest::of(&artifact.manifest);
     match target {
         Target::Registry(registry, reference) => {
-            let progress = PushProgress {
+            let progress = Vertex {
                 reporter,
                 id: vertex,
             };

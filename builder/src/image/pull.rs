@@ -5,9 +5,9 @@
 //! pull cut short leaves only verified blobs, which the next pull reuses.
 
 use super::stored::{self, Image};
-use super::ImageError;
+use super::{ImageError, Vertex};
 use crate::compress::Compression;
-use crate::progress::{human_size, Reporter};
+use crate::progress::human_size;
 use crate::registry::{Reference, Registry};
 use estiba_cache::oci::{media_type, Descriptor, Index, Manifest, Platform as OciPlatform};
 use estiba_cache::{Digest, Store};
@@ -21,12 +21,6 @@ const CONCURRENT_DOWNLOADS: usize = 3;
 /// far above any real config; this only stops a hostile registry).
 const MAX_CONFIG: u64 = 8 << 20;
 
-/// Where a pull's progress goes.
-pub(super) struct PullProgress<'a> {
-    pub(super) reporter: &'a dyn Reporter,
-    pub(super) id: usize,
-}
-
 /// Pulls `reference` for `platform` into `store` and tags it there by its
 /// full name; returns the stored image.
 pub(super) fn pull(
@@ -34,7 +28,7 @@ pub(super) fn pull(
     registry: &Registry,
     reference: &Reference,
     platform: &Platform,
-    progress: &PullProgress<'_>,
+    progress: &Vertex<'_>,
 ) -> Result<Image, ImageError> {
     let name = reference.familiar();
     let top = registry.get_manifest(reference)?;
@@ -127,7 +121,7 @@ fn download_layers(
     registry: &Registry,
     reference: &Reference,
     layers: &[Descriptor],
-    progress: &PullProgress<'_>,
+    progress: &Vertex<'_>,
 ) -> Result<(), ImageError> {
     let mut missing: Vec<&Descriptor> = Vec::new();
     for layer in layers {
@@ -140,36 +134,12 @@ fn download_layers(
             missing.push(layer);
         }
     }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let workers = missing.len().min(CONCURRENT_DOWNLOADS);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                scope.spawn(|| -> Result<(), ImageError> {
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(layer) = missing.get(i) else {
-                            return Ok(());
-                        };
-                        download(store, registry, reference, layer, progress)?;
-                    }
-                })
-            })
-            .collect();
-        let mut first_error = None;
-        for h in handles {
-            let outcome = h.join().unwrap_or_else(|_| {
-                Err(ImageError::Corrupt {
-                    image: reference.familiar(),
-                    reason: "a download thread panicked".to_string(),
-                })
-            });
-            if let Err(e) = outcome {
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    })
+    super::each_concurrently(
+        &missing,
+        CONCURRENT_DOWNLOADS,
+        &reference.familiar(),
+        |layer| download(store, registry, reference, layer, progress),
+    )
 }
 
 fn download(
@@ -177,7 +147,7 @@ fn download(
     registry: &Registry,
     reference: &Reference,
     layer: &Descriptor,
-    progress: &PullProgress<'_>,
+    progress: &Vertex<'_>,
 ) -> Result<(), ImageError> {
     let item = short(&layer.digest);
     let started = Instant::now();

@@ -4,9 +4,9 @@
 //! repository of the same registry, then the manifest.
 
 use super::stored::{self, Image, Layer};
-use super::ImageError;
+use super::{ImageError, Vertex};
 use crate::compress::Compression;
-use crate::progress::{human_size, Reporter};
+use crate::progress::human_size;
 use crate::registry::{Reference, Registry};
 use estiba_cache::oci::{media_type, Descriptor, Manifest};
 use estiba_cache::{Digest, Store};
@@ -57,12 +57,6 @@ pub struct Pushed {
     pub media_type: String,
 }
 
-/// Where a push's progress goes.
-pub(super) struct PushProgress<'a> {
-    pub(super) reporter: &'a dyn Reporter,
-    pub(super) id: usize,
-}
-
 /// Pushes `image` to `dest`.
 pub(super) fn push(
     store: &Store,
@@ -70,7 +64,7 @@ pub(super) fn push(
     image: &Image,
     dest: &Reference,
     opts: &PushOptions,
-    progress: &PushProgress<'_>,
+    progress: &Vertex<'_>,
 ) -> Result<Pushed, ImageError> {
     let layers = image
         .layers
@@ -168,38 +162,14 @@ pub(super) fn upload_blobs(
     dest: &Reference,
     blobs: &[(&Descriptor, Digest)],
     sources: &[(Reference, Vec<Digest>)],
-    progress: &PushProgress<'_>,
+    progress: &Vertex<'_>,
 ) -> Result<(), ImageError> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let workers = blobs.len().min(CONCURRENT_UPLOADS);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                scope.spawn(|| -> Result<(), ImageError> {
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some((blob, key)) = blobs.get(i) else {
-                            return Ok(());
-                        };
-                        upload(store, registry, dest, blob, *key, sources, progress)?;
-                    }
-                })
-            })
-            .collect();
-        let mut first_error = None;
-        for h in handles {
-            let outcome = h.join().unwrap_or_else(|_| {
-                Err(ImageError::Corrupt {
-                    image: dest.familiar(),
-                    reason: "an upload thread panicked".to_string(),
-                })
-            });
-            if let Err(e) = outcome {
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    })
+    super::each_concurrently(
+        blobs,
+        CONCURRENT_UPLOADS,
+        &dest.familiar(),
+        |(blob, key)| upload(store, registry, dest, blob, *key, sources, progress),
+    )
 }
 
 /// The layer media type `format` uses for a blob of `blob_type`.
@@ -258,7 +228,7 @@ fn upload(
     blob: &Descriptor,
     key: Digest,
     sources: &[(Reference, Vec<Digest>)],
-    progress: &PushProgress<'_>,
+    progress: &Vertex<'_>,
 ) -> Result<(), ImageError> {
     let item = format!("sha256:{}", &blob.digest.hex()[..12]);
     if registry.blob_exists(dest, &blob.digest)? {

@@ -2,10 +2,11 @@
 //! solver, the planner (through [`BaseResolver`]) and the CLI ask
 //! [`Images`] for an image by reference and never look further.
 
-use super::pull::{self, PullProgress};
-use super::push::{self, PushOptions, PushProgress, Pushed};
+use super::pull;
+use super::push::{self, PushOptions, Pushed};
 use super::stored::{self, Image};
 use super::ImageError;
+use super::Vertex;
 use crate::progress::Reporter;
 use crate::registry::{Reference, Registry};
 use estiba_cache::Store;
@@ -121,24 +122,32 @@ impl<'a> Images<'a> {
                 return Err(ImageError::NotFound(r.familiar()))
             }
         };
+        self.in_vertex(&format!("pull {r}"), |progress| {
+            pull::pull(self.store, registry, &r, platform, progress)
+        })
+    }
+
+    /// Runs `work` as a vertex of its own, named `name`: started, then done
+    /// or failed with the error's chain.
+    fn in_vertex<T>(
+        &self,
+        name: &str,
+        work: impl FnOnce(&Vertex<'_>) -> Result<T, ImageError>,
+    ) -> Result<T, ImageError> {
         let id = self.vertex();
         let started = std::time::Instant::now();
-        self.reporter.started(id, &format!("pull {r}"));
-        let progress = PullProgress {
+        self.reporter.started(id, name);
+        let outcome = work(&Vertex {
             reporter: self.reporter,
             id,
-        };
-        match pull::pull(self.store, registry, &r, platform, &progress) {
-            Ok(image) => {
-                self.reporter.done(id, started.elapsed());
-                Ok(image)
-            }
-            Err(e) => {
-                self.reporter
-                    .failed(id, started.elapsed(), &crate::solve::error_chain(&e));
-                Err(e)
-            }
+        });
+        match &outcome {
+            Ok(_) => self.reporter.done(id, started.elapsed()),
+            Err(e) => self
+                .reporter
+                .failed(id, started.elapsed(), &crate::solve::error_chain(e)),
         }
+        outcome
     }
 
     /// Pushes `image` (from the store) to `dest`.
@@ -151,24 +160,9 @@ impl<'a> Images<'a> {
         let Some(registry) = self.registry else {
             return Err(ImageError::NoRegistry(dest.familiar()));
         };
-        let id = self.vertex();
-        let started = std::time::Instant::now();
-        self.reporter.started(id, &format!("pushing {dest}"));
-        let progress = PushProgress {
-            reporter: self.reporter,
-            id,
-        };
-        match push::push(self.store, registry, image, dest, opts, &progress) {
-            Ok(pushed) => {
-                self.reporter.done(id, started.elapsed());
-                Ok(pushed)
-            }
-            Err(e) => {
-                self.reporter
-                    .failed(id, started.elapsed(), &crate::solve::error_chain(&e));
-                Err(e)
-            }
-        }
+        self.in_vertex(&format!("pushing {dest}"), |progress| {
+            push::push(self.store, registry, image, dest, opts, progress)
+        })
     }
 }
 
