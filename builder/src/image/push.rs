@@ -10,9 +10,10 @@ use crate::progress::{human_size, Reporter};
 use crate::registry::{Reference, Registry};
 use estiba_cache::oci::{media_type, Descriptor, Manifest};
 use estiba_cache::{Digest, Store};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
-/// Blobs uploaded at once.
+/// Blobs compressed and uploaded at once.
 const CONCURRENT_UPLOADS: usize = 3;
 
 /// The media types a pushed manifest uses.
@@ -72,20 +73,6 @@ pub(super) fn push(
     opts: &PushOptions,
     progress: &PushProgress<'_>,
 ) -> Result<Pushed, ImageError> {
-    let mut layers = Vec::with_capacity(image.layers.len());
-    for layer in &image.layers {
-        let blob = match Compression::from_media_type(&layer.descriptor.media_type) {
-            // Layers pulled compressed are pushed as they are.
-            Some(Compression::Gzip | Compression::Zstd) => layer.descriptor.clone(),
-            _ => {
-                super::compressed_layer(store, &layer.descriptor, &layer.diff_id, opts.compression)?
-            }
-        };
-        layers.push(Descriptor {
-            media_type: layer_type(opts.format, &blob.media_type).to_string(),
-            ..blob
-        });
-    }
     let config = Descriptor::new(
         match opts.format {
             Format::Oci => media_type::OCI_CONFIG,
@@ -94,6 +81,82 @@ pub(super) fn push(
         image.manifest.config.digest,
         image.manifest.config.size,
     );
+    let sources = mount_sources(store, image, dest)?;
+    // The config, then each stored layer blob once. A layer is compressed
+    // by the worker that uploads it, so uploads start while later layers
+    // are still being compressed.
+    let mut items: Vec<Option<usize>> = vec![None];
+    for (i, layer) in image.layers.iter().enumerate() {
+        if !image.layers[..i]
+            .iter()
+            .any(|l| l.descriptor.digest == layer.descriptor.digest)
+        {
+            items.push(Some(i));
+        }
+    }
+    let pushed: Vec<std::sync::OnceLock<Descriptor>> =
+        image.layers.iter().map(|_| Default::default()).collect();
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let workers = items.len().min(CONCURRENT_UPLOADS);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| -> Result<(), ImageError> {
+                    while !failed.load(Ordering::Relaxed) {
+                        let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                            return Ok(());
+                        };
+                        let outcome = match *item {
+                            None => {
+                                upload(store, registry, dest, &config, None, &sources, progress)
+                            }
+                            Some(i) => {
+                                let layer = &image.layers[i];
+                                push_layer(store, layer, opts).and_then(|blob| {
+                                    let blob = pushed[i].get_or_init(|| blob);
+                                    let diff_id = Some(layer.diff_id);
+                                    upload(store, registry, dest, blob, diff_id, &sources, progress)
+                                })
+                            }
+                        };
+                        if outcome.is_err() {
+                            failed.store(true, Ordering::Relaxed);
+                            return outcome;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let mut first_error = None;
+        for h in handles {
+            let outcome = h.join().unwrap_or_else(|_| {
+                Err(ImageError::Corrupt {
+                    image: dest.familiar(),
+                    reason: "an upload thread panicked".to_string(),
+                })
+            });
+            if let Err(e) = outcome {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    })?;
+    // Every layer's blob, a repeated layer's from its first place.
+    let mut layers = Vec::with_capacity(image.layers.len());
+    for (i, layer) in image.layers.iter().enumerate() {
+        let first = image
+            .layers
+            .iter()
+            .position(|l| l.descriptor.digest == layer.descriptor.digest)
+            .unwrap_or(i);
+        let blob = pushed[first].get().ok_or_else(|| ImageError::Corrupt {
+            image: dest.familiar(),
+            reason: format!("layer {} was not pushed", layer.descriptor.digest),
+        })?;
+        layers.push(blob.clone());
+    }
     let manifest_type = match opts.format {
         Format::Oci => media_type::OCI_MANIFEST,
         Format::Docker => media_type::DOCKER_MANIFEST,
@@ -115,50 +178,11 @@ pub(super) fn push(
             schema_version: 2,
             media_type: Some(manifest_type.to_string()),
             config: config.clone(),
-            layers: layers.clone(),
+            layers,
             annotations: Default::default(),
         };
         serde_json::to_vec(&manifest).map_err(ImageError::Encode)?
     };
-
-    let sources = mount_sources(store, image, dest)?;
-    // Each blob with the diff ID of its layer (what mount sources share).
-    let mut blobs: Vec<(&Descriptor, Option<Digest>)> = vec![(&config, None)];
-    for (blob, layer) in layers.iter().zip(&image.layers) {
-        if !blobs.iter().any(|(b, _)| b.digest == blob.digest) {
-            blobs.push((blob, Some(layer.diff_id)));
-        }
-    }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let workers = blobs.len().min(CONCURRENT_UPLOADS);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                scope.spawn(|| -> Result<(), ImageError> {
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some((blob, diff_id)) = blobs.get(i) else {
-                            return Ok(());
-                        };
-                        upload(store, registry, dest, blob, *diff_id, &sources, progress)?;
-                    }
-                })
-            })
-            .collect();
-        let mut first_error = None;
-        for h in handles {
-            let outcome = h.join().unwrap_or_else(|_| {
-                Err(ImageError::Corrupt {
-                    image: dest.familiar(),
-                    reason: "an upload thread panicked".to_string(),
-                })
-            });
-            if let Err(e) = outcome {
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    })?;
     let digest = registry.put_manifest(dest, manifest_type, &manifest_bytes)?;
     let size = manifest_bytes.len() as u64;
     progress.reporter.log(
@@ -170,6 +194,25 @@ pub(super) fn push(
         digest,
         size,
         media_type: manifest_type.to_string(),
+    })
+}
+
+/// The blob `layer` is pushed as, with the media type of `opts.format`:
+/// the stored blob when it is compressed (a layer pulled compressed),
+/// else its compressed form (made now, or kept from an earlier push or
+/// export).
+fn push_layer(
+    store: &Store,
+    layer: &stored::Layer,
+    opts: &PushOptions,
+) -> Result<Descriptor, ImageError> {
+    let blob = match Compression::from_media_type(&layer.descriptor.media_type) {
+        Some(Compression::Gzip | Compression::Zstd) => layer.descriptor.clone(),
+        _ => super::compressed_layer(store, &layer.descriptor, &layer.diff_id, opts.compression)?,
+    };
+    Ok(Descriptor {
+        media_type: layer_type(opts.format, &blob.media_type).to_string(),
+        ..blob
     })
 }
 
