@@ -69,6 +69,8 @@ DOCKERD_PID=""
 # What --keep keeps besides estiba's store, for the message at the end
 # ("context /tmp/…/ctx"): the benchmark sets it once WORK exists.
 KEPT=""
+# Functions cleanup calls first (stopping what a benchmark started itself).
+CLEANUP_HOOKS=()
 
 # Unmounts every mount point at or under $1, deepest first. Our temp paths
 # contain no characters that mountinfo escapes.
@@ -85,19 +87,26 @@ unmount_under() {
     done
 }
 
-stop_dockerd() {
-  [ -n "$DOCKERD_PID" ] || return 0
-  local i cpid
-  if kill -0 "$DOCKERD_PID" 2>/dev/null; then
-    kill -TERM "$DOCKERD_PID" 2>/dev/null || true
-    for i in $(seq 300); do
-      kill -0 "$DOCKERD_PID" 2>/dev/null || break
+# stop_child PID TENTHS: SIGTERM to PID (a child of this shell), TENTHS
+# tenths of a second to end, then SIGKILL; reaps it.
+stop_child() {
+  local pid=$1 tenths=$2 i
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq "$tenths"); do
+      kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
       : "$i"
     done
-    kill -KILL "$DOCKERD_PID" 2>/dev/null || true
+    kill -KILL "$pid" 2>/dev/null || true
   fi
-  wait "$DOCKERD_PID" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+stop_dockerd() {
+  [ -n "$DOCKERD_PID" ] || return 0
+  local cpid
+  stop_child "$DOCKERD_PID" 300
   # dockerd's own containerd, if a killed dockerd left it: only the process
   # whose command line names our directory.
   if [ -f "$DDIR/exec/containerd/containerd.pid" ]; then
@@ -112,6 +121,8 @@ stop_dockerd() {
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  local hook
+  for hook in "${CLEANUP_HOOKS[@]}"; do "$hook" || true; done
   stop_dockerd
   if [ -n "$DDIR" ]; then
     unmount_under "$DDIR"
@@ -223,6 +234,15 @@ max() {
   printf '%s\n' "$@" | sort -g | tail -n 1
 }
 
+min() {
+  printf '%s\n' "$@" | sort -g | head -n 1
+}
+
+# spread SECS...: "median (min–max)", three decimals.
+spread() {
+  printf '%s (%.3f–%.3f)' "$(median "$@")" "$(min "$@")" "$(max "$@")"
+}
+
 # Results per scenario: "docker_median estiba_median estiba_max_rss_kb runs".
 declare -gA RESULT
 # Width of the scenario names in the lines of each run.
@@ -301,16 +321,23 @@ judge() {
   fi
 }
 
+# judge_below VALUE LIMIT: sets BELOW, PASS when VALUE < LIMIT, else MISS
+# (counted in MISSES).
+judge_below() {
+  if awk -v v="$1" -v l="$2" 'BEGIN { exit !(v + 0 < l + 0) }'; then
+    BELOW=PASS
+  else
+    BELOW=MISS
+    MISSES=$((MISSES + 1))
+  fi
+}
+
 # judge_rss KB: sets RSS_MB (KB in MiB) and RSS_OK, PASS when under
 # TARGET_RSS_MB, else MISS (counted in MISSES).
 judge_rss() {
   RSS_MB=$(kb_to_mb "$1")
-  if awk -v m="$RSS_MB" -v t="$TARGET_RSS_MB" 'BEGIN { exit !(m + 0 < t + 0) }'; then
-    RSS_OK=PASS
-  else
-    RSS_OK=MISS
-    MISSES=$((MISSES + 1))
-  fi
+  judge_below "$RSS_MB" "$TARGET_RSS_MB"
+  RSS_OK=$BELOW
 }
 
 # parse_keep_only ARGS...: the options of a script whose only one is --keep.
@@ -333,6 +360,6 @@ kb_to_mb() {
 report_misses() {
   if [ "$MISSES" -gt 0 ]; then
     echo
-    echo "*** $MISSES TARGET(S) MISSED (see MISS above) ***"
+    echo "*** $MISSES TARGET(S) MISSED (see above) ***"
   fi
 }

@@ -1182,3 +1182,49 @@ fn a_cache_with_a_missing_blob_is_a_miss_not_a_failure() {
     assert!(!ran(&err).is_empty(), "steps ran: {err}");
     e.fsck_clean("b");
 }
+
+/// An image with the same layer twice (the same COPY repeated) is pushed
+/// with that blob once and both places in its manifest, and pulls back.
+#[test]
+fn a_repeated_layer_is_pushed_once_and_named_twice() {
+    let Some(reg) = RegistryServer::start_or_skip("repeated_layer", Auth::None) else {
+        return;
+    };
+    let e = Env::new();
+    e.import_busybox("a");
+    let ctx = e.context(&[
+        (
+            "Dockerfile",
+            "FROM busybox:test\nCOPY f.txt /f.txt\nRUN rm /f.txt\nCOPY f.txt /f.txt\n",
+        ),
+        ("f.txt", "seis\n"),
+    ]);
+    let name = format!("{}/app:repeated", reg.host());
+    let (out, err) = ok(e
+        .estiba("a")
+        .args(["build", "--progress", "plain", "--push", "-t", &name])
+        .arg(&ctx));
+    let digest = pushed_digest(&out, &name);
+    let raw = reg.inspect("app:repeated", true).expect("inspect --raw");
+    let layers: Vec<&str> = raw["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["digest"].as_str().expect("digest"))
+        .collect();
+    assert_eq!(layers.len(), 4, "{raw}");
+    assert_eq!(
+        layers[1], layers[3],
+        "the same COPY makes the same layer: {raw}"
+    );
+    let uploads = err
+        .matches(&layers[1]["sha256:".len()..]["".len()..][..12])
+        .count();
+    assert_eq!(uploads, 1, "pushed once:\n{err}");
+    ok(e.estiba("b").args(["pull", &name]));
+    assert_eq!(e.manifest_digest("b", &name), digest);
+    let (out, _) =
+        ok(e.estiba("b")
+            .args(["run", "--rm", "--network", "none", &name, "cat", "/f.txt"]));
+    assert_eq!(out, "seis\n");
+}

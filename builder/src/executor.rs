@@ -565,11 +565,21 @@ fn absolute(path: &Path) -> Result<PathBuf, ExecError> {
 }
 
 /// The step with every host path absolute: the init changes directories.
+/// Each lower dir is given once, at its topmost place: overlayfs refuses a
+/// lower dir given twice (ELOOP), and an image may hold the same layer
+/// twice (two steps that make the same changes). Its lower place decides
+/// nothing: its upper copy holds the same entries above it.
 fn absolute_paths(spec: &RunSpec) -> Result<RunSpec, ExecError> {
     let mut spec = spec.clone();
-    for dir in spec.lower.iter_mut() {
-        *dir = absolute(dir)?;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut lower = Vec::with_capacity(spec.lower.len());
+    for dir in &spec.lower {
+        let dir = absolute(dir)?;
+        if seen.insert(dir.clone()) {
+            lower.push(dir);
+        }
     }
+    spec.lower = lower;
     spec.upper = absolute(&spec.upper)?;
     spec.work = absolute(&spec.work)?;
     for extra in spec.mounts.iter_mut() {

@@ -37,7 +37,8 @@ pub(crate) struct Vertex<'a> {
 }
 
 /// Runs `work` on every item, `workers` at a time (layers downloaded or
-/// uploaded concurrently); the first error is returned once all stopped.
+/// uploaded concurrently); after an error no item is started, and the
+/// first error is returned once all stopped.
 /// `what` names the work in the error a panicking thread becomes.
 pub(crate) fn each_concurrently<T: Sync>(
     items: &[T],
@@ -45,18 +46,24 @@ pub(crate) fn each_concurrently<T: Sync>(
     what: &str,
     work: impl Fn(&T) -> Result<(), ImageError> + Sync,
 ) -> Result<(), ImageError> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    // Once one item failed, the others take no new item.
+    let failed = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers.min(items.len()))
             .map(|_| {
                 scope.spawn(|| -> Result<(), ImageError> {
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(item) = items.get(i) else {
+                    while !failed.load(Ordering::Relaxed) {
+                        let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) else {
                             return Ok(());
                         };
-                        work(item)?;
+                        if let Err(e) = work(item) {
+                            failed.store(true, Ordering::Relaxed);
+                            return Err(e);
+                        }
                     }
+                    Ok(())
                 })
             })
             .collect();

@@ -1193,7 +1193,7 @@ impl<'a> Solver<'a> {
         env.extend(run.proxy_env.iter().cloned());
         env.extend(secret_env);
         let spec = RunSpec {
-            lower: distinct_layers(lower.layers()),
+            lower: lower.layers().to_vec(),
             upper: upper.path().to_path_buf(),
             work,
             args: run.args.clone(),
@@ -1392,19 +1392,6 @@ fn absolute_target(target: &str, workdir: &str) -> String {
         let dir = if workdir.is_empty() { "/" } else { workdir };
         format!("{}/{target}", dir.trim_end_matches('/'))
     }
-}
-
-/// Each snapshot directory once, topmost occurrence first. A layer that
-/// appears twice (two steps that changed nothing make the same empty layer)
-/// decides nothing from its lower place: its upper copy holds the same
-/// entries above it. overlayfs refuses a lower dir given twice (ELOOP).
-fn distinct_layers(layers: &[PathBuf]) -> Vec<PathBuf> {
-    let mut seen = std::collections::BTreeSet::new();
-    layers
-        .iter()
-        .filter(|l| seen.insert((*l).clone()))
-        .cloned()
-        .collect()
 }
 
 /// `--chown` of a step, resolved against the image.

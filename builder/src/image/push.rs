@@ -66,11 +66,6 @@ pub(super) fn push(
     opts: &PushOptions,
     progress: &Vertex<'_>,
 ) -> Result<Pushed, ImageError> {
-    let layers = image
-        .layers
-        .iter()
-        .map(|layer| layer_blob(store, layer, opts.compression, opts.format))
-        .collect::<Result<Vec<_>, _>>()?;
     let config = Descriptor::new(
         match opts.format {
             Format::Oci => media_type::OCI_CONFIG,
@@ -79,6 +74,65 @@ pub(super) fn push(
         image.manifest.config.digest,
         image.manifest.config.size,
     );
+    let diff_ids: Vec<Digest> = image.layers.iter().map(|l| l.diff_id).collect();
+    let sources = mount_sources(store, &diff_ids, Some(image.id()), dest)?;
+    // The config, then each stored layer blob once. A layer is compressed by
+    // the worker that uploads it, so uploads start while later layers are
+    // still being compressed (three compressions at once at most).
+    let mut items: Vec<Option<usize>> = vec![None];
+    for (i, layer) in image.layers.iter().enumerate() {
+        if !image.layers[..i]
+            .iter()
+            .any(|l| l.descriptor.digest == layer.descriptor.digest)
+        {
+            items.push(Some(i));
+        }
+    }
+    let sent: Vec<std::sync::OnceLock<Descriptor>> =
+        image.layers.iter().map(|_| Default::default()).collect();
+    super::each_concurrently(
+        &items,
+        CONCURRENT_UPLOADS,
+        &dest.familiar(),
+        |item| match *item {
+            None => upload(
+                store,
+                registry,
+                dest,
+                &config,
+                config.digest,
+                &sources,
+                progress,
+            ),
+            Some(i) => {
+                let layer = &image.layers[i];
+                let blob = layer_blob(store, layer, opts.compression, opts.format)?;
+                let blob = sent[i].get_or_init(|| blob);
+                upload(
+                    store,
+                    registry,
+                    dest,
+                    blob,
+                    layer.diff_id,
+                    &sources,
+                    progress,
+                )
+            }
+        },
+    )?;
+    // Every layer's blob; a repeated layer's from its first place.
+    let mut layers = Vec::with_capacity(image.layers.len());
+    for (i, layer) in image.layers.iter().enumerate() {
+        let first = image.layers[..i]
+            .iter()
+            .position(|l| l.descriptor.digest == layer.descriptor.digest)
+            .unwrap_or(i);
+        let blob = sent[first].get().ok_or_else(|| ImageError::Corrupt {
+            image: dest.familiar(),
+            reason: format!("layer {} was not pushed", layer.descriptor.digest),
+        })?;
+        layers.push(blob.clone());
+    }
     let manifest_type = match opts.format {
         Format::Oci => media_type::OCI_MANIFEST,
         Format::Docker => media_type::DOCKER_MANIFEST,
@@ -101,23 +155,12 @@ pub(super) fn push(
             media_type: Some(manifest_type.to_string()),
             artifact_type: None,
             config: config.clone(),
-            layers: layers.clone(),
+            layers,
             annotations: Default::default(),
         };
         serde_json::to_vec(&manifest).map_err(ImageError::Encode)?
     };
 
-    let diff_ids: Vec<Digest> = image.layers.iter().map(|l| l.diff_id).collect();
-    let sources = mount_sources(store, &diff_ids, Some(image.id()), dest)?;
-    // Each blob with what mount sources are matched by: a layer's diff ID
-    // (its compressed form may differ), the config's own digest.
-    let mut blobs: Vec<(&Descriptor, Digest)> = vec![(&config, config.digest)];
-    for (blob, layer) in layers.iter().zip(&image.layers) {
-        if !blobs.iter().any(|(b, _)| b.digest == blob.digest) {
-            blobs.push((blob, layer.diff_id));
-        }
-    }
-    upload_blobs(store, registry, dest, &blobs, &sources, progress)?;
     let digest = registry.put_manifest(dest, manifest_type, &manifest_bytes)?;
     let size = manifest_bytes.len() as u64;
     progress.reporter.log(
