@@ -304,6 +304,74 @@ fn copy_follows_docker_rules_for_destinations_and_modes() {
     );
 }
 
+/// A directory's contents copied to a destination that is not there: the
+/// copy makes the destination itself, 0755 (or the octal `--chmod`) owned
+/// by `--chown` or 0:0, whatever the source directory's own mode and owner
+/// (fsutil `copy/copy.go` `prepareTargetDir`, which `MkdirAll`s it; docker
+/// 20.10 agrees). Directories below keep theirs, from a stage with owners.
+#[test]
+fn a_directory_copied_to_a_new_destination_gets_a_fresh_directory() {
+    let e = env(&[
+        (
+            "Dockerfile",
+            "FROM scratch AS base\n\
+             COPY --chown=1000:1000 --chmod=0700 src /x\n\
+             FROM scratch\n\
+             COPY src /newdir\n\
+             COPY --chown=7:8 src /owned\n\
+             COPY --chmod=0750 src /modded\n\
+             COPY --from=base /x /fromstage\n\
+             COPY --from=base / /whole\n",
+        ),
+        ("src/sub/f", "f"),
+    ]);
+    for dir in ["src", "src/sub"] {
+        let path = e.ctx.join(dir);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        std::os::unix::fs::chown(&path, Some(1000), Some(1000)).expect("chown");
+    }
+    let out = local_export(&e, &[]);
+    let meta = |p: &str| {
+        let m = std::fs::metadata(out.join(p)).expect(p);
+        (m.mode() & 0o7777, m.uid(), m.gid())
+    };
+    assert_eq!(meta("newdir"), (0o755, 0, 0));
+    assert_eq!(meta("newdir/sub"), (0o700, 0, 0), "below, the mode is kept");
+    assert_eq!(meta("owned"), (0o755, 7, 8));
+    assert_eq!(meta("modded"), (0o750, 0, 0));
+    assert_eq!(meta("fromstage"), (0o755, 0, 0));
+    assert_eq!(meta("whole/x"), (0o700, 1000, 1000), "the stage's /x");
+    assert_eq!(meta("fromstage/sub"), (0o700, 1000, 1000));
+}
+
+/// Parent directories a COPY creates take its octal `--chmod` mode; those
+/// already there are left alone (BuildKit `frontend/dockerfile/
+/// dockerfile_copy_test.go` `testCopyChmod`: `/parent` 0777, `/parent/sub`
+/// 0770; docker 20.10 is older and makes them 0755).
+#[test]
+fn parents_a_copy_creates_take_its_chmod() {
+    let e = env(&[
+        (
+            "Dockerfile",
+            "FROM scratch\n\
+             COPY --chmod=777 foo /parent/foo\n\
+             COPY --chmod=770 foo /parent/sub/foo\n\
+             COPY --chmod=u+x foo /symbolic/foo\n",
+        ),
+        ("foo", "foo"),
+    ]);
+    let out = local_export(&e, &[]);
+    let mode = |p: &str| std::fs::metadata(out.join(p)).expect(p).mode() & 0o7777;
+    assert_eq!(mode("parent"), 0o777);
+    assert_eq!(mode("parent/sub"), 0o770);
+    assert_eq!(mode("parent/sub/foo"), 0o770);
+    assert_eq!(
+        mode("symbolic"),
+        0o755,
+        "a symbolic mode is for entries copied"
+    );
+}
+
 #[test]
 fn copy_from_a_stage_keeps_owners_and_chown_names_come_from_the_image() {
     let e = env(&[

@@ -39,6 +39,32 @@ pub struct CopyOptions {
     pub mtime: i64,
 }
 
+impl CopyOptions {
+    /// A directory the copy creates itself (a missing parent, or the
+    /// destination a directory's contents go to): mode 0755, or the octal
+    /// `--chmod` mode (a symbolic one applies to copied entries only),
+    /// owned by `--chown` or 0:0. This is fsutil's `MkdirAll` with the
+    /// copy's mode (tonistiigi/fsutil `copy/copy.go`, `Copy` and
+    /// `prepareTargetDir`; BuildKit's `testCopyChmod` expects
+    /// `COPY --chmod=770 foo /parent/sub/foo` to make `/parent/sub` 0770).
+    fn created_dir(&self) -> Meta {
+        let (uid, gid) = self.chown.unwrap_or((0, 0));
+        let mode = match self.chmod {
+            Some(Chmod::Octal(m)) => m,
+            _ => 0o755,
+        };
+        Meta {
+            kind: EntryKind::Dir,
+            mode,
+            uid,
+            gid,
+            size: 0,
+            mtime: self.mtime,
+            link_id: None,
+        }
+    }
+}
+
 /// One entry of a [`Writer`]'s diff, with its final metadata (a held
 /// directory's mtime is settled when it is opened up or written).
 struct Entry<'t> {
@@ -128,6 +154,10 @@ struct Source<'a, 't> {
     tree: &'a Rc<dyn SourceTree + 't>,
     excludes: Option<Rc<Matcher>>,
     opts: Rc<CopyOptions>,
+    /// The match lands at the destination itself (not below it, as with
+    /// `--parents`): a directory's contents go into a directory the copy
+    /// creates, which takes none of the source directory's metadata.
+    contents_only: bool,
 }
 
 /// Lower-layer answers and directories made remembered per step: only
@@ -329,6 +359,7 @@ impl<'t> Writer<'t> {
                 tree,
                 excludes: excludes.map(|ex| Rc::new(ex.clone())),
                 opts: Rc::new(self.opts.clone()),
+                contents_only: m.parents_path.is_none(),
             };
             let start = WalkEntry {
                 source: m.path.clone(),
@@ -490,18 +521,8 @@ impl<'t> Writer<'t> {
                     })
                 }
                 None => {
-                    let (uid, gid) = self.opts.chown.unwrap_or((0, 0));
-                    let meta = Meta {
-                        kind: EntryKind::Dir,
-                        mode: 0o755,
-                        uid,
-                        gid,
-                        size: 0,
-                        mtime: self.opts.mtime,
-                        link_id: None,
-                    };
                     let entry = Entry {
-                        meta,
+                        meta: self.opts.created_dir(),
                         xattrs: Vec::new(),
                         data: Data::None,
                         copied_up: false,
@@ -548,7 +569,7 @@ impl<'t> Writer<'t> {
         match &e.meta.kind {
             EntryKind::Dir => {
                 let resolved = self.resolve(target, true)?;
-                let (path, merged) = match self.stat(&resolved)? {
+                let (path, merged, created) = match self.stat(&resolved)? {
                     Some(Meta {
                         kind: EntryKind::Dir,
                         ..
@@ -559,10 +580,10 @@ impl<'t> Writer<'t> {
                         if top {
                             return Ok(true);
                         }
-                        (path, true)
+                        (path, true, false)
                     }
                     // Over a non-directory: nothing can be below it.
-                    Some(_) if self.replace => (self.prepare(target)?, false),
+                    Some(_) if self.replace => (self.prepare(target)?, false, false),
                     Some(_) => {
                         return Err(CopyError::Conflict {
                             source_path: e.source.clone(),
@@ -570,7 +591,7 @@ impl<'t> Writer<'t> {
                             reason: "cannot replace a file with a directory",
                         })
                     }
-                    None => (self.prepare(&resolved)?, false),
+                    None => (self.prepare(&resolved)?, false, true),
                 };
                 let data = if merged {
                     Data::None
@@ -584,7 +605,14 @@ impl<'t> Writer<'t> {
                         replace: self.replace,
                     })
                 };
-                let entry = source_entry(source.tree, e, &self.opts, data)?;
+                let mut entry = source_entry(source.tree, e, &self.opts, data)?;
+                if top && created && source.contents_only {
+                    // The contents are copied, not the directory: fsutil's
+                    // `prepareTargetDir` makes the destination with
+                    // `MkdirAll` before copying into it.
+                    entry.meta = self.opts.created_dir();
+                    entry.xattrs.clear();
+                }
                 self.insert(path, entry)?;
                 return Ok(merged);
             }
