@@ -649,6 +649,60 @@ fn run_network_none_and_cache_mounts() {
     );
 }
 
+/// `RUN --mount=type=cache,from=…[,source=…]`: a cache that does not exist
+/// yet starts as a copy of that path of the stage or image, the path's own
+/// mode kept; each `from`/`source` is a cache of its own, as BuildKit keys
+/// a cache by its id and its input (solver/llbsolver/mounts/mount.go
+/// `getRefCacheDir`); an empty `from=` is scratch (dockerfile2llb
+/// `convert_runmount.go`). Docker 20.10 here agrees on all of it.
+#[test]
+fn cache_mounts_start_from_a_stage_or_an_image() {
+    let e = env(&[
+        (
+            "Dockerfile",
+            "FROM busybox:test AS seed\n\
+             COPY --chmod=0750 x /x\n\
+             COPY r.txt /r.txt\n\
+             FROM busybox:test\n\
+             RUN --mount=type=cache,target=/c1,from=seed,source=/x \\\n\
+             \x20   --mount=type=cache,target=/c2,from=seed \\\n\
+             \x20   --mount=type=cache,target=/c4,from= \\\n\
+             \x20   --mount=type=cache,target=/c5,from=busybox:test,source=etc \\\n\
+             \x20   find /c1 /c4 | sort > /out1 && ls /c2 > /ls2 && ls /c5 > /ls5 \\\n\
+             \x20   && stat -c %a /c1 > /mode1 && echo new > /c1/new\n\
+             RUN --mount=type=cache,target=/c1,from=seed,source=/x find /c1 | sort > /out2\n\
+             RUN --mount=type=cache,target=/c1 find /c1 | sort > /out3\n",
+        ),
+        ("x/y/s.txt", "seeded"),
+        ("r.txt", "root"),
+    ]);
+    import_busybox(&e);
+    let out = local_export(&e, &[]);
+    let read = |p: &str| std::fs::read_to_string(out.join(p)).expect(p);
+    assert_eq!(read("out1"), "/c1\n/c1/y\n/c1/y/s.txt\n/c4\n");
+    let ls2 = read("ls2");
+    assert!(
+        ls2.lines().any(|l| l == "r.txt") && ls2.lines().any(|l| l == "x"),
+        "{ls2}"
+    );
+    assert!(
+        read("ls5").lines().any(|l| l == "passwd"),
+        "{}",
+        read("ls5")
+    );
+    assert_eq!(read("mode1"), "750\n", "the cache is the directory itself");
+    assert_eq!(
+        read("out2"),
+        "/c1\n/c1/new\n/c1/y\n/c1/y/s.txt\n",
+        "the same from and source is the same cache"
+    );
+    assert_eq!(read("out3"), "/c1\n", "without from it is another cache");
+    assert!(
+        !out.join("c1/y").exists(),
+        "a cache mount never enters a layer"
+    );
+}
+
 /// `build --network none` gives RUN steps without their own `--network` a
 /// network namespace with only lo; `RUN --network=host` keeps the host's.
 /// The build's network is part of the key: the same file built on the
@@ -1979,15 +2033,21 @@ fn bind_mounts_from_a_stage() {
     let e = env(&[(
         "Dockerfile",
         "FROM busybox:test AS gen\n\
-         RUN mkdir /out && echo generated > /out/gen.txt\n\
+         RUN mkdir -m 0710 /out && chown 1000 /out && echo generated > /out/gen.txt\n\
          FROM busybox:test\n\
-         RUN --mount=type=bind,from=gen,source=/out,target=/g cat /g/gen.txt > /got\n",
+         RUN --mount=type=bind,from=gen,source=/out,target=/g cat /g/gen.txt > /got \\\n\
+         \x20   && stat -c '%a %u' /g > /g-meta\n",
     )]);
     import_busybox(&e);
     let out = local_export(&e, &[]);
     assert_eq!(
         std::fs::read_to_string(out.join("got")).expect("got"),
         "generated\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("g-meta")).expect("g-meta"),
+        "710 1000\n",
+        "the mount shows the directory itself"
     );
     assert!(!out.join("g").exists(), "the bind mount is not in a layer");
     assert!(

@@ -37,6 +37,10 @@ pub struct CopyOptions {
     /// mtime for files that have none of their own (heredocs) and for
     /// directories created; also the clamp for SOURCE_DATE_EPOCH.
     pub mtime: i64,
+    /// A directory source lands as the directory itself, with its own mode
+    /// and owner (what a bind mount shows), rather than as its contents in
+    /// a directory the copy makes (COPY).
+    pub dir_itself: bool,
 }
 
 impl CopyOptions {
@@ -359,7 +363,7 @@ impl<'t> Writer<'t> {
                 tree,
                 excludes: excludes.map(|ex| Rc::new(ex.clone())),
                 opts: Rc::new(self.opts.clone()),
-                contents_only: m.parents_path.is_none(),
+                contents_only: m.parents_path.is_none() && !self.opts.dir_itself,
             };
             let start = WalkEntry {
                 source: m.path.clone(),
