@@ -1417,8 +1417,15 @@ fn add_extracts_local_archives_of_every_compression() {
         &[("not-an-archive.gz", "plain text"), ("Dockerfile", "")],
     );
     dockerfile.push_str("ADD not-an-archive.gz /plain/\nCOPY a.gz /copied/\n");
+    dockerfile.push_str("ADD --chmod=0700 a.tar /chmodded/sub/\n");
     write(&e.ctx, &[("Dockerfile", &dockerfile)]);
     let out = local_export(&e, &[]);
+    // BuildKit unpacks into directories it makes 0755 whatever `--chmod`
+    // says (solver/llbsolver/file/unpack.go).
+    for dir in ["chmodded", "chmodded/sub"] {
+        let mode = std::fs::metadata(out.join(dir)).expect(dir).mode() & 0o7777;
+        assert_eq!(mode, 0o755, "{dir}");
+    }
     for kind in ["tar", "gz", "bz2", "xz", "zst"] {
         let got = std::fs::read_to_string(out.join(format!("x/{kind}/inner/hello.txt")));
         assert_eq!(got.expect(kind), "hello", "{kind}");

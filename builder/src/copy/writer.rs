@@ -437,7 +437,13 @@ impl<'t> Writer<'t> {
     /// times, and replace whatever is at their path.
     fn extract(&mut self, tree: &Rc<dyn SourceTree + 't>, dest: &str) -> Result<(), CopyError> {
         let dest_rel = tree::clean(dest);
-        self.mkdir_all(&dest_rel)?;
+        // BuildKit makes the directory an archive unpacks into 0755, owned
+        // by `--chown`, whatever `--chmod` says (solver/llbsolver/file/
+        // unpack.go `MkdirAll(dest, 0755, ch, tm)`).
+        let chmod = self.opts.chmod.take();
+        let made = self.mkdir_all(&dest_rel);
+        self.opts.chmod = chmod;
+        made?;
         let saved = self.opts.clone();
         self.set_options(None, None, true);
         self.replace = true;
