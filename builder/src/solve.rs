@@ -922,7 +922,7 @@ impl<'a> Solver<'a> {
         stage: &Stage,
         run: &estiba_frontend::graph::RunStep,
         built: &BTreeMap<usize, Built>,
-    ) -> Result<BTreeMap<usize, BindSource<'a>>> {
+    ) -> Result<BTreeMap<usize, MountSource<'a>>> {
         use estiba_frontend::instructions::MountKind;
         let mut out = BTreeMap::new();
         for (i, m) in run.mounts.iter().enumerate() {
@@ -1000,7 +1000,7 @@ impl<'a> Solver<'a> {
             };
             out.insert(
                 i,
-                BindSource {
+                MountSource {
                     tree,
                     matched,
                     keep_owners,
@@ -1015,7 +1015,7 @@ impl<'a> Solver<'a> {
     /// removed with the returned dir; returns the path to bind. The copy
     /// keeps writes to a `rw` mount out of the context and the layer. A
     /// directory keeps its own mode and owner: the mount shows it itself.
-    fn materialize(&self, bind: &BindSource<'_>) -> Result<(TempDir, PathBuf)> {
+    fn materialize(&self, bind: &MountSource<'_>) -> Result<(TempDir, PathBuf)> {
         let dir = self.store.temp_dir("bind")?;
         let mut writer = Writer::new(
             LayeredTree::new(Vec::new()),
@@ -1040,7 +1040,12 @@ impl<'a> Solver<'a> {
     /// Makes the cache mount directory `dir` a copy of what `seed` names,
     /// as BuildKit makes a new cache from the mount's input
     /// (`getRefCacheDirNoCache`); another build that made it meanwhile wins.
-    fn seed_cache(&self, seed: &BindSource<'_>, target: &str, dir: &std::path::Path) -> Result<()> {
+    fn seed_cache(
+        &self,
+        seed: &MountSource<'_>,
+        target: &str,
+        dir: &std::path::Path,
+    ) -> Result<()> {
         let io = |source| SolveErrorKind::Io {
             path: dir.to_path_buf(),
             source,
@@ -1127,7 +1132,7 @@ impl<'a> Solver<'a> {
         &self,
         current: &Built,
         run: &estiba_frontend::graph::RunStep,
-        binds: &BTreeMap<usize, BindSource<'_>>,
+        binds: &BTreeMap<usize, MountSource<'_>>,
         id: usize,
     ) -> Result<Layer> {
         use crate::executor::{self, ExtraMount, RunOptions, RunSpec};
@@ -1159,7 +1164,8 @@ impl<'a> Solver<'a> {
                 }),
                 MountKind::Cache => {
                     // A directory of the store that outlives builds and
-                    // never enters a layer or a key.
+                    // never enters a layer; only what it starts from
+                    // (`from=`) is in the step's key.
                     let id =
                         m.id.clone()
                             .unwrap_or_else(|| m.target.clone().unwrap_or_default());
@@ -1425,7 +1431,7 @@ impl<'a> Solver<'a> {
 
 /// The source of one `RUN --mount=type=bind`, or what a cache mount starts
 /// from, matched and keyed before the step's key is known.
-struct BindSource<'t> {
+struct MountSource<'t> {
     /// The context, or a stage's or image's root filesystem.
     tree: Rc<dyn SourceTree + 't>,
     /// `source=` in it.
