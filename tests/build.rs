@@ -304,6 +304,74 @@ fn copy_follows_docker_rules_for_destinations_and_modes() {
     );
 }
 
+/// A directory's contents copied to a destination that is not there: the
+/// copy makes the destination itself, 0755 (or the octal `--chmod`) owned
+/// by `--chown` or 0:0, whatever the source directory's own mode and owner
+/// (fsutil `copy/copy.go` `prepareTargetDir`, which `MkdirAll`s it; docker
+/// 20.10 agrees). Directories below keep theirs, from a stage with owners.
+#[test]
+fn a_directory_copied_to_a_new_destination_gets_a_fresh_directory() {
+    let e = env(&[
+        (
+            "Dockerfile",
+            "FROM scratch AS base\n\
+             COPY --chown=1000:1000 --chmod=0700 src /x\n\
+             FROM scratch\n\
+             COPY src /newdir\n\
+             COPY --chown=7:8 src /owned\n\
+             COPY --chmod=0750 src /modded\n\
+             COPY --from=base /x /fromstage\n\
+             COPY --from=base / /whole\n",
+        ),
+        ("src/sub/f", "f"),
+    ]);
+    for dir in ["src", "src/sub"] {
+        let path = e.ctx.join(dir);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        std::os::unix::fs::chown(&path, Some(1000), Some(1000)).expect("chown");
+    }
+    let out = local_export(&e, &[]);
+    let meta = |p: &str| {
+        let m = std::fs::metadata(out.join(p)).expect(p);
+        (m.mode() & 0o7777, m.uid(), m.gid())
+    };
+    assert_eq!(meta("newdir"), (0o755, 0, 0));
+    assert_eq!(meta("newdir/sub"), (0o700, 0, 0), "below, the mode is kept");
+    assert_eq!(meta("owned"), (0o755, 7, 8));
+    assert_eq!(meta("modded"), (0o750, 0, 0));
+    assert_eq!(meta("fromstage"), (0o755, 0, 0));
+    assert_eq!(meta("whole/x"), (0o700, 1000, 1000), "the stage's /x");
+    assert_eq!(meta("fromstage/sub"), (0o700, 1000, 1000));
+}
+
+/// Parent directories a COPY creates take its octal `--chmod` mode; those
+/// already there are left alone (BuildKit `frontend/dockerfile/
+/// dockerfile_copy_test.go` `testCopyChmod`: `/parent` 0777, `/parent/sub`
+/// 0770; docker 20.10 is older and makes them 0755).
+#[test]
+fn parents_a_copy_creates_take_its_chmod() {
+    let e = env(&[
+        (
+            "Dockerfile",
+            "FROM scratch\n\
+             COPY --chmod=777 foo /parent/foo\n\
+             COPY --chmod=770 foo /parent/sub/foo\n\
+             COPY --chmod=u+x foo /symbolic/foo\n",
+        ),
+        ("foo", "foo"),
+    ]);
+    let out = local_export(&e, &[]);
+    let mode = |p: &str| std::fs::metadata(out.join(p)).expect(p).mode() & 0o7777;
+    assert_eq!(mode("parent"), 0o777);
+    assert_eq!(mode("parent/sub"), 0o770);
+    assert_eq!(mode("parent/sub/foo"), 0o770);
+    assert_eq!(
+        mode("symbolic"),
+        0o755,
+        "a symbolic mode is for entries copied"
+    );
+}
+
 #[test]
 fn copy_from_a_stage_keeps_owners_and_chown_names_come_from_the_image() {
     let e = env(&[
@@ -578,6 +646,60 @@ fn run_network_none_and_cache_mounts() {
             .trim(),
         "2",
         "the cache mount persists between builds"
+    );
+}
+
+/// `RUN --mount=type=cache,from=…[,source=…]`: a cache that does not exist
+/// yet starts as a copy of that path of the stage or image, the path's own
+/// mode kept; each `from`/`source` is a cache of its own, as BuildKit keys
+/// a cache by its id and its input (solver/llbsolver/mounts/mount.go
+/// `getRefCacheDir`); an empty `from=` is scratch (dockerfile2llb
+/// `convert_runmount.go`). Docker 20.10 here agrees on all of it.
+#[test]
+fn cache_mounts_start_from_a_stage_or_an_image() {
+    let e = env(&[
+        (
+            "Dockerfile",
+            "FROM busybox:test AS seed\n\
+             COPY --chmod=0750 x /x\n\
+             COPY r.txt /r.txt\n\
+             FROM busybox:test\n\
+             RUN --mount=type=cache,target=/c1,from=seed,source=/x \\\n\
+             \x20   --mount=type=cache,target=/c2,from=seed \\\n\
+             \x20   --mount=type=cache,target=/c4,from= \\\n\
+             \x20   --mount=type=cache,target=/c5,from=busybox:test,source=etc \\\n\
+             \x20   find /c1 /c4 | sort > /out1 && ls /c2 > /ls2 && ls /c5 > /ls5 \\\n\
+             \x20   && stat -c %a /c1 > /mode1 && echo new > /c1/new\n\
+             RUN --mount=type=cache,target=/c1,from=seed,source=/x find /c1 | sort > /out2\n\
+             RUN --mount=type=cache,target=/c1 find /c1 | sort > /out3\n",
+        ),
+        ("x/y/s.txt", "seeded"),
+        ("r.txt", "root"),
+    ]);
+    import_busybox(&e);
+    let out = local_export(&e, &[]);
+    let read = |p: &str| std::fs::read_to_string(out.join(p)).expect(p);
+    assert_eq!(read("out1"), "/c1\n/c1/y\n/c1/y/s.txt\n/c4\n");
+    let ls2 = read("ls2");
+    assert!(
+        ls2.lines().any(|l| l == "r.txt") && ls2.lines().any(|l| l == "x"),
+        "{ls2}"
+    );
+    assert!(
+        read("ls5").lines().any(|l| l == "passwd"),
+        "{}",
+        read("ls5")
+    );
+    assert_eq!(read("mode1"), "750\n", "the cache is the directory itself");
+    assert_eq!(
+        read("out2"),
+        "/c1\n/c1/new\n/c1/y\n/c1/y/s.txt\n",
+        "the same from and source is the same cache"
+    );
+    assert_eq!(read("out3"), "/c1\n", "without from it is another cache");
+    assert!(
+        !out.join("c1/y").exists(),
+        "a cache mount never enters a layer"
     );
 }
 
@@ -1295,8 +1417,15 @@ fn add_extracts_local_archives_of_every_compression() {
         &[("not-an-archive.gz", "plain text"), ("Dockerfile", "")],
     );
     dockerfile.push_str("ADD not-an-archive.gz /plain/\nCOPY a.gz /copied/\n");
+    dockerfile.push_str("ADD --chmod=0700 a.tar /chmodded/sub/\n");
     write(&e.ctx, &[("Dockerfile", &dockerfile)]);
     let out = local_export(&e, &[]);
+    // BuildKit unpacks into directories it makes 0755 whatever `--chmod`
+    // says (solver/llbsolver/file/unpack.go).
+    for dir in ["chmodded", "chmodded/sub"] {
+        let mode = std::fs::metadata(out.join(dir)).expect(dir).mode() & 0o7777;
+        assert_eq!(mode, 0o755, "{dir}");
+    }
     for kind in ["tar", "gz", "bz2", "xz", "zst"] {
         let got = std::fs::read_to_string(out.join(format!("x/{kind}/inner/hello.txt")));
         assert_eq!(got.expect(kind), "hello", "{kind}");
@@ -1911,15 +2040,21 @@ fn bind_mounts_from_a_stage() {
     let e = env(&[(
         "Dockerfile",
         "FROM busybox:test AS gen\n\
-         RUN mkdir /out && echo generated > /out/gen.txt\n\
+         RUN mkdir -m 0710 /out && chown 1000 /out && echo generated > /out/gen.txt\n\
          FROM busybox:test\n\
-         RUN --mount=type=bind,from=gen,source=/out,target=/g cat /g/gen.txt > /got\n",
+         RUN --mount=type=bind,from=gen,source=/out,target=/g cat /g/gen.txt > /got \\\n\
+         \x20   && stat -c '%a %u' /g > /g-meta\n",
     )]);
     import_busybox(&e);
     let out = local_export(&e, &[]);
     assert_eq!(
         std::fs::read_to_string(out.join("got")).expect("got"),
         "generated\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("g-meta")).expect("g-meta"),
+        "710 1000\n",
+        "the mount shows the directory itself"
     );
     assert!(!out.join("g").exists(), "the bind mount is not in a layer");
     assert!(

@@ -247,6 +247,29 @@ fn a_dockerfile_with_its_own_ignore_file_uses_it() {
     );
 }
 
+/// With no `Dockerfile`, a lowercase `dockerfile` is used, by `-f` too
+/// (BuildKit `frontend/dockerui/config.go`, moby/moby#10858); the ignore
+/// file beside it still goes by the name asked for.
+#[test]
+fn a_lowercase_dockerfile_is_used_when_dockerfile_is_missing() {
+    let ctx = context(&[
+        ("dockerfile", "FROM scratch\nCOPY . /\n"),
+        ("Dockerfile.dockerignore", "*.log\n"),
+        ("sub/dockerfile", "FROM scratch\n"),
+    ]);
+    let (code, out, err) = run(estiba().args(["build", "--dry-run"]).arg(ctx.path()));
+    assert_eq!(code, 0, "{err}");
+    let read = format!("dockerfile: {}", ctx.path().join("dockerfile").display());
+    assert!(out.contains(&read), "{out}");
+    assert!(out.contains("Dockerfile.dockerignore"), "{out}");
+    let (code, out, err) = run(estiba()
+        .args(["build", "--dry-run", "-f"])
+        .arg(ctx.path().join("sub/Dockerfile"))
+        .arg(ctx.path()));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("sub/dockerfile"), "{out}");
+}
+
 #[test]
 fn an_invalid_ignore_pattern_fails_the_build() {
     let ctx = context(&[("Dockerfile", "FROM scratch\n"), (".dockerignore", "[\n")]);

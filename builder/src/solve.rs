@@ -90,7 +90,17 @@ pub enum SolveErrorKind {
         #[source]
         source: std::io::Error,
     },
-    /// A `RUN --mount=type=bind` whose source cannot be used.
+    /// A cache mount's `from=` and `source=` name something other than a
+    /// directory.
+    #[error("the cache mounted at {target} cannot start from {source_path:?}: not a directory")]
+    CacheSeedNotDir {
+        /// The mount's target.
+        target: String,
+        /// The path in the stage or image.
+        source_path: String,
+    },
+    /// A `RUN --mount=type=bind` source, or the `from=` a cache mount
+    /// starts from, that cannot be used.
     #[error("cannot mount {source_path:?} from {from}")]
     BindSource {
         /// `source=` as written.
@@ -629,11 +639,11 @@ impl<'a> Solver<'a> {
         match &step.op {
             Op::Config => Ok((None, key_of(None, None, None).to_string(), false)),
             Op::Run(run) => {
-                // What a bind mount shows is part of what the step reads.
-                let binds = self.bind_sources(graph, stage, run, built)?;
+                // What a bind mount shows, and what a cache mount starts
+                // from, is part of what the step reads.
+                let binds = self.mount_sources(graph, stage, run, built)?;
                 let sources = (!binds.is_empty()).then(|| {
-                    let digests: Vec<String> =
-                        binds.values().map(|b| b.digest.to_string()).collect();
+                    let digests: Vec<&str> = binds.values().map(|b| b.key.as_str()).collect();
                     format!("bind {}", digests.join(" "))
                 });
                 // The build's network is part of what the step does (a
@@ -901,22 +911,26 @@ impl<'a> Solver<'a> {
         Ok(Layer::uncompressed(digest, size))
     }
 
-    /// The sources of a RUN's bind mounts, by mount index: matched in the
-    /// context, a stage or an image, and hashed for the step's key.
-    fn bind_sources(
+    /// The sources of a RUN's bind mounts and of the cache mounts that
+    /// start from a stage or an image (`from=`), by mount index: matched in
+    /// the context, a stage or an image. A bind source is hashed for the
+    /// step's key; a cache seed is named by its stage's key or its image's
+    /// digest and its path, as BuildKit keys the cache mount's input.
+    fn mount_sources(
         &self,
         graph: &BuildGraph,
         stage: &Stage,
         run: &estiba_frontend::graph::RunStep,
         built: &BTreeMap<usize, Built>,
-    ) -> Result<BTreeMap<usize, BindSource<'a>>> {
+    ) -> Result<BTreeMap<usize, MountSource<'a>>> {
         use estiba_frontend::instructions::MountKind;
         let mut out = BTreeMap::new();
         for (i, m) in run.mounts.iter().enumerate() {
-            if m.kind != MountKind::Bind {
+            let seeded = m.kind == MountKind::Cache && cache_is_seeded(m);
+            if m.kind != MountKind::Bind && !seeded {
                 continue;
             }
-            let (tree, keep_owners, from): (Rc<dyn SourceTree + 'a>, bool, String) =
+            let (tree, keep_owners, from, identity): (Rc<dyn SourceTree + 'a>, bool, String, _) =
                 match (m.stage, &m.from) {
                     (Some(index), _) => {
                         let name = graph
@@ -933,6 +947,7 @@ impl<'a> Solver<'a> {
                             Rc::new(self.layered(&b.layers)?),
                             true,
                             format!("stage {name}"),
+                            Some(b.key.clone()),
                         )
                     }
                     (None, Some(reference)) => {
@@ -941,9 +956,15 @@ impl<'a> Solver<'a> {
                             Rc::new(self.layered(&image.layers)?),
                             true,
                             format!("image {reference}"),
+                            Some(image.descriptor.digest.to_string()),
                         )
                     }
-                    (None, None) => (Rc::new(self.context), false, copy::CONTEXT.to_string()),
+                    (None, None) => (
+                        Rc::new(self.context),
+                        false,
+                        copy::CONTEXT.to_string(),
+                        None,
+                    ),
                 };
             let source_path = m.source.clone().unwrap_or_else(|| "/".to_string());
             let failed = |source: copy::CopyError| SolveErrorKind::BindSource {
@@ -964,20 +985,26 @@ impl<'a> Solver<'a> {
                     tree: from.clone(),
                 })
             })?;
-            let digest = copy::hash_sources(
-                tree.as_ref(),
-                std::slice::from_ref(&matched),
-                None,
-                keep_owners,
-            )
-            .map_err(failed)?;
+            let key = match identity {
+                Some(identity) if seeded => {
+                    format!("cache-from {identity}:{}", matched.path)
+                }
+                _ => copy::hash_sources(
+                    tree.as_ref(),
+                    std::slice::from_ref(&matched),
+                    None,
+                    keep_owners,
+                )
+                .map_err(failed)?
+                .to_string(),
+            };
             out.insert(
                 i,
-                BindSource {
+                MountSource {
                     tree,
                     matched,
                     keep_owners,
-                    digest,
+                    key,
                 },
             );
         }
@@ -986,14 +1013,16 @@ impl<'a> Solver<'a> {
 
     /// A private copy of a bind mount's source in the store's temp dir,
     /// removed with the returned dir; returns the path to bind. The copy
-    /// keeps writes to a `rw` mount out of the context and the layer.
-    fn materialize(&self, bind: &BindSource<'_>) -> Result<(TempDir, PathBuf)> {
+    /// keeps writes to a `rw` mount out of the context and the layer. A
+    /// directory keeps its own mode and owner: the mount shows it itself.
+    fn materialize(&self, bind: &MountSource<'_>) -> Result<(TempDir, PathBuf)> {
         let dir = self.store.temp_dir("bind")?;
         let mut writer = Writer::new(
             LayeredTree::new(Vec::new()),
             CopyOptions {
                 mtime: self.time(),
                 keep_owners: bind.keep_owners,
+                dir_itself: true,
                 ..CopyOptions::default()
             },
         );
@@ -1006,6 +1035,38 @@ impl<'a> Solver<'a> {
         writer.write_to_dir(dir.path())?;
         let path = dir.path().join("source");
         Ok((dir, path))
+    }
+
+    /// Makes the cache mount directory `dir` a copy of what `seed` names,
+    /// as BuildKit makes a new cache from the mount's input
+    /// (`getRefCacheDirNoCache`); another build that made it meanwhile wins.
+    fn seed_cache(
+        &self,
+        seed: &MountSource<'_>,
+        target: &str,
+        dir: &std::path::Path,
+    ) -> Result<()> {
+        let io = |source| SolveErrorKind::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let (tmp, made) = self.materialize(seed)?;
+        if !made.is_dir() {
+            return Err(SolveErrorKind::CacheSeedNotDir {
+                target: target.to_string(),
+                source_path: format!("/{}", seed.matched.path),
+            });
+        }
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        if let Err(error) = std::fs::rename(&made, dir) {
+            if !dir.is_dir() {
+                return Err(io(error));
+            }
+        }
+        drop(tmp);
+        Ok(())
     }
 
     /// A secret's value, or `None` when the build was not given it.
@@ -1071,7 +1132,7 @@ impl<'a> Solver<'a> {
         &self,
         current: &Built,
         run: &estiba_frontend::graph::RunStep,
-        binds: &BTreeMap<usize, BindSource<'_>>,
+        binds: &BTreeMap<usize, MountSource<'_>>,
         id: usize,
     ) -> Result<Layer> {
         use crate::executor::{self, ExtraMount, RunOptions, RunSpec};
@@ -1103,15 +1164,26 @@ impl<'a> Solver<'a> {
                 }),
                 MountKind::Cache => {
                     // A directory of the store that outlives builds and
-                    // never enters a layer or a key.
+                    // never enters a layer; only what it starts from
+                    // (`from=`) is in the step's key.
                     let id =
                         m.id.clone()
                             .unwrap_or_else(|| m.target.clone().unwrap_or_default());
                     // BuildKit's cache starts from a directory made with
-                    // the mount's uid/gid/mode: they are part of its identity.
-                    let dir = self.store.mount_cache_dir(&Digest::of(
-                        format!("{id}\0{:?}\0{:?}\0{:?}", m.uid, m.gid, m.mode).as_bytes(),
-                    ));
+                    // the mount's uid/gid/mode, or from a path of a stage or
+                    // image (`from=`): they are part of its identity, as the
+                    // mount's input ref is of BuildKit's cache key
+                    // (solver/llbsolver/mounts/mount.go `getRefCacheDir`).
+                    let seed = binds.get(&i);
+                    let mut identity = format!("{id}\0{:?}\0{:?}\0{:?}", m.uid, m.gid, m.mode);
+                    if let Some(seed) = seed {
+                        identity.push('\0');
+                        identity.push_str(&seed.key);
+                    }
+                    let dir = self.store.mount_cache_dir(&Digest::of(identity.as_bytes()));
+                    if let (Some(seed), false) = (seed, dir.exists()) {
+                        self.seed_cache(seed, &target, &dir)?;
+                    }
                     if !dir.exists() {
                         // Made once, owned and moded as the mount asks
                         // (BuildKit: uid, gid default 0, mode 0755).
@@ -1357,17 +1429,34 @@ impl<'a> Solver<'a> {
     }
 }
 
-/// The source of one `RUN --mount=type=bind`, matched and hashed before the
-/// step's key is known.
-struct BindSource<'t> {
+/// The source of one `RUN --mount=type=bind`, or what a cache mount starts
+/// from, matched and keyed before the step's key is known.
+struct MountSource<'t> {
     /// The context, or a stage's or image's root filesystem.
     tree: Rc<dyn SourceTree + 't>,
     /// `source=` in it.
     matched: copy::SourceMatch,
     /// Files keep their owners (a stage or image) or belong to root (the context).
     keep_owners: bool,
-    /// The content digest, for the key.
-    digest: Digest,
+    /// What the step's key takes from it: a bind source's content digest,
+    /// a cache seed's stage key or image digest with its path.
+    key: String,
+}
+
+/// Whether a cache mount starts from a path of a stage or an image
+/// (`from=`, at `source=` or the root). With no `source=`, a `uid`, `gid`
+/// or `mode` makes BuildKit start from a fresh `/cache` directory instead
+/// (dockerfile2llb `convert_runmount.go`, `dispatchRunMounts` and
+/// `setCacheUIDGID`); an empty `from=` is scratch there, as no `from=`.
+fn cache_is_seeded(m: &estiba_frontend::instructions::Mount) -> bool {
+    if m.from.as_deref().is_none_or(str::is_empty) {
+        return false;
+    }
+    let at_root = m
+        .source
+        .as_deref()
+        .is_none_or(|s| tree::clean(s).is_empty());
+    !(at_root && (m.uid.is_some() || m.gid.is_some() || m.mode.is_some()))
 }
 
 /// A secret mount's id: `id=`, else `source=`, else the target's file name,

@@ -291,6 +291,47 @@ fn literal_and_trailing_glob_exceptions_reinclude_subtrees() {
     );
 }
 
+/// Issue 12 item 3 asks for docker 20.10's walk (an excluded directory is
+/// skipped unless an exception, as written, starts with its path and `/`).
+/// Current BuildKit does not: tonistiigi/fsutil `filter.go` (`NewFilterFS`,
+/// `onlyPrefixExcludeExceptions`, since d7eeb96/9d0ab16 in 2021) takes that
+/// shortcut only when no exception has a wildcard; with `!*/sub1*` it walks
+/// into `subdir` and sends what the exception re-includes, with its parent.
+/// Docker 20.10 here sends only `test2.txt` (checked by hand); the
+/// conformance list records it (`FSUTIL_WILDCARD_EXCEPTION`).
+#[test]
+fn a_wildcard_exception_reaches_into_an_excluded_directory_as_current_fsutil_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    put(
+        root,
+        ".dockerignore",
+        "*\ntest*\n!test2*\nsubdir\n!*/sub1*\n",
+    );
+    for file in [
+        "Dockerfile",
+        "test1.txt",
+        "test2.txt",
+        "subdir/sub1.txt",
+        "subdir/sub2.txt",
+        "other/sub1.txt",
+        "other/deeper/sub1.txt",
+    ] {
+        put(root, file, file);
+    }
+    let ctx = open(root);
+    assert_eq!(
+        all_paths(&ctx),
+        [
+            "other",
+            "other/sub1.txt",
+            "subdir",
+            "subdir/sub1.txt",
+            "test2.txt"
+        ]
+    );
+}
+
 #[test]
 fn walk_follows_buildkit_parent_results_rule() {
     // `a*/b` is skipped at `a2` (already excluded by `*`), so BuildKit's walk

@@ -1109,7 +1109,9 @@ pub fn parse_mount_with(
                     }
                 }
             }
-            "from" => m.from = Some(v),
+            // BuildKit reads an empty `from=` as none: the context for a
+            // bind mount, scratch for a cache mount.
+            "from" => m.from = (!v.is_empty()).then_some(v),
             "source" | "src" => m.source = Some(v),
             "target" | "dst" | "destination" => m.target = Some(v),
             "readonly" | "ro" => (m.readonly, ro_set) = (parse_bool(&key, &v)?, true),
@@ -1329,6 +1331,20 @@ mod tests {
                 .expect("ok")
                 .size,
             Some(64 << 20)
+        );
+    }
+
+    #[test]
+    fn an_empty_mount_from_is_no_from() {
+        // BuildKit keeps `from=` as a string, empty when unset: a bind mount
+        // of the context, a cache mount from scratch (dockerfile2llb
+        // `convert_runmount.go`, `dispatchRunMounts`).
+        let from = |v: &str| parse_mount(v).expect("valid").from;
+        assert_eq!(from("type=cache,target=/c,from="), None);
+        assert_eq!(from("type=bind,target=/c,from=,source=x"), None);
+        assert_eq!(
+            from("type=cache,target=/c,from=base").as_deref(),
+            Some("base")
         );
     }
 }

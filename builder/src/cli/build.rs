@@ -18,12 +18,27 @@ use estiba_frontend::{plan, NoImages, PlanOptions, Platform};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// The Dockerfile a build uses: `-f` as given, else `CONTEXT/Dockerfile`.
+/// The Dockerfile a build names: `-f` as given, else `CONTEXT/Dockerfile`.
+/// Its `.dockerignore` beside it goes by this name.
 fn dockerfile_path(args: &BuildArgs) -> PathBuf {
     match &args.file {
         Some(f) => f.clone(),
         None => args.context.join("Dockerfile"),
     }
+}
+
+/// The file read for the Dockerfile `named`: a missing `Dockerfile` falls
+/// back to `dockerfile` in the same directory (BuildKit
+/// `frontend/dockerui/config.go`, after moby/moby#10858; the docker CLI's
+/// `GetContextFromLocalDir` does the same for the default name).
+fn dockerfile_to_read(named: &Path) -> PathBuf {
+    if named.file_name() == Some("Dockerfile".as_ref()) && std::fs::metadata(named).is_err() {
+        let lower = named.with_file_name("dockerfile");
+        if std::fs::metadata(&lower).is_ok() {
+            return lower;
+        }
+    }
+    named.to_path_buf()
 }
 
 /// `--build-arg K=V`, and `--build-arg K` from the environment (skipped when
@@ -193,11 +208,12 @@ fn parse_output(spec: &str) -> Result<Output, Failure> {
 }
 
 pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure> {
-    let path = dockerfile_path(args);
+    let named = dockerfile_path(args);
+    let path = dockerfile_to_read(&named);
     let text = read_dockerfile(&path)?;
     let opts = plan_options(args, &path)?;
     if args.dry_run {
-        return dry_run(args, &path, &text, &opts);
+        return dry_run(args, &named, &path, &text, &opts);
     }
     let outputs = args
         .outputs
@@ -257,7 +273,7 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
     // The new stat cache file is written here, so a killed build's goes with
     // the leftovers the next command removes.
     let stat_scratch = store.temp_dir("statcache")?;
-    let context = BuildContext::open(&args.context, Some(&path), Some(stat_cache))
+    let context = BuildContext::open(&args.context, Some(&named), Some(stat_cache))
         .with_context(|| format!("cannot use the build context {}", args.context.display()))?
         .with_stat_cache_temp_dir(stat_scratch.path());
     let epoch = source_date_epoch()?;
@@ -465,13 +481,19 @@ fn tags_or_default(tags: &[Reference]) -> Vec<String> {
     tags.iter().map(|t| t.to_string()).collect()
 }
 
-fn dry_run(args: &BuildArgs, path: &Path, text: &str, opts: &PlanOptions) -> Result<(), Failure> {
+fn dry_run(
+    args: &BuildArgs,
+    named: &Path,
+    path: &Path,
+    text: &str,
+    opts: &PlanOptions,
+) -> Result<(), Failure> {
     let graph = plan(text, opts, &NoImages).map_err(|error| Failure::Dockerfile {
         span: error.span().cloned(),
         error: Box::new(error),
         source: text.to_string(),
     })?;
-    let context = BuildContext::open(&args.context, Some(path), None)
+    let context = BuildContext::open(&args.context, Some(named), None)
         .with_context(|| format!("cannot use the build context {}", args.context.display()))?;
     match args.format {
         PlanFormat::Json => {

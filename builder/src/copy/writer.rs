@@ -37,6 +37,36 @@ pub struct CopyOptions {
     /// mtime for files that have none of their own (heredocs) and for
     /// directories created; also the clamp for SOURCE_DATE_EPOCH.
     pub mtime: i64,
+    /// A directory source lands as the directory itself, with its own mode
+    /// and owner (what a bind mount shows), rather than as its contents in
+    /// a directory the copy makes (COPY).
+    pub dir_itself: bool,
+}
+
+impl CopyOptions {
+    /// A directory the copy creates itself (a missing parent, or the
+    /// destination a directory's contents go to): mode 0755, or the octal
+    /// `--chmod` mode (a symbolic one applies to copied entries only),
+    /// owned by `--chown` or 0:0. This is fsutil's `MkdirAll` with the
+    /// copy's mode (tonistiigi/fsutil `copy/copy.go`, `Copy` and
+    /// `prepareTargetDir`; BuildKit's `testCopyChmod` expects
+    /// `COPY --chmod=770 foo /parent/sub/foo` to make `/parent/sub` 0770).
+    fn created_dir(&self) -> Meta {
+        let (uid, gid) = self.chown.unwrap_or((0, 0));
+        let mode = match self.chmod {
+            Some(Chmod::Octal(m)) => m,
+            _ => 0o755,
+        };
+        Meta {
+            kind: EntryKind::Dir,
+            mode,
+            uid,
+            gid,
+            size: 0,
+            mtime: self.mtime,
+            link_id: None,
+        }
+    }
 }
 
 /// One entry of a [`Writer`]'s diff, with its final metadata (a held
@@ -128,6 +158,10 @@ struct Source<'a, 't> {
     tree: &'a Rc<dyn SourceTree + 't>,
     excludes: Option<Rc<Matcher>>,
     opts: Rc<CopyOptions>,
+    /// The match lands at the destination itself (not below it, as with
+    /// `--parents`): a directory's contents go into a directory the copy
+    /// creates, which takes none of the source directory's metadata.
+    contents_only: bool,
 }
 
 /// Lower-layer answers and directories made remembered per step: only
@@ -329,6 +363,7 @@ impl<'t> Writer<'t> {
                 tree,
                 excludes: excludes.map(|ex| Rc::new(ex.clone())),
                 opts: Rc::new(self.opts.clone()),
+                contents_only: m.parents_path.is_none() && !self.opts.dir_itself,
             };
             let start = WalkEntry {
                 source: m.path.clone(),
@@ -402,7 +437,13 @@ impl<'t> Writer<'t> {
     /// times, and replace whatever is at their path.
     fn extract(&mut self, tree: &Rc<dyn SourceTree + 't>, dest: &str) -> Result<(), CopyError> {
         let dest_rel = tree::clean(dest);
-        self.mkdir_all(&dest_rel)?;
+        // BuildKit makes the directory an archive unpacks into 0755, owned
+        // by `--chown`, whatever `--chmod` says (solver/llbsolver/file/
+        // unpack.go `MkdirAll(dest, 0755, ch, tm)`).
+        let chmod = self.opts.chmod.take();
+        let made = self.mkdir_all(&dest_rel);
+        self.opts.chmod = chmod;
+        made?;
         let saved = self.opts.clone();
         self.set_options(None, None, true);
         self.replace = true;
@@ -490,18 +531,8 @@ impl<'t> Writer<'t> {
                     })
                 }
                 None => {
-                    let (uid, gid) = self.opts.chown.unwrap_or((0, 0));
-                    let meta = Meta {
-                        kind: EntryKind::Dir,
-                        mode: 0o755,
-                        uid,
-                        gid,
-                        size: 0,
-                        mtime: self.opts.mtime,
-                        link_id: None,
-                    };
                     let entry = Entry {
-                        meta,
+                        meta: self.opts.created_dir(),
                         xattrs: Vec::new(),
                         data: Data::None,
                         copied_up: false,
@@ -548,7 +579,7 @@ impl<'t> Writer<'t> {
         match &e.meta.kind {
             EntryKind::Dir => {
                 let resolved = self.resolve(target, true)?;
-                let (path, merged) = match self.stat(&resolved)? {
+                let (path, merged, created) = match self.stat(&resolved)? {
                     Some(Meta {
                         kind: EntryKind::Dir,
                         ..
@@ -559,10 +590,10 @@ impl<'t> Writer<'t> {
                         if top {
                             return Ok(true);
                         }
-                        (path, true)
+                        (path, true, false)
                     }
                     // Over a non-directory: nothing can be below it.
-                    Some(_) if self.replace => (self.prepare(target)?, false),
+                    Some(_) if self.replace => (self.prepare(target)?, false, false),
                     Some(_) => {
                         return Err(CopyError::Conflict {
                             source_path: e.source.clone(),
@@ -570,7 +601,7 @@ impl<'t> Writer<'t> {
                             reason: "cannot replace a file with a directory",
                         })
                     }
-                    None => (self.prepare(&resolved)?, false),
+                    None => (self.prepare(&resolved)?, false, true),
                 };
                 let data = if merged {
                     Data::None
@@ -584,7 +615,14 @@ impl<'t> Writer<'t> {
                         replace: self.replace,
                     })
                 };
-                let entry = source_entry(source.tree, e, &self.opts, data)?;
+                let mut entry = source_entry(source.tree, e, &self.opts, data)?;
+                if top && created && source.contents_only {
+                    // The contents are copied, not the directory: fsutil's
+                    // `prepareTargetDir` makes the destination with
+                    // `MkdirAll` before copying into it.
+                    entry.meta = self.opts.created_dir();
+                    entry.xattrs.clear();
+                }
                 self.insert(path, entry)?;
                 return Ok(merged);
             }
