@@ -20,8 +20,10 @@
 use estiba_cache::Digest;
 use serde::Serialize;
 
-/// The key format; bump when any input changes meaning.
-pub const KEY_VERSION: u32 = 1;
+/// The key format; bump when any input changes meaning. 2: COPY makes a
+/// missing destination directory itself (0755 or --chmod, not the
+/// source's mode), and parents it makes take --chmod.
+pub const KEY_VERSION: u32 = 2;
 
 /// The inputs of one step's key.
 #[derive(Debug, Serialize)]
