@@ -69,6 +69,8 @@ DOCKERD_PID=""
 # What --keep keeps besides estiba's store, for the message at the end
 # ("context /tmp/…/ctx"): the benchmark sets it once WORK exists.
 KEPT=""
+# Functions cleanup calls first (stopping what a benchmark started itself).
+CLEANUP_HOOKS=()
 
 # Unmounts every mount point at or under $1, deepest first. Our temp paths
 # contain no characters that mountinfo escapes.
@@ -85,19 +87,26 @@ unmount_under() {
     done
 }
 
-stop_dockerd() {
-  [ -n "$DOCKERD_PID" ] || return 0
-  local i cpid
-  if kill -0 "$DOCKERD_PID" 2>/dev/null; then
-    kill -TERM "$DOCKERD_PID" 2>/dev/null || true
-    for i in $(seq 300); do
-      kill -0 "$DOCKERD_PID" 2>/dev/null || break
+# stop_pid PID SECONDS: SIGTERM to our child PID, SIGKILL if it still runs
+# SECONDS later, then reaps it.
+stop_pid() {
+  local pid=$1 i
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq $(($2 * 10))); do
+      kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
       : "$i"
     done
-    kill -KILL "$DOCKERD_PID" 2>/dev/null || true
+    kill -KILL "$pid" 2>/dev/null || true
   fi
-  wait "$DOCKERD_PID" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+stop_dockerd() {
+  [ -n "$DOCKERD_PID" ] || return 0
+  local cpid
+  stop_pid "$DOCKERD_PID" 30
   # dockerd's own containerd, if a killed dockerd left it: only the process
   # whose command line names our directory.
   if [ -f "$DDIR/exec/containerd/containerd.pid" ]; then
@@ -112,6 +121,8 @@ stop_dockerd() {
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  local hook
+  for hook in "${CLEANUP_HOOKS[@]}"; do "$hook" || true; done
   stop_dockerd
   if [ -n "$DDIR" ]; then
     unmount_under "$DDIR"
@@ -161,10 +172,121 @@ make_base_image() {
   tar -C "$rootfs" -cf "$WORK/rootfs.tar" .
 }
 
+# A fresh store with only the base imported. SOURCE_DATE_EPOCH makes every
+# import the same image, as a pulled base is on every machine (its ID is part
+# of the steps' cache keys).
 fresh_estiba_store() {
   rm -rf "$STORE"
-  "$ESTIBA" --root "$STORE" import "$WORK/rootfs.tar" bench-base >"$LOG/estiba-import.log" 2>&1 ||
+  SOURCE_DATE_EPOCH=0 "$ESTIBA" --root "$STORE" import "$WORK/rootfs.tar" bench-base >"$LOG/estiba-import.log" 2>&1 ||
     { cat "$LOG/estiba-import.log" >&2; die "estiba import failed"; }
+}
+
+# --- the workloads ------------------------------------------------------------
+
+# write_steps_dockerfile DIR STEPS: DIR/Dockerfile is `FROM bench-base` and
+# STEPS × `RUN echo $i > /f$i` (what one RUN step costs).
+write_steps_dockerfile() {
+  local dir=$1 steps=$2 i
+  mkdir -p "$dir"
+  {
+    echo "FROM bench-base"
+    for i in $(seq "$steps"); do
+      echo "RUN echo $i > /f$i"
+    done
+  } >"$dir/Dockerfile"
+}
+
+# write_copy_context DIR FILES SMALL_MIN SMALL_MAX BIG_MB BIG_FILES: DIR is a
+# COPY-heavy context (needs python3): FILES small files of SMALL_MIN to
+# SMALL_MAX random bytes, 20 per leaf directory (see copy_context_file),
+# BIG_MB MiB of random bytes in BIG_FILES files under DIR/big, and a
+# Dockerfile `FROM bench-base` + `COPY . /data`.
+write_copy_context() {
+  mkdir -p "$1"
+  python3 - "$@" <<'PY'
+import os, random, sys
+ctx, files, lo, hi, big_mb, big_files = sys.argv[1], *map(int, sys.argv[2:])
+rng = random.Random(20240)
+for i in range(files):
+    # 20 files per leaf directory, 10 leaves per top directory.
+    d = os.path.join(ctx, f"d{i // 200:03d}", f"e{(i // 20) % 10}")
+    if i % 20 == 0:
+        os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i:05d}.dat"), "wb") as f:
+        f.write(rng.randbytes(rng.randint(lo, hi)))
+total = big_mb * 1024 * 1024
+os.makedirs(os.path.join(ctx, "big"), exist_ok=True)
+chunk = 1 << 20
+for n in range(big_files):
+    size = total // big_files + (total % big_files if n == 0 else 0)
+    with open(os.path.join(ctx, "big", f"blob{n}.bin"), "wb") as f:
+        while size > 0:
+            k = min(chunk, size)
+            f.write(os.urandom(k))
+            size -= k
+with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+    f.write("FROM bench-base\nCOPY . /data\n")
+PY
+}
+
+# copy_context_file DIR N: the path of small file number N of a context
+# write_copy_context made in DIR.
+copy_context_file() {
+  printf '%s/d%03d/e%d/f%05d.dat' "$1" $(($2 / 200)) $((($2 / 20) % 10)) "$2"
+}
+
+# --- a local registry ----------------------------------------------------------
+
+REGISTRY_PID=""
+# 127.0.0.1:PORT of the registry start_registry started.
+REGISTRY=""
+
+# free_port: prints a TCP port on 127.0.0.1 that nothing listens on now.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# start_registry DIR: starts Debian's docker-registry on 127.0.0.1:<free
+# port>, plain http, anonymous, with its config, filesystem storage and log
+# in DIR (made here); waits until /v2/ answers and sets REGISTRY. It is
+# stopped by its PID at exit (CLEANUP_HOOKS) or by stop_registry.
+start_registry() {
+  local dir=$1 i port
+  [ -x /usr/bin/docker-registry ] ||
+    die "no /usr/bin/docker-registry: install Debian's docker-registry (scripts/test-deps)"
+  command -v curl >/dev/null || die "curl is needed to see the registry answer"
+  command -v python3 >/dev/null || die "python3 is needed to find a free port"
+  mkdir -p "$dir/storage"
+  port=$(free_port)
+  # distribution reads YAML, and JSON is YAML.
+  cat >"$dir/config.yml" <<EOF
+{"version": "0.1",
+ "log": {"level": "warn", "formatter": "text"},
+ "storage": {"filesystem": {"rootdirectory": "$dir/storage"},
+             "delete": {"enabled": true},
+             "maintenance": {"uploadpurging": {"enabled": false}}},
+ "http": {"addr": "127.0.0.1:$port", "secret": "estiba-bench-$port-$$"},
+ "health": {"storagedriver": {"enabled": false}}}
+EOF
+  /usr/bin/docker-registry serve "$dir/config.yml" </dev/null >"$dir/registry.log" 2>&1 &
+  REGISTRY_PID=$!
+  CLEANUP_HOOKS+=(stop_registry)
+  for i in $(seq 150); do
+    if ! kill -0 "$REGISTRY_PID" 2>/dev/null; then
+      tail -n 20 "$dir/registry.log" >&2
+      die "docker-registry exited before answering"
+    fi
+    curl -fsS -o /dev/null "http://127.0.0.1:$port/v2/" 2>/dev/null && break
+    [ "$i" -lt 150 ] || { tail -n 20 "$dir/registry.log" >&2; die "docker-registry did not answer in 30 s"; }
+    sleep 0.2
+  done
+  REGISTRY=127.0.0.1:$port
+}
+
+stop_registry() {
+  [ -n "$REGISTRY_PID" ] || return 0
+  stop_pid "$REGISTRY_PID" 10
+  REGISTRY_PID=""
 }
 
 # --- dockerd ----------------------------------------------------------------
@@ -221,6 +343,15 @@ median() {
 
 max() {
   printf '%s\n' "$@" | sort -g | tail -n 1
+}
+
+min() {
+  printf '%s\n' "$@" | sort -g | head -n 1
+}
+
+# spread SECS...: "median (min–max)", three decimals.
+spread() {
+  printf '%s (%.3f–%.3f)' "$(median "$@")" "$(min "$@")" "$(max "$@")"
 }
 
 # Results per scenario: "docker_median estiba_median estiba_max_rss_kb runs".
@@ -325,6 +456,34 @@ parse_keep_only() {
   done
 }
 
+# parse_small_keep ARGS...: the options of a script whose options are
+# --small (sets SMALL=1) and --keep.
+SMALL=0
+parse_small_keep() {
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --small) SMALL=1 ;;
+      --keep) KEEP=1 ;;
+      -h | --help) usage; exit 0 ;;
+      *) usage >&2; exit 2 ;;
+    esac
+    shift
+  done
+}
+
+# copy_workload_size: sets FILES and BIG_MB of write_copy_context's context
+# from BENCH_FILES and BENCH_BIG_MB, by default 20,000 files + 500 MiB, or
+# 2,000 + 50 MiB after --small.
+copy_workload_size() {
+  if [ "$SMALL" = 1 ]; then
+    FILES=${BENCH_FILES:-2000}
+    BIG_MB=${BENCH_BIG_MB:-50}
+  else
+    FILES=${BENCH_FILES:-20000}
+    BIG_MB=${BENCH_BIG_MB:-500}
+  fi
+}
+
 # kb_to_mb KB: prints KB in MiB, one decimal.
 kb_to_mb() {
   awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'
@@ -333,6 +492,6 @@ kb_to_mb() {
 report_misses() {
   if [ "$MISSES" -gt 0 ]; then
     echo
-    echo "*** $MISSES TARGET(S) MISSED (see MISS above) ***"
+    echo "*** $MISSES TARGET(S) MISSED (see above) ***"
   fi
 }
