@@ -34,24 +34,9 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-SMALL=0
-while [ $# -gt 0 ]; do
-  case $1 in
-    --small) SMALL=1 ;;
-    --keep) KEEP=1 ;;
-    -h | --help) usage; exit 0 ;;
-    *) usage >&2; exit 2 ;;
-  esac
-  shift
-done
+parse_small_keep "$@"
 
-if [ "$SMALL" = 1 ]; then
-  FILES=${BENCH_FILES:-2000}
-  BIG_MB=${BENCH_BIG_MB:-50}
-else
-  FILES=${BENCH_FILES:-20000}
-  BIG_MB=${BENCH_BIG_MB:-500}
-fi
+copy_workload_size
 SMALL_MIN=${BENCH_SMALL_MIN:-1024}
 SMALL_MAX=${BENCH_SMALL_MAX:-4096}
 BIG_FILES=${BENCH_BIG_FILES:-5}
@@ -78,37 +63,13 @@ build_estiba_if_missing
 make_work_dirs
 CTX=$WORK/ctx
 KEPT="context $CTX"
-mkdir -p "$CTX"
 
 # --- the context ------------------------------------------------------------
 
 echo "generating the context: $FILES files of $SMALL_MIN-$SMALL_MAX bytes + $BIG_MB MiB in $BIG_FILES files"
-python3 - "$CTX" "$FILES" "$SMALL_MIN" "$SMALL_MAX" "$BIG_MB" "$BIG_FILES" <<'EOF'
-import os, random, sys
-ctx, files, lo, hi, big_mb, big_files = sys.argv[1], *map(int, sys.argv[2:])
-rng = random.Random(20240)
-for i in range(files):
-    # 20 files per leaf directory, 10 leaves per top directory.
-    d = os.path.join(ctx, f"d{i // 200:03d}", f"e{(i // 20) % 10}")
-    if i % 20 == 0:
-        os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"f{i:05d}.dat"), "wb") as f:
-        f.write(rng.randbytes(rng.randint(lo, hi)))
-total = big_mb * 1024 * 1024
-os.makedirs(os.path.join(ctx, "big"), exist_ok=True)
-chunk = 1 << 20
-for n in range(big_files):
-    size = total // big_files + (total % big_files if n == 0 else 0)
-    with open(os.path.join(ctx, "big", f"blob{n}.bin"), "wb") as f:
-        while size > 0:
-            k = min(chunk, size)
-            f.write(os.urandom(k))
-            size -= k
-with open(os.path.join(ctx, "Dockerfile"), "w") as f:
-    f.write("FROM bench-base\nCOPY . /data\n")
-EOF
+write_copy_context "$CTX" "$FILES" "$SMALL_MIN" "$SMALL_MAX" "$BIG_MB" "$BIG_FILES"
 MID=$((FILES / 2))
-CHANGED=$CTX/d$(printf '%03d' $((MID / 200)))/e$(((MID / 20) % 10))/f$(printf '%05d' "$MID").dat
+CHANGED=$(copy_context_file "$CTX" "$MID")
 [ -f "$CHANGED" ] || die "generated context lacks $CHANGED"
 CTX_SIZE=$(du -sh --apparent-size "$CTX" | cut -f1)
 

@@ -172,10 +172,125 @@ make_base_image() {
   tar -C "$rootfs" -cf "$WORK/rootfs.tar" .
 }
 
+# A fresh store with only the base imported. SOURCE_DATE_EPOCH makes every
+# import the same image, as a pulled base is on every machine (its ID is part
+# of the steps' cache keys).
 fresh_estiba_store() {
   rm -rf "$STORE"
-  "$ESTIBA" --root "$STORE" import "$WORK/rootfs.tar" bench-base >"$LOG/estiba-import.log" 2>&1 ||
+  SOURCE_DATE_EPOCH=0 "$ESTIBA" --root "$STORE" import "$WORK/rootfs.tar" bench-base >"$LOG/estiba-import.log" 2>&1 ||
     { cat "$LOG/estiba-import.log" >&2; die "estiba import failed"; }
+}
+
+# --- the workloads ------------------------------------------------------------
+
+# write_steps_dockerfile DIR STEPS: DIR/Dockerfile is `FROM bench-base` and
+# STEPS × `RUN echo $i > /f$i` (what one RUN step costs).
+write_steps_dockerfile() {
+  local dir=$1 steps=$2 i
+  mkdir -p "$dir"
+  {
+    echo "FROM bench-base"
+    for i in $(seq "$steps"); do
+      echo "RUN echo $i > /f$i"
+    done
+  } >"$dir/Dockerfile"
+}
+
+# write_copy_context DIR FILES SMALL_MIN SMALL_MAX BIG_MB BIG_FILES: DIR is a
+# COPY-heavy context (needs python3): FILES small files of SMALL_MIN to
+# SMALL_MAX random bytes, 20 per leaf directory (see copy_context_file),
+# BIG_MB MiB of random bytes in BIG_FILES files under DIR/big, and a
+# Dockerfile `FROM bench-base` + `COPY . /data`.
+write_copy_context() {
+  mkdir -p "$1"
+  python3 - "$@" <<'PY'
+import os, random, sys
+ctx, files, lo, hi, big_mb, big_files = sys.argv[1], *map(int, sys.argv[2:])
+rng = random.Random(20240)
+for i in range(files):
+    # 20 files per leaf directory, 10 leaves per top directory.
+    d = os.path.join(ctx, f"d{i // 200:03d}", f"e{(i // 20) % 10}")
+    if i % 20 == 0:
+        os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i:05d}.dat"), "wb") as f:
+        f.write(rng.randbytes(rng.randint(lo, hi)))
+total = big_mb * 1024 * 1024
+os.makedirs(os.path.join(ctx, "big"), exist_ok=True)
+chunk = 1 << 20
+for n in range(big_files):
+    size = total // big_files + (total % big_files if n == 0 else 0)
+    with open(os.path.join(ctx, "big", f"blob{n}.bin"), "wb") as f:
+        while size > 0:
+            k = min(chunk, size)
+            f.write(os.urandom(k))
+            size -= k
+with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+    f.write("FROM bench-base\nCOPY . /data\n")
+PY
+}
+
+# copy_context_file DIR N: the path of small file number N of a context
+# write_copy_context made in DIR.
+copy_context_file() {
+  printf '%s/d%03d/e%d/f%05d.dat' "$1" $(($2 / 200)) $((($2 / 20) % 10)) "$2"
+}
+
+# --- a local registry ----------------------------------------------------------
+
+REGISTRY_PID=""
+# 127.0.0.1:PORT of the registry start_registry started.
+REGISTRY=""
+
+# free_port: prints a TCP port on 127.0.0.1 that nothing listens on now.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# start_registry DIR: starts Debian's docker-registry on 127.0.0.1:<free
+# port>, plain http, anonymous, with its config, filesystem storage and log
+# in DIR (made here); waits until /v2/ answers and sets REGISTRY. It is
+# stopped by its PID at exit (CLEANUP_HOOKS) or by stop_registry.
+start_registry() {
+  local dir=$1 i port
+  [ -x /usr/bin/docker-registry ] ||
+    die "no /usr/bin/docker-registry: install Debian's docker-registry (scripts/test-deps)"
+  command -v curl >/dev/null || die "curl is needed to see the registry answer"
+  command -v python3 >/dev/null || die "python3 is needed to find a free port"
+  mkdir -p "$dir/storage"
+  port=$(free_port)
+  # distribution reads YAML, and JSON is YAML.
+  cat >"$dir/config.yml" <<EOF
+{"version": "0.1",
+ "log": {"level": "warn", "formatter": "text"},
+ "storage": {"filesystem": {"rootdirectory": "$dir/storage"},
+             "delete": {"enabled": true},
+             "maintenance": {"uploadpurging": {"enabled": false}}},
+ "http": {"addr": "127.0.0.1:$port", "secret": "estiba-bench-$port-$$"},
+ "health": {"storagedriver": {"enabled": false}}}
+EOF
+  local -a unset_env=()
+  # distribution reads REGISTRY_* variables as config overrides.
+  for i in $(compgen -e | grep '^REGISTRY_' || true); do unset_env+=(-u "$i"); done
+  env "${unset_env[@]}" /usr/bin/docker-registry serve "$dir/config.yml" \
+    </dev/null >"$dir/registry.log" 2>&1 &
+  REGISTRY_PID=$!
+  CLEANUP_HOOKS+=(stop_registry)
+  for i in $(seq 150); do
+    if ! kill -0 "$REGISTRY_PID" 2>/dev/null; then
+      tail -n 20 "$dir/registry.log" >&2
+      die "docker-registry exited before answering"
+    fi
+    curl -fsS -o /dev/null "http://127.0.0.1:$port/v2/" 2>/dev/null && break
+    [ "$i" -lt 150 ] || { tail -n 20 "$dir/registry.log" >&2; die "docker-registry did not answer in 30 s"; }
+    sleep 0.2
+  done
+  REGISTRY=127.0.0.1:$port
+}
+
+stop_registry() {
+  [ -n "$REGISTRY_PID" ] || return 0
+  stop_child "$REGISTRY_PID" 100
+  REGISTRY_PID=""
 }
 
 # --- dockerd ----------------------------------------------------------------
@@ -350,6 +465,34 @@ parse_keep_only() {
     esac
     shift
   done
+}
+
+# parse_small_keep ARGS...: the options of a script whose options are
+# --small (sets SMALL=1) and --keep.
+SMALL=0
+parse_small_keep() {
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --small) SMALL=1 ;;
+      --keep) KEEP=1 ;;
+      -h | --help) usage; exit 0 ;;
+      *) usage >&2; exit 2 ;;
+    esac
+    shift
+  done
+}
+
+# copy_workload_size: sets FILES and BIG_MB of write_copy_context's context
+# from BENCH_FILES and BENCH_BIG_MB, by default 20,000 files + 500 MiB, or
+# 2,000 + 50 MiB after --small.
+copy_workload_size() {
+  if [ "$SMALL" = 1 ]; then
+    FILES=${BENCH_FILES:-2000}
+    BIG_MB=${BENCH_BIG_MB:-50}
+  else
+    FILES=${BENCH_FILES:-20000}
+    BIG_MB=${BENCH_BIG_MB:-500}
+  fi
 }
 
 # kb_to_mb KB: prints KB in MiB, one decimal.

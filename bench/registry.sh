@@ -70,70 +70,23 @@ command -v curl >/dev/null || die "no curl: install Debian's curl"
 command -v python3 >/dev/null || die "python3 is needed to find a free port"
 build_estiba_if_missing
 make_work_dirs
-CLEANUP_HOOKS+=(stop_registry)
 KEPT="work directory $WORK"
 SKOPEO=(skopeo --insecure-policy)
 
 # --- the registry -------------------------------------------------------------
 
-REG_PID=""
 REG_HOST=""
-REG_DIR=""
 REG_COUNT=0
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# Stops the registry this script started last, by its PID, and deletes its
-# storage unless --keep.
-stop_registry() {
-  [ -n "$REG_PID" ] || return 0
-  stop_child "$REG_PID" 100
-  REG_PID=""
-  [ "$KEEP" = 1 ] || rm -rf "$REG_DIR"
-}
-
-# Stops the last registry and starts an empty one on 127.0.0.1:<free port>
-# (plain http, anonymous, filesystem storage); sets REG_HOST and REG_DIR.
+# Stops the last registry (bench/lib.sh's start_registry) and starts an
+# empty one in a directory of its own; sets REG_HOST. The last one's
+# storage goes unless --keep.
 fresh_registry() {
   stop_registry
-  local attempt i port
-  local -a unset_env=()
-  # distribution reads REGISTRY_* variables as config overrides.
-  for i in $(compgen -e | grep '^REGISTRY_' || true); do unset_env+=(-u "$i"); done
-  for attempt in 1 2 3 4 5; do
-    REG_COUNT=$((REG_COUNT + 1))
-    REG_DIR=$WORK/registry-$REG_COUNT
-    mkdir -p "$REG_DIR"
-    port=$(free_port)
-    # distribution reads YAML, and JSON is YAML.
-    cat >"$REG_DIR/config.yml" <<EOF
-{"version": "0.1",
- "log": {"level": "warn", "formatter": "text"},
- "storage": {"filesystem": {"rootdirectory": "$REG_DIR/storage"},
-             "maintenance": {"uploadpurging": {"enabled": false}}},
- "http": {"addr": "127.0.0.1:$port", "secret": "estiba-bench-$port-$$"},
- "health": {"storagedriver": {"enabled": false}}}
-EOF
-    env "${unset_env[@]}" "$REGISTRY_BIN" serve "$REG_DIR/config.yml" \
-      </dev/null >"$REG_DIR/registry.log" 2>&1 &
-    REG_PID=$!
-    REG_HOST=127.0.0.1:$port
-    for i in $(seq 150); do
-      kill -0 "$REG_PID" 2>/dev/null || break
-      if curl -fsS -o /dev/null "http://$REG_HOST/v2/" 2>/dev/null; then
-        return 0
-      fi
-      sleep 0.2
-      : "$i"
-    done
-    # Another process took the port, or the registry does not start.
-    tail -n 5 "$REG_DIR/registry.log" >&2
-    stop_registry
-    : "$attempt"
-  done
-  die "docker-registry did not answer on 5 free ports (see above)"
+  [ "$KEEP" = 1 ] || [ "$REG_COUNT" = 0 ] || rm -rf "$WORK/registry-$REG_COUNT"
+  REG_COUNT=$((REG_COUNT + 1))
+  start_registry "$WORK/registry-$REG_COUNT"
+  REG_HOST=$REGISTRY
 }
 
 # --- the image ------------------------------------------------------------------

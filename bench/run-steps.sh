@@ -54,16 +54,11 @@ make_work_dirs
 STEPS_CTX=$WORK/steps
 STAGES_CTX=$WORK/stages
 KEPT="contexts $STEPS_CTX and $STAGES_CTX"
-mkdir -p "$STEPS_CTX" "$STAGES_CTX"
+mkdir -p "$STAGES_CTX"
 
 # --- the Dockerfiles ----------------------------------------------------------
 
-{
-  echo "FROM bench-base"
-  for i in $(seq "$STEPS"); do
-    echo "RUN echo $i > /f$i"
-  done
-} >"$STEPS_CTX/Dockerfile"
+write_steps_dockerfile "$STEPS_CTX" "$STEPS"
 
 # The two loops do the same work; the `echo a`/`echo b` after them keeps the
 # steps distinct, or BuildKit would run one and reuse it for the other.
