@@ -260,7 +260,12 @@ pub struct Solver<'a> {
     remote: Option<&'a RemoteCache<'a>>,
     /// Every cached step of this build (hit or made), for `--cache-to`.
     entries: std::sync::Mutex<Vec<CacheEntry>>,
+    /// Whether the remote cache's small layers were fetched ahead.
+    prefetched: std::sync::Once,
 }
+
+/// Layers up to this size are fetched ahead from a remote cache.
+const PREFETCH_MAX_SIZE: u64 = 256 << 10;
 
 impl std::fmt::Debug for Solver<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -291,6 +296,7 @@ impl<'a> Solver<'a> {
             opts,
             remote: None,
             entries: std::sync::Mutex::new(Vec::new()),
+            prefetched: std::sync::Once::new(),
         }
     }
 
@@ -336,6 +342,9 @@ impl<'a> Solver<'a> {
         let Some(hit) = remote.get(key) else {
             return Ok(None);
         };
+        // At the first hit, the small layers come all at once.
+        self.prefetched
+            .call_once(|| remote.prefetch_small(self.store, PREFETCH_MAX_SIZE));
         let Some(layer) = hit.layer else {
             return Ok(None);
         };

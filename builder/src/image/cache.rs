@@ -573,6 +573,9 @@ pub struct RemoteCache<'r> {
     blobs: HashMap<Digest, Vec<(usize, Descriptor)>>,
 }
 
+/// How many small blobs [`RemoteCache::prefetch_small`] fetches at once.
+const PREFETCH_WORKERS: usize = 8;
+
 /// What one source gave.
 struct Loaded {
     entries: Vec<(Digest, CacheHit)>,
@@ -642,6 +645,29 @@ impl<'r> RemoteCache<'r> {
     /// Whether no source gave any entry.
     pub fn is_empty(&self) -> bool {
         self.hits.is_empty()
+    }
+
+    /// Brings every layer blob of at most `max_size` bytes that a hit names
+    /// into `store`, eight at a time. A build of many small
+    /// steps (50 RUNs that each write a file) would otherwise wait for one
+    /// round trip per step, one after another; small blobs cost nothing to
+    /// fetch ahead, even unused. Failures are left for [`RemoteCache::fetch`]
+    /// to meet again when (if) the step asks, where they are a miss.
+    pub fn prefetch_small(&self, store: &Store, max_size: u64) {
+        let mut wanted: Vec<&Descriptor> = self
+            .hits
+            .values()
+            .filter_map(|h| h.layer.as_ref())
+            .map(|l| &l.descriptor)
+            .filter(|d| d.size <= max_size && !store.has_blob(&d.digest))
+            .collect();
+        wanted.sort_by_key(|d| d.digest);
+        wanted.dedup_by_key(|d| d.digest);
+        let _ = super::each_concurrently(&wanted, PREFETCH_WORKERS, "a cache", |d| {
+            // One blob's failure must not stop the others.
+            let _ = self.fetch(store, d);
+            Ok(())
+        });
     }
 
     /// Brings the layer blob `descriptor` names (a hit's) into `store`,
