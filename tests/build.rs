@@ -2261,3 +2261,85 @@ fn images_are_found_by_full_or_short_id() {
     }
     ok(estiba(&e.root).args(["inspect", "app:b"]));
 }
+
+/// The entries of the last layer of `image`, as a `docker save` archive
+/// holds it (`tar -t` names).
+fn last_layer_entries(e: &Env, image: &str) -> Vec<String> {
+    let dir = e.ctx.parent().expect("tmp").join("saved");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let archive = dir.join("image.tar");
+    ok(estiba(&e.root)
+        .args(["save", "-o"])
+        .arg(&archive)
+        .arg(image));
+    let out = Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&dir)
+        .status()
+        .expect("tar");
+    assert!(out.success());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest"))
+            .expect("json");
+    let last = manifest[0]["Layers"]
+        .as_array()
+        .and_then(|l| l.last())
+        .and_then(|l| l.as_str())
+        .expect("a layer")
+        .to_string();
+    let listing = Command::new("tar")
+        .arg("-tf")
+        .arg(dir.join(last))
+        .output()
+        .expect("tar -t");
+    String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .map(|l| l.trim_end_matches('/').to_string())
+        .collect()
+}
+
+/// Issue 12, item 8: a WORKDIR (or COPY) reached through a symlink to a
+/// path whose parents do not exist puts those parents in its layer, as
+/// docker's layer holds `var`, `var/lib` and `var/lib/tempest`.
+#[test]
+fn directories_made_through_a_symlink_are_in_the_layer_with_their_parents() {
+    let e = env(&[
+        (
+            "Dockerfile",
+            "FROM busybox:test\nRUN ln -sf /var/lib/tempest /tempest\nWORKDIR /tempest\n",
+        ),
+        ("f.txt", "x\n"),
+    ]);
+    import_busybox(&e);
+    let (code, _, err) = build(&e, &["-t", "linked:1"]);
+    assert_eq!(code, 0, "{err}");
+    let entries = last_layer_entries(&e, "linked:1");
+    for want in ["var", "var/lib", "var/lib/tempest"] {
+        assert!(
+            entries
+                .iter()
+                .any(|p| p == want || p == &format!("./{want}")),
+            "{want} is in the WORKDIR layer: {entries:?}"
+        );
+    }
+
+    // COPY through the same kind of link, into a fresh path.
+    std::fs::write(
+        e.ctx.join("Dockerfile"),
+        "FROM busybox:test\nRUN ln -sf /opt/app/conf /conf\nCOPY f.txt /conf/f.txt\n",
+    )
+    .expect("write");
+    let (code, _, err) = build(&e, &["-t", "linked:2"]);
+    assert_eq!(code, 0, "{err}");
+    let entries = last_layer_entries(&e, "linked:2");
+    for want in ["opt", "opt/app", "opt/app/conf", "opt/app/conf/f.txt"] {
+        assert!(
+            entries
+                .iter()
+                .any(|p| p == want || p == &format!("./{want}")),
+            "{want} is in the COPY layer: {entries:?}"
+        );
+    }
+}

@@ -22,7 +22,8 @@ use serde::Serialize;
 
 /// The key format; bump when any input changes meaning. 2: COPY makes a
 /// missing destination directory itself (0755 or --chmod, not the
-/// source's mode), and parents it makes take --chmod.
+/// source's mode), and parents it makes take --chmod; directories made
+/// through a symlink bring their parents into the layer.
 pub const KEY_VERSION: u32 = 2;
 
 /// The inputs of one step's key.

@@ -502,6 +502,12 @@ impl<'t> Writer<'t> {
         for part in dir.split('/').filter(|p| !p.is_empty()) {
             let candidate = tree::join(&done, part);
             let resolved = self.resolve(&candidate, true)?;
+            if resolved != candidate {
+                // Reached through a symlink: the directories on the way to
+                // where it points are in the diff too, made if missing, as
+                // docker's layer holds them (not left to whoever unpacks it).
+                self.make_parents(dir, &resolved)?;
+            }
             match self.stat(&resolved)? {
                 Some(
                     meta @ Meta {
@@ -544,6 +550,43 @@ impl<'t> Writer<'t> {
         }
         self.made.insert(dir.to_string(), done.clone());
         Ok(done)
+    }
+
+    /// Every ancestor of `resolved` (a path with no symlink left in it) in
+    /// the diff: copied up when it exists, made when it does not.
+    fn make_parents(&mut self, dir: &str, resolved: &str) -> Result<(), CopyError> {
+        let mut at = String::new();
+        let parts: Vec<&str> = resolved.split('/').filter(|p| !p.is_empty()).collect();
+        for part in parts.iter().take(parts.len().saturating_sub(1)) {
+            at = tree::join(&at, part);
+            if self.entries.contains_key(&at) {
+                continue;
+            }
+            self.open_up(parent_of(&at))?;
+            let entry = match self.stat(&at)? {
+                Some(meta) if meta.kind == EntryKind::Dir => Entry {
+                    xattrs: self.lower.xattrs(&at)?,
+                    meta,
+                    data: Data::None,
+                    copied_up: true,
+                },
+                Some(_) => {
+                    return Err(CopyError::Conflict {
+                        source_path: dir.to_string(),
+                        dest: format!("/{at}"),
+                        reason: "a parent of the destination is not a directory",
+                    })
+                }
+                None => Entry {
+                    meta: self.opts.created_dir(),
+                    xattrs: Vec::new(),
+                    data: Data::None,
+                    copied_up: false,
+                },
+            };
+            self.insert(at.clone(), entry)?;
+        }
+        Ok(())
     }
 
     /// A non-directory may not replace a directory the diff holds, unless
