@@ -550,6 +550,54 @@ fn run_steps_change_the_image_and_are_cached() {
     assert_eq!(err.matches("CACHED").count(), 4, "{err}");
 }
 
+/// Proxy build args reach RUN's environment but not its cache key, the
+/// config or the history, as in BuildKit: the exec op's cache map clears
+/// `Meta.ProxyEnv` (moby/buildkit `solver/llbsolver/ops/exec.go`,
+/// `CacheMap`), and dockerfile2llb passes them as `llb.WithProxy`, never as
+/// env or history.
+#[test]
+fn proxy_build_args_change_no_key_and_never_reach_the_image() {
+    let e = env(&[(
+        "Dockerfile",
+        "FROM busybox:test\n\
+             RUN echo \"$HTTP_PROXY $http_proxy $no_proxy\" > /seen\n",
+    )]);
+    import_busybox(&e);
+    let args = |proxy: &str| {
+        [
+            "--build-arg".to_string(),
+            format!("HTTP_PROXY=http://{proxy}:3128"),
+            "--build-arg".to_string(),
+            "no_proxy=localhost".to_string(),
+        ]
+    };
+    let first = args("one");
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    let out = local_export(&e, &first);
+    assert_eq!(
+        std::fs::read_to_string(out.join("seen")).expect("seen"),
+        "http://one:3128 http://one:3128 localhost\n"
+    );
+    let second = args("two");
+    let second: Vec<&str> = second.iter().map(String::as_str).collect();
+    let (code, _, err) = build(&e, &[&["-t", "proxied:1"], &second[..]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("CACHED"),
+        "a new proxy ran the RUN again: {err}"
+    );
+    let (json, _) = ok(estiba(&e.root).args(["inspect", "proxied:1"]));
+    for value in [
+        "one:3128",
+        "two:3128",
+        "localhost",
+        "HTTP_PROXY=",
+        "no_proxy=",
+    ] {
+        assert!(!json.contains(value), "{value} reached the image: {json}");
+    }
+}
+
 /// COPY writes its layer straight from the context, with no snapshot; the
 /// next RUN has it unpacked and sees the files as copied: content,
 /// --chmod, --chown and hard links.
