@@ -598,6 +598,31 @@ fn proxy_build_args_change_no_key_and_never_reach_the_image() {
     }
 }
 
+/// A base image of another OS or architecture than the build's target is
+/// BuildKit's InvalidBaseImagePlatform warning, at its FROM line
+/// (moby/buildkit `dockerfile2llb/convert.go`, `validateBaseImagePlatform`).
+#[test]
+fn a_base_image_of_another_platform_is_warned_about() {
+    let e = env(&[("Dockerfile", "FROM busybox:test\nENV A=1\n")]);
+    import_busybox(&e);
+    let host = estiba_frontend::Platform::host().to_string();
+    let other = if host == "linux/arm64" {
+        "linux/amd64"
+    } else {
+        "linux/arm64"
+    };
+    let (code, _, err) = build(&e, &["--platform", other]);
+    assert_eq!(code, 0, "{err}");
+    let warning = format!(
+        "InvalidBaseImagePlatform: Base image busybox:test was pulled with platform \
+         \"{host}\", expected \"{other}\" for current build"
+    );
+    assert!(err.contains(&warning), "{err}");
+    let (code, _, err) = build(&e, &["--platform", "local"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("InvalidBaseImagePlatform"), "{err}");
+}
+
 /// COPY writes its layer straight from the context, with no snapshot; the
 /// next RUN has it unpacked and sees the files as copied: content,
 /// --chmod, --chown and hard links.
