@@ -550,6 +550,79 @@ fn run_steps_change_the_image_and_are_cached() {
     assert_eq!(err.matches("CACHED").count(), 4, "{err}");
 }
 
+/// Proxy build args reach RUN's environment but not its cache key, the
+/// config or the history, as in BuildKit: the exec op's cache map clears
+/// `Meta.ProxyEnv` (moby/buildkit `solver/llbsolver/ops/exec.go`,
+/// `CacheMap`), and dockerfile2llb passes them as `llb.WithProxy`, never as
+/// env or history.
+#[test]
+fn proxy_build_args_change_no_key_and_never_reach_the_image() {
+    let e = env(&[(
+        "Dockerfile",
+        "FROM busybox:test\n\
+             RUN echo \"$HTTP_PROXY $http_proxy $no_proxy\" > /seen\n",
+    )]);
+    import_busybox(&e);
+    let args = |proxy: &str| {
+        [
+            "--build-arg".to_string(),
+            format!("HTTP_PROXY=http://{proxy}:3128"),
+            "--build-arg".to_string(),
+            "no_proxy=localhost".to_string(),
+        ]
+    };
+    let first = args("one");
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    let out = local_export(&e, &first);
+    assert_eq!(
+        std::fs::read_to_string(out.join("seen")).expect("seen"),
+        "http://one:3128 http://one:3128 localhost\n"
+    );
+    let second = args("two");
+    let second: Vec<&str> = second.iter().map(String::as_str).collect();
+    let (code, _, err) = build(&e, &[&["-t", "proxied:1"], &second[..]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("CACHED"),
+        "a new proxy ran the RUN again: {err}"
+    );
+    let (json, _) = ok(estiba(&e.root).args(["inspect", "proxied:1"]));
+    for value in [
+        "one:3128",
+        "two:3128",
+        "localhost",
+        "HTTP_PROXY=",
+        "no_proxy=",
+    ] {
+        assert!(!json.contains(value), "{value} reached the image: {json}");
+    }
+}
+
+/// A base image of another OS or architecture than the build's target is
+/// BuildKit's InvalidBaseImagePlatform warning, at its FROM line
+/// (moby/buildkit `dockerfile2llb/convert.go`, `validateBaseImagePlatform`).
+#[test]
+fn a_base_image_of_another_platform_is_warned_about() {
+    let e = env(&[("Dockerfile", "FROM busybox:test\nENV A=1\n")]);
+    import_busybox(&e);
+    let host = estiba_frontend::Platform::host().to_string();
+    let other = if host == "linux/arm64" {
+        "linux/amd64"
+    } else {
+        "linux/arm64"
+    };
+    let (code, _, err) = build(&e, &["--platform", other]);
+    assert_eq!(code, 0, "{err}");
+    let warning = format!(
+        "InvalidBaseImagePlatform: Base image busybox:test was pulled with platform \
+         \"{host}\", expected \"{other}\" for current build"
+    );
+    assert!(err.contains(&warning), "{err}");
+    let (code, _, err) = build(&e, &["--platform", "local"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("InvalidBaseImagePlatform"), "{err}");
+}
+
 /// COPY writes its layer straight from the context, with no snapshot; the
 /// next RUN has it unpacked and sees the files as copied: content,
 /// --chmod, --chown and hard links.

@@ -287,6 +287,48 @@ fn a_missing_dockerfile_is_named() {
     assert!(err.contains("caused by:"), "{err}");
 }
 
+/// `--platform` as buildx reads it: `local` is this machine's platform,
+/// anything containerd cannot parse is a usage error, and a comma list (a
+/// multi-platform build, not supported yet) is refused rather than read as
+/// one odd architecture.
+#[test]
+fn platform_flag_takes_one_platform_or_local() {
+    let ctx = context(&[("Dockerfile", "FROM scratch\nENV A=1\n")]);
+    let dry = |platform: &str| {
+        run(estiba()
+            .args(["build", "--dry-run", "--platform", platform])
+            .arg(ctx.path()))
+    };
+    let host = estiba_frontend::Platform::host().to_string();
+    let (code, out, err) = dry("local");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("from scratch ({host}, line 1)")),
+        "{out}"
+    );
+    let (code, out, err) = dry("linux/arm64/v8");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("from scratch (linux/arm64/v8, line 1)"),
+        "{out}"
+    );
+
+    for (platform, want) in [
+        (
+            "bogus",
+            "invalid --platform: \"bogus\": unknown operating system or architecture",
+        ),
+        (
+            "linux/amd64,linux/arm64",
+            "multi-platform builds are not supported yet",
+        ),
+    ] {
+        let (code, out, err) = dry(platform);
+        assert_eq!(code, 2, "{platform}: {out}\n{err}");
+        assert!(err.contains(want), "{err}");
+    }
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let (code, _, _) = run(estiba().arg("build"));

@@ -14,11 +14,22 @@
 //! | `network` | for RUN: `none` when `build --network none` applies to the step (a step's own `--network` is in `step`) |
 //!
 //! Not in the key: the step's Dockerfile line, comments, the time, the
-//! machine, the context path. Same inputs give the same key on any machine,
+//! machine, the context path, and RUN's proxy settings (`HTTP_PROXY`,
+//! `HTTPS_PROXY`, `FTP_PROXY`, `NO_PROXY`, `ALL_PROXY` given as build args,
+//! either case): BuildKit clears `Meta.ProxyEnv` before it hashes an exec
+//! op (moby/buildkit `solver/llbsolver/ops/exec.go`, `execOp.CacheMap`), so
+//! a new proxy runs nothing again. Same inputs give the same key on any machine,
 //! which is what lets a registry share the cache between CI runners.
 
 use estiba_cache::Digest;
-use serde::Serialize;
+use estiba_frontend::graph::Op;
+use serde::{Serialize, Serializer};
+
+/// A key that cannot be computed: never replaced by a default, which would
+/// give every step one key.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot compute the cache key of the step")]
+pub struct KeyError(#[source] serde_json::Error);
 
 /// The key format; bump when any input changes meaning. 2: COPY makes a
 /// missing destination directory itself (0755 or --chmod, not the
@@ -35,8 +46,9 @@ pub struct KeyInputs<'a> {
     pub parent: String,
     /// `linux/amd64`.
     pub platform: String,
-    /// The expanded step.
-    pub step: &'a estiba_frontend::graph::Op,
+    /// The expanded step, without RUN's proxy settings.
+    #[serde(serialize_with = "without_proxy")]
+    pub step: &'a Op,
     /// COPY/ADD source digest.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sources: Option<String>,
@@ -53,18 +65,30 @@ pub struct KeyInputs<'a> {
 
 impl KeyInputs<'_> {
     /// The key: sha256 of the canonical JSON of the inputs.
-    pub fn key(&self) -> Digest {
+    pub fn key(&self) -> Result<Digest, KeyError> {
         // serde_json writes struct fields in declaration order and the
         // frontend's types use BTreeMaps: the JSON is canonical.
-        let json = serde_json::to_vec(self).unwrap_or_default();
-        Digest::of(&json)
+        let json = serde_json::to_vec(self).map_err(KeyError)?;
+        Ok(Digest::of(&json))
+    }
+}
+
+/// The step as hashed: a RUN's proxy settings are left out, as BuildKit
+/// leaves out the exec op's `ProxyEnv`.
+fn without_proxy<S: Serializer>(step: &&Op, serializer: S) -> Result<S::Ok, S::Error> {
+    match step {
+        Op::Run(run) if !run.proxy_env.is_empty() => {
+            let mut run = run.clone();
+            run.proxy_env.clear();
+            Op::Run(run).serialize(serializer)
+        }
+        _ => step.serialize(serializer),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use estiba_frontend::graph::Op;
 
     fn key(parent: &str, op: &Op, sources: Option<&str>) -> Digest {
         KeyInputs {
@@ -78,6 +102,7 @@ mod tests {
             network: None,
         }
         .key()
+        .expect("a key")
     }
 
     #[test]
@@ -95,5 +120,30 @@ mod tests {
         assert_ne!(base, key("sha256:00", &op, None));
         assert_ne!(base, key("scratch", &other, None));
         assert_ne!(base, key("scratch", &op, Some("sha256:11")));
+    }
+
+    #[test]
+    fn a_runs_proxy_settings_leave_its_key_alone() {
+        let run = |proxy_env: &[&str], env: &[&str]| {
+            Op::Run(estiba_frontend::graph::RunStep {
+                args: vec!["/bin/sh".to_string(), "-c".to_string(), "true".to_string()],
+                env: env.iter().map(|s| s.to_string()).collect(),
+                proxy_env: proxy_env.iter().map(|s| s.to_string()).collect(),
+                user: String::new(),
+                workdir: "/".to_string(),
+                mounts: Vec::new(),
+                network: None,
+                security: None,
+                files: Default::default(),
+            })
+        };
+        let plain = key("scratch", &run(&[], &[]), None);
+        let proxied = run(
+            &["HTTP_PROXY=http://a:3128", "http_proxy=http://a:3128"],
+            &[],
+        );
+        assert_eq!(plain, key("scratch", &proxied, None));
+        // The rest of the step still counts.
+        assert_ne!(plain, key("scratch", &run(&[], &["A=1"]), None));
     }
 }

@@ -130,6 +130,9 @@ pub enum SolveErrorKind {
     /// A COPY failed.
     #[error("COPY failed")]
     Copy(#[source] copy::CopyError),
+    /// A step's cache key could not be computed.
+    #[error(transparent)]
+    Key(#[from] crate::cachekey::KeyError),
     /// A layer could not be written or read.
     #[error("layer failed")]
     Layer(#[source] layer::LayerError),
@@ -644,9 +647,10 @@ impl<'a> Solver<'a> {
                 network,
             }
             .key()
+            .map_err(SolveErrorKind::Key)
         };
         match &step.op {
-            Op::Config => Ok((None, key_of(None, None, None).to_string(), false)),
+            Op::Config => Ok((None, key_of(None, None, None)?.to_string(), false)),
             Op::Run(run) => {
                 // What a bind mount shows, and what a cache mount starts
                 // from, is part of what the step reads.
@@ -662,14 +666,14 @@ impl<'a> Solver<'a> {
                     (_, Network::None) => Some("none"),
                     (_, Network::Host) => Some("host"),
                 };
-                let key = key_of(sources, None, network);
+                let key = key_of(sources, None, network)?;
                 self.cached_or(&key, step, || self.exec_run(current, run, &binds, id))
             }
             Op::Workdir { path, user } => {
                 if !step.layer {
-                    return Ok((None, key_of(None, None, None).to_string(), false));
+                    return Ok((None, key_of(None, None, None)?.to_string(), false));
                 }
-                let key = key_of(None, None, None);
+                let key = key_of(None, None, None)?;
                 self.cached_or(&key, step, || {
                     self.exec_diff(current, false, |writer, lower| {
                         let owner = if user.is_empty() {
@@ -773,7 +777,7 @@ impl<'a> Solver<'a> {
                     (None, None) => Vec::new(),
                 };
                 let sources = format!("{digest} {} {}", contents.join(" "), urls_digest.join(" "));
-                let key = key_of(Some(sources), from_key, None);
+                let key = key_of(Some(sources), from_key, None)?;
                 let chain = |(layer, k, cached): (Option<Layer>, String, bool)| {
                     // What comes after depends on the base and the layer.
                     let k = if link {

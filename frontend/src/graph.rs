@@ -41,33 +41,123 @@ impl Platform {
         }
     }
 
-    /// Parses `os/arch[/variant]` (also `os` alone, taking the host's architecture).
-    pub fn parse(text: &str) -> Option<Self> {
-        let text = text.trim().to_ascii_lowercase();
-        let mut parts = text.split('/');
-        let os = parts.next().filter(|s| !s.is_empty())?.to_string();
-        let (architecture, variant) = match (parts.next(), parts.next()) {
-            (None, _) => (Platform::host().architecture, String::new()),
-            (Some(a), v) if !a.is_empty() => {
-                let arch = match a {
-                    "x86_64" | "x86-64" => "amd64",
-                    "aarch64" => "arm64",
-                    "i386" => "386",
-                    other => other,
-                };
-                (arch.to_string(), v.unwrap_or_default().to_string())
-            }
-            _ => return None,
-        };
-        if parts.next().is_some() {
-            return None;
+    /// Parses a platform specifier as containerd's `platforms.Parse` does
+    /// (what BuildKit and buildx use): `os/arch[/variant]`, or one word
+    /// that is a known OS (the host's architecture) or a known architecture
+    /// (linux). Each component is letters, digits, `_`, `.` or `-`, so a
+    /// comma list (several platforms) is refused, as is an unknown word like
+    /// `bogus`.
+    pub fn parse(text: &str) -> Result<Self, PlatformError> {
+        let lower = text.trim().to_ascii_lowercase();
+        let parts: Vec<&str> = lower.split('/').collect();
+        if let Some(part) = parts.iter().find(|p| !is_component(p)) {
+            return Err(PlatformError::Component {
+                text: text.to_string(),
+                part: part.to_string(),
+            });
         }
-        Some(Platform {
+        let arch = |a: &str| match a {
+            "x86_64" | "x86-64" => "amd64".to_string(),
+            "aarch64" => "arm64".to_string(),
+            "i386" => "386".to_string(),
+            other => other.to_string(),
+        };
+        let (os, architecture, variant) = match parts[..] {
+            [word] if KNOWN_OS.contains(&word) => (
+                word.to_string(),
+                Platform::host().architecture,
+                String::new(),
+            ),
+            [word] if KNOWN_ARCH.contains(&arch(word).as_str()) => {
+                ("linux".to_string(), arch(word), String::new())
+            }
+            [_] => return Err(PlatformError::Unknown(text.to_string())),
+            [os, a] => (os.to_string(), arch(a), String::new()),
+            [os, a, v] => (os.to_string(), arch(a), v.to_string()),
+            _ => return Err(PlatformError::TooManyParts(text.to_string())),
+        };
+        Ok(Platform {
             os,
             architecture,
             variant,
         })
     }
+}
+
+/// containerd's known operating systems (`platforms/database.go`).
+const KNOWN_OS: [&str; 17] = [
+    "aix",
+    "android",
+    "darwin",
+    "dragonfly",
+    "freebsd",
+    "hurd",
+    "illumos",
+    "ios",
+    "js",
+    "linux",
+    "nacl",
+    "netbsd",
+    "openbsd",
+    "plan9",
+    "solaris",
+    "windows",
+    "zos",
+];
+
+/// containerd's known architectures (`platforms/database.go`).
+const KNOWN_ARCH: [&str; 24] = [
+    "386",
+    "amd64",
+    "amd64p32",
+    "arm",
+    "armbe",
+    "arm64",
+    "arm64be",
+    "ppc64",
+    "ppc64le",
+    "loong64",
+    "mips",
+    "mipsle",
+    "mips64",
+    "mips64le",
+    "mips64p32",
+    "mips64p32le",
+    "ppc",
+    "riscv",
+    "riscv64",
+    "s390",
+    "s390x",
+    "sparc",
+    "sparc64",
+    "wasm",
+];
+
+/// One component of a specifier: containerd's `^[A-Za-z0-9_.-]+$`.
+fn is_component(part: &str) -> bool {
+    !part.is_empty()
+        && part
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// A platform specifier that does not parse (containerd's wording).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlatformError {
+    /// A component with a character outside `[A-Za-z0-9_.-]`, or empty.
+    #[error("{part:?} is an invalid component of {text:?}: platform specifier component must match \"^[A-Za-z0-9_.-]+$\"")]
+    Component {
+        /// The specifier.
+        text: String,
+        /// The component.
+        part: String,
+    },
+    /// One word that is neither a known OS nor a known architecture.
+    #[error("{0:?}: unknown operating system or architecture")]
+    Unknown(String),
+    /// More than `os/arch/variant`.
+    #[error("{0:?}: cannot parse platform specifier")]
+    TooManyParts(String),
 }
 
 impl std::fmt::Display for Platform {

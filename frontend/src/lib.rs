@@ -17,7 +17,7 @@ pub mod shell;
 pub mod span;
 mod suggest;
 
-pub use graph::{BuildGraph, ImageConfig, Platform};
+pub use graph::{BuildGraph, ImageConfig, Platform, PlatformError};
 pub use plan::{plan, BaseImage, BaseResolver, NoImages, PlanOptions, ResolveError};
 pub use span::Span;
 

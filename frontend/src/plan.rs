@@ -82,8 +82,8 @@ pub enum PlanErrorKind {
     #[error("base name ({0}) should not be blank")]
     BlankBase(String),
     /// `--platform` not of the form os/arch.
-    #[error("invalid platform {0:?}: expected os/arch[/variant], like linux/amd64")]
-    BadPlatform(String),
+    #[error("invalid platform: expected os/arch[/variant], like linux/amd64")]
+    BadPlatform(#[source] crate::graph::PlatformError),
     /// `--target` names no stage.
     #[error("target stage {name:?} could not be found{}", hint(.suggestion))]
     NoSuchTarget {
@@ -306,6 +306,8 @@ struct Resolved {
     config: ImageConfig,
     digest: Option<String>,
     triggers: Vec<Instruction>,
+    /// The base image's platform, when it is not the stage's.
+    mismatch: Option<Warning>,
 }
 
 /// Every stage's FROM line, lowered.
@@ -446,7 +448,7 @@ impl<'a> Planner<'a> {
         for (i, (stage, found)) in raw.into_iter().zip(resolved).enumerate() {
             let base = bases[i].clone();
             let platform = platforms[i].clone();
-            let Some(found) = found.filter(|_| reachable[i]) else {
+            let Some(mut found) = found.filter(|_| reachable[i]) else {
                 // Pruned: never resolved nor lowered, like BuildKit, so its
                 // errors (and its base image) cost the build nothing.
                 stages.push(Stage {
@@ -464,6 +466,7 @@ impl<'a> Planner<'a> {
                 ends.push(None);
                 continue;
             };
+            self.warnings.extend(found.mismatch.take());
             let (base, start) = match base {
                 Base::Stage { index } => {
                     let start = ends.get(index).cloned().flatten().unwrap_or_default();
@@ -586,7 +589,7 @@ impl<'a> Planner<'a> {
         let platform = match &stage.platform {
             Some(p) => {
                 let text = self.expand(p, &self.global, span)?;
-                Platform::parse(&text).ok_or_else(|| err(span, PlanErrorKind::BadPlatform(text)))?
+                Platform::parse(&text).map_err(|e| err(span, PlanErrorKind::BadPlatform(e)))?
             }
             None => self.opts.platform.clone(),
         };
@@ -652,6 +655,7 @@ impl<'a> Planner<'a> {
         platform: &Platform,
     ) -> Result<Resolved, PlanError> {
         let span = &raw[i].from.span;
+        let mut mismatch = None;
         let (config, digest, texts) = match base {
             // BuildKit's empty image has WorkingDir "/".
             Base::Scratch => (
@@ -675,6 +679,14 @@ impl<'a> Planner<'a> {
                     )
                 })? {
                 Some(image) => {
+                    mismatch = image
+                        .platform
+                        .as_ref()
+                        .and_then(|actual| platform_mismatch(reference, platform, actual))
+                        .map(|message| Warning {
+                            span: Some(span.clone()),
+                            message,
+                        });
                     let mut config = image.config;
                     let triggers = std::mem::take(&mut config.on_build);
                     (config, image.digest, triggers)
@@ -713,6 +725,7 @@ impl<'a> Planner<'a> {
             config,
             digest,
             triggers,
+            mismatch,
         })
     }
 
@@ -1544,6 +1557,20 @@ fn reachable_from(target: usize, edges: &[Vec<Edge>]) -> Vec<bool> {
         }
     }
     seen
+}
+
+/// BuildKit's InvalidBaseImagePlatform build check, in its words, when a
+/// base image's OS or architecture is not the stage's platform: such an
+/// image's programs run only under emulation, if at all (moby/buildkit
+/// `frontend/dockerfile/dockerfile2llb/convert.go`,
+/// `validateBaseImagePlatform`; `frontend/dockerfile/linter/ruleset.go`).
+fn platform_mismatch(reference: &str, expected: &Platform, actual: &Platform) -> Option<String> {
+    (expected.os != actual.os || expected.architecture != actual.architecture).then(|| {
+        format!(
+            "InvalidBaseImagePlatform: Base image {reference} was pulled with platform \
+             \"{actual}\", expected \"{expected}\" for current build"
+        )
+    })
 }
 
 /// Proxy settings from `--build-arg`s as BuildKit reads them (any case; of

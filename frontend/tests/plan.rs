@@ -784,6 +784,70 @@ fn duplicate_stage_names_warn_and_the_later_one_wins() {
     assert_eq!(w.span.as_ref().map(|s| s.line), Some(2));
 }
 
+/// containerd's `platforms.Parse`, which BuildKit and buildx use:
+/// `os/arch[/variant]`, or one known OS or architecture; anything else,
+/// and a comma list of several, does not parse.
+#[test]
+fn platform_specifiers_parse_as_containerd_reads_them() {
+    let host = Platform::host().architecture;
+    for (text, want) in [
+        ("linux/amd64", Some("linux/amd64".to_string())),
+        ("Linux/X86_64", Some("linux/amd64".to_string())),
+        ("linux/arm64/v8", Some("linux/arm64/v8".to_string())),
+        ("linux/arm/v7", Some("linux/arm/v7".to_string())),
+        ("linux", Some(format!("linux/{host}"))),
+        ("arm64", Some("linux/arm64".to_string())),
+        ("aarch64", Some("linux/arm64".to_string())),
+        ("bogus", None),
+        ("linux/amd64,linux/arm64", None),
+        ("linux/", None),
+        ("/amd64", None),
+        ("", None),
+        ("linux/arm/v7/extra", None),
+    ] {
+        assert_eq!(
+            Platform::parse(text).ok().map(|p| p.to_string()),
+            want,
+            "{text}"
+        );
+    }
+    let err = Platform::parse("bogus").expect_err("bogus");
+    assert_eq!(
+        err.to_string(),
+        "\"bogus\": unknown operating system or architecture"
+    );
+}
+
+/// BuildKit's InvalidBaseImagePlatform check: an image whose OS or
+/// architecture is not the stage's is a warning at its FROM line, in
+/// BuildKit's words; a variant alone is no mismatch.
+#[test]
+fn a_base_image_of_another_platform_is_a_warning() {
+    let mut images = Images::default()
+        .with("arm:1", ImageConfig::default())
+        .with("v3:1", ImageConfig::default());
+    if let Some(image) = images.images.get_mut("arm:1") {
+        image.platform = Some(platform("linux/arm64"));
+    }
+    if let Some(image) = images.images.get_mut("v3:1") {
+        image.platform = Some(platform("linux/amd64/v3"));
+    }
+    let g = build_with("FROM v3:1\nFROM arm:1\nRUN true\n", &opts(), &images);
+    let messages: Vec<(Option<usize>, &str)> = g
+        .warnings
+        .iter()
+        .map(|w| (w.span.as_ref().map(|s| s.line), w.message.as_str()))
+        .collect();
+    assert_eq!(
+        messages,
+        [(
+            Some(2),
+            "InvalidBaseImagePlatform: Base image arm:1 was pulled with platform \
+             \"linux/arm64\", expected \"linux/amd64\" for current build"
+        )]
+    );
+}
+
 // ---------------------------------------------------------------------------
 // ONBUILD
 

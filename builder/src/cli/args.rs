@@ -184,7 +184,8 @@ pub(crate) struct BuildArgs {
     /// The stage to build (default: the last).
     #[arg(long)]
     pub(crate) target: Option<String>,
-    /// The platform to build for (os/arch[/variant]).
+    /// The platform to build for (os/arch[/variant], or `local` for this
+    /// machine's); one only: multi-platform builds are not supported yet.
     #[arg(long)]
     pub(crate) platform: Option<String>,
     /// A label for the image, K=V.

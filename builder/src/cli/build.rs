@@ -65,17 +65,34 @@ fn plan_options(args: &BuildArgs, path: &Path) -> Result<PlanOptions, Failure> {
     opts.build_args = build_args(args);
     opts.target = args.target.clone();
     if let Some(p) = &args.platform {
-        opts.platform = Platform::parse(p).ok_or_else(|| {
-            Failure::Usage(format!(
-                "invalid --platform {p:?}: expected os/arch[/variant]"
-            ))
-        })?;
+        opts.platform = platform_flag(p)?;
     }
     for label in &args.labels {
         let (k, v) = label.split_once('=').unwrap_or((label, ""));
         opts.labels.insert(k.to_string(), v.to_string());
     }
     Ok(opts)
+}
+
+/// `--platform`: `os/arch[/variant]`, or `local` for this machine's, as
+/// buildx reads it (`util/platformutil/parse.go`: `local` is
+/// `platforms.DefaultSpec()`, anything else `platforms.Parse`). A comma
+/// list asks for a multi-platform build, which estiba does not do yet.
+pub(crate) fn platform_flag(text: &str) -> Result<Platform, Failure> {
+    if text.trim().eq_ignore_ascii_case("local") {
+        return Ok(Platform::host());
+    }
+    if text.contains(',') {
+        return Err(Failure::Usage(format!(
+            "invalid --platform {text:?}: multi-platform builds are not supported yet; \
+             give one platform, like linux/amd64"
+        )));
+    }
+    Platform::parse(text).map_err(|e| {
+        Failure::Usage(format!(
+            "invalid --platform: {e}; expected os/arch[/variant] or local"
+        ))
+    })
 }
 
 /// `--secret id=ID[,type=file|env][,src=PATH|,env=VAR]`, read as buildx

@@ -60,8 +60,7 @@ pub(crate) fn pull(
 ) -> Result<(), Failure> {
     let reference = Reference::parse(name).map_err(|e| Failure::Usage(e.to_string()))?;
     let platform = match platform {
-        Some(p) => estiba_frontend::Platform::parse(p)
-            .ok_or_else(|| Failure::Usage(format!("invalid --platform {p:?}")))?,
+        Some(p) => super::build::platform_flag(p)?,
         None => estiba_frontend::Platform::host(),
     };
     let store = super::store::open(root)?;

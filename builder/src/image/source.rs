@@ -181,7 +181,8 @@ impl BaseResolver for Images<'_> {
         let config = &image.config;
         Ok(Some(BaseImage {
             digest: Some(image.descriptor.digest.to_string()),
-            platform: Platform::parse(&format!("{}/{}", config.os, config.architecture)),
+            // A config without os or architecture has no known platform.
+            platform: Platform::parse(&format!("{}/{}", config.os, config.architecture)).ok(),
             config: config.planned(),
         }))
     }
