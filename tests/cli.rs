@@ -320,7 +320,7 @@ fn platform_flag_takes_one_platform_or_local() {
         ),
         (
             "linux/amd64,linux/arm64",
-            "multi-platform builds are not supported yet",
+            "multi-platform builds and pulls are not supported yet",
         ),
     ] {
         let (code, out, err) = dry(platform);

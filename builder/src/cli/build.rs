@@ -84,8 +84,8 @@ pub(crate) fn platform_flag(text: &str) -> Result<Platform, Failure> {
     }
     if text.contains(',') {
         return Err(Failure::Usage(format!(
-            "invalid --platform {text:?}: multi-platform builds are not supported yet; \
-             give one platform, like linux/amd64"
+            "invalid --platform {text:?}: multi-platform builds and pulls are not \
+             supported yet; give one platform, like linux/amd64"
         )));
     }
     Platform::parse(text).map_err(|e| {
