@@ -1710,3 +1710,39 @@ fn a_pax_size_beyond_what_a_tar_can_hold_is_corrupt() {
     let err = read_archive(&tar[..], dest.path()).unwrap_err();
     assert!(matches!(err, ArchiveError::Corrupt { .. }), "{err:?}");
 }
+
+/// A compressed layer whose content is not the diff ID its image names
+/// (a hostile registry's image) gets no snapshot under that diff ID: it
+/// would stand in for another image's layer. The true diff ID unpacks.
+#[test]
+fn a_compressed_layer_unpacks_only_as_its_true_diff_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let tar = archive_of(&[("etc/motd", b"hola\n")], &[]);
+    let mut gz = Vec::new();
+    compress(&tar[..], &mut gz, Compression::Gzip).unwrap();
+    let (digest, size) = store.put_blob(&gz).unwrap();
+    let blob = Descriptor::new(media_type(Compression::Gzip), digest, size);
+
+    let claimed = Digest::of(b"another image's layer");
+    let lie = estiba::image::Layer {
+        descriptor: blob.clone(),
+        diff_id: claimed,
+    };
+    let err = estiba::image::snapshot(&store, &lie).expect_err("not its diff ID");
+    assert!(format!("{err}").contains("corrupt"), "{err}");
+    assert!(
+        store.snapshot(&claimed).is_none(),
+        "no snapshot under the claim"
+    );
+
+    let truth = estiba::image::Layer {
+        descriptor: blob,
+        diff_id: Digest::of(&tar),
+    };
+    let snapshot = estiba::image::snapshot(&store, &truth).unwrap();
+    assert_eq!(
+        fs::read(snapshot.join("etc/motd")).unwrap(),
+        b"hola\n".to_vec()
+    );
+}
