@@ -116,6 +116,16 @@ fn fails(cmd: &mut Command) -> String {
     err
 }
 
+/// A build that fails (exit 1) at its FROM line, which the error names.
+fn fails_at_from(cmd: &mut Command) -> String {
+    let err = fails(cmd);
+    assert!(
+        err.contains("Dockerfile:1"),
+        "the FROM line is named: {err}"
+    );
+    err
+}
+
 /// The digest `push` or `build --push` printed for `name`
 /// (`NAME: digest: sha256:… size: N`).
 fn pushed_digest(stdout: &str, name: &str) -> String {
@@ -249,14 +259,10 @@ fn an_image_pushed_by_a_build_is_pulled_run_and_built_from_elsewhere() {
         .arg(&ctx2));
     assert!(!err.contains(&format!("pull {name}")), "{err}");
     // ... unless --pull asks it what the tag names now.
-    let err = fails(
+    let err = fails_at_from(
         e.estiba("c")
             .args(["build", "--progress", "plain", "--pull", "-t", "derived:3"])
             .arg(&ctx2),
-    );
-    assert!(
-        err.contains("Dockerfile:1"),
-        "the FROM line is named: {err}"
     );
     assert!(err.contains("127.0.0.1"), "the registry is named: {err}");
     e.fsck_clean("c");
@@ -706,14 +712,10 @@ fn a_missing_tag_is_one_clear_line() {
     assert!(err.contains("nobody/here:1"), "{err}");
     assert!(err.contains("not found"), "{err}");
     let ctx = e.context(&[("Dockerfile", &format!("FROM {name}\nRUN true\n"))]);
-    let err = fails(
+    let err = fails_at_from(
         e.estiba("a")
             .args(["build", "--progress", "plain"])
             .arg(&ctx),
-    );
-    assert!(
-        err.contains("Dockerfile:1"),
-        "the FROM line is named: {err}"
     );
     assert!(err.contains("not found"), "{err}");
     e.fsck_clean("a");

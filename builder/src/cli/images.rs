@@ -398,15 +398,18 @@ pub(crate) fn write_archive(
 ) -> Result<(), Failure> {
     let mut export = Vec::with_capacity(images.len());
     for (tags, desc) in images {
+        let img = image::read(store, &desc.digest.to_string(), desc)
+            .map_err(|e| anyhow!(estiba::solve::error_chain(&e)))?;
         let manifest_bytes = store.read_blob(&desc.digest)?;
-        let manifest: image::Manifest = serde_json::from_slice(&manifest_bytes)
-            .with_context(|| format!("manifest {} is corrupt", desc.digest))?;
-        let config = store.read_blob(&manifest.config.digest)?;
+        let config = store.read_blob(&img.manifest.config.digest)?;
         let layers = if oci {
-            compressed_layers(store, &manifest, &config, compression)
+            img.layers
+                .iter()
+                .map(|l| image::compressed_layer(store, &l.descriptor, &l.diff_id, compression))
+                .collect::<Result<Vec<_>, _>>()
                 .with_context(|| format!("cannot write {}", dest.display()))?
         } else {
-            manifest.layers
+            img.manifest.layers
         };
         export.push(estiba::archive::ExportImage {
             tags: tags
@@ -454,43 +457,6 @@ pub(crate) fn write_archive(
         .map_err(|e| e.error)
         .with_context(|| format!("cannot write {}", dest.display()))?;
     Ok(())
-}
-
-/// The layers of an image (its manifest and config) `compression`-compressed
-/// in the store: see [`estiba::image::compressed_layer`].
-fn compressed_layers(
-    store: &Store,
-    manifest: &image::Manifest,
-    config: &[u8],
-    compression: estiba::compress::Compression,
-) -> Result<Vec<Descriptor>> {
-    let config_digest = &manifest.config.digest;
-    let parsed: image::ImageConfig = serde_json::from_slice(config)
-        .with_context(|| format!("image config {config_digest} is corrupt"))?;
-    let diff_ids = &parsed.rootfs.diff_ids;
-    if diff_ids.len() != manifest.layers.len() {
-        return Err(anyhow!(
-            "image config {config_digest} lists {} diff IDs for {} layers",
-            diff_ids.len(),
-            manifest.layers.len()
-        ));
-    }
-    manifest
-        .layers
-        .iter()
-        .zip(diff_ids)
-        .map(|(layer, diff_id)| {
-            let diff_id = diff_id.parse().with_context(|| {
-                format!("image config {config_digest} lists diff ID {diff_id:?}")
-            })?;
-            Ok(estiba::image::compressed_layer(
-                store,
-                layer,
-                &diff_id,
-                compression,
-            )?)
-        })
-        .collect()
 }
 
 /// `estiba load -i FILE`: every image of a docker or OCI archive into the

@@ -349,7 +349,7 @@ impl Registry {
         reference: &str,
         e: reqwest::Error,
     ) -> RegistryError {
-        let chain = error_chain(&e);
+        let chain = chain_for_matching(&e);
         if chain.contains("invalid peer certificate") || chain.contains("UnknownIssuer") {
             return RegistryError::UnknownCa {
                 host: host.to_string(),
@@ -677,7 +677,10 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
     capped + capped.mul_f64(f64::from(nanos % 1000) / 4000.0)
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// The error's causes with their Debug forms too, for telling kinds of
+/// network failure apart (rustls names an unknown issuer only in its Debug
+/// form); not for users, who get `solve::error_chain`.
+fn chain_for_matching(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {
