@@ -12,6 +12,7 @@
 //! | `from` | for `COPY --from`: the final key of that stage, or the image's manifest digest |
 //! | `epoch` | `SOURCE_DATE_EPOCH`, which changes the bytes of every layer |
 //! | `network` | for RUN: `none` when `build --network none` applies to the step (a step's own `--network` is in `step`) |
+//! | `host` | for RUN: `build --add-host`, `--shm-size` and `--ulimit`, when given (BuildKit hashes them in the exec op's `Meta`) |
 //!
 //! Not in the key: the step's Dockerfile line, comments, the time, the
 //! machine, the context path, and RUN's proxy settings (`HTTP_PROXY`,
@@ -61,6 +62,9 @@ pub struct KeyInputs<'a> {
     /// The build's network, when it is not the host's and the step uses it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<&'a str>,
+    /// For RUN: `build --add-host`, `--shm-size` and `--ulimit`, when any is given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<&'a crate::executor::HostSettings>,
 }
 
 impl KeyInputs<'_> {
@@ -100,6 +104,7 @@ mod tests {
             from: None,
             epoch: None,
             network: None,
+            host: None,
         }
         .key()
         .expect("a key")

@@ -160,6 +160,118 @@ pub struct RunSpec {
     /// The step's confinement.
     #[serde(default)]
     pub security: Security,
+    /// What `build --add-host`, `--shm-size` and `--ulimit` ask of every
+    /// RUN step.
+    #[serde(default)]
+    pub host: HostSettings,
+}
+
+/// docker's per-container settings a build gives every RUN step.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HostSettings {
+    /// Extra `/etc/hosts` lines, (name, address), after the default ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<(String, std::net::IpAddr)>,
+    /// The size of `/dev/shm` in bytes (64 MiB when `None`, docker's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<u64>,
+    /// Resource limits set before the command starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<Ulimit>,
+}
+
+impl HostSettings {
+    /// Whether nothing differs from a step's defaults.
+    pub fn is_default(&self) -> bool {
+        *self == HostSettings::default()
+    }
+}
+
+/// One `--ulimit NAME=SOFT[:HARD]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Ulimit {
+    /// The resource.
+    pub resource: UlimitResource,
+    /// The soft limit (`-1`: unlimited).
+    pub soft: i64,
+    /// The hard limit (`-1`: unlimited).
+    pub hard: i64,
+}
+
+/// The limits docker's `--ulimit` names (`docker/go-units` `ulimitNameMapping`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UlimitResource {
+    Core,
+    Cpu,
+    Data,
+    Fsize,
+    Locks,
+    Memlock,
+    Msgqueue,
+    Nice,
+    Nofile,
+    Nproc,
+    Rss,
+    Rtprio,
+    Rttime,
+    Sigpending,
+    Stack,
+}
+
+impl UlimitResource {
+    /// Every resource with its docker name.
+    pub const ALL: [(&'static str, UlimitResource); 15] = [
+        ("core", UlimitResource::Core),
+        ("cpu", UlimitResource::Cpu),
+        ("data", UlimitResource::Data),
+        ("fsize", UlimitResource::Fsize),
+        ("locks", UlimitResource::Locks),
+        ("memlock", UlimitResource::Memlock),
+        ("msgqueue", UlimitResource::Msgqueue),
+        ("nice", UlimitResource::Nice),
+        ("nofile", UlimitResource::Nofile),
+        ("nproc", UlimitResource::Nproc),
+        ("rss", UlimitResource::Rss),
+        ("rtprio", UlimitResource::Rtprio),
+        ("rttime", UlimitResource::Rttime),
+        ("sigpending", UlimitResource::Sigpending),
+        ("stack", UlimitResource::Stack),
+    ];
+
+    /// The resource named `name` as docker spells it.
+    pub fn from_name(name: &str) -> Option<UlimitResource> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, r)| *r)
+    }
+
+    /// docker's name of the resource.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, r)| *r == self)
+            .map_or("?", |(n, _)| n)
+    }
+
+    /// The kernel's `RLIMIT_*` number.
+    pub fn raw(self) -> libc::__rlimit_resource_t {
+        match self {
+            UlimitResource::Core => libc::RLIMIT_CORE,
+            UlimitResource::Cpu => libc::RLIMIT_CPU,
+            UlimitResource::Data => libc::RLIMIT_DATA,
+            UlimitResource::Fsize => libc::RLIMIT_FSIZE,
+            UlimitResource::Locks => libc::RLIMIT_LOCKS,
+            UlimitResource::Memlock => libc::RLIMIT_MEMLOCK,
+            UlimitResource::Msgqueue => libc::RLIMIT_MSGQUEUE,
+            UlimitResource::Nice => libc::RLIMIT_NICE,
+            UlimitResource::Nofile => libc::RLIMIT_NOFILE,
+            UlimitResource::Nproc => libc::RLIMIT_NPROC,
+            UlimitResource::Rss => libc::RLIMIT_RSS,
+            UlimitResource::Rtprio => libc::RLIMIT_RTPRIO,
+            UlimitResource::Rttime => libc::RLIMIT_RTTIME,
+            UlimitResource::Sigpending => libc::RLIMIT_SIGPENDING,
+            UlimitResource::Stack => libc::RLIMIT_STACK,
+        }
+    }
 }
 
 /// A host port forwarded to a port of the container (`-p`).
@@ -630,8 +742,11 @@ fn prepare(spec: &RunSpec, scratch: &Path) -> Result<InitSpec, ExecError> {
     } else {
         spec.hostname.as_str()
     };
-    let hosts =
+    let mut hosts =
         format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for (name, address) in &spec.host.extra_hosts {
+        hosts.push_str(&format!("{address}\t{name}\n"));
+    }
     let resolv = match spec.network {
         Network::Private => network::private_resolv_conf(&host_resolv_conf()),
         Network::Host => host_resolv_conf(),

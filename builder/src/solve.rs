@@ -9,7 +9,7 @@
 
 use crate::cachekey::{KeyInputs, KEY_VERSION};
 use crate::copy::{self, Chmod, CopyOptions, Writer};
-use crate::executor::{Network, Security};
+use crate::executor::{HostSettings, Network, Security};
 use crate::fetch;
 use crate::image::{
     self, CacheEntry, History, ImageConfig, ImageError, Images, Layer, RemoteCache, HISTORY_COMMENT,
@@ -111,6 +111,18 @@ pub enum SolveErrorKind {
         #[source]
         source: Box<copy::CopyError>,
     },
+    /// `COPY --from=NAME` where NAME is no stage and no image that can be
+    /// had; a stage with a near name is suggested (`bulder` → `builder`).
+    #[error("COPY --from={reference}: no stage is named {reference}, and it cannot be used as an image{}", stage_hint(.stage))]
+    CopyFromImage {
+        /// The name as written.
+        reference: String,
+        /// A stage whose name is close.
+        stage: Option<String>,
+        /// Why the image could not be had.
+        #[source]
+        source: Box<ImageError>,
+    },
     /// `ADD https://…` failed to download or to match `--checksum`.
     #[error("ADD failed")]
     Fetch(#[from] fetch::FetchError),
@@ -156,6 +168,13 @@ pub enum SolveErrorKind {
         #[source]
         source: std::io::Error,
     },
+}
+
+fn stage_hint(stage: &Option<String>) -> String {
+    stage
+        .as_ref()
+        .map(|s| format!(" (did you mean the stage {s}?)"))
+        .unwrap_or_default()
 }
 
 impl From<SolveErrorKind> for SolveError {
@@ -219,6 +238,13 @@ pub struct SolveOptions {
     pub network: Network,
     /// `build --allow`: what steps may ask for beyond the sandbox.
     pub allow: BTreeSet<Entitlement>,
+    /// `build --add-host`, `--shm-size`, `--ulimit`: given to every RUN
+    /// step, and part of its key (BuildKit keeps them in the exec op's
+    /// `Meta`, which its cache key hashes).
+    pub host: HostSettings,
+    /// `build --no-cache-filter`: the stages (lower-case names) whose steps
+    /// run without the cache.
+    pub no_cache_stages: BTreeSet<String>,
 }
 
 /// BuildKit's entitlements: what a Dockerfile may ask for only when the
@@ -631,7 +657,10 @@ impl<'a> Solver<'a> {
         // COPY --link makes a layer that does not depend on what is below it:
         // its key leaves the parent out, so a new base keeps it cached.
         let link = matches!(&step.op, Op::Copy(c) if c.link);
-        let key_of = |sources: Option<String>, from: Option<String>, network: Option<&str>| {
+        let key_of = |sources: Option<String>,
+                      from: Option<String>,
+                      network: Option<&str>,
+                      host: Option<&HostSettings>| {
             KeyInputs {
                 version: KEY_VERSION,
                 parent: if link {
@@ -645,12 +674,13 @@ impl<'a> Solver<'a> {
                 from,
                 epoch: self.opts.epoch,
                 network,
+                host,
             }
             .key()
             .map_err(SolveErrorKind::Key)
         };
         match &step.op {
-            Op::Config => Ok((None, key_of(None, None, None)?.to_string(), false)),
+            Op::Config => Ok((None, key_of(None, None, None, None)?.to_string(), false)),
             Op::Run(run) => {
                 // What a bind mount shows, and what a cache mount starts
                 // from, is part of what the step reads.
@@ -666,15 +696,16 @@ impl<'a> Solver<'a> {
                     (_, Network::None) => Some("none"),
                     (_, Network::Host) => Some("host"),
                 };
-                let key = key_of(sources, None, network)?;
-                self.cached_or(&key, step, || self.exec_run(current, run, &binds, id))
+                let host = (!self.opts.host.is_default()).then_some(&self.opts.host);
+                let key = key_of(sources, None, network, host)?;
+                self.cached_or(&key, stage, || self.exec_run(current, run, &binds, id))
             }
             Op::Workdir { path, user } => {
                 if !step.layer {
-                    return Ok((None, key_of(None, None, None)?.to_string(), false));
+                    return Ok((None, key_of(None, None, None, None)?.to_string(), false));
                 }
-                let key = key_of(None, None, None)?;
-                self.cached_or(&key, step, || {
+                let key = key_of(None, None, None, None)?;
+                self.cached_or(&key, stage, || {
                     self.exec_diff(current, false, |writer, lower| {
                         let owner = if user.is_empty() {
                             (0, 0)
@@ -741,7 +772,21 @@ impl<'a> Solver<'a> {
                             )
                         }
                         CopySource::Image { reference } => {
-                            let image = self.images.get(reference, &stage.platform)?;
+                            let image =
+                                self.images
+                                    .get(reference, &stage.platform)
+                                    .map_err(|source| {
+                                        let names =
+                                            graph.stages.iter().filter_map(|s| s.name.as_deref());
+                                        SolveErrorKind::CopyFromImage {
+                                            reference: reference.clone(),
+                                            stage: estiba_frontend::suggest::nearest(
+                                                reference, names,
+                                            )
+                                            .map(str::to_string),
+                                            source: Box::new(source),
+                                        }
+                                    })?;
                             (
                                 Rc::new(self.layered(&image.layers)?),
                                 Some(image.descriptor.digest.to_string()),
@@ -777,7 +822,7 @@ impl<'a> Solver<'a> {
                     (None, None) => Vec::new(),
                 };
                 let sources = format!("{digest} {} {}", contents.join(" "), urls_digest.join(" "));
-                let key = key_of(Some(sources), from_key, None)?;
+                let key = key_of(Some(sources), from_key, None, None)?;
                 let chain = |(layer, k, cached): (Option<Layer>, String, bool)| {
                     // What comes after depends on the base and the layer.
                     let k = if link {
@@ -787,7 +832,7 @@ impl<'a> Solver<'a> {
                     };
                     (layer, k, cached)
                 };
-                self.cached_or(&key, step, || {
+                self.cached_or(&key, stage, || {
                     self.exec_diff(current, link, |writer, lower| {
                         self.exec_copy(
                             copy,
@@ -842,10 +887,14 @@ impl<'a> Solver<'a> {
     fn cached_or(
         &self,
         key: &Digest,
-        _step: &Step,
+        stage: &Stage,
         run: impl FnOnce() -> Result<Layer>,
     ) -> Result<(Option<Layer>, String, bool)> {
-        if !self.opts.no_cache {
+        let filtered = stage
+            .name
+            .as_ref()
+            .is_some_and(|n| self.opts.no_cache_stages.contains(n));
+        if !self.opts.no_cache && !filtered {
             if let Some(record) = self.store.cache_get(key)? {
                 if let (Some(descriptor), Some(diff_id)) = (record.layer, record.diff_id) {
                     let layer = Layer {
@@ -1294,6 +1343,7 @@ impl<'a> Solver<'a> {
                 Some("insecure") => Security::Insecure,
                 _ => Security::Sandbox,
             },
+            host: self.opts.host.clone(),
         };
         // Stream whole lines to the reporter; keep the last ones for errors.
         let mut pending = Vec::new();

@@ -118,6 +118,7 @@ impl Fixture {
             mounts: Vec::new(),
             publish: Vec::new(),
             security: Security::Sandbox,
+            host: Default::default(),
         }
     }
 

@@ -15,7 +15,7 @@ pub mod parser;
 pub mod plan;
 pub mod shell;
 pub mod span;
-mod suggest;
+pub mod suggest;
 
 pub use graph::{BuildGraph, ImageConfig, Platform, PlatformError};
 pub use plan::{plan, BaseImage, BaseResolver, NoImages, PlanOptions, ResolveError};

@@ -2,10 +2,7 @@
 
 /// The candidate closest to `word` (case-insensitive edit distance), when it
 /// is close enough to be a plausible typo.
-pub(crate) fn nearest<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let word = word.to_lowercase();
     let limit = (word.chars().count() / 3).max(1) + 1;
     candidates

@@ -21,7 +21,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Build an image from a Dockerfile.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// List the images in the store.
     Images {
         /// Output format.
@@ -124,6 +124,12 @@ pub(crate) enum Command {
     Logout {
         /// The registry (default: Docker Hub).
         server: Option<String>,
+    },
+    /// Print a shell completion script: `source <(estiba completion bash)`.
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Tools for looking inside estiba.
     Debug {
@@ -248,6 +254,25 @@ pub(crate) struct BuildArgs {
     /// Layer compression in exported archives.
     #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
     pub(crate) compression: CompressionArg,
+    /// A line for /etc/hosts of RUN steps, HOST:IP (docker's `--add-host`;
+    /// `host-gateway` is not supported: there is no daemon bridge).
+    #[arg(long = "add-host")]
+    pub(crate) add_hosts: Vec<String>,
+    /// Size of RUN steps' /dev/shm, like 64m or 1g (default 64m).
+    #[arg(long = "shm-size")]
+    pub(crate) shm_size: Option<String>,
+    /// A resource limit of RUN steps, NAME=SOFT[:HARD] (nofile=1024:2048).
+    #[arg(long = "ulimit")]
+    pub(crate) ulimits: Vec<String>,
+    /// Run every step of this stage without the build cache (repeatable).
+    #[arg(long = "no-cache-filter", value_delimiter = ',')]
+    pub(crate) no_cache_filter: Vec<String>,
+    /// Accepted for docker's sake: build containers are always removed.
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub(crate) rm: Vec<String>,
+    /// Accepted for docker's sake: build containers are always removed.
+    #[arg(long = "force-rm", hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub(crate) force_rm: Vec<String>,
     /// Plan only: print stages, steps, dependencies and what is pruned.
     #[arg(long)]
     pub(crate) dry_run: bool,

@@ -6,7 +6,7 @@ use super::progress::Plain;
 use super::{read_dockerfile, Failure};
 use anyhow::Context;
 use estiba::context::BuildContext;
-use estiba::executor::Network;
+use estiba::executor::{HostSettings, Network, Ulimit, UlimitResource};
 use estiba::image::{
     export_cache, inline_metadata, CacheDest, CacheEntry, CacheExportOptions, Images, PullPolicy,
     PushOptions, RemoteCache, INLINE_CACHE_KEY,
@@ -15,7 +15,8 @@ use estiba::progress::Reporter;
 use estiba::registry::Reference;
 use estiba::solve::{Entitlement, SecretSource, SolveOptions, Solver};
 use estiba_frontend::{plan, NoImages, PlanOptions, Platform};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 /// The Dockerfile a build names: `-f` as given, else `CONTEXT/Dockerfile`.
@@ -257,6 +258,7 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
         .iter()
         .map(|s| parse_secret(s))
         .collect::<Result<BTreeMap<_, _>, _>>()?;
+    let host = host_settings(args)?;
     let store = super::store::open(root)?;
     let _lock = store.lock_shared().context("cannot lock the store")?;
     let plain = Plain::new();
@@ -280,6 +282,7 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
     for w in &graph.warnings {
         reporter.warning(&w.message);
     }
+    let no_cache_stages = no_cache_stages(args, &graph, reporter);
     let stat_cache = store.stat_cache_file(&estiba_cache::Digest::of(
         args.context
             .canonicalize()
@@ -317,6 +320,8 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
                     AllowArg::NetworkHost => Entitlement::NetworkHost,
                 })
                 .collect(),
+            host,
+            no_cache_stages,
         },
     )
     .with_remote_cache(&remote);
@@ -478,6 +483,145 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
         }
     }
     Ok(())
+}
+
+/// `--add-host`, `--shm-size` and `--ulimit`, read as the docker CLI reads
+/// them.
+fn host_settings(args: &BuildArgs) -> Result<HostSettings, Failure> {
+    let extra_hosts = args
+        .add_hosts
+        .iter()
+        .map(|h| parse_add_host(h))
+        .collect::<Result<_, _>>()?;
+    let shm_size = args
+        .shm_size
+        .as_deref()
+        .map(|s| {
+            parse_size(s).ok_or_else(|| {
+                Failure::Usage(format!(
+                    "invalid --shm-size {s:?}: give a size like 64m or 1g"
+                ))
+            })
+        })
+        .transpose()?;
+    let ulimits = args
+        .ulimits
+        .iter()
+        .map(|u| parse_ulimit(u))
+        .collect::<Result<_, _>>()?;
+    Ok(HostSettings {
+        extra_hosts,
+        shm_size,
+        ulimits,
+    })
+}
+
+/// `--add-host NAME:IP` or `NAME=IP` (the docker CLI's `ValidateExtraHost`:
+/// `=` first, so an IPv6 address needs no brackets; brackets are accepted).
+fn parse_add_host(spec: &str) -> Result<(String, IpAddr), Failure> {
+    let usage = |why: &str| Failure::Usage(format!("invalid --add-host {spec:?}: {why}"));
+    let (name, address) = spec
+        .split_once('=')
+        .or_else(|| spec.split_once(':'))
+        .ok_or_else(|| usage("expected HOST:IP"))?;
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return Err(usage("the host name is empty or has spaces"));
+    }
+    if address == "host-gateway" {
+        return Err(usage(
+            "host-gateway needs a daemon's bridge, which estiba does not have; \
+             give the address",
+        ));
+    }
+    let address = address.trim_start_matches('[').trim_end_matches(']');
+    let ip = address
+        .parse()
+        .map_err(|_| usage(&format!("{address:?} is not an IP address")))?;
+    Ok((name.to_string(), ip))
+}
+
+/// A size as docker's `units.RAMInBytes` reads it: a number with an
+/// optional b, k, m, g, t or p (binary multiples, optional trailing `b` or
+/// `ib`, any case).
+fn parse_size(text: &str) -> Option<u64> {
+    let lower = text.trim().to_ascii_lowercase();
+    let digits = lower
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(digits);
+    let number: f64 = number.parse().ok()?;
+    let shift = match unit.trim_end_matches("ib").trim_end_matches('b') {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        "p" => 50,
+        _ => return None,
+    };
+    let bytes = number * (1u64 << shift) as f64;
+    (bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
+/// `--ulimit NAME=SOFT[:HARD]` (`docker/go-units` `ParseUlimit`: the hard
+/// limit defaults to the soft one, -1 is unlimited, soft may not exceed hard).
+fn parse_ulimit(spec: &str) -> Result<Ulimit, Failure> {
+    let usage = |why: String| Failure::Usage(format!("invalid --ulimit {spec:?}: {why}"));
+    let (name, limits) = spec
+        .split_once('=')
+        .ok_or_else(|| usage("expected NAME=SOFT[:HARD]".to_string()))?;
+    let resource = UlimitResource::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = UlimitResource::ALL.iter().map(|(n, _)| *n).collect();
+        usage(format!(
+            "unknown limit {name:?}: one of {}",
+            names.join(", ")
+        ))
+    })?;
+    let number = |v: &str| {
+        v.parse::<i64>()
+            .ok()
+            .filter(|n| *n >= -1)
+            .ok_or_else(|| usage(format!("{v:?} is not a limit (a number, or -1)")))
+    };
+    let (soft, hard) = match limits.split_once(':') {
+        Some((soft, hard)) => (number(soft)?, number(hard)?),
+        None => (number(limits)?, number(limits)?),
+    };
+    let unlimited = |v: i64| if v == -1 { i64::MAX } else { v };
+    if unlimited(soft) > unlimited(hard) {
+        return Err(usage(format!(
+            "the soft limit {soft} is above the hard limit {hard}"
+        )));
+    }
+    Ok(Ulimit {
+        resource,
+        soft,
+        hard,
+    })
+}
+
+/// `--no-cache-filter`'s stages, lower case as stage names are; a name
+/// that is no stage gets a warning (BuildKit ignores it silently).
+fn no_cache_stages(
+    args: &BuildArgs,
+    graph: &estiba_frontend::BuildGraph,
+    reporter: &dyn Reporter,
+) -> BTreeSet<String> {
+    let mut stages = BTreeSet::new();
+    for name in &args.no_cache_filter {
+        let name = name.to_ascii_lowercase();
+        if !graph
+            .stages
+            .iter()
+            .any(|s| s.name.as_deref() == Some(&name))
+        {
+            reporter.warning(&format!(
+                "--no-cache-filter {name}: the Dockerfile has no stage named {name}"
+            ));
+        }
+        stages.insert(name);
+    }
+    stages
 }
 
 /// `SOURCE_DATE_EPOCH`, when set and not empty: the time every timestamp

@@ -32,6 +32,10 @@ pub(crate) fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
+            if let Some(line) = unsupported_flag(&e) {
+                eprintln!("{line}");
+                return EXIT_USAGE;
+            }
             let _ = e.print();
             return if e.use_stderr() { EXIT_USAGE } else { 0 };
         }
@@ -71,6 +75,11 @@ pub(crate) fn main() -> i32 {
             *password_stdin,
         ),
         Command::Logout { server } => registry::logout(server.as_deref()),
+        Command::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "estiba", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Debug {
             command: DebugCommand::Parse { dockerfile },
         } => debug_parse(dockerfile),
@@ -79,6 +88,32 @@ pub(crate) fn main() -> i32 {
         Ok(()) => 0,
         Err(failure) => failure.report(cli.debug),
     }
+}
+
+/// One line for a flag the command does not have, as a user coming from
+/// `docker build` meets them: "estiba build does not support --squash".
+/// clap's own message would suggest `-- --squash`, which is wrong advice
+/// for a flag. Other usage errors keep clap's message.
+fn unsupported_flag(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let ContextValue::String(arg) = e.get(ContextKind::InvalidArg)? else {
+        return None;
+    };
+    if !arg.starts_with('-') {
+        return None;
+    }
+    let flag = arg.split_once('=').map_or(arg.as_str(), |(f, _)| f);
+    let command = <Cli as clap::CommandFactory>::command();
+    let names: Vec<&str> = command.get_subcommands().map(|c| c.get_name()).collect();
+    let sub = std::env::args()
+        .skip(1)
+        .find(|a| names.contains(&a.as_str()))
+        .map(|s| format!(" {s}"))
+        .unwrap_or_default();
+    Some(format!("error: estiba{sub} does not support {flag}"))
 }
 
 /// A command's failure: a usage problem, an error at a Dockerfile line (with

@@ -115,6 +115,7 @@ pub(crate) fn run(args: &RunArgs, root: Option<&Path>) -> Result<(), Failure> {
         mounts,
         publish,
         security: Security::Sandbox,
+        host: Default::default(),
     };
     let code = executor::run_with(
         &spec,

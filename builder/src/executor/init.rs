@@ -271,7 +271,7 @@ fn container(
             None => Stubs::new(rootfs, &run.upper, false, report),
         };
         mount_proc(&mut stubs)?;
-        mount_dev(&mut stubs)?;
+        mount_dev(&mut stubs, run.host.shm_size)?;
         mount_sys(&mut stubs)?;
         if run.security == Security::Sandbox {
             hide_kernel_paths(rootfs)?;
@@ -353,6 +353,21 @@ fn container(
             sys::permitted_capabilities().map_err(|e| Failure::setup("read the capabilities", e))?
         }
     };
+    // While CAP_SYS_RESOURCE is still here, so a hard limit may rise.
+    for limit in &run.host.ulimits {
+        let value = |v: i64| u64::try_from(v).unwrap_or(libc::RLIM_INFINITY);
+        let rlimit = libc::rlimit {
+            rlim_cur: value(limit.soft),
+            rlim_max: value(limit.hard),
+        };
+        // SAFETY: setrlimit reads the struct it is given and nothing else.
+        if unsafe { libc::setrlimit(limit.resource.raw(), &rlimit) } != 0 {
+            return Err(Failure::setup(
+                format!("set the ulimit {}", limit.resource.name()),
+                io::Error::last_os_error(),
+            ));
+        }
+    }
     sys::drop_bounding_set(caps).map_err(|e| Failure::setup("drop capabilities", e))?;
     if run.security == Security::Sandbox {
         // While CAP_SYS_ADMIN is still here: no no_new_privs needed.
@@ -426,7 +441,7 @@ fn mount_proc(stubs: &mut Stubs<'_>) -> Result<(), Failure> {
 /// mount the step can write to allows opening a device node, so a node the
 /// step makes (`mknod /dev/fuse c 10 229`, `mknod /tmp/k c 1 11`) or an
 /// image brings stays in the layer, as in Docker, but cannot be opened.
-fn mount_dev(stubs: &mut Stubs<'_>) -> Result<(), Failure> {
+fn mount_dev(stubs: &mut Stubs<'_>, shm_size: Option<u64>) -> Result<(), Failure> {
     let dev = stubs.ensure("/dev", true)?;
     let tmpfs = Some(Path::new("tmpfs"));
     mnt(
@@ -483,7 +498,10 @@ fn mount_dev(stubs: &mut Stubs<'_>) -> Result<(), Failure> {
         &shm,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
+        Some(&format!(
+            "mode=1777,size={}k",
+            shm_size.map_or(65536, |bytes| bytes.div_ceil(1024))
+        )),
         "/dev/shm",
     )?;
     let mqueue = mkdir("mqueue", 0o755)?;
