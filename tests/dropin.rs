@@ -170,3 +170,208 @@ fn completions_are_printed_for_each_shell() {
         );
     }
 }
+
+/// Runs `estiba build EXTRA…` with `input` on standard input.
+fn build_with_stdin(e: &project::Env, extra: &[&str], input: &[u8]) -> (i32, Vec<u8>, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = estiba(&e.root)
+        .args(["build", "--progress", "plain"])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("estiba starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    // A build may stop reading early (a usage error): a broken pipe is fine.
+    let _ = stdin.write_all(input);
+    drop(stdin);
+    let out = child.wait_with_output().expect("estiba ends");
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A tar of `dir`, gzip-compressed when `gzip`.
+fn tar_of(dir: &Path, gzip: bool) -> Vec<u8> {
+    let mut cmd = std::process::Command::new("tar");
+    cmd.arg("-C")
+        .arg(dir)
+        .arg(if gzip { "-czf" } else { "-cf" })
+        .args(["-", "."]);
+    let out = cmd.output().expect("tar runs");
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// `estiba build - < ctx.tar[.gz]`: the tar is the context, its
+/// Dockerfile (or `-f` inside it) the Dockerfile; `estiba build - <
+/// Dockerfile`: no context at all, as the docker CLI tells them apart.
+#[test]
+fn standard_input_is_a_context_tar_or_a_dockerfile() {
+    let e = env(&[
+        ("Dockerfile", "FROM scratch\nCOPY a /a\n"),
+        ("sub/Other", "FROM scratch\nCOPY sub/b /b\n"),
+        ("a", "from the tar\n"),
+        ("sub/b", "b\n"),
+    ]);
+    for gzip in [false, true] {
+        let out = e.tmp.path().join(format!("out-{gzip}"));
+        let spec = format!("type=local,dest={}", out.display());
+        let (code, _, err) = build_with_stdin(&e, &["-o", &spec, "-"], &tar_of(&e.ctx, gzip));
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(read(&out, "a"), "from the tar\n");
+    }
+    let out = e.tmp.path().join("out-f");
+    let spec = format!("type=local,dest={}", out.display());
+    let (code, _, err) = build_with_stdin(
+        &e,
+        &["-f", "sub/Other", "-o", &spec, "-"],
+        &tar_of(&e.ctx, false),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(read(&out, "b"), "b\n");
+
+    // A Dockerfile alone: it builds, and has no context to COPY from.
+    let (code, _, err) = build_with_stdin(&e, &["-"], b"FROM scratch\nLABEL a=b\n");
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = build_with_stdin(&e, &["-"], b"FROM scratch\nCOPY a /a\n");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("Dockerfile") || err.contains("-:2"), "{err}");
+    assert!(err.contains('a'), "{err}");
+
+    // `-f -`: the Dockerfile from standard input beside a directory.
+    let out = e.tmp.path().join("out-dash-f");
+    let spec = format!("type=local,dest={}", out.display());
+    let ctx = e.ctx.to_str().expect("utf-8");
+    let (code, _, err) = build_with_stdin(
+        &e,
+        &["-f", "-", "-o", &spec, ctx],
+        b"FROM scratch\nCOPY a /z\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(read(&out, "z"), "from the tar\n");
+
+    let (code, _, err) = build_with_stdin(&e, &["-f", "-", "-"], b"FROM scratch\n");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot be both"), "{err}");
+}
+
+#[test]
+fn a_missing_context_directory_says_so() {
+    let e = env(&[]);
+    let missing = e.tmp.path().join("nosuch");
+    let (code, _, err) = run(estiba(&e.root).arg("build").arg(&missing));
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "error: the build context {} does not exist\n",
+            missing.display()
+        )
+    );
+}
+
+/// `-o DIR` is the local exporter and `-o -` a tar on standard output, as
+/// buildx reads a value without `=`; `type=tar,dest=F` writes the file.
+#[test]
+fn outputs_as_buildx_spells_them() {
+    let e = env(&[
+        ("Dockerfile", "FROM scratch\nCOPY a /dir/a\n"),
+        ("a", "A\n"),
+    ]);
+    let dir = e.tmp.path().join("plain-dir");
+    let (code, _, err) = build(&e, &["-o", dir.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(read(&dir, "dir/a"), "A\n");
+
+    let list = |tar: &[u8]| -> String {
+        let mut child = std::process::Command::new("tar")
+            .arg("-tvf")
+            .arg("-")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("tar");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(tar)
+            .expect("write");
+        let out = child.wait_with_output().expect("tar ends");
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (code, stdout, err) =
+        build_with_stdin(&e, &["-o", "-", e.ctx.to_str().expect("utf-8")], b"");
+    assert_eq!(code, 0, "{err}");
+    let listing = list(&stdout);
+    assert!(listing.contains("dir/a"), "{listing}");
+    assert!(
+        listing.contains("0/0"),
+        "owners as the image has them: {listing}"
+    );
+
+    let file = e.tmp.path().join("rootfs.tar");
+    let spec = format!("type=tar,dest={}", file.display());
+    let (code, _, err) = build(&e, &["-o", &spec]);
+    assert_eq!(code, 0, "{err}");
+    let listing = list(&std::fs::read(&file).expect("tar file"));
+    assert!(
+        listing.contains("dir/\n") || listing.contains("dir/"),
+        "{listing}"
+    );
+    assert!(listing.contains("dir/a"), "{listing}");
+}
+
+/// `--build-context NAME=DIR` is what `COPY --from=NAME` reads, owned by
+/// root as the context is; `NAME=docker-image://REF` stands for an image
+/// in `FROM NAME` and `COPY --from=NAME`.
+#[test]
+fn named_build_contexts() {
+    let e = env(&[(
+        "Dockerfile",
+        "FROM base AS tools\n\
+             FROM scratch\n\
+             COPY --from=assets /e.txt /from-dir\n\
+             COPY --from=tools /bin/busybox /from-image\n\
+             COPY --from=docker.io/library/base:latest /bin/busybox /from-full-name\n",
+    )]);
+    import_busybox(&e);
+    let assets = e.tmp.path().join("assets");
+    std::fs::create_dir_all(&assets).expect("assets");
+    std::fs::write(assets.join("e.txt"), "extra\n").expect("write");
+    std::os::unix::fs::chown(assets.join("e.txt"), Some(1234), Some(1234)).expect("chown");
+    let dir_spec = format!("assets={}", assets.display());
+    let out = local_export(
+        &e,
+        "named",
+        &[
+            "--build-context",
+            &dir_spec,
+            "--build-context",
+            "base=docker-image://busybox:test",
+        ],
+    );
+    assert_eq!(read(&out, "from-dir"), "extra\n");
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(out.join("from-dir")).expect("from-dir");
+    assert_eq!((meta.uid(), meta.gid()), (0, 0));
+    assert!(out.join("from-image").is_file());
+    assert!(out.join("from-full-name").is_file());
+
+    for (bad, says) in [
+        ("x=git://example.com/repo", "not supported"),
+        ("x", "expected NAME=DIR"),
+        ("x=/nonexistent/dir", "is not a directory"),
+    ] {
+        let (code, _, err) = build(&e, &["--build-context", bad]);
+        assert_eq!(code, 2, "{bad}: {err}");
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+}

@@ -123,6 +123,9 @@ pub enum SolveErrorKind {
         #[source]
         source: Box<ImageError>,
     },
+    /// `COPY --from=NAME` of a named context the build was not given.
+    #[error("no --build-context named {0}")]
+    NoNamedContext(String),
     /// `ADD https://…` failed to download or to match `--checksum`.
     #[error("ADD failed")]
     Fetch(#[from] fetch::FetchError),
@@ -291,6 +294,8 @@ pub struct Solver<'a> {
     entries: std::sync::Mutex<Vec<CacheEntry>>,
     /// Whether the remote cache's small layers were fetched ahead.
     prefetched: std::sync::Once,
+    /// `--build-context NAME=DIR`: directories `COPY --from=NAME` reads.
+    named: BTreeMap<String, &'a (dyn SourceTree + Sync)>,
 }
 
 /// Layers up to this size are fetched ahead from a remote cache.
@@ -326,7 +331,18 @@ impl<'a> Solver<'a> {
             remote: None,
             entries: std::sync::Mutex::new(Vec::new()),
             prefetched: std::sync::Once::new(),
+            named: BTreeMap::new(),
         }
+    }
+
+    /// Reads `COPY --from=NAME` of a local `--build-context NAME=DIR` from
+    /// `named[NAME]`.
+    pub fn with_named_contexts(
+        mut self,
+        named: BTreeMap<String, &'a (dyn SourceTree + Sync)>,
+    ) -> Self {
+        self.named = named;
+        self
     }
 
     /// Looks steps up in `remote` (`--cache-from`) when the store misses.
@@ -756,6 +772,14 @@ impl<'a> Solver<'a> {
                         CopySource::Context => {
                             (Rc::new(self.context), None, copy::CONTEXT.to_string())
                         }
+                        CopySource::Named { name } => {
+                            let tree = self
+                                .named
+                                .get(name)
+                                .copied()
+                                .ok_or_else(|| SolveErrorKind::NoNamedContext(name.clone()))?;
+                            (Rc::new(tree), None, format!("build context {name}"))
+                        }
                         CopySource::Stage { index } => {
                             let b =
                                 built
@@ -794,7 +818,10 @@ impl<'a> Solver<'a> {
                             )
                         }
                     };
-                let keep_owners = !matches!(copy.from, CopySource::Context);
+                // Local sources arrive owned by root, as BuildKit's file
+                // sync gives them.
+                let keep_owners =
+                    !matches!(copy.from, CopySource::Context | CopySource::Named { .. });
                 let excludes = if copy.excludes.is_empty() {
                     None
                 } else {

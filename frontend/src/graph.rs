@@ -275,6 +275,11 @@ pub enum CopySource {
         /// The reference.
         reference: String,
     },
+    /// A local directory given as `--build-context NAME=DIR`.
+    Named {
+        /// NAME, as [`crate::plan::named_context_key`] spells it.
+        name: String,
+    },
 }
 
 /// One step of a stage, fully expanded.
@@ -476,6 +481,7 @@ impl BuildGraph {
                     CopySource::Context => return text.to_string(),
                     CopySource::Stage { index } => self.stages[*index].display_name(),
                     CopySource::Image { reference } => reference.clone(),
+                    CopySource::Named { name } => format!("context {name}"),
                 };
                 let (word, rest) = text.split_once(' ').unwrap_or((text, ""));
                 format!("{word} --from={from} {rest}")

@@ -18,7 +18,10 @@ pub mod span;
 pub mod suggest;
 
 pub use graph::{BuildGraph, ImageConfig, Platform, PlatformError};
-pub use plan::{plan, BaseImage, BaseResolver, NoImages, PlanOptions, ResolveError};
+pub use plan::{
+    named_context_key, plan, BaseImage, BaseResolver, NamedContext, NoImages, PlanOptions,
+    ResolveError,
+};
 pub use span::Span;
 
 /// Any frontend failure; every variant knows where in the Dockerfile it is.

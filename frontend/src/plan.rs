@@ -92,6 +92,12 @@ pub enum PlanErrorKind {
         /// The nearest stage name.
         suggestion: Option<String>,
     },
+    /// `FROM NAME` where NAME is a local `--build-context`.
+    #[error("FROM {0}: a local --build-context cannot be a base yet; use it with COPY --from={0}, or give docker-image://REF")]
+    LocalContextBase(String),
+    /// `RUN --mount=from=NAME` where NAME is a local `--build-context`.
+    #[error("RUN --mount from={0}: a local --build-context cannot be mounted yet; use it with COPY --from={0}")]
+    LocalContextMount(String),
     /// `COPY --from=$X`.
     #[error("variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround")]
     FromExpansion,
@@ -227,6 +233,32 @@ pub struct PlanOptions {
     pub build_platform: Platform,
     /// `--label`s, added to the target's config.
     pub labels: BTreeMap<String, String>,
+    /// `--build-context NAME=…`, by [`named_context_key`]: what `FROM NAME`,
+    /// `COPY --from=NAME` and `RUN --mount=from=NAME` read instead of an
+    /// image of that name.
+    pub named_contexts: BTreeMap<String, NamedContext>,
+}
+
+/// What a `--build-context` name stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedContext {
+    /// `docker-image://REF`: that image, as if the Dockerfile named it.
+    Image(String),
+    /// A local directory, read as the build context is.
+    Local,
+}
+
+/// The name a `--build-context` and a Dockerfile's image name are matched
+/// by, as BuildKit's `dockerui` matches them: the familiar form without
+/// `:latest` (`docker.io/library/alpine:latest` and `alpine` are one name).
+pub fn named_context_key(name: &str) -> String {
+    let name = name.trim();
+    let name = name
+        .strip_prefix("docker.io/library/")
+        .or_else(|| name.strip_prefix("index.docker.io/library/"))
+        .or_else(|| name.strip_prefix("docker.io/"))
+        .unwrap_or(name);
+    name.strip_suffix(":latest").unwrap_or(name).to_string()
 }
 
 impl PlanOptions {
@@ -239,7 +271,17 @@ impl PlanOptions {
             platform: Platform::host(),
             build_platform: Platform::host(),
             labels: BTreeMap::new(),
+            named_contexts: BTreeMap::new(),
         }
+    }
+
+    /// The `--build-context` that `name` (an image name as the Dockerfile
+    /// writes it) stands for.
+    fn named_context(&self, name: &str) -> Option<&NamedContext> {
+        if self.named_contexts.is_empty() {
+            return None;
+        }
+        self.named_contexts.get(&named_context_key(name))
     }
 }
 
@@ -599,13 +641,25 @@ impl<'a> Planner<'a> {
                 platforms.get(index).cloned().unwrap_or(platform),
             ),
             None if base == "scratch" => (Base::Scratch, platform),
-            None => (
-                Base::Image {
-                    reference: base,
-                    digest: None,
-                },
-                platform,
-            ),
+            None => match self.opts.named_context(&base) {
+                Some(NamedContext::Local) => {
+                    return Err(err(span, PlanErrorKind::LocalContextBase(base)))
+                }
+                Some(NamedContext::Image(reference)) => (
+                    Base::Image {
+                        reference: reference.clone(),
+                        digest: None,
+                    },
+                    platform,
+                ),
+                None => (
+                    Base::Image {
+                        reference: base,
+                        digest: None,
+                    },
+                    platform,
+                ),
+            },
         })
     }
 
@@ -1263,8 +1317,16 @@ impl<'a> Planner<'a> {
                 let index = ctx.earlier(index, span, late)?;
                 Ok(CopySource::Stage { index })
             }
-            None => Ok(CopySource::Image {
-                reference: from.to_string(),
+            None => Ok(match self.opts.named_context(from) {
+                Some(NamedContext::Local) => CopySource::Named {
+                    name: named_context_key(from),
+                },
+                Some(NamedContext::Image(reference)) => CopySource::Image {
+                    reference: reference.clone(),
+                },
+                None => CopySource::Image {
+                    reference: from.to_string(),
+                },
             }),
         }
     }
@@ -1330,6 +1392,14 @@ impl<'a> Planner<'a> {
                 let index = ctx.earlier(index, span, late)?;
                 needs.insert(index);
                 mount.stage = Some(index);
+            } else if let Some(from) = &mount.from {
+                match self.opts.named_context(from) {
+                    Some(NamedContext::Image(reference)) => mount.from = Some(reference.clone()),
+                    Some(NamedContext::Local) => {
+                        return Err(err(span, PlanErrorKind::LocalContextMount(from.clone())))
+                    }
+                    None => {}
+                }
             }
             mounts.push(mount);
         }

@@ -254,6 +254,11 @@ pub(crate) struct BuildArgs {
     /// Layer compression in exported archives.
     #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
     pub(crate) compression: CompressionArg,
+    /// A named context, NAME=DIR or NAME=docker-image://REF, that `FROM
+    /// NAME`, `COPY --from=NAME` and `RUN --mount=from=NAME` read in place
+    /// of an image named NAME (repeatable).
+    #[arg(long = "build-context")]
+    pub(crate) build_contexts: Vec<String>,
     /// A line for /etc/hosts of RUN steps, HOST:IP (docker's `--add-host`;
     /// `host-gateway` is not supported: there is no daemon bridge).
     #[arg(long = "add-host")]

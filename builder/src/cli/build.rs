@@ -3,7 +3,7 @@
 use super::args::{AllowArg, BuildArgs, BuildNetwork, PlanFormat};
 use super::cache::{CacheTo, Mode as CacheMode};
 use super::progress::Plain;
-use super::{read_dockerfile, Failure};
+use super::Failure;
 use anyhow::Context;
 use estiba::context::BuildContext;
 use estiba::executor::{HostSettings, Network, Ulimit, UlimitResource};
@@ -14,33 +14,10 @@ use estiba::image::{
 use estiba::progress::Reporter;
 use estiba::registry::Reference;
 use estiba::solve::{Entitlement, SecretSource, SolveOptions, Solver};
-use estiba_frontend::{plan, NoImages, PlanOptions, Platform};
+use estiba_frontend::{plan, NamedContext, NoImages, PlanOptions, Platform};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-
-/// The Dockerfile a build names: `-f` as given, else `CONTEXT/Dockerfile`.
-/// Its `.dockerignore` beside it goes by this name.
-fn dockerfile_path(args: &BuildArgs) -> PathBuf {
-    match &args.file {
-        Some(f) => f.clone(),
-        None => args.context.join("Dockerfile"),
-    }
-}
-
-/// The file read for the Dockerfile `named`: a missing `Dockerfile` falls
-/// back to `dockerfile` in the same directory (BuildKit
-/// `frontend/dockerui/config.go`, after moby/moby#10858; the docker CLI's
-/// `GetContextFromLocalDir` does the same for the default name).
-fn dockerfile_to_read(named: &Path) -> PathBuf {
-    if named.file_name() == Some("Dockerfile".as_ref()) && std::fs::metadata(named).is_err() {
-        let lower = named.with_file_name("dockerfile");
-        if std::fs::metadata(&lower).is_ok() {
-            return lower;
-        }
-    }
-    named.to_path_buf()
-}
 
 /// `--build-arg K=V`, and `--build-arg K` from the environment (skipped when
 /// K is not set there, as docker does).
@@ -61,8 +38,49 @@ fn build_args(args: &BuildArgs) -> BTreeMap<String, String> {
     out
 }
 
+/// `--build-context NAME=VALUE` as buildx reads it: `docker-image://REF`,
+/// or a local directory; BuildKit's other sources (git, https, oci-layout,
+/// target:) are refused by name.
+fn named_contexts(
+    args: &BuildArgs,
+) -> Result<BTreeMap<String, (NamedContext, Option<PathBuf>)>, Failure> {
+    let mut out = BTreeMap::new();
+    for spec in &args.build_contexts {
+        let usage =
+            |why: String| Failure::Usage(format!("invalid --build-context {spec:?}: {why}"));
+        let (name, value) = spec
+            .split_once('=')
+            .filter(|(n, v)| !n.is_empty() && !v.is_empty())
+            .ok_or_else(|| usage("expected NAME=DIR or NAME=docker-image://REF".to_string()))?;
+        let entry = if let Some(reference) = value.strip_prefix("docker-image://") {
+            Reference::parse(reference).map_err(|e| usage(e.to_string()))?;
+            (NamedContext::Image(reference.to_string()), None)
+        } else if let Some((scheme, _)) = value.split_once("://") {
+            return Err(usage(format!(
+                "{scheme}:// contexts are not supported; give a directory or docker-image://REF"
+            )));
+        } else if value.starts_with("target:") || value.starts_with("oci-layout:") {
+            return Err(usage(
+                "only directories and docker-image://REF are supported".to_string(),
+            ));
+        } else {
+            let dir = PathBuf::from(value);
+            if !dir.is_dir() {
+                return Err(usage(format!("{value} is not a directory")));
+            }
+            (NamedContext::Local, Some(dir))
+        };
+        out.insert(estiba_frontend::named_context_key(name), entry);
+    }
+    Ok(out)
+}
+
 fn plan_options(args: &BuildArgs, path: &Path) -> Result<PlanOptions, Failure> {
     let mut opts = PlanOptions::new(&path.display().to_string());
+    opts.named_contexts = named_contexts(args)?
+        .into_iter()
+        .map(|(name, (context, _))| (name, context))
+        .collect();
     opts.build_args = build_args(args);
     opts.target = args.target.clone();
     if let Some(p) = &args.platform {
@@ -148,9 +166,30 @@ enum Output {
         dest: PathBuf,
         devices: bool,
     },
+    /// The root filesystem as one tar (`-`: standard output).
+    Tar {
+        dest: PathBuf,
+        devices: bool,
+    },
 }
 
+/// `-o`/`--output` as buildx reads it (`util/buildflags/export.go`): a
+/// value with no `=` and no `,` is a directory for the local exporter, or
+/// `-` for a tar on standard output; anything else is `type=…,key=value`.
 fn parse_output(spec: &str) -> Result<Output, Failure> {
+    if !spec.contains(['=', ',']) {
+        return Ok(if spec == "-" {
+            Output::Tar {
+                dest: PathBuf::from("-"),
+                devices: false,
+            }
+        } else {
+            Output::Local {
+                dest: PathBuf::from(spec),
+                devices: false,
+            }
+        });
+    }
     let mut kind = None;
     let mut dest = None;
     let mut devices = None;
@@ -197,9 +236,9 @@ fn parse_output(spec: &str) -> Result<Output, Failure> {
     let need_dest = |dest: Option<PathBuf>, kind: &str| {
         dest.ok_or_else(|| Failure::Usage(format!("--output type={kind} needs dest=PATH")))
     };
-    if devices.is_some() && kind.as_deref() != Some("local") {
+    if devices.is_some() && !matches!(kind.as_deref(), Some("local" | "tar")) {
         return Err(Failure::Usage(format!(
-            "--output {spec:?}: devices= is for type=local only"
+            "--output {spec:?}: devices= is for type=local and type=tar only"
         )));
     }
     if (push || !names.is_empty()) && !matches!(kind.as_deref(), Some("image" | "registry") | None)
@@ -219,19 +258,21 @@ fn parse_output(spec: &str) -> Result<Output, Failure> {
             dest: need_dest(dest, "local")?,
             devices: devices.unwrap_or(false),
         }),
+        Some("tar") => Ok(Output::Tar {
+            dest: need_dest(dest, "tar")?,
+            devices: devices.unwrap_or(false),
+        }),
         Some(other) => Err(Failure::Usage(format!(
-            "unknown --output type {other:?}: use image, registry, oci, docker or local"
+            "unknown --output type {other:?}: use image, registry, oci, docker, local or tar"
         ))),
     }
 }
 
 pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure> {
-    let named = dockerfile_path(args);
-    let path = dockerfile_to_read(&named);
-    let text = read_dockerfile(&path)?;
-    let opts = plan_options(args, &path)?;
     if args.dry_run {
-        return dry_run(args, &named, &path, &text, &opts);
+        let source = super::context::open(&args.context, args.file.as_deref(), None)?;
+        let opts = plan_options(args, &source.path)?;
+        return dry_run(args, &source, &opts);
     }
     let outputs = args
         .outputs
@@ -261,6 +302,9 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
     let host = host_settings(args)?;
     let store = super::store::open(root)?;
     let _lock = store.lock_shared().context("cannot lock the store")?;
+    let source = super::context::open(&args.context, args.file.as_deref(), Some(&store))?;
+    let text = &source.text;
+    let opts = plan_options(args, &source.path)?;
     let plain = Plain::new();
     let tty = super::progress::Tty::new();
     let shown = super::progress::chosen(args.progress, args.quiet, &plain, &tty);
@@ -274,7 +318,7 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
         PullPolicy::Missing
     };
     let images = Images::with_registry(&store, &registry, policy, reporter);
-    let graph = plan(&text, &opts, &images).map_err(|error| Failure::Dockerfile {
+    let graph = plan(text, &opts, &images).map_err(|error| Failure::Dockerfile {
         span: error.span().cloned(),
         error: Box::new(error),
         source: text.clone(),
@@ -283,19 +327,33 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
         reporter.warning(&w.message);
     }
     let no_cache_stages = no_cache_stages(args, &graph, reporter);
-    let stat_cache = store.stat_cache_file(&estiba_cache::Digest::of(
-        args.context
-            .canonicalize()
-            .unwrap_or_default()
-            .as_os_str()
-            .as_encoded_bytes(),
-    ));
+    // A context unpacked from standard input is new every time: it has no
+    // stat cache worth keeping.
+    let stat_cache = (!source.from_stdin).then(|| {
+        store.stat_cache_file(&estiba_cache::Digest::of(
+            source
+                .dir
+                .canonicalize()
+                .unwrap_or_default()
+                .as_os_str()
+                .as_encoded_bytes(),
+        ))
+    });
     // The new stat cache file is written here, so a killed build's goes with
     // the leftovers the next command removes.
     let stat_scratch = store.temp_dir("statcache")?;
-    let context = BuildContext::open(&args.context, Some(&named), Some(stat_cache))
+    let context = BuildContext::open(&source.dir, Some(&source.named), stat_cache)
         .with_context(|| format!("cannot use the build context {}", args.context.display()))?
         .with_stat_cache_temp_dir(stat_scratch.path());
+    let named_dirs = named_contexts(args)?
+        .into_iter()
+        .filter_map(|(name, (_, dir))| dir.map(|d| (name, d)))
+        .map(|(name, dir)| {
+            BuildContext::open(&dir, None, None)
+                .with_context(|| format!("cannot use the build context {name} ({})", dir.display()))
+                .map(|c| (name, c))
+        })
+        .collect::<Result<BTreeMap<_, _>, _>>()?;
     let epoch = source_date_epoch()?;
     // Only each source's manifest and config now; layers when a step hits.
     let remote = RemoteCache::load(Some(&registry), &cache_from, reporter);
@@ -324,7 +382,13 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
             no_cache_stages,
         },
     )
-    .with_remote_cache(&remote);
+    .with_remote_cache(&remote)
+    .with_named_contexts(
+        named_dirs
+            .iter()
+            .map(|(name, c)| (name.clone(), c as &(dyn estiba::tree::SourceTree + Sync)))
+            .collect(),
+    );
     let built = solver.solve(&graph).map_err(|error| Failure::Dockerfile {
         span: error.span.clone(),
         error: Box::new(error),
@@ -406,6 +470,9 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
             )?,
             Output::Local { dest, devices } => {
                 super::images::export_rootfs(&store, &built, dest, *devices, reporter)?
+            }
+            Output::Tar { dest, devices } => {
+                super::images::export_rootfs_tar(&store, &built, dest, *devices, reporter)?
             }
         }
     }
@@ -644,17 +711,17 @@ fn tags_or_default(tags: &[Reference]) -> Vec<String> {
 
 fn dry_run(
     args: &BuildArgs,
-    named: &Path,
-    path: &Path,
-    text: &str,
+    source: &super::context::Source,
     opts: &PlanOptions,
 ) -> Result<(), Failure> {
+    let text = &source.text;
+    let path = &source.path;
     let graph = plan(text, opts, &NoImages).map_err(|error| Failure::Dockerfile {
         span: error.span().cloned(),
         error: Box::new(error),
         source: text.to_string(),
     })?;
-    let context = BuildContext::open(&args.context, Some(named), None)
+    let context = BuildContext::open(&source.dir, Some(&source.named), None)
         .with_context(|| format!("cannot use the build context {}", args.context.display()))?;
     match args.format {
         PlanFormat::Json => {

@@ -360,6 +360,38 @@ pub(crate) fn export_rootfs(
     Ok(())
 }
 
+/// `-o type=tar`: the root filesystem as one tar, to `dest` or standard
+/// output (`-`), entries in path order as a layer's are. It is unpacked
+/// in the store's scratch space first, so later layers' whiteouts and
+/// replacements are applied exactly as `type=local` applies them.
+pub(crate) fn export_rootfs_tar(
+    store: &Store,
+    built: &Built,
+    dest: &Path,
+    devices: bool,
+    reporter: &dyn estiba::progress::Reporter,
+) -> Result<(), Failure> {
+    let scratch = store.temp_dir("rootfs-tar")?;
+    let tree = scratch.path().join("rootfs");
+    export_rootfs(store, built, &tree, devices, reporter)?;
+    let opts = estiba::layer::LayerOptions::default();
+    let out: Box<dyn std::io::Write> = if dest == Path::new("-") {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(
+            std::fs::File::create(dest)
+                .with_context(|| format!("cannot create {}", dest.display()))?,
+        )
+    };
+    let mut out = std::io::BufWriter::new(out);
+    let written = estiba::layer::write_layer(&tree, &mut out, &opts)
+        .map(drop)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| std::io::Write::flush(&mut out).map_err(anyhow::Error::from));
+    written.with_context(|| format!("cannot write the root filesystem to {}", dest.display()))?;
+    Ok(())
+}
+
 pub(crate) fn save(
     root: Option<&Path>,
     output: &Path,

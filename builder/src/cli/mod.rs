@@ -5,6 +5,7 @@
 mod args;
 mod build;
 mod cache;
+mod context;
 mod fsck;
 mod images;
 mod interrupt;
