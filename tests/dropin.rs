@@ -375,3 +375,157 @@ fn named_build_contexts() {
         assert!(err.contains(says), "{bad}: {err}");
     }
 }
+
+fn ok_out(e: &project::Env, args: &[&str]) -> String {
+    let (code, out, err) = run(estiba(&e.root).args(args));
+    assert_eq!(code, 0, "{args:?}: {err}");
+    out
+}
+
+/// The data rows of `estiba images` (no header), split into columns.
+fn image_rows(e: &project::Env, extra: &[&str]) -> Vec<Vec<String>> {
+    ok_out(e, &[&["images"], extra].concat())
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+/// A build without `-t` is an image as docker's is: listed as `<none>`,
+/// found by its ID, removed by `prune`; a tag that moves leaves its old
+/// image dangling; `--filter` and `-q` as docker's.
+#[test]
+fn images_without_a_name_are_listed_found_and_pruned() {
+    let e = env(&[("Dockerfile", "FROM scratch\nCOPY a /a\n"), ("a", "1")]);
+    let (code, id, err) = run(estiba(&e.root).args(["build", "-q"]).arg(&e.ctx));
+    assert_eq!(code, 0, "{err}");
+    let id = id.trim().to_string();
+    let short: String = id.trim_start_matches("sha256:").chars().take(12).collect();
+    let rows = image_rows(&e, &[]);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(&rows[0][..3], &["<none>", "<none>", short.as_str()]);
+    let inspected = ok_out(&e, &["inspect", &short]);
+    assert!(inspected.contains(&id), "{inspected}");
+
+    // A tag moved to a new build leaves the old image dangling.
+    let (code, _, err) = build(&e, &["-t", "app:1"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(image_rows(&e, &[]).len(), 1, "the same image, now named");
+    std::fs::write(e.ctx.join("a"), "2").expect("write");
+    let (code, _, err) = build(&e, &["-t", "app:1"]);
+    assert_eq!(code, 0, "{err}");
+    let dangling = image_rows(&e, &["--filter", "dangling=true"]);
+    assert_eq!(dangling.len(), 1, "{dangling:?}");
+    assert_eq!(dangling[0][2], short, "the old image is the dangling one");
+    let named = image_rows(&e, &["-f", "dangling=false"]);
+    assert_eq!(named.len(), 1);
+    assert_eq!(&named[0][..2], &["app", "1"]);
+    assert_eq!(image_rows(&e, &["--filter", "reference=ap*"]).len(), 1);
+    assert_eq!(image_rows(&e, &["--filter", "reference=app:1"]).len(), 1);
+    assert_eq!(image_rows(&e, &["--filter", "reference=other"]).len(), 0);
+    let ids = ok_out(&e, &["images", "-q"]);
+    assert_eq!(ids.lines().count(), 2, "{ids}");
+    let (code, _, err) = run(estiba(&e.root).args(["images", "--filter", "label=x"]));
+    assert_eq!(code, 2, "{err}");
+
+    let (out, _) = project::ok(estiba(&e.root).arg("prune"));
+    assert!(out.contains("1 dangling images"), "{out}");
+    assert!(image_rows(&e, &["--filter", "dangling=true"]).is_empty());
+    assert_eq!(image_rows(&e, &[]).len(), 1, "the named image stays");
+    let (code, _, _) = run(estiba(&e.root).args(["inspect", &short]));
+    assert_eq!(code, 1, "the pruned image is gone");
+
+    // rmi by ID removes the image with its names.
+    let (code, id2, err) = run(estiba(&e.root)
+        .args(["build", "-q", "-t", "app:2"])
+        .arg(&e.ctx));
+    assert_eq!(code, 0, "{err}");
+    let short2: String = id2
+        .trim()
+        .trim_start_matches("sha256:")
+        .chars()
+        .take(12)
+        .collect();
+    let out = ok_out(&e, &["rmi", &short2]);
+    assert!(out.contains("Untagged: app:2"), "{out}");
+    assert!(out.contains(&format!("Deleted: {}", id2.trim())), "{out}");
+    assert!(
+        image_rows(&e, &[]).iter().all(|r| r[2] != short2),
+        "no name of the image is left"
+    );
+}
+
+/// `estiba history` lists the steps newest first, with the image ID on top,
+/// each layer's size and `0B` for steps without one.
+#[test]
+fn history_lists_the_steps_newest_first() {
+    let e = env(&[
+        (
+            "Dockerfile",
+            "FROM scratch\nCOPY a /a\nENV K=v\nLABEL x=y\n",
+        ),
+        ("a", "some content"),
+    ]);
+    let (code, id, err) = run(estiba(&e.root)
+        .args(["build", "-q", "-t", "h:1"])
+        .arg(&e.ctx));
+    assert_eq!(code, 0, "{err}");
+    let out = ok_out(&e, &["history", "h:1"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("IMAGE"), "{out}");
+    assert_eq!(lines.len(), 4, "{out}");
+    let short: String = id
+        .trim()
+        .trim_start_matches("sha256:")
+        .chars()
+        .take(12)
+        .collect();
+    assert!(lines[1].starts_with(&short), "{out}");
+    assert!(
+        lines[1].contains("LABEL x=y") && lines[1].contains("0B"),
+        "{out}"
+    );
+    assert!(lines[2].contains("ENV K=v"), "{out}");
+    assert!(
+        lines[3].contains("COPY a /a") && lines[3].starts_with("<missing>"),
+        "{out}"
+    );
+    assert!(!lines[3].contains(" 0B "), "the COPY made a layer: {out}");
+    let json: serde_json::Value = serde_json::from_str(&ok_out(
+        &e,
+        &["history", "--format", "json", "--no-trunc", "h:1"],
+    ))
+    .expect("json");
+    assert_eq!(json[0]["ID"], id.trim());
+    assert_eq!(json.as_array().map(Vec::len), Some(3));
+}
+
+#[test]
+fn system_df_sizes_the_store_parts() {
+    let e = env(&[(
+        "Dockerfile",
+        "FROM busybox:test\nRUN --mount=type=cache,target=/c echo x > /c/f && echo y > /y\n",
+    )]);
+    import_busybox(&e);
+    let (code, _, err) = build(&e, &["-t", "df:1"]);
+    assert_eq!(code, 0, "{err}");
+    let out = ok_out(&e, &["system", "df"]);
+    let row = |what: &str| -> Vec<String> {
+        out.lines()
+            .find(|l| l.starts_with(what))
+            .unwrap_or_else(|| panic!("no {what} row: {out}"))
+            .trim_start_matches(what)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(row("Images")[0], "2", "busybox:test and df:1: {out}");
+    assert_ne!(row("Blobs")[3], "0B", "{out}");
+    assert_ne!(
+        row("Snapshots")[2],
+        "0",
+        "the base was unpacked to run: {out}"
+    );
+    assert_eq!(row("Cache mounts")[0], "1", "{out}");
+    assert!(out.lines().any(|l| l.starts_with("Total")), "{out}");
+}

@@ -15,5 +15,5 @@ pub use oci::{media_type, Compression, Descriptor, REF_NAME_ANNOTATION};
 pub use store::{
     remove_dir_all_force, BlobFault, BlobWriter, CacheRecord, FsckReport, Problem, PruneOptions,
     PruneReport, RepairReport, SnapshotBuilder, SnapshotFault, Store, StoreError, StoreLock,
-    TempDir, LAYOUT_VERSION,
+    TempDir, Usage, UsagePart, LAYOUT_VERSION,
 };

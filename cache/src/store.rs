@@ -40,6 +40,7 @@ mod lock;
 mod records;
 mod snapshots;
 mod tmp;
+mod usage;
 
 pub use blobs::BlobWriter;
 pub use fsck::{BlobFault, FsckReport, Problem, RepairReport, SnapshotFault};
@@ -48,6 +49,7 @@ pub use gc::{PruneOptions, PruneReport};
 pub use lock::StoreLock;
 pub use snapshots::SnapshotBuilder;
 pub use tmp::TempDir;
+pub use usage::{Part as UsagePart, Usage};
 
 use crate::oci::{media_type, Descriptor, REF_NAME_ANNOTATION};
 use crate::Digest;

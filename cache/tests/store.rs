@@ -449,9 +449,40 @@ fn tags_set_replace_remove_and_keep_other_entries() {
     );
     let index = read_json(&store.root().join("index.json"));
     let manifests = index["manifests"].as_array().expect("manifests");
-    assert_eq!(manifests.len(), 3);
+    assert_eq!(manifests.len(), 4);
     assert_eq!(manifests[0], foreign, "foreign entry kept verbatim");
     assert_eq!(index["annotations"], json!({"made.by": "someone"}));
+    // The image the name left is kept without a name (docker's dangling
+    // image); the foreign entry without a name is not one of those.
+    assert_eq!(store.unnamed().expect("unnamed"), vec![one.clone()]);
+    // Named again: no longer dangling.
+    store.set_tag("again", &one).expect("tag");
+    assert_eq!(store.unnamed().expect("unnamed"), vec![]);
+    assert!(store.remove_tag("again").expect("rm"));
+    assert_eq!(store.unnamed().expect("unnamed"), vec![], "rmi deletes it");
+    store.add_unnamed(&one).expect("add");
+    store.add_unnamed(&one).expect("add twice");
+    store
+        .add_unnamed(&two)
+        .expect("named already: nothing to add");
+    assert_eq!(store.unnamed().expect("unnamed"), vec![one.clone()]);
+    assert_eq!(store.remove_unnamed().expect("prune"), vec![one.clone()]);
+    assert_eq!(store.unnamed().expect("unnamed"), vec![]);
+    let index = read_json(&store.root().join("index.json"));
+    assert_eq!(
+        index["manifests"][0], foreign,
+        "prune leaves foreign entries"
+    );
+    store.set_tag("three", &two).expect("tag");
+    assert_eq!(
+        store.remove_image(&two.digest).expect("rm image"),
+        3,
+        "every name of the image"
+    );
+    store.set_tag("mi-aplicacion", &two).expect("tag back");
+    store
+        .set_tag("docker.io/library/busybox:latest", &two)
+        .expect("tag back");
 
     assert!(store
         .remove_tag("docker.io/library/busybox:latest")

@@ -27,6 +27,29 @@ pub(crate) enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = ListFormat::Table)]
         format: ListFormat,
+        /// Only images that match: dangling=true|false, reference=PATTERN
+        /// (a glob on name or name:tag); repeatable, as docker's.
+        #[arg(short = 'f', long = "filter")]
+        filters: Vec<String>,
+        /// Print only image IDs.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+    },
+    /// Show the steps an image was built by, newest first.
+    History {
+        /// Do not cut the command lines.
+        #[arg(long)]
+        no_trunc: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+        /// The image (name or ID).
+        name: String,
+    },
+    /// Store-wide commands.
+    System {
+        #[command(subcommand)]
+        command: SystemCommand,
     },
     /// Show an image's config and layers as JSON.
     Inspect {
@@ -46,7 +69,8 @@ pub(crate) enum Command {
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// Free space: unreferenced layers; with --all, the build cache too.
+    /// Free space: images without a name (dangling) and unreferenced
+    /// layers; with --all, the build cache too.
     Prune {
         /// Also drop the build cache and snapshots.
         #[arg(long)]
@@ -136,6 +160,12 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: DebugCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SystemCommand {
+    /// Show what the store's images, layers, snapshots and caches take on disk.
+    Df,
 }
 
 #[derive(Debug, Subcommand)]

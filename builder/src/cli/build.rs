@@ -425,6 +425,10 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
     );
     let image_id = config_digest.to_string();
     let want_image = outputs.is_empty() || outputs.contains(&Output::Image);
+    if want_image && tags.is_empty() {
+        // Listed as `<none>` and found by its ID, as docker's.
+        store.add_unnamed(&manifest)?;
+    }
     if want_image {
         for tag in &tags {
             store

@@ -39,7 +39,8 @@ fn human_age(created: Option<i64>) -> String {
 }
 
 struct Listed {
-    reference: Reference,
+    /// `None` for an image without a name (dangling).
+    reference: Option<Reference>,
     id: String,
     created: Option<i64>,
     size: u64,
@@ -47,13 +48,18 @@ struct Listed {
 
 fn listed(store: &Store) -> Result<Vec<Listed>> {
     let mut out = Vec::new();
-    for (name, desc) in store.tags()? {
-        let Ok(reference) = Reference::parse(&name) else {
-            continue;
-        };
-        let image = image::read(store, &reference.familiar(), &desc)
+    let named = store
+        .tags()?
+        .into_iter()
+        .filter_map(|(name, desc)| Reference::parse(&name).ok().map(|r| (Some(r), desc)));
+    let unnamed = store.unnamed()?.into_iter().map(|desc| (None, desc));
+    for (reference, desc) in named.chain(unnamed) {
+        let shown = reference
+            .as_ref()
+            .map_or_else(|| desc.digest.to_string(), Reference::familiar);
+        let image = image::read(store, &shown, &desc)
             .map_err(|e| anyhow!(estiba::solve::error_chain(&e)))
-            .with_context(|| format!("cannot read image {name}"))?;
+            .with_context(|| format!("cannot read image {shown}"))?;
         out.push(Listed {
             reference,
             id: image.id().to_string(),
@@ -68,18 +74,139 @@ fn listed(store: &Store) -> Result<Vec<Listed>> {
     Ok(out)
 }
 
-pub(crate) fn images(root: Option<&Path>, format: ListFormat) -> Result<(), Failure> {
+/// `images --filter`: every filter of one key must hold for one of its
+/// values (docker ORs the values of a key and ANDs the keys).
+struct ImageFilter {
+    dangling: Option<bool>,
+    references: Vec<String>,
+}
+
+impl ImageFilter {
+    fn parse(filters: &[String]) -> Result<Self, Failure> {
+        let mut out = ImageFilter {
+            dangling: None,
+            references: Vec::new(),
+        };
+        for f in filters {
+            match f.split_once('=') {
+                Some(("dangling", v)) => {
+                    out.dangling = Some(match v.to_ascii_lowercase().as_str() {
+                        "true" | "1" => true,
+                        "false" | "0" => false,
+                        _ => {
+                            return Err(Failure::Usage(format!(
+                                "invalid filter {f:?}: dangling is true or false"
+                            )))
+                        }
+                    })
+                }
+                Some(("reference", v)) => out.references.push(v.to_string()),
+                _ => {
+                    return Err(Failure::Usage(format!(
+                        "invalid filter {f:?}: estiba images filters by dangling=true|false and reference=PATTERN"
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn keeps(&self, image: &Listed) -> bool {
+        if let Some(dangling) = self.dangling {
+            if image.reference.is_none() != dangling {
+                return false;
+            }
+        }
+        if self.references.is_empty() {
+            return true;
+        }
+        let Some(r) = &image.reference else {
+            return false;
+        };
+        let name = r.familiar_name();
+        let full = r.familiar();
+        self.references
+            .iter()
+            .any(|p| glob_matches(p, &name) || glob_matches(p, &full))
+    }
+}
+
+/// Go's `path.Match` for the patterns `images --filter reference=` takes:
+/// `*` is any run of characters but `/`, `?` one character but `/`, and
+/// `[…]` a class (with `^` or `!` to negate, and ranges); anything else
+/// matches itself.
+fn glob_matches(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    fn class(p: &[char], c: char) -> Option<(bool, usize)> {
+        // p[0] == '['; returns (matched, length of the class).
+        let mut i = 1;
+        let negate = matches!(p.get(1), Some('^' | '!'));
+        if negate {
+            i += 1;
+        }
+        let mut matched = false;
+        let start = i;
+        while i < p.len() && (p[i] != ']' || i == start) {
+            if i + 2 < p.len() && p[i + 1] == '-' && p[i + 2] != ']' {
+                matched |= p[i] <= c && c <= p[i + 2];
+                i += 3;
+            } else {
+                matched |= p[i] == c;
+                i += 1;
+            }
+        }
+        (i < p.len()).then_some((matched != negate, i + 1))
+    }
+    fn go(p: &[char], t: &[char]) -> bool {
+        match p.first() {
+            None => t.is_empty(),
+            Some('*') => (0..=t.len())
+                .take_while(|&k| k == 0 || t[k - 1] != '/')
+                .any(|k| go(&p[1..], &t[k..])),
+            Some('?') => t.first().is_some_and(|&c| c != '/') && go(&p[1..], &t[1..]),
+            Some('[') => match (t.first(), class(p, t.first().copied().unwrap_or('/'))) {
+                (Some(&c), Some((true, len))) if c != '/' => go(&p[len..], &t[1..]),
+                (_, None) => t.first() == Some(&'[') && go(&p[1..], &t[1..]),
+                _ => false,
+            },
+            Some(&c) => t.first() == Some(&c) && go(&p[1..], &t[1..]),
+        }
+    }
+    go(&p, &t)
+}
+
+pub(crate) fn images(
+    root: Option<&Path>,
+    format: ListFormat,
+    filters: &[String],
+    quiet: bool,
+) -> Result<(), Failure> {
+    let filter = ImageFilter::parse(filters)?;
     let store = super::store::open(root)?;
     let _lock = store.lock_shared().context("cannot lock the store")?;
-    let images = listed(&store)?;
+    let images: Vec<Listed> = listed(&store)?
+        .into_iter()
+        .filter(|i| filter.keeps(i))
+        .collect();
+    let none = || "<none>".to_string();
+    if quiet {
+        let mut seen = std::collections::BTreeSet::new();
+        for i in &images {
+            if seen.insert(&i.id) {
+                println!("{}", short_id(&i.id));
+            }
+        }
+        return Ok(());
+    }
     match format {
         ListFormat::Json => {
             let rows: Vec<serde_json::Value> = images
                 .iter()
                 .map(|i| {
                     serde_json::json!({
-                        "Repository": i.reference.familiar_name(),
-                        "Tag": i.reference.tag.clone().unwrap_or_else(|| "<none>".to_string()),
+                        "Repository": i.reference.as_ref().map_or_else(none, Reference::familiar_name),
+                        "Tag": i.reference.as_ref().and_then(|r| r.tag.clone()).unwrap_or_else(none),
                         "ID": i.id,
                         "CreatedAt": i.created.map(image::rfc3339),
                         "Size": i.size,
@@ -92,48 +219,193 @@ pub(crate) fn images(root: Option<&Path>, format: ListFormat) -> Result<(), Fail
             );
         }
         ListFormat::Table => {
-            let rows: Vec<[String; 5]> = images
+            let rows: Vec<Vec<String>> = images
                 .iter()
                 .map(|i| {
-                    [
-                        i.reference.familiar_name(),
+                    vec![
                         i.reference
-                            .tag
-                            .clone()
-                            .unwrap_or_else(|| "<none>".to_string()),
-                        i.id.trim_start_matches("sha256:")
-                            .chars()
-                            .take(12)
-                            .collect(),
+                            .as_ref()
+                            .map_or_else(none, Reference::familiar_name),
+                        i.reference
+                            .as_ref()
+                            .and_then(|r| r.tag.clone())
+                            .unwrap_or_else(none),
+                        short_id(&i.id),
                         human_age(i.created),
                         estiba::progress::human_size(i.size),
                     ]
                 })
                 .collect();
-            let header = ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"];
-            let mut widths = header.map(str::len);
-            for row in &rows {
-                for (w, cell) in widths.iter_mut().zip(row) {
-                    *w = (*w).max(cell.len());
-                }
-            }
-            let line = |cells: [&str; 5]| {
-                let mut s = String::new();
-                for (i, cell) in cells.iter().enumerate() {
-                    if i + 1 < cells.len() {
-                        s.push_str(&format!("{cell:<w$}   ", w = widths[i]));
-                    } else {
-                        s.push_str(cell);
-                    }
-                }
-                s
-            };
-            println!("{}", line(header));
-            for row in &rows {
-                println!("{}", line([&row[0], &row[1], &row[2], &row[3], &row[4]]));
-            }
+            print_table(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], &rows);
         }
     }
+    Ok(())
+}
+
+/// An image ID as docker shows it: 12 hex digits.
+fn short_id(id: &str) -> String {
+    id.trim_start_matches("sha256:").chars().take(12).collect()
+}
+
+/// Columns padded to their widest cell, three spaces apart, as docker's
+/// tables are; the last column is not padded.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut s = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i + 1 < widths.len() {
+                s.push_str(&format!("{cell:<w$}   ", w = widths[i]));
+            } else {
+                s.push_str(cell);
+            }
+        }
+        s
+    };
+    println!("{}", line(&mut header.iter().copied()));
+    for row in rows {
+        println!("{}", line(&mut row.iter().map(String::as_str)));
+    }
+}
+
+/// `estiba history IMAGE`: the config's history, newest first, each step
+/// with its layer's size (0 B for steps that made none), as `docker
+/// history` prints it.
+pub(crate) fn history(
+    root: Option<&Path>,
+    name: &str,
+    format: ListFormat,
+    no_trunc: bool,
+) -> Result<(), Failure> {
+    let store = super::store::open(root)?;
+    let _lock = store.lock_shared().context("cannot lock the store")?;
+    let (_, img) = find(&store, name)?;
+    let mut layers = img.layers.iter();
+    let mut rows: Vec<(String, Option<i64>, String, u64, String)> = Vec::new();
+    for h in &img.config.history {
+        let size = if h.empty_layer {
+            0
+        } else {
+            layers.next().map_or(0, |l| l.descriptor.size)
+        };
+        rows.push((
+            "<missing>".to_string(),
+            h.created.as_deref().and_then(image::parse_rfc3339),
+            h.created_by.clone(),
+            size,
+            h.comment.clone(),
+        ));
+    }
+    rows.reverse();
+    if let Some(top) = rows.first_mut() {
+        top.0 = if no_trunc {
+            img.id().to_string()
+        } else {
+            short_id(&img.id().to_string())
+        };
+    }
+    match format {
+        ListFormat::Json => {
+            let json: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|(id, created, by, size, comment)| {
+                    serde_json::json!({
+                        "ID": id,
+                        "CreatedAt": created.map(image::rfc3339),
+                        "CreatedBy": by,
+                        "Size": size,
+                        "Comment": comment,
+                    })
+                })
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json).context("cannot serialize")?
+            );
+        }
+        ListFormat::Table => {
+            const CUT: usize = 45;
+            let table: Vec<Vec<String>> = rows
+                .into_iter()
+                .map(|(id, created, by, size, comment)| {
+                    let by = by.replace('\n', " ");
+                    let by = if !no_trunc && by.chars().count() > CUT {
+                        format!("{}…", by.chars().take(CUT - 1).collect::<String>())
+                    } else {
+                        by
+                    };
+                    vec![
+                        id,
+                        human_age(created),
+                        by,
+                        estiba::progress::human_size(size),
+                        comment,
+                    ]
+                })
+                .collect();
+            print_table(
+                &["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"],
+                &table,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `estiba system df`: the store's parts and what each takes on disk.
+pub(crate) fn system_df(root: Option<&Path>) -> Result<(), Failure> {
+    let store = super::store::open(root)?;
+    let _lock = store.lock_shared().context("cannot lock the store")?;
+    let images = listed(&store)?;
+    let named = images.iter().filter(|i| i.reference.is_some()).count();
+    let dangling = images.len() - named;
+    let usage = store.usage()?;
+    let size = estiba::progress::human_size;
+    let rows = vec![
+        vec![
+            "Images".to_string(),
+            images.len().to_string(),
+            format!("{named} named, {dangling} dangling (estiba prune removes them)"),
+        ],
+        vec![
+            "Blobs (layers, configs, manifests)".to_string(),
+            usage.blobs.count.to_string(),
+            size(usage.blobs.bytes),
+        ],
+        vec![
+            "Snapshots (unpacked layers)".to_string(),
+            usage.snapshots.count.to_string(),
+            size(usage.snapshots.bytes),
+        ],
+        vec![
+            "Build cache records".to_string(),
+            usage.cache_records.count.to_string(),
+            size(usage.cache_records.bytes),
+        ],
+        vec![
+            "Cache mounts".to_string(),
+            usage.mount_caches.count.to_string(),
+            size(usage.mount_caches.bytes),
+        ],
+        vec![
+            "Stat caches".to_string(),
+            usage.stat_caches.count.to_string(),
+            size(usage.stat_caches.bytes),
+        ],
+        vec![
+            "Scratch".to_string(),
+            usage.scratch.count.to_string(),
+            size(usage.scratch.bytes),
+        ],
+        vec!["Total".to_string(), String::new(), size(usage.total)],
+    ];
+    println!("store: {}", store.root().display());
+    print_table(&["WHAT", "COUNT", "SIZE"], &rows);
     Ok(())
 }
 
@@ -191,23 +463,24 @@ pub(crate) fn rmi(root: Option<&Path>, names: &[String]) -> Result<(), Failure> 
             }
             Err(e) => return Err(failure(e)),
         };
-        // A name removes that tag; an ID removes every tag of the image,
-        // as `docker rmi ID` does when one repository holds them.
-        let tags: Vec<String> = match Reference::parse(name) {
-            Ok(r) if store.tag(&r.to_string())?.is_some() => vec![r.to_string()],
-            _ => store
-                .tags()?
-                .into_iter()
-                .filter(|(_, d)| d.digest == img.descriptor.digest)
-                .map(|(t, _)| t)
-                .collect(),
-        };
-        for t in tags {
-            if store.remove_tag(&t)? {
-                let shown = Reference::parse(&t).map_or(t.clone(), |r| r.familiar());
-                println!("Untagged: {shown}");
+        // A name removes that tag; an ID removes the image with every tag
+        // of it, as `docker rmi ID` does when one repository holds them.
+        if let Ok(r) = Reference::parse(name) {
+            if store.remove_tag(&r.to_string())? {
+                println!("Untagged: {}", r.familiar());
+                continue;
             }
         }
+        for (t, _) in store
+            .tags()?
+            .into_iter()
+            .filter(|(_, d)| d.digest == img.descriptor.digest)
+        {
+            let shown = Reference::parse(&t).map_or(t.clone(), |r| r.familiar());
+            println!("Untagged: {shown}");
+        }
+        store.remove_image(&img.descriptor.digest)?;
+        println!("Deleted: {}", img.id());
     }
     if !missing.is_empty() {
         return Err(anyhow!("no such image: {}", missing.join(", ")).into());
@@ -218,10 +491,19 @@ pub(crate) fn rmi(root: Option<&Path>, names: &[String]) -> Result<(), Failure> 
 pub(crate) fn prune(root: Option<&Path>, all: bool) -> Result<(), Failure> {
     let store = super::store::open(root)?;
     let _lock = store.lock_exclusive().context("cannot lock the store")?;
+    // Images without a name go first, as `docker image prune` removes
+    // dangling images; then what nothing references.
+    let dangling = store.remove_unnamed()?;
+    for manifest in &dangling {
+        println!("Deleted image (manifest): {}", manifest.digest);
+    }
     let report = store.prune(all)?;
     println!(
-        "Deleted {} blobs, {} cache records, {} snapshots",
-        report.blobs_removed, report.cache_records_removed, report.snapshots_removed
+        "Deleted {} dangling images, {} blobs, {} cache records, {} snapshots",
+        dangling.len(),
+        report.blobs_removed,
+        report.cache_records_removed,
+        report.snapshots_removed
     );
     println!(
         "Total reclaimed space: {}",

@@ -44,7 +44,19 @@ pub(crate) fn main() -> i32 {
     let root = cli.root.as_deref();
     let outcome = match &cli.command {
         Command::Build(args) => build::build(args, root),
-        Command::Images { format } => images::images(root, *format),
+        Command::Images {
+            format,
+            filters,
+            quiet,
+        } => images::images(root, *format, filters, *quiet),
+        Command::History {
+            no_trunc,
+            format,
+            name,
+        } => images::history(root, name, *format, *no_trunc),
+        Command::System {
+            command: args::SystemCommand::Df,
+        } => images::system_df(root),
         Command::Inspect { name } => images::inspect(root, name),
         Command::Tag { source, target } => images::tag(root, source, target),
         Command::Rmi { names } => images::rmi(root, names),

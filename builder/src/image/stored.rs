@@ -124,8 +124,13 @@ pub fn find(store: &Store, text: &str) -> Result<(Option<Reference>, Image), Ima
     }
     let prefix = text.strip_prefix("sha256:").unwrap_or(text);
     let mut found: Vec<Image> = Vec::new();
-    for (tag, desc) in store.tags()? {
-        let image = read(store, &tag, &desc)?;
+    let named = store.tags()?.into_iter();
+    let unnamed = store
+        .unnamed()?
+        .into_iter()
+        .map(|d| (d.digest.to_string(), d));
+    for (name, desc) in named.chain(unnamed) {
+        let image = read(store, &name, &desc)?;
         if image.id().hex().starts_with(prefix) {
             found.push(image);
         }

@@ -8,7 +8,7 @@
 //! no lock) always see a complete index. Entries this store did not write,
 //! and fields it does not model, are kept as they are.
 
-use super::{fsutil, media_type, Descriptor, Store, StoreError, REF_NAME_ANNOTATION};
+use super::{fsutil, media_type, Descriptor, Digest, Store, StoreError, REF_NAME_ANNOTATION};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -44,9 +44,44 @@ impl Default for IndexFile {
     }
 }
 
+/// The annotation marking an entry as an image estiba holds without a
+/// name (a build without `-t`, or one a tag moved away from). Entries
+/// without a name that other tools wrote carry no such mark and are
+/// neither listed nor pruned as images.
+pub(crate) const UNNAMED_ANNOTATION: &str = "io.estiba.image.unnamed";
+
+/// Whether an index entry is an image estiba holds without a name.
+fn is_unnamed(entry: &Value) -> bool {
+    ref_name(entry).is_none()
+        && entry
+            .get("annotations")
+            .and_then(|a| a.get(UNNAMED_ANNOTATION))
+            .is_some()
+}
+
 /// The tag name an index entry carries, if any.
 pub(crate) fn ref_name(entry: &Value) -> Option<&str> {
     entry.get("annotations")?.get(REF_NAME_ANNOTATION)?.as_str()
+}
+
+/// The manifest digest an index entry points at, if it is a sha256 one.
+fn entry_digest(entry: &Value) -> Option<Digest> {
+    entry.get("digest")?.as_str()?.parse().ok()
+}
+
+/// An index entry with its ref-name annotation replaced by
+/// [`UNNAMED_ANNOTATION`].
+fn without_name(mut entry: Value) -> Value {
+    if let Some(object) = entry.as_object_mut() {
+        let annotations = object
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(annotations) = annotations.as_object_mut() {
+            annotations.remove(REF_NAME_ANNOTATION);
+            annotations.insert(UNNAMED_ANNOTATION.to_string(), Value::from("true"));
+        }
+    }
+    entry
 }
 
 fn check_name(name: &str) -> Result<(), StoreError> {
@@ -104,6 +139,7 @@ impl Store {
         self.with_index_lock(|| {
             let mut index = self.read_index()?;
             let mut slot = Some(entry);
+            let mut replaced = Vec::new();
             let mut manifests = Vec::with_capacity(index.manifests.len() + 1);
             for old in index.manifests.drain(..) {
                 if ref_name(&old) == Some(name) {
@@ -112,6 +148,10 @@ impl Store {
                     if let Some(new) = slot.take() {
                         manifests.push(new);
                     }
+                    replaced.push(old);
+                } else if is_unnamed(&old) && entry_digest(&old).as_ref() == Some(&manifest.digest)
+                {
+                    // The image is named now: no longer dangling.
                 } else {
                     manifests.push(old);
                 }
@@ -119,8 +159,100 @@ impl Store {
             if let Some(new) = slot.take() {
                 manifests.push(new);
             }
+            // The image the name leaves stays, without a name (docker's
+            // dangling `<none>` image), unless another name still holds it.
+            for old in replaced {
+                let digest = entry_digest(&old);
+                if digest.is_some()
+                    && digest.as_ref() != Some(&manifest.digest)
+                    && !manifests.iter().any(|e| entry_digest(e) == digest)
+                {
+                    manifests.push(without_name(old));
+                }
+            }
             index.manifests = manifests;
             self.write_index(&index)
+        })
+    }
+
+    /// Records `manifest` as an image without a name (a build without
+    /// `-t`), unless the index already holds it, named or not.
+    pub fn add_unnamed(&self, manifest: &Descriptor) -> Result<(), StoreError> {
+        let mut entry = manifest.clone();
+        entry.annotations.remove(REF_NAME_ANNOTATION);
+        entry
+            .annotations
+            .insert(UNNAMED_ANNOTATION.to_string(), "true".to_string());
+        let entry = serde_json::to_value(&entry).map_err(|source| StoreError::Encode {
+            what: "descriptor",
+            source,
+        })?;
+        self.with_index_lock(|| {
+            let mut index = self.read_index()?;
+            if index
+                .manifests
+                .iter()
+                .any(|e| entry_digest(e).as_ref() == Some(&manifest.digest))
+            {
+                return Ok(());
+            }
+            index.manifests.push(entry);
+            self.write_index(&index)
+        })
+    }
+
+    /// The images without a name (docker's dangling images), in index order.
+    pub fn unnamed(&self) -> Result<Vec<Descriptor>, StoreError> {
+        let index = self.read_index()?;
+        Ok(index
+            .manifests
+            .iter()
+            .filter(|e| is_unnamed(e))
+            .filter_map(|e| serde_json::from_value::<Descriptor>(e.clone()).ok())
+            .map(|mut d| {
+                d.annotations.remove(UNNAMED_ANNOTATION);
+                d
+            })
+            .collect())
+    }
+
+    /// Removes every entry, named or not, of the image whose manifest is
+    /// `digest`; the number removed. Its blobs stay until [`Store::prune`].
+    pub fn remove_image(&self, digest: &Digest) -> Result<usize, StoreError> {
+        self.with_index_lock(|| {
+            let mut index = self.read_index()?;
+            let before = index.manifests.len();
+            index
+                .manifests
+                .retain(|e| entry_digest(e).as_ref() != Some(digest));
+            let removed = before - index.manifests.len();
+            if removed > 0 {
+                self.write_index(&index)?;
+            }
+            Ok(removed)
+        })
+    }
+
+    /// Removes every image without a name; their manifests, one each.
+    pub fn remove_unnamed(&self) -> Result<Vec<Descriptor>, StoreError> {
+        self.with_index_lock(|| {
+            let mut index = self.read_index()?;
+            let (gone, kept): (Vec<Value>, Vec<Value>) = index
+                .manifests
+                .drain(..)
+                .partition(|e| is_unnamed(e) && entry_digest(e).is_some());
+            index.manifests = kept;
+            if !gone.is_empty() {
+                self.write_index(&index)?;
+            }
+            Ok(gone
+                .into_iter()
+                .filter_map(|e| serde_json::from_value::<Descriptor>(e).ok())
+                .map(|mut d| {
+                    d.annotations.remove(UNNAMED_ANNOTATION);
+                    d
+                })
+                .collect())
         })
     }
 
