@@ -84,6 +84,19 @@ fn without_name(mut entry: Value) -> Value {
     entry
 }
 
+/// The index entry of `manifest` with annotation `key` set to `value` and
+/// no other name.
+fn entry_with(manifest: &Descriptor, key: &str, value: &str) -> Result<Value, StoreError> {
+    let mut entry = manifest.clone();
+    entry.annotations.remove(REF_NAME_ANNOTATION);
+    entry.annotations.remove(UNNAMED_ANNOTATION);
+    entry.annotations.insert(key.to_string(), value.to_string());
+    serde_json::to_value(&entry).map_err(|source| StoreError::Encode {
+        what: "descriptor",
+        source,
+    })
+}
+
 fn check_name(name: &str) -> Result<(), StoreError> {
     if name.is_empty() || name.chars().any(char::is_control) {
         return Err(StoreError::InvalidTagName(name.to_string()));
@@ -128,14 +141,7 @@ impl Store {
     /// stored entry is `manifest` with the ref-name annotation set to `name`.
     pub fn set_tag(&self, name: &str, manifest: &Descriptor) -> Result<(), StoreError> {
         check_name(name)?;
-        let mut entry = manifest.clone();
-        entry
-            .annotations
-            .insert(REF_NAME_ANNOTATION.to_string(), name.to_string());
-        let entry = serde_json::to_value(&entry).map_err(|source| StoreError::Encode {
-            what: "descriptor",
-            source,
-        })?;
+        let entry = entry_with(manifest, REF_NAME_ANNOTATION, name)?;
         self.with_index_lock(|| {
             let mut index = self.read_index()?;
             let mut slot = Some(entry);
@@ -178,15 +184,7 @@ impl Store {
     /// Records `manifest` as an image without a name (a build without
     /// `-t`), unless the index already holds it, named or not.
     pub fn add_unnamed(&self, manifest: &Descriptor) -> Result<(), StoreError> {
-        let mut entry = manifest.clone();
-        entry.annotations.remove(REF_NAME_ANNOTATION);
-        entry
-            .annotations
-            .insert(UNNAMED_ANNOTATION.to_string(), "true".to_string());
-        let entry = serde_json::to_value(&entry).map_err(|source| StoreError::Encode {
-            what: "descriptor",
-            source,
-        })?;
+        let entry = entry_with(manifest, UNNAMED_ANNOTATION, "true")?;
         self.with_index_lock(|| {
             let mut index = self.read_index()?;
             if index
