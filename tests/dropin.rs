@@ -529,3 +529,131 @@ fn system_df_sizes_the_store_parts() {
     assert_eq!(row("Cache mounts")[0], "1", "{out}");
     assert!(out.lines().any(|l| l.starts_with("Total")), "{out}");
 }
+
+/// `estiba run IMAGE ARGS…` with `input` on standard input: exit code,
+/// stdout, stderr.
+fn run_image(e: &project::Env, args: &[&str], input: &[u8]) -> (i32, String, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = estiba(&e.root)
+        .arg("run")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("estiba starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let _ = stdin.write_all(input);
+    drop(stdin);
+    let out = child.wait_with_output().expect("estiba ends");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `estiba run` as `docker run` checks an image by hand: `-i` passes
+/// standard input (and only with it), `--name` is the host name,
+/// `--entrypoint` replaces ENTRYPOINT and drops CMD, docker's exit codes,
+/// and `-d` refused in one line.
+#[test]
+fn run_takes_dockers_interactive_flags_and_exit_codes() {
+    let e = env(&[(
+        "Dockerfile",
+        "FROM busybox:test\n\
+         RUN printf 'echo script' > /not-executable\n\
+         ENTRYPOINT [\"echo\", \"from-entrypoint\"]\nCMD [\"from-cmd\"]\n",
+    )]);
+    import_busybox(&e);
+    let (code, _, err) = build(&e, &["-t", "runner:1"]);
+    assert_eq!(code, 0, "{err}");
+
+    let (code, out, err) = run_image(&e, &["-i", "busybox:test", "cat"], b"hello\n");
+    assert_eq!((code, out.as_str()), (0, "hello\n"), "{err}");
+    let (code, out, err) = run_image(&e, &["busybox:test", "cat"], b"hello\n");
+    assert_eq!((code, out.as_str()), (0, ""), "no -i, no input: {err}");
+
+    let (_, out, _) = run_image(
+        &e,
+        &[
+            "--name",
+            "checker-1",
+            "busybox:test",
+            "cat",
+            "/proc/sys/kernel/hostname",
+        ],
+        b"",
+    );
+    assert_eq!(out, "checker-1\n");
+    let (code, _, err) = run_image(&e, &["--name", "bad name", "busybox:test", "true"], b"");
+    assert_eq!(code, 2, "{err}");
+
+    let (_, out, _) = run_image(&e, &["runner:1"], b"");
+    assert_eq!(out, "from-entrypoint from-cmd\n");
+    let (_, out, _) = run_image(&e, &["--entrypoint", "echo", "runner:1"], b"");
+    assert_eq!(out, "\n", "the image's CMD goes with its ENTRYPOINT");
+    let (_, out, _) = run_image(&e, &["--entrypoint", "echo", "runner:1", "a", "b"], b"");
+    assert_eq!(out, "a b\n");
+    let (_, out, _) = run_image(&e, &["--entrypoint", "", "runner:1", "echo", "c"], b"");
+    assert_eq!(out, "c\n");
+
+    for (args, want) in [
+        (&["busybox:test", "/no/such/program"][..], 127),
+        (&["busybox:test", "no-such-program"][..], 127),
+        (&["runner:1-not-here"][..], 1),
+        (&["--entrypoint", "/not-executable", "runner:1"][..], 126),
+        (&["busybox:test", "sh", "-c", "exit 7"][..], 7),
+        (&["-d", "busybox:test", "true"][..], 2),
+    ] {
+        let (code, _, err) = run_image(&e, args, b"");
+        assert_eq!(code, want, "{args:?}: {err}");
+    }
+    let (_, _, err) = run_image(&e, &["-d", "busybox:test"], b"");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("-d is not supported"), "{err}");
+    // -it needs a terminal to read from, as docker says.
+    let (code, _, err) = run_image(&e, &["-it", "busybox:test", "sh"], b"exit\n");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a TTY"), "{err}");
+}
+
+/// `script` gives estiba a terminal: `-t` makes the command's standard
+/// streams a terminal, and `-it` runs an interactive shell whose exit code
+/// comes back.
+#[test]
+fn run_with_a_terminal_runs_an_interactive_shell() {
+    let e = env(&[]);
+    import_busybox(&e);
+    let exe = env!("CARGO_BIN_EXE_estiba");
+    let root = e.root.display().to_string();
+    let in_script = |command: String, input: &[u8]| -> (i32, String) {
+        use std::io::Write;
+        let mut child = std::process::Command::new("script")
+            .args(["-qefc", &command, "/dev/null"])
+            .env_remove("ESTIBA_ROOT")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("script (util-linux) runs");
+        let _ = child.stdin.take().expect("stdin").write_all(input);
+        let out = child.wait_with_output().expect("script ends");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = in_script(
+        format!("{exe} --root {root} run -t busybox:test sh -c '[ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo all-terminals'"),
+        b"",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("all-terminals"), "{out}");
+    let (code, out) = in_script(
+        format!("{exe} --root {root} run -it busybox:test sh"),
+        b"echo inside-$((40+2))\nexit 3\n",
+    );
+    assert!(out.contains("inside-42"), "{out}");
+    assert_eq!(code, 3, "the shell's exit code: {out}");
+}

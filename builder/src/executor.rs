@@ -164,6 +164,26 @@ pub struct RunSpec {
     /// RUN step.
     #[serde(default)]
     pub host: HostSettings,
+    /// The command's standard input, output and error are a terminal
+    /// ([`Stdin::Tty`]) that becomes its controlling terminal.
+    #[serde(default)]
+    pub tty: bool,
+}
+
+/// What the command reads as standard input, and for [`Stdin::Tty`] where
+/// it writes too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Stdin {
+    /// `/dev/null`: build steps.
+    #[default]
+    Null,
+    /// estiba's own standard input (`estiba run -i`).
+    Inherit,
+    /// The slave side of a pseudo-terminal the caller opened (`estiba run
+    /// -t`): standard input, output and error all; nothing comes through
+    /// the output callback. The caller keeps the fd open until
+    /// [`run_with`] returns. Needs [`RunSpec::tty`].
+    Tty(RawFd),
 }
 
 /// docker's per-container settings a build gives every RUN step.
@@ -298,6 +318,8 @@ pub struct RunOptions {
     pub tmp_dir: PathBuf,
     /// How the step's root file system is made.
     pub snapshotter: Snapshotter,
+    /// The command's standard input.
+    pub stdin: Stdin,
 }
 
 impl Default for RunOptions {
@@ -306,6 +328,7 @@ impl Default for RunOptions {
             init_exe: PathBuf::from("/proc/self/exe"),
             tmp_dir: std::env::temp_dir(),
             snapshotter: Snapshotter::Auto,
+            stdin: Stdin::Null,
         }
     }
 }
@@ -827,13 +850,30 @@ fn spawn_init(
     let go_fd = go_r.map(AsRawFd::as_raw_fd);
     let parent = nix::unistd::getpid().as_raw();
     let mut command = Command::new(&options.init_exe);
-    command
-        .arg(INIT_ARG)
-        .arg(spec_path)
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    command.arg(INIT_ARG).arg(spec_path).env_clear();
+    let spawn_error = |source| ExecError::Spawn {
+        exe: options.init_exe.clone(),
+        source,
+    };
+    match options.stdin {
+        Stdin::Null => command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        Stdin::Inherit => command
+            .stdin(Stdio::inherit())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        Stdin::Tty(slave) => {
+            // SAFETY: the caller keeps `slave` open until run_with returns.
+            let slave = unsafe { std::os::fd::BorrowedFd::borrow_raw(slave) };
+            let dup = || slave.try_clone_to_owned().map_err(spawn_error);
+            command
+                .stdin(Stdio::from(dup()?))
+                .stdout(Stdio::from(dup()?))
+                .stderr(Stdio::from(dup()?))
+        }
+    };
     // SAFETY: the closure runs between fork and exec; it only makes
     // async-signal-safe system calls and allocates nothing (io::Error from
     // an OS error code does not allocate).
@@ -893,20 +933,13 @@ fn follow(
         return Err(io::Error::other("the init was already reaped"));
     };
     let pid = child.id();
-    let stdout: OwnedFd = child
-        .stdout
-        .take()
-        .map(OwnedFd::from)
-        .ok_or_else(|| io::Error::other("no stdout pipe"))?;
-    let stderr: OwnedFd = child
-        .stderr
-        .take()
-        .map(OwnedFd::from)
-        .ok_or_else(|| io::Error::other("no stderr pipe"))?;
+    // No output pipes when the command writes to a terminal.
+    let stdout = child.stdout.take().map(OwnedFd::from);
+    let stderr = child.stderr.take().map(OwnedFd::from);
     let exit_fd = sys::pidfd_open(pid);
 
     let mut pipes: [Option<std::fs::File>; 3] =
-        [stdout, stderr, status_r].map(|fd| Some(fd.into()));
+        [stdout, stderr, Some(status_r)].map(|fd| fd.map(Into::into));
     let mut status_bytes = Vec::new();
     let mut exited: Option<(ExitStatus, Instant)> = None;
     let mut buf = vec![0u8; 64 * 1024];

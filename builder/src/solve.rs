@@ -1371,6 +1371,7 @@ impl<'a> Solver<'a> {
                 _ => Security::Sandbox,
             },
             host: self.opts.host.clone(),
+            tty: false,
         };
         // Stream whole lines to the reporter; keep the last ones for errors.
         let mut pending = Vec::new();

@@ -119,6 +119,7 @@ impl Fixture {
             publish: Vec::new(),
             security: Security::Sandbox,
             host: Default::default(),
+            tty: false,
         }
     }
 
@@ -127,6 +128,7 @@ impl Fixture {
             init_exe: PathBuf::from(env!("CARGO_BIN_EXE_estiba")),
             tmp_dir: self.root.clone(),
             snapshotter: self.snapshotter,
+            stdin: Default::default(),
         }
     }
 

@@ -390,6 +390,22 @@ pub(crate) struct RunArgs {
     /// User (name or uid, with an optional :group).
     #[arg(short = 'u', long = "user")]
     pub(crate) user: Option<String>,
+    /// Keep standard input open and pass it to the command.
+    #[arg(short = 'i', long)]
+    pub(crate) interactive: bool,
+    /// Give the command a pseudo-terminal (with -i: an interactive shell).
+    #[arg(short = 't', long)]
+    pub(crate) tty: bool,
+    /// Run this instead of the image's ENTRYPOINT (its CMD is dropped too,
+    /// as docker does; "" for none).
+    #[arg(long)]
+    pub(crate) entrypoint: Option<String>,
+    /// The container's name, which is also its host name.
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// Refused: estiba has no daemon to keep a container running.
+    #[arg(short = 'd', long, hide = true)]
+    pub(crate) detach: bool,
     /// The image.
     pub(crate) image: String,
     /// The command and its arguments (default: the image's ENTRYPOINT and CMD).

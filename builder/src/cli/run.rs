@@ -4,14 +4,40 @@
 use super::args::RunArgs;
 use super::Failure;
 use anyhow::{anyhow, Context};
-use estiba::executor::{self, ExtraMount, Network, Publish, RunOptions, RunSpec, Security, Stream};
+use estiba::executor::{
+    self, ExtraMount, Network, Publish, RunOptions, RunSpec, Security, Stdin, Stream,
+};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+mod terminal;
 
 /// Exit status when the container could not be started, as docker's 125.
 const EXIT_NOT_STARTED: i32 = 125;
 
 pub(crate) fn run(args: &RunArgs, root: Option<&Path>) -> Result<(), Failure> {
+    if args.detach {
+        return Err(Failure::Usage(
+            "estiba run has no daemon to keep a container running: -d is not supported \
+             (run it in the background from your shell or a service manager)"
+                .to_owned(),
+        ));
+    }
+    if let Some(name) = &args.name {
+        // docker's container names, `[a-zA-Z0-9][a-zA-Z0-9_.-]+`, cut to
+        // a host name's 63 bytes.
+        let valid = name.len() <= 63
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !valid {
+            return Err(Failure::Usage(format!(
+                "invalid --name {name:?}: a letter or digit, then letters, digits, '.', '_' \
+                 and '-', up to 63"
+            )));
+        }
+    }
     let store = super::store::open(root)?;
     let _lock = store.lock_shared().context("cannot lock the store")?;
     let (_, image) = super::images::find(&store, &args.image)?;
@@ -24,10 +50,15 @@ pub(crate) fn run(args: &RunArgs, root: Option<&Path>) -> Result<(), Failure> {
         );
     }
     let c = &config.config;
-    // docker's rule: ENTRYPOINT, then the given command or else CMD.
-    let mut argv = c.entrypoint.clone().unwrap_or_default();
+    // docker's rule: ENTRYPOINT, then the given command or else CMD; an
+    // --entrypoint replaces the ENTRYPOINT and drops the CMD.
+    let (mut argv, cmd) = match &args.entrypoint {
+        Some(e) if e.is_empty() => (Vec::new(), None),
+        Some(e) => (vec![e.clone()], None),
+        None => (c.entrypoint.clone().unwrap_or_default(), c.cmd.clone()),
+    };
     if args.command.is_empty() {
-        argv.extend(c.cmd.clone().unwrap_or_default());
+        argv.extend(cmd.unwrap_or_default());
     } else {
         argv.extend(args.command.iter().cloned());
     }
@@ -110,17 +141,29 @@ pub(crate) fn run(args: &RunArgs, root: Option<&Path>) -> Result<(), Failure> {
         user: args.user.clone().unwrap_or_else(|| c.user.clone()),
         workdir,
         network,
-        hostname: String::new(),
+        hostname: args.name.clone().unwrap_or_default(),
         files: Default::default(),
         mounts,
         publish,
         security: Security::Sandbox,
         host: Default::default(),
+        tty: args.tty,
+    };
+    let terminal = if args.tty {
+        Some(terminal::Session::open(args.interactive)?)
+    } else {
+        None
+    };
+    let stdin = match &terminal {
+        Some(t) => Stdin::Tty(t.slave()),
+        None if args.interactive => Stdin::Inherit,
+        None => Stdin::Null,
     };
     let code = executor::run_with(
         &spec,
         &RunOptions {
             tmp_dir: scratch.path().to_path_buf(),
+            stdin,
             ..RunOptions::default()
         },
         &mut |stream, bytes| {
@@ -130,6 +173,8 @@ pub(crate) fn run(args: &RunArgs, root: Option<&Path>) -> Result<(), Failure> {
             };
         },
     );
+    // The rest of the terminal's output, then the host terminal as it was.
+    drop(terminal);
     let _ = std::io::stdout().flush();
     // `exit` runs no destructors: remove the container's files first.
     drop((upper, scratch));
@@ -137,10 +182,16 @@ pub(crate) fn run(args: &RunArgs, root: Option<&Path>) -> Result<(), Failure> {
         Ok(0) => Ok(()),
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            // docker: 127 when the command is not found, 125 when the
-            // container could not start at all.
-            let status = match e {
+            // docker: 127 when the command is not found, 126 when it
+            // cannot be executed, 125 when the container could not start.
+            let status = match &e {
                 executor::ExecError::CommandNotFound { .. } => 127,
+                executor::ExecError::Exec { source, .. }
+                    if source.raw_os_error() == Some(libc::ENOENT) =>
+                {
+                    127
+                }
+                executor::ExecError::Exec { .. } => 126,
                 _ => EXIT_NOT_STARTED,
             };
             eprint!("{}", super::report::render_chain(&anyhow::Error::new(e)));

@@ -301,6 +301,18 @@ fn container(
     nix::unistd::sethostname(&spec.hostname)
         .map_err(|e| Failure::setup(format!("set the host name {}", spec.hostname), e))?;
     enter_root(rootfs)?;
+    if run.tty {
+        // A session of its own, with the terminal on fd 0 as its
+        // controlling terminal: job control and ^C work as in docker -t.
+        nix::unistd::setsid().map_err(|e| Failure::setup("start a session", e))?;
+        // SAFETY: TIOCSCTTY takes an int argument and touches no memory.
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+            return Err(Failure::setup(
+                "make the terminal the controlling terminal",
+                io::Error::last_os_error(),
+            ));
+        }
+    }
     if run.network == Network::Private {
         network::wait_for_go().map_err(|e| Failure::setup("set up the step's network", e))?;
     }
