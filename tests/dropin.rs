@@ -171,20 +171,20 @@ fn completions_are_printed_for_each_shell() {
     }
 }
 
-/// Runs `estiba build EXTRA…` with `input` on standard input.
-fn build_with_stdin(e: &project::Env, extra: &[&str], input: &[u8]) -> (i32, Vec<u8>, String) {
+/// Runs `estiba ARGS…` with `input` on standard input: exit code, stdout
+/// and stderr.
+fn with_stdin(e: &project::Env, args: &[&str], input: &[u8]) -> (i32, Vec<u8>, String) {
     use std::io::Write;
     use std::process::Stdio;
     let mut child = estiba(&e.root)
-        .args(["build", "--progress", "plain"])
-        .args(extra)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("estiba starts");
     let mut stdin = child.stdin.take().expect("stdin");
-    // A build may stop reading early (a usage error): a broken pipe is fine.
+    // It may stop reading early (a usage error): a broken pipe is fine.
     let _ = stdin.write_all(input);
     drop(stdin);
     let out = child.wait_with_output().expect("estiba ends");
@@ -193,6 +193,11 @@ fn build_with_stdin(e: &project::Env, extra: &[&str], input: &[u8]) -> (i32, Vec
         out.stdout,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `estiba build --progress plain EXTRA…` with `input` on standard input.
+fn build_with_stdin(e: &project::Env, extra: &[&str], input: &[u8]) -> (i32, Vec<u8>, String) {
+    with_stdin(e, &[&["build", "--progress", "plain"], extra].concat(), input)
 }
 
 /// A tar of `dir`, gzip-compressed when `gzip`.
@@ -530,28 +535,11 @@ fn system_df_sizes_the_store_parts() {
     assert!(out.lines().any(|l| l.starts_with("Total")), "{out}");
 }
 
-/// `estiba run IMAGE ARGS…` with `input` on standard input: exit code,
-/// stdout, stderr.
+/// `estiba run ARGS…` with `input` on standard input: exit code, stdout
+/// (as text), stderr.
 fn run_image(e: &project::Env, args: &[&str], input: &[u8]) -> (i32, String, String) {
-    use std::io::Write;
-    use std::process::Stdio;
-    let mut child = estiba(&e.root)
-        .arg("run")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("estiba starts");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let _ = stdin.write_all(input);
-    drop(stdin);
-    let out = child.wait_with_output().expect("estiba ends");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, out, err) = with_stdin(e, &[&["run"], args].concat(), input);
+    (code, String::from_utf8_lossy(&out).into_owned(), err)
 }
 
 /// `estiba run` as `docker run` checks an image by hand: `-i` passes
