@@ -197,7 +197,11 @@ fn with_stdin(e: &project::Env, args: &[&str], input: &[u8]) -> (i32, Vec<u8>, S
 
 /// `estiba build --progress plain EXTRA…` with `input` on standard input.
 fn build_with_stdin(e: &project::Env, extra: &[&str], input: &[u8]) -> (i32, Vec<u8>, String) {
-    with_stdin(e, &[&["build", "--progress", "plain"], extra].concat(), input)
+    with_stdin(
+        e,
+        &[&["build", "--progress", "plain"], extra].concat(),
+        input,
+    )
 }
 
 /// A tar of `dir`, gzip-compressed when `gzip`.
@@ -644,4 +648,74 @@ fn run_with_a_terminal_runs_an_interactive_shell() {
     );
     assert!(out.contains("inside-42"), "{out}");
     assert_eq!(code, 3, "the shell's exit code: {out}");
+}
+
+/// stderr without escape sequences, as a terminal would have shown it
+/// line by line (erased lines included).
+fn without_escapes(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `--progress tty`: BuildKit's header with steps done of known, a running
+/// step's last output lines under it, lines cut to the terminal's width,
+/// the image's ID and name at the end; a failing step's output is shown
+/// once, in the error report.
+#[test]
+fn the_terminal_display_shows_running_steps_output_and_fits_the_width() {
+    let e = env(&[(
+        "Dockerfile",
+        "FROM busybox:test\n\
+         RUN echo first-line; echo a-rather-long-second-line-that-does-not-fit-in-forty; sleep 2\n\
+         RUN true\n",
+    )]);
+    import_busybox(&e);
+    let (code, _, err) = run(estiba(&e.root)
+        .env("COLUMNS", "40")
+        .env("NO_COLOR", "1")
+        .args(["build", "--progress", "tty", "-t", "live:1"])
+        .arg(&e.ctx));
+    assert_eq!(code, 0, "{err}");
+    let shown = without_escapes(&err);
+    assert!(shown.contains("[+] Building"), "{shown}");
+    assert!(shown.contains("(4/4) FINISHED"), "{shown}");
+    assert!(
+        shown.contains(" => => # first-line"),
+        "the running step's output: {shown}"
+    );
+    assert!(shown.contains(" => => naming to docker.io/"), "{shown}");
+    assert!(shown.contains("writing image sha256:"), "{shown}");
+    for line in shown.lines() {
+        assert!(
+            line.chars().count() <= 40,
+            "wider than the terminal: {line:?}"
+        );
+    }
+
+    std::fs::write(
+        e.ctx.join("Dockerfile"),
+        "FROM busybox:test\nRUN echo the-failure-says-this; exit 3\n",
+    )
+    .expect("write");
+    let (code, _, err) = run(estiba(&e.root)
+        .env("NO_COLOR", "1")
+        .args(["build", "--progress", "tty"])
+        .arg(&e.ctx));
+    assert_eq!(code, 1, "{err}");
+    let shown = without_escapes(&err);
+    assert!(shown.contains(" => ERROR [2/2] RUN"), "{shown}");
+    assert_eq!(shown.matches("last output").count(), 1, "{shown}");
 }

@@ -1,6 +1,7 @@
 //! Progress output. `plain` prints BuildKit's line format for CI logs
-//! (`#3 [2/4] COPY . /src`, `#3 CACHED`, `#3 DONE 0.1s`); `quiet` prints
-//! nothing. The only module that writes progress to the terminal.
+//! (`#3 [2/4] COPY . /src`, `#3 CACHED`, `#3 DONE 0.1s`); `tty` draws
+//! BuildKit's live display; `quiet` prints nothing. The only module that
+//! writes progress to the terminal.
 
 use estiba::progress::Reporter;
 use std::io::Write;
@@ -64,18 +65,16 @@ impl Reporter for Plain {
     }
 }
 
-/// A live display for terminals: one line per step with a spinner while it
-/// runs, then its outcome and time; colors unless `NO_COLOR` is set.
+/// The live display for terminals, laid out as BuildKit's: a header with
+/// the elapsed time and the steps done of those known, each finished step
+/// once as a permanent line, and each running step with its time (and bytes
+/// moved) and its last output lines, every line cut to the terminal's
+/// width. Redrawn ten times a second from a thread of its own, and once
+/// more when dropped. Colors unless `NO_COLOR` is set.
 pub(crate) struct Tty {
-    multi: indicatif::MultiProgress,
-    bars: Mutex<std::collections::BTreeMap<usize, indicatif::ProgressBar>>,
-    /// Steps that move bytes: their name and each item's (done, total).
-    transfers: Mutex<std::collections::BTreeMap<usize, Transfers>>,
-    color: bool,
+    shared: std::sync::Arc<(Mutex<Screen>, std::sync::Condvar)>,
+    painter: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
-
-/// A step's name and the bytes its items (layers) moved so far.
-type Transfers = (String, std::collections::BTreeMap<String, (u64, u64)>);
 
 impl std::fmt::Debug for Tty {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -83,35 +82,170 @@ impl std::fmt::Debug for Tty {
     }
 }
 
+/// Output lines shown under a running step, as BuildKit shows a few.
+const LOG_LINES: usize = 6;
+
+#[derive(Debug)]
+enum State {
+    Running,
+    Cached,
+    Done(Duration),
+    Failed(Duration, String),
+}
+
+#[derive(Debug)]
+struct Step {
+    id: usize,
+    name: String,
+    started: Instant,
+    state: State,
+    logs: std::collections::VecDeque<String>,
+    /// Lines kept under the step when it ends (the image's ID and names).
+    kept: Vec<String>,
+    transfers: std::collections::BTreeMap<String, (u64, u64)>,
+    /// Already written as a permanent line.
+    printed: bool,
+}
+
+#[derive(Debug)]
+struct Screen {
+    start: Instant,
+    steps: Vec<Step>,
+    /// Warnings not written yet.
+    pending: Vec<String>,
+    /// Lines of the live part on the terminal now.
+    live_lines: usize,
+    color: bool,
+    stopped: bool,
+}
+
 impl Tty {
     pub(crate) fn new() -> Self {
         Tty {
-            multi: indicatif::MultiProgress::with_draw_target(
-                indicatif::ProgressDrawTarget::stderr(),
-            ),
-            bars: Mutex::new(std::collections::BTreeMap::new()),
-            transfers: Mutex::new(std::collections::BTreeMap::new()),
-            color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            shared: std::sync::Arc::new((
+                Mutex::new(Screen {
+                    start: Instant::now(),
+                    steps: Vec::new(),
+                    pending: Vec::new(),
+                    live_lines: 0,
+                    color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+                    stopped: false,
+                }),
+                std::sync::Condvar::new(),
+            )),
+            painter: Mutex::new(None),
         }
     }
 
-    /// Replaces a step's spinner with a permanent line above the live ones.
-    fn finish(&self, id: usize, mark: &str, tail: &str) {
-        let bar = self.bars.lock().ok().and_then(|mut b| b.remove(&id));
-        let named = self
-            .transfers
-            .lock()
-            .ok()
-            .and_then(|mut t| t.remove(&id))
-            .map(|(name, _)| name);
-        if let Some(bar) = bar {
-            let name = named.unwrap_or_else(|| bar.message());
-            bar.finish_and_clear();
-            self.multi.remove(&bar);
-            let _ = self.multi.println(format!("{mark} {name} {tail}"));
+    /// Changes the screen, starting the painter on first use (a command
+    /// that reports nothing draws nothing).
+    fn with(&self, change: impl FnOnce(&mut Screen)) {
+        if let Ok(mut screen) = self.shared.0.lock() {
+            change(&mut screen);
+        }
+        if let Ok(mut painter) = self.painter.lock() {
+            if painter.is_none() {
+                let shared = std::sync::Arc::clone(&self.shared);
+                *painter = Some(std::thread::spawn(move || paint_until_stopped(&shared)));
+            }
         }
     }
 
+    fn end(&self, id: usize, state: State) {
+        self.with(|screen| {
+            if let Some(step) = screen.steps.iter_mut().find(|s| s.id == id) {
+                step.state = state;
+            }
+        });
+    }
+}
+
+impl Drop for Tty {
+    fn drop(&mut self) {
+        if let Ok(mut screen) = self.shared.0.lock() {
+            screen.stopped = true;
+        }
+        self.shared.1.notify_all();
+        if let Some(painter) = self.painter.lock().ok().and_then(|mut p| p.take()) {
+            let _ = painter.join();
+        }
+    }
+}
+
+fn paint_until_stopped(shared: &(Mutex<Screen>, std::sync::Condvar)) {
+    let (lock, wake) = shared;
+    let Ok(mut screen) = lock.lock() else {
+        return;
+    };
+    loop {
+        let last = screen.stopped;
+        let frame = screen.frame(terminal_width(), last);
+        {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(frame.as_bytes());
+            let _ = err.flush();
+        }
+        if last {
+            return;
+        }
+        screen = match wake.wait_timeout(screen, Duration::from_millis(100)) {
+            Ok((screen, _)) => screen,
+            Err(_) => return,
+        };
+    }
+}
+
+/// The terminal's columns: standard error's window, else `$COLUMNS`, else 80.
+fn terminal_width() -> usize {
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one winsize into the struct given.
+    if unsafe { libc::ioctl(2, libc::TIOCGWINSZ, &mut size) } == 0 && size.ws_col > 0 {
+        return usize::from(size.ws_col);
+    }
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .filter(|c| *c > 0)
+        .unwrap_or(80)
+}
+
+/// `text` without control characters (a step's output may move the
+/// cursor) and cut to `width` columns.
+fn fit(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // An escape sequence: ESC [ … final byte.
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        if c == '\t' {
+            out.push(' ');
+        } else if !c.is_control() {
+            out.push(c);
+        }
+    }
+    if out.chars().count() > width {
+        out = out.chars().take(width.saturating_sub(1)).collect();
+        out.push('…');
+    }
+    out
+}
+
+impl Screen {
     fn paint(&self, code: &str, text: &str) -> String {
         if self.color {
             format!("\x1b[{code}m{text}\x1b[0m")
@@ -119,69 +253,149 @@ impl Tty {
             text.to_string()
         }
     }
+
+    /// One step's line: ` => NAME   1.2s`, the time at the right edge.
+    fn step_line(&self, step: &Step, width: usize) -> String {
+        let (prefix, time, code) = match &step.state {
+            State::Running => ("", step.started.elapsed(), ""),
+            State::Cached => ("CACHED ", Duration::ZERO, "34"),
+            State::Done(t) => ("", *t, "34"),
+            State::Failed(t, _) => ("ERROR ", *t, "31"),
+        };
+        let mut name = format!(" => {prefix}{}", step.name);
+        if !step.transfers.is_empty() {
+            let (done, total) = step
+                .transfers
+                .values()
+                .fold((0, 0), |(d, t), (di, ti)| (d + di, t + ti));
+            name.push_str(&format!(
+                " {} / {}",
+                estiba::progress::human_size(done),
+                estiba::progress::human_size(total)
+            ));
+        }
+        let time = format!("{:.1}s", time.as_secs_f64());
+        let room = width.saturating_sub(time.len() + 1).max(1);
+        let name = fit(&name, room);
+        let pad = room.saturating_sub(name.chars().count());
+        let line = format!("{name}{} {time}", " ".repeat(pad));
+        if code.is_empty() {
+            line
+        } else {
+            self.paint(code, &line)
+        }
+    }
+
+    /// What to write: the live part erased, new permanent lines, the live
+    /// part again (`last`: the final header, and no live part).
+    fn frame(&mut self, width: usize, last: bool) -> String {
+        let mut out = String::new();
+        if self.live_lines > 0 {
+            // Up to the live part's first line, then erase to the end.
+            out.push_str(&format!("\x1b[{}F\x1b[J", self.live_lines));
+        }
+        let done = self
+            .steps
+            .iter()
+            .filter(|s| !matches!(s.state, State::Running))
+            .count();
+        let header = format!(
+            "[+] Building {:.1}s ({done}/{}){}",
+            self.start.elapsed().as_secs_f64(),
+            self.steps.len(),
+            if last { " FINISHED" } else { "" }
+        );
+        let mut permanent = Vec::new();
+        for message in std::mem::take(&mut self.pending) {
+            permanent.push(self.paint("33", &fit(&format!("WARNING: {message}"), width)));
+        }
+        let mut live = vec![fit(&header, width)];
+        for i in 0..self.steps.len() {
+            let step = &self.steps[i];
+            if step.printed {
+                continue;
+            }
+            let finished = !matches!(step.state, State::Running);
+            if finished || last {
+                permanent.push(self.step_line(step, width));
+                for line in &step.kept {
+                    permanent.push(fit(&format!(" => => {line}"), width));
+                }
+                if let State::Failed(_, message) = &step.state {
+                    // The first line only: the error report after the
+                    // build shows the step's output once.
+                    let first = message.lines().next().unwrap_or_default();
+                    permanent.push(self.paint("31", &fit(&format!(" => => {first}"), width)));
+                }
+                self.steps[i].printed = true;
+            } else {
+                live.push(self.step_line(step, width));
+                for line in &step.logs {
+                    live.push(fit(&format!(" => => # {line}"), width));
+                }
+            }
+        }
+        if last {
+            live = vec![fit(&header, width)];
+            self.live_lines = 0;
+        } else {
+            self.live_lines = live.len();
+        }
+        for line in permanent.iter().chain(&live) {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    }
 }
 
 impl Reporter for Tty {
     fn started(&self, id: usize, name: &str) {
-        let bar = self.multi.add(indicatif::ProgressBar::new_spinner());
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
-        bar.set_message(name.to_string());
-        bar.enable_steady_tick(Duration::from_millis(100));
-        if let Ok(mut bars) = self.bars.lock() {
-            bars.insert(id, bar);
-        }
+        self.with(|screen| {
+            screen.steps.push(Step {
+                id,
+                name: name.to_string(),
+                started: Instant::now(),
+                state: State::Running,
+                logs: std::collections::VecDeque::new(),
+                kept: Vec::new(),
+                transfers: std::collections::BTreeMap::new(),
+                printed: false,
+            })
+        });
     }
-    fn log(&self, _: usize, _: &str) {
-        // Detail lines are for CI logs (plain); the live display stays short.
+    fn log(&self, id: usize, line: &str) {
+        self.with(|screen| {
+            if let Some(step) = screen.steps.iter_mut().find(|s| s.id == id) {
+                // The export's lines name the image: they stay, as BuildKit's.
+                if line.starts_with("writing image ") || line.starts_with("naming to ") {
+                    step.kept.push(line.to_string());
+                }
+                step.logs.push_back(line.to_string());
+                if step.logs.len() > LOG_LINES {
+                    step.logs.pop_front();
+                }
+            }
+        });
     }
     fn cached(&self, id: usize) {
-        self.finish(id, &self.paint("34", "="), &self.paint("34", "CACHED"));
+        self.end(id, State::Cached);
     }
     fn done(&self, id: usize, elapsed: Duration) {
-        self.finish(
-            id,
-            &self.paint("32", "✔"),
-            &format!("{:.1}s", elapsed.as_secs_f64()),
-        );
+        self.end(id, State::Done(elapsed));
     }
     fn failed(&self, id: usize, elapsed: Duration, message: &str) {
-        self.finish(
-            id,
-            &self.paint("31", "✘"),
-            &format!(
-                "{:.1}s {}",
-                elapsed.as_secs_f64(),
-                self.paint("31", message)
-            ),
-        );
+        self.end(id, State::Failed(elapsed, message.to_string()));
     }
     fn warning(&self, message: &str) {
-        let _ = self
-            .multi
-            .println(self.paint("33", &format!("WARNING: {message}")));
+        self.with(|screen| screen.pending.push(message.to_string()));
     }
     fn transfer(&self, id: usize, item: &str, done: u64, total: u64) {
-        let Some(bar) = self.bars.lock().ok().and_then(|b| b.get(&id).cloned()) else {
-            return;
-        };
-        let Ok(mut transfers) = self.transfers.lock() else {
-            return;
-        };
-        let (name, items) = transfers
-            .entry(id)
-            .or_insert_with(|| (bar.message(), Default::default()));
-        items.insert(item.to_string(), (done, total));
-        let (done, total) = items
-            .values()
-            .fold((0, 0), |(d, t), (di, ti)| (d + di, t + ti));
-        bar.set_message(format!(
-            "{name} {} / {}",
-            estiba::progress::human_size(done),
-            estiba::progress::human_size(total)
-        ));
+        self.with(|screen| {
+            if let Some(step) = screen.steps.iter_mut().find(|s| s.id == id) {
+                step.transfers.insert(item.to_string(), (done, total));
+            }
+        });
     }
 }
 
