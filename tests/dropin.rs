@@ -648,6 +648,24 @@ fn run_with_a_terminal_runs_an_interactive_shell() {
     );
     assert!(out.contains("inside-42"), "{out}");
     assert_eq!(code, 3, "the shell's exit code: {out}");
+
+    // On a terminal, `--progress auto` is the live display.
+    std::fs::write(
+        e.ctx.join("Dockerfile"),
+        "FROM busybox:test
+RUN echo built
+",
+    )
+    .expect("write");
+    let ctx = e.ctx.display();
+    let (code, out) = in_script(format!("{exe} --root {root} build -t tty:1 {ctx}"), b"");
+    assert_eq!(code, 0, "{out}");
+    let shown = without_escapes(&out);
+    assert!(
+        shown.contains("[+] Building") && shown.contains("FINISHED"),
+        "{shown}"
+    );
+    assert!(!shown.contains("#2 DONE"), "not the plain format: {shown}");
 }
 
 /// stderr without escape sequences, as a terminal would have shown it
@@ -718,4 +736,23 @@ fn the_terminal_display_shows_running_steps_output_and_fits_the_width() {
     let shown = without_escapes(&err);
     assert!(shown.contains(" => ERROR [2/2] RUN"), "{shown}");
     assert_eq!(shown.matches("last output").count(), 1, "{shown}");
+}
+
+/// buildx's `--load` (the store is where images go anyway) and
+/// `--provenance=false`/`--sbom=false` run as they are; asking for an
+/// attestation is refused in one line.
+#[test]
+fn buildx_flags_ci_scripts_pass() {
+    let e = env(&[("Dockerfile", "FROM scratch\n")]);
+    let (code, _, err) = build(
+        &e,
+        &["--load", "--provenance=false", "--sbom=false", "-t", "l:1"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(image_rows(&e, &["--filter", "reference=l"]).len(), 1);
+    for flag in ["--provenance", "--provenance=mode=max", "--sbom=true"] {
+        let (code, _, err) = build(&e, &[flag]);
+        assert_eq!(code, 2, "{flag}: {err}");
+        assert!(err.contains("makes no attestations"), "{flag}: {err}");
+    }
 }

@@ -302,6 +302,17 @@ pub(crate) struct BuildArgs {
     /// Run every step of this stage without the build cache (repeatable).
     #[arg(long = "no-cache-filter", value_delimiter = ',')]
     pub(crate) no_cache_filter: Vec<String>,
+    /// buildx's --load: the image goes to the store, which is estiba's
+    /// default (accepted so buildx scripts run as they are).
+    #[arg(long)]
+    pub(crate) load: bool,
+    /// buildx's provenance attestation: only `false` (or `0`) is accepted;
+    /// estiba makes no attestations.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub(crate) provenance: Option<String>,
+    /// buildx's SBOM attestation: only `false` (or `0`) is accepted.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub(crate) sbom: Option<String>,
     /// Accepted for docker's sake: build containers are always removed.
     #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub(crate) rm: Vec<String>,

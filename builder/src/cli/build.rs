@@ -299,6 +299,16 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
         .iter()
         .map(|s| parse_secret(s))
         .collect::<Result<BTreeMap<_, _>, _>>()?;
+    for (flag, value) in [("--provenance", &args.provenance), ("--sbom", &args.sbom)] {
+        if let Some(v) = value {
+            if !matches!(v.to_ascii_lowercase().as_str(), "false" | "0") {
+                return Err(Failure::Usage(format!(
+                    "estiba build does not support {flag}={v}: it makes no attestations \
+                     ({flag}=false is accepted)"
+                )));
+            }
+        }
+    }
     let host = host_settings(args)?;
     let store = super::store::open(root)?;
     let _lock = store.lock_shared().context("cannot lock the store")?;
