@@ -756,3 +756,75 @@ fn buildx_flags_ci_scripts_pass() {
         assert!(err.contains("makes no attestations"), "{flag}: {err}");
     }
 }
+
+/// Every stage starts at once and a step runs as soon as what it reads is
+/// ready: `app`'s first step runs while `slow` (which `app` copies from
+/// later) is still running. The two steps meet through a shared cache
+/// mount: `slow` waits for the file `app`'s first step writes, which in
+/// stage-by-stage waves would never come (it gives up after ten seconds).
+#[test]
+fn a_step_runs_when_its_inputs_are_ready_not_when_its_stage_wave_is() {
+    let e = env(&[(
+        "Dockerfile",
+        "FROM busybox:test AS slow\n\
+         RUN --mount=type=cache,target=/sync,id=sync,sharing=shared \
+             i=0; while [ ! -f /sync/go ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; \
+             if [ -f /sync/go ]; then echo saw-go > /slow; else echo gave-up > /slow; fi\n\
+         FROM busybox:test AS app\n\
+         RUN --mount=type=cache,target=/sync,id=sync,sharing=shared touch /sync/go\n\
+         COPY --from=slow /slow /slow\n",
+    )]);
+    import_busybox(&e);
+    let out = local_export(&e, "out", &["--no-cache"]);
+    assert_eq!(read(&out, "slow"), "saw-go\n");
+}
+
+/// Two stages with the same step (same base, same command) run it once:
+/// the second waits for the first and takes its layer, as BuildKit merges
+/// identical vertices.
+#[test]
+fn a_step_two_stages_share_runs_once() {
+    let step =
+        "RUN echo the-shared-step-ran && sleep 1 && cat /proc/sys/kernel/random/uuid > /id\n";
+    let e = env(&[(
+        "Dockerfile",
+        &format!(
+            "FROM busybox:test AS one\n{step}\
+             FROM busybox:test AS two\n{step}\
+             FROM scratch\nCOPY --from=one /id /one\nCOPY --from=two /id /two\n"
+        ),
+    )]);
+    import_busybox(&e);
+    let out = e.tmp.path().join("out");
+    let spec = format!("type=local,dest={}", out.display());
+    let (code, _, err) = build(&e, &["-o", &spec]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(read(&out, "one"), read(&out, "two"), "one layer for both");
+    let ran = err
+        .lines()
+        .filter(|l| l.ends_with(" the-shared-step-ran") && !l.contains("RUN"))
+        .count();
+    assert_eq!(ran, 1, "the step's output, once: {err}");
+    assert!(
+        err.contains("CACHED"),
+        "the other stage took its layer: {err}"
+    );
+}
+
+/// When one stage fails, the build's error is that stage's, at its line,
+/// not the knock-on failure of the stages that read it.
+#[test]
+fn the_failing_stage_is_the_error_of_a_parallel_build() {
+    let e = env(&[(
+        "Dockerfile",
+        "FROM busybox:test AS broken\nRUN echo about-to-fail; exit 5\n\
+         FROM busybox:test AS fine\nRUN sleep 1\n\
+         FROM scratch\nCOPY --from=broken / /b\nCOPY --from=fine / /f\n",
+    )]);
+    import_busybox(&e);
+    let (code, _, err) = build(&e, &[]);
+    assert_eq!(code, 1, "{err}");
+    let report = err.split("\nerror: ").nth(1).unwrap_or_default();
+    assert!(report.contains("exit code: 5"), "{err}");
+    assert!(report.contains("Dockerfile:2"), "{err}");
+}

@@ -123,6 +123,12 @@ pub enum SolveErrorKind {
         #[source]
         source: Box<ImageError>,
     },
+    /// A stage this step reads failed.
+    #[error("stage {0} failed")]
+    StageFailed(String),
+    /// Another stage failed: this one stopped before its next step.
+    #[error("stopped: another stage failed")]
+    Stopped,
     /// `COPY --from=NAME` of a named context the build was not given.
     #[error("no --build-context named {0}")]
     NoNamedContext(String),
@@ -226,6 +232,99 @@ pub struct Built {
     pub key: String,
 }
 
+/// Stages' results as they finish. A step that reads a stage (its base,
+/// `COPY --from`, `RUN --mount=from=`) waits here until that stage is
+/// built, so every stage starts at once and each step runs as soon as what
+/// it reads is ready.
+#[derive(Debug, Default)]
+struct Finished {
+    /// By stage index: the result, or `None` when the stage failed.
+    done: std::sync::Mutex<BTreeMap<usize, Option<Built>>>,
+    changed: std::sync::Condvar,
+}
+
+impl Finished {
+    /// Stage `index`'s result, once it is built; an error if it failed.
+    fn get(&self, graph: &BuildGraph, index: usize) -> Result<Built> {
+        let name = || {
+            graph
+                .stages
+                .get(index)
+                .map_or_else(|| format!("stage {index}"), Stage::display_name)
+        };
+        let poisoned = || SolveErrorKind::CorruptImage {
+            image: name(),
+            reason: "its builder thread panicked".to_string(),
+        };
+        let mut done = self.done.lock().map_err(|_| poisoned())?;
+        loop {
+            match done.get(&index) {
+                Some(Some(built)) => return Ok(built.clone()),
+                Some(None) => return Err(SolveErrorKind::StageFailed(name())),
+                None => done = self.changed.wait(done).map_err(|_| poisoned())?,
+            }
+        }
+    }
+
+    fn put(&self, index: usize, built: Option<Built>) {
+        if let Ok(mut done) = self.done.lock() {
+            done.insert(index, built);
+        }
+        self.changed.notify_all();
+    }
+}
+
+/// Steps being run now, by cache key: a second stage reaching the same
+/// step waits for the first and takes its result from the cache, as
+/// BuildKit's solver merges identical vertices.
+#[derive(Debug, Default)]
+struct InFlight {
+    keys: std::sync::Mutex<BTreeSet<Digest>>,
+    changed: std::sync::Condvar,
+}
+
+/// The right to run the step of a key; dropping it lets waiters look again.
+struct Claim<'a> {
+    inflight: &'a InFlight,
+    key: Digest,
+}
+
+impl InFlight {
+    /// `Some` when no one runs `key`'s step now (it is ours to run); `None`
+    /// after waiting for whoever ran it.
+    fn claim(&self, key: &Digest) -> Option<Claim<'_>> {
+        let Ok(mut keys) = self.keys.lock() else {
+            // A panicked holder: run it here rather than wait forever.
+            return Some(Claim {
+                inflight: self,
+                key: *key,
+            });
+        };
+        if keys.insert(*key) {
+            return Some(Claim {
+                inflight: self,
+                key: *key,
+            });
+        }
+        while keys.contains(key) {
+            keys = match self.changed.wait(keys) {
+                Ok(keys) => keys,
+                Err(_) => return None,
+            };
+        }
+        None
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut keys) = self.inflight.keys.lock() {
+            keys.remove(&self.key);
+        }
+        self.inflight.changed.notify_all();
+    }
+}
+
 /// A build's settings besides the graph.
 #[derive(Debug, Clone, Default)]
 pub struct SolveOptions {
@@ -296,6 +395,10 @@ pub struct Solver<'a> {
     prefetched: std::sync::Once,
     /// `--build-context NAME=DIR`: directories `COPY --from=NAME` reads.
     named: BTreeMap<String, &'a (dyn SourceTree + Sync)>,
+    /// Steps running now, so identical ones run once.
+    inflight: InFlight,
+    /// Set when a stage fails: the others stop at their next step.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 /// Layers up to this size are fetched ahead from a remote cache.
@@ -332,6 +435,8 @@ impl<'a> Solver<'a> {
             entries: std::sync::Mutex::new(Vec::new()),
             prefetched: std::sync::Once::new(),
             named: BTreeMap::new(),
+            inflight: InFlight::default(),
+            failed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -429,64 +534,68 @@ impl<'a> Solver<'a> {
 
     /// Builds every needed stage and returns the target's image.
     ///
-    /// Stages run in waves: every stage whose dependencies are built runs at
-    /// the same time as the others of its wave, each on its own thread, so
-    /// independent stages take about the time of the longest.
+    /// Every needed stage starts at once on a thread of its own; a step
+    /// that reads another stage waits for it ([`Finished`]), so a step
+    /// runs as soon as its inputs are ready, and a step two stages share
+    /// runs once ([`InFlight`]). When a stage fails the others stop at
+    /// their next step and the first failure is the build's error.
     pub fn solve(&self, graph: &BuildGraph) -> Result<Built, SolveError> {
         self.check_entitlements(graph)?;
-        let mut built: BTreeMap<usize, Built> = BTreeMap::new();
         let multi = graph.needed_stages().count() > 1;
-        let mut pending: Vec<&Stage> = graph.needed_stages().collect();
-        while !pending.is_empty() {
-            let (ready, waiting): (Vec<&Stage>, Vec<&Stage>) = pending
-                .into_iter()
-                .partition(|s| s.deps.iter().all(|d| built.contains_key(d)));
-            if ready.is_empty() {
-                return Err(SolveErrorKind::CorruptImage {
-                    image: "(plan)".to_string(),
-                    reason: "stages depend on each other in a cycle".to_string(),
-                }
-                .into());
-            }
-            let results: Vec<(usize, Result<Built, SolveError>)> = if ready.len() == 1 {
-                ready
-                    .iter()
-                    .map(|s| (s.index, self.solve_stage(graph, s, &built, multi)))
-                    .collect()
-            } else {
-                let built = &built;
-                std::thread::scope(|scope| {
-                    let handles: Vec<_> = ready
-                        .iter()
-                        .map(|s| {
-                            let stage: &Stage = s;
-                            (
-                                stage.index,
-                                scope.spawn(move || self.solve_stage(graph, stage, built, multi)),
-                            )
-                        })
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|(i, h)| {
-                            let result = h.join().unwrap_or_else(|_| {
-                                Err(SolveErrorKind::CorruptImage {
-                                    image: format!("stage {i}"),
-                                    reason: "its builder thread panicked".to_string(),
-                                }
-                                .into())
-                            });
-                            (i, result)
-                        })
-                        .collect()
+        let finished = Finished::default();
+        let results: Vec<(usize, Result<Built, SolveError>)> = std::thread::scope(|scope| {
+            let finished = &finished;
+            let handles: Vec<_> = graph
+                .needed_stages()
+                .map(|stage| {
+                    let handle = scope.spawn(move || {
+                        let result = self.solve_stage(graph, stage, finished, multi);
+                        if result.is_err() {
+                            self.failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        finished.put(stage.index, result.as_ref().ok().cloned());
+                        result
+                    });
+                    (stage.index, handle)
                 })
-            };
-            for (index, result) in results {
-                built.insert(index, result?);
+                .collect();
+            handles
+                .into_iter()
+                .map(|(i, h)| {
+                    let result = h.join().unwrap_or_else(|_| {
+                        finished.put(i, None);
+                        Err(SolveErrorKind::CorruptImage {
+                            image: format!("stage {i}"),
+                            reason: "its builder thread panicked".to_string(),
+                        }
+                        .into())
+                    });
+                    (i, result)
+                })
+                .collect()
+        });
+        // The first real failure, not a stage that stopped because of it.
+        let mut target = None;
+        let mut knock_on = None;
+        for (index, result) in results {
+            match result {
+                Ok(built) if index == graph.target => target = Some(built),
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        *e.kind,
+                        SolveErrorKind::StageFailed(_) | SolveErrorKind::Stopped
+                    ) =>
+                {
+                    knock_on.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
             }
-            pending = waiting;
         }
-        built.remove(&graph.target).ok_or_else(|| {
+        if let Some(e) = knock_on {
+            return Err(e);
+        }
+        target.ok_or_else(|| {
             SolveError::from(SolveErrorKind::CorruptImage {
                 image: "(target)".to_string(),
                 reason: "the target stage was not built".to_string(),
@@ -521,7 +630,7 @@ impl<'a> Solver<'a> {
     }
 
     /// The starting image of a stage.
-    fn start(&self, stage: &Stage, built: &BTreeMap<usize, Built>) -> Result<Built> {
+    fn start(&self, graph: &BuildGraph, stage: &Stage, built: &Finished) -> Result<Built> {
         match &stage.base {
             Base::Scratch => {
                 let mut config = ImageConfig {
@@ -546,15 +655,7 @@ impl<'a> Solver<'a> {
                     layers: image.layers,
                 })
             }
-            Base::Stage { index } => {
-                built
-                    .get(index)
-                    .cloned()
-                    .ok_or_else(|| SolveErrorKind::CorruptImage {
-                        image: format!("stage {index}"),
-                        reason: "used before it was built".to_string(),
-                    })
-            }
+            Base::Stage { index } => built.get(graph, *index),
         }
     }
 
@@ -562,7 +663,7 @@ impl<'a> Solver<'a> {
         &self,
         graph: &BuildGraph,
         stage: &Stage,
-        built: &BTreeMap<usize, Built>,
+        built: &Finished,
         multi: bool,
     ) -> Result<Built, SolveError> {
         let at = |span: &Span| {
@@ -592,11 +693,11 @@ impl<'a> Solver<'a> {
                     .unwrap_or_else(|_| reference.clone());
                 self.reporter
                     .started(id, &format!("{} FROM {name}", prefix(n)));
-                let b = self.start(stage, built).map_err(at(&stage.span))?;
+                let b = self.start(graph, stage, built).map_err(at(&stage.span))?;
                 self.reporter.done(id, started.elapsed());
                 b
             }
-            _ => self.start(stage, built).map_err(at(&stage.span))?,
+            _ => self.start(graph, stage, built).map_err(at(&stage.span))?,
         };
         let time = self.time();
         let mut history = std::mem::take(&mut current.config.history);
@@ -610,7 +711,11 @@ impl<'a> Solver<'a> {
                 self.reporter
                     .started(id, &format!("{} {label}{}", prefix(n), step.instruction));
             }
-            let result = self.solve_step(graph, stage, step, &current, built, id);
+            let result = if self.failed.load(std::sync::atomic::Ordering::SeqCst) {
+                Err(SolveErrorKind::Stopped)
+            } else {
+                self.solve_step(graph, stage, step, &current, built, id)
+            };
             match result {
                 Ok((layer, key, cached)) => {
                     if step.layer {
@@ -666,7 +771,7 @@ impl<'a> Solver<'a> {
         stage: &Stage,
         step: &Step,
         current: &Built,
-        built: &BTreeMap<usize, Built>,
+        built: &Finished,
         id: usize,
     ) -> Result<(Option<Layer>, String, bool)> {
         let platform = stage.platform.to_string();
@@ -781,13 +886,7 @@ impl<'a> Solver<'a> {
                             (Rc::new(tree), None, format!("build context {name}"))
                         }
                         CopySource::Stage { index } => {
-                            let b =
-                                built
-                                    .get(index)
-                                    .ok_or_else(|| SolveErrorKind::CorruptImage {
-                                        image: graph.stages[*index].display_name(),
-                                        reason: "used before it was built".to_string(),
-                                    })?;
+                            let b = built.get(graph, *index)?;
                             let tree = self.layered(&b.layers)?;
                             (
                                 Rc::new(tree),
@@ -921,22 +1020,35 @@ impl<'a> Solver<'a> {
             .name
             .as_ref()
             .is_some_and(|n| self.opts.no_cache_stages.contains(n));
-        if !self.opts.no_cache && !filtered {
-            if let Some(record) = self.store.cache_get(key)? {
-                if let (Some(descriptor), Some(diff_id)) = (record.layer, record.diff_id) {
-                    let layer = Layer {
-                        descriptor,
-                        diff_id,
-                    };
-                    self.remember(key, &layer, record.created);
+        let use_cache = !self.opts.no_cache && !filtered;
+        let _claim = loop {
+            if use_cache {
+                if let Some(record) = self.store.cache_get(key)? {
+                    if let (Some(descriptor), Some(diff_id)) = (record.layer, record.diff_id) {
+                        let layer = Layer {
+                            descriptor,
+                            diff_id,
+                        };
+                        self.remember(key, &layer, record.created);
+                        return Ok((Some(layer), key.to_string(), true));
+                    }
+                }
+                if let Some((layer, created)) = self.remote_hit(key)? {
+                    self.remember(key, &layer, created);
                     return Ok((Some(layer), key.to_string(), true));
                 }
+            } else {
+                // Without the cache, every stage runs its own steps.
+                break None;
             }
-            if let Some((layer, created)) = self.remote_hit(key)? {
-                self.remember(key, &layer, created);
-                return Ok((Some(layer), key.to_string(), true));
+            // Another stage running this very step: wait, then look again.
+            if let Some(claim) = self.inflight.claim(key) {
+                break Some(claim);
             }
-        }
+            if self.failed.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(SolveErrorKind::Stopped);
+            }
+        };
         let layer = run()?;
         let created = now();
         self.store.cache_put(
@@ -1010,7 +1122,7 @@ impl<'a> Solver<'a> {
         graph: &BuildGraph,
         stage: &Stage,
         run: &estiba_frontend::graph::RunStep,
-        built: &BTreeMap<usize, Built>,
+        built: &Finished,
     ) -> Result<BTreeMap<usize, MountSource<'a>>> {
         use estiba_frontend::instructions::MountKind;
         let mut out = BTreeMap::new();
@@ -1026,12 +1138,7 @@ impl<'a> Solver<'a> {
                             .stages
                             .get(index)
                             .map_or_else(|| format!("stage {index}"), |s| s.display_name());
-                        let b = built
-                            .get(&index)
-                            .ok_or_else(|| SolveErrorKind::CorruptImage {
-                                image: name.clone(),
-                                reason: "used before it was built".to_string(),
-                            })?;
+                        let b = built.get(graph, index)?;
                         (
                             Rc::new(self.layered(&b.layers)?),
                             true,
