@@ -828,3 +828,45 @@ fn the_failing_stage_is_the_error_of_a_parallel_build() {
     assert!(report.contains("exit code: 5"), "{err}");
     assert!(report.contains("Dockerfile:2"), "{err}");
 }
+
+/// A COPY a later RUN reads has its snapshot unpacked as its layer is
+/// written (issue 13: one pass, not the tar written and then unpacked).
+/// The tree must be exactly what unpacking the stored layer gives:
+/// `fsck --full` compares each snapshot with its layer unpacked again, on a
+/// context with a 0700 directory owned by another user, a setgid 0775
+/// directory, a symlink, a hard link and odd modes.
+#[test]
+fn a_copy_snapshot_made_while_writing_equals_its_layer_unpacked() {
+    use std::os::unix::fs::PermissionsExt;
+    let e = env(&[
+        (
+            "Dockerfile",
+            "FROM busybox:test\nCOPY . /data\nCOPY --chown=1000:50 --chmod=640 sub /owned\n\
+             RUN ls -ln /data /owned > /listing\n",
+        ),
+        ("private/secret", "s"),
+        ("shared/group-file", "g"),
+        ("sub/a", "a"),
+        ("sub/deep/b", "b"),
+    ]);
+    import_busybox(&e);
+    let set_mode = |path: &str, mode: u32| {
+        std::fs::set_permissions(e.ctx.join(path), std::fs::Permissions::from_mode(mode))
+            .expect("chmod");
+    };
+    set_mode("private", 0o700);
+    std::os::unix::fs::chown(e.ctx.join("private"), Some(1000), Some(1000)).expect("chown");
+    set_mode("shared", 0o2775);
+    set_mode("sub/a", 0o4755);
+    std::os::unix::fs::symlink("../sub/a", e.ctx.join("shared/link")).expect("symlink");
+    std::fs::hard_link(e.ctx.join("sub/a"), e.ctx.join("sub/hard")).expect("hard link");
+    let (code, _, err) = build(&e, &["-t", "onepass:1"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(estiba(&e.root).args(["fsck", "--full"]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("no problems"), "{out}{err}");
+    // And the RUN saw what the layers hold.
+    let rootfs = local_export(&e, "rootfs", &["-t", "onepass:1"]);
+    let listing = read(&rootfs, "listing");
+    assert!(listing.contains("1000"), "{listing}");
+}

@@ -35,6 +35,24 @@ mod step;
 
 use schedule::{Finished, InFlight};
 
+/// Writes everything to both: a layer's blob and its snapshot's unpacker.
+struct Tee<A, B> {
+    first: A,
+    second: B,
+}
+
+impl<A: std::io::Write, B: std::io::Write> std::io::Write for Tee<A, B> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.first.write_all(buf)?;
+        self.second.write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.first.flush()?;
+        self.second.flush()
+    }
+}
+
 /// A failed build step or stage, with the Dockerfile lines it concerns.
 #[derive(Debug)]
 pub struct SolveError {
@@ -620,7 +638,13 @@ impl<'a> Solver<'a> {
         };
         let time = self.time();
         let mut history = std::mem::take(&mut current.config.history);
-        for step in &stage.steps {
+        // A layer a later step or another stage reads is unpacked as it is
+        // written (see `exec_diff`); the target's last layers are not.
+        let read_by_others = graph
+            .needed_stages()
+            .any(|s| s.index != stage.index && s.deps.contains(&stage.index));
+        for (i, step) in stage.steps.iter().enumerate() {
+            let read_later = read_by_others || stage.steps[i + 1..].iter().any(|s| s.layer);
             // Only steps that make layers are shown, as BuildKit's vertices.
             let id = if step.layer { self.vertex() } else { 0 };
             let started = Instant::now();
@@ -633,7 +657,8 @@ impl<'a> Solver<'a> {
             let result = if self.failed.load(std::sync::atomic::Ordering::SeqCst) {
                 Err(SolveErrorKind::Stopped)
             } else {
-                self.solve_step(graph, stage, step, &current, built, id)
+                let place = step::Place { id, read_later };
+                self.solve_step(graph, stage, step, &current, built, place)
             };
             match result {
                 Ok((layer, key, cached)) => {
@@ -758,6 +783,7 @@ impl<'a> Solver<'a> {
         &self,
         current: &Built,
         independent: bool,
+        snapshot: bool,
         fill: impl FnOnce(&mut Writer<'t>, &LayeredTree) -> Result<()>,
     ) -> Result<Layer> {
         let lower = self.layered(&current.layers)?;
@@ -776,14 +802,49 @@ impl<'a> Solver<'a> {
             },
         );
         fill(&mut writer, &lower)?;
-        let blob = writer.write_layer(
-            self.store.blob_writer()?,
-            &layer::LayerOptions {
-                mtime_clamp: self.opts.epoch,
-            },
-        )?;
+        let opts = layer::LayerOptions {
+            mtime_clamp: self.opts.epoch,
+        };
+        if !snapshot {
+            let blob = writer.write_layer(self.store.blob_writer()?, &opts)?;
+            let (digest, size) = blob.commit()?;
+            return Ok(Layer::uncompressed(digest, size));
+        }
+        // A later step reads this layer: its snapshot is unpacked from the
+        // tar as the tar is written, from the same reads of the sources and
+        // on another core, rather than from the stored blob afterwards.
+        let unpacked = self.store.temp_dir("snapshot")?;
+        let (blob, tree) = image::unpack_while_writing(unpacked.path(), |out| {
+            let mut tee = Tee {
+                first: self.store.blob_writer()?,
+                second: out,
+            };
+            tee = writer.write_layer(tee, &opts)?;
+            Ok::<_, SolveErrorKind>(tee.first)
+        })?;
         let (digest, size) = blob.commit()?;
-        Ok(Layer::uncompressed(digest, size))
+        let layer = Layer::uncompressed(digest, size);
+        // Should unpacking have failed, the stored blob is unpacked again
+        // when a step needs it, and fails there with its own error.
+        if tree.is_ok() && self.store.snapshot(&layer.diff_id).is_none() {
+            self.adopt_snapshot(unpacked, &layer.diff_id)?;
+        }
+        Ok(layer)
+    }
+
+    /// Makes the filled directory `dir` the snapshot of `diff_id`.
+    fn adopt_snapshot(&self, dir: TempDir, diff_id: &Digest) -> Result<()> {
+        let builder = self.store.snapshot_builder(diff_id)?;
+        let target = builder.path().to_path_buf();
+        let _ = std::fs::remove_dir(&target);
+        std::fs::rename(dir.path(), &target).map_err(|source| SolveErrorKind::Io {
+            path: target.clone(),
+            source,
+        })?;
+        // Renamed away: nothing left for the TempDir to remove.
+        dir.keep();
+        builder.commit()?;
+        Ok(())
     }
 
     /// Turns a filled upper directory (OCI whiteout form) into a stored
@@ -800,16 +861,7 @@ impl<'a> Solver<'a> {
         let (digest, size) = blob.commit()?;
         if self.store.snapshot(&info.diff_id).is_none() {
             image::overlay_form(upper.path())?;
-            let builder = self.store.snapshot_builder(&info.diff_id)?;
-            let target = builder.path().to_path_buf();
-            let _ = std::fs::remove_dir(&target);
-            std::fs::rename(upper.path(), &target).map_err(|source| SolveErrorKind::Io {
-                path: target.clone(),
-                source,
-            })?;
-            // Renamed away: nothing left for the TempDir to remove.
-            upper.keep();
-            builder.commit()?;
+            self.adopt_snapshot(upper, &info.diff_id)?;
         }
         Ok(Layer {
             descriptor: Descriptor::new(media_type::OCI_LAYER_TAR, digest, size),

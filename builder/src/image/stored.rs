@@ -198,16 +198,7 @@ pub fn snapshot(store: &Store, l: &Layer) -> Result<PathBuf, ImageError> {
     let blob = store.open_blob(&l.descriptor.digest)?;
     let mut reader = crate::compress::decompressing_reader(Box::new(std::io::BufReader::new(blob)))
         .map_err(|e| corrupt(e.to_string()))?;
-    let unpack = |reader: &mut dyn std::io::Read| {
-        layer::unpack_layer(
-            reader,
-            builder.path(),
-            &layer::UnpackOptions {
-                whiteouts: layer::WhiteoutMode::Keep,
-                ..layer::UnpackOptions::default()
-            },
-        )
-    };
+    let unpack = |reader: &mut dyn std::io::Read| unpack_keeping_whiteouts(reader, builder.path());
     if l.descriptor.digest == l.diff_id {
         // The blob is named by the diff ID and was checked against its name
         // when stored: nothing more to verify (most layers estiba builds).
@@ -227,6 +218,59 @@ pub fn snapshot(store: &Store, l: &Layer) -> Result<PathBuf, ImageError> {
     }
     overlay_form(builder.path())?;
     Ok(builder.commit()?)
+}
+
+/// Unpacks a layer into `dir` as a snapshot of it alone: its whiteouts
+/// kept as entries rather than applied.
+fn unpack_keeping_whiteouts(
+    reader: &mut dyn std::io::Read,
+    dir: &std::path::Path,
+) -> Result<layer::UnpackStats, layer::LayerError> {
+    layer::unpack_layer(
+        reader,
+        dir,
+        &layer::UnpackOptions {
+            whiteouts: layer::WhiteoutMode::Keep,
+            ..layer::UnpackOptions::default()
+        },
+    )
+}
+
+/// Unpacks into the empty directory `dir`, on another thread, the layer
+/// tar `write` writes into the pipe it is given, as it is written: `dir`
+/// ends in the form of a snapshot ([`snapshot`] makes the same tree from
+/// the stored blob). Returns what `write` returned and how unpacking went;
+/// a failed `write` leaves `dir` incomplete.
+pub fn unpack_while_writing<T, E: From<ImageError>>(
+    dir: &std::path::Path,
+    write: impl FnOnce(std::io::BufWriter<std::fs::File>) -> Result<T, E>,
+) -> Result<(T, Result<(), ImageError>), E> {
+    // Close-on-exec: a RUN starting on another thread must not inherit the
+    // write end, or the unpacker would wait for that step to end.
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| {
+        E::from(ImageError::Layer(layer::LayerError::Fs {
+            action: "make a pipe to unpack into",
+            path: dir.to_path_buf(),
+            source: e.into(),
+        }))
+    })?;
+    std::thread::scope(|scope| {
+        let unpacker = scope.spawn(move || -> Result<(), ImageError> {
+            let mut reader = std::io::BufReader::new(std::fs::File::from(read_end));
+            unpack_keeping_whiteouts(&mut reader, dir)?;
+            overlay_form(dir)?;
+            Ok(())
+        });
+        // `write` drops the pipe's end when done: the unpacker sees the end.
+        let written = write(std::io::BufWriter::with_capacity(
+            1 << 16,
+            std::fs::File::from(write_end),
+        ));
+        let unpacked = unpacker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        written.map(|t| (t, unpacked))
+    })
 }
 
 /// Snapshots are kept with whiteouts in the form overlayfs reads, so a RUN

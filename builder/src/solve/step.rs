@@ -4,6 +4,14 @@
 use super::copy_step::writer_chown;
 use super::*;
 
+/// Where a step stands in the build.
+pub(super) struct Place {
+    /// Its progress vertex.
+    pub(super) id: usize,
+    /// Whether a later step, or another stage, reads the layer it makes.
+    pub(super) read_later: bool,
+}
+
 impl<'a> Solver<'a> {
     /// One step: its layer (if it makes one), its key, and whether it was cached.
     pub(super) fn solve_step(
@@ -13,8 +21,9 @@ impl<'a> Solver<'a> {
         step: &Step,
         current: &Built,
         built: &Finished,
-        id: usize,
+        place: Place,
     ) -> Result<(Option<Layer>, String, bool)> {
+        let Place { id, read_later } = place;
         let platform = stage.platform.to_string();
         // COPY --link makes a layer that does not depend on what is below it:
         // its key leaves the parent out, so a new base keeps it cached.
@@ -68,7 +77,7 @@ impl<'a> Solver<'a> {
                 }
                 let key = key_of(None, None, None, None)?;
                 self.cached_or(&key, stage, || {
-                    self.exec_diff(current, false, |writer, lower| {
+                    self.exec_diff(current, false, read_later, |writer, lower| {
                         let owner = if user.is_empty() {
                             (0, 0)
                         } else {
@@ -200,7 +209,7 @@ impl<'a> Solver<'a> {
                     (layer, k, cached)
                 };
                 self.cached_or(&key, stage, || {
-                    self.exec_diff(current, link, |writer, lower| {
+                    self.exec_diff(current, link, read_later, |writer, lower| {
                         self.exec_copy(
                             copy,
                             writer,
