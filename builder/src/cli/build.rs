@@ -316,7 +316,7 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
     let text = &source.text;
     let opts = plan_options(args, &source.path)?;
     let plain = Plain::new();
-    let tty = super::progress::Tty::new();
+    let tty = super::progress::Tty::new("Building");
     let shown = super::progress::chosen(args.progress, args.quiet, &plain, &tty);
     // What a Ctrl-C names as running.
     let tracked = super::interrupt::Tracked(shown);
@@ -556,6 +556,7 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
         reporter.log(export_id, &format!("naming to {tag} done"));
     }
     reporter.done(export_id, export_start.elapsed());
+    tty.finish();
     if args.quiet {
         println!("{image_id}");
     } else {

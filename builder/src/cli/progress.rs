@@ -109,6 +109,8 @@ struct Step {
 
 #[derive(Debug)]
 struct Screen {
+    /// What the header says is going on: Building, Pushing, Pulling.
+    doing: &'static str,
     start: Instant,
     steps: Vec<Step>,
     /// Warnings not written yet.
@@ -120,10 +122,12 @@ struct Screen {
 }
 
 impl Tty {
-    pub(crate) fn new() -> Self {
+    /// A display whose header says `[+] {doing} 1.2s (3/7)`.
+    pub(crate) fn new(doing: &'static str) -> Self {
         Tty {
             shared: std::sync::Arc::new((
                 Mutex::new(Screen {
+                    doing,
                     start: Instant::now(),
                     steps: Vec::new(),
                     pending: Vec::new(),
@@ -143,8 +147,9 @@ impl Tty {
         if let Ok(mut screen) = self.shared.0.lock() {
             change(&mut screen);
         }
+        let stopped = self.shared.0.lock().map_or(true, |s| s.stopped);
         if let Ok(mut painter) = self.painter.lock() {
-            if painter.is_none() {
+            if painter.is_none() && !stopped {
                 let shared = std::sync::Arc::clone(&self.shared);
                 *painter = Some(std::thread::spawn(move || paint_until_stopped(&shared)));
             }
@@ -160,8 +165,10 @@ impl Tty {
     }
 }
 
-impl Drop for Tty {
-    fn drop(&mut self) {
+impl Tty {
+    /// Draws the last frame and stops drawing: call before printing a
+    /// result on standard output, which the live part would overwrite.
+    pub(crate) fn finish(&self) {
         if let Ok(mut screen) = self.shared.0.lock() {
             screen.stopped = true;
         }
@@ -169,6 +176,12 @@ impl Drop for Tty {
         if let Some(painter) = self.painter.lock().ok().and_then(|mut p| p.take()) {
             let _ = painter.join();
         }
+    }
+}
+
+impl Drop for Tty {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 
@@ -300,7 +313,8 @@ impl Screen {
             .filter(|s| !matches!(s.state, State::Running))
             .count();
         let header = format!(
-            "[+] Building {:.1}s ({done}/{}){}",
+            "[+] {} {:.1}s ({done}/{}){}",
+            self.doing,
             self.start.elapsed().as_secs_f64(),
             self.steps.len(),
             if last { " FINISHED" } else { "" }

@@ -67,13 +67,14 @@ pub(crate) fn pull(
     let _lock = store.lock_shared().context("cannot lock the store")?;
     let registry = open()?;
     let plain = Plain::new();
-    let tty = Tty::new();
+    let tty = Tty::new("Pulling");
     let shown = super::progress::chosen(ProgressMode::Auto, quiet, &plain, &tty);
     let tracked = super::interrupt::Tracked(shown);
     let images = Images::with_registry(&store, &registry, PullPolicy::Always, &tracked);
     let image = images
         .get(&reference.to_string(), &platform)
         .map_err(|e| anyhow!(estiba::solve::error_chain(&e)))?;
+    tty.finish();
     if !quiet {
         println!("Digest: {}", image.descriptor.digest);
     }
@@ -98,7 +99,7 @@ pub(crate) fn push(root: Option<&Path>, args: &PushArgs) -> Result<(), Failure> 
     };
     let registry = open()?;
     let plain = Plain::new();
-    let tty = Tty::new();
+    let tty = Tty::new("Pushing");
     let shown = super::progress::chosen(args.progress, args.quiet, &plain, &tty);
     let tracked = super::interrupt::Tracked(shown);
     let images = Images::with_registry(&store, &registry, PullPolicy::Missing, &tracked);
@@ -109,6 +110,7 @@ pub(crate) fn push(root: Option<&Path>, args: &PushArgs) -> Result<(), Failure> 
     let pushed = images
         .push(&image, &dest, &opts)
         .map_err(|e| anyhow!(estiba::solve::error_chain(&e)))?;
+    tty.finish();
     if args.quiet {
         println!("{}", pushed.digest);
     } else {
