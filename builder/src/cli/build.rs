@@ -232,6 +232,9 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
     if args.dry_run {
         return dry_run(args, &named, &path, &text, &opts);
     }
+    if args.check {
+        return super::checks::check_only(args, &named, &text, &opts, root);
+    }
     let outputs = args
         .outputs
         .iter()
@@ -293,6 +296,8 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
     let context = BuildContext::open(&args.context, Some(&named), Some(stat_cache))
         .with_context(|| format!("cannot use the build context {}", args.context.display()))?
         .with_stat_cache_temp_dir(stat_scratch.path());
+    let lint =
+        super::checks::before_build(&text, &opts, &graph, &images, context.ignore_matcher())?;
     let epoch = source_date_epoch()?;
     // Only each source's manifest and config now; layers when a step hits.
     let remote = RemoteCache::load(Some(&registry), &cache_from, reporter);
@@ -477,6 +482,7 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
             super::registry::print_pushed(p);
         }
     }
+    super::checks::after_build(&lint);
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 mod args;
 mod build;
 mod cache;
+mod checks;
 mod fsck;
 mod images;
 mod interrupt;
@@ -90,6 +91,9 @@ pub(crate) enum Failure {
         span: Option<Span>,
         source: String,
     },
+    /// The command has already printed why it fails (`build --check` with
+    /// warnings): exit 1, print nothing more.
+    Reported,
     Other(anyhow::Error),
 }
 
@@ -110,7 +114,7 @@ impl Failure {
     fn report(self, debug: bool) -> i32 {
         if debug {
             match &self {
-                Failure::Usage(_) => {}
+                Failure::Usage(_) | Failure::Reported => {}
                 Failure::Dockerfile { error, .. } => eprintln!("debug: {error:#?}"),
                 Failure::Other(e) => eprintln!("debug: {e:#?}"),
             }
@@ -131,6 +135,7 @@ impl Failure {
                 );
                 EXIT_FAILED
             }
+            Failure::Reported => EXIT_FAILED,
             Failure::Other(e) => {
                 eprint!("{}", report::render_chain(&e));
                 EXIT_FAILED
