@@ -244,3 +244,22 @@ fn check_names_the_dockerfile_as_given() {
     assert_eq!(code, 1);
     assert!(out.contains("Maintainer instruction is deprecated in favor of using label\nsub/Build.Dockerfile:2\n"), "{out}");
 }
+
+/// With `--target`, only the stages the target needs get the stage rules,
+/// as BuildKit's lint does; without it, every stage.
+#[test]
+fn check_with_a_target_skips_stages_it_does_not_need() {
+    let e = env(&[(
+        "Dockerfile",
+        "FROM scratch AS a\nCOPY . /\nFROM scratch AS b\nENV greeting hola\n",
+    )]);
+    let (code, out, err) = check(&e, &["--target", "a"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "Check complete, no warnings found.\n"),
+        "{err}"
+    );
+    let (code, out, _) = check(&e, &[]);
+    assert_eq!(code, 1);
+    assert!(out.contains("WARNING: LegacyKeyValueFormat"), "{out}");
+}

@@ -13,12 +13,13 @@ use estiba::image::{Images, PullPolicy};
 use estiba::progress::Silent;
 use estiba_frontend::checks::{self, CheckOptions, Finding, Report};
 use estiba_frontend::dockerignore::Matcher;
-use estiba_frontend::{BaseResolver, BuildGraph, PlanOptions};
+use estiba_frontend::{plan, BaseResolver, BuildGraph, PlanOptions};
 use std::fmt::Write;
 use std::path::Path;
 
-/// Runs the checks on every stage and prints the report, as `docker build
-/// --check`: nothing is built. Exit 1 when something was found.
+/// Runs the checks on every stage (those `--target` needs, when given) and
+/// prints the report, as `docker build --check`: nothing is built. Exit 1
+/// when something was found.
 pub(crate) fn check_only(
     args: &BuildArgs,
     named: &Path,
@@ -36,7 +37,22 @@ pub(crate) fn check_only(
     let _lock = store.lock_shared()?;
     let registry = super::registry::open()?;
     let images = Images::with_registry(&store, &registry, PullPolicy::Missing, &Silent);
-    let report = run(text, opts, None, &images, context.ignore_matcher())?;
+    // All stages, unless --target names one: then the stages it needs
+    // (BuildKit's lint sets AllStages only without a target).
+    let needed: Option<Vec<bool>> = match &opts.target {
+        None => None,
+        Some(_) => {
+            let graph = plan(text, opts, &images).map_err(|e| Failure::frontend(e, text))?;
+            Some(graph.stages.iter().map(|s| s.needed).collect())
+        }
+    };
+    let report = run(
+        text,
+        opts,
+        needed.as_deref(),
+        &images,
+        context.ignore_matcher(),
+    )?;
     print!("{}", full_report(&report, text));
     if let Some(violation) = report.violation() {
         println!();
@@ -85,11 +101,7 @@ fn run(
         ignore: Some(ignore),
         stages,
     };
-    checks::check(text, &check_opts, resolver).map_err(|error| Failure::Dockerfile {
-        span: error.span().cloned(),
-        error: Box::new(error),
-        source: text.to_string(),
-    })
+    checks::check(text, &check_opts, resolver).map_err(|e| Failure::frontend(e, text))
 }
 
 /// buildx's summary after a build (`printWarnings`): a blank line, ` N

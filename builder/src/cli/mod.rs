@@ -110,6 +110,15 @@ impl From<estiba_cache::StoreError> for Failure {
 }
 
 impl Failure {
+    /// A frontend error at its Dockerfile line, `source` being the text.
+    fn frontend(error: estiba_frontend::Error, source: &str) -> Self {
+        Failure::Dockerfile {
+            span: error.span().cloned(),
+            error: Box::new(error),
+            source: source.to_string(),
+        }
+    }
+
     /// Prints the failure; with `--debug`, also its full structure.
     fn report(self, debug: bool) -> i32 {
         if debug {
