@@ -201,11 +201,7 @@ fn is_path_component(text: &str) -> bool {
     }
 }
 
-/// An EXPOSE word split as BuildKit's `portSpecs.splitParts` and
-/// `splitProtoPort` do (moby/buildkit
-/// frontend/dockerfile/dockerfile2llb/convert_expose.go): `[ip:]host:port`
-/// and `port/proto`. `None` when the build itself rejects the word (no port,
-/// an unknown protocol), which the lint then leaves alone.
+/// What the EXPOSE rules need of one EXPOSE word.
 pub(crate) struct PortSpec<'a> {
     /// Whether an IP address or a host port was given.
     pub(crate) mapped: bool,
@@ -213,6 +209,11 @@ pub(crate) struct PortSpec<'a> {
     pub(crate) proto: &'a str,
 }
 
+/// An EXPOSE word split as BuildKit's `portSpecs.splitParts` and
+/// `splitProtoPort` do (moby/buildkit
+/// frontend/dockerfile/dockerfile2llb/convert_expose.go): `[ip:]host:port`
+/// and `port/proto`. `None` when the build itself rejects the word (no port,
+/// an unknown protocol), which the lint then leaves alone.
 pub(crate) fn split_port(raw: &str) -> Option<PortSpec<'_>> {
     let parts: Vec<&str> = raw.split(':').collect();
     let (ip, host, container) = match parts.as_slice() {
