@@ -10,23 +10,18 @@ use std::process::Command;
 
 #[path = "support/busybox.rs"]
 mod busybox;
+#[path = "support/env.rs"]
+mod support_env;
 #[path = "support/estiba.rs"]
 mod support_estiba;
 use busybox::{busybox_rootfs, tar_tree};
+use support_env::{env, write, Env};
 use support_estiba::{estiba, run};
 
 fn ok(cmd: &mut Command) -> (String, String) {
     let (code, out, err) = run(cmd);
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     (out, err)
-}
-
-fn write(dir: &Path, files: &[(&str, &str)]) {
-    for (name, text) in files {
-        let path = dir.join(name);
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(path, text).expect("write");
-    }
 }
 
 /// Every blob in the store hashes to its name: nothing half-written or damaged.
@@ -44,25 +39,6 @@ fn assert_blobs_are_what_they_are_named(root: &Path) {
             name,
             "blob {name} is damaged"
         );
-    }
-}
-
-struct Env {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    ctx: PathBuf,
-}
-
-fn env(files: &[(&str, &str)]) -> Env {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let root = tmp.path().join("store");
-    let ctx = tmp.path().join("ctx");
-    std::fs::create_dir_all(&ctx).expect("ctx");
-    write(&ctx, files);
-    Env {
-        _tmp: tmp,
-        root,
-        ctx,
     }
 }
 

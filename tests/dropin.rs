@@ -5,6 +5,8 @@ use std::path::Path;
 
 #[path = "support/busybox.rs"]
 mod busybox;
+#[path = "support/env.rs"]
+mod support_env;
 #[path = "support/project.rs"]
 mod project;
 #[path = "support/estiba.rs"]

@@ -269,6 +269,11 @@ impl BuildContext {
         self.ignore_file.as_deref()
     }
 
+    /// The compiled patterns of the ignore file (empty when there is none).
+    pub fn ignore_matcher(&self) -> &Matcher {
+        &self.matcher
+    }
+
     /// Whether the patterns exclude `path` (context-relative), by the rule
     /// BuildKit's walk applies (each directory's results carried to its
     /// entries). Purely by name: symlinks are not resolved, and an excluded

@@ -3,11 +3,13 @@
 //! Everything here is pure and synchronous: no file system or network beyond
 //! the bytes the caller hands in. The flow is [`parser`] (lines, directives,
 //! continuations, heredocs) → [`instructions`] (typed, with flags) → [`plan`]
-//! (ARG/ENV expansion, stages, pruning) → [`BuildGraph`]. The shell-word lexer
+//! (ARG/ENV expansion, stages, pruning) → [`BuildGraph`]; [`checks`] runs
+//! BuildKit's lint rules over the same text. The shell-word lexer
 //! and the `.dockerignore` matcher live here too, since both are Dockerfile
 //! language that the rest of estiba consumes.
 #![deny(missing_docs)]
 
+pub mod checks;
 pub mod dockerignore;
 pub mod graph;
 pub mod instructions;
@@ -36,6 +38,15 @@ pub enum Error {
     /// The build cannot be planned.
     #[error(transparent)]
     Plan(#[from] plan::PlanError),
+    /// The `check=` directive or `BUILDKIT_DOCKERFILE_CHECK` does not parse.
+    #[error("failed to parse check options")]
+    Check {
+        /// The directive's line; `None` for the build arg.
+        span: Option<Span>,
+        /// What is wrong with it.
+        #[source]
+        source: checks::CheckOptionError,
+    },
 }
 
 impl Error {
@@ -45,6 +56,7 @@ impl Error {
             Error::Parse(e) => Some(&e.span),
             Error::Instruction(e) => Some(&e.span),
             Error::Plan(e) => e.span.as_ref(),
+            Error::Check { span, .. } => span.as_ref(),
         }
     }
 }

@@ -94,6 +94,11 @@ pub struct Node {
     pub original: String,
     /// Lines the instruction covers, heredoc bodies included.
     pub span: Span,
+    /// The comment lines right above the instruction, `#` and surrounding
+    /// space removed (BuildKit's `PrevComment`: an empty `#` line starts the
+    /// block again, parser directives are not part of it). Read for
+    /// per-instruction `# check=` comments and stage/ARG descriptions.
+    pub comments: Vec<String>,
 }
 
 impl Node {
@@ -212,7 +217,7 @@ impl Directives {
 
 /// `key = value` with key `[a-zA-Z][a-zA-Z0-9]*` and a non-empty value,
 /// surrounding ASCII whitespace ignored.
-fn split_directive(text: &str) -> Option<(&str, &str)> {
+pub(crate) fn split_directive(text: &str) -> Option<(&str, &str)> {
     let key_len = text
         .char_indices()
         .find(|&(i, c)| !(c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit())))
@@ -270,6 +275,7 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, ParseError> {
     let mut nodes = Vec::new();
     let mut warnings = Vec::new();
     let mut current = 0usize;
+    let mut comments: Vec<String> = Vec::new();
     let error = |kind, start: usize, end: usize| ParseError {
         span: Span::lines(file, start.max(1), end.max(1)),
         kind: Box::new(kind),
@@ -277,9 +283,15 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, ParseError> {
 
     while let Some(raw) = lines.next() {
         let stripped = trim_newline(raw).trim_start();
-        directives
+        let directive = directives
             .check_line(stripped)
             .map_err(|kind| error(kind, current + 1, current + 1))?;
+        if let (Some(comment), false) = (stripped.strip_prefix('#'), directive) {
+            match comment.trim() {
+                "" => comments.clear(),
+                text => comments.push(text.to_string()),
+            }
+        }
         current += 1;
         let start = current;
         let column = trim_newline(raw).len() - stripped.len() + 1;
@@ -344,6 +356,7 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, ParseError> {
             }
         }
         node.set_span(Span::lines(file, start, current).at_column(column));
+        node.comments = std::mem::take(&mut comments);
         nodes.push(node);
     }
 
@@ -406,6 +419,7 @@ fn node_from_line(line: &str, escape: char) -> Result<Node, ParseErrorKind> {
         heredocs: Vec::new(),
         original: line.to_string(),
         span: Span::lines("", 0, 0),
+        comments: Vec::new(),
     };
     match node.name().as_str() {
         "add" | "copy" | "volume" => match parse_json(rest)? {

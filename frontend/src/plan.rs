@@ -289,12 +289,16 @@ impl PlanOptions {
 /// appends, so a variable set again moves to the end (the image config's
 /// `Env`, by contrast, replaces in place).
 #[derive(Debug, Clone, Default)]
-struct EnvList(Vec<(String, String)>);
+pub(crate) struct EnvList(Vec<(String, String)>);
 
 impl EnvList {
-    fn set(&mut self, key: &str, value: &str) {
+    pub(crate) fn set(&mut self, key: &str, value: &str) {
         self.0.retain(|(k, _)| k != key);
         self.0.push((key.to_string(), value.to_string()));
+    }
+    /// The names set, in order.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _)| k.as_str())
     }
     fn get(&self, key: &str) -> Option<&str> {
         self.0
@@ -806,23 +810,8 @@ impl<'a> Planner<'a> {
 
     /// TARGETPLATFORM and friends, overridable by `--build-arg`.
     fn predefined_args(&self, target: &str) -> EnvList {
-        let (b, t) = (&self.opts.build_platform, &self.opts.platform);
-        let target = if target.is_empty() { "default" } else { target };
         let mut env = EnvList::default();
-        for (k, v) in [
-            ("BUILDPLATFORM", b.to_string()),
-            ("BUILDOS", b.os.clone()),
-            ("BUILDOSVERSION", String::new()),
-            ("BUILDARCH", b.architecture.clone()),
-            ("BUILDVARIANT", b.variant.clone()),
-            ("TARGETPLATFORM", t.to_string()),
-            ("TARGETOS", t.os.clone()),
-            ("TARGETOSVERSION", String::new()),
-            ("TARGETARCH", t.architecture.clone()),
-            ("TARGETVARIANT", t.variant.clone()),
-            ("TARGETSTAGE", target.to_string()),
-        ] {
-            let v = self.opts.build_args.get(k).cloned().unwrap_or(v);
+        for (k, v) in predefined_args(self.opts, target) {
             env.set(k, &v);
         }
         env
@@ -1669,6 +1658,29 @@ fn proxy_env(build_args: &BTreeMap<String, String>) -> Vec<String> {
     out
 }
 
+/// The args every FROM line sees (TARGETPLATFORM and friends) for a build
+/// of stage `target`, `--build-arg`s applied, in BuildKit's order.
+pub(crate) fn predefined_args(opts: &PlanOptions, target: &str) -> Vec<(&'static str, String)> {
+    let (b, t) = (&opts.build_platform, &opts.platform);
+    let target = if target.is_empty() { "default" } else { target };
+    [
+        ("BUILDPLATFORM", b.to_string()),
+        ("BUILDOS", b.os.clone()),
+        ("BUILDOSVERSION", String::new()),
+        ("BUILDARCH", b.architecture.clone()),
+        ("BUILDVARIANT", b.variant.clone()),
+        ("TARGETPLATFORM", t.to_string()),
+        ("TARGETOS", t.os.clone()),
+        ("TARGETOSVERSION", String::new()),
+        ("TARGETARCH", t.architecture.clone()),
+        ("TARGETVARIANT", t.variant.clone()),
+        ("TARGETSTAGE", target.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k, opts.build_args.get(k).cloned().unwrap_or(v)))
+    .collect()
+}
+
 fn is_predefined(key: &str) -> bool {
     PROXY_ARGS.iter().any(|p| p.eq_ignore_ascii_case(key))
         || key.starts_with("BUILDKIT_")
@@ -1710,6 +1722,7 @@ fn go_quote_list(args: &[String]) -> String {
         heredocs: Vec::new(),
         original: String::new(),
         span: Span::lines("", 0, 0),
+        comments: Vec::new(),
     };
     if args.is_empty() {
         return "[]".to_string();

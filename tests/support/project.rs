@@ -1,12 +1,13 @@
-//! A build project for end-to-end tests: a temporary store and context,
-//! the busybox base image imported, builds run with plain progress.
+//! Builds for end-to-end tests in a [`Env`]: the busybox base image
+//! imported, builds run with plain progress, results exported.
 // Not every test file that includes this module uses every helper.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use super::busybox::{busybox_rootfs, tar_tree};
+pub(crate) use super::support_env::{env, Env};
 use super::support_estiba::{estiba, run};
 
 /// Runs `cmd` and asserts it succeeds: its stdout and stderr.
@@ -14,32 +15,6 @@ pub(crate) fn ok(cmd: &mut Command) -> (String, String) {
     let (code, out, err) = run(cmd);
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     (out, err)
-}
-
-/// Writes `files` (path, text) under `dir`, making parents.
-pub(crate) fn write(dir: &Path, files: &[(&str, &str)]) {
-    for (name, text) in files {
-        let path = dir.join(name);
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(path, text).expect("write");
-    }
-}
-
-/// A store and a context in a temporary directory.
-pub(crate) struct Env {
-    pub(crate) tmp: tempfile::TempDir,
-    pub(crate) root: PathBuf,
-    pub(crate) ctx: PathBuf,
-}
-
-/// A project whose context holds `files`.
-pub(crate) fn env(files: &[(&str, &str)]) -> Env {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let root = tmp.path().join("store");
-    let ctx = tmp.path().join("ctx");
-    std::fs::create_dir_all(&ctx).expect("ctx");
-    write(&ctx, files);
-    Env { tmp, root, ctx }
 }
 
 /// Imports a busybox image (`busybox:test`) into the store, with a user

@@ -322,6 +322,10 @@ pub(crate) struct BuildArgs {
     /// Plan only: print stages, steps, dependencies and what is pruned.
     #[arg(long)]
     pub(crate) dry_run: bool,
+    /// Run BuildKit's build checks (Dockerfile lint rules) on every stage,
+    /// print them and exit 1 if any warns; nothing is built.
+    #[arg(long)]
+    pub(crate) check: bool,
     /// Output format of --dry-run.
     #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
     pub(crate) format: PlanFormat,

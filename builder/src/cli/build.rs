@@ -274,6 +274,11 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
         let opts = plan_options(args, &source.path)?;
         return dry_run(args, &source, &opts);
     }
+    if args.check {
+        let source = super::context::open(&args.context, args.file.as_deref(), None)?;
+        let opts = plan_options(args, &source.path)?;
+        return super::checks::check_only(args, &source, &opts, root);
+    }
     let outputs = args
         .outputs
         .iter()
@@ -355,6 +360,7 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
     let context = BuildContext::open(&source.dir, Some(&source.named), stat_cache)
         .with_context(|| format!("cannot use the build context {}", args.context.display()))?
         .with_stat_cache_temp_dir(stat_scratch.path());
+    let lint = super::checks::before_build(text, &opts, &graph, &images, context.ignore_matcher())?;
     let named_dirs = named_contexts(args)?
         .into_iter()
         .filter_map(|(name, (_, dir))| dir.map(|d| (name, d)))
@@ -564,6 +570,7 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
             super::registry::print_pushed(p);
         }
     }
+    super::checks::after_build(&lint);
     Ok(())
 }
 

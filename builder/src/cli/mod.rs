@@ -5,6 +5,7 @@
 mod args;
 mod build;
 mod cache;
+mod checks;
 mod context;
 mod fsck;
 mod images;
@@ -138,6 +139,9 @@ pub(crate) enum Failure {
         span: Option<Span>,
         source: String,
     },
+    /// The command has already printed why it fails (`build --check` with
+    /// warnings): exit 1, print nothing more.
+    Reported,
     Other(anyhow::Error),
 }
 
@@ -154,11 +158,20 @@ impl From<estiba_cache::StoreError> for Failure {
 }
 
 impl Failure {
+    /// A frontend error at its Dockerfile line, `source` being the text.
+    fn frontend(error: estiba_frontend::Error, source: &str) -> Self {
+        Failure::Dockerfile {
+            span: error.span().cloned(),
+            error: Box::new(error),
+            source: source.to_string(),
+        }
+    }
+
     /// Prints the failure; with `--debug`, also its full structure.
     fn report(self, debug: bool) -> i32 {
         if debug {
             match &self {
-                Failure::Usage(_) => {}
+                Failure::Usage(_) | Failure::Reported => {}
                 Failure::Dockerfile { error, .. } => eprintln!("debug: {error:#?}"),
                 Failure::Other(e) => eprintln!("debug: {e:#?}"),
             }
@@ -179,6 +192,7 @@ impl Failure {
                 );
                 EXIT_FAILED
             }
+            Failure::Reported => EXIT_FAILED,
             Failure::Other(e) => {
                 eprint!("{}", report::render_chain(&e));
                 EXIT_FAILED
