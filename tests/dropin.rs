@@ -5,10 +5,10 @@ use std::path::Path;
 
 #[path = "support/busybox.rs"]
 mod busybox;
-#[path = "support/env.rs"]
-mod support_env;
 #[path = "support/project.rs"]
 mod project;
+#[path = "support/env.rs"]
+mod support_env;
 #[path = "support/estiba.rs"]
 mod support_estiba;
 use project::{build, env, import_busybox, local_export};
