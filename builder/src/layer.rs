@@ -71,6 +71,11 @@ pub enum WhiteoutMode {
     /// Write them as the empty files they are: a snapshot of this layer
     /// alone, to be stacked (overlayfs) or re-archived later.
     Keep,
+    /// Write them as overlayfs reads them in a lower dir: `.wh.x` as a 0/0
+    /// character device `x`, an opaque marker as `trusted.overlay.opaque=y`
+    /// on its directory (both need root). A snapshot of this layer alone,
+    /// to be mounted as it is.
+    Overlay,
 }
 
 /// How [`unpack_layer`] applies a layer.

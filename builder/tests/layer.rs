@@ -587,6 +587,33 @@ fn flattening_applies_whiteouts_and_opaque_dirs() {
     assert!(snap.path().join(".wh.b").is_file());
     assert!(snap.path().join("c/.wh..wh..opq").is_file());
     assert!(snap.path().join("c/+early").is_file());
+
+    // Overlay mode (root: devices and trusted.* xattrs): the whiteouts as
+    // overlayfs reads them in a lower dir, made as the layer is unpacked.
+    if !is_root() {
+        return;
+    }
+    let snap = tmp();
+    let stats = unpack_layer(
+        &upper[..],
+        snap.path(),
+        &UnpackOptions {
+            whiteouts: WhiteoutMode::Overlay,
+            ..root_opts()
+        },
+    )
+    .unwrap();
+    assert!(stats.whiteouts >= 2, "{stats:?}");
+    let b = fs::symlink_metadata(snap.path().join("b")).unwrap();
+    assert!(b.file_type().is_char_device(), "{b:?}");
+    assert_eq!(b.rdev(), 0);
+    assert!(!snap.path().join(".wh.b").exists());
+    assert!(!snap.path().join("c/.wh..wh..opq").exists());
+    assert_eq!(
+        xattr::get(snap.path().join("c"), "trusted.overlay.opaque").unwrap(),
+        Some(b"y".to_vec())
+    );
+    assert!(snap.path().join("c/+early").is_file());
 }
 
 #[test]

@@ -194,14 +194,7 @@ pub fn snapshot(store: &Store, l: &Layer) -> Result<PathBuf, ImageError> {
     let mut reader = crate::compress::decompressing_reader(Box::new(std::io::BufReader::new(blob)))
         .map_err(|e| corrupt(e.to_string()))?;
     let unpack = |reader: &mut dyn std::io::Read| {
-        layer::unpack_layer(
-            reader,
-            builder.path(),
-            &layer::UnpackOptions {
-                whiteouts: layer::WhiteoutMode::Keep,
-                ..layer::UnpackOptions::default()
-            },
-        )
+        layer::unpack_layer(reader, builder.path(), &snapshot_unpack_options())
     };
     if l.descriptor.digest == l.diff_id {
         // The blob is named by the diff ID and was checked against its name
@@ -220,7 +213,6 @@ pub fn snapshot(store: &Store, l: &Layer) -> Result<PathBuf, ImageError> {
             )));
         }
     }
-    overlay_form(builder.path())?;
     Ok(builder.commit()?)
 }
 
@@ -228,8 +220,27 @@ pub fn snapshot(store: &Store, l: &Layer) -> Result<PathBuf, ImageError> {
 /// step mounts them as lower dirs as they are. Making 0/0 devices and
 /// `trusted.*` xattrs needs root; without it (no RUN is possible then) the
 /// OCI form stays, which [`LayeredTree`] reads as well.
-pub(crate) fn overlay_form(dir: &std::path::Path) -> Result<(), crate::tree::TreeError> {
+fn snapshot_whiteouts() -> layer::WhiteoutMode {
     if nix::unistd::geteuid().is_root() {
+        layer::WhiteoutMode::Overlay
+    } else {
+        layer::WhiteoutMode::Keep
+    }
+}
+
+/// How a layer is unpacked into its snapshot (`fsck --full` unpacks it
+/// again the same way to compare).
+pub(crate) fn snapshot_unpack_options() -> layer::UnpackOptions {
+    layer::UnpackOptions {
+        whiteouts: snapshot_whiteouts(),
+        ..layer::UnpackOptions::default()
+    }
+}
+
+/// A tree written in OCI whiteout form (a step's upper dir) turned into
+/// the form snapshots are kept in (see [`snapshot_whiteouts`]).
+pub(crate) fn overlay_form(dir: &std::path::Path) -> Result<(), crate::tree::TreeError> {
+    if snapshot_whiteouts() == layer::WhiteoutMode::Overlay {
         crate::rootfs::oci_to_overlay(dir)?;
     }
     Ok(())

@@ -158,6 +158,35 @@ impl Unpacker {
             });
         }
         let parent: Vec<&OsStr> = meta.path.parent().unwrap_or(Path::new("")).iter().collect();
+        if let (WhiteoutMode::Overlay, Some(whiteout)) = (self.opts.whiteouts, &meta.whiteout) {
+            self.stats.whiteouts += 1;
+            self.open_parent(&parent, true, &name)?;
+            let (dir, dir_rel) = current(&self.levels, &self.root_fd);
+            return match whiteout {
+                Whiteout::Opaque(_) => rfs::fsetxattr(
+                    dir,
+                    crate::rootfs::OPAQUE_XATTR,
+                    b"y",
+                    rfs::XattrFlags::empty(),
+                )
+                .map_err(|e| apply_err(&name, self.root.join(dir_rel), e)),
+                Whiteout::Remove(_) => {
+                    let target = OsStr::from_bytes(&file_name.as_bytes()[WHITEOUT_PREFIX.len()..]);
+                    let made = create_at(dir, target, || {
+                        rfs::mknodat(dir, target, FileType::CharacterDevice, Mode::empty(), 0)
+                    });
+                    match made {
+                        Ok(((), removed)) => {
+                            if removed != Removed::Nothing {
+                                self.levels_stale = true;
+                            }
+                            Ok(())
+                        }
+                        Err(e) => Err(apply_err(&name, self.root.join(dir_rel).join(target), e)),
+                    }
+                }
+            };
+        }
         if apply_whiteouts {
             if let Some(whiteout) = &meta.whiteout {
                 self.stats.whiteouts += 1;
