@@ -325,9 +325,8 @@ SYS=""
 # timed NAME CMD...: runs CMD with its output in $LOG/NAME.log; sets SECS (wall
 # clock), RSS_KB (peak RSS of CMD and its largest descendant) and SYS (system
 # CPU seconds of CMD and the children it waited for), both from GNU time.
-# A `sync` first (not timed): otherwise one builder's dirty pages are written
-# back during, and charged to, the other's run (estiba's syncfs waits for all
-# of the file system's dirty data, docker's included).
+# A `sync` first (not timed): otherwise one run's dirty pages are written
+# back during, and charged to, the next run.
 timed() {
   local name=$1 start end
   shift
