@@ -320,24 +320,25 @@ start_dockerd() {
 
 SECS=""
 RSS_KB=""
+SYS=""
 
 # timed NAME CMD...: runs CMD with its output in $LOG/NAME.log; sets SECS (wall
-# clock) and RSS_KB (peak RSS of CMD and its largest descendant, GNU time).
-# A `sync` first (not timed): otherwise one builder's dirty pages are written
-# back during, and charged to, the other's run (estiba's syncfs waits for all
-# of the file system's dirty data, docker's included).
+# clock), RSS_KB (peak RSS of CMD and its largest descendant) and SYS (system
+# CPU seconds of CMD and the children it waited for), both from GNU time.
+# A `sync` first (not timed): otherwise one run's dirty pages are written
+# back during, and charged to, the next run.
 timed() {
   local name=$1 start end
   shift
   sync
   start=$(date +%s%N)
-  if ! /usr/bin/time -f '%M' -o "$LOG/$name.time" "$@" >"$LOG/$name.log" 2>&1; then
+  if ! /usr/bin/time -f '%M %S' -o "$LOG/$name.time" "$@" >"$LOG/$name.log" 2>&1; then
     tail -n 30 "$LOG/$name.log" >&2
     die "$name failed: $*"
   fi
   end=$(date +%s%N)
   SECS=$(awk -v ns=$((end - start)) 'BEGIN { printf "%.3f", ns / 1e9 }')
-  RSS_KB=$(tail -n 1 "$LOG/$name.time")
+  read -r RSS_KB SYS < <(tail -n 1 "$LOG/$name.time")
 }
 
 median() {

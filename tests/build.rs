@@ -1007,6 +1007,64 @@ fn copy_and_overlay_snapshotters_make_identical_images() {
     assert!(err.contains("ESTIBA_SNAPSHOTTER=zfs"), "{err}");
 }
 
+/// Snapshots are not synced: one whose marker names another boot (what a
+/// crash of the machine leaves, maybe with data lost) is not used as it
+/// is. The build makes it again from its verified blob and gives the same
+/// image.
+#[test]
+fn a_snapshot_from_a_previous_boot_is_made_again() {
+    use std::fs;
+    let e = env(&[(
+        "Dockerfile",
+        "FROM busybox:test\nRUN test ! -e /lost && echo ran > /ran\n",
+    )]);
+    import_busybox(&e);
+    let build = || {
+        let (out, _) = ok(estiba(&e.root)
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .args(["build", "-q", "--no-cache"])
+            .arg(&e.ctx));
+        out.trim().to_string()
+    };
+    let first = build();
+    // The busybox layer's snapshot: the one holding the shell.
+    let snapshots = e.root.join("estiba/snapshots-v1");
+    let base = fs::read_dir(&snapshots)
+        .expect("snapshots")
+        .map(|d| d.expect("entry").path())
+        .find(|d| d.join("rootfs/bin/busybox").exists())
+        .expect("a snapshot of the busybox layer");
+    // What the crash did to it, and the boot it was made in.
+    fs::write(base.join("rootfs/lost"), "half written").expect("write");
+    let marker = base.join("complete");
+    let text = fs::read_to_string(&marker).expect("marker");
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
+    assert!(
+        text.contains(boot.trim()),
+        "the marker names the boot: {text}"
+    );
+    fs::write(
+        &marker,
+        text.replace(boot.trim(), "00000000-0000-4000-8000-000000000000"),
+    )
+    .expect("write");
+    let (code, out, _) = run(estiba(&e.root).arg("fsck"));
+    assert_ne!(code, 0, "fsck names the snapshot: {out}");
+    assert!(
+        out.contains("made before the machine last started"),
+        "{out}"
+    );
+
+    assert_eq!(build(), first, "the same image");
+    assert!(
+        !base.join("rootfs/lost").exists(),
+        "the snapshot was made again"
+    );
+    assert_eq!(fs::read_to_string(&marker).expect("marker"), text);
+    let (code, out, err) = run(estiba(&e.root).args(["fsck", "--full"]));
+    assert_eq!(code, 0, "{out}\n{err}");
+}
+
 /// A store whose parent other users can enter (a temp dir is 0700), with
 /// `hostile:test` imported: busybox plus what no other user of the host
 /// may reach through the store, a setuid-root copy of the host's `id`

@@ -19,10 +19,10 @@ pub use cache::{
 pub use compressed::{compressed_layer, CompressedError};
 pub use push::{Format, PushOptions, Pushed};
 pub use source::{Images, PullPolicy};
-pub(crate) use stored::overlay_form;
 pub use stored::{
     find, read, snapshot, store_image, store_manifest, unpack_while_writing, Image, Layer,
 };
+pub(crate) use stored::{overlay_form, snapshot_unpack_options};
 
 use estiba_frontend::graph::ImageConfig as PlannedConfig;
 use estiba_frontend::instructions::Healthcheck;

@@ -8,7 +8,7 @@
 //! from a RUN step's upper dir has the times the step gave its files, the
 //! layer the clamped ones (`SOURCE_DATE_EPOCH`).
 
-use crate::layer::{self, UnpackOptions, WhiteoutMode};
+use crate::layer;
 use crate::rootfs;
 use crate::tree::TreeError;
 use estiba_cache::{Digest, Hasher, Store, StoreError};
@@ -66,16 +66,8 @@ pub fn compare_snapshot(
     let blob = store.open_blob(layer)?;
     let reader = crate::compress::decompressing_reader(BufReader::new(blob))
         .map_err(|e| unpack_err(Box::new(e)))?;
-    layer::unpack_layer(
-        reader,
-        &fresh,
-        &UnpackOptions {
-            whiteouts: WhiteoutMode::Keep,
-            ..UnpackOptions::default()
-        },
-    )
-    .map_err(|e| unpack_err(Box::new(e)))?;
-    crate::image::overlay_form(&fresh).map_err(|e| unpack_err(Box::new(e)))?;
+    layer::unpack_layer(reader, &fresh, &crate::image::snapshot_unpack_options())
+        .map_err(|e| unpack_err(Box::new(e)))?;
     let ours = describe_tree(snapshot)?;
     let theirs = describe_tree(&fresh)?;
     Ok(first_difference(&ours, &theirs))

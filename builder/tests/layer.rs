@@ -587,6 +587,84 @@ fn flattening_applies_whiteouts_and_opaque_dirs() {
     assert!(snap.path().join(".wh.b").is_file());
     assert!(snap.path().join("c/.wh..wh..opq").is_file());
     assert!(snap.path().join("c/+early").is_file());
+
+    // Overlay mode (root: devices and trusted.* xattrs): the whiteouts as
+    // overlayfs reads them in a lower dir, made as the layer is unpacked.
+    if !is_root() {
+        return;
+    }
+    let snap = tmp();
+    let stats = unpack_layer(
+        &upper[..],
+        snap.path(),
+        &UnpackOptions {
+            whiteouts: WhiteoutMode::Overlay,
+            ..root_opts()
+        },
+    )
+    .unwrap();
+    assert!(stats.whiteouts >= 2, "{stats:?}");
+    let b = fs::symlink_metadata(snap.path().join("b")).unwrap();
+    assert!(b.file_type().is_char_device(), "{b:?}");
+    assert_eq!(b.rdev(), 0);
+    assert!(!snap.path().join(".wh.b").exists());
+    assert!(!snap.path().join("c/.wh..wh..opq").exists());
+    assert_eq!(
+        xattr::get(snap.path().join("c"), "trusted.overlay.opaque").unwrap(),
+        Some(b"y".to_vec())
+    );
+    assert!(snap.path().join("c/+early").is_file());
+}
+
+/// Entries are created without a look first (a create that meets
+/// something removes it and tries again): whatever a later entry of the
+/// same layer does to an earlier one (the same name again, a directory or
+/// symlink in its place, its parent replaced by a file, a hard link to
+/// it), the tar's order wins.
+#[test]
+fn later_entries_of_a_layer_win_over_earlier_ones() {
+    use tar::EntryType::{Directory, Link, Regular, Symlink};
+    let mut entries: Vec<RawEntry<'_>> = Vec::new();
+    let names: Vec<String> = (0..200).map(|i| format!("d/many/f{i:03}")).collect();
+    entries.push((b"d/", Directory, b"", b""));
+    for n in &names {
+        entries.push((n.as_bytes(), Regular, b"", b"m"));
+    }
+    entries.extend_from_slice(&[
+        (b"twice", Regular, b"", b"first"),
+        (b"twice", Regular, b"", b"second"),
+        (b"becomes-dir", Regular, b"", b"f"),
+        (b"becomes-dir/", Directory, b"", b""),
+        (b"becomes-dir/inside", Regular, b"", b"i"),
+        (b"d/many/f199", Regular, b"", b"again"),
+        (b"linked", Regular, b"", b"l"),
+        (b"hard", Link, b"linked", b""),
+        (b"becomes-link", Regular, b"", b"x"),
+        (b"becomes-link", Symlink, b"twice", b""),
+        (b"gone/", Directory, b"", b""),
+        (b"gone/queued", Regular, b"", b"q"),
+        (b"gone", Regular, b"", b"a file now"),
+    ]);
+    let tar = raw_tar(&entries);
+    let dest = tmp();
+    let p = dest.path();
+    let stats = unpack_layer(&tar[..], p, &root_opts()).unwrap();
+    assert_eq!(stats.files, 209);
+    assert_eq!(fs::read(p.join("twice")).unwrap(), b"second");
+    assert_eq!(fs::read(p.join("becomes-dir/inside")).unwrap(), b"i");
+    assert_eq!(fs::read(p.join("d/many/f199")).unwrap(), b"again");
+    assert_eq!(fs::read(p.join("d/many/f000")).unwrap(), b"m");
+    assert_eq!(fs::read_dir(p.join("d/many")).unwrap().count(), 200);
+    let (linked, hard) = (
+        fs::metadata(p.join("linked")).unwrap(),
+        fs::metadata(p.join("hard")).unwrap(),
+    );
+    assert_eq!((linked.ino(), linked.nlink()), (hard.ino(), 2));
+    assert_eq!(
+        fs::read_link(p.join("becomes-link")).unwrap(),
+        Path::new("twice")
+    );
+    assert_eq!(fs::read(p.join("gone")).unwrap(), b"a file now");
 }
 
 #[test]

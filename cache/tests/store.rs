@@ -815,6 +815,52 @@ fn half_built_snapshot_is_never_used() {
     assert!(tmp_entries(&store).is_empty());
 }
 
+/// Snapshots are not synced: one made before the machine last started may
+/// have lost data in a crash, so its marker's boot id keeps it from use
+/// until it is made again, and fsck names it.
+#[test]
+fn a_snapshot_from_another_boot_is_not_trusted() {
+    let (_dir, store) = new_store();
+    let diff_id = Digest::of(b"before the crash");
+    let b = store.snapshot_builder(&diff_id).expect("builder");
+    fs::write(b.path().join("old"), b"x").expect("write");
+    let path = b.commit().expect("commit");
+    assert_eq!(store.snapshot(&diff_id), Some(path.clone()));
+    assert!(store.fsck().expect("fsck").is_clean());
+
+    let marker = path.parent().expect("snapshot dir").join("complete");
+    let text = fs::read_to_string(&marker).expect("marker");
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
+    let boot = boot.trim();
+    assert!(text.contains(boot), "{text}");
+    let other = "00000000-0000-4000-8000-000000000000";
+    for stale in [text.replace(boot, other), format!("{diff_id}\n")] {
+        fs::write(&marker, &stale).expect("write");
+        assert_eq!(store.snapshot(&diff_id), None, "{stale}");
+    }
+    fs::write(&marker, text.replace(boot, other)).expect("write");
+    let report = store.fsck().expect("fsck");
+    let lines: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [format!(
+            "snapshot {}: made before the machine last started (boot {other}): \
+             not used, made again when needed",
+            diff_id.hex()
+        )]
+    );
+
+    // Made again, it replaces the old tree.
+    let b = store.snapshot_builder(&diff_id).expect("builder");
+    fs::write(b.path().join("new"), b"y").expect("write");
+    assert_eq!(b.commit().expect("commit"), path);
+    assert!(path.join("new").exists());
+    assert!(!path.join("old").exists());
+    assert_eq!(store.snapshot(&diff_id), Some(path));
+    assert!(store.fsck().expect("fsck").is_clean());
+    assert!(tmp_entries(&store).is_empty());
+}
+
 #[test]
 fn prune_needs_the_exclusive_lock() {
     let (_dir, store) = new_store();

@@ -198,7 +198,9 @@ pub fn snapshot(store: &Store, l: &Layer) -> Result<PathBuf, ImageError> {
     let blob = store.open_blob(&l.descriptor.digest)?;
     let mut reader = crate::compress::decompressing_reader(Box::new(std::io::BufReader::new(blob)))
         .map_err(|e| corrupt(e.to_string()))?;
-    let unpack = |reader: &mut dyn std::io::Read| unpack_keeping_whiteouts(reader, builder.path());
+    let unpack = |reader: &mut dyn std::io::Read| {
+        layer::unpack_layer(reader, builder.path(), &snapshot_unpack_options())
+    };
     if l.descriptor.digest == l.diff_id {
         // The blob is named by the diff ID and was checked against its name
         // when stored: nothing more to verify (most layers estiba builds).
@@ -216,24 +218,7 @@ pub fn snapshot(store: &Store, l: &Layer) -> Result<PathBuf, ImageError> {
             )));
         }
     }
-    overlay_form(builder.path())?;
     Ok(builder.commit()?)
-}
-
-/// Unpacks a layer into `dir` as a snapshot of it alone: its whiteouts
-/// kept as entries rather than applied.
-fn unpack_keeping_whiteouts(
-    reader: &mut dyn std::io::Read,
-    dir: &std::path::Path,
-) -> Result<layer::UnpackStats, layer::LayerError> {
-    layer::unpack_layer(
-        reader,
-        dir,
-        &layer::UnpackOptions {
-            whiteouts: layer::WhiteoutMode::Keep,
-            ..layer::UnpackOptions::default()
-        },
-    )
 }
 
 /// Unpacks into the empty directory `dir`, on another thread, the layer
@@ -256,9 +241,8 @@ pub fn unpack_while_writing<T, E: From<ImageError>>(
     })?;
     std::thread::scope(|scope| {
         let unpacker = scope.spawn(move || -> Result<(), ImageError> {
-            let mut reader = std::io::BufReader::new(std::fs::File::from(read_end));
-            unpack_keeping_whiteouts(&mut reader, dir)?;
-            overlay_form(dir)?;
+            let reader = std::io::BufReader::new(std::fs::File::from(read_end));
+            layer::unpack_layer(reader, dir, &snapshot_unpack_options())?;
             Ok(())
         });
         // `write` drops the pipe's end when done: the unpacker sees the end.
@@ -277,8 +261,27 @@ pub fn unpack_while_writing<T, E: From<ImageError>>(
 /// step mounts them as lower dirs as they are. Making 0/0 devices and
 /// `trusted.*` xattrs needs root; without it (no RUN is possible then) the
 /// OCI form stays, which [`LayeredTree`] reads as well.
-pub(crate) fn overlay_form(dir: &std::path::Path) -> Result<(), crate::tree::TreeError> {
+fn snapshot_whiteouts() -> layer::WhiteoutMode {
     if nix::unistd::geteuid().is_root() {
+        layer::WhiteoutMode::Overlay
+    } else {
+        layer::WhiteoutMode::Keep
+    }
+}
+
+/// How a layer is unpacked into its snapshot (`fsck --full` unpacks it
+/// again the same way to compare).
+pub(crate) fn snapshot_unpack_options() -> layer::UnpackOptions {
+    layer::UnpackOptions {
+        whiteouts: snapshot_whiteouts(),
+        ..layer::UnpackOptions::default()
+    }
+}
+
+/// A tree written in OCI whiteout form (a step's upper dir) turned into
+/// the form snapshots are kept in (see [`snapshot_whiteouts`]).
+pub(crate) fn overlay_form(dir: &std::path::Path) -> Result<(), crate::tree::TreeError> {
+    if snapshot_whiteouts() == layer::WhiteoutMode::Overlay {
         crate::rootfs::oci_to_overlay(dir)?;
     }
     Ok(())

@@ -13,7 +13,7 @@
 //! | `index.json`          | parses; each entry's manifest (and an index's manifests that are here) parses, and its config and layers are here and intact |
 //! | each cache record     | parses; its layer blob is here and intact                  |
 //! | each compressed-layer record | named by a diff id and a compression; parses; its blob is here and intact |
-//! | each snapshot         | named by a diff id; its completion marker holds that diff id; its `rootfs/` is there |
+//! | each snapshot         | named by a diff id; its completion marker holds that diff id and this boot's id; its `rootfs/` is there |
 //!
 //! What nothing references is not a problem (that is [`Store::prune`]'s
 //! job), and neither is a manifest an index lists but that was never
@@ -23,7 +23,7 @@ use super::compressed::{parse_compressed_name, parse_record};
 use super::fsutil::io_err;
 use super::gc::{desc_digest, desc_media_type, entries, hex_digest, Manifest, Refs};
 use super::index::ref_name;
-use super::snapshots::{MARKER, ROOTFS};
+use super::snapshots::{read_marker, MARKER, ROOTFS};
 use super::tmp::Sweep;
 use super::{CacheRecord, Store, StoreError};
 use crate::oci::Compression;
@@ -96,6 +96,13 @@ pub enum SnapshotFault {
     MarkerMismatch {
         /// What the marker says.
         found: String,
+    },
+    /// It was made before the machine last started (its marker names
+    /// another boot, or none): what was not written back before a crash
+    /// may be missing, so it is not used; the next build makes it again.
+    OtherBoot {
+        /// The boot its marker names.
+        boot_id: Option<String>,
     },
     /// The marker is there but the tree is not.
     NoTree,
@@ -233,6 +240,11 @@ impl fmt::Display for Problem {
                     SnapshotFault::MarkerMismatch { found } => {
                         write!(f, "completion marker names {found:?}")
                     }
+                    SnapshotFault::OtherBoot { boot_id } => write!(
+                        f,
+                        "made before the machine last started (boot {}): not used, made again when needed",
+                        boot_id.as_deref().unwrap_or("unknown")
+                    ),
                     SnapshotFault::NoTree => f.write_str("rootfs is missing"),
                     SnapshotFault::DiffersFromLayer { layer, detail } => {
                         write!(f, "differs from layer {layer}: {detail}")
@@ -555,15 +567,18 @@ impl Store {
             report.snapshots_checked += 1;
             let fault = match hex_digest(&name) {
                 None => Some(SnapshotFault::BadName),
-                Some(diff_id) => match fs::read(path.join(MARKER)) {
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        Some(SnapshotFault::Incomplete)
-                    }
+                Some(diff_id) => match read_marker(&path) {
+                    Ok(None) => Some(SnapshotFault::Incomplete),
                     Err(e) => return Err(io_err("read", &path.join(MARKER))(e)),
-                    Ok(marker) => {
-                        let found = String::from_utf8_lossy(&marker).trim().to_string();
-                        if found != diff_id.to_string() {
-                            Some(SnapshotFault::MarkerMismatch { found })
+                    Ok(Some(marker)) => {
+                        if marker.diff_id != diff_id.to_string() {
+                            Some(SnapshotFault::MarkerMismatch {
+                                found: marker.diff_id,
+                            })
+                        } else if !marker.this_boot() {
+                            Some(SnapshotFault::OtherBoot {
+                                boot_id: marker.boot_id,
+                            })
                         } else if !path.join(ROOTFS).is_dir() {
                             Some(SnapshotFault::NoTree)
                         } else {

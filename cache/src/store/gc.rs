@@ -20,7 +20,7 @@
 
 use super::compressed::{parse_compressed_name, parse_record};
 use super::fsutil::{self, io_err};
-use super::snapshots::MARKER;
+use super::snapshots::is_trusted;
 use super::tmp::Sweep;
 use super::{media_type, CacheRecord, Store, StoreError};
 use crate::Digest;
@@ -358,8 +358,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         for (name, path) in entries(&self.snapshots_dir())? {
             let keep = !all
-                && hex_digest(&name).is_some_and(|d| live.diff_ids.contains(&d))
-                && path.join(MARKER).is_file();
+                && hex_digest(&name)
+                    .is_some_and(|d| live.diff_ids.contains(&d) && is_trusted(&path, &d));
             if keep {
                 continue;
             }

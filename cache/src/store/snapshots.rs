@@ -1,24 +1,94 @@
 //! Unpacked layers, one per diff id, under `estiba/snapshots-v1/<hex>/`:
 //! `rootfs/` is the layer's tree (an overlayfs lower dir for the steps
 //! built on it) and `complete` a marker written only once the tree is
-//! whole and on disk.
+//! whole, naming the diff id and the kernel's boot id.
 //!
-//! A snapshot is filled in a temp directory, the file system is synced, the
-//! marker written, and the directory renamed into place; [`Store::snapshot`]
-//! only answers for a directory with the marker, so a half-built tree (a
-//! crash, or a power cut before the data reached the disk) is never used.
+//! A snapshot is filled in a temp directory, the marker written, and the
+//! directory renamed into place; [`Store::snapshot`] only answers for a
+//! directory whose marker names its diff id and this boot. Nothing is
+//! synced: snapshots are derived data, made again from their verified blob
+//! when needed. A killed process loses nothing (the data is in the page
+//! cache, which the kernel writes back); a crash of the machine loses what
+//! was not written back, but then the boot id has changed, so every
+//! snapshot made before is not trusted (not used, made again; `fsck` names
+//! it, `gc` removes it). A half-built tree (no marker) is never used
+//! either. Blobs, the source of truth, keep their `fsync`.
 
 use super::fsutil::{self, io_err, LockKind};
 use super::{Store, StoreError};
 use crate::Digest;
 use std::fs::{self, DirBuilder, File};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 pub(crate) const MARKER: &str = "complete";
 pub(crate) const ROOTFS: &str = "rootfs";
+/// Where the kernel tells a random id it chose at boot.
+const BOOT_ID_FILE: &str = "/proc/sys/kernel/random/boot_id";
+/// The marker's line that names the boot the snapshot was made in.
+const BOOT_PREFIX: &str = "boot ";
+
+/// This boot's id (read once).
+pub(crate) fn boot_id() -> io::Result<&'static str> {
+    static BOOT_ID: OnceLock<String> = OnceLock::new();
+    if let Some(id) = BOOT_ID.get() {
+        return Ok(id);
+    }
+    let id = fs::read_to_string(BOOT_ID_FILE)?.trim().to_string();
+    if id.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "empty boot id"));
+    }
+    Ok(BOOT_ID.get_or_init(|| id))
+}
+
+/// What a snapshot's completion marker says.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Marker {
+    /// Its first line: the diff id the tree is.
+    pub(crate) diff_id: String,
+    /// The boot it was made in; `None` from a marker without one.
+    pub(crate) boot_id: Option<String>,
+}
+
+impl Marker {
+    fn parse(text: &str) -> Marker {
+        let mut lines = text.lines();
+        let diff_id = lines.next().unwrap_or("").trim().to_string();
+        let boot_id = lines
+            .find_map(|l| l.strip_prefix(BOOT_PREFIX))
+            .map(|b| b.trim().to_string());
+        Marker { diff_id, boot_id }
+    }
+
+    /// Whether the marker was written in this boot.
+    pub(crate) fn this_boot(&self) -> bool {
+        matches!((&self.boot_id, boot_id()), (Some(ours), Ok(now)) if ours == now)
+    }
+}
+
+/// The marker of the snapshot directory `dir`, `None` if it has none.
+pub(crate) fn read_marker(dir: &Path) -> io::Result<Option<Marker>> {
+    match fs::read_to_string(dir.join(MARKER)) {
+        Ok(text) => Ok(Some(Marker::parse(&text))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => Ok(Some(Marker {
+            diff_id: String::new(),
+            boot_id: None,
+        })),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the snapshot directory `dir` may be used as the tree of
+/// `diff_id`: complete, that diff id, made in this boot.
+pub(crate) fn is_trusted(dir: &Path, diff_id: &Digest) -> bool {
+    read_marker(dir)
+        .ok()
+        .flatten()
+        .is_some_and(|m| m.diff_id == diff_id.to_string() && m.this_boot())
+}
 
 /// A snapshot being built: fill [`path`](SnapshotBuilder::path), then
 /// [`commit`](SnapshotBuilder::commit). Dropped without committing, the
@@ -28,7 +98,6 @@ pub struct SnapshotBuilder {
     dir: PathBuf,
     rootfs: PathBuf,
     dest: PathBuf,
-    snapshots_dir: PathBuf,
     tmp_dir: PathBuf,
     diff_id: Digest,
     /// An open handle on `dir`, `flock`ed so GC leaves the tree alone.
@@ -49,24 +118,19 @@ impl SnapshotBuilder {
 
     /// Makes the snapshot available under its diff id and returns the final
     /// path of its tree. If another builder committed the same diff id
-    /// first, that snapshot is kept, this one discarded, and its path
-    /// returned.
+    /// first (in this boot), that snapshot is kept, this one discarded, and
+    /// its path returned. Nothing is synced (see the module docs).
     pub fn commit(mut self) -> Result<PathBuf, StoreError> {
-        nix::unistd::syncfs(self.lock.as_raw_fd())
-            .map_err(|e| io_err("sync the file system of", &self.dir)(io::Error::from(e)))?;
         let marker = self.dir.join(MARKER);
-        let mut file = File::create(&marker).map_err(io_err("create", &marker))?;
-        file.write_all(format!("{}\n", self.diff_id).as_bytes())
-            .and_then(|()| file.sync_all())
+        let boot = boot_id().map_err(io_err("read the boot id from", Path::new(BOOT_ID_FILE)))?;
+        fs::write(&marker, format!("{}\n{BOOT_PREFIX}{boot}\n", self.diff_id))
             .map_err(io_err("write", &marker))?;
-        drop(file);
         let final_rootfs = self.dest.join(ROOTFS);
         let mut attempts = 0;
         loop {
             match fs::rename(&self.dir, &self.dest) {
                 Ok(()) => {
                     self.done = true;
-                    fsutil::fsync_dir(&self.snapshots_dir)?;
                     return Ok(final_rootfs);
                 }
                 Err(e)
@@ -76,11 +140,12 @@ impl SnapshotBuilder {
                     ) && attempts < 3 =>
                 {
                     attempts += 1;
-                    if self.dest.join(MARKER).is_file() {
+                    if is_trusted(&self.dest, &self.diff_id) {
                         // Someone else finished first; ours goes on drop.
                         return Ok(final_rootfs);
                     }
-                    // A leftover without its marker: move it out of the way
+                    // A leftover without its marker, or from another boot:
+                    // move it out of the way
                     // (rename is atomic, so a racing builder cannot see it
                     // half-removed) and delete it.
                     let aside = self.tmp_dir.join(fsutil::unique_name("stale-snapshot"));
@@ -137,10 +202,12 @@ impl Store {
         }
     }
 
-    /// The tree of the complete snapshot for `diff_id`, if there is one.
+    /// The tree of the complete snapshot for `diff_id`, if there is one
+    /// made in this boot (one from before may have lost data in a crash:
+    /// it is made again).
     pub fn snapshot(&self, diff_id: &Digest) -> Option<PathBuf> {
         let dir = self.snapshots_dir().join(diff_id.hex());
-        dir.join(MARKER).is_file().then(|| dir.join(ROOTFS))
+        is_trusted(&dir, diff_id).then(|| dir.join(ROOTFS))
     }
 
     /// Starts building the snapshot for `diff_id` in a temp directory.
@@ -162,7 +229,6 @@ impl Store {
             rootfs: dir.join(ROOTFS),
             dir,
             dest: self.snapshots_dir().join(diff_id.hex()),
-            snapshots_dir: self.snapshots_dir(),
             tmp_dir,
             diff_id: *diff_id,
             lock,
