@@ -5,7 +5,7 @@
 
 use super::stored::{self, Image, Layer};
 use super::{ImageError, Vertex};
-use crate::compress::Compression;
+use crate::compress::{Codec, Compression};
 use crate::progress::human_size;
 use crate::registry::{Reference, Registry};
 use estiba_cache::oci::{media_type, Descriptor, Manifest};
@@ -30,16 +30,16 @@ pub enum Format {
 pub struct PushOptions {
     /// Manifest media types.
     pub format: Format,
-    /// How layers stored uncompressed are compressed (layers stored
-    /// compressed are pushed as they are).
-    pub compression: Compression,
+    /// How layers stored uncompressed are compressed, and at what level
+    /// (layers stored compressed are pushed as they are).
+    pub compression: Codec,
 }
 
 impl Default for PushOptions {
     fn default() -> Self {
         PushOptions {
             format: Format::Oci,
-            compression: Compression::Gzip,
+            compression: Codec::default_for(Compression::Gzip),
         }
     }
 }
@@ -182,7 +182,7 @@ pub(super) fn push(
 pub(super) fn layer_blob(
     store: &Store,
     layer: &Layer,
-    compression: Compression,
+    compression: Codec,
     format: Format,
 ) -> Result<Descriptor, ImageError> {
     let blob = match Compression::from_media_type(&layer.descriptor.media_type) {
