@@ -273,6 +273,13 @@ fn gzip_header(level: u32) -> [u8; 10] {
 /// match search that costs as much as compressing text; the rest is
 /// deflated at `level`. The output depends on `data` and `level` only.
 fn gzip_member(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
+    gzip_member_into(data, level, Vec::new())
+}
+
+/// [`gzip_member`] written into `out` (cleared first): a buffer used
+/// again, so the allocator is not asked for a megabyte per member.
+fn gzip_member_into(data: &[u8], level: u32, mut out: Vec<u8>) -> io::Result<Vec<u8>> {
+    out.clear();
     let stored = if level == 0 {
         Vec::new()
     } else {
@@ -282,14 +289,11 @@ fn gzip_member(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
         let mut enc = flate2::GzBuilder::new()
             .mtime(0)
             .operating_system(255)
-            .write(
-                Vec::with_capacity(data.len() / 2 + 64),
-                flate2::Compression::new(level),
-            );
+            .write(out, flate2::Compression::new(level));
         enc.write_all(data)?;
         return enc.finish();
     }
-    let mut out = Vec::with_capacity(data.len() + data.len() / 4096 + 64);
+    out.reserve(data.len() + data.len() / 4096 + 64);
     out.extend_from_slice(&gzip_header(level));
     // Runs of segments of one kind, in order: (stored, start, end).
     let mut runs: Vec<(bool, usize, usize)> = Vec::new();
@@ -464,18 +468,26 @@ struct ParallelGzip<W: Write> {
     written: u64,
     /// Members done before their turn.
     ready: BTreeMap<u64, Vec<u8>>,
+    /// Chunk and member buffers done with, to fill again.
+    spare_chunks: Vec<Vec<u8>>,
+    spare_members: Vec<Vec<u8>>,
 }
+
+/// A chunk to compress: its number, its bytes, a buffer for its member.
+type Job = (u64, Vec<u8>, Vec<u8>);
+/// A chunk compressed: its number, its buffer (to fill again), its member.
+type Done = (u64, Vec<u8>, io::Result<Vec<u8>>);
 
 /// The workers of a [`ParallelGzip`]: chunks go in numbered, members come
 /// back numbered. Dropping it ends the workers once their chunk is done.
 struct Pool {
-    jobs: mpsc::SyncSender<(u64, Vec<u8>)>,
-    done: mpsc::Receiver<(u64, io::Result<Vec<u8>>)>,
+    jobs: mpsc::SyncSender<Job>,
+    done: mpsc::Receiver<Done>,
 }
 
 impl Pool {
     fn start(threads: usize, level: u32) -> io::Result<Pool> {
-        let (jobs, queue) = mpsc::sync_channel::<(u64, Vec<u8>)>(threads);
+        let (jobs, queue) = mpsc::sync_channel::<Job>(1);
         let queue = Arc::new(Mutex::new(queue));
         let (done_tx, done) = mpsc::channel();
         for _ in 0..threads {
@@ -488,10 +500,10 @@ impl Pool {
                         Ok(queue) => queue.recv(),
                         Err(_) => return,
                     };
-                    let Ok((i, chunk)) = job else { return };
-                    let member = std::panic::catch_unwind(|| gzip_member(&chunk, level))
+                    let Ok((i, chunk, out)) = job else { return };
+                    let member = std::panic::catch_unwind(|| gzip_member_into(&chunk, level, out))
                         .unwrap_or_else(|_| Err(io::Error::other("a gzip worker panicked")));
-                    if done_tx.send((i, member)).is_err() {
+                    if done_tx.send((i, chunk, member)).is_err() {
                         return;
                     }
                 })?;
@@ -518,13 +530,16 @@ impl<W: Write> ParallelGzip<W> {
             sent: 0,
             written: 0,
             ready: BTreeMap::new(),
+            spare_chunks: Vec::new(),
+            spare_members: Vec::new(),
         }
     }
 
-    /// Chunks handed to the workers and not yet written at most: the
-    /// memory a layer's compression holds is about twice this in MiB.
+    /// Chunks handed to the workers and not yet written at most (each
+    /// worker busy and one waiting): the memory a layer's compression
+    /// holds is about twice this in MiB.
     fn max_in_flight(&self) -> u64 {
-        2 * self.threads as u64
+        self.threads as u64 + 1
     }
 
     /// Hands chunk `chunk` (the next in order) to the workers, or
@@ -541,9 +556,10 @@ impl<W: Write> ParallelGzip<W> {
             self.pool = Some(Pool::start(self.threads, self.level)?);
         }
         let sent = self.sent;
+        let out = self.spare_members.pop().unwrap_or_default();
         let pool = self.pool_ref()?;
         pool.jobs
-            .send((sent, chunk))
+            .send((sent, chunk, out))
             .map_err(|_| io::Error::other("the gzip workers are gone"))?;
         self.sent += 1;
         self.collect(self.max_in_flight())
@@ -562,13 +578,14 @@ impl<W: Write> ParallelGzip<W> {
             while let Some(member) = self.ready.remove(&self.written) {
                 self.out.write_all(&member)?;
                 self.written += 1;
+                self.spare_members.push(member);
             }
             let waiting = self.sent - self.written;
             if waiting == 0 {
                 return Ok(());
             }
             let pool = self.pool_ref()?;
-            let (i, member) = if waiting > in_flight {
+            let (i, mut chunk, member) = if waiting > in_flight {
                 pool.done
                     .recv()
                     .map_err(|_| io::Error::other("the gzip workers are gone"))?
@@ -579,6 +596,8 @@ impl<W: Write> ParallelGzip<W> {
                 }
             };
             self.ready.insert(i, member?);
+            chunk.clear();
+            self.spare_chunks.push(chunk);
         }
     }
 
@@ -603,6 +622,7 @@ impl<W: Write> ParallelGzip<W> {
 impl<W: Write> Write for ParallelGzip<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.current.capacity() == 0 {
+            self.current = self.spare_chunks.pop().unwrap_or_default();
             self.current.reserve_exact(GZIP_CHUNK);
         }
         let room = GZIP_CHUNK - self.current.len();

@@ -256,6 +256,7 @@ impl Registry {
         };
         let call = Self::push_call(&ep, repo);
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(STREAM_QUEUE);
+        let (spent_tx, spent) = std::sync::mpsc::channel();
         let (produced, streamed) = std::thread::scope(|s| {
             let call = &call;
             let uploader = s.spawn(move || {
@@ -263,10 +264,14 @@ impl Registry {
                     rx,
                     buf: Vec::new(),
                     pos: 0,
+                    spent: spent_tx,
                 };
                 self.stream_upload(call, repo, label, &mut source, progress)
             });
-            let mut pipe = PipeWriter { tx: Some(tx) };
+            let mut pipe = PipeWriter {
+                tx: Some(tx),
+                spent,
+            };
             let produced = produce(&mut pipe);
             drop(pipe);
             let streamed = uploader.join().unwrap_or_else(|_| {
@@ -590,19 +595,24 @@ impl Registry {
 }
 
 /// Pieces a streamed upload holds between its producer and the request.
-const STREAM_QUEUE: usize = 4;
+const STREAM_QUEUE: usize = 2;
 
 /// The producer's end of a streamed upload: pieces go to the upload
 /// thread; once that thread is gone (the upload failed) they are dropped,
 /// so the producer is never failed by the upload.
 struct PipeWriter {
     tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    /// Pieces the upload is done with, to fill again.
+    spent: std::sync::mpsc::Receiver<Vec<u8>>,
 }
 
 impl Write for PipeWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if let Some(tx) = &self.tx {
-            if tx.send(buf.to_vec()).is_err() {
+            let mut piece = self.spent.try_recv().unwrap_or_default();
+            piece.clear();
+            piece.extend_from_slice(buf);
+            if tx.send(piece).is_err() {
                 self.tx = None;
             }
         }
@@ -620,6 +630,8 @@ struct ChannelReader {
     rx: std::sync::mpsc::Receiver<Vec<u8>>,
     buf: Vec<u8>,
     pos: usize,
+    /// Where read pieces go back to the producer.
+    spent: std::sync::mpsc::Sender<Vec<u8>>,
 }
 
 impl ChannelReader {
@@ -629,7 +641,9 @@ impl ChannelReader {
         while self.pos == self.buf.len() {
             match self.rx.recv() {
                 Ok(piece) => {
-                    self.buf = piece;
+                    let read = std::mem::replace(&mut self.buf, piece);
+                    // The producer may be gone: then it needs none.
+                    let _ = self.spent.send(read);
                     self.pos = 0;
                 }
                 Err(_) => return true,
