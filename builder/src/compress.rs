@@ -110,10 +110,12 @@ pub enum CompressError {
 }
 
 /// `compression` at `level` (its default when `None`), if the format takes
-/// that level ([`Codec::levels`]).
+/// that level ([`Codec::levels`]). zstd's level 0 is its default, as zstd
+/// and BuildKit read it.
 pub fn codec(compression: Compression, level: Option<u32>) -> Result<Codec, CompressError> {
-    let Some(level) = level else {
-        return Ok(Codec::default_for(compression));
+    let level = match (compression, level) {
+        (_, None) | (Compression::Zstd, Some(0)) => return Ok(Codec::default_for(compression)),
+        (_, Some(level)) => level,
     };
     let levels = Codec::levels(compression);
     if !levels.contains(&level) {
@@ -1097,11 +1099,11 @@ mod parallel_gzip_tests {
             19
         );
         assert_eq!(codec(Compression::Gzip, Some(0)).expect("gzip 0").level, 0);
-        for (c, bad) in [
-            (Compression::Gzip, 10),
-            (Compression::Zstd, 0),
-            (Compression::Zstd, 23),
-        ] {
+        assert_eq!(
+            codec(Compression::Zstd, Some(0)).expect("zstd 0"),
+            Codec::default_for(Compression::Zstd)
+        );
+        for (c, bad) in [(Compression::Gzip, 10), (Compression::Zstd, 23)] {
             let err = codec(c, Some(bad)).expect_err("out of range");
             assert!(err.to_string().contains(&format!("not {bad}")), "{err}");
         }

@@ -149,7 +149,7 @@ pub(crate) struct PushArgs {
     /// Compression of layers the store holds uncompressed.
     #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
     pub(crate) compression: CompressionArg,
-    /// Its level: gzip 0-9 (default 6), zstd 1-22 (default 3).
+    /// Its level: gzip 0-9 (default 6), zstd 1-22 (default 3; 0 is 3).
     #[arg(long, value_name = "N")]
     pub(crate) compression_level: Option<u32>,
     /// Progress output: auto, plain, tty or quiet.
@@ -254,7 +254,7 @@ pub(crate) struct BuildArgs {
     /// compression= says otherwise for it).
     #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
     pub(crate) compression: CompressionArg,
-    /// Its level: gzip 0-9 (default 6), zstd 1-22 (default 3); an output's
+    /// Its level: gzip 0-9 (default 6), zstd 1-22 (default 3; 0 is 3); an output's
     /// compression-level= says otherwise for it.
     #[arg(long, value_name = "N")]
     pub(crate) compression_level: Option<u32>,

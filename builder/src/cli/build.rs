@@ -644,6 +644,11 @@ mod tests {
                 GZIP,
                 oci(Gzip, 1),
             ),
+            (
+                "type=oci,dest=o.tar,compression=zstd,compression-level=0",
+                GZIP,
+                oci(Zstd, 3),
+            ),
             ("type=oci,dest=o.tar,compression=gzip", zstd9, oci(Gzip, 6)),
             (
                 "type=registry,compression=zstd,compression-level=19",
@@ -662,7 +667,6 @@ mod tests {
         for bad in [
             "type=oci,dest=o.tar,compression=lz4",
             "type=oci,dest=o.tar,compression-level=10",
-            "type=oci,dest=o.tar,compression=zstd,compression-level=0",
             "type=oci,dest=o.tar,compression-level=high",
             "type=docker,dest=d.tar,compression=zstd",
             "type=local,dest=d,compression-level=1",
