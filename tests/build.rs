@@ -1418,6 +1418,81 @@ fn an_oci_export_compresses_each_layer_once_and_keeps_it() {
 }
 
 #[test]
+fn an_oci_output_compresses_as_it_says_and_keeps_a_blob_per_level() {
+    use estiba::compress::{Codec, Compression};
+    let e = env(&[
+        ("Dockerfile", "FROM scratch\nCOPY a /a\n"),
+        ("a", &"levels\n".repeat(50_000)),
+    ]);
+    let tmp = e.root.parent().expect("tmp").to_path_buf();
+    // export FIELDS: the one layer of `-o type=oci,dest=…,FIELDS`, and
+    // what compressing the stored tar with `codec` gives.
+    let export = |name: &str, fields: &str, codec: Codec| {
+        let dest = tmp.join(format!("{name}.tar"));
+        let spec = format!("type=oci,dest={}{fields}", dest.display());
+        let (code, out, err) = build(&e, &["-t", "levels:1", "-o", "type=image", "-o", &spec]);
+        assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+        let archive =
+            estiba::archive::read_archive(std::fs::File::open(&dest).expect("open"), &tmp)
+                .expect("read archive");
+        let layer = archive.images[0].layers[0].clone();
+        let stored = std::fs::read(e.root.join("blobs/sha256").join(layer.diff_id.hex()))
+            .expect("the uncompressed layer is in the store");
+        let (want, _) =
+            estiba::compress::compress(&stored[..], &mut Vec::new(), codec).expect("compress");
+        assert_eq!(layer.digest, want, "{fields}");
+        assert_eq!(
+            layer.media_type.as_deref(),
+            Some(codec.compression.oci_media_type()),
+            "{fields}"
+        );
+        layer
+    };
+    let gzip = |level| Codec {
+        compression: Compression::Gzip,
+        level,
+    };
+    let zstd = export(
+        "zstd",
+        ",compression=zstd,compression-level=3",
+        Codec {
+            compression: Compression::Zstd,
+            level: 3,
+        },
+    );
+    let fast = export("gzip1", ",compression-level=1", gzip(1));
+    let default = export("gzip6", "", gzip(6));
+    let best = export("gzip9", ",compression=gzip,compression-level=9", gzip(9));
+    // Each level its own blob, none served from another's record.
+    assert_ne!(fast.digest, default.digest);
+    assert_ne!(best.digest, default.digest);
+    assert_ne!(fast.digest, best.digest);
+    let records = e.root.join("estiba/compressed-v1");
+    for (suffix, layer) in [
+        ("zstd", &zstd),
+        ("gzip-1", &fast),
+        ("gzip", &default),
+        ("gzip-9", &best),
+    ] {
+        let record = records.join(format!("{}.{suffix}", layer.diff_id.hex()));
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&record).expect("record")).expect("json");
+        assert_eq!(record["digest"], layer.digest.to_string(), "{suffix}");
+    }
+    // A level the format does not take is a usage error, before building.
+    let bad = format!(
+        "type=oci,dest={},compression-level=10",
+        tmp.join("bad.tar").display()
+    );
+    let (code, _, err) = build(&e, &["-o", &bad]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("gzip takes compression levels 0 to 9, not 10"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_truncated_archive_is_refused_and_nothing_is_tagged() {
     let e = env(&[("Dockerfile", "FROM scratch\nCOPY a /a\n"), ("a", "a")]);
     assert_eq!(build(&e, &["-t", "trunc:1"]).0, 0);

@@ -856,6 +856,88 @@ fn docker_manifests_and_zstd_layers_are_pulled_and_run() {
     }
 }
 
+/// `push --compression-level` and `-o type=registry,compression=…,
+/// compression-level=…` push a blob made at that level: a blob kept for
+/// one level is never pushed for another.
+#[test]
+fn a_push_compresses_at_the_level_asked() {
+    let Some(reg) = RegistryServer::start_or_skip("levels", Auth::None) else {
+        return;
+    };
+    let e = Env::new();
+    e.import_busybox("a");
+    let big = "niveles\n".repeat(40_000);
+    let ctx = e.context(&[("Dockerfile", APP), ("f.txt", &big)]);
+    ok(e.estiba("a")
+        .args(["build", "--progress", "plain", "-t", "app:levels"])
+        .arg(&ctx));
+    // The digest and media type of the pushed image's last layer.
+    let last_layer = |tag: &str| {
+        let raw = reg
+            .inspect(&format!("app:{tag}"), true)
+            .expect("inspect --raw");
+        let layers = raw["layers"].as_array().expect("layers").clone();
+        let last = layers.last().expect("a layer").clone();
+        (
+            last["digest"].as_str().expect("digest").to_string(),
+            last["mediaType"].as_str().expect("mediaType").to_string(),
+        )
+    };
+    let push = |tag: &str, flags: &[&str]| {
+        ok(e.estiba("a")
+            .arg("push")
+            .args(flags)
+            .args(["app:levels", &format!("{}/app:{tag}", reg.host())]));
+        last_layer(tag)
+    };
+    let fast = push("gzip1", &["--compression-level", "1"]);
+    let default = push("gzip6", &[]);
+    let fast_again = push("gzip1b", &["--compression-level", "1"]);
+    let zstd19 = push(
+        "zstd19",
+        &["--compression", "zstd", "--compression-level", "19"],
+    );
+    let zstd = push("zstd3", &["--compression", "zstd"]);
+    assert_ne!(
+        fast.0, default.0,
+        "level 1 and level 6 pushed the same blob"
+    );
+    assert_eq!(fast_again, fast);
+    assert_ne!(zstd19.0, zstd.0);
+    for (layer, media_type) in [
+        (&fast, "application/vnd.oci.image.layer.v1.tar+gzip"),
+        (&default, "application/vnd.oci.image.layer.v1.tar+gzip"),
+        (&zstd19, "application/vnd.oci.image.layer.v1.tar+zstd"),
+        (&zstd, "application/vnd.oci.image.layer.v1.tar+zstd"),
+    ] {
+        assert_eq!(layer.1, media_type);
+    }
+    // A build's registry output says its own level.
+    let name = format!("{}/app:built9", reg.host());
+    ok(e.estiba("a")
+        .args(["build", "--progress", "plain", "-o"])
+        .arg(format!("type=registry,name={name},compression-level=9"))
+        .arg(&ctx));
+    let best = last_layer("built9");
+    assert_ne!(best.0, default.0);
+    assert_ne!(best.0, fast.0);
+    let (code, _, err) = support_estiba::run(e.estiba("a").args([
+        "push",
+        "--compression",
+        "zstd",
+        "--compression-level",
+        "23",
+        "app:levels",
+        &format!("{}/app:bad", reg.host()),
+    ]));
+    assert_eq!(code, 2, "a usage error: {err}");
+    assert!(
+        err.contains("zstd takes compression levels 1 to 22, not 23"),
+        "{err}"
+    );
+    e.fsck_clean("a");
+}
+
 /// `-o type=registry,name=REF` pushes without tagging the store, as
 /// BuildKit's registry exporter; a push with no name is a usage error.
 #[test]

@@ -323,6 +323,9 @@ pub enum ArchiveError {
 fn compress_io(e: CompressError) -> io::Error {
     match e {
         CompressError::Read { source, .. } | CompressError::Write { source, .. } => source,
+        level @ CompressError::Level { .. } => {
+            io::Error::new(io::ErrorKind::InvalidInput, level.to_string())
+        }
     }
 }
 

@@ -2,16 +2,24 @@
 //! or an `ADD` source may come in on the way in.
 //!
 //! A layer blob is named by the digest of its *compressed* bytes, so
-//! compressing and hashing happen in one pass ([`CompressWriter`]), and the
+//! compressing and hashing happen in one pass ([`compress`]), and the
 //! output must be deterministic: the gzip header carries no file name and no
-//! time, and the levels are fixed (gzip 6, zstd 3), so the same tar always
-//! gives the same blob with the same libraries.
+//! time, and the level is part of what is asked for ([`Codec`]: gzip 6 and
+//! zstd 3 by default), so the same tar and codec always give the same blob
+//! with the same libraries, on any number of cores.
+//!
+//! gzip is the slow part of an export or a push: zlib's level 6 searches
+//! for matches in random bytes or already compressed files as hard as in
+//! text, only to store them as they are in the end. [`gzip_member`] tells
+//! such data apart first and stores it straight away.
 
 use estiba_cache::{Digest, Hasher};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read, Write};
+use std::sync::{mpsc, Arc, Mutex};
 
-pub use estiba_cache::Compression;
+pub use estiba_cache::{Codec, Compression};
 
 /// The OCI media type of a layer compressed with `compression`
 /// ([`Compression::oci_media_type`]).
@@ -78,6 +86,18 @@ pub enum CompressError {
         #[source]
         source: io::Error,
     },
+    /// A level the compression does not take.
+    #[error("{compression} takes compression levels {min} to {max}, not {level}")]
+    Level {
+        /// The compression.
+        compression: Compression,
+        /// The level asked for.
+        level: u32,
+        /// Its lowest level.
+        min: u32,
+        /// Its highest level.
+        max: u32,
+    },
     /// Writing the output failed.
     #[error("cannot write the {compression} output")]
     Write {
@@ -89,14 +109,51 @@ pub enum CompressError {
     },
 }
 
-/// Compresses everything `reader` yields into `writer` and returns the
-/// digest and size of the compressed bytes, computed as they are written.
+/// `compression` at `level` (its default when `None`), if the format takes
+/// that level ([`Codec::levels`]). zstd's level 0 is its default, as zstd
+/// and BuildKit read it.
+pub fn codec(compression: Compression, level: Option<u32>) -> Result<Codec, CompressError> {
+    let level = match (compression, level) {
+        (_, None) | (Compression::Zstd, Some(0)) => return Ok(Codec::default_for(compression)),
+        (_, Some(level)) => level,
+    };
+    let levels = Codec::levels(compression);
+    if !levels.contains(&level) {
+        return Err(CompressError::Level {
+            compression,
+            level,
+            min: *levels.start(),
+            max: *levels.end(),
+        });
+    }
+    Ok(Codec { compression, level })
+}
+
+/// Compresses everything `reader` yields into `writer` with `codec` (a
+/// [`Compression`] means its default level) and returns the digest and size
+/// of the compressed bytes, computed as they are written.
 pub fn compress(
+    reader: impl Read,
+    writer: impl Write,
+    codec: impl Into<Codec>,
+) -> Result<(Digest, u64), CompressError> {
+    let mut out = DigestWriter::new(writer);
+    compress_to(reader, &mut out, codec)?;
+    let (_, digest, size) = out.finish();
+    Ok((digest, size))
+}
+
+/// Compresses everything `reader` yields into `writer` with `codec` and
+/// returns the compressed size; nothing is hashed (for a writer that
+/// hashes what it is given, as a store's blob writer does).
+pub fn compress_to(
     mut reader: impl Read,
     writer: impl Write,
-    compression: Compression,
-) -> Result<(Digest, u64), CompressError> {
-    let mut out = CompressWriter::new(writer, compression)?;
+    codec: impl Into<Codec>,
+) -> Result<u64, CompressError> {
+    let codec = codec.into();
+    let compression = codec.compression;
+    let mut out = CompressWriter::new(writer, codec)?;
     let mut buf = vec![0u8; 128 * 1024];
     loop {
         let n = match reader.read(&mut buf) {
@@ -116,8 +173,8 @@ pub fn compress(
                 source,
             })?;
     }
-    let (_, digest, size) = out.finish()?;
-    Ok((digest, size))
+    let (_, size) = out.finish()?;
+    Ok(size)
 }
 
 /// A writer that hashes and counts what passes through it.
@@ -156,15 +213,34 @@ impl<W: Write> Write for DigestWriter<W> {
     }
 }
 
-enum Encoder<W: Write> {
-    None(DigestWriter<W>),
-    Gzip(ParallelGzip<DigestWriter<W>>),
-    Zstd(zstd::stream::write::Encoder<'static, DigestWriter<W>>),
+/// A writer that counts what passes through it.
+struct CountWriter<W> {
+    inner: W,
+    size: u64,
 }
 
-/// A writer that compresses what it is given into an inner writer, hashing
-/// the compressed bytes on the way: write a layer tar into it, then
-/// [`finish`](CompressWriter::finish) for the blob digest and size.
+impl<W: Write> Write for CountWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+enum Encoder<W: Write> {
+    None(CountWriter<W>),
+    Gzip(ParallelGzip<CountWriter<W>>),
+    Zstd(zstd::stream::write::Encoder<'static, CountWriter<W>>),
+}
+
+/// A writer that compresses what it is given into an inner writer,
+/// counting the compressed bytes: write a layer tar into it, then
+/// [`finish`](CompressWriter::finish) for the blob size. It does not hash:
+/// [`compress`] does, or the writer it is given (a store's blob writer).
 pub struct CompressWriter<W: Write> {
     encoder: Encoder<W>,
     compression: Compression,
@@ -178,101 +254,385 @@ impl<W: Write> fmt::Debug for CompressWriter<W> {
     }
 }
 
-/// gzip level: zlib's default, what Docker and BuildKit use.
-const GZIP_LEVEL: u32 = 6;
 /// Input per gzip member when compressing in parallel.
 const GZIP_CHUNK: usize = 1 << 20;
 
-/// One gzip member of `data`: no file name, mtime 0, OS "unknown", so the
-/// bytes are the same on every machine.
-fn gzip_member(data: &[u8]) -> io::Result<Vec<u8>> {
-    let mut enc = flate2::GzBuilder::new()
-        .mtime(0)
-        .operating_system(255)
-        .write(
-            Vec::with_capacity(data.len() / 2 + 64),
-            flate2::Compression::new(GZIP_LEVEL),
-        );
-    enc.write_all(data)?;
-    enc.finish()
+/// The gzip header of every member: no file name, mtime 0, OS "unknown",
+/// so the bytes are the same on every machine; XFL as zlib (and flate2)
+/// set it for `level`.
+fn gzip_header(level: u32) -> [u8; 10] {
+    let xfl = match level {
+        9.. => 2,
+        0..=1 => 4,
+        _ => 0,
+    };
+    [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 255]
+}
+
+/// One gzip member of `data` at `level`. Where a [`SEGMENT`] of it is data
+/// deflate cannot shrink ([`incompressible_segments`]), those bytes go out
+/// as stored blocks, as zlib itself ends up emitting them, without the
+/// match search that costs as much as compressing text; the rest is
+/// deflated at `level`. The output depends on `data` and `level` only.
+fn gzip_member(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
+    gzip_member_into(data, level, Vec::new())
+}
+
+/// [`gzip_member`] written into `out` (cleared first): a buffer used
+/// again, so the allocator is not asked for a megabyte per member.
+fn gzip_member_into(data: &[u8], level: u32, mut out: Vec<u8>) -> io::Result<Vec<u8>> {
+    out.clear();
+    let stored = if level == 0 {
+        Vec::new()
+    } else {
+        incompressible_segments(data)
+    };
+    if !stored.contains(&true) {
+        let mut enc = flate2::GzBuilder::new()
+            .mtime(0)
+            .operating_system(255)
+            .write(out, flate2::Compression::new(level));
+        enc.write_all(data)?;
+        return enc.finish();
+    }
+    out.reserve(data.len() + data.len() / 4096 + 64);
+    out.extend_from_slice(&gzip_header(level));
+    // Runs of segments of one kind, in order: (stored, start, end).
+    let mut runs: Vec<(bool, usize, usize)> = Vec::new();
+    for (i, &raw) in stored.iter().enumerate() {
+        let (start, end) = (i * SEGMENT, ((i + 1) * SEGMENT).min(data.len()));
+        match runs.last_mut() {
+            Some((kind, _, run_end)) if *kind == raw => *run_end = end,
+            _ => runs.push((raw, start, end)),
+        }
+    }
+    let last = runs.len().saturating_sub(1);
+    for (i, &(raw, start, end)) in runs.iter().enumerate() {
+        if raw {
+            stored_blocks(&mut out, &data[start..end], i == last);
+        } else {
+            deflate_run(&mut out, &data[start..end], level, i == last)?;
+        }
+    }
+    let mut crc = flate2::Crc::new();
+    crc.update(data);
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    // ISIZE is the length modulo 2^32 (RFC 1952).
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    Ok(out)
+}
+
+/// `data` as raw deflate at `level` from a fresh window, appended to `out`:
+/// the stream's final block when `last`, else ended by a sync flush (an
+/// empty stored block), so what follows starts on a byte boundary.
+fn deflate_run(out: &mut Vec<u8>, data: &[u8], level: u32, last: bool) -> io::Result<()> {
+    use flate2::{FlushCompress, Status};
+    let mut deflate = flate2::Compress::new(flate2::Compression::new(level), false);
+    let flush = if last {
+        FlushCompress::Finish
+    } else {
+        FlushCompress::Sync
+    };
+    loop {
+        out.reserve(data.len() / 2 + 1024);
+        let consumed = usize::try_from(deflate.total_in()).unwrap_or(data.len());
+        let status = deflate
+            .compress_vec(&data[consumed.min(data.len())..], out, flush)
+            .map_err(io::Error::other)?;
+        let all_in = deflate.total_in() == data.len() as u64;
+        match status {
+            Status::StreamEnd => return Ok(()),
+            // Room left over: zlib has written all it had.
+            _ if !last && all_in && out.len() < out.capacity() => return Ok(()),
+            _ => {}
+        }
+    }
+}
+
+/// `data` as deflate stored blocks (at most 65,535 bytes each), starting on
+/// a byte boundary; the last one is the stream's final block when `last`.
+fn stored_blocks(out: &mut Vec<u8>, data: &[u8], last: bool) {
+    let mut pieces = data.chunks(usize::from(u16::MAX)).peekable();
+    while let Some(piece) = pieces.next() {
+        let final_block = last && pieces.peek().is_none();
+        // BFINAL, then BTYPE 00 and the padding to the byte boundary.
+        out.push(u8::from(final_block));
+        let len = piece.len() as u16;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(piece);
+    }
+}
+
+/// The piece of a member judged on its own: deflate's window.
+const SEGMENT: usize = 32 * 1024;
+
+/// For each [`SEGMENT`] of `chunk`, whether deflate would leave it as it is
+/// (random bytes, compressed files): its byte histogram is flat, so
+/// Huffman codes cannot shorten it, and a quick search for repeats (what
+/// LZ77 matching would find) finds next to none. A short last segment is
+/// left to deflate. The verdict depends on the bytes only.
+fn incompressible_segments(chunk: &[u8]) -> Vec<bool> {
+    let mut flat: Vec<bool> = chunk
+        .chunks(SEGMENT)
+        .map(|s| s.len() == SEGMENT && flat_histogram(s))
+        .collect();
+    if flat.contains(&true) {
+        for (segment, repeats) in flat.iter_mut().zip(repeated_bytes(chunk)) {
+            // Matches covering 1/128 of a segment save about that much.
+            *segment &= repeats <= SEGMENT / 128;
+        }
+    }
+    flat
+}
+
+/// Whether the bytes of `segment` are so evenly spread that coding them
+/// by frequency gains next to nothing: Pearson's χ² against the uniform
+/// distribution is at most n/16 (coding by frequency saves about
+/// χ²/(2 n ln 2) bits a byte, here at most 0.09, about 1%; random bytes
+/// give χ² ≈ 255). Integer arithmetic, so the verdict is the same on
+/// every machine.
+fn flat_histogram(segment: &[u8]) -> bool {
+    let mut counts = [[0u32; 256]; 4];
+    let mut quads = segment.chunks_exact(4);
+    for q in &mut quads {
+        counts[0][usize::from(q[0])] += 1;
+        counts[1][usize::from(q[1])] += 1;
+        counts[2][usize::from(q[2])] += 1;
+        counts[3][usize::from(q[3])] += 1;
+    }
+    for &b in quads.remainder() {
+        counts[0][usize::from(b)] += 1;
+    }
+    let n = segment.len() as u64;
+    // χ² = Σ (256 c − n)² / (256 n) ≤ n / 16  ⟺  Σ (256 c − n)² ≤ 16 n².
+    let spread: u64 = (0..256)
+        .map(|b| {
+            let c = u64::from(counts[0][b] + counts[1][b] + counts[2][b] + counts[3][b]);
+            (c * 256).abs_diff(n).pow(2)
+        })
+        .sum();
+    spread <= 16 * n * n
+}
+
+/// For each [`SEGMENT`] of `chunk`, how many of its bytes start a repeat of
+/// at least four bytes seen in the 32 KiB before (in this chunk): a
+/// single-probe hash of every position, skipping over each repeat found,
+/// as a fast LZ77 pass does. An estimate: a hash collision can hide a
+/// repeat, never invent one.
+fn repeated_bytes(chunk: &[u8]) -> Vec<usize> {
+    const HASH_BITS: u32 = 13;
+    const WINDOW: usize = 32 * 1024;
+    const MAX_MATCH: usize = 258;
+    let mut last_seen = vec![0u32; 1 << HASH_BITS];
+    let mut repeats = vec![0usize; chunk.len().div_ceil(SEGMENT)];
+    let word = |p: usize| u32::from_le_bytes([chunk[p], chunk[p + 1], chunk[p + 2], chunk[p + 3]]);
+    let mut p = 0;
+    while p + 4 <= chunk.len() {
+        let w = word(p);
+        let slot = (w.wrapping_mul(0x9E37_79B1) >> (32 - HASH_BITS)) as usize;
+        let seen = last_seen[slot] as usize;
+        last_seen[slot] = p as u32;
+        if seen < p && p - seen <= WINDOW && word(seen) == w {
+            let len = chunk[p..]
+                .iter()
+                .zip(&chunk[seen..])
+                .take(MAX_MATCH)
+                .take_while(|(a, b)| a == b)
+                .count();
+            repeats[p / SEGMENT] += len;
+            p += len;
+        } else {
+            p += 1;
+        }
+    }
+    repeats
 }
 
 /// gzip on every core: the input is cut into fixed 1 MiB chunks, each
-/// compressed as its own gzip member, the members written in order. A
-/// multi-member stream is plain gzip (RFC 1952) that `gzip -d`, Go's
-/// `compress/gzip` (docker, containerd) and flate2 read as one stream; the
-/// output depends only on the input, never on the number of threads. An
-/// input smaller than a chunk is one member, as a single-threaded encoder
-/// would write it, so it only pays for layers big enough to gain.
+/// compressed as its own gzip member ([`gzip_member`]) by a pool of worker
+/// threads, the members written in order as they come. A multi-member
+/// stream is plain gzip (RFC 1952) that `gzip -d`, Go's `compress/gzip`
+/// (docker, containerd) and flate2 read as one stream; the output depends
+/// only on the input and the level, never on the number of threads or on
+/// timing. An input smaller than a chunk is one member, compressed on the
+/// caller's thread, as a single-threaded encoder would write it, so only
+/// layers big enough to gain start threads.
 struct ParallelGzip<W: Write> {
     out: W,
-    full: Vec<Vec<u8>>,
+    level: u32,
     current: Vec<u8>,
     threads: usize,
-    wrote: bool,
+    pool: Option<Pool>,
+    /// Chunks handed out so far.
+    sent: u64,
+    /// Members written so far (they are numbered as their chunks).
+    written: u64,
+    /// Members done before their turn.
+    ready: BTreeMap<u64, Vec<u8>>,
+    /// Chunk and member buffers done with, to fill again.
+    spare_chunks: Vec<Vec<u8>>,
+    spare_members: Vec<Vec<u8>>,
+}
+
+/// A chunk to compress: its number, its bytes, a buffer for its member.
+type Job = (u64, Vec<u8>, Vec<u8>);
+/// A chunk compressed: its number, its buffer (to fill again), its member.
+type Done = (u64, Vec<u8>, io::Result<Vec<u8>>);
+
+/// The workers of a [`ParallelGzip`]: chunks go in numbered, members come
+/// back numbered. Dropping it ends the workers once their chunk is done.
+struct Pool {
+    jobs: mpsc::SyncSender<Job>,
+    done: mpsc::Receiver<Done>,
+}
+
+impl Pool {
+    fn start(threads: usize, level: u32) -> io::Result<Pool> {
+        let (jobs, queue) = mpsc::sync_channel::<Job>(1);
+        let queue = Arc::new(Mutex::new(queue));
+        let (done_tx, done) = mpsc::channel();
+        for _ in 0..threads {
+            let queue = Arc::clone(&queue);
+            let done_tx = done_tx.clone();
+            std::thread::Builder::new()
+                .name("estiba-gzip".to_string())
+                .spawn(move || loop {
+                    let job = match queue.lock() {
+                        Ok(queue) => queue.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok((i, chunk, out)) = job else { return };
+                    let member = std::panic::catch_unwind(|| gzip_member_into(&chunk, level, out))
+                        .unwrap_or_else(|_| Err(io::Error::other("a gzip worker panicked")));
+                    if done_tx.send((i, chunk, member)).is_err() {
+                        return;
+                    }
+                })?;
+        }
+        Ok(Pool { jobs, done })
+    }
 }
 
 impl<W: Write> ParallelGzip<W> {
-    fn new(out: W) -> Self {
+    fn new(out: W, level: u32) -> Self {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8);
+        ParallelGzip::with_threads(out, level, threads)
+    }
+
+    fn with_threads(out: W, level: u32, threads: usize) -> Self {
         ParallelGzip {
             out,
-            full: Vec::new(),
+            level,
             current: Vec::new(),
-            threads: std::thread::available_parallelism()
-                .map_or(1, |n| n.get())
-                .min(8),
-            wrote: false,
+            threads,
+            pool: None,
+            sent: 0,
+            written: 0,
+            ready: BTreeMap::new(),
+            spare_chunks: Vec::new(),
+            spare_members: Vec::new(),
         }
     }
 
-    /// Compresses the full chunks waiting, in parallel, and writes them in order.
-    fn drain(&mut self) -> io::Result<()> {
-        let chunks = std::mem::take(&mut self.full);
-        let members: Vec<io::Result<Vec<u8>>> = if chunks.len() <= 1 {
-            chunks.iter().map(|c| gzip_member(c)).collect()
-        } else {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = chunks
-                    .iter()
-                    .map(|c| scope.spawn(move || gzip_member(c)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join()
-                            .unwrap_or_else(|_| Err(io::Error::other("gzip worker panicked")))
-                    })
-                    .collect()
-            })
-        };
-        for member in members {
-            self.out.write_all(&member?)?;
-            self.wrote = true;
+    /// Chunks handed to the workers and not yet written at most (each
+    /// worker busy and one waiting): the memory a layer's compression
+    /// holds is about twice this in MiB.
+    fn max_in_flight(&self) -> u64 {
+        self.threads as u64 + 1
+    }
+
+    /// Hands chunk `chunk` (the next in order) to the workers, or
+    /// compresses it here when there is one thread.
+    fn submit(&mut self, chunk: Vec<u8>) -> io::Result<()> {
+        if self.threads <= 1 {
+            let member = gzip_member(&chunk, self.level)?;
+            self.out.write_all(&member)?;
+            self.sent += 1;
+            self.written += 1;
+            return Ok(());
         }
-        Ok(())
+        if self.pool.is_none() {
+            self.pool = Some(Pool::start(self.threads, self.level)?);
+        }
+        let sent = self.sent;
+        let out = self.spare_members.pop().unwrap_or_default();
+        let pool = self.pool_ref()?;
+        pool.jobs
+            .send((sent, chunk, out))
+            .map_err(|_| io::Error::other("the gzip workers are gone"))?;
+        self.sent += 1;
+        self.collect(self.max_in_flight())
+    }
+
+    fn pool_ref(&self) -> io::Result<&Pool> {
+        self.pool
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no gzip workers"))
+    }
+
+    /// Writes the members that are done, in order, waiting for more while
+    /// more than `in_flight` chunks are out.
+    fn collect(&mut self, in_flight: u64) -> io::Result<()> {
+        loop {
+            while let Some(member) = self.ready.remove(&self.written) {
+                self.out.write_all(&member)?;
+                self.written += 1;
+                self.spare_members.push(member);
+            }
+            let waiting = self.sent - self.written;
+            if waiting == 0 {
+                return Ok(());
+            }
+            let pool = self.pool_ref()?;
+            let (i, mut chunk, member) = if waiting > in_flight {
+                pool.done
+                    .recv()
+                    .map_err(|_| io::Error::other("the gzip workers are gone"))?
+            } else {
+                match pool.done.try_recv() {
+                    Ok(done) => done,
+                    Err(_) => return Ok(()),
+                }
+            };
+            self.ready.insert(i, member?);
+            chunk.clear();
+            self.spare_chunks.push(chunk);
+        }
     }
 
     fn finish(mut self) -> io::Result<W> {
-        if !self.current.is_empty() || !self.wrote && self.full.is_empty() {
+        if !self.current.is_empty() || self.sent == 0 {
             let last = std::mem::take(&mut self.current);
-            self.full.push(last);
+            if self.pool.is_none() {
+                // One chunk in all: compressed here, no thread started.
+                let member = gzip_member(&last, self.level)?;
+                self.out.write_all(&member)?;
+                self.sent += 1;
+                self.written += 1;
+            } else {
+                self.submit(last)?;
+            }
         }
-        self.drain()?;
+        self.collect(0)?;
         Ok(self.out)
     }
 }
 
 impl<W: Write> Write for ParallelGzip<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.current.capacity() == 0 {
+            self.current = self.spare_chunks.pop().unwrap_or_default();
+            self.current.reserve_exact(GZIP_CHUNK);
+        }
         let room = GZIP_CHUNK - self.current.len();
         let n = buf.len().min(room);
         self.current.extend_from_slice(&buf[..n]);
         if self.current.len() == GZIP_CHUNK {
-            let chunk = std::mem::replace(&mut self.current, Vec::with_capacity(GZIP_CHUNK));
-            self.full.push(chunk);
-            if self.full.len() >= self.threads {
-                self.drain()?;
-            }
+            let chunk = std::mem::take(&mut self.current);
+            self.submit(chunk)?;
         }
         Ok(n)
     }
@@ -281,31 +641,32 @@ impl<W: Write> Write for ParallelGzip<W> {
         self.out.flush()
     }
 }
-/// zstd level: zstd's default, what containerd and BuildKit use.
-const ZSTD_LEVEL: i32 = 3;
 
 impl<W: Write> CompressWriter<W> {
-    /// Starts a compressed stream of `compression` into `writer`.
-    pub fn new(writer: W, compression: Compression) -> Result<Self, CompressError> {
-        let inner = DigestWriter::new(writer);
+    /// Starts a compressed stream of `codec` (a [`Compression`] means its
+    /// default level) into `writer`.
+    pub fn new(writer: W, codec: impl Into<Codec>) -> Result<Self, CompressError> {
+        let Codec { compression, level } = codec.into();
+        let inner = CountWriter {
+            inner: writer,
+            size: 0,
+        };
         let encoder = match compression {
             Compression::None => Encoder::None(inner),
-            // No file name, mtime 0, OS "unknown": the header is the same
-            // on every machine.
-            Compression::Gzip => Encoder::Gzip(ParallelGzip::new(inner)),
+            Compression::Gzip => Encoder::Gzip(ParallelGzip::new(inner, level)),
             Compression::Zstd => {
-                let mut enc =
-                    zstd::stream::write::Encoder::new(inner, ZSTD_LEVEL).map_err(|source| {
-                        CompressError::Write {
-                            compression,
-                            source,
-                        }
-                    })?;
-                enc.include_checksum(true)
-                    .map_err(|source| CompressError::Write {
-                        compression,
-                        source,
-                    })?;
+                let wrap = |source| CompressError::Write {
+                    compression,
+                    source,
+                };
+                let level = i32::try_from(level).map_err(|_| {
+                    wrap(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("zstd level {level} is out of range"),
+                    ))
+                })?;
+                let mut enc = zstd::stream::write::Encoder::new(inner, level).map_err(wrap)?;
+                enc.include_checksum(true).map_err(wrap)?;
                 Encoder::Zstd(enc)
             }
         };
@@ -315,9 +676,9 @@ impl<W: Write> CompressWriter<W> {
         })
     }
 
-    /// Ends the compressed stream; returns the inner writer and the digest
-    /// and size of the compressed bytes.
-    pub fn finish(self) -> Result<(W, Digest, u64), CompressError> {
+    /// Ends the compressed stream; returns the inner writer and the size
+    /// of the compressed bytes.
+    pub fn finish(self) -> Result<(W, u64), CompressError> {
         let compression = self.compression;
         let wrap = |source| CompressError::Write {
             compression,
@@ -329,7 +690,7 @@ impl<W: Write> CompressWriter<W> {
             Encoder::Zstd(enc) => enc.finish().map_err(wrap)?,
         };
         inner.flush().map_err(wrap)?;
-        Ok(inner.finish())
+        Ok((inner.inner, inner.size))
     }
 }
 
@@ -499,11 +860,38 @@ mod tests {
 mod parallel_gzip_tests {
     use super::*;
     use std::io::Read;
+    use std::process::{Command, Stdio};
 
     fn data(len: usize) -> Vec<u8> {
         (0..len as u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8 % 7 + b'a')
             .collect()
+    }
+
+    /// Bytes no compressor can shrink (xorshift64*, seeded).
+    fn random(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+
+    /// Text deflate shrinks to about a quarter, as `seq` output.
+    fn text(len: usize, from: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 16);
+        let mut n = from;
+        while out.len() < len {
+            out.extend_from_slice(format!("{n}\n").as_bytes());
+            n += 1;
+        }
+        out.truncate(len);
+        out
     }
 
     fn gzip(input: &[u8]) -> (Vec<u8>, Digest) {
@@ -513,29 +901,67 @@ mod parallel_gzip_tests {
         (out, digest)
     }
 
+    /// What a reader other than ours makes of `blob`: `gzip -dc`, and
+    /// Python's zlib (the reference implementation, as `gzip.decompress`).
+    fn others_read(blob: &[u8]) -> [Vec<u8>; 2] {
+        let run = |cmd: &mut Command| {
+            let mut child = cmd
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("the reader is installed");
+            let mut stdin = child.stdin.take().expect("stdin");
+            let blob = blob.to_vec();
+            let feed = std::thread::spawn(move || stdin.write_all(&blob));
+            let result = child.wait_with_output().expect("the reader runs");
+            feed.join().expect("feeder").expect("fed");
+            assert!(result.status.success(), "{cmd:?} failed");
+            result.stdout
+        };
+        [
+            run(Command::new("gzip").arg("-dc")),
+            run(Command::new("python3").args([
+                "-c",
+                "import gzip, sys; sys.stdout.buffer.write(gzip.decompress(sys.stdin.buffer.read()))",
+            ])),
+        ]
+    }
+
+    /// flate2, `gzip -dc` and Python's zlib all read `blob` as `input`.
+    fn every_reader_reads(blob: &[u8], input: &[u8]) {
+        assert_eq!(flate2_reads(blob), input);
+        for back in others_read(blob) {
+            assert_eq!(back, input);
+        }
+    }
+
+    fn flate2_reads(blob: &[u8]) -> Vec<u8> {
+        let mut back = Vec::new();
+        flate2::read::MultiGzDecoder::new(blob)
+            .read_to_end(&mut back)
+            .expect("flate2 reads it");
+        back
+    }
+
+    /// zlib's own gzip of `input` at level 6 in the same 1 MiB members.
+    fn zlib_size(input: &[u8]) -> usize {
+        input
+            .chunks(GZIP_CHUNK)
+            .map(|c| {
+                let mut enc =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+                enc.write_all(c).expect("gzip");
+                enc.finish().expect("gzip").len()
+            })
+            .sum()
+    }
+
     #[test]
     fn multi_member_output_is_gzip_every_reader_reads() {
         let input = data(5 * GZIP_CHUNK + 12_345);
         let (out, digest) = gzip(&input);
         assert_eq!(Digest::of(&out), digest);
-        let mut back = Vec::new();
-        flate2::read::MultiGzDecoder::new(&out[..])
-            .read_to_end(&mut back)
-            .expect("flate2 reads it");
-        assert_eq!(back, input);
-        // The system's gzip reads it too (docker's Go reader is multistream).
-        let mut child = std::process::Command::new("gzip")
-            .arg("-dc")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("gzip is installed");
-        let mut stdin = child.stdin.take().expect("stdin");
-        let feed = std::thread::spawn(move || stdin.write_all(&out));
-        let result = child.wait_with_output().expect("gzip runs");
-        feed.join().expect("feeder").expect("fed");
-        assert!(result.status.success());
-        assert_eq!(result.stdout, input);
+        every_reader_reads(&out, &input);
     }
 
     #[test]
@@ -543,12 +969,181 @@ mod parallel_gzip_tests {
         let input = data(3 * GZIP_CHUNK);
         assert_eq!(gzip(&input).0, gzip(&input).0);
         let small = data(1000);
-        assert_eq!(gzip(&small).0, gzip_member(&small).expect("member"));
+        assert_eq!(gzip(&small).0, gzip_member(&small, 6).expect("member"));
         let empty = gzip(&[]).0;
         let mut back = Vec::new();
         flate2::read::GzDecoder::new(&empty[..])
             .read_to_end(&mut back)
             .expect("an empty input is a valid empty gzip stream");
         assert!(back.is_empty());
+    }
+
+    #[test]
+    fn random_bytes_are_stored_as_they_are() {
+        let input = random(3 * GZIP_CHUNK + 777, 1);
+        let (out, _) = gzip(&input);
+        // Stored blocks: the bytes themselves, 5 bytes a block of 64 KiB
+        // and 18 a member, no larger than what zlib makes of them.
+        assert!(
+            out.len() <= input.len() + input.len() / 8192 + 4 * 18,
+            "{}",
+            out.len()
+        );
+        assert!(
+            out.len() <= zlib_size(&input),
+            "{} > zlib's {}",
+            out.len(),
+            zlib_size(&input)
+        );
+        let probe = &input[100_000..100_064];
+        assert!(
+            out.windows(probe.len()).any(|w| w == probe),
+            "not stored verbatim"
+        );
+        every_reader_reads(&out, &input);
+    }
+
+    #[test]
+    fn mixed_data_stores_only_what_deflate_cannot_shrink() {
+        // Text, random bytes, text, then random bytes with a run of zeros
+        // in every segment (as tar padding), then a random block repeated:
+        // deflate shrinks all but the plain random bytes.
+        let mut input = text(300_000, 1);
+        input.extend(random(700_000, 2));
+        input.extend(text(200_000, 9_000_000));
+        for i in 0..8u64 {
+            input.extend(random(SEGMENT - 1024, 10 + i));
+            input.extend([0u8; 1024]);
+        }
+        let block = random(4096, 3);
+        for _ in 0..64 {
+            input.extend(&block);
+        }
+        input.extend(random(GZIP_CHUNK, 4));
+        let (out, _) = gzip(&input);
+        let zlib = zlib_size(&input);
+        // About what zlib makes of it: within half a percent.
+        assert!(
+            out.len() <= zlib + zlib / 200,
+            "{} against zlib's {zlib}",
+            out.len()
+        );
+        assert!(
+            out.len() < input.len() - 300_000,
+            "the text and the repeats were not deflated"
+        );
+        every_reader_reads(&out, &input);
+    }
+
+    #[test]
+    fn compressible_data_is_what_zlib_makes_of_it() {
+        let input = text(2 * GZIP_CHUNK, 100_000_000);
+        let (out, _) = gzip(&input);
+        let mut want = Vec::new();
+        for c in input.chunks(GZIP_CHUNK) {
+            let mut enc = flate2::GzBuilder::new()
+                .mtime(0)
+                .operating_system(255)
+                .write(Vec::new(), flate2::Compression::new(6));
+            enc.write_all(c).expect("gzip");
+            want.extend(enc.finish().expect("gzip"));
+        }
+        assert_eq!(out, want);
+        assert!(out.len() < input.len() / 3);
+    }
+
+    #[test]
+    fn the_bytes_do_not_depend_on_the_threads() {
+        let mut input = random(2 * GZIP_CHUNK + 5, 7);
+        input.extend(text(GZIP_CHUNK + 3, 1));
+        input.extend(random(GZIP_CHUNK / 2, 8));
+        let with = |threads| {
+            let mut enc = ParallelGzip::with_threads(Vec::new(), 6, threads);
+            // Written in uneven pieces, as a tar stream comes.
+            for piece in input.chunks(77_777) {
+                enc.write_all(piece).expect("write");
+            }
+            enc.finish().expect("finish")
+        };
+        let one = with(1);
+        assert_eq!(with(2), one);
+        assert_eq!(with(5), one);
+        assert_eq!(gzip(&input).0, one);
+        assert_eq!(flate2_reads(&one), input);
+    }
+
+    #[test]
+    fn gzip_t_accepts_every_kind_of_member() {
+        let mut input = random(GZIP_CHUNK + SEGMENT / 2, 5);
+        input.extend(text(GZIP_CHUNK, 1));
+        let (out, _) = gzip(&input);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("layer.gz");
+        std::fs::write(&path, &out).expect("write");
+        let status = Command::new("gzip")
+            .arg("-t")
+            .arg(&path)
+            .status()
+            .expect("gzip runs");
+        assert!(status.success(), "gzip -t rejects the stream");
+    }
+
+    #[test]
+    fn levels_are_checked_against_the_format() {
+        assert_eq!(
+            codec(Compression::Gzip, None).expect("default"),
+            Codec::default_for(Compression::Gzip)
+        );
+        assert_eq!(
+            codec(Compression::Zstd, Some(19)).expect("zstd 19").level,
+            19
+        );
+        assert_eq!(codec(Compression::Gzip, Some(0)).expect("gzip 0").level, 0);
+        assert_eq!(
+            codec(Compression::Zstd, Some(0)).expect("zstd 0"),
+            Codec::default_for(Compression::Zstd)
+        );
+        for (c, bad) in [(Compression::Gzip, 10), (Compression::Zstd, 23)] {
+            let err = codec(c, Some(bad)).expect_err("out of range");
+            assert!(err.to_string().contains(&format!("not {bad}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn levels_are_kept_apart() {
+        let input = text(GZIP_CHUNK / 2, 1);
+        let at = |codec: Codec| {
+            let mut out = Vec::new();
+            compress(&input[..], &mut out, codec).expect("compress");
+            out
+        };
+        let gzip = |level| Codec {
+            compression: Compression::Gzip,
+            level,
+        };
+        let zstd = |level| Codec {
+            compression: Compression::Zstd,
+            level,
+        };
+        assert_eq!(at(gzip(6)), at(Compression::Gzip.into()));
+        assert_ne!(at(gzip(1)), at(gzip(9)));
+        assert_eq!(at(zstd(3)), at(Compression::Zstd.into()));
+        assert_ne!(at(zstd(1)), at(zstd(19)));
+        for blob in [
+            at(gzip(0)),
+            at(gzip(1)),
+            at(gzip(9)),
+            at(zstd(1)),
+            at(zstd(19)),
+        ] {
+            let mut back = Vec::new();
+            decompressing_reader(&blob[..])
+                .expect("reader")
+                .read_to_end(&mut back)
+                .expect("decompress");
+            assert_eq!(back, input);
+        }
+        // Level 9 marks its header as zlib does.
+        assert_eq!(at(gzip(9))[8], 2);
     }
 }

@@ -16,7 +16,7 @@ pub use cache::{
     export_cache, inline_metadata, CacheDest, CacheEntry, CacheError, CacheExportOptions, CacheHit,
     CacheSource, RemoteCache, CACHE_ARTIFACT_TYPE, CACHE_CONFIG_MEDIA_TYPE, INLINE_CACHE_KEY,
 };
-pub use compressed::{compressed_layer, CompressedError};
+pub use compressed::{compress_layer, compressed_layer, kept_layer, CompressedError};
 pub use push::{Format, PushOptions, Pushed};
 pub use source::{Images, PullPolicy};
 pub use stored::{

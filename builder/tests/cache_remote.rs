@@ -145,7 +145,9 @@ impl Env {
             Some(&self.reg),
             dest,
             entries,
-            &CacheExportOptions { compression },
+            &CacheExportOptions {
+                compression: compression.into(),
+            },
             reporter,
             1,
         )

@@ -279,6 +279,80 @@ fn uploads_in_chunks_above_the_threshold() {
     assert_eq!(proxy.count("PUT "), 2);
 }
 
+/// A blob uploaded while it is made: PATCHes of at most the chunk size
+/// as the bytes come, the digest only in the closing PUT; a producer that
+/// fails commits nothing.
+#[test]
+fn a_blob_streams_up_while_it_is_made() {
+    let Some(registry) =
+        RegistryServer::start_or_skip("a_blob_streams_up_while_it_is_made", Auth::None)
+    else {
+        return;
+    };
+    let home = tempfile::tempdir().expect("tempdir");
+    let reg = client_with(home.path(), |o| o.upload_chunk_size = 300 * 1024);
+    let proxy = CuttingProxy::start(&registry.host(), u64::MAX, 0);
+    let image = r(&format!("{}/streamed/blob:1", proxy.addr));
+    let bytes = blob_bytes(700 * 1024 + 3, 6);
+    let desc = Descriptor::new(
+        media_type::OCI_LAYER_GZIP,
+        Digest::of(&bytes),
+        bytes.len() as u64,
+    );
+    let (made, uploaded) = reg.put_blob_streamed(
+        &image,
+        Digest::of(b"label"),
+        |out| {
+            // Written in uneven pieces, as a compressor makes them.
+            for piece in bytes.chunks(100_000) {
+                out.write_all(piece)?;
+            }
+            Ok::<_, std::io::Error>(desc.clone())
+        },
+        Descriptor::clone,
+        &|_| {},
+    );
+    assert_eq!(made.expect("made"), desc);
+    uploaded.expect("streamed upload");
+    assert_eq!(proxy.count("PATCH "), 3, "700 KiB in 300 KiB requests");
+    assert_eq!(proxy.count("PUT "), 1, "the closing PUT");
+    assert_eq!(fetch_blob(&reg, &image, &desc), bytes);
+
+    // A producer that fails half way: the registry never gets the blob.
+    let other = blob_bytes(400 * 1024, 7);
+    let other_digest = Digest::of(&other);
+    let (made, _) = reg.put_blob_streamed(
+        &image,
+        Digest::of(b"label"),
+        |out| {
+            out.write_all(&other[..200 * 1024])?;
+            Err::<Descriptor, _>(std::io::Error::other("the layer is corrupt"))
+        },
+        Descriptor::clone,
+        &|_| {},
+    );
+    assert!(made.is_err());
+    assert_eq!(proxy.count("PUT "), 1, "no closing PUT");
+    assert!(!reg.blob_exists(&image, &other_digest).expect("head"));
+
+    // A descriptor that does not match what was sent is refused.
+    let (_, uploaded) = reg.put_blob_streamed(
+        &image,
+        Digest::of(b"label"),
+        |out| {
+            out.write_all(&other)?;
+            Ok::<_, std::io::Error>(())
+        },
+        |()| Descriptor::new(media_type::OCI_LAYER_GZIP, other_digest, 5),
+        &|_| {},
+    );
+    assert!(
+        matches!(uploaded, Err(RegistryError::SizeMismatch { .. })),
+        "{uploaded:?}"
+    );
+    assert!(!reg.blob_exists(&image, &other_digest).expect("head"));
+}
+
 #[test]
 fn basic_auth_logs_in_and_refuses_without_credentials() {
     let Some(registry) = RegistryServer::start_or_skip(

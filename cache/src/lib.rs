@@ -11,7 +11,7 @@ pub mod oci;
 mod store;
 
 pub use digest::{Digest, DigestError, DigestReader, Hasher};
-pub use oci::{media_type, Compression, Descriptor, REF_NAME_ANNOTATION};
+pub use oci::{media_type, Codec, Compression, Descriptor, REF_NAME_ANNOTATION};
 pub use store::{
     remove_dir_all_force, BlobFault, BlobWriter, CacheRecord, FsckReport, Problem, PruneOptions,
     PruneReport, RepairReport, SnapshotBuilder, SnapshotFault, Store, StoreError, StoreLock,

@@ -133,6 +133,64 @@ impl std::fmt::Display for Compression {
     }
 }
 
+/// A layer compression and its level, as buildx's `compression=` and
+/// `compression-level=` give them. The store keeps a compressed form of a
+/// layer per codec ([`Store::compressed_blob`](crate::Store::compressed_blob)),
+/// so a blob made at one level is never served for another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Codec {
+    /// The format.
+    pub compression: Compression,
+    /// The level, in the format's own scale (gzip 0–9, zstd 1–22; 0 for
+    /// an uncompressed tar).
+    pub level: u32,
+}
+
+impl Codec {
+    /// `compression` at its default level: gzip 6 (zlib's default, what
+    /// docker and BuildKit use), zstd 3 (zstd's default, containerd's and
+    /// BuildKit's).
+    pub fn default_for(compression: Compression) -> Codec {
+        let level = match compression {
+            Compression::None => 0,
+            Compression::Gzip => 6,
+            Compression::Zstd => 3,
+        };
+        Codec { compression, level }
+    }
+
+    /// The levels `compression` takes.
+    pub fn levels(compression: Compression) -> std::ops::RangeInclusive<u32> {
+        match compression {
+            Compression::None => 0..=0,
+            Compression::Gzip => 0..=9,
+            Compression::Zstd => 1..=22,
+        }
+    }
+
+    /// Whether this is its format's default level.
+    pub fn is_default(self) -> bool {
+        self == Codec::default_for(self.compression)
+    }
+}
+
+impl From<Compression> for Codec {
+    fn from(compression: Compression) -> Codec {
+        Codec::default_for(compression)
+    }
+}
+
+impl std::fmt::Display for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The default level goes without saying, as on the command line.
+        if self.is_default() {
+            f.write_str(self.compression.name())
+        } else {
+            write!(f, "{} level {}", self.compression, self.level)
+        }
+    }
+}
+
 /// The annotation that names a tag in an image layout's `index.json`.
 pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 

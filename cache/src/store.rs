@@ -15,7 +15,8 @@
 //!     cache-v1/<hex>          step cache: one JSON CacheRecord per cache key
 //!     snapshots-v1/<hex>/     unpacked layer per diff id: rootfs/ + a `complete` marker
 //!     compressed-v1/<hex>.<c> the blob holding layer <hex> (a diff id) compressed with
-//!                             <c> (gzip, zstd): one JSON descriptor, written after its blob
+//!                             <c> (gzip, zstd; `gzip-9`: a level not the default): one
+//!                             JSON descriptor, written after its blob
 //!     mounts-v1/<hex>/        one `RUN --mount=type=cache` directory per identity
 //!     statcache-v1/<hex>      one build context's stat cache, by the digest of its path
 //!     tmp/                    temp files and directories, renamed into place when done;

@@ -3,8 +3,8 @@
 //! locking and garbage collection.
 
 use estiba_cache::{
-    media_type, remove_dir_all_force, CacheRecord, Compression, Descriptor, Digest, PruneOptions,
-    Store, StoreError, REF_NAME_ANNOTATION,
+    media_type, remove_dir_all_force, CacheRecord, Codec, Compression, Descriptor, Digest,
+    PruneOptions, Store, StoreError, REF_NAME_ANNOTATION,
 };
 use serde_json::{json, Value};
 use std::fs;
@@ -1550,7 +1550,7 @@ fn store_with_uncompressed_image(store: &Store, seed: &str) -> (Descriptor, Desc
 fn image_with_gzip_form(store: &Store, seed: &str) -> (Descriptor, Descriptor) {
     let (layer, gzip) = store_with_uncompressed_image(store, seed);
     store
-        .record_compressed(&layer.digest, &gzip)
+        .record_compressed(&layer.digest, Compression::Gzip, &gzip)
         .expect("record");
     (layer, gzip)
 }
@@ -1559,6 +1559,67 @@ fn gzip_form(store: &Store, diff_id: &Digest) -> Option<Descriptor> {
     store
         .compressed_blob(diff_id, Compression::Gzip)
         .expect("lookup")
+}
+
+#[test]
+fn a_compressed_record_is_kept_per_level() {
+    let (_dir, store) = new_store();
+    let (layer, gzip6) = store_with_uncompressed_image(&store, "levels");
+    let diff_id = layer.digest;
+    let gzip9 = Descriptor::new(
+        media_type::OCI_LAYER_GZIP,
+        store.put_blob(b"levels layer gzip -9").expect("put").0,
+        20,
+    );
+    let level9 = Codec {
+        compression: Compression::Gzip,
+        level: 9,
+    };
+    store
+        .record_compressed(&diff_id, level9, &gzip9)
+        .expect("record level 9");
+    // The default level's record is another one: still a miss.
+    assert_eq!(gzip_form(&store, &diff_id), None);
+    assert_eq!(
+        store.compressed_blob(&diff_id, level9).expect("lookup"),
+        Some(gzip9.clone())
+    );
+    store
+        .record_compressed(&diff_id, Compression::Gzip, &gzip6)
+        .expect("record level 6");
+    assert_eq!(gzip_form(&store, &diff_id), Some(gzip6.clone()));
+    assert_eq!(
+        store.compressed_blob(&diff_id, level9).expect("lookup"),
+        Some(gzip9.clone())
+    );
+    // The default level spelled out is the same record as no level.
+    let level6 = Codec {
+        compression: Compression::Gzip,
+        level: 6,
+    };
+    assert_eq!(
+        store.compressed_blob(&diff_id, level6).expect("lookup"),
+        Some(gzip6)
+    );
+    let dir = store.root().join("estiba/compressed-v1");
+    let mut names: Vec<String> = fs::read_dir(&dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut want = vec![
+        format!("{}.gzip", diff_id.hex()),
+        format!("{}.gzip-9", diff_id.hex()),
+    ];
+    want.sort();
+    assert_eq!(names, want);
+    // Both are sound records to fsck, and both blobs live while the layer is.
+    let report = store.fsck().expect("fsck");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let lock = store.lock_exclusive().expect("exclusive");
+    store.prune(false).expect("prune");
+    drop(lock);
+    assert!(store.has_blob(&gzip9.digest));
 }
 
 #[test]
@@ -1573,7 +1634,9 @@ fn compressed_records_name_their_blob_and_miss_when_it_is_gone() {
     docker
         .annotations
         .insert("x".to_string(), "dropped".to_string());
-    store.record_compressed(&diff_id, &docker).expect("record");
+    store
+        .record_compressed(&diff_id, Compression::Gzip, &docker)
+        .expect("record");
     assert_eq!(gzip_form(&store, &diff_id), Some(gzip.clone()));
     assert_eq!(
         read_json(
@@ -1599,12 +1662,17 @@ fn compressed_records_name_their_blob_and_miss_when_it_is_gone() {
     );
     // Only gzip and zstd blobs that are here are recorded.
     assert!(matches!(
-        store.record_compressed(&diff_id, &layer),
+        store.record_compressed(&diff_id, Compression::Gzip, &layer),
+        Err(StoreError::NotCompressedLayer { .. })
+    ));
+    // ... and only under the compression their media type says.
+    assert!(matches!(
+        store.record_compressed(&diff_id, Compression::Zstd, &gzip),
         Err(StoreError::NotCompressedLayer { .. })
     ));
     let absent = Descriptor::new(media_type::OCI_LAYER_ZSTD, Digest::of(b"absent"), 6);
     assert!(matches!(
-        store.record_compressed(&diff_id, &absent),
+        store.record_compressed(&diff_id, Compression::Zstd, &absent),
         Err(StoreError::MissingBlob { .. })
     ));
     // A record whose blob went is a miss, as is one that does not parse.

@@ -185,6 +185,9 @@ pub(crate) struct PushArgs {
     /// Compression of layers the store holds uncompressed.
     #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
     pub(crate) compression: CompressionArg,
+    /// Its level: gzip 0-9 (default 6), zstd 1-22 (default 3; 0 is 3).
+    #[arg(long, value_name = "N")]
+    pub(crate) compression_level: Option<u32>,
     /// Progress output: auto, plain, tty or quiet.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub(crate) progress: ProgressMode,
@@ -249,7 +252,8 @@ pub(crate) struct BuildArgs {
     pub(crate) progress: ProgressMode,
     /// Where the result goes: type=image (default), type=oci,dest=F.tar,
     /// type=docker,dest=F.tar, type=local,dest=DIR,
-    /// type=registry[,name=REF] (push), type=image,push=true.
+    /// type=registry[,name=REF] (push), type=image,push=true; oci, image
+    /// and registry take compression=gzip|zstd and compression-level=N.
     #[arg(short = 'o', long = "output")]
     pub(crate) outputs: Vec<String>,
     /// Write the image ID to this file.
@@ -266,7 +270,8 @@ pub(crate) struct BuildArgs {
     /// Media types of pushed manifests: oci or docker (schema 2).
     #[arg(long = "push-format", value_enum, default_value_t = ManifestFormat::Oci)]
     pub(crate) push_format: ManifestFormat,
-    /// Export the build cache: type=registry,ref=REF[,mode=min|max][,compression=gzip|zstd],
+    /// Export the build cache: type=registry,ref=REF[,mode=min|max][,compression=gzip|zstd]
+    /// [,compression-level=N],
     /// type=local,dest=DIR[,mode=…], or type=inline (in the pushed image).
     #[arg(long = "cache-to")]
     pub(crate) cache_to: Vec<String>,
@@ -281,7 +286,8 @@ pub(crate) struct BuildArgs {
     /// Print only the image ID.
     #[arg(short = 'q', long)]
     pub(crate) quiet: bool,
-    /// Layer compression in exported archives.
+    /// Layer compression in OCI archives and pushes (an output's
+    /// compression= says otherwise for it).
     #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
     pub(crate) compression: CompressionArg,
     /// A named context, NAME=DIR or NAME=docker-image://REF, that `FROM
@@ -319,6 +325,10 @@ pub(crate) struct BuildArgs {
     /// Accepted for docker's sake: build containers are always removed.
     #[arg(long = "force-rm", hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub(crate) force_rm: Vec<String>,
+    /// Its level: gzip 0-9 (default 6), zstd 1-22 (default 3; 0 is 3); an output's
+    /// compression-level= says otherwise for it.
+    #[arg(long, value_name = "N")]
+    pub(crate) compression_level: Option<u32>,
     /// Plan only: print stages, steps, dependencies and what is pruned.
     #[arg(long)]
     pub(crate) dry_run: bool,

@@ -3,8 +3,10 @@
 use super::args::{AllowArg, BuildArgs, BuildNetwork, PlanFormat};
 use super::cache::{CacheTo, Mode as CacheMode};
 use super::progress::Plain;
+use super::registry::CompressionFields;
 use super::Failure;
 use anyhow::Context;
+use estiba::compress::Codec;
 use estiba::context::BuildContext;
 use estiba::executor::{HostSettings, Network, Ulimit, UlimitResource};
 use estiba::image::{
@@ -158,8 +160,14 @@ fn parse_secret(spec: &str) -> Result<(String, SecretSource), Failure> {
 enum Output {
     Image,
     /// Pushed to these names (none: the -t names).
-    Registry(Vec<Reference>),
-    Oci(PathBuf),
+    Registry {
+        names: Vec<Reference>,
+        codec: Codec,
+    },
+    Oci {
+        dest: PathBuf,
+        codec: Codec,
+    },
     Docker(PathBuf),
     /// The root filesystem; device nodes only with `devices=true`.
     Local {
@@ -173,10 +181,12 @@ enum Output {
     },
 }
 
-/// `-o`/`--output` as buildx reads it (`util/buildflags/export.go`): a
+/// Parses an `--output` as buildx reads it (`util/buildflags/export.go`): a
 /// value with no `=` and no `,` is a directory for the local exporter, or
 /// `-` for a tar on standard output; anything else is `type=…,key=value`.
-fn parse_output(spec: &str) -> Result<Output, Failure> {
+/// Its layers are compressed with `default` unless it says otherwise
+/// (`compression=`, `compression-level=`).
+fn parse_output(spec: &str, default: Codec) -> Result<Output, Failure> {
     if !spec.contains(['=', ',']) {
         return Ok(if spec == "-" {
             Output::Tar {
@@ -195,7 +205,18 @@ fn parse_output(spec: &str) -> Result<Output, Failure> {
     let mut devices = None;
     let mut names = Vec::new();
     let mut push = false;
+    let mut compression = CompressionFields::default();
     for field in spec.split(',') {
+        if let Some((k, v)) = field.split_once('=') {
+            let taken = compression.take(k, v).map_err(|why| {
+                Failure::Usage(format!(
+                    "invalid --output field {field:?} in {spec:?}: {why}"
+                ))
+            })?;
+            if taken {
+                continue;
+            }
+        }
         match field.split_once('=') {
             Some(("type", v)) => kind = Some(v.to_string()),
             Some(("dest", v)) => dest = Some(PathBuf::from(v)),
@@ -247,12 +268,26 @@ fn parse_output(spec: &str) -> Result<Output, Failure> {
             "--output {spec:?}: name= and push= are for type=image and type=registry"
         )));
     }
+    if compression.given() && !matches!(kind.as_deref(), Some("image" | "registry" | "oci") | None)
+    {
+        return Err(Failure::Usage(format!(
+            "--output {spec:?}: compression= and compression-level= are for type=oci, \
+             type=image and type=registry (docker archives hold uncompressed layers)"
+        )));
+    }
+    let codec = compression
+        .codec(default)
+        .map_err(|why| Failure::Usage(format!("--output {spec:?}: {why}")))?;
     match kind.as_deref() {
         // BuildKit's type=registry is type=image,push=true.
-        Some("registry") => Ok(Output::Registry(names)),
-        Some("image") | None if push => Ok(Output::Registry(names)),
+        Some("registry") => Ok(Output::Registry { names, codec }),
+        Some("image") | None if push => Ok(Output::Registry { names, codec }),
+        // Nothing is compressed for the store.
         Some("image") | None => Ok(Output::Image),
-        Some("oci") => Ok(Output::Oci(need_dest(dest, "oci")?)),
+        Some("oci") => Ok(Output::Oci {
+            dest: need_dest(dest, "oci")?,
+            codec,
+        }),
         Some("docker") => Ok(Output::Docker(need_dest(dest, "docker")?)),
         Some("local") => Ok(Output::Local {
             dest: need_dest(dest, "local")?,
@@ -279,10 +314,11 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
         let opts = plan_options(args, &source.path)?;
         return super::checks::check_only(args, &source, &opts, root);
     }
+    let default_codec = super::registry::codec(args.compression, args.compression_level)?;
     let outputs = args
         .outputs
         .iter()
-        .map(|o| parse_output(o))
+        .map(|o| parse_output(o, default_codec))
         .collect::<Result<Vec<_>, _>>()?;
     let tags = args
         .tags
@@ -452,19 +488,23 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
                 .with_context(|| format!("cannot tag {}", tag.familiar()))?;
         }
     }
-    let compression = super::registry::compression(args.compression);
     // Where the image is pushed: -t names with --push, and every
     // type=registry output (its name=, else the -t names).
-    let mut push_to: Vec<Reference> = Vec::new();
+    let mut push_to: Vec<(Reference, Codec)> = Vec::new();
     if args.push {
-        push_to.extend(tags.iter().cloned());
+        push_to.extend(tags.iter().map(|t| (t.clone(), default_codec)));
     }
     for output in &outputs {
-        if let Output::Registry(names) = output {
-            push_to.extend(if names.is_empty() { &tags } else { names }.iter().cloned());
+        if let Output::Registry { names, codec } = output {
+            push_to.extend(
+                if names.is_empty() { &tags } else { names }
+                    .iter()
+                    .map(|n| (n.clone(), *codec)),
+            );
         }
     }
-    if (args.push || outputs.iter().any(|o| matches!(o, Output::Registry(_)))) && push_to.is_empty()
+    if (args.push || outputs.iter().any(|o| matches!(o, Output::Registry { .. })))
+        && push_to.is_empty()
     {
         return Err(Failure::Usage(
             "pushing needs a name: give -t NAME (or --output type=registry,name=NAME)".to_string(),
@@ -473,20 +513,20 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
     push_to.dedup();
     for output in &outputs {
         match output {
-            Output::Image | Output::Registry(_) => {}
-            Output::Oci(dest) => super::images::write_archive(
+            Output::Image | Output::Registry { .. } => {}
+            Output::Oci { dest, codec } => super::images::write_archive(
                 &store,
                 &[(tags_or_default(&tags), manifest.clone())],
                 dest,
                 true,
-                compression,
+                *codec,
             )?,
             Output::Docker(dest) => super::images::write_archive(
                 &store,
                 &[(tags_or_default(&tags), manifest.clone())],
                 dest,
                 false,
-                compression,
+                default_codec,
             )?,
             Output::Local { dest, devices } => {
                 super::images::export_rootfs(&store, &built, dest, *devices, reporter)?
@@ -500,11 +540,11 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
     if !push_to.is_empty() {
         let image = estiba::image::read(&store, &image_id, &manifest)
             .map_err(|e| anyhow::anyhow!(estiba::solve::error_chain(&e)))?;
-        let opts = PushOptions {
-            format: super::registry::format(args.push_format),
-            compression,
-        };
-        for dest in &push_to {
+        for (dest, codec) in &push_to {
+            let opts = PushOptions {
+                format: super::registry::format(args.push_format),
+                compression: *codec,
+            };
             pushed.push(images.push(&image, dest, &opts).map_err(|error| {
                 Failure::Other(anyhow::anyhow!(estiba::solve::error_chain(&error)))
             })?);
@@ -787,14 +827,87 @@ mod tests {
             ("type=local,dest=d,devices=false", local(false)),
             ("local,dest=d,devices=true", local(true)),
         ] {
-            assert_eq!(parse_output(spec).ok(), Some(want), "{spec}");
+            assert_eq!(parse_output(spec, GZIP).ok(), Some(want), "{spec}");
         }
         for bad in [
             "type=local,dest=d,devices=yes",
             "type=oci,dest=d,devices=true",
             "devices=true",
         ] {
-            assert!(matches!(parse_output(bad), Err(Failure::Usage(_))), "{bad}");
+            assert!(
+                matches!(parse_output(bad, GZIP), Err(Failure::Usage(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    const GZIP: Codec = Codec {
+        compression: estiba::compress::Compression::Gzip,
+        level: 6,
+    };
+
+    #[test]
+    fn outputs_take_compression_and_level_as_buildx_spells_them() {
+        use estiba::compress::Compression::{Gzip, Zstd};
+        let codec = |compression, level| Codec { compression, level };
+        let oci = |compression, level| {
+            Some(Output::Oci {
+                dest: PathBuf::from("o.tar"),
+                codec: codec(compression, level),
+            })
+        };
+        let registry = |compression, level| {
+            Some(Output::Registry {
+                names: Vec::new(),
+                codec: codec(compression, level),
+            })
+        };
+        let zstd9 = codec(Zstd, 9);
+        for (spec, default, want) in [
+            ("type=oci,dest=o.tar", GZIP, oci(Gzip, 6)),
+            ("type=oci,dest=o.tar", zstd9, oci(Zstd, 9)),
+            ("type=oci,dest=o.tar,compression=zstd", GZIP, oci(Zstd, 3)),
+            (
+                "type=oci,dest=o.tar,compression=zstd,compression-level=3",
+                GZIP,
+                oci(Zstd, 3),
+            ),
+            (
+                "type=oci,dest=o.tar,compression-level=1",
+                GZIP,
+                oci(Gzip, 1),
+            ),
+            (
+                "type=oci,dest=o.tar,compression=zstd,compression-level=0",
+                GZIP,
+                oci(Zstd, 3),
+            ),
+            ("type=oci,dest=o.tar,compression=gzip", zstd9, oci(Gzip, 6)),
+            (
+                "type=registry,compression=zstd,compression-level=19",
+                GZIP,
+                registry(Zstd, 19),
+            ),
+            (
+                "type=image,push=true,compression-level=9",
+                GZIP,
+                registry(Gzip, 9),
+            ),
+            ("type=image,compression=zstd", GZIP, Some(Output::Image)),
+        ] {
+            assert_eq!(parse_output(spec, default).ok(), want, "{spec}");
+        }
+        for bad in [
+            "type=oci,dest=o.tar,compression=lz4",
+            "type=oci,dest=o.tar,compression-level=10",
+            "type=oci,dest=o.tar,compression-level=high",
+            "type=docker,dest=d.tar,compression=zstd",
+            "type=local,dest=d,compression-level=1",
+        ] {
+            assert!(
+                matches!(parse_output(bad, GZIP), Err(Failure::Usage(_))),
+                "{bad}"
+            );
         }
     }
 

@@ -1,7 +1,8 @@
 //! `--cache-to` and `--cache-from`, as buildx spells them.
 
+use super::registry::CompressionFields;
 use super::Failure;
-use estiba::compress::Compression;
+use estiba::compress::{Codec, Compression};
 use estiba::image::{CacheDest, CacheSource};
 use estiba::registry::Reference;
 use std::path::PathBuf;
@@ -22,7 +23,7 @@ pub(crate) enum CacheTo {
     Artifact {
         dest: CacheDest,
         mode: Mode,
-        compression: Compression,
+        compression: Codec,
     },
     /// The cache metadata in the image's own config (`type=inline`).
     Inline,
@@ -52,8 +53,14 @@ pub(crate) fn parse_to(spec: &str) -> Result<CacheTo, Failure> {
     let mut kind = None;
     let mut target = None;
     let mut mode = Mode::Min;
-    let mut compression = Compression::Gzip;
+    let mut fields_given = CompressionFields::default();
     for (k, v) in fields(FLAG, spec)? {
+        if fields_given
+            .take(k, v)
+            .map_err(|why| usage(FLAG, spec, &why))?
+        {
+            continue;
+        }
         match k {
             "type" => kind = Some(v),
             "ref" | "dest" => target = Some((k, v)),
@@ -64,18 +71,14 @@ pub(crate) fn parse_to(spec: &str) -> Result<CacheTo, Failure> {
                     _ => return Err(usage(FLAG, spec, "mode is min or max")),
                 }
             }
-            "compression" => {
-                compression = match v {
-                    "gzip" => Compression::Gzip,
-                    "zstd" => Compression::Zstd,
-                    _ => return Err(usage(FLAG, spec, "compression is gzip or zstd")),
-                }
-            }
             // BuildKit's knobs estiba needs not: accepted, as buildx does.
-            "oci-mediatypes" | "image-manifest" | "ignore-error" | "compression-level" => {}
+            "oci-mediatypes" | "image-manifest" | "ignore-error" => {}
             _ => return Err(usage(FLAG, spec, &format!("unknown field {k:?}"))),
         }
     }
+    let compression = fields_given
+        .codec(Codec::default_for(Compression::Gzip))
+        .map_err(|why| usage(FLAG, spec, &why))?;
     match (kind, target) {
         (Some("inline"), None) => Ok(CacheTo::Inline),
         (Some("registry"), Some(("ref", r))) => Ok(CacheTo::Artifact {
@@ -149,7 +152,11 @@ mod tests {
             Ok(CacheTo::Artifact {
                 dest: CacheDest::Registry { reference },
                 mode: Mode::Max,
-                compression: Compression::Zstd,
+                compression:
+                    Codec {
+                        compression: Compression::Zstd,
+                        level: 3,
+                    },
             }) => assert_eq!(reference.to_string(), "reg.lan:5000/app:cache"),
             Ok(other) => panic!("{other:?}"),
             Err(_) => panic!("refused"),
@@ -158,7 +165,20 @@ mod tests {
             parse_to("type=local,dest=/tmp/c"),
             Ok(CacheTo::Artifact {
                 mode: Mode::Min,
-                compression: Compression::Gzip,
+                compression: Codec {
+                    compression: Compression::Gzip,
+                    level: 6,
+                },
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_to("type=local,dest=/tmp/c,compression=zstd,compression-level=19"),
+            Ok(CacheTo::Artifact {
+                compression: Codec {
+                    compression: Compression::Zstd,
+                    level: 19,
+                },
                 ..
             })
         ));
@@ -169,6 +189,9 @@ mod tests {
             "type=s3,ref=x",
             "mode=max",
             "type=registry,ref=x,mode=all",
+            "type=local,dest=/tmp/c,compression=lz4",
+            "type=local,dest=/tmp/c,compression-level=10",
+            "type=local,dest=/tmp/c,compression=zstd,compression-level=fast",
         ] {
             assert!(matches!(parse_to(bad), Err(Failure::Usage(_))), "{bad}");
         }

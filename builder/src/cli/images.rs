@@ -694,13 +694,13 @@ pub(crate) fn save(
         &images,
         output,
         format == ArchiveFormat::Oci,
-        estiba::compress::Compression::Gzip,
+        estiba::compress::Codec::default_for(estiba::compress::Compression::Gzip),
     )
 }
 
 /// Writes images from the store to an archive at `dest` (a temp file
 /// renamed into place, so a failure leaves no half archive). An OCI archive
-/// gets each layer `compression`-compressed, as the store kept it from an
+/// gets each layer compressed with `compression`, as the store kept it from an
 /// earlier export or push, else compressed now and kept; a docker archive
 /// gets them uncompressed.
 pub(crate) fn write_archive(
@@ -708,7 +708,7 @@ pub(crate) fn write_archive(
     images: &[(Vec<String>, Descriptor)],
     dest: &Path,
     oci: bool,
-    compression: estiba::compress::Compression,
+    compression: estiba::compress::Codec,
 ) -> Result<(), Failure> {
     let mut export = Vec::with_capacity(images.len());
     for (tags, desc) in images {

@@ -28,6 +28,24 @@ const EXIT_FAILED: i32 = 1;
 /// Exit status for a usage error.
 const EXIT_USAGE: i32 = 2;
 
+/// Allocations from this size up are mapped and unmapped on their own.
+const MMAP_THRESHOLD: libc::c_int = 256 * 1024;
+
+/// For the commands that compress layers: glibc's mmap threshold (128 KiB)
+/// rises with every big block freed until megabyte buffers come from the
+/// heap and stay resident after use, so a push compressing three layers
+/// peaked at 78 MB; fixed, at 54 MB. The hot paths reuse their big
+/// buffers, so few calls pay for the mapping; a pull, which gains nothing,
+/// keeps the default (fixing it cost a pull 0.1 s of system time).
+fn unmap_big_buffers() {
+    // SAFETY: mallopt only sets an allocator parameter, under glibc's
+    // own lock; a failure (0) leaves the default, which is only slower
+    // to give memory back.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
 /// Runs the CLI and returns the process exit code.
 pub(crate) fn main() -> i32 {
     interrupt::install();
@@ -42,6 +60,12 @@ pub(crate) fn main() -> i32 {
             return if e.use_stderr() { EXIT_USAGE } else { 0 };
         }
     };
+    if matches!(
+        cli.command,
+        Command::Build(_) | Command::Push(_) | Command::Save { .. }
+    ) {
+        unmap_big_buffers();
+    }
     let root = cli.root.as_deref();
     let outcome = match &cli.command {
         Command::Build(args) => build::build(args, root),

@@ -5,7 +5,7 @@ use super::args::{CompressionArg, ManifestFormat, ProgressMode, PushArgs};
 use super::progress::{Plain, Tty};
 use super::Failure;
 use anyhow::{anyhow, Context};
-use estiba::compress::Compression;
+use estiba::compress::{Codec, Compression};
 use estiba::image::{Format, Images, PullPolicy, PushOptions, Pushed};
 use estiba::registry::{credentials, Reference, Registry, RegistryOptions};
 use std::io::Read;
@@ -40,6 +40,62 @@ pub(crate) fn compression(arg: CompressionArg) -> Compression {
     match arg {
         CompressionArg::Gzip => Compression::Gzip,
         CompressionArg::Zstd => Compression::Zstd,
+    }
+}
+
+/// `--compression` at `--compression-level`.
+pub(crate) fn codec(arg: CompressionArg, level: Option<u32>) -> Result<Codec, Failure> {
+    estiba::compress::codec(compression(arg), level)
+        .map_err(|e| Failure::Usage(format!("--compression-level: {e}")))
+}
+
+/// The compression fields of buildx's exporters and cache exporters,
+/// `compression=gzip|zstd` and `compression-level=N`; what a spec leaves
+/// out comes from `--compression` and `--compression-level`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CompressionFields {
+    compression: Option<Compression>,
+    level: Option<u32>,
+}
+
+impl CompressionFields {
+    /// Takes field `key=value` if it is one of these (`Ok(true)`); the
+    /// error says what a bad value should be.
+    pub(crate) fn take(&mut self, key: &str, value: &str) -> Result<bool, String> {
+        match key {
+            "compression" => {
+                self.compression = Some(match value {
+                    "gzip" => Compression::Gzip,
+                    "zstd" => Compression::Zstd,
+                    _ => return Err("compression is gzip or zstd".to_string()),
+                });
+            }
+            "compression-level" => {
+                self.level = Some(
+                    value
+                        .parse()
+                        .map_err(|_| "compression-level is a whole number".to_string())?,
+                );
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Whether the spec gave either field.
+    pub(crate) fn given(self) -> bool {
+        self.compression.is_some() || self.level.is_some()
+    }
+
+    /// The codec these fields ask for over `default` (the flags'), or why
+    /// not: a field not given is `default`'s, except that another
+    /// compression without a level takes its own default level.
+    pub(crate) fn codec(self, default: Codec) -> Result<Codec, String> {
+        let compression = self.compression.unwrap_or(default.compression);
+        let level = self
+            .level
+            .or((compression == default.compression).then_some(default.level));
+        estiba::compress::codec(compression, level).map_err(|e| e.to_string())
     }
 }
 
@@ -105,7 +161,7 @@ pub(crate) fn push(root: Option<&Path>, args: &PushArgs) -> Result<(), Failure> 
     let images = Images::with_registry(&store, &registry, PullPolicy::Missing, &tracked);
     let opts = PushOptions {
         format: format(args.format),
-        compression: compression(args.compression),
+        compression: codec(args.compression, args.compression_level)?,
     };
     let pushed = images
         .push(&image, &dest, &opts)

@@ -49,7 +49,7 @@ use super::push::{self, Format};
 use super::stored::Layer;
 use super::Vertex;
 use super::{ImageConfig, ImageError};
-use crate::compress::Compression;
+use crate::compress::{Codec, Compression};
 use crate::progress::{human_size, Reporter, Silent};
 use crate::registry::{Reference, Registry, MAX_MANIFEST_SIZE};
 use estiba_cache::oci::{media_type, Descriptor, Index, Manifest, REF_NAME_ANNOTATION};
@@ -220,14 +220,14 @@ impl std::fmt::Display for CacheSource {
 /// How a cache is exported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheExportOptions {
-    /// How layers stored uncompressed are compressed.
-    pub compression: Compression,
+    /// How layers stored uncompressed are compressed, and at what level.
+    pub compression: Codec,
 }
 
 impl Default for CacheExportOptions {
     fn default() -> Self {
         CacheExportOptions {
-            compression: Compression::Gzip,
+            compression: Codec::default_for(Compression::Gzip),
         }
     }
 }
@@ -329,7 +329,7 @@ struct Artifact {
 fn artifact(
     store: &Store,
     entries: &[CacheEntry],
-    compression: Compression,
+    compression: Codec,
 ) -> Result<Artifact, ImageError> {
     let mut layers: Vec<(Descriptor, Digest)> = Vec::new();
     let mut config_entries = Vec::with_capacity(entries.len());

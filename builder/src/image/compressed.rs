@@ -7,14 +7,16 @@
 //! compressed-layer record), the layer's own blob when it already is in
 //! that form (a layer pulled gzip-compressed), or a new blob compressed now,
 //! in one pass (read the stored blob, check it, compress, hash, write into
-//! the store) and recorded, so the next export or push does not compress
-//! again. Compression is deterministic ([`crate::compress`]), so the blob
-//! is the same whether it was made now or by an earlier run.
+//! the store) and recorded per compression and level, so the next export
+//! or push does not compress again. Compression is deterministic
+//! ([`crate::compress`]), so the blob is the same whether it was made now
+//! or by an earlier run of this version (an older estiba may have stored
+//! random bytes through zlib's match search: other, equally valid bytes).
 
-use crate::compress::{self, decompressing_reader, CompressError, Compression};
+use crate::compress::{self, decompressing_reader, Codec, CompressError, Compression};
 use estiba_cache::DigestReader;
 use estiba_cache::{Descriptor, Digest, Store, StoreError};
-use std::io;
+use std::io::{self, Write};
 
 /// Errors of [`compressed_layer`].
 #[derive(Debug, thiserror::Error)]
@@ -29,24 +31,24 @@ pub enum CompressedError {
     },
     /// Reading the layer from the store, or storing its compressed form,
     /// failed.
-    #[error("cannot store layer {digest} {compression}-compressed")]
+    #[error("cannot store layer {digest} compressed with {codec}")]
     Store {
         /// The layer blob.
         digest: Digest,
         /// The compression asked for.
-        compression: Compression,
+        codec: Codec,
         /// The cause.
         #[source]
         source: StoreError,
     },
     /// Compressing (or, for a layer stored in another compression,
     /// decompressing) failed.
-    #[error("cannot compress layer {digest} with {compression}")]
+    #[error("cannot compress layer {digest} with {codec}")]
     Compress {
         /// The layer blob.
         digest: Digest,
         /// The compression asked for.
-        compression: Compression,
+        codec: Codec,
         /// The cause.
         #[source]
         source: CompressError,
@@ -76,13 +78,11 @@ pub enum CompressedError {
 }
 
 /// A blob in `store` holding the layer `layer` (whose uncompressed digest,
-/// as the image config lists it, is `diff_id`) compressed with
-/// `compression`, with its descriptor (the OCI media type of
-/// `compression`, or `layer` itself, media type and all, when it already is
-/// in that form). Compresses only when the store has no record of an
-/// earlier run doing it, then records the new blob. The stored blob is
-/// checked against `layer`'s digest and size, and the uncompressed tar
-/// against `diff_id`, as it is read; a mismatch stores nothing.
+/// as the image config lists it, is `diff_id`) compressed with `codec` (a
+/// [`Compression`] means its default level), with its descriptor (the OCI
+/// media type of the compression, or `layer` itself, media type and all,
+/// when it already is in that form): [`kept_layer`] if there is one, else
+/// [`compress_layer`] now.
 ///
 /// Call it under the store's shared lock (so no prune runs between storing
 /// the blob and recording it).
@@ -90,8 +90,45 @@ pub fn compressed_layer(
     store: &Store,
     layer: &Descriptor,
     diff_id: &Digest,
-    compression: Compression,
+    codec: impl Into<Codec>,
 ) -> Result<Descriptor, CompressedError> {
+    let codec = codec.into();
+    match kept_layer(store, layer, diff_id, codec)? {
+        Some(kept) => Ok(kept),
+        None => compress_layer(store, layer, diff_id, codec, &mut io::sink()),
+    }
+}
+
+/// The blob holding `layer` compressed with `codec` without compressing
+/// anything: `layer` itself when it is stored that way (a layer stored
+/// gzip-compressed is its own gzip form, whatever level made it), or the
+/// blob an earlier run kept; `None` when it has to be compressed.
+pub fn kept_layer(
+    store: &Store,
+    layer: &Descriptor,
+    diff_id: &Digest,
+    codec: impl Into<Codec>,
+) -> Result<Option<Descriptor>, CompressedError> {
+    let codec = codec.into();
+    let stored = stored_compression(layer, diff_id)?;
+    if stored == codec.compression {
+        return Ok(Some(layer.clone()));
+    }
+    store
+        .compressed_blob(diff_id, codec)
+        .map_err(|source| CompressedError::Store {
+            digest: layer.digest,
+            codec,
+            source,
+        })
+}
+
+/// What `layer`'s media type says it is stored as; an uncompressed layer
+/// must be named by its diff ID.
+fn stored_compression(
+    layer: &Descriptor,
+    diff_id: &Digest,
+) -> Result<Compression, CompressedError> {
     let stored = Compression::from_media_type(&layer.media_type).ok_or_else(|| {
         CompressedError::MediaType {
             digest: layer.digest,
@@ -105,38 +142,55 @@ pub fn compressed_layer(
             actual: layer.digest,
         });
     }
-    if stored == compression {
-        return Ok(layer.clone());
-    }
+    Ok(stored)
+}
+
+/// Compresses `layer` with `codec` now, in one pass (read the stored blob,
+/// check it, compress, hash, write into the store), stores the blob and
+/// records it for the next export or push. Every compressed byte is also
+/// written to `tee` as it is made (a streamed upload; [`io::sink`] for
+/// none); an error of `tee` fails the whole. The stored blob is checked
+/// against `layer`'s digest and size, and the uncompressed tar against
+/// `diff_id`, as it is read; a mismatch stores nothing, so a caller
+/// streaming to `tee` must not commit what it sent until this returns.
+pub fn compress_layer(
+    store: &Store,
+    layer: &Descriptor,
+    diff_id: &Digest,
+    codec: impl Into<Codec>,
+    tee: &mut dyn Write,
+) -> Result<Descriptor, CompressedError> {
+    let codec = codec.into();
+    let stored = stored_compression(layer, diff_id)?;
     let store_err = |source| CompressedError::Store {
         digest: layer.digest,
-        compression,
+        codec,
         source,
     };
-    if let Some(known) = store
-        .compressed_blob(diff_id, compression)
-        .map_err(store_err)?
-    {
-        return Ok(known);
-    }
     let compress_err = |source| CompressedError::Compress {
         digest: layer.digest,
-        compression,
+        codec,
         source,
     };
     let mut blob = DigestReader::new(io::BufReader::new(
         store.open_blob(&layer.digest).map_err(store_err)?,
     ));
+    // The blob writer hashes what it is given: the compressed bytes are
+    // hashed there, once.
     let mut out = store.blob_writer().map_err(store_err)?;
+    let mut both = Tee {
+        first: &mut out,
+        second: tee,
+    };
     // An uncompressed layer is its own tar: its digest is the diff ID, and
     // is hashed once.
-    let ((digest, size), tar_digest) = if stored == Compression::None {
-        let written = compress::compress(&mut blob, &mut out, compression).map_err(compress_err)?;
-        (written, None)
+    let (size, tar_digest) = if stored == Compression::None {
+        let size = compress::compress_to(&mut blob, &mut both, codec).map_err(compress_err)?;
+        (size, None)
     } else {
         let mut tar = DigestReader::new(decompressing_reader(&mut blob).map_err(compress_err)?);
-        let written = compress::compress(&mut tar, &mut out, compression).map_err(compress_err)?;
-        (written, Some(tar.into_parts().1))
+        let size = compress::compress_to(&mut tar, &mut both, codec).map_err(compress_err)?;
+        (size, Some(tar.into_parts().1))
     };
     // What a decompressor left unread (padding after the stream) is part
     // of the blob too.
@@ -163,10 +217,32 @@ pub fn compressed_layer(
             actual: tar_digest,
         });
     }
-    out.commit_expect(&digest).map_err(store_err)?;
-    let desc = Descriptor::new(compression.oci_media_type(), digest, size);
-    if compression != Compression::None {
-        store.record_compressed(diff_id, &desc).map_err(store_err)?;
+    let (digest, written) = out.commit().map_err(store_err)?;
+    debug_assert_eq!(written, size);
+    let desc = Descriptor::new(codec.compression.oci_media_type(), digest, written);
+    if codec.compression != Compression::None {
+        store
+            .record_compressed(diff_id, codec, &desc)
+            .map_err(store_err)?;
     }
     Ok(desc)
+}
+
+/// Writes everything to two writers.
+struct Tee<'a> {
+    first: &'a mut dyn Write,
+    second: &'a mut dyn Write,
+}
+
+impl Write for Tee<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.first.write(buf)?;
+        self.second.write_all(&buf[..n])?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.first.flush()?;
+        self.second.flush()
+    }
 }

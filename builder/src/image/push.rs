@@ -5,7 +5,7 @@
 
 use super::stored::{self, Image, Layer};
 use super::{ImageError, Vertex};
-use crate::compress::Compression;
+use crate::compress::{Codec, Compression};
 use crate::progress::human_size;
 use crate::registry::{Reference, Registry};
 use estiba_cache::oci::{media_type, Descriptor, Manifest};
@@ -30,16 +30,16 @@ pub enum Format {
 pub struct PushOptions {
     /// Manifest media types.
     pub format: Format,
-    /// How layers stored uncompressed are compressed (layers stored
-    /// compressed are pushed as they are).
-    pub compression: Compression,
+    /// How layers stored uncompressed are compressed, and at what level
+    /// (layers stored compressed are pushed as they are).
+    pub compression: Codec,
 }
 
 impl Default for PushOptions {
     fn default() -> Self {
         PushOptions {
             format: Format::Oci,
-            compression: Compression::Gzip,
+            compression: Codec::default_for(Compression::Gzip),
         }
     }
 }
@@ -77,8 +77,8 @@ pub(super) fn push(
     let diff_ids: Vec<Digest> = image.layers.iter().map(|l| l.diff_id).collect();
     let sources = mount_sources(store, &diff_ids, Some(image.id()), dest)?;
     // The config, then each stored layer blob once. A layer is compressed by
-    // the worker that uploads it, so uploads start while later layers are
-    // still being compressed (three compressions at once at most).
+    // the worker that uploads it, streamed to the registry as it is
+    // compressed (three compressions at once at most).
     let mut items: Vec<Option<usize>> = vec![None];
     for (i, layer) in image.layers.iter().enumerate() {
         if !image.layers[..i]
@@ -106,8 +106,13 @@ pub(super) fn push(
             ),
             Some(i) => {
                 let layer = &image.layers[i];
-                let blob = layer_blob(store, layer, opts.compression, opts.format)?;
-                let blob = sent[i].get_or_init(|| blob);
+                let Some(blob) = kept_blob(store, layer, opts.compression)? else {
+                    let blob =
+                        stream_layer(store, registry, dest, layer, opts, &sources, progress)?;
+                    sent[i].get_or_init(|| blob);
+                    return Ok(());
+                };
+                let blob = sent[i].get_or_init(|| typed(blob, opts.format));
                 upload(
                     store,
                     registry,
@@ -182,18 +187,109 @@ pub(super) fn push(
 pub(super) fn layer_blob(
     store: &Store,
     layer: &Layer,
-    compression: Compression,
+    compression: Codec,
     format: Format,
 ) -> Result<Descriptor, ImageError> {
-    let blob = match Compression::from_media_type(&layer.descriptor.media_type) {
-        // Layers pulled compressed are pushed as they are.
-        Some(Compression::Gzip | Compression::Zstd) => layer.descriptor.clone(),
-        _ => super::compressed_layer(store, &layer.descriptor, &layer.diff_id, compression)?,
+    let blob = match kept_blob(store, layer, compression)? {
+        Some(blob) => blob,
+        None => super::compressed_layer(store, &layer.descriptor, &layer.diff_id, compression)?,
     };
-    Ok(Descriptor {
+    Ok(typed(blob, format))
+}
+
+/// The blob a push sends for `layer` if it needs no compressing: the
+/// layer itself when it was pulled compressed (pushed as it is), or the
+/// blob kept from an earlier push or export at `compression`.
+fn kept_blob(
+    store: &Store,
+    layer: &Layer,
+    compression: Codec,
+) -> Result<Option<Descriptor>, ImageError> {
+    Ok(
+        match Compression::from_media_type(&layer.descriptor.media_type) {
+            Some(Compression::Gzip | Compression::Zstd) => Some(layer.descriptor.clone()),
+            _ => super::kept_layer(store, &layer.descriptor, &layer.diff_id, compression)?,
+        },
+    )
+}
+
+/// `blob` with the layer media type `format` uses.
+fn typed(blob: Descriptor, format: Format) -> Descriptor {
+    Descriptor {
         media_type: layer_type(format, &blob.media_type).to_string(),
         ..blob
-    })
+    }
+}
+
+/// Compresses `layer` (keeping the blob, as [`super::compressed_layer`])
+/// while uploading the compressed bytes as they come; the digest goes to
+/// the registry at the end, once the layer checked out. Should the streamed
+/// upload fail, the kept blob is uploaded the ordinary way. Returns the
+/// pushed blob.
+fn stream_layer(
+    store: &Store,
+    registry: &Registry,
+    dest: &Reference,
+    layer: &Layer,
+    opts: &PushOptions,
+    sources: &[(Reference, Vec<Digest>)],
+    progress: &Vertex<'_>,
+) -> Result<Descriptor, ImageError> {
+    // Named by the layer until its blob's digest is known.
+    let item = format!("layer sha256:{}", &layer.diff_id.hex()[..12]);
+    let started = Instant::now();
+    let (made, uploaded) = registry.put_blob_streamed(
+        dest,
+        layer.diff_id,
+        |out| {
+            super::compress_layer(
+                store,
+                &layer.descriptor,
+                &layer.diff_id,
+                opts.compression,
+                out,
+            )
+        },
+        Descriptor::clone,
+        &|done| {
+            progress
+                .reporter
+                .transfer(progress.id, &item, done, layer.descriptor.size)
+        },
+    );
+    let blob = typed(made?, opts.format);
+    progress
+        .reporter
+        .transfer(progress.id, &item, blob.size, blob.size);
+    match uploaded {
+        Ok(()) => {
+            progress.reporter.log(
+                progress.id,
+                &format!(
+                    "sha256:{} {} {:.1}s done",
+                    &blob.digest.hex()[..12],
+                    human_size(blob.size),
+                    started.elapsed().as_secs_f64()
+                ),
+            );
+        }
+        Err(e) => {
+            progress.reporter.log(
+                progress.id,
+                &format!("{item}: streamed upload failed ({e}); uploading the kept blob"),
+            );
+            upload(
+                store,
+                registry,
+                dest,
+                &blob,
+                layer.diff_id,
+                sources,
+                progress,
+            )?;
+        }
+    }
+    Ok(blob)
 }
 
 /// Uploads `blobs` (each with the digest [`mount_sources`] match it by) to

@@ -9,7 +9,7 @@ use super::error::RegistryError;
 use super::transport::{backoff, Call, Endpoint, IDLE_TIMEOUT, MAX_ATTEMPTS};
 use super::{Reference, Registry};
 use estiba_cache::oci::Descriptor;
-use estiba_cache::Hasher;
+use estiba_cache::{Digest, Hasher};
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use reqwest::{Method, StatusCode, Url};
 use std::io::{Read, Write};
@@ -232,6 +232,136 @@ impl Registry {
         }
     }
 
+    /// Uploads a blob while `produce` makes it: what `produce` writes goes
+    /// up as it is written, in PATCH requests of at most the chunk size
+    /// (docker's streamed upload), and once `produce` returns `Ok` the
+    /// closing PUT names the digest `descriptor` gives (after checking the
+    /// size). `label` names the blob in errors until then (a layer's diff
+    /// ID). `produce` runs on this thread and is never failed by the
+    /// upload: a failed upload stops taking bytes and is reported beside
+    /// `produce`'s result, for the caller to upload the finished blob the
+    /// ordinary way ([`Registry::put_blob`], with its retries). When
+    /// `produce` fails nothing is committed (the session is deleted).
+    pub fn put_blob_streamed<T, E>(
+        &self,
+        repo: &Reference,
+        label: Digest,
+        produce: impl FnOnce(&mut dyn Write) -> Result<T, E>,
+        descriptor: impl Fn(&T) -> Descriptor,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> (Result<T, E>, Result<(), RegistryError>) {
+        let ep = match self.endpoint(&repo.registry) {
+            Ok(ep) => ep,
+            Err(e) => return (produce(&mut std::io::sink()), Err(e)),
+        };
+        let call = Self::push_call(&ep, repo);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(STREAM_QUEUE);
+        let (spent_tx, spent) = std::sync::mpsc::channel();
+        let (produced, streamed) = std::thread::scope(|s| {
+            let call = &call;
+            let uploader = s.spawn(move || {
+                let mut source = ChannelReader {
+                    rx,
+                    buf: Vec::new(),
+                    pos: 0,
+                    spent: spent_tx,
+                };
+                self.stream_upload(call, repo, label, &mut source, progress)
+            });
+            let mut pipe = PipeWriter {
+                tx: Some(tx),
+                spent,
+            };
+            let produced = produce(&mut pipe);
+            drop(pipe);
+            let streamed = uploader.join().unwrap_or_else(|_| {
+                Err(RegistryError::Read {
+                    digest: label,
+                    reference: call.reference.clone(),
+                    source: std::io::Error::other("the upload thread panicked"),
+                })
+            });
+            (produced, streamed)
+        });
+        let uploaded = match (&produced, streamed) {
+            (Ok(made), Ok((location, sent))) => {
+                let desc = descriptor(made);
+                if sent == desc.size {
+                    self.finish_upload(&call, location, &desc)
+                } else {
+                    Err(RegistryError::SizeMismatch {
+                        digest: desc.digest,
+                        reference: call.reference.clone(),
+                        host: call.ep.name.clone(),
+                        expected: desc.size,
+                        actual: sent,
+                    })
+                }
+            }
+            (Err(_), Ok((location, _))) => {
+                // Best effort: the registry drops stale sessions anyway.
+                let _ = self.send(&call, &|c| c.delete(location.clone()));
+                Ok(())
+            }
+            (_, Err(e)) => Err(e),
+        };
+        (produced, uploaded)
+    }
+
+    /// The upload side of [`Registry::put_blob_streamed`]: a session, then
+    /// PATCHes of what `source` yields until it ends; the session's last
+    /// location and the bytes sent.
+    fn stream_upload(
+        &self,
+        call: &Call<'_>,
+        repo: &Reference,
+        label: Digest,
+        source: &mut ChannelReader,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(Url, u64), RegistryError> {
+        let mut location = self.start_upload(call, repo)?;
+        let chunk = self.opts.upload_chunk_size.max(1);
+        let mut sent = 0;
+        while !source.at_end() {
+            let (resp, n) = self.send_streamed(
+                call,
+                Method::PATCH,
+                location.clone(),
+                source,
+                label,
+                (sent, chunk),
+                false,
+                false,
+                progress,
+            )?;
+            if resp.status() != StatusCode::ACCEPTED {
+                return Err(self.status_error(call, resp, "PATCH blob stream", 1));
+            }
+            location = self.location(call, &resp)?;
+            sent += n;
+        }
+        Ok((location, sent))
+    }
+
+    /// The closing PUT of an upload whose bytes are all sent.
+    fn finish_upload(
+        &self,
+        call: &Call<'_>,
+        mut location: Url,
+        desc: &Descriptor,
+    ) -> Result<(), RegistryError> {
+        location
+            .query_pairs_mut()
+            .append_pair("digest", &desc.digest.to_string());
+        let resp = self.send(call, &|c| {
+            c.put(location.clone()).header(CONTENT_LENGTH, "0")
+        })?;
+        if !resp.status().is_success() {
+            return Err(self.status_error(call, resp, "PUT blob", 1));
+        }
+        Ok(())
+    }
+
     fn upload_once(
         &self,
         call: &Call<'_>,
@@ -279,20 +409,21 @@ impl Registry {
                 method,
                 url,
                 &mut *reader,
-                desc,
+                desc.digest,
                 (offset, len),
                 !last,
+                true,
                 progress,
             );
             let err = match sent {
-                Ok(resp) if last && resp.status().is_success() => return Ok(()),
-                Ok(resp) if !last && resp.status() == StatusCode::ACCEPTED => {
+                Ok((resp, _)) if last && resp.status().is_success() => return Ok(()),
+                Ok((resp, _)) if !last && resp.status() == StatusCode::ACCEPTED => {
                     location = self.location(call, &resp)?;
                     offset += len;
                     failures = 0;
                     continue;
                 }
-                Ok(resp) => {
+                Ok((resp, _)) => {
                     let what = if last { "PUT blob" } else { "PATCH blob chunk" };
                     return Err(self.status_error(call, resp, what, 1));
                 }
@@ -353,7 +484,10 @@ impl Registry {
 
     /// Sends `range.1` bytes of `reader` as the body of one request,
     /// streamed from a feeder thread; the request counts as stalled when no
-    /// byte moves for [`IDLE_TIMEOUT`].
+    /// byte moves for [`IDLE_TIMEOUT`]. With `exact`, the body is that long
+    /// (`Content-Length`) and a reader that ends sooner is an error;
+    /// without, it is at most that long and ends where the reader does
+    /// (chunked transfer encoding). Returns the answer and the bytes sent.
     #[allow(clippy::too_many_arguments)]
     fn send_streamed(
         &self,
@@ -361,11 +495,12 @@ impl Registry {
         method: Method,
         url: Url,
         reader: &mut (dyn Read + Send),
-        desc: &Descriptor,
+        digest: Digest,
         (offset, len): (u64, u64),
         content_range: bool,
+        exact: bool,
         progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<reqwest::Response, RegistryError> {
+    ) -> Result<(reqwest::Response, u64), RegistryError> {
         let auth = self.authorization(call, false)?;
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -375,9 +510,11 @@ impl Registry {
             .ep
             .client
             .request(method, url)
-            .header(CONTENT_LENGTH, len)
             .header(CONTENT_TYPE, "application/octet-stream")
             .body(reqwest::Body::wrap_stream(stream));
+        if exact {
+            req = req.header(CONTENT_LENGTH, len);
+        }
         if content_range && len > 0 {
             req = req.header(CONTENT_RANGE, format!("{}-{}", offset, offset + len - 1));
         }
@@ -393,6 +530,7 @@ impl Registry {
                 while left > 0 {
                     let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
                     let n = match reader.read(&mut buf[..want]) {
+                        Ok(0) if !exact => return Ok(()),
                         Ok(0) => {
                             let e = std::io::Error::new(
                                 std::io::ErrorKind::UnexpectedEof,
@@ -425,14 +563,14 @@ impl Registry {
             Ok(Ok(())) => {}
             Ok(Err(source)) => {
                 return Err(RegistryError::Read {
-                    digest: desc.digest,
+                    digest,
                     reference: call.reference.clone(),
                     source,
                 })
             }
             Err(_) => {
                 return Err(RegistryError::Read {
-                    digest: desc.digest,
+                    digest,
                     reference: call.reference.clone(),
                     source: std::io::Error::other("the blob reader panicked"),
                 })
@@ -444,7 +582,7 @@ impl Registry {
                 if s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() {
                     return Err(self.status_error(call, resp, "blob upload", 1));
                 }
-                Ok(resp)
+                Ok((resp, moved.load(Ordering::Relaxed)))
             }
             Some(Err(e)) => Err(self.network_error(&call.ep.name, &call.reference, e)),
             None => Err(RegistryError::Stalled {
@@ -453,6 +591,77 @@ impl Registry {
                 seconds: IDLE_TIMEOUT.as_secs(),
             }),
         }
+    }
+}
+
+/// Pieces a streamed upload holds between its producer and the request.
+const STREAM_QUEUE: usize = 2;
+
+/// The producer's end of a streamed upload: pieces go to the upload
+/// thread; once that thread is gone (the upload failed) they are dropped,
+/// so the producer is never failed by the upload.
+struct PipeWriter {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    /// Pieces the upload is done with, to fill again.
+    spent: std::sync::mpsc::Receiver<Vec<u8>>,
+}
+
+impl Write for PipeWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(tx) = &self.tx {
+            let mut piece = self.spent.try_recv().unwrap_or_default();
+            piece.clear();
+            piece.extend_from_slice(buf);
+            if tx.send(piece).is_err() {
+                self.tx = None;
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The upload's end: the producer's pieces as one stream, which ends when
+/// the producer is done.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    pos: usize,
+    /// Where read pieces go back to the producer.
+    spent: std::sync::mpsc::Sender<Vec<u8>>,
+}
+
+impl ChannelReader {
+    /// Waits for more bytes; `true` when the producer is done and all
+    /// its bytes are read.
+    fn at_end(&mut self) -> bool {
+        while self.pos == self.buf.len() {
+            match self.rx.recv() {
+                Ok(piece) => {
+                    let read = std::mem::replace(&mut self.buf, piece);
+                    // The producer may be gone: then it needs none.
+                    let _ = self.spent.send(read);
+                    self.pos = 0;
+                }
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.at_end() {
+            return Ok(0);
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 

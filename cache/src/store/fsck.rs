@@ -12,7 +12,7 @@
 //! | each blob             | its content is re-hashed and must give its name            |
 //! | `index.json`          | parses; each entry's manifest (and an index's manifests that are here) parses, and its config and layers are here and intact |
 //! | each cache record     | parses; its layer blob is here and intact                  |
-//! | each compressed-layer record | named by a diff id and a compression; parses; its blob is here and intact |
+//! | each compressed-layer record | named by a diff id and a compression (and level); parses; its blob is here and intact |
 //! | each snapshot         | named by a diff id; its completion marker holds that diff id and this boot's id; its `rootfs/` is there |
 //!
 //! What nothing references is not a problem (that is [`Store::prune`]'s
@@ -26,7 +26,7 @@ use super::index::ref_name;
 use super::snapshots::{read_marker, MARKER, ROOTFS};
 use super::tmp::Sweep;
 use super::{CacheRecord, Store, StoreError};
-use crate::oci::Compression;
+use crate::oci::Codec;
 use crate::Digest;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
@@ -176,8 +176,8 @@ pub enum Problem {
     BrokenCompressedRecord {
         /// The layer's diff id.
         diff_id: Digest,
-        /// The compression the record is for.
-        compression: Compression,
+        /// The compression and level the record is for.
+        codec: Codec,
         /// The compressed blob.
         blob: Digest,
         /// What is wrong with it.
@@ -224,12 +224,12 @@ impl fmt::Display for Problem {
             }
             Problem::BrokenCompressedRecord {
                 diff_id,
-                compression,
+                codec,
                 blob,
                 fault,
             } => write!(
                 f,
-                "{compression} form of layer {}: blob {blob} {fault}",
+                "{codec} form of layer {}: blob {blob} {fault}",
                 diff_id.hex()
             ),
             Problem::BrokenSnapshot { name, fault } => {
@@ -333,12 +333,8 @@ impl Store {
                         done.compressed_records_removed += 1;
                     }
                 }
-                Problem::BrokenCompressedRecord {
-                    diff_id,
-                    compression,
-                    ..
-                } => {
-                    if remove_file(&self.compressed_path(diff_id, *compression))? {
+                Problem::BrokenCompressedRecord { diff_id, codec, .. } => {
+                    if remove_file(&self.compressed_path(diff_id, *codec))? {
                         done.compressed_records_removed += 1;
                     }
                 }
@@ -538,8 +534,8 @@ impl Store {
                 Err(e) => return Err(io_err("read", &path)(e)),
             };
             let parsed = parse_compressed_name(&name)
-                .and_then(|(diff_id, c)| Some((diff_id, c, parse_record(&bytes, c)?)));
-            let Some((diff_id, compression, desc)) = parsed else {
+                .and_then(|(diff_id, c)| Some((diff_id, c, parse_record(&bytes, c.compression)?)));
+            let Some((diff_id, codec, desc)) = parsed else {
                 report
                     .problems
                     .push(Problem::InvalidCompressedRecord { name });
@@ -552,7 +548,7 @@ impl Store {
             if let Some(fault) = fault {
                 report.problems.push(Problem::BrokenCompressedRecord {
                     diff_id,
-                    compression,
+                    codec,
                     blob: desc.digest,
                     fault,
                 });

@@ -316,9 +316,9 @@ impl Store {
         report: &mut PruneReport,
     ) -> Result<(), StoreError> {
         for (name, path) in entries(&self.compressed_dir())? {
-            let blob = parse_compressed_name(&name).and_then(|(diff_id, compression)| {
+            let blob = parse_compressed_name(&name).and_then(|(diff_id, codec)| {
                 let layer_live = live.blobs.contains(&diff_id) || live.diff_ids.contains(&diff_id);
-                let desc = parse_record(&fs::read(&path).ok()?, compression)?;
+                let desc = parse_record(&fs::read(&path).ok()?, codec.compression)?;
                 (!all && layer_live && self.blob_has_size(&desc.digest, desc.size))
                     .then_some(desc.digest)
             });
