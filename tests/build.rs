@@ -2348,6 +2348,20 @@ fn images_are_found_by_full_or_short_id() {
 /// The entries of the last layer of `image`, as a `docker save` archive
 /// holds it (`tar -t` names).
 fn last_layer_entries(e: &Env, image: &str) -> Vec<String> {
+    let listing = Command::new("tar")
+        .arg("-tf")
+        .arg(last_layer(e, image))
+        .output()
+        .expect("tar -t");
+    String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .map(|l| l.trim_end_matches('/').to_string())
+        .collect()
+}
+
+/// The last layer of `image`, saved with `estiba save` and unpacked from
+/// the archive: the path of its tar.
+fn last_layer(e: &Env, image: &str) -> PathBuf {
     let dir = e.ctx.parent().expect("tmp").join("saved");
     std::fs::create_dir_all(&dir).expect("mkdir");
     let archive = dir.join("image.tar");
@@ -2372,15 +2386,53 @@ fn last_layer_entries(e: &Env, image: &str) -> Vec<String> {
         .and_then(|l| l.as_str())
         .expect("a layer")
         .to_string();
-    let listing = Command::new("tar")
-        .arg("-tf")
-        .arg(dir.join(last))
-        .output()
-        .expect("tar -t");
-    String::from_utf8_lossy(&listing.stdout)
-        .lines()
-        .map(|l| l.trim_end_matches('/').to_string())
-        .collect()
+    dir.join(last)
+}
+
+/// Parents an ADDed archive does not list are 0755 whatever umask estiba
+/// runs under, as docker's daemon makes them; under umask 027 they were
+/// 0750 (found by tests/conformance.rs's odd layout, case
+/// 128-add-parent-symlink).
+#[test]
+fn parents_an_archive_does_not_list_are_0755_under_any_umask() {
+    use std::os::unix::process::CommandExt;
+    let e = env(&[("Dockerfile", "FROM scratch\nADD a.tar /x\n")]);
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o640);
+    h.set_size(1);
+    b.append_data(&mut h, "sub/etc/f", &b"f"[..]).expect("tar");
+    std::fs::write(e.ctx.join("a.tar"), b.into_inner().expect("tar")).expect("write");
+    let mut cmd = estiba(&e.root);
+    cmd.args(["build", "--progress", "plain", "-t", "umask:1"])
+        .arg(&e.ctx);
+    // SAFETY: runs in the forked child before exec; umask(2) is
+    // async-signal-safe and changes only the child's own mask.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o027));
+            Ok(())
+        });
+    }
+    let (code, out, err) = run(&mut cmd);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let layer = std::fs::read(last_layer(&e, "umask:1")).expect("layer");
+    let mut modes = Vec::new();
+    for entry in tar::Archive::new(&layer[..]).entries().expect("tar") {
+        let entry = entry.expect("entry");
+        let path = entry.path().expect("path").to_string_lossy().into_owned();
+        modes.push((path, entry.header().mode().expect("mode") & 0o7777));
+    }
+    assert_eq!(
+        modes,
+        [
+            ("x/".to_owned(), 0o755),
+            ("x/sub/".to_owned(), 0o755),
+            ("x/sub/etc/".to_owned(), 0o755),
+            ("x/sub/etc/f".to_owned(), 0o640),
+        ]
+    );
 }
 
 /// Issue 12, item 8: a WORKDIR (or COPY) reached through a symlink to a

@@ -1769,8 +1769,12 @@ fn is_real_dir(root: &Path, rel: &Path) -> io::Result<bool> {
     Ok(true)
 }
 
+/// Makes a directory 0755 whatever the umask: a parent no entry lists
+/// keeps that mode (as containerd's `mkparent` gives it under a daemon's
+/// 022), and a listed directory gets its own mode once its children are in.
 fn make_dir(path: &Path) -> io::Result<()> {
-    fs::DirBuilder::new().mode(0o755).create(path)
+    fs::DirBuilder::new().mode(0o755).create(path)?;
+    set_mode(path, 0o755)
 }
 
 fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
