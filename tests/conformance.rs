@@ -439,10 +439,17 @@ const KNOWN_BUGS: &[Allowed] = &[
     },
 ];
 
-const COPY_DIR_MTIME: &str = "`COPY --from=base / /whole`: docker keeps the source \
-     directories' mtimes (fsutil copy sets a copied directory's times from its source \
-     after its contents); estiba's copy writer gives a copied directory that has \
-     children the step's time (Subtree::dir_mtime)";
+// Current BuildKit keeps a copied directory's own mtime, set after its
+// contents (tonistiigi/fsutil copy/copy.go: `copyFileInfo` once a created
+// directory's children are in), and the context it copies from has the
+// client's directory mtimes (fsutil `FSDiskWriter.Wait` restores
+// `dirModTimes`). Docker 20.10 keeps them for a stage's directories and
+// loses them for the context's in the transfer. estiba gives every
+// directory it copies that has children the step's time: docker 20.10's
+// result for the context, neither's for a stage.
+const COPY_DIR_MTIME: &str = "`COPY --from=base / /whole`: docker (and current BuildKit) \
+     keep the source directories' mtimes; estiba's copy writer gives a copied directory \
+     that has children the step's time (Subtree::dir_mtime, Writer::insert)";
 
 /// Build arguments the upstream harness passes (its `buildArgs` field).
 const BUILD_ARGS: &[(&str, &[(&str, &str)])] = &[
