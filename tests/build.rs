@@ -2389,6 +2389,73 @@ fn last_layer(e: &Env, image: &str) -> PathBuf {
     dir.join(last)
 }
 
+/// A directory copied from a stage keeps its own mtime, contents or not,
+/// as docker 20.10 and current BuildKit do (fsutil copy/copy.go sets a
+/// created directory's times from its source after its contents); one
+/// copied from the context with contents has the step's time, as docker
+/// 20.10's context transfer leaves it. Found by tests/conformance.rs
+/// (`COPY --from=base / /whole`).
+#[test]
+fn directories_copied_from_a_stage_keep_their_mtimes() {
+    let e = env(&[
+        (
+            "Dockerfile",
+            "FROM scratch AS base\nADD a.tar /x\n\
+             FROM scratch\nCOPY --from=base /x /y\nCOPY ctx /c\n",
+        ),
+        ("ctx/sub/f", "f"),
+    ]);
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, kind) in [
+        ("sub/", tar::EntryType::Directory),
+        ("sub/deeper/", tar::EntryType::Directory),
+        ("sub/deeper/f", tar::EntryType::Regular),
+    ] {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(0o755);
+        h.set_mtime(1_000_000_000);
+        h.set_size(0);
+        b.append_data(&mut h, path, &b""[..]).expect("tar");
+    }
+    std::fs::write(e.ctx.join("a.tar"), b.into_inner().expect("tar")).expect("write");
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    for dir in ["ctx/sub", "ctx"] {
+        std::fs::File::open(e.ctx.join(dir))
+            .and_then(|d| d.set_modified(old))
+            .expect("set the directory's mtime");
+    }
+    let (code, out, err) = build(&e, &["-t", "mtimes:1"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let mut all = Vec::new();
+    let saved = e.ctx.parent().expect("tmp").join("saved");
+    let _ = last_layer(&e, "mtimes:1");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(saved.join("manifest.json")).expect("manifest"))
+            .expect("json");
+    for layer in manifest[0]["Layers"].as_array().expect("layers") {
+        let bytes = std::fs::read(saved.join(layer.as_str().expect("a name"))).expect("layer");
+        for entry in tar::Archive::new(&bytes[..]).entries().expect("tar") {
+            let entry = entry.expect("entry");
+            let path = entry.path().expect("path").to_string_lossy().into_owned();
+            all.push((path, entry.header().mtime().expect("mtime")));
+        }
+    }
+    let mtime = |p: &str| {
+        all.iter()
+            .find(|(path, _)| path == p)
+            .map(|(_, m)| *m)
+            .unwrap_or_else(|| panic!("no {p} in {all:?}"))
+    };
+    assert_eq!(mtime("y/sub/"), 1_000_000_000, "{all:?}");
+    assert_eq!(mtime("y/sub/deeper/"), 1_000_000_000, "{all:?}");
+    assert_ne!(
+        mtime("c/sub/"),
+        1_000_000_000,
+        "the context's directory with contents has the step's time: {all:?}"
+    );
+}
+
 /// Parents an ADDed archive does not list are 0755 whatever umask estiba
 /// runs under, as docker's daemon makes them; under umask 027 they were
 /// 0750 (found by tests/conformance.rs's odd layout, case

@@ -233,6 +233,12 @@ const ALLOWED: &[Allowed] = &[
     },
     Allowed {
         case: "i12-1-copy-dir-to-new-destination",
+        what: "fs /whole/etc mtime",
+        why: RUNC_ETC_STUBS,
+        only: None,
+    },
+    Allowed {
+        case: "i12-1-copy-dir-to-new-destination",
         what: "history[2].created_by",
         why: COPY_CHOWN_HISTORY,
         only: None,
@@ -416,40 +422,11 @@ const ALLOWED: &[Allowed] = &[
 /// `ESTIBA_CONFORMANCE_STRICT=1` makes them fail. Remove an entry when its
 /// bug is fixed (an entry that matches nothing fails the test).
 const KNOWN_BUGS: &[Allowed] = &[
-    // The two bugs first listed here (repeated layers below a RUN, cache
-    // mount uid/gid) are fixed. Add an entry only with the exact difference
-    // and docker's behaviour, and remove it with the fix.
-    Allowed {
-        case: "i12-1-copy-dir-to-new-destination",
-        what: "fs /whole/bin mtime",
-        why: COPY_DIR_MTIME,
-        only: None,
-    },
-    Allowed {
-        case: "i12-1-copy-dir-to-new-destination",
-        what: "fs /whole/usr mtime",
-        why: COPY_DIR_MTIME,
-        only: None,
-    },
-    Allowed {
-        case: "i12-1-copy-dir-to-new-destination",
-        what: "fs /whole/var mtime",
-        why: COPY_DIR_MTIME,
-        only: None,
-    },
+    // Empty: the bugs listed here (repeated layers below a RUN, cache mount
+    // uid/gid, directory mtimes of a COPY from a stage) are fixed. Add an
+    // entry only with the exact difference and docker's behaviour, and
+    // remove it with the fix.
 ];
-
-// Current BuildKit keeps a copied directory's own mtime, set after its
-// contents (tonistiigi/fsutil copy/copy.go: `copyFileInfo` once a created
-// directory's children are in), and the context it copies from has the
-// client's directory mtimes (fsutil `FSDiskWriter.Wait` restores
-// `dirModTimes`). Docker 20.10 keeps them for a stage's directories and
-// loses them for the context's in the transfer. estiba gives every
-// directory it copies that has children the step's time: docker 20.10's
-// result for the context, neither's for a stage.
-const COPY_DIR_MTIME: &str = "`COPY --from=base / /whole`: docker (and current BuildKit) \
-     keep the source directories' mtimes; estiba's copy writer gives a copied directory \
-     that has children the step's time (Subtree::dir_mtime, Writer::insert)";
 
 /// Build arguments the upstream harness passes (its `buildArgs` field).
 const BUILD_ARGS: &[(&str, &[(&str, &str)])] = &[

@@ -36,7 +36,8 @@ pub struct KeyError(#[source] serde_json::Error);
 /// source's mode), and parents it makes take --chmod; directories made
 /// through a symlink bring their parents into the layer. 3: hard links are
 /// kept only between files one source match copied; parents an ADDed
-/// archive does not list are 0755 whatever the umask.
+/// archive does not list are 0755 whatever the umask; directories copied
+/// from a stage or an image keep their mtimes.
 pub const KEY_VERSION: u32 = 3;
 
 /// The inputs of one step's key.

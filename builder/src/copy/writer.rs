@@ -154,10 +154,10 @@ impl<'t> Subtree<'t> {
         source_entry(&self.tree, e, &self.opts, self.scope, data)
     }
 
-    /// A held directory's mtime: the step's once an entry is made in it
-    /// (an extracted directory keeps its own).
+    /// A held directory's mtime: the step's once an entry is made in it,
+    /// unless it is extracted or its tree keeps directory times.
     fn dir_mtime(&self, meta: &Meta, has_children: bool) -> i64 {
-        if has_children && !self.replace {
+        if has_children && !self.replace && !self.tree.keeps_dir_times() {
             self.opts.mtime
         } else {
             meta.mtime
@@ -205,6 +205,9 @@ pub struct Writer<'t> {
     replace: bool,
     /// The scope the next source match copies in.
     next_scope: usize,
+    /// The tree being copied keeps its directories' times
+    /// ([`SourceTree::keeps_dir_times`]).
+    keep_times: bool,
 }
 
 impl std::fmt::Debug for Writer<'_> {
@@ -228,6 +231,7 @@ impl<'t> Writer<'t> {
             held: Vec::new(),
             replace: false,
             next_scope: 0,
+            keep_times: false,
         }
     }
 
@@ -291,7 +295,8 @@ impl<'t> Writer<'t> {
     ///
     /// The parent directory's mtime becomes the step's, as the kernel sets
     /// it when an entry is made in it (and as docker's layers show); only
-    /// an archive's own directories keep theirs, restored after extraction.
+    /// an archive's own directories, and those copied from a tree that
+    /// keeps directory times, keep theirs, set again after their contents.
     fn insert(&mut self, path: String, entry: Entry<'t>) -> Result<(), CopyError> {
         if path.is_empty() {
             return Ok(());
@@ -303,7 +308,7 @@ impl<'t> Writer<'t> {
             self.open_up(&path)?;
         }
         if let Some(dir) = self.entries.get_mut(parent) {
-            if !self.replace || dir.copied_up {
+            if !(self.replace || self.keep_times) || dir.copied_up {
                 dir.meta.mtime = self.opts.mtime;
             }
         }
@@ -363,6 +368,21 @@ impl<'t> Writer<'t> {
         if dest_dir_hint {
             self.mkdir_all(&dest_rel)?;
         }
+        self.keep_times = tree.keeps_dir_times();
+        let copied = self.copy_matches(tree, matches, &dest_rel, excludes);
+        self.keep_times = false;
+        copied
+    }
+
+    /// [`Writer::copy`] of each match, the destination made when asked.
+    fn copy_matches(
+        &mut self,
+        tree: &Rc<dyn SourceTree + 't>,
+        matches: &[SourceMatch],
+        dest_rel: &str,
+        excludes: Option<&Matcher>,
+    ) -> Result<(), CopyError> {
+        let dest_rel = dest_rel.to_string();
         for m in matches {
             let Some(src_meta) = tree.stat(&m.path)? else {
                 continue;
@@ -1083,10 +1103,15 @@ mod tests {
         sorted.sort_by(|a, b| tree::path_order(a, b));
         assert_eq!(names, sorted, "the layer is in path order");
         for e in &listed {
-            if e.path == Path::new("data/empty") {
-                assert_ne!(e.mtime, STEP_TIME, "an empty directory keeps its mtime");
+            if e.path == Path::new("data") {
+                assert_eq!(e.mtime, STEP_TIME, "the destination is made by the copy");
             } else if e.kind == layer::EntryKind::Dir {
-                assert_eq!(e.mtime, STEP_TIME, "{}", e.path.display());
+                assert_ne!(
+                    e.mtime,
+                    STEP_TIME,
+                    "a directory of a tree that keeps directory times keeps its own: {}",
+                    e.path.display()
+                );
             }
         }
     }
