@@ -35,8 +35,11 @@ pub struct KeyError(#[source] serde_json::Error);
 /// The key format; bump when any input changes meaning. 2: COPY makes a
 /// missing destination directory itself (0755 or --chmod, not the
 /// source's mode), and parents it makes take --chmod; directories made
-/// through a symlink bring their parents into the layer.
-pub const KEY_VERSION: u32 = 2;
+/// through a symlink bring their parents into the layer. 3: hard links are
+/// kept only between files one source match copied; parents an ADDed
+/// archive does not list are 0755 whatever the umask; directories copied
+/// from a stage or an image keep their mtimes.
+pub const KEY_VERSION: u32 = 3;
 
 /// The inputs of one step's key.
 #[derive(Debug, Serialize)]

@@ -637,6 +637,10 @@ impl BuildContext {
 }
 
 impl SourceTree for BuildContext {
+    fn keeps_dir_times(&self) -> bool {
+        false
+    }
+
     fn stat(&self, path: &str) -> Result<Option<Meta>, TreeError> {
         let Some(located) = self.locate(path)? else {
             return Ok(None);

@@ -103,6 +103,15 @@ pub trait SourceTree {
     fn content_digests(&self, paths: &[&str]) -> Result<Vec<Digest>, TreeError> {
         paths.iter().map(|p| self.content_digest(p)).collect()
     }
+    /// Whether a directory copied from this tree keeps its own mtime once
+    /// its contents are in, as fsutil's copy sets it from the source after
+    /// them (copy/copy.go `copyFileInfo`): a stage's or an image's tree.
+    /// The build context says no: docker 20.10's transfer of the context
+    /// loses directory mtimes, so a copied directory with contents has the
+    /// step's time there.
+    fn keeps_dir_times(&self) -> bool {
+        true
+    }
 }
 
 /// A borrowed tree is a tree: lets a step hand out `Rc<dyn SourceTree>`
@@ -122,6 +131,9 @@ impl<T: SourceTree + ?Sized> SourceTree for &T {
     }
     fn open_file(&self, path: &str) -> Result<Option<std::fs::File>, TreeError> {
         (**self).open_file(path)
+    }
+    fn keeps_dir_times(&self) -> bool {
+        (**self).keeps_dir_times()
     }
     fn content_digest(&self, path: &str) -> Result<Digest, TreeError> {
         (**self).content_digest(path)

@@ -87,6 +87,8 @@ enum Data<'t> {
     Tree {
         tree: Rc<dyn SourceTree + 't>,
         path: String,
+        /// The source match it was copied by (`LinkScope`).
+        scope: LinkScope,
     },
     /// Bytes held in memory (a heredoc).
     Inline(Vec<u8>),
@@ -109,7 +111,18 @@ struct Subtree<'t> {
     opts: Rc<CopyOptions>,
     /// Placed by an extraction: directories keep their own mtimes.
     replace: bool,
+    /// The source match that placed it.
+    scope: LinkScope,
 }
+
+/// Which source match of a step copied a file. Hard links are kept only
+/// between files one match copied: BuildKit copies each match of a COPY
+/// with a copier of its own, whose inode map starts empty (fsutil
+/// `copy/copy.go`: `Copy` calls `newCopier` for every resolved source),
+/// so `COPY * dest/` copies two names of one inode from two matches as
+/// two files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct LinkScope(usize);
 
 impl<'t> Subtree<'t> {
     /// The held directory `e`, a directory of this one's source, holds too.
@@ -138,13 +151,13 @@ impl<'t> Subtree<'t> {
             EntryKind::Dir => Data::Subtree(self.below(e)),
             _ => Data::None,
         };
-        source_entry(&self.tree, e, &self.opts, data)
+        source_entry(&self.tree, e, &self.opts, self.scope, data)
     }
 
-    /// A held directory's mtime: the step's once an entry is made in it
-    /// (an extracted directory keeps its own).
+    /// A held directory's mtime: the step's once an entry is made in it,
+    /// unless it is extracted or its tree keeps directory times.
     fn dir_mtime(&self, meta: &Meta, has_children: bool) -> i64 {
-        if has_children && !self.replace {
+        if has_children && !self.replace && !self.tree.keeps_dir_times() {
             self.opts.mtime
         } else {
             meta.mtime
@@ -158,6 +171,8 @@ struct Source<'a, 't> {
     tree: &'a Rc<dyn SourceTree + 't>,
     excludes: Option<Rc<Matcher>>,
     opts: Rc<CopyOptions>,
+    /// The match being copied.
+    scope: LinkScope,
     /// The match lands at the destination itself (not below it, as with
     /// `--parents`): a directory's contents go into a directory the copy
     /// creates, which takes none of the source directory's metadata.
@@ -188,6 +203,11 @@ pub struct Writer<'t> {
     /// Entries replace whatever is at their path, as extracting an archive
     /// does, rather than refusing to put a directory over a file.
     replace: bool,
+    /// The scope the next source match copies in.
+    next_scope: usize,
+    /// The tree being copied keeps its directories' times
+    /// ([`SourceTree::keeps_dir_times`]).
+    keep_times: bool,
 }
 
 impl std::fmt::Debug for Writer<'_> {
@@ -210,6 +230,8 @@ impl<'t> Writer<'t> {
             opts,
             held: Vec::new(),
             replace: false,
+            next_scope: 0,
+            keep_times: false,
         }
     }
 
@@ -273,7 +295,8 @@ impl<'t> Writer<'t> {
     ///
     /// The parent directory's mtime becomes the step's, as the kernel sets
     /// it when an entry is made in it (and as docker's layers show); only
-    /// an archive's own directories keep theirs, restored after extraction.
+    /// an archive's own directories, and those copied from a tree that
+    /// keeps directory times, keep theirs, set again after their contents.
     fn insert(&mut self, path: String, entry: Entry<'t>) -> Result<(), CopyError> {
         if path.is_empty() {
             return Ok(());
@@ -285,7 +308,7 @@ impl<'t> Writer<'t> {
             self.open_up(&path)?;
         }
         if let Some(dir) = self.entries.get_mut(parent) {
-            if !self.replace || dir.copied_up {
+            if !(self.replace || self.keep_times) || dir.copied_up {
                 dir.meta.mtime = self.opts.mtime;
             }
         }
@@ -345,6 +368,21 @@ impl<'t> Writer<'t> {
         if dest_dir_hint {
             self.mkdir_all(&dest_rel)?;
         }
+        self.keep_times = tree.keeps_dir_times();
+        let copied = self.copy_matches(tree, matches, &dest_rel, excludes);
+        self.keep_times = false;
+        copied
+    }
+
+    /// [`Writer::copy`] of each match, the destination made when asked.
+    fn copy_matches(
+        &mut self,
+        tree: &Rc<dyn SourceTree + 't>,
+        matches: &[SourceMatch],
+        dest_rel: &str,
+        excludes: Option<&Matcher>,
+    ) -> Result<(), CopyError> {
+        let dest_rel = dest_rel.to_string();
         for m in matches {
             let Some(src_meta) = tree.stat(&m.path)? else {
                 continue;
@@ -359,10 +397,13 @@ impl<'t> Writer<'t> {
                     dest_rel.clone()
                 }
             };
+            let scope = LinkScope(self.next_scope);
+            self.next_scope += 1;
             let source = Source {
                 tree,
                 excludes: excludes.map(|ex| Rc::new(ex.clone())),
                 opts: Rc::new(self.opts.clone()),
+                scope,
                 contents_only: m.parents_path.is_none() && !self.opts.dir_itself,
             };
             let start = WalkEntry {
@@ -656,9 +697,10 @@ impl<'t> Writer<'t> {
                         excludes: source.excludes.clone(),
                         opts: Rc::clone(&source.opts),
                         replace: self.replace,
+                        scope: source.scope,
                     })
                 };
-                let mut entry = source_entry(source.tree, e, &self.opts, data)?;
+                let mut entry = source_entry(source.tree, e, &self.opts, source.scope, data)?;
                 if top && created && source.contents_only {
                     // The contents are copied, not the directory: fsutil's
                     // `prepareTargetDir` makes the destination with
@@ -674,7 +716,7 @@ impl<'t> Writer<'t> {
         }
         let path = self.prepare(target)?;
         self.refuse_dir(&path, &e.source, target)?;
-        let entry = source_entry(source.tree, e, &self.opts, Data::None)?;
+        let entry = source_entry(source.tree, e, &self.opts, source.scope, Data::None)?;
         self.insert(path, entry)?;
         Ok(false)
     }
@@ -742,9 +784,10 @@ impl<'t> Writer<'t> {
 struct TarOut<'o, W: Write> {
     tar: LayerStream<W>,
     opts: &'o layer::LayerOptions,
-    /// A source file's (device, inode) → the first name it was written
-    /// under: the names after it are hard links to that one.
-    first_names: HashMap<(u64, u64), Vec<u8>>,
+    /// A source file's (device, inode), in the match that copied it → the
+    /// first name it was written under: the names after it are hard links
+    /// to that one.
+    first_names: HashMap<(LinkScope, (u64, u64)), Vec<u8>>,
 }
 
 impl<W: Write> TarOut<'_, W> {
@@ -754,8 +797,12 @@ impl<W: Write> TarOut<'_, W> {
         match &e.data {
             Data::None | Data::Subtree(_) => self.tar.header(&h)?,
             Data::Inline(bytes) => self.tar.file(&h, bytes.as_slice(), Path::new(path))?,
-            Data::Tree { tree, path: source } => {
-                if let Some(id) = e.meta.link_id {
+            Data::Tree {
+                tree,
+                path: source,
+                scope,
+            } => {
+                if let Some(id) = e.meta.link_id.map(|id| (*scope, id)) {
                     if let Some(first) = self.first_names.get(&id) {
                         h.kind = layer::EntryKind::Hardlink;
                         h.link = Some(first.clone());
@@ -799,7 +846,7 @@ impl<W: Write> TarOut<'_, W> {
                     };
                     (path.to_string(), dir)
                 } else {
-                    let entry = source_entry(&sub.tree, child, &sub.opts, Data::None)?;
+                    let entry = source_entry(&sub.tree, child, &sub.opts, sub.scope, Data::None)?;
                     (tree::join(path, below), entry)
                 };
                 if entry.meta.kind == EntryKind::Dir {
@@ -843,12 +890,14 @@ fn finish<'t>(
     }
 }
 
-/// The diff entry of the walked source entry `e`, copied with `opts`; a
-/// regular file's data is its source, a directory's is `dir_data`.
+/// The diff entry of the walked source entry `e`, copied with `opts` by
+/// the match `scope`; a regular file's data is its source, a directory's is
+/// `dir_data`.
 fn source_entry<'t>(
     tree: &Rc<dyn SourceTree + 't>,
     e: &WalkEntry,
     opts: &CopyOptions,
+    scope: LinkScope,
     dir_data: Data<'t>,
 ) -> Result<Entry<'t>, CopyError> {
     let (xattrs, data) = match &e.meta.kind {
@@ -856,6 +905,7 @@ fn source_entry<'t>(
             let data = Data::Tree {
                 tree: Rc::clone(tree),
                 path: e.source.clone(),
+                scope,
             };
             (tree.xattrs(&e.source)?, data)
         }
@@ -1053,10 +1103,15 @@ mod tests {
         sorted.sort_by(|a, b| tree::path_order(a, b));
         assert_eq!(names, sorted, "the layer is in path order");
         for e in &listed {
-            if e.path == Path::new("data/empty") {
-                assert_ne!(e.mtime, STEP_TIME, "an empty directory keeps its mtime");
+            if e.path == Path::new("data") {
+                assert_eq!(e.mtime, STEP_TIME, "the destination is made by the copy");
             } else if e.kind == layer::EntryKind::Dir {
-                assert_eq!(e.mtime, STEP_TIME, "{}", e.path.display());
+                assert_ne!(
+                    e.mtime,
+                    STEP_TIME,
+                    "a directory of a tree that keeps directory times keeps its own: {}",
+                    e.path.display()
+                );
             }
         }
     }
@@ -1153,5 +1208,36 @@ mod tests {
         );
         let second = listed.last().expect("entries");
         assert_eq!(second.kind, layer::EntryKind::Hardlink);
+    }
+
+    /// `COPY * dest/` where two matches are names of one inode: BuildKit
+    /// copies each match with a fresh copier, so they land as two files.
+    #[test]
+    fn hard_links_between_two_matches_are_two_files() {
+        let src = tempfile::tempdir().expect("tempdir");
+        write(&src.path().join("a"), "same");
+        fs::hard_link(src.path().join("a"), src.path().join("b")).expect("link");
+        write(&src.path().join("dir/c"), "other");
+        fs::hard_link(src.path().join("dir/c"), src.path().join("dir/d")).expect("link");
+        let t = tree(src.path());
+        let (listed, _) = layer_checked(None, |w| {
+            w.copy(&t, &[whole("a"), whole("b"), whole("dir")], "/dest/", None)
+                .expect("copy");
+        });
+        let kinds: Vec<(String, layer::EntryKind)> = listed
+            .iter()
+            .map(|e| (e.path.to_string_lossy().into_owned(), e.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("dest".to_owned(), layer::EntryKind::Dir),
+                ("dest/a".to_owned(), layer::EntryKind::File),
+                ("dest/b".to_owned(), layer::EntryKind::File),
+                ("dest/c".to_owned(), layer::EntryKind::File),
+                ("dest/d".to_owned(), layer::EntryKind::Hardlink),
+            ],
+            "linked only within one match"
+        );
     }
 }

@@ -429,7 +429,12 @@ impl Unpacker {
                 Err(Errno::NOENT) if create => {
                     match rfs::mkdirat(cur, *c, Mode::from_raw_mode(0o755)) {
                         Ok(()) => {
-                            Some(rfs::openat(cur, *c, DIR_FLAGS, Mode::empty()).map_err(err)?)
+                            let fd = rfs::openat(cur, *c, DIR_FLAGS, Mode::empty()).map_err(err)?;
+                            // 0755 whatever the umask: a parent no entry
+                            // lists keeps it, as containerd's `mkparent`
+                            // under a daemon's 022 gives it.
+                            rfs::fchmod(&fd, Mode::from_raw_mode(0o755)).map_err(err)?;
+                            Some(fd)
                         }
                         // A dangling symlink: resolved below.
                         Err(Errno::EXIST) => None,
@@ -680,7 +685,10 @@ fn resolve_dir(
                     });
                 }
                 match rfs::mkdirat(cur, &c, Mode::from_raw_mode(0o755)) {
-                    Ok(()) | Err(Errno::EXIST) => {}
+                    // 0755 whatever the umask, as above.
+                    Ok(()) => rfs::chmodat(cur, &c, Mode::from_raw_mode(0o755), AtFlags::empty())
+                        .map_err(|e| apply_err(entry, path(&stack), e))?,
+                    Err(Errno::EXIST) => {}
                     Err(e) => return Err(apply_err(entry, path(&stack), e)),
                 }
                 // Opened (or, if a symlink raced in, resolved) next turn.
