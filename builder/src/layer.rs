@@ -242,6 +242,19 @@ pub enum LayerError {
         /// Why.
         reason: &'static str,
     },
+    /// An entry belongs to a uid or gid the user namespace estiba runs in
+    /// does not map (rootless, without enough subordinate ids).
+    #[error("cannot give {entry:?} its owner {uid}:{gid}: {hint}")]
+    UnmappedOwner {
+        /// The entry's path.
+        entry: String,
+        /// The uid it has.
+        uid: u32,
+        /// The gid it has.
+        gid: u32,
+        /// What to do about it.
+        hint: String,
+    },
     /// An entry is malformed in some other way.
     #[error("layer entry {entry:?} is invalid: {reason}")]
     Invalid {
@@ -765,10 +778,7 @@ fn layer_xattr(name: &[u8]) -> bool {
     let namespace_ok = name.starts_with(b"user.")
         || name.starts_with(b"security.")
         || name.starts_with(b"trusted.");
-    namespace_ok
-        && !name.starts_with(b"trusted.overlay.")
-        && !name.starts_with(b"user.overlay.")
-        && name != b"security.selinux"
+    namespace_ok && !crate::rootfs::is_overlay_xattr(name) && name != b"security.selinux"
 }
 
 /// Sets both times of `path` (not following a symlink) to `mtime`.
@@ -1527,7 +1537,11 @@ impl Unpacker {
                 }
                 self.stats.hardlinks += 1;
             }
-            EntryKind::CharDevice | EntryKind::BlockDevice if !self.opts.devices => {
+            // In a user namespace (rootless) the kernel makes no device
+            // node: such an image's nodes are skipped, as in Buildah.
+            EntryKind::CharDevice | EntryKind::BlockDevice
+                if !self.opts.devices || crate::rootless::in_user_namespace() =>
+            {
                 remove_any(&abs).map_err(err)?;
                 self.skipped_devices.insert(meta.path.clone());
                 self.stats.devices_skipped += 1;
@@ -1700,12 +1714,23 @@ impl Unpacker {
                 entry: entry.to_string(),
                 reason: format!("gid {} is out of range", meta.gid),
             })?;
-            std::os::unix::fs::lchown(abs, Some(uid), Some(gid))
-                .map_err(|e| self.apply_err(entry, abs, e))?;
+            match std::os::unix::fs::lchown(abs, Some(uid), Some(gid)) {
+                Ok(()) => {}
+                // The kernel's answer for an id the user namespace lacks.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    return Err(LayerError::UnmappedOwner {
+                        entry: entry.to_string(),
+                        uid,
+                        gid,
+                        hint: crate::rootless::unmapped_owner_hint(),
+                    })
+                }
+                Err(e) => return Err(self.apply_err(entry, abs, e)),
+            }
         }
         // xattrs after chown: chown clears security.capability.
         for (name, value) in &meta.xattrs {
-            if name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.") {
+            if crate::rootfs::is_overlay_xattr(name.as_bytes()) {
                 continue;
             }
             if let Err(e) = xattr::set(abs, name, value) {

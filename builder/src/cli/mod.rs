@@ -28,7 +28,6 @@ const EXIT_USAGE: i32 = 2;
 
 /// Runs the CLI and returns the process exit code.
 pub(crate) fn main() -> i32 {
-    interrupt::install();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -36,6 +35,11 @@ pub(crate) fn main() -> i32 {
             return if e.use_stderr() { EXIT_USAGE } else { 0 };
         }
     };
+    // Before any thread starts (the interrupt thread is the first).
+    if let Err(e) = estiba::rootless::enter() {
+        return Failure::Other(e.into()).report(cli.debug);
+    }
+    interrupt::install();
     let root = cli.root.as_deref();
     let outcome = match &cli.command {
         Command::Build(args) => build::build(args, root),
