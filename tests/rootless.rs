@@ -222,6 +222,29 @@ fn rootless_run_steps_are_confined_like_roots() {
 }
 
 #[test]
+fn the_rootless_default_network_is_private_through_pasta() {
+    if !can_run("the_rootless_default_network_is_private_through_pasta") {
+        return;
+    }
+    let user = User::new(RANGED);
+    let ctx = context(
+        &user,
+        &[(
+            "Dockerfile",
+            "FROM scratch\nADD rootfs.tar /\n\
+             RUN grep -q '^[a-z0-9]*\t00000000' /proc/net/route || { echo NO-DEFAULT-ROUTE; exit 1; }\n",
+        )],
+    );
+    let (code, out) = outcome(
+        user.estiba_with_tun()
+            .args(["build", "--progress", "plain"])
+            .arg(&ctx),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("warning: no outbound network"), "{out}");
+}
+
+#[test]
 fn rootless_host_network_is_the_users() {
     if !can_run("rootless_host_network_is_the_users") {
         return;

@@ -155,7 +155,38 @@ impl User {
     /// `estiba ARGS` as this user: its ids and groups, a clean environment
     /// with `HOME` and `XDG_DATA_HOME` in its temp dir.
     pub(crate) fn estiba(&self) -> Command {
-        let mut cmd = Command::new("setpriv");
+        self.estiba_after(Command::new("setpriv"))
+    }
+
+    /// [`User::estiba`] in a private mount namespace where `/dev/net/tun`
+    /// is a node of the user's (mode 0666, as most distributions have
+    /// it): pasta, which the default RUN network needs, opens it as the
+    /// user. The host's node stays as it is.
+    #[allow(dead_code)]
+    pub(crate) fn estiba_with_tun(&self) -> Command {
+        let tun = self.dir().join("tun");
+        if !tun.exists() {
+            nix::sys::stat::mknod(
+                &tun,
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::from_bits_truncate(0o666),
+                nix::sys::stat::makedev(10, 200),
+            )
+            .expect("mknod tun");
+            std::fs::set_permissions(&tun, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+                .expect("chmod tun");
+        }
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "sh", "-c"])
+            .arg(format!(
+                "mount --make-rprivate / && mount --bind {} /dev/net/tun && exec \"$@\"",
+                tun.display()
+            ))
+            .args(["sh", "setpriv"]);
+        self.estiba_after(cmd)
+    }
+
+    fn estiba_after(&self, mut cmd: Command) -> Command {
         cmd.arg(format!("--reuid={}", self.uid))
             .arg(format!("--regid={}", self.gid))
             .arg("--init-groups")
