@@ -135,6 +135,20 @@ fn a_rootless_build_gives_the_image_a_root_build_gives() {
         "the store is $XDG_DATA_HOME/estiba"
     );
     assert_eq!(rootless::owner(&user.default_store()).0, user.uid);
+    let local = user.dir().join("local");
+    let (code, out) = outcome(
+        user.estiba()
+            .env("SOURCE_DATE_EPOCH", EPOCH)
+            .args(["build", "--progress", "plain", "--network", "none", "-o"])
+            .arg(format!("type=local,dest={}", local.display()))
+            .arg(&ctx),
+    );
+    assert_eq!(code, 0, "local export:\n{out}");
+    assert_eq!(
+        rootless::owner(&local.join("home/app/a.txt")),
+        (user.uid, user.gid),
+        "a local export is the user's"
+    );
 
     let root_store = user.dir().join("root-store");
     let iid_root = user.dir().join("iid-root");
