@@ -368,7 +368,7 @@ fn user_namespaces_disabled_is_an_error_saying_what_to_do() {
         zero.display(),
         user.uid,
         user.gid,
-        env!("CARGO_BIN_EXE_estiba"),
+        user.bin().display(),
         user.dir().display()
     );
     let (code, text) = outcome(Command::new("unshare").args(["--mount", "sh", "-c", &script]));

@@ -119,7 +119,18 @@ impl User {
             dir,
         };
         user.mkdir("home");
+        // The user may not reach the build's binary (a clone under /root,
+        // 0700): a link in its own dir (or a copy, across file systems).
+        let bin = user.bin();
+        std::fs::hard_link(env!("CARGO_BIN_EXE_estiba"), &bin)
+            .or_else(|_| std::fs::copy(env!("CARGO_BIN_EXE_estiba"), &bin).map(drop))
+            .expect("the estiba binary in the user's dir");
         user
+    }
+
+    /// The estiba binary under test, where the user can run it.
+    pub(crate) fn bin(&self) -> PathBuf {
+        self.dir().join("estiba")
     }
 
     /// The user's temp dir.
@@ -191,7 +202,7 @@ impl User {
             .arg(format!("--regid={}", self.gid))
             .arg("--init-groups")
             .arg("--")
-            .arg(env!("CARGO_BIN_EXE_estiba"))
+            .arg(self.bin())
             .env_clear()
             .env("HOME", self.home())
             .env("XDG_DATA_HOME", self.home().join("data"))
