@@ -236,8 +236,8 @@ fn rootless_run_steps_are_confined_like_roots() {
 }
 
 #[test]
-fn the_rootless_default_network_is_private_through_pasta() {
-    if !can_run("the_rootless_default_network_is_private_through_pasta") {
+fn the_rootless_default_network_goes_through_pasta_or_says_why_not() {
+    if !can_run("the_rootless_default_network_goes_through_pasta_or_says_why_not") {
         return;
     }
     let user = User::new(RANGED);
@@ -250,12 +250,26 @@ fn the_rootless_default_network_is_private_through_pasta() {
         )],
     );
     let (code, out) = outcome(
-        user.estiba_with_tun()
+        user.estiba_with_tun(0o666)
             .args(["build", "--progress", "plain"])
             .arg(&ctx),
     );
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("warning: no outbound network"), "{out}");
+
+    // A tun device only root opens: the step runs with lo, and the
+    // warning says what to change.
+    let (code, out) = outcome(
+        user.estiba_with_tun(0o600)
+            .args(["build", "--progress", "plain", "--no-cache"])
+            .arg(&ctx),
+    );
+    assert_eq!(code, 1, "no default route without pasta:\n{out}");
+    assert!(
+        out.contains("Rootless, pasta needs /dev/net/tun, which you cannot open")
+            && out.contains("chmod 0666 /dev/net/tun"),
+        "{out}"
+    );
 }
 
 #[test]

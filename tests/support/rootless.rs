@@ -170,21 +170,21 @@ impl User {
     }
 
     /// [`User::estiba`] in a private mount namespace where `/dev/net/tun`
-    /// is a node of the user's (mode 0666, as most distributions have
-    /// it): pasta, which the default RUN network needs, opens it as the
-    /// user. The host's node stays as it is.
+    /// has `mode` (0666 in most distributions, 0600 on some hosts): pasta,
+    /// which the default RUN network needs, opens it as the user. The
+    /// host's node stays as it is.
     #[allow(dead_code)]
-    pub(crate) fn estiba_with_tun(&self) -> Command {
-        let tun = self.dir().join("tun");
+    pub(crate) fn estiba_with_tun(&self, mode: u32) -> Command {
+        let tun = self.dir().join(format!("tun-{mode:o}"));
         if !tun.exists() {
             nix::sys::stat::mknod(
                 &tun,
                 nix::sys::stat::SFlag::S_IFCHR,
-                nix::sys::stat::Mode::from_bits_truncate(0o666),
+                nix::sys::stat::Mode::from_bits_truncate(mode),
                 nix::sys::stat::makedev(10, 200),
             )
             .expect("mknod tun");
-            std::fs::set_permissions(&tun, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            std::fs::set_permissions(&tun, std::os::unix::fs::PermissionsExt::from_mode(mode))
                 .expect("chmod tun");
         }
         let mut cmd = Command::new("unshare");
