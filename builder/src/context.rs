@@ -1087,9 +1087,8 @@ fn open_regular(host: &Path) -> Result<(fs::File, fs::Metadata), TreeError> {
 
 /// Whether an extended attribute is worth keeping in an image.
 fn keep_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"user.")
-        || name.starts_with(b"security.")
-        || (name.starts_with(b"trusted.") && !name.starts_with(b"trusted.overlay."))
+    (name.starts_with(b"user.") || name.starts_with(b"security.") || name.starts_with(b"trusted."))
+        && !crate::rootfs::is_overlay_xattr(name)
 }
 
 /// The kept extended attributes of `host` (not following a symlink), sorted

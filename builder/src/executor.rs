@@ -614,19 +614,28 @@ fn run_once(
     drop(status_w);
     let init_pid = child.id();
     let mut init = InitGuard(Some(child));
-    // Kept until the step is over; pasta is killed when dropped.
+    // Kept until the step is over; pasta is killed when dropped. A failure
+    // here waits for the init's own report: an init that failed its setup
+    // closes the go pipe, and why it failed is the error worth showing.
+    let mut net_failure = None;
     let _user_net = match go {
         Some((go_r, go_w)) => {
             drop(go_r);
-            let (net, warning) = network::connect(init_pid, &spec.publish, scratch.path(), go_w)
-                .map_err(|e| ExecError::Setup {
-                    what: "start the step's network".to_owned(),
-                    source: e,
-                })?;
-            if let Some(warning) = warning {
-                output(Stream::Stderr, warning.as_bytes());
+            match network::connect(init_pid, &spec.publish, scratch.path(), go_w) {
+                Ok((net, warning)) => {
+                    if let Some(warning) = warning {
+                        output(Stream::Stderr, warning.as_bytes());
+                    }
+                    net
+                }
+                Err(e) => {
+                    net_failure = Some(ExecError::Setup {
+                        what: "start the step's network".to_owned(),
+                        source: e,
+                    });
+                    None
+                }
             }
-            net
         }
         None => None,
     };
@@ -655,6 +664,9 @@ fn run_once(
     };
     if let Some(f) = failure {
         return Err(f.into_error());
+    }
+    if let Some(e) = net_failure {
+        return Err(e);
     }
     cleaned?;
     Ok(exit_code(status))

@@ -251,6 +251,19 @@ pub enum LayerError {
         /// Why.
         reason: &'static str,
     },
+    /// An entry belongs to a uid or gid the user namespace estiba runs in
+    /// does not map (rootless, without enough subordinate ids).
+    #[error("cannot give {entry:?} its owner {uid}:{gid}: {hint}")]
+    UnmappedOwner {
+        /// The entry's path.
+        entry: String,
+        /// The uid it has.
+        uid: u32,
+        /// The gid it has.
+        gid: u32,
+        /// What to do about it.
+        hint: String,
+    },
     /// An entry is malformed in some other way.
     #[error("layer entry {entry:?} is invalid: {reason}")]
     Invalid {
@@ -774,10 +787,7 @@ fn layer_xattr(name: &[u8]) -> bool {
     let namespace_ok = name.starts_with(b"user.")
         || name.starts_with(b"security.")
         || name.starts_with(b"trusted.");
-    namespace_ok
-        && !name.starts_with(b"trusted.overlay.")
-        && !name.starts_with(b"user.overlay.")
-        && name != b"security.selinux"
+    namespace_ok && !crate::rootfs::is_overlay_xattr(name) && name != b"security.selinux"
 }
 
 // ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ mod memo;
 pub mod progress;
 pub mod registry;
 pub mod rootfs;
+pub mod rootless;
 pub mod solve;
 mod sys;
 pub mod tree;

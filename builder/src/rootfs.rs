@@ -24,18 +24,32 @@ fn is_overlay_whiteout(m: &fs::Metadata) -> bool {
     m.file_type().is_char_device() && m.rdev() == 0
 }
 
-/// The xattr overlayfs marks an opaque directory with.
-pub(crate) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// Whether `name` is one of overlayfs's own xattrs: `trusted.overlay.*`
+/// as root of the host mounts it, `user.overlay.*` in a user namespace
+/// (`userxattr`). They describe an upper or lower dir, never a file of an
+/// image.
+pub(crate) fn is_overlay_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
+}
 
-/// Whether `dir` is an overlayfs opaque directory (`trusted.overlay.opaque=y`).
+/// The xattr that marks an opaque directory for overlayfs as this process
+/// mounts it (see [`crate::rootless::overlay_xattr_prefix`]).
+pub(crate) fn opaque_xattr() -> String {
+    format!("{}opaque", crate::rootless::overlay_xattr_prefix())
+}
+
+/// Whether `dir` is an overlayfs opaque directory (`trusted.overlay.opaque=y`,
+/// or `user.overlay.opaque=y` as a user namespace's overlayfs marks it).
 pub(crate) fn is_overlay_opaque(dir: &Path) -> bool {
-    sys::xattr(dir, OPAQUE_XATTR.as_bytes()).is_ok_and(|v| v.is_some_and(|v| v == b"y"))
+    [&b"trusted.overlay.opaque"[..], b"user.overlay.opaque"]
+        .into_iter()
+        .any(|name| sys::xattr(dir, name).is_ok_and(|v| v.is_some_and(|v| v == b"y")))
 }
 
 /// Converts a snapshot from OCI whiteout form (`.wh.<name>` files,
 /// `.wh..wh..opq` markers) into the form overlayfs reads as a lower dir
-/// (a 0/0 character device named `<name>`, `trusted.overlay.opaque=y`), in
-/// place. Snapshots are kept in this form so they mount as they are.
+/// (a 0/0 character device named `<name>`, the [`opaque_xattr`] set to
+/// `y`), in place. Snapshots are kept in this form so they mount as they are.
 pub fn oci_to_overlay(root: &Path) -> Result<usize, TreeError> {
     let mut converted = 0;
     let mut stack = vec![root.to_path_buf()];
@@ -48,7 +62,7 @@ pub fn oci_to_overlay(root: &Path) -> Result<usize, TreeError> {
             let ft = entry.file_type().map_err(|e| io_err(&path, e))?;
             if name == OPAQUE_MARKER {
                 fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
-                xattr::set(&dir, OPAQUE_XATTR, b"y").map_err(|e| io_err(&dir, e))?;
+                xattr::set(&dir, opaque_xattr(), b"y").map_err(|e| io_err(&dir, e))?;
                 converted += 1;
             } else if let Some(gone) = name.strip_prefix(WHITEOUT_PREFIX) {
                 fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
@@ -279,8 +293,8 @@ impl SourceTree for LayeredTree {
 
 /// The xattrs of a file worth keeping in an image, sorted.
 pub fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>, TreeError> {
-    let xattrs = sys::read_xattrs(path, |name| !name.starts_with(b"trusted.overlay."))
-        .map_err(|err| io_err(path, err))?;
+    let xattrs =
+        sys::read_xattrs(path, |name| !is_overlay_xattr(name)).map_err(|err| io_err(path, err))?;
     let mut out: Vec<(String, Vec<u8>)> = xattrs
         .into_iter()
         .map(|(name, value)| (String::from_utf8_lossy(&name).into_owned(), value))

@@ -289,6 +289,12 @@ pub(crate) fn make_mounts_private() -> nix::Result<()> {
     )
 }
 
+/// Whether this user namespace forbids `setgroups` (`/proc/self/setgroups`
+/// says `deny`, as an unprivileged process's own map requires).
+pub(crate) fn setgroups_denied() -> bool {
+    std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny")
+}
+
 /// The mount flags (`MS_NOSUID`, …) of the mount that holds `path`.
 pub(crate) fn mount_flags(path: &Path) -> io::Result<MsFlags> {
     let st = nix::sys::statvfs::statvfs(path)?;

@@ -591,10 +591,16 @@ pub(crate) fn export_rootfs(
     reporter: &dyn estiba::progress::Reporter,
 ) -> Result<(), Failure> {
     std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
-    let opts = estiba::layer::UnpackOptions {
+    let mut opts = estiba::layer::UnpackOptions {
         devices,
         ..estiba::layer::UnpackOptions::default()
     };
+    // Rootless, the image's owners would be subordinate ids on the host,
+    // files the user could not remove: the tree is the user's, as a
+    // rootless `docker export` of it would be.
+    if estiba::rootless::entered().is_some() {
+        opts.same_owner = false;
+    }
     let mut devices_skipped = 0;
     let mut setid = std::collections::BTreeSet::new();
     for layer in &built.layers {

@@ -48,7 +48,6 @@ fn unmap_big_buffers() {
 
 /// Runs the CLI and returns the process exit code.
 pub(crate) fn main() -> i32 {
-    interrupt::install();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -60,6 +59,11 @@ pub(crate) fn main() -> i32 {
             return if e.use_stderr() { EXIT_USAGE } else { 0 };
         }
     };
+    // Before any thread starts (the interrupt thread is the first).
+    if let Err(e) = estiba::rootless::enter() {
+        return Failure::Other(e.into()).report(cli.debug);
+    }
+    interrupt::install();
     if matches!(
         cli.command,
         Command::Build(_) | Command::Push(_) | Command::Save { .. }

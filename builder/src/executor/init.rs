@@ -168,12 +168,20 @@ fn mount_overlay(spec: &InitSpec) -> Result<(), Failure> {
         nix::unistd::chdir(links)
             .map_err(|e| Failure::setup(format!("enter the layer links {}", links.display()), e))?;
     }
-    let options = overlay_options(&spec.lower, &run.upper, &run.work);
+    let mut options = overlay_options(&spec.lower, &run.upper, &run.work);
     // No redirects or metacopy: the upper dir must stay a self-contained
     // diff that `upper_to_layer_dir` can turn into a layer. A rename of an
     // image directory then copies it, as with Docker's overlay2.
     let mut strict = options.clone();
-    strict.extend_from_slice(b",redirect_dir=off,index=off,metacopy=off");
+    if crate::rootless::in_user_namespace() {
+        // Rootless: overlayfs's own xattrs in `user.overlay.*`, and with
+        // them redirects neither made nor followed (`redirect_dir=off`
+        // is refused next to `userxattr`; `nofollow` is its default).
+        options.extend_from_slice(b",userxattr");
+        strict.extend_from_slice(b",userxattr,index=off,metacopy=off");
+    } else {
+        strict.extend_from_slice(b",redirect_dir=off,index=off,metacopy=off");
+    }
     let target = &spec.rootfs;
     let attempt = |data: &[u8]| {
         mount(
@@ -390,8 +398,13 @@ fn container(
     }
     let gids: Vec<Gid> = user.groups.iter().map(|&g| Gid::from_raw(g)).collect();
     let ids = format!("{}:{}", user.uid, user.gid);
-    nix::unistd::setgroups(&gids)
-        .map_err(|e| Failure::setup(format!("set the groups of {ids}"), e))?;
+    // A rootless estiba with only its own ids mapped had to deny
+    // setgroups to write its map; the step keeps the groups it has, none of
+    // which the namespace maps.
+    if !sys::setgroups_denied() {
+        nix::unistd::setgroups(&gids)
+            .map_err(|e| Failure::setup(format!("set the groups of {ids}"), e))?;
+    }
     nix::unistd::setgid(Gid::from_raw(user.gid))
         .map_err(|e| Failure::setup(format!("become {ids}"), e))?;
     nix::unistd::setuid(Uid::from_raw(user.uid))
@@ -496,14 +509,23 @@ fn mount_dev(stubs: &mut Stubs<'_>, shm_size: Option<u64>) -> Result<(), Failure
         Ok(path)
     };
     let pts = mkdir("pts", 0o755)?;
-    mnt(
-        Some(Path::new("devpts")),
-        &pts,
-        Some("devpts"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
-        "/dev/pts",
-    )?;
+    let devpts = |data: &str| {
+        mnt(
+            Some(Path::new("devpts")),
+            &pts,
+            Some("devpts"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some(data),
+            "/dev/pts",
+        )
+    };
+    match devpts("newinstance,ptmxmode=0666,mode=0620,gid=5") {
+        // A rootless estiba without subordinate ids maps no gid 5 (tty).
+        Err(Failure::Mount { errno, .. }) if errno == libc::EINVAL => {
+            devpts("newinstance,ptmxmode=0666,mode=0620")?
+        }
+        other => other?,
+    }
     let shm = mkdir("shm", 0o1777)?;
     mnt(
         Some(Path::new("shm")),

@@ -156,9 +156,21 @@ pub(super) fn connect(
     };
     go.write_all(&[if net.is_some() { READY } else { WITHOUT }])?;
     let warning = warning.map(|reason| {
+        // Rootless, pasta opens /dev/net/tun as the user.
+        let tun = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun");
+        let advice = match tun {
+            Err(e) if crate::rootless::in_user_namespace() => format!(
+                "Rootless, pasta needs /dev/net/tun, which you cannot open ({e}): as root, \
+                 chmod 0666 /dev/net/tun (most distributions' mode)"
+            ),
+            _ => "Install pasta (Debian package passt)".to_owned(),
+        };
         format!(
             "estiba: warning: no outbound network for this step ({reason}); it has only lo. \
-             Install pasta (Debian package passt) or use --network host or none.\n"
+             {advice} or use --network host or none.\n"
         )
     });
     Ok((net, warning))

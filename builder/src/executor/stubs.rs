@@ -19,8 +19,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use super::protocol::{errno, Failure, Message, Reporter, Stamp, StubKind};
-use super::{sys, ExecError};
-use crate::rootfs::OPAQUE_XATTR;
+use super::ExecError;
 
 /// How many symlinks one path may go through, as the kernel's limit.
 const MAX_SYMLINKS: u32 = 40;
@@ -308,9 +307,7 @@ impl Tracked {
         }
         // A directory the init created may be opaque (it replaced a deleted
         // one); without it the deletion shows again, as before the step.
-        if kind == StubKind::CopiedUp
-            && !matches!(sys::xattr(&path, OPAQUE_XATTR.as_bytes()), Ok(None))
-        {
+        if kind == StubKind::CopiedUp && crate::rootfs::is_overlay_opaque(&path) {
             return false;
         }
         let Ok(entries) = fs::read_dir(&path) else {

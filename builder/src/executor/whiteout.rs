@@ -1,6 +1,7 @@
 //! Overlay upper dir → OCI layer directory. overlayfs records deletions as
 //! character devices 0/0 and replaced directories with the xattr
-//! `trusted.overlay.opaque=y`; an OCI layer says the same with `.wh.<name>`
+//! `trusted.overlay.opaque=y` (`user.overlay.opaque=y` when mounted in a
+//! user namespace, rootless); an OCI layer says the same with `.wh.<name>`
 //! and `.wh..wh..opq` files (image-spec `layer.md`). The conversion keeps
 //! what moby's overlay whiteout converter writes: a whiteout is an empty
 //! file, mode 0600, with the device's times; an opaque marker takes its
@@ -15,28 +16,23 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use super::{sys, ExecError};
-use crate::rootfs::OPAQUE_XATTR;
+use crate::rootfs::{is_overlay_opaque, is_overlay_xattr};
 
-const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
-/// Overlay metadata that means the upper dir is not a self-contained diff.
+/// Overlay metadata that means the upper dir is not a self-contained diff,
+/// by its name after the `trusted.overlay.` or `user.overlay.` prefix.
 const UNCONVERTIBLE_XATTRS: [(&[u8], &str); 2] = [
-    (
-        b"trusted.overlay.redirect",
-        "a renamed directory (overlay redirect_dir)",
-    ),
-    (
-        b"trusted.overlay.metacopy",
-        "a metadata-only copy-up (overlay metacopy)",
-    ),
+    (b"redirect", "a renamed directory (overlay redirect_dir)"),
+    (b"metacopy", "a metadata-only copy-up (overlay metacopy)"),
 ];
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
 /// Converts an overlay upper dir, in place and not mounted, into OCI
 /// whiteout form: a character device 0/0 becomes an empty regular file
-/// `.wh.<name>`; a directory with `trusted.overlay.opaque=y` loses the xattr
-/// and gets an empty `.wh..wh..opq` inside; every other `trusted.overlay.*`
-/// xattr is removed.
+/// `.wh.<name>`; a directory with `trusted.overlay.opaque=y` (or
+/// `user.overlay.opaque=y`) loses the xattr and gets an empty `.wh..wh..opq`
+/// inside; every other `trusted.overlay.*` and `user.overlay.*` xattr is
+/// removed.
 pub fn upper_to_layer_dir(upper: &Path) -> Result<(), ExecError> {
     let meta = fs::symlink_metadata(upper).map_err(|source| whiteout_error(upper, source))?;
     if !meta.is_dir() {
@@ -76,10 +72,7 @@ fn convert_dir(dir: &Path, dir_meta: &fs::Metadata) -> Result<(), ExecError> {
             changed = true;
             continue;
         }
-        let opaque = meta.is_dir()
-            && sys::xattr(&path, OPAQUE_XATTR.as_bytes())
-                .map_err(|e| whiteout_error(&path, e))?
-                .is_some_and(|v| v == b"y");
+        let opaque = meta.is_dir() && is_overlay_opaque(&path);
         strip_overlay_xattrs(&path)?;
         if meta.is_dir() {
             convert_dir(&path, &meta)?;
@@ -135,10 +128,11 @@ fn strip_overlay_xattrs(path: &Path) -> Result<(), ExecError> {
     // A file system without xattrs has no overlay metadata either.
     let names = sys::xattr_names(path).map_err(|e| whiteout_error(path, e))?;
     for name in names {
-        if !name.starts_with(OVERLAY_XATTR_PREFIX) {
+        if !is_overlay_xattr(&name) {
             continue;
         }
-        if let Some((_, what)) = UNCONVERTIBLE_XATTRS.iter().find(|(n, _)| *n == name) {
+        let own = name.splitn(3, |&b| b == b'.').nth(2).unwrap_or_default();
+        if let Some((_, what)) = UNCONVERTIBLE_XATTRS.iter().find(|(n, _)| *n == own) {
             return Err(ExecError::Unconvertible {
                 path: path.to_owned(),
                 what: (*what).to_owned(),

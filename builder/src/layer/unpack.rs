@@ -133,6 +133,13 @@ enum Removed {
 }
 
 impl Unpacker {
+    /// Whether device nodes are made: when asked, and not in a user
+    /// namespace (rootless), where the kernel makes none; such an image's
+    /// nodes are skipped, as in Buildah.
+    fn makes_devices(&self) -> bool {
+        self.opts.devices && !crate::rootless::in_user_namespace()
+    }
+
     fn apply(&mut self, meta: &EntryMeta, data: &mut impl Read) -> Result<(), LayerError> {
         let name = meta.path.to_string_lossy().into_owned();
         let Some(file_name) = meta.path.file_name() else {
@@ -165,7 +172,7 @@ impl Unpacker {
             return match whiteout {
                 Whiteout::Opaque(_) => rfs::fsetxattr(
                     dir,
-                    crate::rootfs::OPAQUE_XATTR,
+                    crate::rootfs::opaque_xattr().as_str(),
                     b"y",
                     rfs::XattrFlags::empty(),
                 )
@@ -225,7 +232,7 @@ impl Unpacker {
         // Hard links and devices not made take no owner of their own.
         let owner = match meta.kind {
             EntryKind::Hardlink => None,
-            EntryKind::CharDevice | EntryKind::BlockDevice if !self.opts.devices => None,
+            EntryKind::CharDevice | EntryKind::BlockDevice if !self.makes_devices() => None,
             _ => owner_of(&self.opts, &name, meta)?,
         };
         self.open_parent(&parent, true, &name)?;
@@ -234,6 +241,7 @@ impl Unpacker {
         let rel = parent_rel.join(file_name);
         let root = &self.root;
         let err = |source: io::Error| apply_err(&name, root.join(&rel), source);
+        let makes_devices = self.makes_devices();
         // Anything removed to make room may be where an open level is.
         let mut stale = |removed: Removed| {
             if removed == Removed::Dir || (removed != Removed::Nothing && by_hand) {
@@ -348,7 +356,7 @@ impl Unpacker {
                 }
                 self.stats.hardlinks += 1;
             }
-            EntryKind::CharDevice | EntryKind::BlockDevice if !self.opts.devices => {
+            EntryKind::CharDevice | EntryKind::BlockDevice if !makes_devices => {
                 stale(remove_at(dir, file_name).map_err(err)?);
                 self.skipped_devices.insert(meta.path.clone());
                 self.stats.devices_skipped += 1;
@@ -526,12 +534,39 @@ fn current<'a>(levels: &'a [Level], root_fd: &'a OwnedFd) -> (BorrowedFd<'a>, &'
 }
 
 fn apply_err(entry: &str, path: PathBuf, source: impl Into<io::Error>) -> LayerError {
+    let source = source.into();
+    if let Some(Unmapped(uid, gid)) = source.get_ref().and_then(|e| e.downcast_ref()) {
+        return LayerError::UnmappedOwner {
+            entry: entry.to_string(),
+            uid: *uid,
+            gid: *gid,
+            hint: crate::rootless::unmapped_owner_hint(),
+        };
+    }
     LayerError::Apply {
         entry: entry.to_string(),
         path,
-        source: source.into(),
+        source,
     }
 }
+
+/// A chown the kernel refused with `EINVAL`: its answer for an id the user
+/// namespace estiba runs in does not map (rootless, without enough
+/// subordinate ids). [`apply_err`] makes it [`LayerError::UnmappedOwner`].
+#[derive(Debug)]
+struct Unmapped(u32, u32);
+
+impl std::fmt::Display for Unmapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{} is not mapped in this user namespace",
+            self.0, self.1
+        )
+    }
+}
+
+impl std::error::Error for Unmapped {}
 
 /// Runs `create` (which makes `name` in `dir`, failing with `EEXIST` when
 /// something is there) until it succeeds, removing what is in the way
@@ -805,16 +840,26 @@ fn set_owner_and_xattrs(
     meta: &EntryMeta,
 ) -> Result<(), io::Error> {
     if let Some((uid, gid)) = owner {
-        match target {
-            Target::Fd(fd) => rfs::fchown(fd, Some(uid), Some(gid))?,
+        let chowned = match target {
+            Target::Fd(fd) => rfs::fchown(fd, Some(uid), Some(gid)),
             Target::At(dir, name) => {
-                rfs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)?;
+                rfs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
             }
+        };
+        match chowned {
+            Ok(()) => {}
+            Err(Errno::INVAL) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    Unmapped(uid.as_raw(), gid.as_raw()),
+                ))
+            }
+            Err(e) => return Err(e.into()),
         }
     }
     // xattrs after chown: chown clears security.capability.
     for (name, value) in &meta.xattrs {
-        if name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.") {
+        if crate::rootfs::is_overlay_xattr(name.as_bytes()) {
             continue;
         }
         let set = match target {

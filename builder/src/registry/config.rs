@@ -68,7 +68,7 @@ pub fn default_path() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(CONFIG_ENV).filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));
     }
-    if rustix::process::geteuid().is_root() {
+    if crate::rootless::for_host_root() {
         return Some(PathBuf::from("/etc/estiba/registries.json"));
     }
     let config_home = std::env::var_os("XDG_CONFIG_HOME")
