@@ -33,8 +33,10 @@
 #             of the same image is timed too (its gzip blobs kept)
 #   stages    two CPU-bound stages + COPY --from both (bench/run-steps.sh's)
 #   noop      50 × `RUN echo $i > /f$i`, a no-op rebuild (docker, estiba)
-#   onefile   the copy context after one small file's content changed, a
-#             rebuild (docker, estiba)
+#   edit      the copy context with `COPY . /data` alone, rebuilt after one
+#             small file's content changed (docker, estiba)
+#   onefile   the same edit with the copy row's Dockerfile (COPY then RUN
+#             find), right after the copy row: both steps run again
 # Each row runs BENCH_REPEAT times, the builders one after another in each
 # run, and prints the median and range of each, the ratio estiba / best peer
 # (the faster median of docker and buildah) against the goal of issue 13,
@@ -55,8 +57,8 @@
 #   --keep    keep the work directory (printed at the end)
 # Environment (defaults in brackets, --small ones second):
 #   BENCH_REPEAT [3]             runs per row (median and range)
-#   BENCH_ONLY [node apt copy stages noop]  the rows to run (copy also
-#                                times export and onefile)
+#   BENCH_ONLY [node apt copy edit stages noop]  the rows to run (copy
+#                                also times export and onefile)
 #   BENCH_FILES [20000|2000]     small files of the copy context
 #   BENCH_BIG_MB [500|50]        MiB of large files of the copy context
 #   BENCH_LOOP [2500000]         iterations of each stage's loop
@@ -82,14 +84,14 @@ parse_small_keep "$@"
 copy_workload_size
 LOOP=${BENCH_LOOP:-2500000}
 STEPS=${BENCH_STEPS:-50}
-ONLY=${BENCH_ONLY:-node apt copy stages noop}
+ONLY=${BENCH_ONLY:-node apt copy edit stages noop}
 DEBS=${BENCH_DEBS:-curl}
 check_whole_numbers FILES BIG_MB LOOP STEPS REPEAT
 [ "$REPEAT" -ge 1 ] || die "BENCH_REPEAT must be at least 1"
 
 # Goals of issue 13: estiba's median over the best peer's.
 declare -A GOAL=([node]=0.8 [apt]=0.7 [copy]=0.25 [export]=0.5 [export-again]=""
-  [stages]=0.7 [noop]=0.25 [onefile]=0.25)
+  [stages]=0.7 [noop]=0.25 [onefile]=0.25 [edit]=0.25)
 declare -A TITLE=(
   [node]="node app cold (\`RUN npm ci --offline\`)"
   [apt]="apt install cold (\`RUN dpkg -i /debs/*.deb\`, $DEBS)"
@@ -98,9 +100,10 @@ declare -A TITLE=(
   [export-again]="the same, exported again"
   [stages]="two CPU-bound stages"
   [noop]="no-op rebuild, $STEPS RUN steps"
-  [onefile]="one-file edit rebuild, $FILES files"
+  [onefile]="one-file edit rebuild, $FILES files, COPY then RUN find (both run again)"
+  [edit]="one-file edit rebuild, $FILES files, \`COPY . /data\` alone"
 )
-ROWS=(node apt copy export export-again stages noop onefile)
+ROWS=(node apt copy export export-again stages noop edit onefile)
 
 check_host
 command -v buildah >/dev/null || die "no buildah: scripts/bench-deps installs it"
@@ -304,15 +307,30 @@ EOF
   cold_row apt "$ctx"
 }
 
-copy_row() {
-  local ctx=$WORK/copy r changed size
-  BASE=bench-base
+# copy_context: the copy rows' context in $WORK/copy (made once, not timed)
+# and CHANGED, the small file the one-file rows change.
+copy_context() {
+  local ctx=$WORK/copy
+  CHANGED=$(copy_context_file "$ctx" $((FILES / 2)))
+  [ ! -f "$ctx/Dockerfile" ] || return 0
   echo
   echo "generating the copy context: $FILES files of 1-4 KiB + $BIG_MB MiB in 5 files (not timed)"
   write_copy_context "$ctx" "$FILES" 1024 4096 "$BIG_MB" 5
   echo 'RUN find /data | wc -l' >>"$ctx/Dockerfile"
-  changed=$(copy_context_file "$ctx" $((FILES / 2)))
-  [ -f "$changed" ] || die "the copy context lacks $changed"
+  [ -f "$CHANGED" ] || die "the copy context lacks $CHANGED"
+}
+
+# change_one_file: new random bytes in CHANGED, the same size.
+change_one_file() {
+  local size
+  size=$(stat -c %s "$CHANGED")
+  head -c "$size" /dev/urandom >"$CHANGED"
+}
+
+copy_row() {
+  local ctx=$WORK/copy r
+  BASE=bench-base
+  copy_context
   if [ "$DOCKER_BUILDX" = 1 ]; then
     echo "docker's export: docker buildx build -o type=oci"
   else
@@ -353,8 +371,7 @@ copy_row() {
   # The builders keep the last cold build: one file changed, then a rebuild.
   row_start onefile
   for r in $(seq "$REPEAT"); do
-    size=$(stat -c %s "$changed")
-    head -c "$size" /dev/urandom >"$changed"
+    change_one_file
     timed "docker-onefile-$r" "${DOCKER_BUILD[@]}" "$ctx"
     add_time onefile docker
     timed "estiba-onefile-$r" "${E_BUILD[@]}" "$ctx"
@@ -362,6 +379,32 @@ copy_row() {
     run_line onefile "$r" docker estiba
   done
   row_end onefile
+}
+
+# edit_row: the copy context with only `COPY . /data` (a Dockerfile outside
+# it), built cold once, then rebuilt after one small file changed: the
+# issue's one-file edit (nothing after the COPY to run again).
+edit_row() {
+  local ctx=$WORK/copy dockerfile=$WORK/copy-only.Dockerfile r
+  BASE=bench-base
+  copy_context
+  printf 'FROM bench-base\nCOPY . /data\n' >"$dockerfile"
+  echo
+  echo "a cold build of \`COPY . /data\` alone by docker and estiba first (not timed)"
+  docker_cold
+  timed docker-edit-cold "${DOCKER_BUILD[@]}" -f "$dockerfile" "$ctx"
+  estiba_cold
+  timed estiba-edit-cold "${E_BUILD[@]}" -f "$dockerfile" "$ctx"
+  row_start edit
+  for r in $(seq "$REPEAT"); do
+    change_one_file
+    timed "docker-edit-$r" "${DOCKER_BUILD[@]}" -f "$dockerfile" "$ctx"
+    add_time edit docker
+    timed "estiba-edit-$r" "${E_BUILD[@]}" -f "$dockerfile" "$ctx"
+    add_time edit estiba
+    run_line edit "$r" docker estiba
+  done
+  row_end edit
 }
 
 stages_row() {
@@ -409,7 +452,8 @@ for only in $ONLY; do
     copy) copy_row ;;
     stages) stages_row ;;
     noop) noop_row ;;
-    *) die "unknown row $only (node, apt, copy, stages, noop)" ;;
+    edit) edit_row ;;
+    *) die "unknown row $only (node, apt, copy, edit, stages, noop)" ;;
   esac
 done
 
