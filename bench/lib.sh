@@ -145,6 +145,7 @@ make_work_dirs() {
   trap cleanup EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
+  mkdir -p "$TMPBASE"
   WORK=$(mktemp -d "$TMPBASE/estiba-bench.XXXXXX")
   # Short path: the socket and containerd's sockets must fit in sun_path.
   DDIR=$(mktemp -d /tmp/estiba-benchd.XXXXXX)
