@@ -247,7 +247,7 @@ EOF
     die "filling the npm cache from npm's registry failed"
   fi
   cp "$prep/package.json" "$prep/package-lock.json" "$ctx/"
-  echo "   $(find "$prep/node_modules" -mindepth 1 -maxdepth 2 -name package.json | wc -l) top-level packages in the lock, npm cache $(du -sh "$ctx/npm-cache" | cut -f1)"
+  echo "   $(find "$prep/node_modules" -mindepth 1 -maxdepth 2 -name package.json | wc -l) packages installed (the lock), npm cache $(du -sh "$ctx/npm-cache" | cut -f1)"
   rm -rf "$prep"
   cat >"$ctx/Dockerfile" <<'EOF'
 FROM bench-node
