@@ -145,6 +145,7 @@ make_work_dirs() {
   trap cleanup EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
+  mkdir -p "$TMPBASE"
   WORK=$(mktemp -d "$TMPBASE/estiba-bench.XXXXXX")
   # Short path: the socket and containerd's sockets must fit in sun_path.
   DDIR=$(mktemp -d /tmp/estiba-benchd.XXXXXX)
@@ -166,7 +167,7 @@ make_base_image() {
   local rootfs=$WORK/rootfs a
   mkdir -p "$rootfs/bin" "$rootfs/etc"
   cp /bin/busybox "$rootfs/bin/busybox"
-  for a in sh ls cat echo id; do ln -s busybox "$rootfs/bin/$a"; done
+  for a in sh ls cat echo id find wc true; do ln -s busybox "$rootfs/bin/$a"; done
   printf 'root:x:0:0:root:/root:/bin/sh\n' >"$rootfs/etc/passwd"
   printf 'root:x:0:\n' >"$rootfs/etc/group"
   tar -C "$rootfs" -cf "$WORK/rootfs.tar" .
@@ -229,10 +230,70 @@ with open(os.path.join(ctx, "Dockerfile"), "w") as f:
 PY
 }
 
+# write_stages_dockerfile DIR LOOP: DIR/Dockerfile is two independent stages
+# `FROM bench-base` running the same CPU-bound LOOP-iteration shell loop and
+# a final stage copying both results (COPY --from): whether independent
+# stages run at the same time. The `echo a`/`echo b` after the loops keeps
+# the steps distinct, or BuildKit would run one and reuse it for the other.
+write_stages_dockerfile() {
+  mkdir -p "$1"
+  cat >"$1/Dockerfile" <<EOF
+FROM bench-base AS a
+RUN i=0; while [ \$i -lt $2 ]; do i=\$((i + 1)); done; echo a \$i > /out
+
+FROM bench-base AS b
+RUN i=0; while [ \$i -lt $2 ]; do i=\$((i + 1)); done; echo b \$i > /out
+
+FROM bench-base
+COPY --from=a /out /a
+COPY --from=b /out /b
+EOF
+}
+
 # copy_context_file DIR N: the path of small file number N of a context
 # write_copy_context made in DIR.
 copy_context_file() {
   printf '%s/d%03d/e%d/f%05d.dat' "$1" $(($2 / 200)) $((($2 / 20) % 10)) "$2"
+}
+
+# --- a Debian base ----------------------------------------------------------------
+
+# Where what a benchmark downloads once is kept between runs (the Debian
+# minbase tar): BENCH_TMPDIR/estiba-bench-cache.
+BENCH_CACHE=$TMPBASE/estiba-bench-cache
+
+# debian_mirror: prints Debian's own mirror from the apt sources (not a third
+# party's), else deb.debian.org.
+debian_mirror() {
+  local mirror
+  mirror=$(awk '($1 == "URIs:" || $1 == "deb") && /\/debian\/?( |$)/ && !/security/ {
+    for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) { print $i; exit } }' \
+    /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null || true)
+  echo "${mirror:-http://deb.debian.org/debian}"
+}
+
+# debian_minbase_tar: sets DEBIAN_TAR to a tar of a Debian bookworm root file
+# system made with `debootstrap --variant=minbase` (not timed), made once and
+# kept in BENCH_CACHE for the next runs.
+debian_minbase_tar() {
+  local mirror root
+  DEBIAN_TAR=$BENCH_CACHE/bookworm-minbase.tar
+  [ ! -s "$DEBIAN_TAR" ] || return 0
+  command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] ||
+    die "no debootstrap: apt-get install -y debootstrap (scripts/bench-deps)"
+  mirror=$(debian_mirror)
+  mkdir -p "$BENCH_CACHE"
+  root=$(mktemp -d "$BENCH_CACHE/debootstrap.XXXXXX")
+  echo "debootstrap --variant=minbase bookworm from $mirror, once (not timed; kept in $BENCH_CACHE)"
+  if ! PATH=$PATH:/usr/sbin:/sbin debootstrap --variant=minbase bookworm "$root" "$mirror" \
+    >"$LOG/debootstrap.log" 2>&1; then
+    rm -rf "$root"
+    tail -n 20 "$LOG/debootstrap.log" >&2
+    die "debootstrap failed"
+  fi
+  tar -C "$root" --numeric-owner -cf "$DEBIAN_TAR.tmp" .
+  rm -rf "$root"
+  mv "$DEBIAN_TAR.tmp" "$DEBIAN_TAR"
 }
 
 # --- a local registry ----------------------------------------------------------

@@ -24,9 +24,10 @@
 #   ESTIBA [target/release/estiba]  the binary (built with cargo if missing)
 #
 # Needs root, pasta (Debian's passt), busybox-static, node and npm, GNU time
-# and debootstrap (scripts/test-deps installs all but the last two:
-# `apt-get install -y time debootstrap`), and the package registries (npm,
-# Debian's mirror): unlike the tests, this measures real downloads.
+# and debootstrap (scripts/test-deps and scripts/bench-deps install them), and
+# the package registries (npm, Debian's mirror): unlike the tests, this
+# measures real downloads. The Debian minbase is made once and kept in
+# BENCH_TMPDIR/estiba-bench-cache.
 
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -105,18 +106,8 @@ EOF
       scenario_net npm "$WORK/npm"
       ;;
     apt)
-      command -v debootstrap >/dev/null || die "no debootstrap: apt-get install -y debootstrap"
-      # Debian's own mirror from the apt sources (not a third party's).
-      mirror=$(awk '($1 == "URIs:" || $1 == "deb") && /\/debian\/?( |$)/ && !/security/ {
-        for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) { print $i; exit } }' \
-        /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null || true)
-      [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
-      echo "debootstrap --variant=minbase bookworm from $mirror (not timed)"
-      debootstrap --variant=minbase bookworm "$WORK/debian" "$mirror" >"$LOG/debootstrap.log" 2>&1 ||
-        { tail -n 20 "$LOG/debootstrap.log" >&2; die "debootstrap failed"; }
-      tar -C "$WORK/debian" -cf "$WORK/debian.tar" .
-      rm -rf "$WORK/debian"
-      "$ESTIBA" --root "$STORE" import "$WORK/debian.tar" bench-debian >/dev/null
+      debian_minbase_tar
+      "$ESTIBA" --root "$STORE" import "$DEBIAN_TAR" bench-debian >/dev/null
       mkdir -p "$WORK/apt"
       cat >"$WORK/apt/Dockerfile" <<'EOF'
 FROM bench-debian

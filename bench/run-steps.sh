@@ -54,25 +54,12 @@ make_work_dirs
 STEPS_CTX=$WORK/steps
 STAGES_CTX=$WORK/stages
 KEPT="contexts $STEPS_CTX and $STAGES_CTX"
-mkdir -p "$STAGES_CTX"
 
 # --- the Dockerfiles ----------------------------------------------------------
 
 write_steps_dockerfile "$STEPS_CTX" "$STEPS"
 
-# The two loops do the same work; the `echo a`/`echo b` after them keeps the
-# steps distinct, or BuildKit would run one and reuse it for the other.
-cat >"$STAGES_CTX/Dockerfile" <<EOF
-FROM bench-base AS a
-RUN i=0; while [ \$i -lt $LOOP ]; do i=\$((i + 1)); done; echo a \$i > /out
-
-FROM bench-base AS b
-RUN i=0; while [ \$i -lt $LOOP ]; do i=\$((i + 1)); done; echo b \$i > /out
-
-FROM bench-base
-COPY --from=a /out /a
-COPY --from=b /out /b
-EOF
+write_stages_dockerfile "$STAGES_CTX" "$LOOP"
 
 make_base_image
 start_dockerd
