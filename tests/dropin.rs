@@ -340,16 +340,18 @@ fn outputs_as_buildx_spells_them() {
     assert!(listing.contains("dir/a"), "{listing}");
 }
 
-/// `--build-context NAME=DIR` is what `COPY --from=NAME` reads, owned by
-/// root as the context is; `NAME=docker-image://REF` stands for an image
+/// `--build-context NAME=DIR` is what `COPY --from=NAME` reads and what
+/// `FROM NAME` starts from, owned by root as the context is; `NAME=docker-image://REF` stands for an image
 /// in `FROM NAME` and `COPY --from=NAME`.
 #[test]
 fn named_build_contexts() {
     let e = env(&[(
         "Dockerfile",
         "FROM base AS tools\n\
+             FROM assets AS files\n\
              FROM scratch\n\
              COPY --from=assets /e.txt /from-dir\n\
+             COPY --from=files /e.txt /from-a-local-base\n\
              COPY --from=tools /bin/busybox /from-image\n\
              COPY --from=docker.io/library/base:latest /bin/busybox /from-full-name\n",
     )]);
@@ -374,6 +376,11 @@ fn named_build_contexts() {
     let meta = std::fs::metadata(out.join("from-dir")).expect("from-dir");
     assert_eq!((meta.uid(), meta.gid()), (0, 0));
     assert!(out.join("from-image").is_file());
+    assert_eq!(
+        read(&out, "from-a-local-base"),
+        "extra\n",
+        "FROM a local context"
+    );
     assert!(out.join("from-full-name").is_file());
 
     for (bad, says) in [

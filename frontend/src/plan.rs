@@ -92,9 +92,6 @@ pub enum PlanErrorKind {
         /// The nearest stage name.
         suggestion: Option<String>,
     },
-    /// `FROM NAME` where NAME is a local `--build-context`.
-    #[error("FROM {0}: a local --build-context cannot be a base yet; use it with COPY --from={0}, or give docker-image://REF")]
-    LocalContextBase(String),
     /// `RUN --mount=from=NAME` where NAME is a local `--build-context`.
     #[error("RUN --mount from={0}: a local --build-context cannot be mounted yet; use it with COPY --from={0}")]
     LocalContextMount(String),
@@ -646,9 +643,8 @@ impl<'a> Planner<'a> {
             ),
             None if base == "scratch" => (Base::Scratch, platform),
             None => match self.opts.named_context(&base) {
-                Some(NamedContext::Local) => {
-                    return Err(err(span, PlanErrorKind::LocalContextBase(base)))
-                }
+                // Its files become the stage's first layer ([`Self::lower_stage`]).
+                Some(NamedContext::Local) => (Base::Scratch, platform),
                 Some(NamedContext::Image(reference)) => (
                     Base::Image {
                         reference: reference.clone(),
@@ -878,6 +874,40 @@ impl<'a> Planner<'a> {
         let mut deps = BTreeSet::new();
         if let Base::Stage { index } = &base {
             deps.insert(*index);
+        }
+        // `FROM NAME` of a local `--build-context`: BuildKit's base is that
+        // directory's tree (`llb.Local`) with an empty config; here, a
+        // scratch stage whose first layer is a copy of it, owned by root as
+        // every local source is.
+        if base == Base::Scratch {
+            let word = self.expand(&raw.base_word, &self.global, &span)?;
+            if let Some(NamedContext::Local) = self.opts.named_context(&word) {
+                let name = named_context_key(&word);
+                state.steps.push(Step {
+                    span: span.clone(),
+                    instruction: format!("FROM {word}"),
+                    created_by: format!("COPY --from={name} . / # buildkit"),
+                    layer: true,
+                    on_build: false,
+                    needs: BTreeSet::new(),
+                    op: Op::Copy(CopyStep {
+                        add: false,
+                        from: CopySource::Named { name },
+                        sources: vec![".".to_string()],
+                        contents: Vec::new(),
+                        dest: "/".to_string(),
+                        chown: None,
+                        chmod: None,
+                        link: false,
+                        parents: false,
+                        excludes: Vec::new(),
+                        checksum: None,
+                        keep_git_dir: None,
+                        unpack: None,
+                        user: String::new(),
+                    }),
+                });
+            }
         }
 
         let commands = triggers
