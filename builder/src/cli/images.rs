@@ -366,42 +366,21 @@ pub(crate) fn system_df(root: Option<&Path>) -> Result<(), Failure> {
     let dangling = images.len() - named;
     let usage = store.usage()?;
     let size = estiba::progress::human_size;
+    let part = |what: &str, p: estiba_cache::UsagePart| {
+        vec![what.to_string(), p.count.to_string(), size(p.bytes)]
+    };
     let rows = vec![
         vec![
             "Images".to_string(),
             images.len().to_string(),
             format!("{named} named, {dangling} dangling (estiba prune removes them)"),
         ],
-        vec![
-            "Blobs (layers, configs, manifests)".to_string(),
-            usage.blobs.count.to_string(),
-            size(usage.blobs.bytes),
-        ],
-        vec![
-            "Snapshots (unpacked layers)".to_string(),
-            usage.snapshots.count.to_string(),
-            size(usage.snapshots.bytes),
-        ],
-        vec![
-            "Build cache records".to_string(),
-            usage.cache_records.count.to_string(),
-            size(usage.cache_records.bytes),
-        ],
-        vec![
-            "Cache mounts".to_string(),
-            usage.mount_caches.count.to_string(),
-            size(usage.mount_caches.bytes),
-        ],
-        vec![
-            "Stat caches".to_string(),
-            usage.stat_caches.count.to_string(),
-            size(usage.stat_caches.bytes),
-        ],
-        vec![
-            "Scratch".to_string(),
-            usage.scratch.count.to_string(),
-            size(usage.scratch.bytes),
-        ],
+        part("Blobs (layers, configs, manifests)", usage.blobs),
+        part("Snapshots (unpacked layers)", usage.snapshots),
+        part("Build cache records", usage.cache_records),
+        part("Cache mounts", usage.mount_caches),
+        part("Stat caches", usage.stat_caches),
+        part("Scratch", usage.scratch),
         vec!["Total".to_string(), String::new(), size(usage.total)],
     ];
     println!("store: {}", store.root().display());
