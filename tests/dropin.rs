@@ -646,11 +646,13 @@ fn run_with_a_terminal_runs_an_interactive_shell() {
         )
     };
     let (code, out) = in_script(
-        format!("{exe} --root {root} run -t busybox:test sh -c '[ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo all-terminals'"),
+        format!("{exe} --root {root} run -t busybox:test sh -c '[ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo all-terminals && tty'"),
         b"",
     );
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("all-terminals"), "{out}");
+    // Found by name too, bound at /dev/console as runc binds it.
+    assert!(out.contains("/dev/console"), "{out}");
     let (code, out) = in_script(
         format!("{exe} --root {root} run -it busybox:test sh"),
         b"echo inside-$((40+2))\nexit 3\n",

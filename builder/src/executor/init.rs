@@ -279,7 +279,7 @@ fn container(
             None => Stubs::new(rootfs, &run.upper, false, report),
         };
         mount_proc(&mut stubs)?;
-        mount_dev(&mut stubs, run.host.shm_size)?;
+        mount_dev(&mut stubs, run.host.shm_size, run.tty)?;
         mount_sys(&mut stubs)?;
         if run.security == Security::Sandbox {
             hide_kernel_paths(rootfs)?;
@@ -466,7 +466,7 @@ fn mount_proc(stubs: &mut Stubs<'_>) -> Result<(), Failure> {
 /// mount the step can write to allows opening a device node, so a node the
 /// step makes (`mknod /dev/fuse c 10 229`, `mknod /tmp/k c 1 11`) or an
 /// image brings stays in the layer, as in Docker, but cannot be opened.
-fn mount_dev(stubs: &mut Stubs<'_>, shm_size: Option<u64>) -> Result<(), Failure> {
+fn mount_dev(stubs: &mut Stubs<'_>, shm_size: Option<u64>, tty: bool) -> Result<(), Failure> {
     let dev = stubs.ensure("/dev", true)?;
     let tmpfs = Some(Path::new("tmpfs"));
     mnt(
@@ -499,6 +499,29 @@ fn mount_dev(stubs: &mut Stubs<'_>, shm_size: Option<u64>) -> Result<(), Failure
             MsFlags::MS_BIND,
             None,
             &target,
+        )?;
+    }
+    if tty {
+        // The terminal on fd 0 is a pty of the host's devpts, which the
+        // container's own devpts instance does not show: it is bound at
+        // /dev/console, as runc binds a container's terminal, so the
+        // command can find it by name (`tty`, `ttyname`).
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o620)
+            .open(dev.join("console"))
+            .map_err(|e| point("/dev/console", e))?;
+        // By its name in this mount namespace: the descriptor's own mount
+        // belongs to the namespace it was opened in, which a bind refuses.
+        let pty = fs::read_link("/proc/self/fd/0").map_err(|e| point("/dev/console", e))?;
+        mnt(
+            Some(pty.as_path()),
+            &dev.join("console"),
+            None,
+            MsFlags::MS_BIND,
+            None,
+            "/dev/console",
         )?;
     }
     let mkdir = |name: &str, mode: u32| -> Result<PathBuf, Failure> {
