@@ -841,10 +841,7 @@ mod tests {
         }
     }
 
-    const GZIP: Codec = Codec {
-        compression: estiba::compress::Compression::Gzip,
-        level: 6,
-    };
+    const GZIP: Codec = Codec::default_for(estiba::compress::Compression::Gzip);
 
     #[test]
     fn outputs_take_compression_and_level_as_buildx_spells_them() {
@@ -864,7 +861,7 @@ mod tests {
         };
         let zstd9 = codec(Zstd, 9);
         for (spec, default, want) in [
-            ("type=oci,dest=o.tar", GZIP, oci(Gzip, 6)),
+            ("type=oci,dest=o.tar", GZIP, oci(Gzip, GZIP.level)),
             ("type=oci,dest=o.tar", zstd9, oci(Zstd, 9)),
             ("type=oci,dest=o.tar,compression=zstd", GZIP, oci(Zstd, 3)),
             (
@@ -882,7 +879,11 @@ mod tests {
                 GZIP,
                 oci(Zstd, 3),
             ),
-            ("type=oci,dest=o.tar,compression=gzip", zstd9, oci(Gzip, 6)),
+            (
+                "type=oci,dest=o.tar,compression=gzip",
+                zstd9,
+                oci(Gzip, GZIP.level),
+            ),
             (
                 "type=registry,compression=zstd,compression-level=19",
                 GZIP,

@@ -10,8 +10,9 @@
 //! the store) and recorded per compression and level, so the next export
 //! or push does not compress again. Compression is deterministic
 //! ([`crate::compress`]), so the blob is the same whether it was made now
-//! or by an earlier run of this version (an older estiba may have stored
-//! random bytes through zlib's match search: other, equally valid bytes).
+//! or by an earlier run of this version. An older estiba's record may hold
+//! other, equally valid bytes: zlib's where libdeflate now deflates, and
+//! for the default gzip level (6 then, 2 now) a blob made at level 6.
 
 use crate::compress::{self, decompressing_reader, Codec, CompressError, Compression};
 use estiba_cache::DigestReader;
