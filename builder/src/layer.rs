@@ -12,9 +12,10 @@
 //! container would see them. [`list_layer`] reads what a layer contains
 //! without writing anything.
 
+mod input;
 mod unpack;
 
-pub use unpack::unpack_layer;
+pub use unpack::{unpack_layer, unpack_layer_file};
 
 use crate::compress::DigestWriter;
 use crate::sys;
@@ -1069,6 +1070,19 @@ impl<R: Read> TarReader<R> {
     /// padding), so that a decompressor checks its checksums.
     pub(crate) fn drain(&mut self) -> io::Result<u64> {
         io::copy(&mut self.inner, &mut io::sink())
+    }
+}
+
+impl<R: input::TarInput> EntryData<'_, R> {
+    /// Copies the rest of the entry's content to `out` inside the kernel
+    /// when the input can ([`input::TarInput::splice_into`]).
+    pub(crate) fn splice_into(&mut self, out: &fs::File) -> Option<io::Result<u64>> {
+        let len = self.tar.remaining;
+        let copied = self.tar.inner.splice_into(out, len)?;
+        if copied.is_ok() {
+            self.tar.remaining = 0;
+        }
+        Some(copied)
     }
 }
 

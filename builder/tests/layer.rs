@@ -11,8 +11,8 @@ use estiba::archive::{
 use estiba::compress::{compress, decompressing_reader, media_type, sniff, Compression, Detected};
 use estiba::image::{compressed_layer, CompressedError};
 use estiba::layer::{
-    list_layer, unpack_layer, write_layer, EntryKind, LayerError, LayerOptions, UnpackOptions,
-    Whiteout, WhiteoutMode,
+    list_layer, unpack_layer, unpack_layer_file, write_layer, EntryKind, LayerError, LayerOptions,
+    UnpackOptions, Whiteout, WhiteoutMode,
 };
 use estiba::tree::path_order;
 use estiba_cache::media_type::{DOCKER_LAYER_GZIP, OCI_CONFIG};
@@ -881,6 +881,61 @@ fn truncated_and_corrupt_layers_are_errors() {
         &root_opts(),
     );
     assert!(result.is_err());
+}
+
+/// A layer tar in a file of its own, as the store keeps an uncompressed
+/// layer.
+fn layer_file(dir: &Path, tar: &[u8]) -> fs::File {
+    let path = dir.join("layer.tar");
+    fs::write(&path, tar).unwrap();
+    fs::File::open(&path).unwrap()
+}
+
+#[test]
+fn a_layer_file_unpacks_as_its_stream_does() {
+    let src = tmp();
+    rich_tree(src.path());
+    // Files bigger than the read-ahead buffer, and a run of small ones.
+    write(&src.path().join("huge/a"), &vec![1u8; 700_000]);
+    write(&src.path().join("huge/b"), &vec![2u8; 1_300_001]);
+    for i in 0..50 {
+        write(
+            &src.path().join(format!("small/{i}")),
+            format!("{i}").as_bytes(),
+        );
+    }
+    let (tar, _) = layer_bytes(src.path(), &LayerOptions::default());
+    let work = tmp();
+    let (streamed, from_file) = (tmp(), tmp());
+    let a = unpack_layer(&tar[..], streamed.path(), &root_opts()).unwrap();
+    let b = unpack_layer_file(
+        layer_file(work.path(), &tar),
+        from_file.path(),
+        &root_opts(),
+    )
+    .unwrap();
+    assert_eq!(a, b);
+    assert_eq!(snapshot(streamed.path()), snapshot(from_file.path()));
+    assert_eq!(
+        fs::read(from_file.path().join("huge/b")).unwrap(),
+        vec![2u8; 1_300_001]
+    );
+    // Cut inside the big file's content, and before the end blocks.
+    for cut in [tar.len() / 2, tar.len() - 1024] {
+        let result = unpack_layer_file(
+            layer_file(work.path(), &tar[..cut]),
+            tmp().path(),
+            &root_opts(),
+        );
+        assert!(
+            matches!(
+                result,
+                Err(LayerError::Truncated | LayerError::TruncatedEntry { .. })
+            ),
+            "cut at {cut} of {}: {result:?}",
+            tar.len()
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

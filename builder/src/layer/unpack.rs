@@ -17,8 +17,9 @@
 //! the way (a lower layer's, or this layer's own) is resolved by hand with
 //! the destination as `/`, as a chroot would.
 
+use super::input::{FileInput, Streamed, TarInput};
 use super::{
-    entry_meta, layer_tar_error, DataError, EntryKind, EntryMeta, LayerError, TarReader,
+    entry_meta, layer_tar_error, DataError, EntryData, EntryKind, EntryMeta, LayerError, TarReader,
     UnpackOptions, UnpackStats, Whiteout, WhiteoutMode, MAX_SYMLINKS, OPAQUE_MARKER,
     WHITEOUT_META_PREFIX, WHITEOUT_PREFIX,
 };
@@ -55,13 +56,31 @@ pub fn unpack_layer(
     dest: &Path,
     opts: &UnpackOptions,
 ) -> Result<UnpackStats, LayerError> {
+    unpack(TarReader::new(Streamed(reader)), dest, opts)
+}
+
+/// [`unpack_layer`] of the uncompressed layer tar in `file` (read from its
+/// start): each file's content is copied from it inside the kernel
+/// (`copy_file_range`), not through memory.
+pub fn unpack_layer_file(
+    file: fs::File,
+    dest: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackStats, LayerError> {
+    unpack(TarReader::new(FileInput::new(file)), dest, opts)
+}
+
+fn unpack<R: TarInput>(
+    mut tar: TarReader<R>,
+    dest: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackStats, LayerError> {
     let root_fd = rfs::open(
         dest,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .map_err(|e| apply_err(".", dest.to_path_buf(), e))?;
-    let mut tar = TarReader::new(reader);
     let mut unpacker = Unpacker {
         root: dest.to_path_buf(),
         root_fd,
@@ -140,7 +159,11 @@ impl Unpacker {
         self.opts.devices && !crate::rootless::in_user_namespace()
     }
 
-    fn apply(&mut self, meta: &EntryMeta, data: &mut impl Read) -> Result<(), LayerError> {
+    fn apply<R: TarInput>(
+        &mut self,
+        meta: &EntryMeta,
+        data: &mut EntryData<'_, R>,
+    ) -> Result<(), LayerError> {
         let name = meta.path.to_string_lossy().into_owned();
         let Some(file_name) = meta.path.file_name() else {
             // The root itself: its metadata belongs to whoever owns `dest`.
@@ -307,12 +330,18 @@ impl Unpacker {
                     entry: name.clone(),
                     size: meta.size,
                 };
-                let copied = copy_content(data, &mut file, &mut self.buf).map_err(|e| match e {
-                    DataError::Read(e) if e.kind() == io::ErrorKind::UnexpectedEof => truncated(),
-                    DataError::Read(source) => LayerError::Read { source },
-                    DataError::Write(e) => err(e),
-                    DataError::Short | DataError::Long => truncated(),
-                })?;
+                let copied = match data.splice_into(&file) {
+                    Some(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Err(truncated()),
+                    Some(spliced) => spliced.map_err(&err),
+                    None => copy_content(data, &mut file, &mut self.buf).map_err(|e| match e {
+                        DataError::Read(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                            truncated()
+                        }
+                        DataError::Read(source) => LayerError::Read { source },
+                        DataError::Write(e) => err(e),
+                        DataError::Short | DataError::Long => truncated(),
+                    }),
+                }?;
                 if copied != meta.size {
                     return Err(truncated());
                 }
