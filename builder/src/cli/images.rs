@@ -741,10 +741,10 @@ pub(crate) fn write_archive(
         estiba::archive::write_docker_archive(&export, &mut blobs, out, scratch.path())
             .with_context(|| format!("cannot write {}", dest.display()))?;
     }
-    tmp_out
-        .as_file()
-        .sync_all()
-        .with_context(|| format!("cannot write {}", dest.display()))?;
+    // Not synced to disk before the rename, as docker save, buildx's
+    // `-o type=oci` and tar do not: the archive is made again from the
+    // store, which keeps its own blobs synced. Waiting for the disk took
+    // 0.4 s of a 1 s export of 500 MiB here.
     // A temp file is 0600; an archive is shared like any file docker writes.
     use std::os::unix::fs::PermissionsExt;
     tmp_out
