@@ -215,15 +215,22 @@ fn the_static_image_builds_and_pushes_as_uid_1000_in_a_container() {
         home: open_dir(&dir.join("home"), true),
     };
     let app = format!("{}/app:1", reg.host());
+    let cache = format!("type=registry,ref={}/app:buildcache", reg.host());
+    let cache_to = format!("{cache},mode=max");
+    // The README's Job's arguments, the registry's name aside.
     let build = [
         "build",
         "--progress",
         "plain",
         "--network",
-        "none",
+        "host",
         "--push",
         "-t",
         &app,
+        "--cache-from",
+        &cache,
+        "--cache-to",
+        &cache_to,
         "/workspace",
     ];
     let (code, out, err) = job.run(JOB_SECURITY, &build);
