@@ -5,7 +5,8 @@
 //! uid 1000 with no capabilities and no_new_privs on a read-only root, building a Dockerfile with a RUN step
 //! from a base image in a registry and pushing the result there (TLS and
 //! basic auth, credentials from a mounted `DOCKER_CONFIG`, the registry's
-//! CA at the path of the image's CA bundle). It also checks the two
+//! CA at the path of the image's CA bundle), and gives the image the
+//! glibc estiba gives as root of the host. It also checks the two
 //! container settings the README says the Job depends on: without a
 //! seccomp profile that allows user namespaces the build stops saying so,
 //! and with /proc masked (docker's default, Kubernetes' `procMount:
@@ -37,6 +38,9 @@ mod support_estiba;
 use dockerd::Dockerd;
 use registry::{Auth, RegistryServer};
 use support_estiba::{estiba, run};
+
+/// Both builds of the workspace are reproducible, to compare them.
+const EPOCH: &str = "1700000000";
 
 /// The image's user, as deploy/Dockerfile makes it.
 const IMAGE_USER: &str = "1000:1000";
@@ -102,6 +106,7 @@ impl Job<'_> {
             format!("{}:{inside}{}", host.display(), if ro { ":ro" } else { "" })
         };
         cmd.args(["-e", "DOCKER_CONFIG=/docker"])
+            .args(["-e", &format!("SOURCE_DATE_EPOCH={EPOCH}")])
             .args(["-v", &volume(&self.docker_config, "/docker", true)])
             .args([
                 "-v",
@@ -231,6 +236,8 @@ fn the_static_image_builds_and_pushes_as_uid_1000_in_a_container() {
         &cache,
         "--cache-to",
         &cache_to,
+        "--iidfile",
+        "/home/estiba/iid",
         "/workspace",
     ];
     let (code, out, err) = job.run(JOB_SECURITY, &build);
@@ -264,6 +271,22 @@ fn the_static_image_builds_and_pushes_as_uid_1000_in_a_container() {
         ]),
     );
     assert_eq!(made, "built by uid 0\nhola\n");
+    // The same image as the glibc estiba under test gives as root of the
+    // host, from the same workspace.
+    let iid_host = dir.join("iid-host");
+    let mut root_build = estiba(&host_store);
+    host(&mut root_build);
+    ok(
+        "the root build on the host",
+        root_build
+            .env("SOURCE_DATE_EPOCH", EPOCH)
+            .args(["build", "--progress", "plain", "--network", "host"])
+            .arg("--iidfile")
+            .arg(&iid_host)
+            .arg(&job.workspace),
+    );
+    let iid = |path: &Path| std::fs::read_to_string(path).expect("read an iidfile");
+    assert_eq!(iid(&job.home.join("iid")), iid(&iid_host));
 
     // What the Job depends on. The runtime's default seccomp profile
     // refuses the user namespace, and the message says what to change.
