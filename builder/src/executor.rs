@@ -272,24 +272,25 @@ impl UlimitResource {
             .map_or("?", |(n, _)| n)
     }
 
-    /// The kernel's `RLIMIT_*` number.
-    pub fn raw(self) -> libc::__rlimit_resource_t {
+    /// The kernel's `RLIMIT_*` resource.
+    pub fn raw(self) -> rustix::process::Resource {
+        use rustix::process::Resource;
         match self {
-            UlimitResource::Core => libc::RLIMIT_CORE,
-            UlimitResource::Cpu => libc::RLIMIT_CPU,
-            UlimitResource::Data => libc::RLIMIT_DATA,
-            UlimitResource::Fsize => libc::RLIMIT_FSIZE,
-            UlimitResource::Locks => libc::RLIMIT_LOCKS,
-            UlimitResource::Memlock => libc::RLIMIT_MEMLOCK,
-            UlimitResource::Msgqueue => libc::RLIMIT_MSGQUEUE,
-            UlimitResource::Nice => libc::RLIMIT_NICE,
-            UlimitResource::Nofile => libc::RLIMIT_NOFILE,
-            UlimitResource::Nproc => libc::RLIMIT_NPROC,
-            UlimitResource::Rss => libc::RLIMIT_RSS,
-            UlimitResource::Rtprio => libc::RLIMIT_RTPRIO,
-            UlimitResource::Rttime => libc::RLIMIT_RTTIME,
-            UlimitResource::Sigpending => libc::RLIMIT_SIGPENDING,
-            UlimitResource::Stack => libc::RLIMIT_STACK,
+            UlimitResource::Core => Resource::Core,
+            UlimitResource::Cpu => Resource::Cpu,
+            UlimitResource::Data => Resource::Data,
+            UlimitResource::Fsize => Resource::Fsize,
+            UlimitResource::Locks => Resource::Locks,
+            UlimitResource::Memlock => Resource::Memlock,
+            UlimitResource::Msgqueue => Resource::Msgqueue,
+            UlimitResource::Nice => Resource::Nice,
+            UlimitResource::Nofile => Resource::Nofile,
+            UlimitResource::Nproc => Resource::Nproc,
+            UlimitResource::Rss => Resource::Rss,
+            UlimitResource::Rtprio => Resource::Rtprio,
+            UlimitResource::Rttime => Resource::Rttime,
+            UlimitResource::Sigpending => Resource::Sigpending,
+            UlimitResource::Stack => Resource::Stack,
         }
     }
 }

@@ -11,7 +11,6 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
 use nix::mount::MsFlags;
-use nix::sys::statvfs::FsFlags;
 use rustix::thread::{CapabilitySet, CapabilitySets};
 
 /// Docker's default capability set (moby `oci/caps/defaults.go`), by number.
@@ -265,7 +264,7 @@ pub(crate) fn read_xattrs(
 pub(crate) fn set_times(path: &Path, atime: (i64, i64), mtime: (i64, i64)) -> io::Result<()> {
     use nix::sys::stat::{utimensat, UtimensatFlags};
     use nix::sys::time::TimeSpec;
-    let ts = |(sec, nsec): (i64, i64)| TimeSpec::new(sec as libc::time_t, nsec as _);
+    let ts = |(sec, nsec): (i64, i64)| TimeSpec::new(sec as _, nsec as _);
     utimensat(
         None,
         path,
@@ -297,17 +296,20 @@ pub(crate) fn setgroups_denied() -> bool {
 
 /// The mount flags (`MS_NOSUID`, …) of the mount that holds `path`.
 pub(crate) fn mount_flags(path: &Path) -> io::Result<MsFlags> {
-    let st = nix::sys::statvfs::statvfs(path)?;
+    use rustix::fs::StatVfsMountFlags as St;
+    // rustix's `ST_*` values are the kernel's on every libc (musl's has no
+    // `ST_RELATIME`).
+    let st = rustix::fs::statvfs(path)?;
     let mut flags = MsFlags::empty();
     for (st_flag, ms_flag) in [
-        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
-        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        (St::NOSUID, MsFlags::MS_NOSUID),
+        (St::NODEV, MsFlags::MS_NODEV),
+        (St::NOEXEC, MsFlags::MS_NOEXEC),
+        (St::NOATIME, MsFlags::MS_NOATIME),
+        (St::NODIRATIME, MsFlags::MS_NODIRATIME),
+        (St::RELATIME, MsFlags::MS_RELATIME),
     ] {
-        if st.flags().contains(st_flag) {
+        if st.f_flag.contains(st_flag) {
             flags |= ms_flag;
         }
     }

@@ -29,6 +29,7 @@ const EXIT_FAILED: i32 = 1;
 const EXIT_USAGE: i32 = 2;
 
 /// Allocations from this size up are mapped and unmapped on their own.
+#[cfg(target_env = "gnu")]
 const MMAP_THRESHOLD: libc::c_int = 256 * 1024;
 
 /// For the commands that compress layers: glibc's mmap threshold (128 KiB)
@@ -37,10 +38,13 @@ const MMAP_THRESHOLD: libc::c_int = 256 * 1024;
 /// peaked at 78 MB; fixed, at 54 MB. The hot paths reuse their big
 /// buffers, so few calls pay for the mapping; a pull, which gains nothing,
 /// keeps the default (fixing it cost a pull 0.1 s of system time).
+/// musl's allocator (the static build) always maps big blocks on their
+/// own, and has no `mallopt`.
 fn unmap_big_buffers() {
     // SAFETY: mallopt only sets an allocator parameter, under glibc's
     // own lock; a failure (0) leaves the default, which is only slower
     // to give memory back.
+    #[cfg(target_env = "gnu")]
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }

@@ -375,18 +375,17 @@ fn container(
     };
     // While CAP_SYS_RESOURCE is still here, so a hard limit may rise.
     for limit in &run.host.ulimits {
-        let value = |v: i64| u64::try_from(v).unwrap_or(libc::RLIM_INFINITY);
-        let rlimit = libc::rlimit {
-            rlim_cur: value(limit.soft),
-            rlim_max: value(limit.hard),
+        // A negative limit (docker's -1) is unlimited: `None`.
+        let rlimit = rustix::process::Rlimit {
+            current: u64::try_from(limit.soft).ok(),
+            maximum: u64::try_from(limit.hard).ok(),
         };
-        // SAFETY: setrlimit reads the struct it is given and nothing else.
-        if unsafe { libc::setrlimit(limit.resource.raw(), &rlimit) } != 0 {
-            return Err(Failure::setup(
+        rustix::process::setrlimit(limit.resource.raw(), rlimit).map_err(|e| {
+            Failure::setup(
                 format!("set the ulimit {}", limit.resource.name()),
-                io::Error::last_os_error(),
-            ));
-        }
+                io::Error::from(e),
+            )
+        })?;
     }
     sys::drop_bounding_set(caps).map_err(|e| Failure::setup("drop capabilities", e))?;
     if run.security == Security::Sandbox {
