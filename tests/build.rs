@@ -2654,3 +2654,130 @@ fn directories_made_through_a_symlink_are_in_the_layer_with_their_parents() {
         );
     }
 }
+
+/// `--isolation chroot` (issue 14): RUN steps in no namespace at all, for
+/// containers that refuse them. The image is the one the build container
+/// makes, byte for byte (SOURCE_DATE_EPOCH): files written, a file
+/// deleted (whiteout), a heredoc, a chown and a step as another user; the
+/// generated /etc files and /dev nodes never reach a layer.
+#[test]
+fn chroot_isolation_builds_the_image_the_build_container_builds() {
+    let e = env(&[(
+        "Dockerfile",
+        "FROM busybox:test\n\
+         RUN echo hola > /greeting && rm /etc/group && echo x > /dev/null\n\
+         RUN <<EOF\necho from a heredoc > /heredoc\nEOF\n\
+         RUN mkdir -m 1777 /tmp && touch /owned && chown 1000:50 /owned\n\
+         USER app\n\
+         RUN id -u > /tmp/uid\n",
+    )]);
+    import_busybox(&e);
+    let image_id = |isolation: &str, tag: &str| {
+        let (code, _, err) = run(estiba(&e.root)
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .args(["build", "--progress", "plain", "--no-cache", "--isolation"])
+            .args([isolation, "-t", tag])
+            .arg(&e.ctx));
+        assert_eq!(code, 0, "{err}");
+        let warnings = err.matches("warning: --isolation chroot").count();
+        assert_eq!(warnings, usize::from(isolation == "chroot"), "{err}");
+        let filter = format!("reference={tag}");
+        let (out, _) = ok(estiba(&e.root).args(["images", "-q", "--filter", &filter]));
+        out.trim().to_string()
+    };
+    let chroot = image_id("chroot", "isolated:chroot");
+    assert_eq!(chroot, image_id("default", "isolated:default"));
+    let out = local_export(&e, &["--isolation", "chroot"]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("tmp/uid")).expect("uid"),
+        "1000\n"
+    );
+    assert!(!out.join("etc/group").exists());
+    assert!(!out.join("etc/hosts").exists(), "no generated file");
+    assert!(!out.join("dev").exists(), "no device node");
+}
+
+/// What chroot isolation cannot give is refused by name, and what it does
+/// give shows: no PID namespace (the step's shell is not PID 1 of its
+/// own), no /proc.
+#[test]
+fn chroot_isolation_makes_no_namespaces_and_refuses_what_needs_them() {
+    let e = env(&[(
+        "Dockerfile",
+        "FROM busybox:test\n\
+         RUN echo $$ > /pid; ls /proc > /proc-listing 2>&1; true\n",
+    )]);
+    import_busybox(&e);
+    let pid = |isolation: &str| {
+        let out = local_export(&e, &["--no-cache", "--isolation", isolation]);
+        let pid: u32 = std::fs::read_to_string(out.join("pid"))
+            .expect("pid")
+            .trim()
+            .parse()
+            .expect("a number");
+        (
+            pid,
+            std::fs::read_to_string(out.join("proc-listing")).expect("listing"),
+        )
+    };
+    let (default_pid, default_proc) = pid("default");
+    assert_eq!(default_pid, 1, "the command is PID 1 of its namespace");
+    assert!(default_proc.contains("self"), "{default_proc}");
+    let (chroot_pid, chroot_proc) = pid("chroot");
+    assert!(chroot_pid > 1, "a host PID: {chroot_pid}");
+    assert!(!chroot_proc.contains("self"), "{chroot_proc}");
+
+    for (dockerfile, flags, said) in [
+        (
+            "FROM busybox:test\nRUN --mount=type=tmpfs,target=/t true\n",
+            &[][..],
+            "RUN --mount needs a mount namespace",
+        ),
+        (
+            "FROM busybox:test\nRUN true\n",
+            &["--network", "none"][..],
+            "--network none needs a network namespace",
+        ),
+    ] {
+        std::fs::write(e.ctx.join("Dockerfile"), dockerfile).expect("write");
+        let (code, _, err) = build(&e, &[&["--isolation", "chroot"], flags].concat());
+        assert_ne!(code, 0, "{err}");
+        assert!(err.contains(said), "{err}");
+        assert!(err.contains("Dockerfile:2"), "names the step: {err}");
+    }
+}
+
+/// As root without CAP_SYS_ADMIN (docker's default for a container), the
+/// build container's namespaces are refused: the error says what to do,
+/// `--isolation chroot` among it, and chroot isolation then builds (its
+/// seccomp filter installed with no_new_privs).
+#[test]
+fn without_cap_sys_admin_the_error_names_chroot_isolation_which_works() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs the tests as root"
+        );
+        eprintln!("skipped: dropping CAP_SYS_ADMIN from root needs root (runs in CI)");
+        return;
+    }
+    let e = env(&[("Dockerfile", "FROM busybox:test\nRUN echo built > /made\n")]);
+    import_busybox(&e);
+    let unprivileged = |isolation: &str| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--bounding-set", "-sys_admin"])
+            .arg(env!("CARGO_BIN_EXE_estiba"))
+            .arg("--root")
+            .arg(&e.root)
+            .args(["build", "--progress", "plain", "--no-cache", "--isolation"])
+            .arg(isolation)
+            .arg(&e.ctx);
+        run(&mut cmd)
+    };
+    let (code, _, err) = unprivileged("default");
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("--isolation chroot"), "{err}");
+    assert!(err.contains("CAP_SYS_ADMIN"), "{err}");
+    let (code, _, err) = unprivileged("chroot");
+    assert_eq!(code, 0, "{err}");
+}

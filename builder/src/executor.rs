@@ -321,6 +321,8 @@ pub struct RunOptions {
     pub snapshotter: Snapshotter,
     /// The command's standard input.
     pub stdin: Stdin,
+    /// How the step is kept from the host.
+    pub isolation: Isolation,
 }
 
 impl Default for RunOptions {
@@ -330,6 +332,54 @@ impl Default for RunOptions {
             tmp_dir: std::env::temp_dir(),
             snapshotter: Snapshotter::Auto,
             stdin: Stdin::Null,
+            isolation: Isolation::Namespaces,
+        }
+    }
+}
+
+/// How a step is kept from the host (`build --isolation`, Buildah's word).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Isolation {
+    /// A build container: new mount, PID, UTS, IPC and network namespaces
+    /// (and a user namespace rootless), its own `/proc`, `/dev` and
+    /// `/sys`, a seccomp filter, docker's capabilities (`default`).
+    #[default]
+    Namespaces,
+    /// For where namespaces are refused (a container without
+    /// `CAP_SYS_ADMIN`, a kernel without user namespaces): no namespace
+    /// and no mount at all. The step runs chrooted into a private
+    /// flattened copy of its layers (the copy snapshotter's), as estiba's
+    /// own user, on the host's network, seeing the host's processes; no
+    /// `/proc` or `/sys`, a `/dev` of device nodes (null, zero, full,
+    /// random, urandom, tty), the generated `/etc/hosts`, `/etc/hostname`
+    /// and `/etc/resolv.conf` where the image has none. Docker's
+    /// capabilities and seccomp filter still apply (the filter with
+    /// no_new_privs where estiba lacks `CAP_SYS_ADMIN`). `RUN --mount`
+    /// and `--network none` need namespaces and are refused. Needs root
+    /// (`CAP_SYS_CHROOT`, `CAP_MKNOD`).
+    Chroot,
+}
+
+impl Isolation {
+    /// `default` or `chroot`, as `--isolation` and `ESTIBA_ISOLATION` spell
+    /// them (`oci`, Buildah's name for its default, is `default` too).
+    pub fn parse(name: &str) -> Option<Isolation> {
+        match name {
+            "default" | "oci" => Some(Isolation::Namespaces),
+            "chroot" => Some(Isolation::Chroot),
+            _ => None,
+        }
+    }
+
+    /// The one warning a build with this isolation prints, if any.
+    pub fn warning(self) -> Option<&'static str> {
+        match self {
+            Isolation::Namespaces => None,
+            Isolation::Chroot => Some(
+                "--isolation chroot: RUN steps get no namespaces: they see the host's \
+                 processes, network and mounts, run with estiba's own privileges (root) and \
+                 get no /proc or /sys; use it only where the build container's namespaces are refused",
+            ),
         }
     }
 }
@@ -392,6 +442,17 @@ pub enum ExecError {
         #[source]
         source: io::Error,
     },
+    /// The kernel refused the build container's namespaces.
+    #[error(
+        "cannot create the build container's namespaces: estiba needs root with \
+         CAP_SYS_ADMIN, or user namespaces (see the README's rootless section); where both \
+         are refused (an unprivileged container), `estiba build --isolation chroot` runs RUN \
+         steps without namespaces, with weaker isolation"
+    )]
+    Namespaces(#[source] io::Error),
+    /// Something chroot isolation cannot do.
+    #[error("{0}, which --isolation chroot cannot give (it makes no namespaces)")]
+    Chroot(String),
     /// Reading the step's output or waiting for it failed.
     #[error("cannot follow the build container")]
     Follow(#[source] io::Error),
@@ -538,6 +599,10 @@ pub fn run_with(
 ) -> Result<i32, ExecError> {
     validate(spec)?;
     let spec = &absolute_paths(spec)?;
+    if options.isolation == Isolation::Chroot {
+        validate_chroot(spec)?;
+        return run_once(spec, options, true, output);
+    }
     match options.snapshotter.chosen()? {
         Snapshotter::Overlay => run_once(spec, options, false, output),
         Snapshotter::Copy => run_once(spec, options, true, output),
@@ -576,6 +641,7 @@ fn run_once(
             source,
         })?;
     let mut init_spec = prepare(spec, scratch.path())?;
+    init_spec.chroot = options.isolation == Isolation::Chroot;
     let copy_root = if copy {
         let dir = scratch.path().join("copy-root");
         std::fs::create_dir(&dir).map_err(|source| ExecError::Prepare {
@@ -599,11 +665,13 @@ fn run_once(
             source: e.into(),
         })?;
     let go = match spec.network {
-        Network::Private => Some(network::go_pipe().map_err(|source| ExecError::Spawn {
-            exe: options.init_exe.clone(),
-            source,
-        })?),
-        Network::Host | Network::None => None,
+        Network::Private if !init_spec.chroot => {
+            Some(network::go_pipe().map_err(|source| ExecError::Spawn {
+                exe: options.init_exe.clone(),
+                source,
+            })?)
+        }
+        Network::Private | Network::Host | Network::None => None,
     };
     let child = spawn_init(
         spec,
@@ -671,6 +739,21 @@ fn run_once(
     }
     cleaned?;
     Ok(exit_code(status))
+}
+
+/// What chroot isolation cannot give a step, refused by name.
+fn validate_chroot(spec: &RunSpec) -> Result<(), ExecError> {
+    let refused = |what: &str| ExecError::Chroot(what.to_owned());
+    if !spec.mounts.is_empty() {
+        return Err(refused("RUN --mount needs a mount namespace"));
+    }
+    if spec.network == Network::None {
+        return Err(refused("--network none needs a network namespace"));
+    }
+    if !spec.publish.is_empty() || spec.tty {
+        return Err(refused("estiba run needs the build container"));
+    }
+    Ok(())
 }
 
 fn validate(spec: &RunSpec) -> Result<(), ExecError> {
@@ -809,6 +892,7 @@ fn prepare(spec: &RunSpec, scratch: &Path) -> Result<InitSpec, ExecError> {
         hostname: hostname.to_owned(),
         rootfs,
         copy_root: None,
+        chroot: false,
         lower,
         lower_links,
         etc,
@@ -856,6 +940,9 @@ fn spawn_init(
         | CloneFlags::CLONE_NEWIPC;
     if spec.network != Network::Host {
         flags |= CloneFlags::CLONE_NEWNET;
+    }
+    if options.isolation == Isolation::Chroot {
+        flags = CloneFlags::empty();
     }
     let status_fd = status_w.as_raw_fd();
     // At fd 10 or above (`network::go_pipe`): the status fd's move to fd 3
@@ -913,13 +1000,22 @@ fn spawn_init(
                     return Err(io::Error::last_os_error());
                 }
             }
+            if flags.is_empty() {
+                return Ok(());
+            }
             nix::sched::unshare(flags).map_err(io::Error::from)
         });
     }
-    command.spawn().map_err(|source| ExecError::Spawn {
-        exe: options.init_exe.clone(),
-        source,
-    })
+    command
+        .spawn()
+        .map_err(|source| match source.raw_os_error() {
+            // exec does not fail with EPERM: the namespaces were refused.
+            Some(libc::EPERM) if !flags.is_empty() => ExecError::Namespaces(source),
+            _ => ExecError::Spawn {
+                exe: options.init_exe.clone(),
+                source,
+            },
+        })
 }
 
 /// Kills and reaps the init if [`run`] leaves early (a panicking output

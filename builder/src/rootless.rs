@@ -56,21 +56,24 @@ pub enum RootlessError {
     #[error(
         "estiba runs rootless in a user namespace, but this kernel allows none \
          ({MAX_USER_NAMESPACES} is 0): as root, run `sysctl -w user.max_user_namespaces=15000` \
-         (and set it in /etc/sysctl.d to keep it), or run estiba as root"
+         (and set it in /etc/sysctl.d to keep it), or run estiba as root (with \
+         `--isolation chroot` where namespaces are refused too)"
     )]
     Disabled,
     /// Debian's `kernel.unprivileged_userns_clone` is 0.
     #[error(
         "estiba runs rootless in a user namespace, but this kernel allows them only to root \
          ({UNPRIVILEGED_USERNS_CLONE} is 0): as root, run \
-         `sysctl -w kernel.unprivileged_userns_clone=1`, or run estiba as root"
+         `sysctl -w kernel.unprivileged_userns_clone=1`, or run estiba as root (with \
+         `--isolation chroot` where namespaces are refused too)"
     )]
     UnprivilegedDisabled,
     /// `unshare(CLONE_NEWUSER)` failed for another reason (a seccomp
     /// profile, a container runtime that forbids it).
     #[error(
         "cannot create a user namespace for a rootless build; if estiba runs in a container, \
-         its seccomp or AppArmor profile must allow unshare(CLONE_NEWUSER)"
+         its seccomp or AppArmor profile must allow unshare(CLONE_NEWUSER); or run estiba as \
+         root there with `--isolation chroot` (no namespaces, weaker isolation)"
     )]
     Unshare(#[source] io::Error),
     /// Setting up the helper or the maps failed.

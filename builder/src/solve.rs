@@ -9,7 +9,7 @@
 
 use crate::cachekey::{KeyInputs, KEY_VERSION};
 use crate::copy::{self, Chmod, CopyOptions, Writer};
-use crate::executor::{HostSettings, Network, Security};
+use crate::executor::{HostSettings, Isolation, Network, Security};
 use crate::fetch;
 use crate::image::{
     self, CacheEntry, History, ImageConfig, ImageError, Images, Layer, RemoteCache, HISTORY_COMMENT,
@@ -264,6 +264,9 @@ pub struct SolveOptions {
     /// `build --no-cache-filter`: the stages (lower-case names) whose steps
     /// run without the cache.
     pub no_cache_stages: BTreeSet<String>,
+    /// `build --isolation`: how RUN steps are kept from the host. Not part
+    /// of a step's key, as the layer a command writes does not depend on it.
+    pub isolation: Isolation,
 }
 
 /// BuildKit's entitlements: what a Dockerfile may ask for only when the

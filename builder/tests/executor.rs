@@ -129,6 +129,7 @@ impl Fixture {
             tmp_dir: self.root.clone(),
             snapshotter: self.snapshotter,
             stdin: Default::default(),
+            isolation: Default::default(),
         }
     }
 

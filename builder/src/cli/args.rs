@@ -305,6 +305,11 @@ pub(crate) struct BuildArgs {
     /// A resource limit of RUN steps, NAME=SOFT[:HARD] (nofile=1024:2048).
     #[arg(long = "ulimit")]
     pub(crate) ulimits: Vec<String>,
+    /// How RUN steps are kept from the host: `default` (a build container
+    /// with its own namespaces) or `chroot` (no namespaces at all, for
+    /// containers that refuse them; weaker isolation, see the README).
+    #[arg(long, env = "ESTIBA_ISOLATION", default_value = "default", value_parser = ["default", "oci", "chroot"])]
+    pub(crate) isolation: String,
     /// Run every step of this stage without the build cache (repeatable).
     #[arg(long = "no-cache-filter", value_delimiter = ',')]
     pub(crate) no_cache_filter: Vec<String>,

@@ -8,7 +8,7 @@ use super::Failure;
 use anyhow::Context;
 use estiba::compress::Codec;
 use estiba::context::BuildContext;
-use estiba::executor::{HostSettings, Network, Ulimit, UlimitResource};
+use estiba::executor::{HostSettings, Isolation, Network, Ulimit, UlimitResource};
 use estiba::image::{
     export_cache, inline_metadata, CacheDest, CacheEntry, CacheExportOptions, Images, PullPolicy,
     PushOptions, RemoteCache, INLINE_CACHE_KEY,
@@ -351,6 +351,7 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
         }
     }
     let host = host_settings(args)?;
+    let isolation = isolation(args)?;
     let store = super::store::open(root)?;
     let _lock = store.lock_shared().context("cannot lock the store")?;
     let source = super::context::open(&args.context, args.file.as_deref(), Some(&store))?;
@@ -432,6 +433,7 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
                 .collect(),
             host,
             no_cache_stages,
+            isolation,
         },
     )
     .with_remote_cache(&remote)
@@ -612,6 +614,27 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
     }
     super::checks::after_build(&lint);
     Ok(())
+}
+
+/// `--isolation` (or `ESTIBA_ISOLATION`), with its one warning printed.
+fn isolation(args: &BuildArgs) -> Result<Isolation, Failure> {
+    let isolation = Isolation::parse(&args.isolation).ok_or_else(|| {
+        Failure::Usage(format!(
+            "invalid --isolation {:?}: default or chroot",
+            args.isolation
+        ))
+    })?;
+    if isolation == Isolation::Chroot && !nix::unistd::geteuid().is_root() {
+        return Err(Failure::Usage(
+            "--isolation chroot needs root: chroot(2) and the device nodes of /dev need \
+             CAP_SYS_CHROOT and CAP_MKNOD"
+                .to_owned(),
+        ));
+    }
+    if let Some(warning) = isolation.warning() {
+        eprintln!("warning: {warning}");
+    }
+    Ok(isolation)
 }
 
 /// `--add-host`, `--shm-size` and `--ulimit`, read as the docker CLI reads

@@ -20,7 +20,7 @@ use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
 use super::protocol::{errno, Failure, InitSpec, Message, Reporter};
 use super::seccomp::{self, SeccompError};
-use super::stubs::Stubs;
+use super::stubs::{Existing, Stubs};
 use super::{network, sys, user, ExtraMount, Network, Security};
 
 /// The init's exit code when the container could not be set up (as
@@ -80,11 +80,13 @@ fn init(report: &mut Reporter) -> Result<i32, Failure> {
     let spec: InitSpec = serde_json::from_slice(&bytes)
         .map_err(|e| Failure::Spec(format!("unreadable spec for the init: {e}")))?;
 
-    // Nothing mounted from here on may reach the host's namespace.
-    sys::make_mounts_private()
-        .map_err(|e| Failure::setup("make the mounts of the build container private", e))?;
     match &spec.copy_root {
+        // Chroot isolation: no mount namespace, so nothing is mounted.
+        Some(_) if spec.chroot => {}
         Some(root) => {
+            // Nothing mounted from here on may reach the host's namespace.
+            sys::make_mounts_private()
+                .map_err(|e| Failure::setup("make the mounts of the build container private", e))?;
             let target = spec.rootfs.display().to_string();
             mnt(
                 Some(root),
@@ -96,7 +98,11 @@ fn init(report: &mut Reporter) -> Result<i32, Failure> {
             )?;
             remount_bind(&spec.rootfs, MsFlags::MS_NODEV, &target)?;
         }
-        None => mount_overlay(&spec)?,
+        None => {
+            sys::make_mounts_private()
+                .map_err(|e| Failure::setup("make the mounts of the build container private", e))?;
+            mount_overlay(&spec)?
+        }
     }
 
     let (alive_r, alive_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
@@ -118,12 +124,27 @@ fn init(report: &mut Reporter) -> Result<i32, Failure> {
         Ok(ForkResult::Parent { child }) => {
             drop(alive_r);
             report.close();
+            if spec.chroot {
+                // What the command left running in its group ends with it:
+                // killed once it exited and before it is reaped, so the
+                // group's number cannot be another's yet.
+                wait_unreaped(child);
+                let _ = nix::sys::signal::killpg(child, nix::sys::signal::Signal::SIGKILL);
+            }
             let code = wait_for(child);
             drop(alive_w);
             Ok(code)
         }
         Err(e) => Err(Failure::setup("fork the build container's PID 1", e)),
     }
+}
+
+/// Waits until `child` has ended, leaving it to be reaped.
+fn wait_unreaped(child: Pid) {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag};
+    while let Err(nix::errno::Errno::EINTR) =
+        waitid(Id::Pid(child), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+    {}
 }
 
 /// Waits for the command; its exit code, or 128 + the signal that killed it.
@@ -271,7 +292,21 @@ fn container(
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let run = &spec.run;
     let rootfs = spec.rootfs.as_path();
-    {
+    if spec.chroot {
+        let root = spec
+            .copy_root
+            .as_deref()
+            .ok_or_else(|| Failure::Spec("chroot isolation without a root".to_owned()))?;
+        chroot_setup(spec, root, report)?;
+        nix::unistd::chroot(root).map_err(|e| {
+            Failure::setup(format!("chroot into {} (needs root)", root.display()), e)
+        })?;
+        nix::unistd::chdir("/").map_err(|e| Failure::setup("enter the chroot", e))?;
+        // A process group of its own, which the init kills once the
+        // command is done: there is no PID namespace to end the rest.
+        nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))
+            .map_err(|e| Failure::setup("start a process group", e))?;
+    } else {
         // Placeholders are tracked where the step's writes land: the upper
         // dir, or the copy snapshotter's root itself.
         let mut stubs = match &spec.copy_root {
@@ -306,9 +341,11 @@ fn container(
         stubs.send_stamps();
     }
 
-    nix::unistd::sethostname(&spec.hostname)
-        .map_err(|e| Failure::setup(format!("set the host name {}", spec.hostname), e))?;
-    enter_root(rootfs)?;
+    if !spec.chroot {
+        nix::unistd::sethostname(&spec.hostname)
+            .map_err(|e| Failure::setup(format!("set the host name {}", spec.hostname), e))?;
+        enter_root(rootfs)?;
+    }
     if run.tty {
         // A session of its own, with the terminal on fd 0 as its
         // controlling terminal: job control and ^C work as in docker -t.
@@ -321,10 +358,10 @@ fn container(
             ));
         }
     }
-    if run.network == Network::Private {
+    if run.network == Network::Private && !spec.chroot {
         network::wait_for_go().map_err(|e| Failure::setup("set up the step's network", e))?;
     }
-    if run.network != Network::Host {
+    if run.network != Network::Host && !spec.chroot {
         sys::bring_up_loopback().map_err(|e| Failure::setup("bring up lo", e))?;
     }
 
@@ -389,8 +426,18 @@ fn container(
     }
     sys::drop_bounding_set(caps).map_err(|e| Failure::setup("drop capabilities", e))?;
     if run.security == Security::Sandbox {
-        // While CAP_SYS_ADMIN is still here: no no_new_privs needed.
-        seccomp::install(caps).map_err(|e| match e {
+        // While CAP_SYS_ADMIN is still here: no no_new_privs needed. In
+        // chroot isolation estiba may lack it: then the filter goes on
+        // with no_new_privs (setuid programs gain nothing), never without.
+        let mut installed = seccomp::install(caps);
+        if spec.chroot
+            && matches!(&installed, Err(SeccompError::Install(e)) if e.raw_os_error() == Some(libc::EACCES))
+        {
+            rustix::thread::set_no_new_privs(true)
+                .map_err(|e| Failure::setup("set no_new_privs", io::Error::from(e)))?;
+            installed = seccomp::install(caps);
+        }
+        installed.map_err(|e| match e {
             SeccompError::Install(e) => Failure::setup("install the seccomp filter", e),
             other => Failure::Seccomp(crate::solve::error_chain(&other)),
         })?;
@@ -700,6 +747,36 @@ fn mount_extra(stubs: &mut Stubs<'_>, extra: &ExtraMount) -> Result<(), Failure>
 }
 
 /// `pivot_root` into the overlay and detach the host's root.
+/// The step's root in chroot isolation, where nothing can be mounted: the
+/// device nodes a `/dev` needs, and the generated `/etc` files and heredoc
+/// scripts where the image has none, each reported as a placeholder so
+/// that, left alone, it is not part of the layer.
+fn chroot_setup(spec: &InitSpec, root: &Path, report: &mut Reporter) -> Result<(), Failure> {
+    let mut stubs = Stubs::new(root, root, true, report);
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        stubs.device_if_missing(&format!("/dev/{name}"), major, minor)?;
+    }
+    for (target, source) in &spec.etc {
+        let content = fs::read(source)
+            .map_err(|e| Failure::setup(format!("read {}", source.display()), e))?;
+        stubs.write(target, &content, 0o644, Existing::Keep)?;
+    }
+    for (target, source) in &spec.files {
+        let content = fs::read(source)
+            .map_err(|e| Failure::setup(format!("read {}", source.display()), e))?;
+        stubs.write(target, &content, 0o755, Existing::Refuse)?;
+    }
+    stubs.send_stamps();
+    Ok(())
+}
+
 fn enter_root(rootfs: &Path) -> Result<(), Failure> {
     let fail = |what: &str, e: nix::errno::Errno| {
         Failure::setup(format!("{what} (into {})", rootfs.display()), e)

@@ -24,6 +24,10 @@ pub(super) struct InitSpec {
     /// The copy snapshotter's private root file system, bind-mounted on
     /// `rootfs` instead of the overlay (the step writes into it directly).
     pub(super) copy_root: Option<PathBuf>,
+    /// Chroot isolation: no namespaces and no mounts; the command runs
+    /// chrooted into `copy_root` (see [`super::Isolation::Chroot`]).
+    #[serde(default)]
+    pub(super) chroot: bool,
     /// The overlay's lower dirs, top first, as the mount options name them:
     /// absolute paths, or with many layers short links relative to
     /// `lower_links` (the empty dir for a step on `scratch`).
@@ -46,6 +50,11 @@ pub(super) enum StubKind {
     Dir,
     /// An image directory that creating a mount point in it copied up.
     CopiedUp,
+    /// A file it wrote where a mount would go (chroot isolation: the
+    /// generated `/etc/hosts`, a heredoc script).
+    Written,
+    /// A character device it made in `/dev` (chroot isolation).
+    Device,
 }
 
 /// A directory's times right after setup, to tell later whether the step

@@ -75,6 +75,15 @@ pub(super) fn resolve_in(root: &Path, path: &Path) -> io::Result<PathBuf> {
     Ok(resolved)
 }
 
+/// What [`Stubs::write`] does with what the image has at its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Existing {
+    /// Keep the image's own (a generated `/etc/hosts`).
+    Keep,
+    /// An error: the step must see what estiba puts there (a heredoc).
+    Refuse,
+}
+
 /// Creates mount points in the mounted overlay (the init's side).
 #[derive(Debug)]
 pub(super) struct Stubs<'a> {
@@ -174,6 +183,98 @@ impl<'a> Stubs<'a> {
         Ok(self.rootfs.join(rel))
     }
 
+    /// Chroot isolation, where nothing can be mounted: writes `content` at
+    /// the container path `target` when the image has nothing there (its
+    /// parents made as for a mount point); what the image has there is
+    /// kept or refused, as `existing` says.
+    pub(super) fn write(
+        &mut self,
+        target: &str,
+        content: &[u8],
+        mode: u32,
+        existing: Existing,
+    ) -> Result<(), Failure> {
+        self.make_if_missing(target, StubKind::Written, existing, |host| {
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(host)?;
+            io::Write::write_all(&mut file, content)?;
+            file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+        })
+    }
+
+    /// Chroot isolation: makes the character device `major:minor` at
+    /// `target` (mode 0666) when the image has nothing there.
+    pub(super) fn device_if_missing(
+        &mut self,
+        target: &str,
+        major: u64,
+        minor: u64,
+    ) -> Result<(), Failure> {
+        self.make_if_missing(target, StubKind::Device, Existing::Keep, |host| {
+            let mode = rustix::fs::Mode::from_raw_mode(0o666);
+            let dev = rustix::fs::makedev(major as u32, minor as u32);
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                host,
+                rustix::fs::FileType::CharacterDevice,
+                mode,
+                dev,
+            )?;
+            // The umask narrowed it.
+            rustix::fs::chmod(host, mode).map_err(io::Error::from)
+        })
+    }
+
+    fn make_if_missing(
+        &mut self,
+        target: &str,
+        kind: StubKind,
+        existing: Existing,
+        make: impl FnOnce(&Path) -> io::Result<()>,
+    ) -> Result<(), Failure> {
+        let fail = |e: io::Error| Failure::MountPoint {
+            target: target.to_owned(),
+            errno: errno(&e),
+        };
+        let path = Path::new(target);
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(Failure::Spec(format!("cannot place {target}")));
+        };
+        let parent_host = if parent == Path::new("/") {
+            self.rootfs.to_path_buf()
+        } else {
+            let host = self.ensure(&parent.to_string_lossy(), true)?;
+            // An image directory the entry goes in: tracked as overlayfs
+            // would copy it up (one `ensure` just made is tracked already).
+            if let Ok(rel) = host.strip_prefix(self.rootfs) {
+                let rel = rel.to_owned();
+                self.record(&rel, StubKind::CopiedUp);
+            }
+            host
+        };
+        let host = parent_host.join(name);
+        match fs::symlink_metadata(&host) {
+            Ok(_) if existing == Existing::Refuse => {
+                return Err(Failure::Spec(format!(
+                    "the image has {target}, where --isolation chroot cannot mount over it"
+                )))
+            }
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(fail(e)),
+        }
+        make(&host).map_err(fail)?;
+        let rel = host
+            .strip_prefix(self.rootfs)
+            .map_err(|_| fail(io::Error::from_raw_os_error(libc::EXDEV)))?
+            .to_owned();
+        self.record(&rel, kind);
+        Ok(())
+    }
+
     /// Reports an entry the init made, if it landed in the upper dir (not in
     /// a tmpfs such as `/dev`).
     fn record(&mut self, rel: &Path, kind: StubKind) {
@@ -214,6 +315,16 @@ fn stamp(meta: &fs::Metadata) -> Stamp {
     }
 }
 
+/// Whether `meta` is still of the type the init made for `kind`.
+fn same_kind(kind: StubKind, meta: &fs::Metadata) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    match kind {
+        StubKind::File | StubKind::Written => meta.file_type().is_file() && meta.nlink() == 1,
+        StubKind::Device => meta.file_type().is_char_device(),
+        StubKind::Dir | StubKind::CopiedUp => meta.is_dir(),
+    }
+}
+
 /// The placeholders the init reported (the side of [`super::run`]).
 #[derive(Debug, Default)]
 pub(super) struct Tracked {
@@ -248,7 +359,9 @@ impl Tracked {
         for rel in doomed {
             let path = upper.join(rel);
             let removed = match self.entries.get(rel) {
-                Some((StubKind::File, _)) => fs::remove_file(&path),
+                Some((StubKind::File | StubKind::Written | StubKind::Device, _)) => {
+                    fs::remove_file(&path)
+                }
                 _ => fs::remove_dir(&path),
             };
             match removed {
@@ -270,7 +383,7 @@ impl Tracked {
             Some((StubKind::File, _)) => {
                 meta.file_type().is_file() && meta.len() == 0 && meta.nlink() == 1
             }
-            Some((_, Some(recorded))) => meta.is_dir() && *recorded == stamp(&meta),
+            Some((kind, Some(recorded))) => same_kind(*kind, &meta) && *recorded == stamp(&meta),
             _ => false,
         }
     }
@@ -294,6 +407,9 @@ impl Tracked {
         };
         if kind == StubKind::File {
             return meta.file_type().is_file() && meta.len() == 0 && meta.nlink() == 1;
+        }
+        if matches!(kind, StubKind::Written | StubKind::Device) {
+            return same_kind(kind, &meta) && recorded == Some(stamp(&meta));
         }
         if !meta.is_dir() {
             return false;

@@ -398,6 +398,7 @@ impl<'a> Solver<'a> {
             &spec,
             &RunOptions {
                 tmp_dir: scratch.path().to_path_buf(),
+                isolation: self.opts.isolation,
                 ..RunOptions::default()
             },
             &mut |_, bytes| {
