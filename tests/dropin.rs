@@ -116,7 +116,7 @@ fn no_cache_filter_reruns_only_the_named_stage() {
 #[test]
 fn unsupported_docker_flags_are_one_line() {
     let e = env(&[("Dockerfile", "FROM scratch\n")]);
-    for flag in ["--squash", "--isolation=hyperv", "--cgroup-parent"] {
+    for flag in ["--squash", "--cpuset-cpus=0", "--cgroup-parent"] {
         let (code, out, err) = build(&e, &[flag]);
         let name = flag.split('=').next().unwrap_or(flag);
         assert_eq!(code, 2, "{flag}: {out}{err}");
@@ -126,6 +126,11 @@ fn unsupported_docker_flags_are_one_line() {
             "{flag}"
         );
     }
+    // --isolation is estiba's too (default or chroot): docker's Windows
+    // values are refused by name.
+    let (code, _, err) = build(&e, &["--isolation=hyperv"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("invalid --isolation \"hyperv\""), "{err}");
     // docker's no-ops are accepted.
     let (code, _, err) = build(&e, &["--rm", "--force-rm", "--rm=false"]);
     assert_eq!(code, 0, "{err}");

@@ -308,7 +308,7 @@ pub(crate) struct BuildArgs {
     /// How RUN steps are kept from the host: `default` (a build container
     /// with its own namespaces) or `chroot` (no namespaces at all, for
     /// containers that refuse them; weaker isolation, see the README).
-    #[arg(long, env = "ESTIBA_ISOLATION", default_value = "default", value_parser = ["default", "oci", "chroot"])]
+    #[arg(long, env = "ESTIBA_ISOLATION", default_value = "default")]
     pub(crate) isolation: String,
     /// Run every step of this stage without the build cache (repeatable).
     #[arg(long = "no-cache-filter", value_delimiter = ',')]

@@ -620,7 +620,8 @@ pub(crate) fn build(args: &BuildArgs, root: Option<&Path>) -> Result<(), Failure
 fn isolation(args: &BuildArgs) -> Result<Isolation, Failure> {
     let isolation = Isolation::parse(&args.isolation).ok_or_else(|| {
         Failure::Usage(format!(
-            "invalid --isolation {:?}: default or chroot",
+            "invalid --isolation {:?}: estiba takes default or chroot (docker's process and \
+             hyperv are Windows containers')",
             args.isolation
         ))
     })?;
