@@ -19,7 +19,9 @@ pub use cache::{
 pub use compressed::{compress_layer, compressed_layer, kept_layer, CompressedError};
 pub use push::{Format, PushOptions, Pushed};
 pub use source::{Images, PullPolicy};
-pub use stored::{find, read, snapshot, store_image, store_manifest, Image, Layer};
+pub use stored::{
+    find, read, snapshot, store_image, store_manifest, unpack_while_writing, Image, Layer,
+};
 pub(crate) use stored::{overlay_form, snapshot_unpack_options};
 
 use estiba_frontend::graph::ImageConfig as PlannedConfig;

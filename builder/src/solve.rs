@@ -35,6 +35,24 @@ mod step;
 
 use schedule::{Finished, InFlight};
 
+/// Writes everything to both: a layer's blob and its snapshot's unpacker.
+struct Tee<A, B> {
+    first: A,
+    second: B,
+}
+
+impl<A: std::io::Write, B: std::io::Write> std::io::Write for Tee<A, B> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.first.write_all(buf)?;
+        self.second.write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.first.flush()?;
+        self.second.flush()
+    }
+}
+
 /// A failed build step or stage, with the Dockerfile lines it concerns.
 #[derive(Debug)]
 pub struct SolveError {
@@ -790,16 +808,29 @@ impl<'a> Solver<'a> {
         let opts = layer::LayerOptions {
             mtime_clamp: self.opts.epoch,
         };
-        let blob = writer.write_layer(self.store.blob_writer()?, &opts)?;
+        if !snapshot {
+            let blob = writer.write_layer(self.store.blob_writer()?, &opts)?;
+            let (digest, size) = blob.commit()?;
+            return Ok(Layer::uncompressed(digest, size));
+        }
+        // A later step reads this layer: its snapshot is unpacked from the
+        // tar as the tar is written, from the same reads of the sources and
+        // on another core, rather than from the stored blob afterwards.
+        let unpacked = self.store.temp_dir("snapshot")?;
+        let (blob, tree) = image::unpack_while_writing(unpacked.path(), |out| {
+            let mut tee = Tee {
+                first: self.store.blob_writer()?,
+                second: out,
+            };
+            tee = writer.write_layer(tee, &opts)?;
+            Ok::<_, SolveErrorKind>(tee.first)
+        })?;
         let (digest, size) = blob.commit()?;
         let layer = Layer::uncompressed(digest, size);
-        if snapshot {
-            // A later step reads this layer: its snapshot is unpacked now,
-            // from the blob just written (in the page cache still), each
-            // file's bytes copied inside the kernel. Writing the tar and
-            // unpacking it as it went through a pipe, on two cores, took
-            // twice as long: every byte was copied four times in memory.
-            image::snapshot(self.store, &layer)?;
+        // Should unpacking have failed, the stored blob is unpacked again
+        // when a step needs it, and fails there with its own error.
+        if tree.is_ok() && self.store.snapshot(&layer.diff_id).is_none() {
+            self.adopt_snapshot(unpacked, &layer.diff_id)?;
         }
         Ok(layer)
     }

@@ -219,6 +219,42 @@ pub fn snapshot(store: &Store, l: &Layer) -> Result<PathBuf, ImageError> {
     Ok(builder.commit()?)
 }
 
+/// Unpacks into the empty directory `dir`, on another thread, the layer
+/// tar `write` writes into the pipe it is given, as it is written: `dir`
+/// ends in the form of a snapshot ([`snapshot`] makes the same tree from
+/// the stored blob). Returns what `write` returned and how unpacking went;
+/// a failed `write` leaves `dir` incomplete.
+pub fn unpack_while_writing<T, E: From<ImageError>>(
+    dir: &std::path::Path,
+    write: impl FnOnce(std::io::BufWriter<std::fs::File>) -> Result<T, E>,
+) -> Result<(T, Result<(), ImageError>), E> {
+    // Close-on-exec: a RUN starting on another thread must not inherit the
+    // write end, or the unpacker would wait for that step to end.
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| {
+        E::from(ImageError::Layer(layer::LayerError::Fs {
+            action: "make a pipe to unpack into",
+            path: dir.to_path_buf(),
+            source: e.into(),
+        }))
+    })?;
+    std::thread::scope(|scope| {
+        let unpacker = scope.spawn(move || -> Result<(), ImageError> {
+            let reader = std::io::BufReader::new(std::fs::File::from(read_end));
+            layer::unpack_layer(reader, dir, &snapshot_unpack_options())?;
+            Ok(())
+        });
+        // `write` drops the pipe's end when done: the unpacker sees the end.
+        let written = write(std::io::BufWriter::with_capacity(
+            1 << 16,
+            std::fs::File::from(write_end),
+        ));
+        let unpacked = unpacker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        written.map(|t| (t, unpacked))
+    })
+}
+
 /// Snapshots are kept with whiteouts in the form overlayfs reads, so a RUN
 /// step mounts them as lower dirs as they are. Making 0/0 devices and
 /// `trusted.*` xattrs needs root; without it (no RUN is possible then) the
