@@ -161,19 +161,32 @@ pub(super) fn connect(
             .read(true)
             .write(true)
             .open("/dev/net/tun");
-        let advice = match tun {
-            Err(e) if crate::rootless::in_user_namespace() => format!(
-                "Rootless, pasta needs /dev/net/tun, which you cannot open ({e}): as root, \
-                 chmod 0666 /dev/net/tun (most distributions' mode)"
-            ),
-            _ => "Install pasta (Debian package passt)".to_owned(),
-        };
+        let rootless = crate::rootless::in_user_namespace();
         format!(
             "estiba: warning: no outbound network for this step ({reason}); it has only lo. \
-             {advice} or use --network host or none.\n"
+             {} or use --network host or none.\n",
+            advice(&reason, rootless, tun.err().as_ref())
         )
     });
     Ok((net, warning))
+}
+
+/// Why a step has no network when there is no pasta: then the advice is to
+/// install it, whatever else is missing.
+const NOT_INSTALLED: &str = "pasta is not installed";
+
+/// What to do about a step left without a network for `reason`: install
+/// pasta when it is missing; rootless, open up `/dev/net/tun` when the user
+/// cannot (`tun`, the error opening it); else look at pasta itself.
+fn advice(reason: &str, rootless: bool, tun: Option<&io::Error>) -> String {
+    match tun {
+        _ if reason == NOT_INSTALLED => "Install pasta (Debian package passt)".to_owned(),
+        Some(e) if rootless => format!(
+            "Rootless, pasta needs /dev/net/tun, which you cannot open ({e}): as root, \
+             chmod 0666 /dev/net/tun (most distributions' mode)"
+        ),
+        _ => "Check pasta (Debian package passt)".to_owned(),
+    }
 }
 
 fn log_path(scratch: &Path) -> PathBuf {
@@ -258,7 +271,7 @@ fn start(init_pid: u32, publish: &[Publish], scratch: &Path) -> Result<UserNet, 
     }
     match command.spawn() {
         Ok(child) => Ok(UserNet::new(child)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err("pasta is not installed".to_owned()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(NOT_INSTALLED.to_owned()),
         Err(e) => Err(format!("cannot start pasta: {e}")),
     }
 }
@@ -351,6 +364,23 @@ pub(super) fn private_resolv_conf(host: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_advice_fits_why_there_is_no_network() {
+        let denied = io::Error::from_raw_os_error(libc::EACCES);
+        // Missing pasta: install it, rootless or not, tun or no tun.
+        for (rootless, tun) in [(true, Some(&denied)), (false, None)] {
+            let said = advice(NOT_INSTALLED, rootless, tun);
+            assert!(said.starts_with("Install pasta"), "{said}");
+        }
+        let said = advice("pasta exit status: 1", true, Some(&denied));
+        assert!(said.contains("chmod 0666 /dev/net/tun"), "{said}");
+        // pasta is there and the tun device opens: pasta's own error counts.
+        let said = advice("pasta exit status: 1", true, None);
+        assert!(said.starts_with("Check pasta"), "{said}");
+        let said = advice("pasta exit status: 1", false, Some(&denied));
+        assert!(said.starts_with("Check pasta"), "{said}");
+    }
 
     #[test]
     fn loopback_name_servers_are_dropped_and_googles_added_when_none_is_left() {
