@@ -33,6 +33,7 @@
 mod blobs;
 mod compressed;
 mod direct;
+mod direct_read;
 mod fsck;
 mod fsutil;
 mod gc;
@@ -44,6 +45,7 @@ mod tmp;
 mod usage;
 
 pub use blobs::BlobWriter;
+pub use direct_read::BlobReader;
 pub use fsck::{BlobFault, FsckReport, Problem, RepairReport, SnapshotFault};
 pub use fsutil::remove_dir_all_force;
 pub use gc::{PruneOptions, PruneReport};

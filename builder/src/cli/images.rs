@@ -728,19 +728,21 @@ pub(crate) fn write_archive(
         .with_context(|| format!("cannot write in {}", dir.display()))?;
     let mut blobs = |d: &estiba_cache::Digest| -> std::io::Result<Box<dyn std::io::Read>> {
         let f = store
-            .open_blob(d)
+            .open_blob_stream(d)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok(Box::new(std::io::BufReader::new(f)))
+        Ok(Box::new(f))
     };
-    let out = std::io::BufWriter::new(tmp_out.as_file());
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp_out.as_file());
     if oci {
-        estiba::archive::write_oci_archive(&export, &mut blobs, out)
+        estiba::archive::write_oci_archive(&export, &mut blobs, &mut out)
             .with_context(|| format!("cannot write {}", dest.display()))?;
     } else {
         let scratch = store.temp_dir("save")?;
-        estiba::archive::write_docker_archive(&export, &mut blobs, out, scratch.path())
+        estiba::archive::write_docker_archive(&export, &mut blobs, &mut out, scratch.path())
             .with_context(|| format!("cannot write {}", dest.display()))?;
     }
+    std::io::Write::flush(&mut out).with_context(|| format!("cannot write {}", dest.display()))?;
+    drop(out);
     // Not synced to disk before the rename, as docker save, buildx's
     // `-o type=oci` and tar do not: the archive is made again from the
     // store, which keeps its own blobs synced. Waiting for the disk took

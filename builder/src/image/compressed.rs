@@ -173,9 +173,7 @@ pub fn compress_layer(
         codec,
         source,
     };
-    let mut blob = DigestReader::new(io::BufReader::new(
-        store.open_blob(&layer.digest).map_err(store_err)?,
-    ));
+    let mut blob = DigestReader::new(store.open_blob_stream(&layer.digest).map_err(store_err)?);
     // The blob writer hashes what it is given: the compressed bytes are
     // hashed there, once.
     let mut out = store.blob_writer().map_err(store_err)?;

@@ -388,9 +388,9 @@ fn upload(
     let started = Instant::now();
     let open = || -> std::io::Result<Box<dyn std::io::Read + Send>> {
         let f = store
-            .open_blob(&blob.digest)
+            .open_blob_stream(&blob.digest)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok(Box::new(std::io::BufReader::new(f)))
+        Ok(Box::new(f))
     };
     registry.put_blob(dest, blob, &open, &|done| {
         progress

@@ -3,6 +3,7 @@
 //! holds the complete content it names.
 
 use super::direct::DirectWriter;
+use super::direct_read::BlobReader;
 use super::fsutil::{self, io_err, TempFile};
 use super::{Store, StoreError};
 use crate::{Digest, Hasher};
@@ -144,6 +145,12 @@ impl Store {
                 io_err("open", &path)(e)
             }
         })
+    }
+
+    /// Opens a blob to read it once, front to back (an export, a push):
+    /// past the page cache unless it is there already ([`BlobReader`]).
+    pub fn open_blob_stream(&self, d: &Digest) -> Result<BlobReader, StoreError> {
+        Ok(BlobReader::new(self.open_blob(d)?))
     }
 
     /// Reads a whole blob into memory, checking it against its digest: for
