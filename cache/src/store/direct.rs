@@ -23,15 +23,15 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 
 /// Alignment of buffer, offsets and lengths for `O_DIRECT`.
-const ALIGN: usize = 4096;
+pub(super) const ALIGN: usize = 4096;
 /// Bytes gathered before each write: large enough that the device sees
 /// big requests, small enough to stay out of the way in memory.
-const CHUNK: usize = 1 << 20;
+pub(super) const CHUNK: usize = 1 << 20;
 
 /// One aligned block of the buffer.
 #[repr(C, align(4096))]
 #[derive(Clone, Copy)]
-struct Block([u8; ALIGN]);
+pub(super) struct Block(pub(super) [u8; ALIGN]);
 
 /// Chunks at least this large are hashed on a second thread.
 const PARALLEL_HASH: usize = 256 * 1024;
@@ -65,7 +65,7 @@ impl std::fmt::Debug for DirectWriter {
 impl DirectWriter {
     /// A writer into `file`, direct if the file system allows it.
     pub(crate) fn new(file: TempFile) -> Self {
-        let direct = set_direct(&file, true).is_ok();
+        let direct = set_direct(file.file(), true).is_ok();
         DirectWriter {
             file,
             hasher: Hasher::new(),
@@ -87,7 +87,7 @@ impl DirectWriter {
         let whole = self.len / ALIGN * ALIGN;
         self.write_out(whole)?;
         if self.direct {
-            set_direct(&self.file, false)?;
+            set_direct(self.file.file(), false)?;
             self.direct = false;
         }
         self.write_out(self.len)?;
@@ -119,7 +119,7 @@ impl DirectWriter {
             }
             // Accepted when set but refused on write: go buffered, from
             // where this chunk starts (a failed write may have left part).
-            set_direct(&self.file, false)?;
+            set_direct(self.file.file(), false)?;
             self.direct = false;
             file.seek(SeekFrom::Start(self.offset))?;
             file.write_all(&bytes[..n])?;
@@ -132,7 +132,7 @@ impl DirectWriter {
 }
 
 /// The blocks as the bytes they are.
-fn as_bytes(blocks: &mut [Block]) -> &mut [u8] {
+pub(super) fn as_bytes(blocks: &mut [Block]) -> &mut [u8] {
     // SAFETY: `Block` is `repr(C)` around a byte array with no padding, so
     // the slice is `blocks.len() * ALIGN` contiguous, initialized bytes,
     // borrowed mutably for as long as the result lives.
@@ -166,9 +166,9 @@ impl Write for DirectWriter {
 }
 
 /// Turns `O_DIRECT` on or off for `file`.
-fn set_direct(file: &TempFile, on: bool) -> io::Result<()> {
+pub(super) fn set_direct(file: &std::fs::File, on: bool) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let fd = file.file().as_raw_fd();
+    let fd = file.as_raw_fd();
     let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(io::Error::from)?;
     let mut flags = OFlag::from_bits_retain(flags);
     flags.set(OFlag::O_DIRECT, on);

@@ -12,20 +12,11 @@
 //! reads ahead, so the disk's time overlaps the caller's hashing and
 //! writing.
 
+use super::direct::{as_bytes, set_direct, Block, ALIGN, CHUNK};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::sync::mpsc;
-
-/// Alignment of buffer, offsets and lengths for `O_DIRECT`.
-const ALIGN: usize = 4096;
-/// Bytes read at once.
-const CHUNK: usize = 1 << 20;
-
-/// One aligned block of the buffer.
-#[repr(C, align(4096))]
-#[derive(Clone, Copy)]
-struct Block([u8; ALIGN]);
 
 /// A blob read from its start with `O_DIRECT` (buffered where the file
 /// system refuses it), by a thread of its own that reads up to
@@ -171,27 +162,6 @@ fn is_direct(file: &File) -> bool {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     fcntl(file.as_raw_fd(), FcntlArg::F_GETFL)
         .is_ok_and(|flags| OFlag::from_bits_retain(flags).contains(OFlag::O_DIRECT))
-}
-
-/// The blocks as the bytes they are.
-fn as_bytes(blocks: &mut [Block]) -> &mut [u8] {
-    // SAFETY: `Block` is `repr(C)` around a byte array with no padding, so
-    // the slice is `blocks.len() * ALIGN` contiguous, initialized bytes,
-    // borrowed mutably for as long as the result lives.
-    unsafe {
-        std::slice::from_raw_parts_mut(blocks.as_mut_ptr().cast::<u8>(), blocks.len() * ALIGN)
-    }
-}
-
-/// Turns `O_DIRECT` on or off for `file`.
-fn set_direct(file: &File, on: bool) -> io::Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let fd = file.as_raw_fd();
-    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(io::Error::from)?;
-    let mut flags = OFlag::from_bits_retain(flags);
-    flags.set(OFlag::O_DIRECT, on);
-    fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
-    Ok(())
 }
 
 #[cfg(test)]
