@@ -1661,6 +1661,59 @@ fn output(cmd: &mut Command) -> Result<Output, String> {
     cmd.output().map_err(|e| format!("running {cmd:?}: {e}"))
 }
 
+/// How long a reference `docker build` of one case may take. Once, in
+/// CI, `docker build --platform bogus` never returned (the client waiting
+/// on the daemon for 10 minutes): a hung daemon fails the case instead of
+/// the whole run's time limit.
+const DOCKER_BUILD_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// [`output`] of a command that must end within `limit`: killed (it is
+/// ours) and an error after it.
+fn output_within(cmd: &mut Command, limit: std::time::Duration) -> Result<Output, String> {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running {cmd:?}: {e}"))?;
+    let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(format!("running {cmd:?}: no pipes"));
+    };
+    let out = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut bytes).map(|_| bytes)
+    });
+    let err = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut stderr, &mut bytes).map(|_| bytes)
+    });
+    let started = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() < limit => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{cmd:?} did not finish within {limit:?}: killed"));
+            }
+            Err(e) => return Err(format!("waiting for {cmd:?}: {e}")),
+        }
+    };
+    let joined = |h: std::thread::JoinHandle<std::io::Result<Vec<u8>>>| {
+        h.join()
+            .map_err(|_| "an output reader panicked".to_owned())?
+            .map_err(|e| format!("reading {cmd:?}: {e}"))
+    };
+    Ok(Output {
+        status,
+        stdout: joined(out)?,
+        stderr: joined(err)?,
+    })
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -1763,7 +1816,7 @@ fn try_case(env: &Env<'_>, case: &Case, layout: Layout) -> Result<Outcome, Strin
     let tag = format!("conformance-{}:docker", slug.replace('+', "-"));
     let mut cmd = env.dockerd.build();
     cmd.args(["--no-cache", "-t", &tag]).args(&flags);
-    let dout = output(cmd.arg(&ctx))?;
+    let dout = output_within(cmd.arg(&ctx), DOCKER_BUILD_LIMIT)?;
     let docker_log = text(&dout);
     std::fs::write(dir.join("docker.log"), &docker_log).map_err(|e| format!("{e}"))?;
     let docker_tar = dir.join("docker.tar");
