@@ -13,7 +13,7 @@ mod store;
 pub use digest::{Digest, DigestError, DigestReader, Hasher};
 pub use oci::{media_type, Codec, Compression, Descriptor, REF_NAME_ANNOTATION};
 pub use store::{
-    remove_dir_all_force, BlobFault, BlobReader, BlobWriter, CacheRecord, FsckReport, Problem,
-    PruneOptions, PruneReport, RepairReport, SnapshotBuilder, SnapshotFault, Store, StoreError,
-    StoreLock, TempDir, Usage, UsagePart, LAYOUT_VERSION,
+    remove_dir_all_force, BlobFault, BlobReader, BlobWriter, CacheRecord, DirectWriter, FsckReport,
+    Problem, PruneOptions, PruneReport, RepairReport, SnapshotBuilder, SnapshotFault, Store,
+    StoreError, StoreLock, TempDir, Usage, UsagePart, LAYOUT_VERSION,
 };

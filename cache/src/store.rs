@@ -45,6 +45,7 @@ mod tmp;
 mod usage;
 
 pub use blobs::BlobWriter;
+pub use direct::DirectWriter;
 pub use direct_read::BlobReader;
 pub use fsck::{BlobFault, FsckReport, Problem, RepairReport, SnapshotFault};
 pub use fsutil::remove_dir_all_force;

@@ -732,7 +732,9 @@ pub(crate) fn write_archive(
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(Box::new(f))
     };
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp_out.as_file());
+    // Past the page cache, as the store writes blobs: hundreds of
+    // megabytes another program reads later, if at all on this machine.
+    let mut out = estiba_cache::DirectWriter::to_file(tmp_out.as_file());
     if oci {
         estiba::archive::write_oci_archive(&export, &mut blobs, &mut out)
             .with_context(|| format!("cannot write {}", dest.display()))?;
@@ -741,8 +743,8 @@ pub(crate) fn write_archive(
         estiba::archive::write_docker_archive(&export, &mut blobs, &mut out, scratch.path())
             .with_context(|| format!("cannot write {}", dest.display()))?;
     }
-    std::io::Write::flush(&mut out).with_context(|| format!("cannot write {}", dest.display()))?;
-    drop(out);
+    out.finish_file()
+        .with_context(|| format!("cannot write {}", dest.display()))?;
     // Not synced to disk before the rename, as docker save, buildx's
     // `-o type=oci` and tar do not: the archive is made again from the
     // store, which keeps its own blobs synced. Waiting for the disk took

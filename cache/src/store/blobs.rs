@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 /// dropping the writer without committing removes the temp file.
 #[derive(Debug)]
 pub struct BlobWriter {
-    out: DirectWriter,
+    out: DirectWriter<TempFile>,
     size: u64,
     blobs_dir: PathBuf,
 }

@@ -182,11 +182,6 @@ impl TempFile {
         }
     }
 
-    /// The open file.
-    pub(crate) fn file(&self) -> &fs::File {
-        &self.file
-    }
-
     /// Where the temp file is now.
     pub(crate) fn path(&self) -> &Path {
         &self.path
@@ -200,6 +195,12 @@ impl TempFile {
         rename(&self.path, dest)?;
         self.persisted = true;
         Ok(())
+    }
+}
+
+impl std::borrow::Borrow<fs::File> for TempFile {
+    fn borrow(&self) -> &fs::File {
+        &self.file
     }
 }
 
