@@ -1418,6 +1418,72 @@ fn an_oci_export_compresses_each_layer_once_and_keeps_it() {
 }
 
 #[test]
+fn an_export_of_a_damaged_layer_fails_and_leaves_no_archive_and_no_blob() {
+    // Several 1 MiB gzip chunks: the layer is compressed into the archive
+    // and the store in one pass, and the damage is found at its end, after
+    // most of the blob went out.
+    let big: String = (0..400_000u64)
+        .map(|i| format!("{i:08x} {}\n", i * 7919 % 104_729))
+        .collect();
+    let e = env(&[("Dockerfile", "FROM scratch\nCOPY b /b\n"), ("b", &big)]);
+    let (code, out, err) = build(&e, &["-t", "damaged:1"]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    let dest_dir = e.root.parent().expect("tmp").join("exports");
+    std::fs::create_dir(&dest_dir).expect("mkdir");
+    let dest = dest_dir.join("out.tar");
+    let blobs = blob_count(&e.root);
+    let records = e.root.join("estiba/compressed-v1");
+    let kept = |dir: &Path| std::fs::read_dir(dir).map_or(0, |d| d.count());
+    let records_before = kept(&records);
+
+    // The layer: the biggest blob, uncompressed.
+    let layer = std::fs::read_dir(e.root.join("blobs/sha256"))
+        .expect("blobs")
+        .map(|b| b.expect("entry").path())
+        .max_by_key(|p| std::fs::metadata(p).expect("stat").len())
+        .expect("a layer");
+    let layer_hex = layer
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    let good = std::fs::read(&layer).expect("read layer");
+    let mut bad = good.clone();
+    let last = bad.len() - 2000;
+    bad[last] ^= 0x20;
+    std::fs::write(&layer, &bad).expect("damage layer");
+
+    let (code, _, err) = run(estiba(&e.root)
+        .args(["save", "--format", "oci", "-o"])
+        .arg(&dest)
+        .arg("damaged:1"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&layer_hex), "{err}");
+    assert!(err.contains("corrupt"), "{err}");
+    // No archive, no half archive beside it, no compressed blob kept.
+    assert_eq!(
+        kept(&dest_dir),
+        0,
+        "{:?}",
+        std::fs::read_dir(&dest_dir).map(|d| d.count())
+    );
+    assert_eq!(blob_count(&e.root), blobs);
+    assert_eq!(kept(&records), records_before);
+
+    // Repaired, the layer exports, and the archive reads back whole.
+    std::fs::write(&layer, &good).expect("repair layer");
+    ok(estiba(&e.root)
+        .args(["save", "--format", "oci", "-o"])
+        .arg(&dest)
+        .arg("damaged:1"));
+    let archive =
+        estiba::archive::read_archive(std::fs::File::open(&dest).expect("open"), &dest_dir)
+            .expect("read archive");
+    assert_eq!(archive.images[0].layers[0].diff_id.hex(), layer_hex);
+    assert_blobs_are_what_they_are_named(&e.root);
+}
+
+#[test]
 fn an_oci_output_compresses_as_it_says_and_keeps_a_blob_per_level() {
     use estiba::compress::{Codec, Compression};
     let e = env(&[

@@ -19,7 +19,8 @@
 //! the images describe them (the image layer hands in compressed layers).
 
 use crate::compress::{
-    decompressing_reader, media_type, sniff, CompressError, Compression, Detected, DigestWriter,
+    decompressing_reader, media_type, sniff, CompressError, Compression, CountWriter, Detected,
+    DigestWriter,
 };
 use crate::layer::{clean_components, EntryKind, TarError, TarHeader, TarReader, TarWriter};
 use estiba_cache::oci::{Descriptor, Index, Manifest};
@@ -915,6 +916,76 @@ fn uncompressed_digest(entry: &str, stored: &Stored) -> Result<(Digest, Detected
 pub trait BlobSource {
     /// Opens the blob named `digest`. The writer checks what it reads.
     fn open_blob(&mut self, digest: &Digest) -> io::Result<Box<dyn Read + '_>>;
+
+    /// Whether the OCI archive gets, in place of `layer`, a blob made from
+    /// it as it is written ([`make_blob`](BlobSource::make_blob)): a layer
+    /// compressed now, written to the archive and kept in the store from
+    /// the same pass. None by default.
+    fn makes_blob(&self, _layer: &Descriptor) -> bool {
+        false
+    }
+
+    /// Makes the blob that stands for `layer` (whose diff ID is `diff_id`;
+    /// [`makes_blob`](BlobSource::makes_blob) said so), writing every byte
+    /// into `out` as it is made, and returns its descriptor. The source
+    /// checks what it reads and what it makes: the writer takes the
+    /// descriptor as it is.
+    fn make_blob(
+        &mut self,
+        layer: &Descriptor,
+        _diff_id: &Digest,
+        _out: &mut dyn Write,
+    ) -> io::Result<Descriptor> {
+        Err(io::Error::other(format!(
+            "this source makes no blob for layer {}",
+            layer.digest
+        )))
+    }
+}
+
+/// An archive being written that can go back over bytes it wrote: the tar
+/// header of a blob made as it is written is filled in once the blob's
+/// digest and size are known.
+pub trait ArchiveOut: Write {
+    /// How many bytes were written so far.
+    fn position(&self) -> u64;
+
+    /// Overwrites bytes written earlier, from offset `at`.
+    fn rewrite(&mut self, at: u64, bytes: &[u8]) -> io::Result<()>;
+}
+
+impl ArchiveOut for Vec<u8> {
+    fn position(&self) -> u64 {
+        self.len() as u64
+    }
+
+    fn rewrite(&mut self, at: u64, bytes: &[u8]) -> io::Result<()> {
+        let at = usize::try_from(at).map_err(io::Error::other)?;
+        self.get_mut(at..at + bytes.len())
+            .ok_or_else(|| io::Error::other("rewriting past the end"))?
+            .copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
+impl<F: std::borrow::Borrow<File>> ArchiveOut for estiba_cache::DirectWriter<F> {
+    fn position(&self) -> u64 {
+        estiba_cache::DirectWriter::position(self)
+    }
+
+    fn rewrite(&mut self, at: u64, bytes: &[u8]) -> io::Result<()> {
+        estiba_cache::DirectWriter::rewrite(self, at, bytes)
+    }
+}
+
+impl<T: ArchiveOut + ?Sized> ArchiveOut for &mut T {
+    fn position(&self) -> u64 {
+        (**self).position()
+    }
+
+    fn rewrite(&mut self, at: u64, bytes: &[u8]) -> io::Result<()> {
+        (**self).rewrite(at, bytes)
+    }
 }
 
 impl<F> BlobSource for F
@@ -1217,7 +1288,10 @@ pub fn write_docker_archive(
 /// `index.json` with one descriptor per tag (`org.opencontainers.image.ref.name`).
 /// Layer blobs are written as `images` describe them: to export layers
 /// compressed, pass the compressed blobs
-/// ([`compressed_layer`](crate::image::compressed_layer) makes them, once).
+/// ([`compressed_layer`](crate::image::compressed_layer) makes them, once),
+/// or the uncompressed ones with a source that makes the compressed blob
+/// as it is written ([`BlobSource::makes_blob`]); the manifest lists what
+/// was written.
 /// A stored manifest is kept byte for byte when it describes exactly those
 /// blobs, else an OCI manifest is written for them. Returns each image's
 /// manifest digest.
@@ -1227,7 +1301,7 @@ pub fn write_docker_archive(
 pub fn write_oci_archive(
     images: &[ExportImage],
     blobs: &mut dyn BlobSource,
-    out: impl Write,
+    out: impl ArchiveOut,
 ) -> Result<Vec<Digest>, ArchiveError> {
     let mut out = Out {
         tar: TarWriter::new(out),
@@ -1238,13 +1312,18 @@ pub fn write_oci_archive(
     out.dir("blobs/sha256/")?;
     let mut index = Vec::new();
     let mut manifest_digests = Vec::new();
+    // Layers the source made a blob for, and that blob.
+    let mut made = HashMap::new();
     for image in images {
         let (config_digest, diff_ids) = config_diff_ids(image)?;
+        let mut layers = Vec::with_capacity(image.layers.len());
         for (layer, diff_id) in image.layers.iter().zip(&diff_ids) {
-            write_oci_layer(&mut out, blobs, layer, *diff_id)?;
+            layers.push(write_oci_layer(
+                &mut out, blobs, &mut made, layer, *diff_id,
+            )?);
         }
         out.bytes(&blob_name(&config_digest), &image.config)?;
-        let manifest = oci_manifest(image, config_digest)?;
+        let manifest = oci_manifest(image, &layers, config_digest)?;
         let manifest_digest = Digest::of(&manifest);
         out.bytes(&blob_name(&manifest_digest), &manifest)?;
         let media_type = serde_json::from_slice::<serde_json::Value>(&manifest)
@@ -1281,17 +1360,23 @@ pub fn write_oci_archive(
     Ok(manifest_digests)
 }
 
-/// Writes `layer`'s blob as it is stored (once per archive), checking it
-/// as it is copied.
-fn write_oci_layer<W: Write>(
+/// Writes `layer`'s blob (once per archive) and returns its descriptor: the
+/// blob as it is stored, checked as it is copied, or the one the source
+/// makes for it as it is written ([`BlobSource::makes_blob`]; `made`
+/// remembers those).
+fn write_oci_layer<W: ArchiveOut>(
     out: &mut Out<W>,
     blobs: &mut dyn BlobSource,
+    made: &mut HashMap<Digest, Descriptor>,
     layer: &Descriptor,
     diff_id: Digest,
-) -> Result<(), ArchiveError> {
+) -> Result<Descriptor, ArchiveError> {
+    if let Some(blob) = made.get(&layer.digest) {
+        return Ok(blob.clone());
+    }
     let path = blob_name(&layer.digest);
     if out.written.contains(&path) {
-        return Ok(());
+        return Ok(layer.clone());
     }
     if layer_compression(layer)? == Compression::None && layer.digest != diff_id {
         return Err(ArchiveError::DiffIdMismatch {
@@ -1300,15 +1385,83 @@ fn write_oci_layer<W: Write>(
             actual: layer.digest,
         });
     }
+    if blobs.makes_blob(layer) {
+        let blob = write_made_blob(out, blobs, layer, diff_id)?;
+        made.insert(layer.digest, blob.clone());
+        return Ok(blob);
+    }
     let mut blob = DigestReader::new(open_blob(blobs, &layer.digest)?);
     out.stream(&path, &mut blob, layer.size, layer.digest)?;
-    check_blob(layer, blob)
+    check_blob(layer, blob)?;
+    Ok(layer.clone())
+}
+
+/// Writes the blob `blobs` makes from `layer` as it is made: a header
+/// first, for a blob whose name and size are not known yet, then the
+/// blob, then the header again, right. The blob's name fits a ustar header
+/// and its size must too (under 8 GiB), so the header stays one block. A
+/// made blob that turns out to be in the archive already (the same bytes)
+/// is in it twice, as the same entry.
+fn write_made_blob<W: ArchiveOut>(
+    out: &mut Out<W>,
+    blobs: &mut dyn BlobSource,
+    layer: &Descriptor,
+    diff_id: Digest,
+) -> Result<Descriptor, ArchiveError> {
+    let write_err = |source| ArchiveError::Write { source };
+    let header_at = out.tar.get_mut().position();
+    out.tar
+        .header(&TarHeader::simple(
+            &blob_name(&layer.digest),
+            EntryKind::File,
+            0,
+        ))
+        .map_err(write_err)?;
+    let mut counted = CountWriter {
+        inner: out.tar.get_mut(),
+        size: 0,
+    };
+    let blob = blobs
+        .make_blob(layer, &diff_id, &mut counted)
+        .map_err(|source| ArchiveError::Blob {
+            digest: layer.digest,
+            source,
+        })?;
+    if counted.size != blob.size {
+        return Err(ArchiveError::BlobSize {
+            digest: blob.digest,
+            expected: blob.size,
+        });
+    }
+    out.tar.pad(blob.size).map_err(write_err)?;
+    let path = blob_name(&blob.digest);
+    let mut header = TarWriter::new(Vec::new());
+    header
+        .header(&TarHeader::simple(&path, EntryKind::File, blob.size))
+        .map_err(write_err)?;
+    let header = header.into_inner();
+    if header.len() != 512 {
+        return Err(write_err(io::Error::other(format!(
+            "blob {} of {} bytes needs more than a ustar header",
+            blob.digest, blob.size
+        ))));
+    }
+    out.tar
+        .get_mut()
+        .rewrite(header_at, &header)
+        .map_err(write_err)?;
+    out.written.insert(path);
+    Ok(blob)
 }
 
 /// The manifest to write: the stored one when it describes exactly these
-/// blobs, else an OCI manifest for them keeping the stored annotations.
-fn oci_manifest(image: &ExportImage, config_digest: Digest) -> Result<Vec<u8>, ArchiveError> {
-    let layers = &image.layers;
+/// blobs (`layers`, as written), else an OCI manifest for them keeping the
+/// stored annotations.
+fn oci_manifest(
+    image: &ExportImage,
+    layers: &[Descriptor],
+    config_digest: Digest,
+) -> Result<Vec<u8>, ArchiveError> {
     let stored: Option<serde_json::Value> = image
         .manifest
         .as_deref()

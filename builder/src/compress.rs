@@ -218,9 +218,10 @@ impl<W: Write> Write for DigestWriter<W> {
 }
 
 /// A writer that counts what passes through it.
-struct CountWriter<W> {
-    inner: W,
-    size: u64,
+pub(crate) struct CountWriter<W> {
+    pub(crate) inner: W,
+    /// Bytes written so far.
+    pub(crate) size: u64,
 }
 
 impl<W: Write> Write for CountWriter<W> {

@@ -460,6 +460,16 @@ impl<W: Write> TarWriter<W> {
         self.out.write_all(&block)
     }
 
+    /// The output.
+    pub(crate) fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+
+    /// The output, the archive not ended (no end blocks).
+    pub(crate) fn into_inner(self) -> W {
+        self.out
+    }
+
     /// Copies exactly `size` bytes of content from `data`, then the padding.
     pub(crate) fn data(&mut self, data: impl Read, size: u64) -> Result<(), DataError> {
         let mut data = data;
@@ -504,7 +514,9 @@ impl<W: Write> TarWriter<W> {
         Ok(())
     }
 
-    fn pad(&mut self, size: u64) -> io::Result<()> {
+    /// Pads content of `size` bytes written straight to the output to a
+    /// whole block.
+    pub(crate) fn pad(&mut self, size: u64) -> io::Result<()> {
         let rem = (size % BLOCK as u64) as usize;
         if rem != 0 {
             self.out.write_all(&[0u8; BLOCK][..BLOCK - rem])?;

@@ -1283,6 +1283,78 @@ fn which(tool: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// A source that gzips the uncompressed layers as the archive is written
+/// (what `estiba save` does for layers it has not compressed before),
+/// or, with `lie`, says a made blob is one byte longer than it is.
+struct Maker {
+    blobs: Blobs,
+    fail: bool,
+    lie: bool,
+}
+
+impl BlobSource for Maker {
+    fn open_blob(&mut self, digest: &Digest) -> io::Result<Box<dyn Read + '_>> {
+        self.blobs.open_blob(digest)
+    }
+
+    fn makes_blob(&self, layer: &Descriptor) -> bool {
+        Compression::from_media_type(&layer.media_type) == Some(Compression::None)
+    }
+
+    fn make_blob(
+        &mut self,
+        layer: &Descriptor,
+        _diff_id: &Digest,
+        out: &mut dyn Write,
+    ) -> io::Result<Descriptor> {
+        if self.fail {
+            return Err(io::Error::other("the layer is corrupt"));
+        }
+        let raw = &self.blobs.0[&layer.digest];
+        let (digest, size) =
+            compress(&raw[..], out, Compression::Gzip).map_err(io::Error::other)?;
+        let size = size + u64::from(self.lie);
+        Ok(Descriptor::new(media_type(Compression::Gzip), digest, size))
+    }
+}
+
+#[test]
+fn blobs_made_as_the_archive_is_written_give_the_archive_of_blobs_made_first() {
+    let mut blobs = Blobs::default();
+    let images = sample_images(&mut blobs);
+    let gzipped = compressed(&images, &mut blobs, Compression::Gzip);
+    let mut first = Vec::new();
+    let digests = write_oci_archive(&gzipped, &mut blobs, &mut first).unwrap();
+
+    // The same images with the plain layer as it is stored: the source
+    // gzips it while its tar header waits to be filled in.
+    let mut maker = Maker {
+        blobs,
+        fail: false,
+        lie: false,
+    };
+    let mut made = Vec::new();
+    let made_digests = write_oci_archive(&images, &mut maker, &mut made).unwrap();
+    assert_eq!(made_digests, digests);
+    assert!(made == first, "the archives differ");
+    let work = tmp();
+    let archive = read_archive(&made[..], work.path()).unwrap();
+    check_round_trip(&images, &archive);
+
+    // A blob that cannot be made, or is not the size its source says,
+    // fails the archive, naming the layer or the blob.
+    let plain = &images[0].layers[1];
+    maker.fail = true;
+    let err = write_oci_archive(&images, &mut maker, &mut Vec::new()).unwrap_err();
+    let message = estiba::solve::error_chain(&err);
+    assert!(message.contains(&plain.digest.to_string()), "{message}");
+    assert!(message.contains("the layer is corrupt"), "{message}");
+    maker.fail = false;
+    maker.lie = true;
+    let err = write_oci_archive(&images, &mut maker, &mut Vec::new()).unwrap_err();
+    assert!(matches!(err, ArchiveError::BlobSize { .. }), "{err:?}");
+}
+
 #[test]
 fn oci_archive_round_trips() {
     let mut blobs = Blobs::default();

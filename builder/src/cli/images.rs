@@ -696,6 +696,11 @@ pub(crate) fn write_archive(
     compression: estiba::compress::Codec,
 ) -> Result<(), Failure> {
     let mut export = Vec::with_capacity(images.len());
+    let mut blobs = StoreBlobs {
+        store,
+        codec: compression,
+        to_make: std::collections::HashSet::new(),
+    };
     for (tags, desc) in images {
         let img = image::read(store, &desc.digest.to_string(), desc)
             .map_err(|e| anyhow!(estiba::solve::error_chain(&e)))?;
@@ -704,7 +709,7 @@ pub(crate) fn write_archive(
         let layers = if oci {
             img.layers
                 .iter()
-                .map(|l| image::compressed_layer(store, &l.descriptor, &l.diff_id, compression))
+                .map(|l| blobs.layer_blob(l))
                 .collect::<Result<Vec<_>, _>>()
                 .with_context(|| format!("cannot write {}", dest.display()))?
         } else {
@@ -726,12 +731,6 @@ pub(crate) fn write_archive(
         .unwrap_or(Path::new("."));
     let tmp_out = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("cannot write in {}", dir.display()))?;
-    let mut blobs = |d: &estiba_cache::Digest| -> std::io::Result<Box<dyn std::io::Read>> {
-        let f = store
-            .open_blob_stream(d)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok(Box::new(f))
-    };
     // Past the page cache, as the store writes blobs: hundreds of
     // megabytes another program reads later, if at all on this machine.
     let mut out = estiba_cache::DirectWriter::to_file(tmp_out.as_file());
@@ -760,6 +759,71 @@ pub(crate) fn write_archive(
         .map_err(|e| e.error)
         .with_context(|| format!("cannot write {}", dest.display()))?;
     Ok(())
+}
+
+/// The store as an archive's [`BlobSource`](estiba::archive::BlobSource):
+/// blobs read as they are stored, and layers an OCI archive wants
+/// compressed and the store holds only uncompressed made in the same pass
+/// that writes them into the archive (compressed, written into the store
+/// and kept, and into the archive, from one read of the layer).
+struct StoreBlobs<'a> {
+    store: &'a Store,
+    codec: estiba::compress::Codec,
+    /// Layers (by their stored blob) compressed as the archive is written.
+    to_make: std::collections::HashSet<estiba_cache::Digest>,
+}
+
+/// The largest stored layer compressed as the archive is written: its
+/// compressed form stays under the 8 GiB a one-block tar header can say.
+const MADE_IN_PASSING_MAX: u64 = 4 << 30;
+
+impl StoreBlobs<'_> {
+    /// The blob an OCI archive lists for `layer`: the one kept compressed
+    /// (or the layer itself when stored compressed as asked), else the
+    /// layer itself, to be compressed as it is written (up to
+    /// [`MADE_IN_PASSING_MAX`]; a bigger one is compressed and kept first).
+    fn layer_blob(&mut self, layer: &Layer) -> Result<Descriptor, image::CompressedError> {
+        if let Some(kept) =
+            image::kept_layer(self.store, &layer.descriptor, &layer.diff_id, self.codec)?
+        {
+            return Ok(kept);
+        }
+        let stored = estiba::compress::Compression::from_media_type(&layer.descriptor.media_type);
+        if stored == Some(estiba::compress::Compression::None)
+            && layer.descriptor.size <= MADE_IN_PASSING_MAX
+        {
+            self.to_make.insert(layer.descriptor.digest);
+            return Ok(layer.descriptor.clone());
+        }
+        image::compressed_layer(self.store, &layer.descriptor, &layer.diff_id, self.codec)
+    }
+}
+
+impl estiba::archive::BlobSource for StoreBlobs<'_> {
+    fn open_blob(
+        &mut self,
+        digest: &estiba_cache::Digest,
+    ) -> std::io::Result<Box<dyn std::io::Read + '_>> {
+        let f = self
+            .store
+            .open_blob_stream(digest)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(Box::new(f))
+    }
+
+    fn makes_blob(&self, layer: &Descriptor) -> bool {
+        self.to_make.contains(&layer.digest)
+    }
+
+    fn make_blob(
+        &mut self,
+        layer: &Descriptor,
+        diff_id: &estiba_cache::Digest,
+        out: &mut dyn std::io::Write,
+    ) -> std::io::Result<Descriptor> {
+        image::compress_layer(self.store, layer, diff_id, self.codec, out)
+            .map_err(|e| std::io::Error::other(estiba::solve::error_chain(&e)))
+    }
 }
 
 /// `estiba load -i FILE`: every image of a docker or OCI archive into the

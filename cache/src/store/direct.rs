@@ -56,6 +56,9 @@ pub struct DirectWriter<F: Borrow<File>> {
     offset: u64,
     /// `O_DIRECT` is set on the file.
     direct: bool,
+    /// Bytes to write again over what went to the file already
+    /// ([`DirectWriter::rewrite`]), once `O_DIRECT` is off at the end.
+    rewrites: Vec<(u64, Vec<u8>)>,
 }
 
 impl<F: Borrow<File>> std::fmt::Debug for DirectWriter<F> {
@@ -109,7 +112,42 @@ impl<F: Borrow<File>> DirectWriter<F> {
             len: 0,
             offset: 0,
             direct,
+            rewrites: Vec::new(),
         }
+    }
+
+    /// How many bytes were written into it so far.
+    pub fn position(&self) -> u64 {
+        self.offset + self.len as u64
+    }
+
+    /// Overwrites bytes written earlier, from offset `at` (up to
+    /// [`position`](DirectWriter::position)): in the buffer if they are
+    /// still there, else in the file when the writer finishes (a tar
+    /// header filled in once what follows it is known).
+    pub fn rewrite(&mut self, at: u64, bytes: &[u8]) -> io::Result<()> {
+        let end = at + bytes.len() as u64;
+        if end > self.position() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "cannot rewrite up to byte {end}: {} written",
+                    self.position()
+                ),
+            ));
+        }
+        // What already went to the file waits for the end; the rest is
+        // still in the buffer.
+        let sent = (self.offset.saturating_sub(at) as usize).min(bytes.len());
+        if sent > 0 {
+            self.rewrites.push((at, bytes[..sent].to_vec()));
+        }
+        if sent < bytes.len() {
+            let from = (at + sent as u64 - self.offset) as usize;
+            as_bytes(&mut self.blocks)[from..from + bytes.len() - sent]
+                .copy_from_slice(&bytes[sent..]);
+        }
+        Ok(())
     }
 
     /// Writes everything buffered (`O_DIRECT` off for the last partial
@@ -126,7 +164,11 @@ impl<F: Borrow<File>> DirectWriter<F> {
             set_direct(self.file.borrow(), false)?;
             self.direct = false;
         }
-        self.write_out(self.len)
+        self.write_out(self.len)?;
+        for (at, bytes) in std::mem::take(&mut self.rewrites) {
+            std::os::unix::fs::FileExt::write_all_at(self.file.borrow(), &bytes, at)?;
+        }
+        Ok(())
     }
 
     /// Writes the first `n` buffered bytes (all of them, or whole blocks
@@ -236,6 +278,38 @@ mod tests {
         let mut file = File::open(&path).expect("open");
         file.read_to_end(&mut back).expect("read");
         back
+    }
+
+    #[test]
+    fn bytes_are_rewritten_in_the_buffer_and_in_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("out");
+        let file = File::create(&path).expect("create");
+        let mut data = pattern(3 * CHUNK + 1000);
+        let mut writer = DirectWriter::to_file(&file);
+        writer.write_all(&data[..CHUNK + 700]).expect("write");
+        assert_eq!(writer.position(), (CHUNK + 700) as u64);
+        // Gone to the file, straddling the buffer's start, in the buffer.
+        let patches: [(usize, usize); 4] = [
+            (0, 512),
+            (CHUNK - 100, 300),
+            (CHUNK + 100, 600),
+            (5000, 4096),
+        ];
+        for (i, (at, len)) in patches.into_iter().enumerate() {
+            let bytes = vec![i as u8 + 1; len];
+            writer.rewrite(at as u64, &bytes).expect("rewrite");
+            data[at..at + len].copy_from_slice(&bytes);
+        }
+        // Not written yet: refused.
+        assert!(writer.rewrite(CHUNK as u64 + 600, &[0; 101]).is_err());
+        writer.write_all(&data[CHUNK + 700..]).expect("write");
+        writer.finish_file().expect("finish");
+        drop(file);
+        let mut back = Vec::new();
+        let mut file = File::open(&path).expect("open");
+        file.read_to_end(&mut back).expect("read");
+        assert!(back == data);
     }
 
     #[test]
