@@ -2361,6 +2361,30 @@ fn repeated_layers_and_cache_mount_owners() {
     );
 }
 
+/// A RUN step's syncs return at once (its result is synced when it
+/// becomes a layer): fdatasync of a pipe, which the kernel refuses with
+/// EINVAL, succeeds. `estiba run` and an insecure step (no filter) make
+/// real syncs.
+#[test]
+fn run_steps_skip_syncs_and_estiba_run_does_not() {
+    let probe = "echo | busybox sync -d /dev/stdin 2>/dev/null && echo skipped || echo made";
+    let e = env(&[(
+        "Dockerfile",
+        &format!(
+            "FROM busybox:test\n\
+             RUN ({probe}) > /sandbox\n\
+             RUN --security=insecure ({probe}) > /insecure\n"
+        ),
+    )]);
+    import_busybox(&e);
+    let out = local_export(&e, &["--allow", "security.insecure"]);
+    let read = |name: &str| std::fs::read_to_string(out.join(name)).expect(name);
+    assert_eq!(read("sandbox"), "skipped\n");
+    assert_eq!(read("insecure"), "made\n");
+    let (out, _) = ok(estiba(&e.root).args(["run", "--rm", "busybox:test", "sh", "-c", probe]));
+    assert_eq!(out, "made\n", "estiba run makes its syncs");
+}
+
 /// RUN steps and `estiba run` get docker's default seccomp profile (no
 /// user namespaces, no keyring); `RUN --security=insecure` needs
 /// `--allow security.insecure`, named at its line before anything runs,

@@ -168,6 +168,14 @@ pub struct RunSpec {
     /// ([`Stdin::Tty`]) that becomes its controlling terminal.
     #[serde(default)]
     pub tty: bool,
+    /// `fsync`, `fdatasync`, `sync_file_range`, `syncfs` and `sync` return
+    /// success at once, syncing nothing (a seccomp answer, so only under
+    /// [`Security::Sandbox`]): build steps, whose changes are derived data
+    /// until they become a layer blob, which is synced then. A crash
+    /// mid-step loses the step, never a layer. `estiba run` keeps real
+    /// syncs.
+    #[serde(default)]
+    pub skip_sync: bool,
 }
 
 /// What the command reads as standard input, and for [`Stdin::Tty`] where

@@ -120,6 +120,7 @@ impl Fixture {
             security: Security::Sandbox,
             host: Default::default(),
             tty: false,
+            skip_sync: false,
         }
     }
 
@@ -899,7 +900,8 @@ fn a_failed_overlay_mount_is_an_error_naming_it() {
 
 /// A static C program that makes one raw system call and prints `ok` or
 /// the errno's name (`EPERM`): `probe keyctl|add_key|unshare|clone3`,
-/// `probe personality VALUE`, `probe socket FAMILY`, `probe euid`.
+/// `probe personality VALUE`, `probe socket FAMILY`, `probe euid`, and
+/// `probe fsync|fdatasync|syncfs|sync_file_range` (of descriptor -1).
 const PROBE_C: &str = r#"
 #define _GNU_SOURCE
 #include <errno.h>
@@ -928,6 +930,14 @@ int main(int argc, char **argv) {
         r = syscall(SYS_clone3, 0, 0);
     else if (!strcmp(what, "socket"))
         r = socket(atoi(arg), SOCK_STREAM, 0);
+    else if (!strcmp(what, "fsync"))
+        r = syscall(SYS_fsync, -1);
+    else if (!strcmp(what, "fdatasync"))
+        r = syscall(SYS_fdatasync, -1);
+    else if (!strcmp(what, "syncfs"))
+        r = syscall(SYS_syncfs, -1);
+    else if (!strcmp(what, "sync_file_range"))
+        r = syscall(SYS_sync_file_range, -1, 0, 0, 0);
     else if (!strcmp(what, "euid")) {
         printf("%d\n", (int)geteuid());
         return 0;
@@ -997,6 +1007,31 @@ fn steps_run_under_dockers_default_seccomp_profile() {
     let mut spec = f.spec("id -u; suid-probe euid");
     spec.user = "app".into();
     assert_eq!(f.sh(&spec), "1000\n0\n");
+}
+
+/// A build step's syncs return success without being made
+/// ([`RunSpec::skip_sync`]): on descriptor -1 each says `ok` where the
+/// kernel says `EBADF`; every other call is answered as before, and a
+/// container that keeps its syncs (`estiba run`) gets the kernel's answer.
+#[test]
+fn build_steps_skip_syncs_and_other_containers_make_them() {
+    let f = Fixture::new(Etc::Users);
+    add_probe(&f);
+    let script = "for call in fsync fdatasync syncfs sync_file_range keyctl clone3; do \
+                  echo $call $(probe $call); done; \
+                  echo kept > /tmp/f && sync && cat /tmp/f";
+    let mut spec = f.spec(script);
+    assert_eq!(
+        f.sh(&spec),
+        "fsync EBADF\nfdatasync EBADF\nsyncfs EBADF\nsync_file_range EBADF\n\
+         keyctl EPERM\nclone3 ENOSYS\nkept\n"
+    );
+    spec.skip_sync = true;
+    assert_eq!(
+        f.sh(&spec),
+        "fsync ok\nfdatasync ok\nsyncfs ok\nsync_file_range ok\n\
+         keyctl EPERM\nclone3 ENOSYS\nkept\n"
+    );
 }
 
 /// `RUN --security=insecure` (once the build allows it): every capability,

@@ -148,6 +148,7 @@ pub(crate) fn run(args: &RunArgs, root: Option<&Path>) -> Result<(), Failure> {
         security: Security::Sandbox,
         host: Default::default(),
         tty: args.tty,
+        skip_sync: false,
     };
     let terminal = if args.tty {
         Some(terminal::Session::open(args.interactive)?)

@@ -429,13 +429,13 @@ fn container(
         // While CAP_SYS_ADMIN is still here: no no_new_privs needed. In
         // chroot isolation estiba may lack it: then the filter goes on
         // with no_new_privs (setuid programs gain nothing), never without.
-        let mut installed = seccomp::install(caps);
+        let mut installed = seccomp::install(caps, run.skip_sync);
         if spec.chroot
             && matches!(&installed, Err(SeccompError::Install(e)) if e.raw_os_error() == Some(libc::EACCES))
         {
             rustix::thread::set_no_new_privs(true)
                 .map_err(|e| Failure::setup("set no_new_privs", io::Error::from(e)))?;
-            installed = seccomp::install(caps);
+            installed = seccomp::install(caps, run.skip_sync);
         }
         installed.map_err(|e| match e {
             SeccompError::Install(e) => Failure::setup("install the seccomp filter", e),

@@ -769,16 +769,31 @@ fn number(name: &str) -> Option<i64> {
 
 /// The BPF programs of the profile for a container whose bounding set is
 /// `caps`, to be installed in this order: the allow list (everything else
-/// `EPERM`) first, then one program per other errno (clone3's `ENOSYS`),
-/// whose answer the kernel prefers as the later filter of equal precedence.
-pub(super) fn programs(caps: u64) -> Result<Vec<BpfProgram>, SeccompError> {
+/// `EPERM`) first, then one program per other answer (clone3's `ENOSYS`;
+/// with `skip_sync`, success without the call for [`SYNC_CALLS`]), which
+/// the kernel prefers to the allow list's, an errno taking precedence over
+/// allowing.
+pub(super) fn programs(caps: u64, skip_sync: bool) -> Result<Vec<BpfProgram>, SeccompError> {
     let (target, arch) = ARCH.ok_or(SeccompError::UnsupportedArch(std::env::consts::ARCH))?;
     let host = Host {
         arch,
         kernel: kernel_version(),
     };
-    compile(rules(caps, host)?, target)
+    let mut by_action = rules(caps, host)?;
+    if skip_sync {
+        // Errno 0: the call returns 0 and is not made.
+        let skipped = by_action.entry(Action::Errno(0)).or_default();
+        for nr in SYNC_CALLS.iter().filter_map(|name| number(name)) {
+            skipped.insert(nr, None);
+        }
+    }
+    compile(by_action, target)
 }
+
+/// The calls that wait for written data to reach the disk, which a build
+/// step's [`programs`] answer with success at once (`msync` is left alone:
+/// it also orders a mapping's writes with the file's).
+const SYNC_CALLS: [&str; 5] = ["fsync", "fdatasync", "sync_file_range", "syncfs", "sync"];
 
 fn compile(
     by_action: BTreeMap<Action, Rules>,
@@ -820,8 +835,8 @@ fn parse_kernel_version(release: &str) -> (u32, u32) {
 /// Compiles the profile for `caps` and installs it in this thread, without
 /// `no_new_privs` (which needs `CAP_SYS_ADMIN`). Nothing can remove it: it
 /// holds for the process and everything it execs or forks.
-pub(super) fn install(caps: u64) -> Result<(), SeccompError> {
-    for program in programs(caps)? {
+pub(super) fn install(caps: u64, skip_sync: bool) -> Result<(), SeccompError> {
+    for program in programs(caps, skip_sync)? {
         let len = u16::try_from(program.len())
             .map_err(|_| SeccompError::Install(io::Error::from_raw_os_error(libc::EINVAL)))?;
         let fprog = libc::sock_fprog {
@@ -950,8 +965,12 @@ mod tests {
 
     #[test]
     fn the_programs_compile_within_the_kernels_limit() {
-        let programs = programs(super::super::sys::default_capability_mask()).expect("compile");
+        let programs =
+            programs(super::super::sys::default_capability_mask(), false).expect("compile");
         assert_eq!(programs.len(), 2, "the allow list and clone3's ENOSYS");
+        let with_syncs_skipped =
+            super::programs(super::super::sys::default_capability_mask(), true).expect("compile");
+        assert_eq!(with_syncs_skipped.len(), 3, "and the skipped syncs");
         for program in &programs {
             assert!(
                 !program.is_empty() && program.len() <= 4096,
