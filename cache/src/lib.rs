@@ -15,5 +15,5 @@ pub use oci::{media_type, Codec, Compression, Descriptor, REF_NAME_ANNOTATION};
 pub use store::{
     remove_dir_all_force, BlobFault, BlobReader, BlobWriter, CacheRecord, DirectWriter, FsckReport,
     Problem, PruneOptions, PruneReport, RepairReport, SnapshotBuilder, SnapshotFault, Store,
-    StoreError, StoreLock, TempDir, Usage, UsagePart, LAYOUT_VERSION,
+    StoreError, StoreLock, TempDir, Usage, UsagePart, LARGE_CHUNK, LAYOUT_VERSION,
 };

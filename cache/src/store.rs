@@ -46,7 +46,7 @@ mod usage;
 
 pub use blobs::BlobWriter;
 pub use direct::DirectWriter;
-pub use direct_read::BlobReader;
+pub use direct_read::{BlobReader, LARGE_CHUNK};
 pub use fsck::{BlobFault, FsckReport, Problem, RepairReport, SnapshotFault};
 pub use fsutil::remove_dir_all_force;
 pub use gc::{PruneOptions, PruneReport};

@@ -806,7 +806,7 @@ impl estiba::archive::BlobSource for StoreBlobs<'_> {
     ) -> std::io::Result<Box<dyn std::io::Read + '_>> {
         let f = self
             .store
-            .open_blob_stream(digest)
+            .open_blob_stream_chunked(digest, estiba_cache::LARGE_CHUNK)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(Box::new(f))
     }

@@ -153,6 +153,18 @@ impl Store {
         Ok(BlobReader::new(self.open_blob(d)?))
     }
 
+    /// [`open_blob_stream`](Store::open_blob_stream) reading `chunk` bytes
+    /// at a time (5 chunks of memory): bigger requests for a copy that
+    /// waits on the disk, such as an archive's or an upload's of a kept
+    /// blob ([`LARGE_CHUNK`](super::direct_read::LARGE_CHUNK)).
+    pub fn open_blob_stream_chunked(
+        &self,
+        d: &Digest,
+        chunk: usize,
+    ) -> Result<BlobReader, StoreError> {
+        Ok(BlobReader::with_chunk(self.open_blob(d)?, chunk))
+    }
+
     /// Reads a whole blob into memory, checking it against its digest: for
     /// manifests, configs and other small JSON blobs.
     pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>, StoreError> {
