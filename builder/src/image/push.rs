@@ -387,10 +387,8 @@ fn upload(
     }
     let started = Instant::now();
     let open = || -> std::io::Result<Box<dyn std::io::Read + Send>> {
-        // Nothing is compressed beside it: big requests, so the upload
-        // does not wait on the disk.
         let f = store
-            .open_blob_stream_chunked(&blob.digest, estiba_cache::LARGE_CHUNK)
+            .open_blob_stream(&blob.digest)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(Box::new(f))
     };

@@ -155,8 +155,8 @@ impl Store {
 
     /// [`open_blob_stream`](Store::open_blob_stream) reading `chunk` bytes
     /// at a time (5 chunks of memory): bigger requests for a copy that
-    /// waits on the disk, such as an archive's or an upload's of a kept
-    /// blob ([`LARGE_CHUNK`](super::direct_read::LARGE_CHUNK)).
+    /// waits on the disk, such as an archive's of a kept blob
+    /// ([`LARGE_CHUNK`](super::direct_read::LARGE_CHUNK)).
     pub fn open_blob_stream_chunked(
         &self,
         d: &Digest,
