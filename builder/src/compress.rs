@@ -452,9 +452,6 @@ fn repeated_bytes(chunk: &[u8]) -> Vec<usize> {
         while anchors != 0 {
             let q = base + anchors.trailing_zeros() as usize;
             anchors &= anchors - 1;
-            if q < p {
-                continue;
-            }
             let w = word_at(chunk, q);
             let slot = (anchor_hash(w) >> (32 - ANCHOR_HASH_BITS)) as usize;
             let seen = last_seen[slot] as usize;

@@ -781,7 +781,8 @@ impl StoreBlobs<'_> {
     /// The blob an OCI archive lists for `layer`: the one kept compressed
     /// (or the layer itself when stored compressed as asked), else the
     /// layer itself, to be compressed as it is written (up to
-    /// [`MADE_IN_PASSING_MAX`]; a bigger one is compressed and kept first).
+    /// [`MADE_IN_PASSING_MAX`]; a bigger one, or one stored in another
+    /// compression, is compressed and kept first).
     fn layer_blob(&mut self, layer: &Layer) -> Result<Descriptor, image::CompressedError> {
         if let Some(kept) =
             image::kept_layer(self.store, &layer.descriptor, &layer.diff_id, self.codec)?
@@ -795,7 +796,14 @@ impl StoreBlobs<'_> {
             self.to_make.insert(layer.descriptor.digest);
             return Ok(layer.descriptor.clone());
         }
-        image::compressed_layer(self.store, &layer.descriptor, &layer.diff_id, self.codec)
+        // Nothing kept (asked above): compressed now.
+        image::compress_layer(
+            self.store,
+            &layer.descriptor,
+            &layer.diff_id,
+            self.codec,
+            &mut std::io::sink(),
+        )
     }
 }
 

@@ -75,7 +75,7 @@ impl DirectWriter<TempFile> {
     /// A writer into a blob's temp file, direct if the file system allows
     /// it, hashing what it writes.
     pub(crate) fn new(file: TempFile) -> Self {
-        let mut writer = DirectWriter::start(file);
+        let mut writer = DirectWriter::to_file(file);
         writer.hasher = Some(Hasher::new());
         writer
     }
@@ -100,10 +100,6 @@ impl<F: Borrow<File>> DirectWriter<F> {
     /// hashed. Nothing reaches the file before a whole [`CHUNK`] is
     /// buffered: [`finish_file`](DirectWriter::finish_file) writes the rest.
     pub fn to_file(file: F) -> Self {
-        DirectWriter::start(file)
-    }
-
-    fn start(file: F) -> Self {
         let direct = set_direct(file.borrow(), true).is_ok();
         DirectWriter {
             file,
