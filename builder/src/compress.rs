@@ -13,8 +13,9 @@
 //! `compress/gzip`), libdeflate's level 2 takes 40 to 65% of the time,
 //! hence the default level 2. A deflater also searches for matches in
 //! random bytes or already compressed files as hard as in text, only to
-//! store them as they are in the end: [`gzip_member`] tells such data
-//! apart first and stores it straight away.
+//! store them as they are in the end, and in base64 of such bytes
+//! only to code their literals: [`gzip_member`] tells such data apart
+//! first and codes it straight away.
 
 use estiba_cache::{Digest, Hasher};
 use std::cell::RefCell;
@@ -22,6 +23,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::sync::{mpsc, Arc, Mutex};
+
+mod literals;
 
 pub use estiba_cache::{Codec, Compression};
 
@@ -274,12 +277,14 @@ fn gzip_header(level: u32) -> [u8; 10] {
     [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 255]
 }
 
-/// One gzip chunk of `data` at `level`. Where a [`SEGMENT`] of it is data
-/// deflate cannot shrink ([`incompressible_segments`]), those bytes go out
-/// as a member of stored blocks, as deflate itself ends up emitting them,
-/// without the match search that costs as much as compressing text; each
-/// run of the rest is a member deflated by libdeflate at `level`
-/// ([`deflate_member`]). The output depends on `data` and `level` only.
+/// One gzip chunk of `data` at `level`, cut into runs of [`SEGMENT`]s
+/// coded alike ([`segment_codings`]): data deflate cannot shrink goes out
+/// as a member of stored blocks, bytes with next to no repeats as a member
+/// of literal blocks ([`literals`]), both as deflate itself ends up coding
+/// them but without its match search, which costs as much there as on
+/// text; each run of the rest is a member deflated by libdeflate at
+/// `level` ([`deflate_member`]). The output depends on `data` and `level`
+/// only.
 fn gzip_member(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
     gzip_member_into(data, level, Vec::new())
 }
@@ -288,36 +293,40 @@ fn gzip_member(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
 /// again, so the allocator is not asked for a megabyte per member.
 fn gzip_member_into(data: &[u8], level: u32, mut out: Vec<u8>) -> io::Result<Vec<u8>> {
     out.clear();
-    let stored = if level == 0 {
+    let codings = if level == 0 {
         Vec::new()
     } else {
-        incompressible_segments(data)
+        segment_codings(data)
     };
-    if !stored.contains(&true) {
+    if codings.iter().all(|&c| c == Coding::Deflate) {
         deflate_member(&mut out, data, level)?;
         return Ok(out);
     }
     out.reserve(data.len() + data.len() / 4096 + 64);
-    // Runs of segments of one kind, in order: (stored, start, end).
-    let mut runs: Vec<(bool, usize, usize)> = Vec::new();
-    for (i, &raw) in stored.iter().enumerate() {
+    // Runs of segments coded alike, in order: (coding, start, end).
+    let mut runs: Vec<(Coding, usize, usize)> = Vec::new();
+    for (i, &coding) in codings.iter().enumerate() {
         let (start, end) = (i * SEGMENT, ((i + 1) * SEGMENT).min(data.len()));
         match runs.last_mut() {
-            Some((kind, _, run_end)) if *kind == raw => *run_end = end,
-            _ => runs.push((raw, start, end)),
+            Some((kind, _, run_end)) if *kind == coding => *run_end = end,
+            _ => runs.push((coding, start, end)),
         }
     }
-    for (raw, start, end) in runs {
+    for (coding, start, end) in runs {
         let run = &data[start..end];
-        if raw {
-            out.extend_from_slice(&gzip_header(level));
-            stored_blocks(&mut out, run, true);
-            out.extend_from_slice(&libdeflater::crc32(run).to_le_bytes());
-            // ISIZE is the length modulo 2^32 (RFC 1952).
-            out.extend_from_slice(&(run.len() as u32).to_le_bytes());
-        } else {
+        if coding == Coding::Deflate {
             deflate_member(&mut out, run, level)?;
+            continue;
         }
+        out.extend_from_slice(&gzip_header(level));
+        if coding == Coding::Stored {
+            stored_blocks(&mut out, run, true);
+        } else {
+            literals::literal_blocks(&mut out, run, SEGMENT);
+        }
+        out.extend_from_slice(&libdeflater::crc32(run).to_le_bytes());
+        // ISIZE is the length modulo 2^32 (RFC 1952).
+        out.extend_from_slice(&(run.len() as u32).to_le_bytes());
     }
     Ok(out)
 }
@@ -370,23 +379,40 @@ fn stored_blocks(out: &mut Vec<u8>, data: &[u8], last: bool) {
 /// The piece of a member judged on its own: deflate's window.
 const SEGMENT: usize = 32 * 1024;
 
-/// For each [`SEGMENT`] of `chunk`, whether deflate would leave it as it is
-/// (random bytes, compressed files): its byte histogram is flat, so
-/// Huffman codes cannot shorten it, and a quick search for repeats (what
-/// LZ77 matching would find) finds next to none. A short last segment is
-/// left to deflate. The verdict depends on the bytes only.
-fn incompressible_segments(chunk: &[u8]) -> Vec<bool> {
-    let mut flat: Vec<bool> = chunk
+/// How a [`SEGMENT`] of a chunk is coded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Coding {
+    /// By libdeflate: it has repeats to find.
+    Deflate,
+    /// As literals coded by their frequencies: next to no repeats, but
+    /// some bytes more frequent than others (base64 of random or
+    /// compressed data).
+    Literals,
+    /// As it is: next to no repeats and a flat histogram (random bytes,
+    /// compressed files), which deflate would store too.
+    Stored,
+}
+
+/// How each [`SEGMENT`] of `chunk` is coded. A quick search for repeats
+/// (what LZ77 matching would find, [`repeated_bytes`]) that finds next to
+/// none leaves the match search out; then a flat byte histogram means
+/// Huffman codes cannot shorten the segment either. A short last segment
+/// is left to deflate. The verdict depends on the bytes only.
+fn segment_codings(chunk: &[u8]) -> Vec<Coding> {
+    chunk
         .chunks(SEGMENT)
-        .map(|s| s.len() == SEGMENT && flat_histogram(s))
-        .collect();
-    if flat.contains(&true) {
-        for (segment, repeats) in flat.iter_mut().zip(repeated_bytes(chunk)) {
-            // Matches covering 1/128 of a segment save about that much.
-            *segment &= repeats <= SEGMENT / 128;
-        }
-    }
-    flat
+        .zip(repeated_bytes(chunk))
+        // Matches covering 1/128 of a segment save about that much.
+        .map(|(segment, repeats)| {
+            if segment.len() < SEGMENT || repeats > SEGMENT / 128 {
+                Coding::Deflate
+            } else if flat_histogram(segment) {
+                Coding::Stored
+            } else {
+                Coding::Literals
+            }
+        })
+        .collect()
 }
 
 /// Whether the bytes of `segment` are so evenly spread that coding them
@@ -1243,6 +1269,61 @@ mod parallel_gzip_tests {
             gzip_header(Codec::default_for(Compression::Gzip).level)
         );
         every_reader_reads(&out, &input);
+    }
+
+    /// base64 of random bytes (76 characters a line, as `base64` writes).
+    fn base64(len: usize, seed: u64) -> Vec<u8> {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out: Vec<u8> = random(len, seed)
+            .iter()
+            .map(|b| ALPHABET[usize::from(b % 64)])
+            .collect();
+        for i in (76..len).step_by(77) {
+            out[i] = b'\n';
+        }
+        out
+    }
+
+    #[test]
+    fn bytes_without_repeats_are_coded_as_literals_as_small_as_deflate_makes_them() {
+        // base64 of random bytes: no repeats to find, six bits a byte.
+        let encoded = base64(GZIP_CHUNK, 3);
+        let codings = segment_codings(&encoded);
+        assert!(
+            codings.iter().all(|&c| c == Coding::Literals),
+            "{codings:?}"
+        );
+        // Text and random bytes keep their codings.
+        assert!(segment_codings(&text(GZIP_CHUNK, 1))
+            .iter()
+            .all(|&c| c == Coding::Deflate));
+        assert!(segment_codings(&random(GZIP_CHUNK, 4))
+            .iter()
+            .all(|&c| c == Coding::Stored));
+
+        let mut input = text(300_000, 1);
+        input.extend(base64(2 * GZIP_CHUNK + 1234, 5));
+        input.extend(random(200_000, 6));
+        let (out, _) = gzip(&input);
+        let zlib = zlib_size(&input);
+        assert!(
+            out.len() <= zlib + zlib / 200,
+            "{} against zlib's {zlib}",
+            out.len()
+        );
+        // libdeflate's level 2 on the base64 alone, as a member before.
+        let mut deflated = Vec::new();
+        deflate_member(&mut deflated, &encoded, 2).expect("deflate");
+        let member = gzip_member(&encoded, 2).expect("member");
+        assert!(
+            member.len() <= deflated.len() + deflated.len() / 500,
+            "{} against libdeflate's {}",
+            member.len(),
+            deflated.len()
+        );
+        every_reader_reads(&out, &input);
+        every_reader_reads(&member, &encoded);
     }
 
     #[test]
