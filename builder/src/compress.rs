@@ -402,9 +402,8 @@ fn segment_codings(chunk: &[u8]) -> Vec<Coding> {
     chunk
         .chunks(SEGMENT)
         .zip(repeated_bytes(chunk))
-        // Matches covering 1/128 of a segment save about that much.
         .map(|(segment, repeats)| {
-            if segment.len() < SEGMENT || repeats > SEGMENT / 128 {
+            if segment.len() < SEGMENT || repeats > REPEATS_MAX {
                 Coding::Deflate
             } else if flat_histogram(segment) {
                 Coding::Stored
@@ -454,6 +453,13 @@ fn flat_histogram(segment: &[u8]) -> bool {
 /// repeats shorter than a few dozen bytes may go unseen, and on bytes with
 /// a flat histogram they are worth next to nothing to deflate. Looking up
 /// every position instead took a sixth of an export's time.
+///
+/// Once a segment has more than [`REPEATS_MAX`] bytes of repeats, the
+/// count has said what it is for (deflate), so the search goes on
+/// [`REPEATS_WARM`] bytes before the next segment: on text, most of the
+/// scan is skipped. The next segment then finds no repeat of the bytes
+/// skipped; a segment that repeats one with repeats of its own has those
+/// repeats too.
 fn repeated_bytes(chunk: &[u8]) -> Vec<usize> {
     let mut last_seen = vec![0u32; 1 << ANCHOR_HASH_BITS];
     let mut repeats = vec![0usize; chunk.len().div_ceil(SEGMENT)];
@@ -487,6 +493,9 @@ fn repeated_bytes(chunk: &[u8]) -> Vec<usize> {
                 let len = common_prefix(&chunk[q..], &chunk[seen..], ANCHOR_MAX_MATCH);
                 repeats[q / SEGMENT] += len;
                 p = q + len;
+                if repeats[q / SEGMENT] > REPEATS_MAX {
+                    p = p.max((q / SEGMENT + 1) * SEGMENT - REPEATS_WARM);
+                }
                 if p >= end {
                     break;
                 }
@@ -496,6 +505,15 @@ fn repeated_bytes(chunk: &[u8]) -> Vec<usize> {
     }
     repeats
 }
+
+/// Repeats a segment may have and still be coded without deflate's match
+/// search ([`segment_codings`]): matches covering 1/128 of a segment save
+/// about that much.
+const REPEATS_MAX: usize = SEGMENT / 128;
+/// Where [`repeated_bytes`] goes on, before the next segment, once a
+/// segment has more than [`REPEATS_MAX`]: what it finds there fills its
+/// table for the next segment.
+const REPEATS_WARM: usize = 4 * 1024;
 
 /// Bits of [`anchor_hash`] that pick the slot of an anchor in
 /// [`repeated_bytes`]'s table.
@@ -1143,7 +1161,7 @@ mod parallel_gzip_tests {
         every_reader_reads(&out, &input);
     }
 
-    /// [`repeated_bytes`] as it was first written, a position at a time:
+    /// [`repeated_bytes`] written a position at a time:
     /// what the anchor masks must find, repeat for repeat.
     fn repeated_bytes_byte_by_byte(chunk: &[u8]) -> Vec<usize> {
         let mut last_seen = vec![0u32; 1 << ANCHOR_HASH_BITS];
@@ -1162,7 +1180,11 @@ mod parallel_gzip_tests {
             if seen < p && p - seen <= ANCHOR_WINDOW && word_at(chunk, seen) == w {
                 let len = common_prefix(&chunk[p..], &chunk[seen..], ANCHOR_MAX_MATCH);
                 repeats[p / SEGMENT] += len;
+                let next = (p / SEGMENT + 1) * SEGMENT - REPEATS_WARM;
                 p += len;
+                if repeats[(p - len) / SEGMENT] > REPEATS_MAX {
+                    p = p.max(next);
+                }
             } else {
                 p += 1;
             }
@@ -1222,13 +1244,22 @@ mod parallel_gzip_tests {
                 assert_eq!(anchor_mask(block), expected, "at {base}, {len} bytes");
             }
         }
-        // The inputs do exercise repeats.
+        // The inputs do exercise repeats, and the skip past a segment
+        // known to have enough: the periodic input repeats nearly all its
+        // bytes, of which a segment counts a few hundred, then the warm-up.
         assert!(
             repeated_bytes_byte_by_byte(&inputs[5])
                 .iter()
                 .sum::<usize>()
-                > 4000
+                > REPEATS_MAX
         );
+        let periodic = repeated_bytes(inputs.last().expect("periodic"));
+        for &n in &periodic[1..3] {
+            assert!(
+                n > REPEATS_MAX && n < REPEATS_WARM + 2 * REPEATS_MAX,
+                "{periodic:?}"
+            );
+        }
     }
 
     #[test]
