@@ -251,6 +251,7 @@ impl Store {
         ] {
             fsutil::private_dir(&dir, PRIVATE_MODE)?;
         }
+        fsutil::spread_subdirs(&store.tmp_dir());
         store.with_index_lock(|| {
             let layout = store.root.join("oci-layout");
             if !layout.exists() {

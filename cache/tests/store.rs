@@ -156,6 +156,35 @@ fn mode_beyond(path: &Path, allowed: u32) -> u32 {
     fs::metadata(path).expect("stat").permissions().mode() & 0o777 & !allowed
 }
 
+/// The scratch directory asks ext4 to place each tree made in it apart
+/// from the last ones (`TOPDIR`, as `chattr +T`), so a build after the last
+/// one's trees were deleted does not allocate its inodes among theirs. On
+/// another file system the store opens all the same.
+#[test]
+fn scratch_trees_are_placed_apart_on_ext4() {
+    const EXT4_SUPER_MAGIC: i64 = 0xEF53;
+    let (dir, store) = new_store();
+    let tmp = fs::File::open(store.root().join("estiba/tmp")).expect("open tmp");
+    let kind = rustix::fs::fstatfs(&tmp).expect("statfs").f_type as i64;
+    let flags = rustix::fs::ioctl_getflags(&tmp);
+    if kind == EXT4_SUPER_MAGIC {
+        assert!(
+            flags
+                .expect("ext4 has inode flags")
+                .contains(rustix::fs::IFlags::TOPDIR),
+            "estiba/tmp lacks the TOPDIR flag"
+        );
+    }
+    // Set already: opening again keeps it and does not fail.
+    drop(store);
+    let again = Store::open(&dir.path().join("store")).expect("reopen");
+    if kind == EXT4_SUPER_MAGIC {
+        let tmp = fs::File::open(again.root().join("estiba/tmp")).expect("open tmp");
+        let flags = rustix::fs::ioctl_getflags(&tmp).expect("flags");
+        assert!(flags.contains(rustix::fs::IFlags::TOPDIR));
+    }
+}
+
 /// Snapshots hold images' setuid files and device nodes: like
 /// `/var/lib/docker`, the root lets only its owner (and its group, through)
 /// in, and the directories below are the owner's alone. A store an older

@@ -65,6 +65,27 @@ pub(crate) fn private_dir(path: &Path, mode: u32) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Asks the file system to place each directory made in `dir` where the
+/// fewest directories are, as it places those made at its root (ext4's
+/// `TOPDIR` flag, `chattr +T`, read by its Orlov allocator), rather than
+/// beside `dir`. A build's scratch trees (unpacked snapshots, RUN upper
+/// directories) are unrelated to one another, and beside `dir` is where
+/// the last build's trees were just deleted: ext4 without a journal skips
+/// each inode deleted in the last 30 s one by one (`recently_deleted`)
+/// when it allocates a new one, and a cold build after `rm -rf` of a store
+/// with 20,000 files took 2 to 3 times as long, nearly all of it system
+/// time in that scan. The flag is not inherited: what is made inside each
+/// tree stays together. File systems without the flag (or that refuse
+/// it) are left as they are: only placement is at stake.
+pub(crate) fn spread_subdirs(dir: &Path) {
+    let Ok(d) = File::open(dir) else { return };
+    if let Ok(flags) = rustix::fs::ioctl_getflags(&d) {
+        if !flags.contains(rustix::fs::IFlags::TOPDIR) {
+            let _ = rustix::fs::ioctl_setflags(&d, flags | rustix::fs::IFlags::TOPDIR);
+        }
+    }
+}
+
 /// Makes a directory entry durable: fsync of the directory itself.
 pub(crate) fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
