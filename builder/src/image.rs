@@ -16,7 +16,9 @@ pub use cache::{
     export_cache, inline_metadata, CacheDest, CacheEntry, CacheError, CacheExportOptions, CacheHit,
     CacheSource, RemoteCache, CACHE_ARTIFACT_TYPE, CACHE_CONFIG_MEDIA_TYPE, INLINE_CACHE_KEY,
 };
-pub use compressed::{compress_layer, compressed_layer, kept_layer, CompressedError};
+pub use compressed::{
+    compress_layer, compress_layer_with, compressed_layer, kept_layer, BlobWrites, CompressedError,
+};
 pub use push::{Format, PushOptions, Pushed};
 pub use source::{Images, PullPolicy};
 pub use stored::{

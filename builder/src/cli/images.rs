@@ -733,7 +733,11 @@ pub(crate) fn write_archive(
         .with_context(|| format!("cannot write in {}", dir.display()))?;
     // Past the page cache, as the store writes blobs: hundreds of
     // megabytes another program reads later, if at all on this machine.
-    let mut out = estiba_cache::DirectWriter::to_file(tmp_out.as_file());
+    // The archive's chunks are written in the background: an export writes
+    // each layer's compressed bytes to its kept blob and to the archive,
+    // and waiting for one write after the other left the disk idle half
+    // of the time.
+    let mut out = estiba_cache::DirectWriter::to_file(tmp_out.as_file()).in_background();
     if oci {
         estiba::archive::write_oci_archive(&export, &mut blobs, &mut out)
             .with_context(|| format!("cannot write {}", dest.display()))?;
@@ -829,8 +833,15 @@ impl estiba::archive::BlobSource for StoreBlobs<'_> {
         diff_id: &estiba_cache::Digest,
         out: &mut dyn std::io::Write,
     ) -> std::io::Result<Descriptor> {
-        image::compress_layer(self.store, layer, diff_id, self.codec, out)
-            .map_err(|e| std::io::Error::other(estiba::solve::error_chain(&e)))
+        image::compress_layer_with(
+            self.store,
+            layer,
+            diff_id,
+            self.codec,
+            out,
+            image::BlobWrites::Background,
+        )
+        .map_err(|e| std::io::Error::other(estiba::solve::error_chain(&e)))
     }
 }
 

@@ -161,6 +161,32 @@ pub fn compress_layer(
     codec: impl Into<Codec>,
     tee: &mut dyn Write,
 ) -> Result<Descriptor, CompressedError> {
+    compress_layer_with(store, layer, diff_id, codec, tee, BlobWrites::Inline)
+}
+
+/// How the kept blob's chunks reach the disk as a layer is compressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobWrites {
+    /// On the compressing thread, a chunk at a time: the least memory (a
+    /// push compresses and streams three layers at once, under 64 MB).
+    Inline,
+    /// From a thread of their own while the next chunk fills, one chunk
+    /// more of memory: for an export, whose archive gets the same bytes,
+    /// where the two writes one after the other on one thread left the
+    /// disk idle (the first export of 583 MB: 2.45-2.72 s inline,
+    /// 1.92-2.34 s with both in the background).
+    Background,
+}
+
+/// [`compress_layer`], the kept blob written as `writes` says.
+pub fn compress_layer_with(
+    store: &Store,
+    layer: &Descriptor,
+    diff_id: &Digest,
+    codec: impl Into<Codec>,
+    tee: &mut dyn Write,
+    writes: BlobWrites,
+) -> Result<Descriptor, CompressedError> {
     let codec = codec.into();
     let stored = stored_compression(layer, diff_id)?;
     let store_err = |source| CompressedError::Store {
@@ -177,6 +203,9 @@ pub fn compress_layer(
     // The blob writer hashes what it is given: the compressed bytes are
     // hashed there, once.
     let mut out = store.blob_writer().map_err(store_err)?;
+    if writes == BlobWrites::Background {
+        out = out.in_background();
+    }
     let mut both = Tee {
         first: &mut out,
         second: tee,

@@ -22,6 +22,15 @@ pub struct BlobWriter {
 }
 
 impl BlobWriter {
+    /// Writes and hashes each whole chunk on a thread of its own while the
+    /// next one fills ([`DirectWriter::in_background`]).
+    pub fn in_background(self) -> Self {
+        BlobWriter {
+            out: self.out.in_background(),
+            ..self
+        }
+    }
+
     /// Bytes written so far.
     pub fn size(&self) -> u64 {
         self.size

@@ -59,6 +59,22 @@ pub struct DirectWriter<F: Borrow<File>> {
     /// Bytes to write again over what went to the file already
     /// ([`DirectWriter::rewrite`]), once `O_DIRECT` is off at the end.
     rewrites: Vec<(u64, Vec<u8>)>,
+    /// Whole chunks are written by a thread while the next one fills
+    /// ([`DirectWriter::in_background`]).
+    background: bool,
+    /// The chunk that thread is writing.
+    in_flight: Option<std::thread::JoinHandle<Written>>,
+    /// The buffer of the chunk written before, to fill again.
+    spare: Vec<Block>,
+}
+
+/// A chunk written in the background, and what it took along.
+struct Written {
+    blocks: Vec<Block>,
+    hasher: Option<Hasher>,
+    result: io::Result<()>,
+    /// The file refused `O_DIRECT` at this write, which went buffered.
+    went_buffered: bool,
 }
 
 impl<F: Borrow<File>> std::fmt::Debug for DirectWriter<F> {
@@ -109,7 +125,20 @@ impl<F: Borrow<File>> DirectWriter<F> {
             offset: 0,
             direct,
             rewrites: Vec::new(),
+            background: false,
+            in_flight: None,
+            spare: Vec::new(),
         }
+    }
+
+    /// Writes each whole chunk from a thread of its own while the caller
+    /// fills the next (one chunk of memory more), hashing it there too:
+    /// the caller's thread never waits on the disk unless it is a chunk
+    /// ahead. For a writer fed as fast as the disk takes it, such as an
+    /// export writing a layer blob and the archive from one compression.
+    pub fn in_background(mut self) -> Self {
+        self.background = true;
+        self
     }
 
     /// How many bytes were written into it so far.
@@ -154,6 +183,7 @@ impl<F: Borrow<File>> DirectWriter<F> {
     }
 
     fn write_all_out(&mut self) -> io::Result<()> {
+        self.wait()?;
         let whole = self.len / ALIGN * ALIGN;
         self.write_out(whole)?;
         if self.direct {
@@ -173,35 +203,102 @@ impl<F: Borrow<File>> DirectWriter<F> {
         if n == 0 {
             return Ok(());
         }
-        let mut file = self.file.borrow();
         let bytes = as_bytes(&mut self.blocks);
-        let chunk = &bytes[..n];
-        let written = match &mut self.hasher {
-            Some(hasher) if n >= PARALLEL_HASH => std::thread::scope(|s| {
-                s.spawn(|| hasher.update(chunk));
-                file.write_all(chunk)
-            }),
-            Some(hasher) => {
-                hasher.update(chunk);
-                file.write_all(chunk)
-            }
-            None => file.write_all(chunk),
-        };
-        if let Err(e) = written {
-            if !(self.direct && e.raw_os_error() == Some(libc::EINVAL)) {
-                return Err(e);
-            }
-            // Accepted when set but refused on write: go buffered, from
-            // where this chunk starts (a failed write may have left part).
-            set_direct(self.file.borrow(), false)?;
+        let written = write_chunk(
+            self.file.borrow(),
+            &bytes[..n],
+            self.offset,
+            self.direct,
+            self.hasher.as_mut(),
+        );
+        if written? {
             self.direct = false;
-            file.seek(SeekFrom::Start(self.offset))?;
-            file.write_all(&bytes[..n])?;
         }
         bytes.copy_within(n..self.len, 0);
         self.len -= n;
         self.offset += n as u64;
         Ok(())
+    }
+
+    /// Hands the full buffer to a thread that writes it (and hashes it),
+    /// after the chunk before is written; the next chunk fills the buffer
+    /// that one gives back.
+    fn send_chunk(&mut self) -> io::Result<()> {
+        self.wait()?;
+        let file = self.file.borrow().try_clone()?;
+        let mut next = std::mem::take(&mut self.spare);
+        next.resize(CHUNK / ALIGN, Block([0; ALIGN]));
+        let mut blocks = std::mem::replace(&mut self.blocks, next);
+        let mut hasher = self.hasher.take();
+        let (offset, direct) = (self.offset, self.direct);
+        self.offset += CHUNK as u64;
+        self.len = 0;
+        let handle = std::thread::Builder::new()
+            .name("estiba-write".to_string())
+            .spawn(move || {
+                let chunk = &as_bytes(&mut blocks)[..CHUNK];
+                let written = write_chunk(&file, chunk, offset, direct, hasher.as_mut());
+                let went_buffered = matches!(written, Ok(true));
+                Written {
+                    blocks,
+                    hasher,
+                    result: written.map(|_| ()),
+                    went_buffered,
+                }
+            })?;
+        self.in_flight = Some(handle);
+        Ok(())
+    }
+
+    /// Waits for the chunk in the background, if any, and takes back its
+    /// buffer and hasher.
+    fn wait(&mut self) -> io::Result<()> {
+        let Some(handle) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let written = handle
+            .join()
+            .map_err(|_| io::Error::other("the thread writing a chunk panicked"))?;
+        self.spare = written.blocks;
+        self.hasher = written.hasher;
+        if written.went_buffered {
+            self.direct = false;
+        }
+        written.result
+    }
+}
+
+/// Writes `chunk` at the file's position, `offset`, hashing it on a second
+/// thread meanwhile when it is big; `Ok(true)` when the file refused
+/// `O_DIRECT` at this write (accepted when set, EINVAL on write) and the
+/// chunk went buffered from `offset` (a failed write may have left part).
+fn write_chunk(
+    mut file: &File,
+    chunk: &[u8],
+    offset: u64,
+    direct: bool,
+    hasher: Option<&mut Hasher>,
+) -> io::Result<bool> {
+    let written = match hasher {
+        Some(hasher) if chunk.len() >= PARALLEL_HASH => std::thread::scope(|s| {
+            s.spawn(|| hasher.update(chunk));
+            file.write_all(chunk)
+        }),
+        Some(hasher) => {
+            hasher.update(chunk);
+            file.write_all(chunk)
+        }
+        None => file.write_all(chunk),
+    };
+    match written {
+        Ok(()) => Ok(false),
+        Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
+            set_direct(file, false)?;
+            file.seek(SeekFrom::Start(offset))?;
+            file.write_all(chunk)?;
+            Ok(true)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -218,7 +315,11 @@ pub(super) fn as_bytes(blocks: &mut [Block]) -> &mut [u8] {
 impl<F: Borrow<File>> Write for DirectWriter<F> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.len == CHUNK {
-            self.write_out(CHUNK)?;
+            if self.background {
+                self.send_chunk()?;
+            } else {
+                self.write_out(CHUNK)?;
+            }
         }
         let len = self.len;
         let n = buf.len().min(CHUNK - len);
@@ -259,12 +360,21 @@ mod tests {
         (0..len).map(|i| (i * 31 + i / 4099) as u8).collect()
     }
 
-    /// Writes `data` through a file writer in pieces of `piece` bytes and
+    /// Writes `data` through a file writer in pieces of `piece` bytes
+    /// (each whole chunk from a thread of its own with `background`) and
     /// reads the file back.
-    fn through_file_writer(dir: &std::path::Path, data: &[u8], piece: usize) -> Vec<u8> {
+    fn through_file_writer(
+        dir: &std::path::Path,
+        data: &[u8],
+        piece: usize,
+        background: bool,
+    ) -> Vec<u8> {
         let path = dir.join("out");
         let file = File::create(&path).expect("create");
         let mut writer = DirectWriter::to_file(&file);
+        if background {
+            writer = writer.in_background();
+        }
         for part in data.chunks(piece.max(1)) {
             writer.write_all(part).expect("write");
         }
@@ -278,11 +388,20 @@ mod tests {
 
     #[test]
     fn bytes_are_rewritten_in_the_buffer_and_in_the_file() {
+        for background in [false, true] {
+            rewrites_land(background);
+        }
+    }
+
+    fn rewrites_land(background: bool) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("out");
         let file = File::create(&path).expect("create");
         let mut data = pattern(3 * CHUNK + 1000);
         let mut writer = DirectWriter::to_file(&file);
+        if background {
+            writer = writer.in_background();
+        }
         writer.write_all(&data[..CHUNK + 700]).expect("write");
         assert_eq!(writer.position(), (CHUNK + 700) as u64);
         // Gone to the file, straddling the buffer's start, in the buffer.
@@ -305,7 +424,7 @@ mod tests {
         let mut back = Vec::new();
         let mut file = File::open(&path).expect("open");
         file.read_to_end(&mut back).expect("read");
-        assert!(back == data);
+        assert!(back == data, "background {background}");
     }
 
     #[test]
@@ -330,14 +449,37 @@ mod tests {
                 3 * CHUNK + 7,
             ] {
                 let data = pattern(len);
-                for piece in [511, 65536, CHUNK + 1] {
-                    let back = through_file_writer(dir, &data, piece);
+                for (piece, background) in [511, 65536, CHUNK + 1]
+                    .into_iter()
+                    .flat_map(|p| [(p, false), (p, true)])
+                {
+                    let back = through_file_writer(dir, &data, piece, background);
                     assert!(
                         back == data,
-                        "{len} bytes in pieces of {piece} under {dir:?}"
+                        "{len} bytes in pieces of {piece} under {dir:?}, background {background}"
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_blob_hashed_in_the_background_has_the_digest_of_its_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = pattern(4 * CHUNK + 4097);
+        for background in [false, true] {
+            let temp = TempFile::create(dir.path(), "blob").expect("temp");
+            let mut writer = DirectWriter::new(temp);
+            if background {
+                writer = writer.in_background();
+            }
+            for part in data.chunks(300_001) {
+                writer.write_all(part).expect("write");
+            }
+            let (temp, digest) = writer.finish().expect("finish");
+            assert_eq!(digest, Digest::of(&data), "background {background}");
+            let back = std::fs::read(temp.path()).expect("read");
+            assert!(back == data, "background {background}");
         }
     }
 }
