@@ -15,6 +15,46 @@ use std::time::Instant;
 /// Blobs uploaded at once.
 const CONCURRENT_UPLOADS: usize = 3;
 
+/// Of those, layers compressed as they are uploaded, at most: each holds
+/// its compression's chunks in memory, and two keep both cores busy.
+/// Three at once took a first push of 504 MiB to a peak RSS of 59 to
+/// 62 MB, two to 43 to 46 MB, in the same 2.8 s.
+const CONCURRENT_COMPRESSIONS: usize = 2;
+
+/// Counts what may run at once: [`Slots::take`] waits for a free slot,
+/// which its guard gives back when dropped.
+struct Slots {
+    free: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+struct Slot<'a>(&'a Slots);
+
+impl Slots {
+    fn new(n: usize) -> Self {
+        Slots {
+            free: std::sync::Mutex::new(n),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn take(&self) -> Slot<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= 1;
+        Slot(self)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.0.freed.notify_one();
+    }
+}
+
 /// The media types a pushed manifest uses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Format {
@@ -90,6 +130,7 @@ pub(super) fn push(
     }
     let sent: Vec<std::sync::OnceLock<Descriptor>> =
         image.layers.iter().map(|_| Default::default()).collect();
+    let compressions = Slots::new(CONCURRENT_COMPRESSIONS);
     super::each_concurrently(
         &items,
         CONCURRENT_UPLOADS,
@@ -107,6 +148,7 @@ pub(super) fn push(
             Some(i) => {
                 let layer = &image.layers[i];
                 let Some(blob) = kept_blob(store, layer, opts.compression)? else {
+                    let _slot = compressions.take();
                     let blob =
                         stream_layer(store, registry, dest, layer, opts, &sources, progress)?;
                     sent[i].get_or_init(|| blob);
