@@ -549,6 +549,12 @@ fn a_damaged_blob_in_the_registry_never_enters_the_store() {
 
     let err = fails(e.estiba("b").args(["pull", &name]));
     assert!(err.contains(&hex[..12]), "the layer is named: {err}");
+    // The registry's error, naming the image and the registry, whichever
+    // side hashed the blob.
+    assert!(
+        err.contains("refused") && err.contains(&reg.host()) && err.contains("app:damaged"),
+        "the registry is blamed: {err}"
+    );
     let (code, _, _) = support_estiba::run(e.estiba("b").args(["inspect", &name]));
     assert_ne!(code, 0, "nothing is tagged");
     e.fsck_clean("b");

@@ -738,7 +738,8 @@ impl<'r> RemoteCache<'r> {
                     }
                     .into());
                 };
-                registry.get_blob(reference, blob, &mut out, progress)?;
+                registry.get_blob_unhashed(reference, blob, &mut out, progress)?;
+                return super::pull::commit_pulled(out, reference, blob);
             }
             Origin::Local(dir) => {
                 let path = layout_blob(dir, &blob.digest);

@@ -96,8 +96,8 @@ pub(super) fn pull(
     }
     if !store.has_blob(&manifest.config.digest) {
         let mut blob = store.blob_writer()?;
-        registry.get_blob(reference, &manifest.config, &mut blob, &|_| {})?;
-        blob.commit_expect(&manifest.config.digest)?;
+        registry.get_blob_unhashed(reference, &manifest.config, &mut blob, &|_| {})?;
+        commit_pulled(blob, reference, &manifest.config)?;
     }
     download_layers(store, registry, reference, &manifest.layers, progress)?;
     let (digest, size) = store.put_blob(&manifest_bytes)?;
@@ -152,12 +152,12 @@ fn download(
     let item = short(&layer.digest);
     let started = Instant::now();
     let mut blob = store.blob_writer()?;
-    registry.get_blob(reference, layer, &mut blob, &|done| {
+    registry.get_blob_unhashed(reference, layer, &mut blob, &|done| {
         progress
             .reporter
             .transfer(progress.id, &item, done, layer.size);
     })?;
-    blob.commit_expect(&layer.digest)?;
+    commit_pulled(blob, reference, layer)?;
     progress.reporter.log(
         progress.id,
         &format!(
@@ -168,6 +168,24 @@ fn download(
         ),
     );
     Ok(())
+}
+
+/// Stores a blob the registry sent unhashed (the blob writer hashed it),
+/// if it is `desc`'s: a blob with another digest is refused as the
+/// registry's, naming the image and the registry, and nothing is stored.
+pub(super) fn commit_pulled(
+    blob: estiba_cache::BlobWriter,
+    reference: &Reference,
+    desc: &Descriptor,
+) -> Result<(), ImageError> {
+    match blob.commit_expect(&desc.digest) {
+        Ok(_) => Ok(()),
+        Err(estiba_cache::StoreError::DigestMismatch { expected, actual }) => Err(
+            crate::registry::RegistryError::blob_digest_mismatch(reference, expected, actual)
+                .into(),
+        ),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `sha256:` and the first 12 hex digits, as BuildKit names a layer.

@@ -18,10 +18,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The size of the pieces an upload is read in.
 const UPLOAD_BUFFER: usize = 256 * 1024;
 
-/// A download in progress: what has been written and hashed so far.
+/// A download in progress: what has been written and hashed so far (not
+/// hashed here when the writer hashes it: [`Registry::get_blob_unhashed`]).
 struct Download {
     received: u64,
-    hasher: Hasher,
+    hasher: Option<Hasher>,
 }
 
 /// The reader a blob upload gets from its caller, opened again for each try.
@@ -41,9 +42,35 @@ impl Registry {
         out: &mut dyn Write,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(), RegistryError> {
+        self.download(repo, desc, out, progress, Some(Hasher::new()))
+    }
+
+    /// [`get_blob`](Registry::get_blob) without hashing the bytes, for a
+    /// writer that hashes them itself (a store's blob writer): a pull
+    /// hashed every byte twice. The size is still checked; the caller
+    /// checks the digest (`commit_expect`) and refuses a mismatch with
+    /// [`RegistryError::blob_digest_mismatch`], storing nothing.
+    pub fn get_blob_unhashed(
+        &self,
+        repo: &Reference,
+        desc: &Descriptor,
+        out: &mut dyn Write,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(), RegistryError> {
+        self.download(repo, desc, out, progress, None)
+    }
+
+    fn download(
+        &self,
+        repo: &Reference,
+        desc: &Descriptor,
+        out: &mut dyn Write,
+        progress: &(dyn Fn(u64) + Sync),
+        hasher: Option<Hasher>,
+    ) -> Result<(), RegistryError> {
         let mut state = Download {
             received: 0,
-            hasher: Hasher::new(),
+            hasher,
         };
         self.on_pull_endpoints(&repo.registry, |ep| {
             self.get_blob_from(ep, repo, desc, out, progress, &mut state)
@@ -58,7 +85,10 @@ impl Registry {
                 actual: state.received,
             });
         }
-        let actual = state.hasher.finish();
+        let Some(hasher) = state.hasher else {
+            return Ok(());
+        };
+        let actual = hasher.finish();
         if actual != desc.digest {
             return Err(RegistryError::DigestMismatch {
                 what: super::error::Content::Blob,
@@ -195,7 +225,9 @@ impl Registry {
                     actual: total,
                 });
             }
-            state.hasher.update(data);
+            if let Some(hasher) = &mut state.hasher {
+                hasher.update(data);
+            }
             out.write_all(data).map_err(|source| RegistryError::Write {
                 digest: desc.digest,
                 reference: call.reference.clone(),

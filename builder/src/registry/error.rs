@@ -291,6 +291,19 @@ fn body_suffix(body: &str) -> String {
 }
 
 impl RegistryError {
+    /// A blob of `repo` that came with digest `actual` instead of
+    /// `expected`: what [`Registry::get_blob`](super::Registry::get_blob)
+    /// answers, for a caller that hashed the blob itself.
+    pub fn blob_digest_mismatch(repo: &super::Reference, expected: Digest, actual: Digest) -> Self {
+        RegistryError::DigestMismatch {
+            what: Content::Blob,
+            reference: repo.familiar(),
+            host: repo.registry.clone(),
+            expected,
+            actual,
+        }
+    }
+
     /// The same error, counting `n` tries where it counts them.
     pub(crate) fn after_attempts(self, n: u32) -> Self {
         match self {
