@@ -187,6 +187,106 @@ impl<R: std::io::Read> std::io::Read for DigestReader<R> {
     }
 }
 
+/// A [`DigestReader`] whose hash runs on a thread of its own: what is read
+/// is copied there a MiB at a time, so the hash overlaps the caller's reads
+/// and writes. For a copy that waits on the disk, such as a kept blob
+/// copied into an archive, where the hash was the one thing besides the
+/// copy on the caller's thread. At most two MiB wait to be hashed.
+pub struct BackgroundDigestReader<R> {
+    inner: R,
+    size: u64,
+    /// Bytes read, not yet sent to the hashing thread.
+    pending: Vec<u8>,
+    to_hash: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    /// Buffers the hashing thread is done with.
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+    hashing: Option<std::thread::JoinHandle<Digest>>,
+}
+
+/// Bytes sent to the hashing thread at once.
+const BACKGROUND_PIECE: usize = 1 << 20;
+/// Pieces waiting for the hashing thread, at most.
+const BACKGROUND_QUEUE: usize = 2;
+
+impl<R> fmt::Debug for BackgroundDigestReader<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackgroundDigestReader")
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+impl<R: std::io::Read> BackgroundDigestReader<R> {
+    /// Wraps `inner`; the hashing thread starts here.
+    pub fn new(inner: R) -> std::io::Result<Self> {
+        let (to_hash, pieces) = std::sync::mpsc::sync_channel::<Vec<u8>>(BACKGROUND_QUEUE);
+        let (give_back, spare) = std::sync::mpsc::channel();
+        let hashing = std::thread::Builder::new()
+            .name("estiba-hash".to_string())
+            .spawn(move || {
+                let mut hasher = Hasher::new();
+                for mut piece in pieces {
+                    hasher.update(&piece);
+                    piece.clear();
+                    // The reader may be gone: then the buffer is freed.
+                    let _ = give_back.send(piece);
+                }
+                hasher.finish()
+            })?;
+        Ok(BackgroundDigestReader {
+            inner,
+            size: 0,
+            pending: Vec::with_capacity(BACKGROUND_PIECE),
+            to_hash: Some(to_hash),
+            spare,
+            hashing: Some(hashing),
+        })
+    }
+
+    /// Sends what is pending to the hashing thread.
+    fn send(&mut self) -> std::io::Result<()> {
+        let next = self
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(BACKGROUND_PIECE));
+        let piece = std::mem::replace(&mut self.pending, next);
+        let sent = self.to_hash.as_ref().map(|tx| tx.send(piece));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            _ => Err(std::io::Error::other("the hashing thread is gone")),
+        }
+    }
+
+    /// The inner reader, and the digest and size of what was read so far
+    /// (once the hashing thread has hashed all of it).
+    pub fn into_parts(mut self) -> std::io::Result<(R, Digest, u64)> {
+        if !self.pending.is_empty() {
+            self.send()?;
+        }
+        drop(self.to_hash.take());
+        let digest = self
+            .hashing
+            .take()
+            .map(|h| h.join())
+            .transpose()
+            .map_err(|_| std::io::Error::other("the hashing thread panicked"))?
+            .ok_or_else(|| std::io::Error::other("no hashing thread"))?;
+        Ok((self.inner, digest, self.size))
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for BackgroundDigestReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pending.extend_from_slice(&buf[..n]);
+        self.size += n as u64;
+        if self.pending.len() >= BACKGROUND_PIECE {
+            self.send()?;
+        }
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,5 +333,32 @@ mod tests {
         h.update(b"a");
         h.update(b"bc");
         assert_eq!(h.finish(), Digest::of(b"abc"));
+    }
+
+    #[test]
+    fn a_background_digest_is_the_digest_of_what_was_read() {
+        use std::io::Read;
+        let data: Vec<u8> = (0..3_500_000u32)
+            .map(|i| (i * 7 + i / 1000) as u8)
+            .collect();
+        for piece in [1usize, 4096, 1 << 20, 3 << 20] {
+            let mut r = BackgroundDigestReader::new(&data[..]).expect("start");
+            let mut buf = vec![0u8; piece];
+            let mut back = Vec::new();
+            loop {
+                let n = r.read(&mut buf).expect("read");
+                if n == 0 {
+                    break;
+                }
+                back.extend_from_slice(&buf[..n]);
+            }
+            let (_, digest, size) = r.into_parts().expect("parts");
+            assert_eq!(digest, Digest::of(&data), "pieces of {piece}");
+            assert_eq!(size, data.len() as u64);
+            assert!(back == data);
+        }
+        // Nothing read: the digest of nothing.
+        let r = BackgroundDigestReader::new(&b""[..]).expect("start");
+        assert_eq!(r.into_parts().expect("parts").1, Digest::of(b""));
     }
 }

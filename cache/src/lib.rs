@@ -10,7 +10,7 @@ mod digest;
 pub mod oci;
 mod store;
 
-pub use digest::{Digest, DigestError, DigestReader, Hasher};
+pub use digest::{BackgroundDigestReader, Digest, DigestError, DigestReader, Hasher};
 pub use oci::{media_type, Codec, Compression, Descriptor, REF_NAME_ANNOTATION};
 pub use store::{
     remove_dir_all_force, BlobFault, BlobReader, BlobWriter, CacheRecord, DirectWriter, FsckReport,
