@@ -17,8 +17,9 @@ const CONCURRENT_UPLOADS: usize = 3;
 
 /// Of those, layers compressed as they are uploaded, at most: each holds
 /// its compression's chunks in memory, and two keep both cores busy.
-/// Three at once took a first push of 504 MiB to a peak RSS of 59 to
-/// 62 MB, two to 43 to 46 MB, in the same 2.8 s.
+/// Three at once took a first push of 504 MiB to a peak RSS of 56 to
+/// 62 MB, two to 44 to 48 MB, in about the same time (2.87-3.02 s
+/// against 2.82-2.91 s, alternating).
 const CONCURRENT_COMPRESSIONS: usize = 2;
 
 /// Counts what may run at once: [`Slots::take`] waits for a free slot,

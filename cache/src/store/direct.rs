@@ -66,6 +66,8 @@ pub struct DirectWriter<F: Borrow<File>> {
     in_flight: Option<std::thread::JoinHandle<Written>>,
     /// The buffer of the chunk written before, to fill again.
     spare: Vec<Block>,
+    /// The file, for the writing threads: duplicated once, not per chunk.
+    shared: Option<std::sync::Arc<File>>,
 }
 
 /// A chunk written in the background, and what it took along.
@@ -128,6 +130,7 @@ impl<F: Borrow<File>> DirectWriter<F> {
             background: false,
             in_flight: None,
             spare: Vec::new(),
+            shared: None,
         }
     }
 
@@ -225,7 +228,14 @@ impl<F: Borrow<File>> DirectWriter<F> {
     /// that one gives back.
     fn send_chunk(&mut self) -> io::Result<()> {
         self.wait()?;
-        let file = self.file.borrow().try_clone()?;
+        let file = match &self.shared {
+            Some(file) => std::sync::Arc::clone(file),
+            None => {
+                let file = std::sync::Arc::new(self.file.borrow().try_clone()?);
+                self.shared = Some(std::sync::Arc::clone(&file));
+                file
+            }
+        };
         let mut next = std::mem::take(&mut self.spare);
         next.resize(CHUNK / ALIGN, Block([0; ALIGN]));
         let mut blocks = std::mem::replace(&mut self.blocks, next);
