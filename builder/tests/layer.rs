@@ -898,6 +898,12 @@ fn a_layer_file_unpacks_as_its_stream_does() {
     // Files bigger than the read-ahead buffer, and a run of small ones.
     write(&src.path().join("huge/a"), &vec![1u8; 700_000]);
     write(&src.path().join("huge/b"), &vec![2u8; 1_300_001]);
+    // Big enough to be written past the page cache (4 MiB and up), with a
+    // tail that is not a whole block.
+    let big: Vec<u8> = (0..5 * 1024 * 1024 + 123)
+        .map(|i: u32| (i % 251) as u8)
+        .collect();
+    write(&src.path().join("huge/c"), &big);
     for i in 0..50 {
         write(
             &src.path().join(format!("small/{i}")),
@@ -919,6 +925,16 @@ fn a_layer_file_unpacks_as_its_stream_does() {
     assert_eq!(
         fs::read(from_file.path().join("huge/b")).unwrap(),
         vec![2u8; 1_300_001]
+    );
+    assert!(fs::read(streamed.path().join("huge/c")).unwrap() == big);
+    // A stream cut inside the big file's content.
+    let result = unpack_layer(&tar[..tar.len() / 2], tmp().path(), &root_opts());
+    assert!(
+        matches!(
+            result,
+            Err(LayerError::Truncated | LayerError::TruncatedEntry { .. })
+        ),
+        "{result:?}"
     );
     // Cut inside the big file's content, and before the end blocks.
     for cut in [tar.len() / 2, tar.len() - 1024] {

@@ -333,7 +333,12 @@ impl Unpacker {
                 let copied = match data.splice_into(&file) {
                     Some(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Err(truncated()),
                     Some(spliced) => spliced.map_err(&err),
-                    None => copy_content(data, &mut file, &mut self.buf).map_err(|e| match e {
+                    None => if meta.size >= DIRECT_WRITE_MIN {
+                        copy_content_direct(data, &file, &mut self.buf)
+                    } else {
+                        copy_content(data, &mut file, &mut self.buf)
+                    }
+                    .map_err(|e| match e {
                         DataError::Read(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                             truncated()
                         }
@@ -943,7 +948,7 @@ fn set_mtime(target: Target<'_>, mtime: i64) -> io::Result<()> {
 
 fn copy_content(
     data: &mut impl Read,
-    out: &mut fs::File,
+    out: &mut impl Write,
     buf: &mut [u8],
 ) -> Result<u64, DataError> {
     let mut copied = 0u64;
@@ -958,3 +963,28 @@ fn copy_content(
         copied += n as u64;
     }
 }
+
+/// [`copy_content`] past the page cache (`O_DIRECT` where the file system
+/// allows it), 1 MiB at a time from a thread of its own, for a file of at
+/// least [`DIRECT_WRITE_MIN`] (`file` is new and empty). A snapshot's big
+/// files are mostly written and not read again before the disk has them,
+/// and on a VM whose host reclaims free memory each new page-cache page is
+/// a fault on the host: a COPY of 20,000 files and 500 MB followed by a
+/// RUN spent 2.0-2.3 s of system time that way, 1.0 s with this (cold
+/// build 2.73-3.03 s -> 1.71-1.83 s; after a one-file edit 2.98-4.47 s ->
+/// 1.45-1.77 s, alternating the binaries). A RUN that then reads every
+/// byte of those files took as long either way (5.62-5.92 s against
+/// 5.84-6.34 s).
+fn copy_content_direct(
+    data: &mut impl Read,
+    file: &fs::File,
+    buf: &mut [u8],
+) -> Result<u64, DataError> {
+    let mut out = estiba_cache::DirectWriter::to_file(file).in_background();
+    let copied = copy_content(data, &mut out, buf)?;
+    out.finish_file().map_err(DataError::Write)?;
+    Ok(copied)
+}
+
+/// Files from this size up are written by [`copy_content_direct`].
+const DIRECT_WRITE_MIN: u64 = 4 << 20;
