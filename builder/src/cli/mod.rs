@@ -50,8 +50,30 @@ fn unmap_big_buffers() {
     }
 }
 
+/// Memory glibc keeps for reuse at the top of a heap once freed, instead
+/// of giving it back to the kernel. Its default (128 KiB, raised only by
+/// freeing big mapped blocks) gave back and faulted in again the pieces a
+/// push streams (256 KiB, made on one thread and freed on another): on a
+/// VM whose host reclaims freed memory each page is then a host fault. A
+/// first push of 504 MiB spent 0.51-0.61 s in the kernel with the default,
+/// 0.32-0.47 s with this, 0.07 s less in all (alternating runs); its peak
+/// RSS went from 44-47 MB to 45-51 MB.
+#[cfg(target_env = "gnu")]
+const KEPT_FREE_MEMORY: libc::c_int = 64 << 20;
+
+/// For every command, before any thread starts: see [`KEPT_FREE_MEMORY`].
+fn keep_freed_memory() {
+    // SAFETY: mallopt only sets an allocator parameter, under glibc's
+    // own lock; a failure (0) leaves the default.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, KEPT_FREE_MEMORY);
+    }
+}
+
 /// Runs the CLI and returns the process exit code.
 pub(crate) fn main() -> i32 {
+    keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -168,7 +168,7 @@ pub fn compress_layer(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlobWrites {
     /// On the compressing thread, a chunk at a time: the least memory (a
-    /// push compresses and streams three layers at once, under 64 MB).
+    /// push compresses and streams two layers at once, under 64 MB).
     Inline,
     /// From a thread of their own while the next chunk fills, one chunk
     /// more of memory: for an export, whose archive gets the same bytes,

@@ -119,7 +119,7 @@ pub(super) fn push(
     let sources = mount_sources(store, &diff_ids, Some(image.id()), dest)?;
     // The config, then each stored layer blob once. A layer is compressed by
     // the worker that uploads it, streamed to the registry as it is
-    // compressed (three compressions at once at most).
+    // compressed ([`CONCURRENT_COMPRESSIONS`] at once at most).
     let mut items: Vec<Option<usize>> = vec![None];
     for (i, layer) in image.layers.iter().enumerate() {
         if !image.layers[..i]
