@@ -172,8 +172,10 @@ pub struct RunSpec {
     /// success at once, syncing nothing (a seccomp answer, so only under
     /// [`Security::Sandbox`]): build steps, whose changes are derived data
     /// until they become a layer blob, which is synced then. A crash
-    /// mid-step loses the step, never a layer. `estiba run` keeps real
-    /// syncs.
+    /// mid-step loses the step, never a layer. The overlay is mounted
+    /// `volatile` too (Linux 5.10 and later), so its unmount syncs nothing;
+    /// its work dir cannot serve another overlay afterwards, which a fresh
+    /// one per step never does. `estiba run` keeps real syncs.
     #[serde(default)]
     pub skip_sync: bool,
 }

@@ -17,9 +17,7 @@ mod unpack;
 
 pub use unpack::{unpack_layer, unpack_layer_file};
 
-use crate::compress::DigestWriter;
 use crate::sys;
-use estiba_cache::Digest;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -51,15 +49,6 @@ pub struct LayerOptions {
     /// `SOURCE_DATE_EPOCH`: no entry gets an mtime later than this (seconds
     /// since the epoch); earlier mtimes are kept.
     pub mtime_clamp: Option<i64>,
-}
-
-/// What [`write_layer`] wrote.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LayerInfo {
-    /// sha256 of the uncompressed tar.
-    pub diff_id: Digest,
-    /// Size in bytes of the uncompressed tar.
-    pub size: u64,
 }
 
 /// What [`unpack_layer`] does with whiteout entries.
@@ -607,8 +596,9 @@ struct Found {
 }
 
 /// Writes the tree under `dir` (a layer diff: whiteout files in it are kept
-/// as they are) as a deterministic tar into `out`, and returns its diff ID
-/// and size, computed from the bytes as they are written.
+/// as they are) as a deterministic tar into `out`, and returns `out`. The
+/// tar is the layer's uncompressed blob: a store blob writer hashes it
+/// once, into the digest that is also its diff ID.
 ///
 /// Entries come depth first, each directory's sorted by name
 /// ([`crate::tree::path_order`]: parents before children), streamed from
@@ -619,12 +609,8 @@ struct Found {
 /// hold them); xattrs in the `user.`, `security.` and `trusted.` namespaces
 /// are kept except overlayfs's own (`trusted.overlay.*`, `user.overlay.*`)
 /// and `security.selinux`, which is the host's label, not the image's.
-pub fn write_layer(
-    dir: &Path,
-    out: impl Write,
-    opts: &LayerOptions,
-) -> Result<LayerInfo, LayerError> {
-    let mut tar = LayerStream::new(DigestWriter::new(out));
+pub fn write_layer<W: Write>(dir: &Path, out: W, opts: &LayerOptions) -> Result<W, LayerError> {
+    let mut tar = LayerStream::new(out);
     let mut inodes: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     // Depth first, each directory's entries by name: the tree::path_order
     // of their paths, streamed with one listing per level held.
@@ -667,8 +653,7 @@ pub fn write_layer(
         };
         write_entry(&mut tar, &found, opts, &mut inodes)?;
     }
-    let (_, diff_id, size) = tar.finish()?.finish();
-    Ok(LayerInfo { diff_id, size })
+    tar.finish()
 }
 
 /// A layer tar written entry by entry, for diffs that are not directories

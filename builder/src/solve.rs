@@ -19,7 +19,7 @@ use crate::progress::Reporter;
 use crate::registry::Reference;
 use crate::rootfs::LayeredTree;
 use crate::tree::{self, SourceTree};
-use estiba_cache::{media_type, CacheRecord, Descriptor, Digest, Store, TempDir};
+use estiba_cache::{CacheRecord, Digest, Store, TempDir};
 use estiba_frontend::dockerignore::Matcher;
 use estiba_frontend::graph::{Base, BuildGraph, CopySource, CopyStep, Op, Stage, Step};
 use estiba_frontend::Span;
@@ -853,23 +853,21 @@ impl<'a> Solver<'a> {
     /// Turns a filled upper directory (OCI whiteout form) into a stored
     /// layer, and keeps the directory itself as the layer's snapshot.
     fn commit_upper(&self, upper: TempDir) -> Result<Layer> {
-        let mut blob = self.store.blob_writer()?;
-        let info = layer::write_layer(
+        // Written and hashed on another core while the walk goes on.
+        let blob = layer::write_layer(
             upper.path(),
-            &mut blob,
+            self.store.blob_writer()?.in_background(),
             &layer::LayerOptions {
                 mtime_clamp: self.opts.epoch,
             },
         )?;
         let (digest, size) = blob.commit()?;
-        if self.store.snapshot(&info.diff_id).is_none() {
+        let layer = Layer::uncompressed(digest, size);
+        if self.store.snapshot(&layer.diff_id).is_none() {
             image::overlay_form(upper.path())?;
-            self.adopt_snapshot(upper, &info.diff_id)?;
+            self.adopt_snapshot(upper, &layer.diff_id)?;
         }
-        Ok(Layer {
-            descriptor: Descriptor::new(media_type::OCI_LAYER_TAR, digest, size),
-            diff_id: info.diff_id,
-        })
+        Ok(layer)
     }
 }
 

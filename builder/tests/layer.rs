@@ -119,10 +119,11 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
     out
 }
 
-fn layer_bytes(dir: &Path, opts: &LayerOptions) -> (Vec<u8>, estiba::layer::LayerInfo) {
-    let mut out = Vec::new();
-    let info = write_layer(dir, &mut out, opts).unwrap();
-    (out, info)
+/// The layer tar of `dir`, and its diff ID: the digest of those bytes.
+fn layer_bytes(dir: &Path, opts: &LayerOptions) -> (Vec<u8>, Digest) {
+    let out = write_layer(dir, Vec::new(), opts).unwrap();
+    let diff_id = Digest::of(&out);
+    (out, diff_id)
 }
 
 /// A tar entry header with raw name bytes, bypassing the tar crate's checks.
@@ -194,8 +195,6 @@ fn same_tree_gives_same_bytes_whatever_the_creation_order_and_mtimes() {
     let (tb, ib) = layer_bytes(b.path(), &opts);
     assert_eq!(ta, tb, "same tree, different bytes");
     assert_eq!(ia, ib);
-    assert_eq!(ia.diff_id, Digest::of(&ta));
-    assert_eq!(ia.size, ta.len() as u64);
 
     // Entries depth first by name (each directory with its entries), relative, directories with a trailing slash,
     // no user or group names, mtimes clamped.
