@@ -24,7 +24,7 @@ pub use source::{Images, PullPolicy};
 pub use stored::{
     find, read, snapshot, store_image, store_manifest, unpack_while_writing, Image, Layer,
 };
-pub(crate) use stored::{overlay_form, snapshot_unpack_options};
+pub(crate) use stored::{snapshot_unpack_options, snapshots_in_overlay_form};
 
 use estiba_frontend::graph::ImageConfig as PlannedConfig;
 use estiba_frontend::instructions::Healthcheck;

@@ -4,8 +4,10 @@
 //!
 //! [`write_layer`] turns a diff directory into a *deterministic* tar (sorted
 //! entries, no user or group names, numeric ids only, mtimes from the files
-//! or clamped, PAX records only where ustar cannot say it) and hashes it as
-//! it is written, which gives the layer's diff ID in the same pass.
+//! or clamped, PAX records only where ustar cannot say it), streamed into a
+//! store blob writer, whose digest is the layer's diff ID;
+//! [`write_upper_layer`] writes the same tar from a RUN step's upper dir as
+//! overlayfs left it.
 //! [`unpack_layer`] applies a layer onto a directory, flattening it onto what
 //! lower layers left there; no entry can write outside that directory, and
 //! symbolic links already in it are resolved as if it were the root, as a
@@ -14,8 +16,10 @@
 
 mod input;
 mod unpack;
+mod upper;
 
 pub use unpack::{unpack_layer, unpack_layer_file};
+pub use upper::write_upper_layer;
 
 use crate::sys;
 use std::collections::{BTreeMap, HashMap};

@@ -32,6 +32,26 @@ pub(crate) fn is_overlay_xattr(name: &[u8]) -> bool {
     name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
 }
 
+/// Overlay metadata that means an upper dir is not a self-contained diff,
+/// by its name after the `trusted.overlay.` or `user.overlay.` prefix.
+const UNCONVERTIBLE_XATTRS: [(&[u8], &str); 2] = [
+    (b"redirect", "a renamed directory (overlay redirect_dir)"),
+    (b"metacopy", "a metadata-only copy-up (overlay metacopy)"),
+];
+
+/// What the overlayfs xattr `name` says that no layer can (a redirect, a
+/// metadata-only copy-up), if it says that.
+pub(crate) fn unconvertible_overlay_xattr(name: &[u8]) -> Option<&'static str> {
+    if !is_overlay_xattr(name) {
+        return None;
+    }
+    let own = name.splitn(3, |&b| b == b'.').nth(2).unwrap_or_default();
+    UNCONVERTIBLE_XATTRS
+        .iter()
+        .find(|(n, _)| *n == own)
+        .map(|(_, what)| *what)
+}
+
 /// The xattr that marks an opaque directory for overlayfs as this process
 /// mounts it (see [`crate::rootless::overlay_xattr_prefix`]).
 pub(crate) fn opaque_xattr() -> String {

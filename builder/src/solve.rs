@@ -850,21 +850,23 @@ impl<'a> Solver<'a> {
         Ok(())
     }
 
-    /// Turns a filled upper directory (OCI whiteout form) into a stored
+    /// Turns a filled upper directory (as overlayfs left it) into a stored
     /// layer, and keeps the directory itself as the layer's snapshot.
     fn commit_upper(&self, upper: TempDir) -> Result<Layer> {
+        let opts = layer::LayerOptions {
+            mtime_clamp: self.opts.epoch,
+        };
         // Written and hashed on another core while the walk goes on.
-        let blob = layer::write_layer(
-            upper.path(),
-            self.store.blob_writer()?.in_background(),
-            &layer::LayerOptions {
-                mtime_clamp: self.opts.epoch,
-            },
-        )?;
+        let blob = self.store.blob_writer()?.in_background();
+        let blob = if image::snapshots_in_overlay_form() {
+            layer::write_upper_layer(upper.path(), blob, &opts)?
+        } else {
+            crate::executor::upper_to_layer_dir(upper.path())?;
+            layer::write_layer(upper.path(), blob, &opts)?
+        };
         let (digest, size) = blob.commit()?;
         let layer = Layer::uncompressed(digest, size);
         if self.store.snapshot(&layer.diff_id).is_none() {
-            image::overlay_form(upper.path())?;
             self.adopt_snapshot(upper, &layer.diff_id)?;
         }
         Ok(layer)

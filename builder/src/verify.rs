@@ -6,7 +6,8 @@
 //!
 //! Times are left out, and so is the root directory itself: a snapshot kept
 //! from a RUN step's upper dir has the times the step gave its files, the
-//! layer the clamped ones (`SOURCE_DATE_EPOCH`).
+//! layer the clamped ones (`SOURCE_DATE_EPOCH`). A whiteout (a 0/0
+//! device) is compared by its name alone.
 
 use crate::layer;
 use crate::rootfs;
@@ -121,6 +122,13 @@ fn describe_tree(root: &Path) -> Result<Vec<(String, String)>, VerifyError> {
             .map(|(name, value)| format!("{name}={}", Digest::of(&value)))
             .collect();
         let rel = path.strip_prefix(root).unwrap_or(path);
+        if kind.is_char_device() && meta.rdev() == 0 {
+            // A whiteout: only its name means something. overlayfs links
+            // a step's whiteouts to one shared inode, owned as it was
+            // made, where an unpacked one is owned as its directory gives.
+            out.push((format!("/{}", rel.display()), "whiteout".to_string()));
+            continue;
+        }
         out.push((
             format!("/{}", rel.display()),
             format!(

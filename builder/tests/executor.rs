@@ -1071,3 +1071,110 @@ fn insecure_steps_run_unconfined() {
         .expect("CapEff");
     assert_eq!(f.sh(&spec), format!("{ours}\nSeccomp:\t0\nok\nmounted\n"));
 }
+
+/// What a type, permission bits, owner, device, link count, content and
+/// every xattr (overlayfs's too) say about each entry below `root`, sorted
+/// by path; a whiteout by its name and xattrs.
+fn describe_tree(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
+        let entry = entry.expect("walk");
+        let meta = entry.metadata().expect("lstat");
+        let content = if meta.is_file() {
+            std::fs::read(entry.path()).expect("read")
+        } else {
+            Vec::new()
+        };
+        let mut xattrs: Vec<String> = xattr::list(entry.path())
+            .expect("llistxattr")
+            .map(|n| {
+                let value = xattr::get(entry.path(), &n)
+                    .expect("getxattr")
+                    .unwrap_or_default();
+                format!(
+                    "{}={}",
+                    n.to_string_lossy(),
+                    String::from_utf8_lossy(&value)
+                )
+            })
+            .collect();
+        xattrs.sort();
+        let rel = entry.path().strip_prefix(root).expect("inside").display();
+        if meta.file_type().is_char_device() && meta.rdev() == 0 {
+            // overlayfs links its whiteouts to one shared inode: only the
+            // name of one means something.
+            out.push(format!("{rel} whiteout {xattrs:?}"));
+            continue;
+        }
+        out.push(format!(
+            "{rel} {:o} {}:{} dev {} nlink {} {:?} {xattrs:?}",
+            meta.mode(),
+            meta.uid(),
+            meta.gid(),
+            meta.rdev(),
+            meta.nlink(),
+            String::from_utf8_lossy(&content),
+        ));
+    }
+    out
+}
+
+/// A step's upper dir written as a layer in one walk gives the very tar
+/// that converting it to OCI whiteouts and archiving it gives, and is left
+/// as that conversion turned back into overlay form leaves it: whiteouts
+/// (one in a setgid directory, one sorting before everything as `.wh.`),
+/// an opaque directory, a directory moved (copied, its old name whited
+/// out), hard and symbolic links, a fifo, a device, names whose order
+/// differs between by-name and by-path (`a` and `a-b`), user xattrs, and
+/// overlayfs's own xattrs (dropped).
+#[test]
+fn an_upper_dir_writes_the_layer_its_conversion_would() {
+    let mut f = Fixture::new(Etc::Users);
+    f.snapshotter = Snapshotter::Overlay;
+    seed_changes(&f);
+    for dir in ["sg", "zzz"] {
+        std::fs::create_dir(f.lower.join(dir)).expect("mkdir");
+        std::fs::write(f.lower.join(dir).join("old"), "o").expect("write");
+    }
+    std::os::unix::fs::chown(f.lower.join("sg"), Some(0), Some(1000)).expect("chown");
+    std::fs::set_permissions(
+        f.lower.join("sg"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o2775),
+    )
+    .expect("chmod");
+    f.sh(&f.spec(
+        "echo hi > /new && rm /data/gone && rm -rf /dir && mkdir /dir && echo c > /dir/c \
+         && mv /tree /moved && rm /sg/old && rm -rf /zzz \
+         && mkdir -p /a/b /a-b && echo x > /a/b/f && ln /a/b/f /a/b/g && ln -s b/f /a/link \
+         && echo y > /a-b/f && mkfifo /a/fifo && mknod /a/null c 1 3 && chmod 4755 /a/b/f",
+    ));
+    xattr::set(f.upper.join("a/b/f"), "user.estiba", b"file").expect("setxattr");
+    xattr::set(f.upper.join("a"), "user.estiba", b"dir").expect("setxattr");
+    xattr::set(f.upper.join("a"), "trusted.overlay.impure", b"y").expect("setxattr");
+    xattr::set(f.upper.join("new"), "trusted.overlay.origin", b"x").expect("setxattr");
+
+    let converted = f.root.join("converted");
+    let status = Command::new("cp")
+        .args(["-a", "--preserve=all"])
+        .arg(&f.upper)
+        .arg(&converted)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    upper_to_layer_dir(&converted).expect("convert");
+    let opts = estiba::layer::LayerOptions::default();
+    let expected = estiba::layer::write_layer(&converted, Vec::new(), &opts).expect("layer");
+    estiba::rootfs::oci_to_overlay(&converted).expect("back to overlay form");
+
+    let tar = estiba::layer::write_upper_layer(&f.upper, Vec::new(), &opts).expect("layer");
+    assert!(tar == expected, "the tars differ");
+    let listed = estiba::layer::list_layer(&tar[..]).expect("list");
+    let names: Vec<&Path> = listed.iter().map(|e| e.path.as_path()).collect();
+    for marker in ["sg/.wh.old", ".wh.zzz", "dir/.wh..wh..opq", ".wh.tree"] {
+        assert!(
+            names.contains(&Path::new(marker)),
+            "no {marker} in {names:?}"
+        );
+    }
+    assert_eq!(describe_tree(&f.upper), describe_tree(&converted));
+}

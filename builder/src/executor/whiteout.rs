@@ -16,14 +16,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use super::{sys, ExecError};
-use crate::rootfs::{is_overlay_opaque, is_overlay_xattr};
+use crate::rootfs::{is_overlay_opaque, is_overlay_xattr, unconvertible_overlay_xattr};
 
-/// Overlay metadata that means the upper dir is not a self-contained diff,
-/// by its name after the `trusted.overlay.` or `user.overlay.` prefix.
-const UNCONVERTIBLE_XATTRS: [(&[u8], &str); 2] = [
-    (b"redirect", "a renamed directory (overlay redirect_dir)"),
-    (b"metacopy", "a metadata-only copy-up (overlay metacopy)"),
-];
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
@@ -131,11 +125,10 @@ fn strip_overlay_xattrs(path: &Path) -> Result<(), ExecError> {
         if !is_overlay_xattr(&name) {
             continue;
         }
-        let own = name.splitn(3, |&b| b == b'.').nth(2).unwrap_or_default();
-        if let Some((_, what)) = UNCONVERTIBLE_XATTRS.iter().find(|(n, _)| *n == own) {
+        if let Some(what) = unconvertible_overlay_xattr(&name) {
             return Err(ExecError::Unconvertible {
                 path: path.to_owned(),
-                what: (*what).to_owned(),
+                what: what.to_owned(),
             });
         }
         match xattr::remove(path, OsStr::from_bytes(&name)) {

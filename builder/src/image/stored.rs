@@ -276,11 +276,9 @@ pub(crate) fn snapshot_unpack_options() -> layer::UnpackOptions {
     }
 }
 
-/// A tree written in OCI whiteout form (a step's upper dir) turned into
-/// the form snapshots are kept in (see [`snapshot_whiteouts`]).
-pub(crate) fn overlay_form(dir: &std::path::Path) -> Result<(), crate::tree::TreeError> {
-    if snapshot_whiteouts() == layer::WhiteoutMode::Overlay {
-        crate::rootfs::oci_to_overlay(dir)?;
-    }
-    Ok(())
+/// Whether a step's upper dir is kept as its snapshot as overlayfs left
+/// it ([`crate::layer::write_upper_layer`]), rather than in OCI whiteout
+/// form (see [`snapshot_whiteouts`]).
+pub(crate) fn snapshots_in_overlay_form() -> bool {
+    snapshot_whiteouts() == layer::WhiteoutMode::Overlay
 }

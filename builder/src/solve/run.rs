@@ -435,7 +435,6 @@ impl<'a> Solver<'a> {
             });
         }
         drop(scratch);
-        executor::upper_to_layer_dir(upper.path())?;
         self.commit_upper(upper)
     }
 }
