@@ -809,7 +809,7 @@ impl<'a> Solver<'a> {
             mtime_clamp: self.opts.epoch,
         };
         if !snapshot {
-            let blob = writer.write_layer(self.store.blob_writer()?, &opts)?;
+            let blob = writer.write_layer(self.store.blob_writer()?.in_background(), &opts)?;
             let (digest, size) = blob.commit()?;
             return Ok(Layer::uncompressed(digest, size));
         }
@@ -819,7 +819,7 @@ impl<'a> Solver<'a> {
         let unpacked = self.store.temp_dir("snapshot")?;
         let (blob, tree) = image::unpack_while_writing(unpacked.path(), |out| {
             let mut tee = Tee {
-                first: self.store.blob_writer()?,
+                first: self.store.blob_writer()?.in_background(),
                 second: out,
             };
             tee = writer.write_layer(tee, &opts)?;
