@@ -1966,3 +1966,64 @@ fn a_compressed_layer_unpacks_only_as_its_true_diff_id() {
         b"hola\n".to_vec()
     );
 }
+
+/// A step can leave a tree deeper than any thread's stack and longer than
+/// any path (3,000 directories, a 6,000-byte path): a RUN step's upper dir
+/// is still written as its layer, every level in order, with two
+/// descriptors open at most (the walk goes back up through `..`).
+#[test]
+fn an_upper_dir_deeper_than_a_path_writes_its_layer() {
+    const DEPTH: usize = 3000;
+    let root = tmp();
+    let mut fd = rustix::fs::open(
+        root.path(),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    for _ in 0..DEPTH {
+        rustix::fs::mkdirat(&fd, "d", rustix::fs::Mode::from_raw_mode(0o755)).unwrap();
+        fd = rustix::fs::openat(
+            &fd,
+            "d",
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+    }
+    let file = rustix::fs::openat(
+        &fd,
+        "f",
+        rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CREATE,
+        rustix::fs::Mode::from_raw_mode(0o644),
+    )
+    .unwrap();
+    rustix::io::write(&file, b"deep").unwrap();
+    drop((file, fd));
+    // A sibling after the chain: the walk comes back up to the root.
+    write(&root.path().join("e"), b"after");
+
+    let written = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn({
+            let dir = root.path().to_path_buf();
+            move || estiba::layer::write_upper_layer(&dir, Vec::new(), &LayerOptions::default())
+        })
+        .unwrap()
+        .join()
+        .expect("the walk overflowed its stack");
+    let tar = written.unwrap();
+    let entries = list_layer(&tar[..]).unwrap();
+    assert_eq!(entries.len(), DEPTH + 2);
+    let deepest = "d/".repeat(DEPTH) + "f";
+    assert_eq!(entries[DEPTH].path, Path::new(&deepest));
+    assert_eq!(entries[DEPTH].size, 4);
+    assert_eq!(entries[DEPTH + 1].path, Path::new("e"));
+    // GNU rm goes as deep as it must; std's removal may not.
+    let removed = std::process::Command::new("rm")
+        .arg("-rf")
+        .arg(root.path().join("d"))
+        .status()
+        .unwrap();
+    assert!(removed.success());
+}

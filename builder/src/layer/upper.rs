@@ -21,7 +21,7 @@ use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -52,7 +52,7 @@ pub fn write_upper_layer<W: Write>(
             rustix::process::getegid().as_raw(),
         ),
     };
-    walk.dir(root.as_fd(), &root_stat, upper, b"", false)?;
+    walk.run(root, root_stat, upper)?;
     walk.tar.finish()
 }
 
@@ -81,8 +81,27 @@ enum ChildKind {
     Opaque,
 }
 
+/// A directory being written: what is left of its entries.
+struct Frame {
+    stat: rfs::Stat,
+    /// For messages.
+    path: PathBuf,
+    /// Its path in the layer, ending in `/` (empty for the root).
+    rel: Vec<u8>,
+    children: std::vec::IntoIter<Child>,
+}
+
+/// A directory entry just written, to descend into.
+struct Subdir {
+    fd: OwnedFd,
+    path: PathBuf,
+    rel: Vec<u8>,
+    opaque: bool,
+}
+
 /// Where an entry's xattrs are read and removed: its open descriptor, or,
-/// for what cannot be opened (symlinks, devices, fifos), its path.
+/// for what cannot be opened (symlinks, devices, fifos), its name through
+/// its directory's descriptor (`/proc/self/fd/N/name`, any depth).
 #[derive(Clone, Copy)]
 enum Source<'a> {
     Fd(BorrowedFd<'a>),
@@ -90,16 +109,79 @@ enum Source<'a> {
 }
 
 impl<W: Write> Walk<'_, W> {
-    /// The entries of the open directory `fd` (at `path`, `rel` in the
-    /// layer, which ends in `/` unless it is the root), in layer order.
-    fn dir(
-        &mut self,
+    /// Depth first, without recursion and with two descriptors open at
+    /// most, whatever the depth (a step can make a tree deeper than any
+    /// stack or path): only the current directory's descriptor is kept, and
+    /// a parent is opened again through `..` (checked to be the same
+    /// directory) when its child is done.
+    fn run(&mut self, root: OwnedFd, root_stat: rfs::Stat, upper: &Path) -> Result<(), LayerError> {
+        let children = self.children(root.as_fd(), upper, false)?;
+        let mut fd = root;
+        let mut stack = vec![Frame {
+            stat: root_stat,
+            path: upper.to_path_buf(),
+            rel: Vec::new(),
+            children: children.into_iter(),
+        }];
+        while let Some(top) = stack.last_mut() {
+            let Some(child) = top.children.next() else {
+                let done = stack.pop();
+                if let (Some(parent), Some(done)) = (stack.last(), done) {
+                    fd = reopen_parent(&fd, parent, &done.path)?;
+                }
+                continue;
+            };
+            let mut rel = top.rel.clone();
+            rel.extend_from_slice(&child.layer_name);
+            let sub = match child.what {
+                ChildKind::Whiteout(st) => {
+                    // As made by this process: setgid directories give it
+                    // their group.
+                    let gid = if top.stat.st_mode & libc::S_ISGID != 0 {
+                        top.stat.st_gid
+                    } else {
+                        self.owner.1
+                    };
+                    self.tar
+                        .header(&self.marker(rel, 0o600, (self.owner.0, gid), &st))?;
+                    None
+                }
+                ChildKind::Opaque => {
+                    let h = self.marker(
+                        rel,
+                        top.stat.st_mode & 0o777,
+                        (top.stat.st_uid, top.stat.st_gid),
+                        &top.stat,
+                    );
+                    self.tar.header(&h)?;
+                    None
+                }
+                ChildKind::Entry(name, st) => self
+                    .entry(fd.as_fd(), &name, &st, &top.path, rel)?
+                    .map(|sub| (sub, st)),
+            };
+            if let Some((sub, stat)) = sub {
+                let children = self.children(sub.fd.as_fd(), &sub.path, sub.opaque)?;
+                fd = sub.fd;
+                stack.push(Frame {
+                    stat,
+                    path: sub.path,
+                    rel: sub.rel,
+                    children: children.into_iter(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The entries of the open directory `fd` (at `path`) in layer order,
+    /// with its opaque marker if it is `opaque`.
+    fn children(
+        &self,
         fd: BorrowedFd<'_>,
-        stat: &rfs::Stat,
         path: &Path,
-        rel: &[u8],
         opaque: bool,
-    ) -> Result<(), LayerError> {
+    ) -> Result<Vec<Child>, LayerError> {
         let list_err = |e: io::Error| fs_err("walk", path, e);
         let mut children = Vec::new();
         for entry in rfs::Dir::read_from(fd).map_err(|e| list_err(e.into()))? {
@@ -144,34 +226,7 @@ impl<W: Write> Walk<'_, W> {
                 ));
             }
         }
-        for child in children {
-            let mut child_rel = rel.to_vec();
-            child_rel.extend_from_slice(&child.layer_name);
-            match child.what {
-                ChildKind::Whiteout(st) => {
-                    // As made by this process: setgid directories give it
-                    // their group.
-                    let gid = if stat.st_mode & libc::S_ISGID != 0 {
-                        stat.st_gid
-                    } else {
-                        self.owner.1
-                    };
-                    let h = self.marker(child_rel, 0o600, (self.owner.0, gid), &st);
-                    self.tar.header(&h)?;
-                }
-                ChildKind::Opaque => {
-                    let h = self.marker(
-                        child_rel,
-                        stat.st_mode & 0o777,
-                        (stat.st_uid, stat.st_gid),
-                        stat,
-                    );
-                    self.tar.header(&h)?;
-                }
-                ChildKind::Entry(name, st) => self.entry(fd, &name, &st, path, child_rel)?,
-            }
-        }
-        Ok(())
+        Ok(children)
     }
 
     /// An empty regular file as the conversion makes it: `mode`, `owner`,
@@ -192,14 +247,14 @@ impl<W: Write> Walk<'_, W> {
     }
 
     fn mtime(&self, st: &rfs::Stat) -> i64 {
-        let mtime = st.st_mtime;
         match self.opts.mtime_clamp {
-            Some(clamp) => mtime.min(clamp),
-            None => mtime,
+            Some(clamp) => st.st_mtime.min(clamp),
+            None => st.st_mtime,
         }
     }
 
-    /// One entry other than a whiteout, as `write_layer` writes it.
+    /// One entry other than a whiteout, as `write_layer` writes it; a
+    /// directory's header only, and the directory, opened, to go into.
     fn entry(
         &mut self,
         dir: BorrowedFd<'_>,
@@ -207,11 +262,11 @@ impl<W: Write> Walk<'_, W> {
         st: &rfs::Stat,
         parent: &Path,
         rel: Vec<u8>,
-    ) -> Result<(), LayerError> {
+    ) -> Result<Option<Subdir>, LayerError> {
         let path = parent.join(name);
         let kind = FileType::from_raw_mode(st.st_mode);
         if kind == FileType::Socket {
-            return Ok(());
+            return Ok(None);
         }
         let mut h = TarHeader {
             path: rel,
@@ -230,7 +285,8 @@ impl<W: Write> Walk<'_, W> {
             if let Some(first) = self.inodes.get(&key) {
                 h.kind = EntryKind::Hardlink;
                 h.link = Some(first.clone());
-                return self.tar.header(&h);
+                self.tar.header(&h)?;
+                return Ok(None);
             }
             self.inodes.insert(key, h.path.clone());
         }
@@ -248,9 +304,14 @@ impl<W: Write> Walk<'_, W> {
             FileType::RegularFile => Some(open(OFlags::empty())?),
             _ => None,
         };
+        // What cannot be opened is named through its directory's descriptor.
+        let through_dir = match fd {
+            Some(_) => PathBuf::new(),
+            None => PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name),
+        };
         let source = match &fd {
             Some(fd) => Source::Fd(fd.as_fd()),
-            None => Source::Path(&path),
+            None => Source::Path(&through_dir),
         };
         let all = read_xattrs(source).map_err(|e| fs_err("read the xattrs of", &path, e))?;
         let opaque = kind == FileType::Directory
@@ -259,48 +320,67 @@ impl<W: Write> Walk<'_, W> {
             });
         strip_overlay_xattrs(source, &all, opaque, &path)?;
         h.xattrs = all.into_iter().filter(|(n, _)| layer_xattr(n)).collect();
-        match kind {
-            FileType::Directory => {
-                let Some(fd) = fd else {
-                    unreachable!("a directory is opened")
-                };
+        match (kind, fd) {
+            (FileType::Directory, Some(fd)) => {
                 h.kind = EntryKind::Dir;
                 h.path.push(b'/');
                 self.tar.header(&h)?;
-                let rel = h.path;
-                self.dir(fd.as_fd(), st, &path, &rel, opaque)
+                return Ok(Some(Subdir {
+                    fd,
+                    path,
+                    rel: h.path,
+                    opaque,
+                }));
             }
-            FileType::RegularFile => {
-                let Some(fd) = fd else {
-                    unreachable!("a file is opened")
-                };
+            (FileType::RegularFile, Some(fd)) => {
                 h.size = st.st_size as u64;
-                self.tar.file(&h, std::fs::File::from(fd), &path)
+                self.tar.file(&h, std::fs::File::from(fd), &path)?;
+                return Ok(None);
             }
-            FileType::Symlink => {
+            (FileType::Symlink, _) => {
                 h.kind = EntryKind::Symlink;
                 let target = rfs::readlinkat(dir, name, Vec::new())
                     .map_err(|e| fs_err("read the link", &path, e))?;
                 h.link = Some(target.into_bytes());
-                self.tar.header(&h)
             }
-            FileType::CharacterDevice | FileType::BlockDevice => {
+            (FileType::CharacterDevice | FileType::BlockDevice, _) => {
                 h.kind = if kind == FileType::CharacterDevice {
                     EntryKind::CharDevice
                 } else {
                     EntryKind::BlockDevice
                 };
                 h.device = (rfs::major(st.st_rdev), rfs::minor(st.st_rdev));
-                self.tar.header(&h)
             }
-            FileType::Fifo => {
-                h.kind = EntryKind::Fifo;
-                self.tar.header(&h)
-            }
-            // Sockets returned above; nothing else is in a directory.
-            _ => self.tar.header(&h),
+            (FileType::Fifo, _) => h.kind = EntryKind::Fifo,
+            // Directories and files were opened above; sockets returned.
+            _ => {}
         }
+        self.tar.header(&h)?;
+        Ok(None)
     }
+}
+
+/// The parent of the directory open as `child` (at `child_path`), opened
+/// through `..`, once it is shown to be `parent` (same device and inode).
+fn reopen_parent(
+    child: &OwnedFd,
+    parent: &Frame,
+    child_path: &Path,
+) -> Result<OwnedFd, LayerError> {
+    let up = rfs::openat(
+        child,
+        "..",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| fs_err("open the parent of", child_path, e))?;
+    let st = rfs::fstat(&up).map_err(|e| fs_err("stat", &parent.path, e))?;
+    if (st.st_dev, st.st_ino) != (parent.stat.st_dev, parent.stat.st_ino) {
+        return Err(LayerError::Changed {
+            path: parent.path.clone(),
+        });
+    }
+    Ok(up)
 }
 
 /// Every xattr of `source`, sorted by name; none on a file system without
