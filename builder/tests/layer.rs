@@ -1967,6 +1967,38 @@ fn a_compressed_layer_unpacks_only_as_its_true_diff_id() {
     );
 }
 
+/// Makes `d/d/…/d/f` (`depth` directories, `f` holding `deep`) under
+/// `root`, each level from its parent's descriptor: deeper than a path can
+/// name.
+fn deep_chain(root: &Path, depth: usize) {
+    use rustix::fs::{mkdirat, open, openat, Mode, OFlags};
+    let dir = OFlags::RDONLY | OFlags::DIRECTORY;
+    let mut fd = open(root, dir, Mode::empty()).unwrap();
+    for _ in 0..depth {
+        mkdirat(&fd, "d", Mode::from_raw_mode(0o755)).unwrap();
+        fd = openat(&fd, "d", dir, Mode::empty()).unwrap();
+    }
+    let file = openat(
+        &fd,
+        "f",
+        OFlags::WRONLY | OFlags::CREATE,
+        Mode::from_raw_mode(0o644),
+    )
+    .unwrap();
+    rustix::io::write(&file, b"deep").unwrap();
+}
+
+/// Runs `f` on a thread with a 256 KiB stack: a walk that recursed per
+/// level would overflow it, and abort the test, long before 3,000 levels.
+fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .expect("the walk panicked")
+}
+
 /// A step can leave a tree deeper than any thread's stack and longer than
 /// any path (3,000 directories, a 6,000-byte path): a RUN step's upper dir
 /// is still written as its layer, every level in order, with two
@@ -1975,44 +2007,15 @@ fn a_compressed_layer_unpacks_only_as_its_true_diff_id() {
 fn an_upper_dir_deeper_than_a_path_writes_its_layer() {
     const DEPTH: usize = 3000;
     let root = tmp();
-    let mut fd = rustix::fs::open(
-        root.path(),
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
-        rustix::fs::Mode::empty(),
-    )
-    .unwrap();
-    for _ in 0..DEPTH {
-        rustix::fs::mkdirat(&fd, "d", rustix::fs::Mode::from_raw_mode(0o755)).unwrap();
-        fd = rustix::fs::openat(
-            &fd,
-            "d",
-            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
-            rustix::fs::Mode::empty(),
-        )
-        .unwrap();
-    }
-    let file = rustix::fs::openat(
-        &fd,
-        "f",
-        rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CREATE,
-        rustix::fs::Mode::from_raw_mode(0o644),
-    )
-    .unwrap();
-    rustix::io::write(&file, b"deep").unwrap();
-    drop((file, fd));
+    deep_chain(root.path(), DEPTH);
     // A sibling after the chain: the walk comes back up to the root.
     write(&root.path().join("e"), b"after");
 
-    let written = std::thread::Builder::new()
-        .stack_size(256 * 1024)
-        .spawn({
-            let dir = root.path().to_path_buf();
-            move || estiba::layer::write_upper_layer(&dir, Vec::new(), &LayerOptions::default())
-        })
-        .unwrap()
-        .join()
-        .expect("the walk overflowed its stack");
-    let tar = written.unwrap();
+    let dir = root.path().to_path_buf();
+    let tar = on_small_stack(move || {
+        estiba::layer::write_upper_layer(&dir, Vec::new(), &LayerOptions::default())
+    })
+    .unwrap();
     let entries = list_layer(&tar[..]).unwrap();
     assert_eq!(entries.len(), DEPTH + 2);
     let deepest = "d/".repeat(DEPTH) + "f";
@@ -2026,4 +2029,19 @@ fn an_upper_dir_deeper_than_a_path_writes_its_layer() {
         .status()
         .unwrap();
     assert!(removed.success());
+}
+
+/// A whiteout removes a tree deeper than any stack and any path (a lower
+/// layer's 3,000 directories) when layers are flattened, and what is
+/// beside it stays.
+#[test]
+fn a_whiteout_removes_a_tree_deeper_than_a_path() {
+    let dest = tmp();
+    deep_chain(dest.path(), 3000);
+    write(&dest.path().join("e"), b"kept");
+    let layer = raw_tar(&[(b".wh.d", tar::EntryType::Regular, b"", b"")]);
+    let dir = dest.path().to_path_buf();
+    on_small_stack(move || unpack_layer(&layer[..], &dir, &root_opts())).unwrap();
+    assert!(!dest.path().join("d").exists());
+    assert_eq!(fs::read(dest.path().join("e")).unwrap(), b"kept");
 }

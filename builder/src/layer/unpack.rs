@@ -642,15 +642,67 @@ fn remove_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Removed> {
 
 /// Removes the directory `name` in `parent` with everything in it.
 fn remove_tree_at(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-    let fd = rfs::openat(parent, name, DIR_FLAGS, Mode::empty())?;
-    for child in child_names(fd.as_fd())? {
-        remove_at(fd.as_fd(), &child)?;
+    /// A directory being emptied: its name in its parent, what is left in
+    /// it, and its parent's device and inode.
+    struct Level {
+        name: OsString,
+        left: Vec<OsString>,
+        parent: (u64, u64),
     }
-    drop(fd);
-    match rfs::unlinkat(parent, name, AtFlags::REMOVEDIR) {
-        Ok(()) | Err(Errno::NOENT) => Ok(()),
-        Err(e) => Err(e.into()),
+    let id = |fd: BorrowedFd<'_>| rfs::fstat(fd).map(|st| (st.st_dev, st.st_ino));
+    // Depth first without recursion, whatever the depth (a layer can hold
+    // a tree deeper than any stack): only the current directory's
+    // descriptor is open; its parent is opened again through `..`, checked
+    // to be the same directory, once it is empty.
+    let mut fd = rfs::openat(parent, name, DIR_FLAGS, Mode::empty())?;
+    let mut stack = vec![Level {
+        name: name.to_os_string(),
+        left: child_names(fd.as_fd())?,
+        parent: id(parent)?,
+    }];
+    while let Some(top) = stack.last_mut() {
+        if let Some(child) = top.left.pop() {
+            match rfs::unlinkat(&fd, &child, AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(Errno::ISDIR) => {
+                    let sub = rfs::openat(&fd, &child, DIR_FLAGS, Mode::empty())?;
+                    stack.push(Level {
+                        name: child,
+                        left: child_names(sub.as_fd())?,
+                        parent: id(fd.as_fd())?,
+                    });
+                    fd = sub;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            continue;
+        }
+        let Some(done) = stack.pop() else { break };
+        let up = match stack.last() {
+            Some(_) => {
+                let up = rfs::openat(&fd, "..", DIR_FLAGS, Mode::empty())?;
+                if id(up.as_fd())? != done.parent {
+                    return Err(io::Error::other(
+                        "a directory being removed moved meanwhile",
+                    ));
+                }
+                Some(up)
+            }
+            None => None,
+        };
+        let removed = match &up {
+            Some(up) => rfs::unlinkat(up, &done.name, AtFlags::REMOVEDIR),
+            None => rfs::unlinkat(parent, &done.name, AtFlags::REMOVEDIR),
+        };
+        match removed {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(up) = up {
+            fd = up;
+        }
     }
+    Ok(())
 }
 
 /// The names in the open directory `dir` (not `.` and `..`), with whether
