@@ -592,6 +592,24 @@ fn ustar_block(
     b
 }
 
+/// The parent of the directory open as `dir`, opened through `..`, once it
+/// is shown to be the directory whose device and inode are `expected`: how
+/// the walks that keep one directory open at a time, whatever the depth,
+/// go back up (nothing else may change the tree meanwhile).
+fn reopen_parent(
+    dir: std::os::fd::BorrowedFd<'_>,
+    expected: (u64, u64),
+) -> io::Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{fstat, openat, Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let up = openat(dir, "..", flags, Mode::empty())?;
+    let st = fstat(&up)?;
+    if (st.st_dev, st.st_ino) != expected {
+        return Err(io::Error::other("a directory being walked moved meanwhile"));
+    }
+    Ok(up)
+}
+
 /// An entry found under the diff directory.
 struct Found {
     rel: Vec<u8>,

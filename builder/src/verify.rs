@@ -94,6 +94,14 @@ fn describe_tree(root: &Path) -> Result<Vec<(String, String)>, VerifyError> {
         };
         let meta = fs::symlink_metadata(path).map_err(read_err)?;
         let kind = meta.file_type();
+        let rel = path.strip_prefix(root).unwrap_or(path);
+        if kind.is_char_device() && meta.rdev() == 0 {
+            // A whiteout: only its name means something to overlayfs. A
+            // step's whiteouts are links to one inode overlayfs made, with
+            // its own owner and link count.
+            out.push((format!("/{}", rel.display()), "whiteout".to_string()));
+            continue;
+        }
         let what = if kind.is_file() {
             let mut hasher = Hasher::new();
             io::copy(&mut fs::File::open(path).map_err(read_err)?, &mut hasher)
@@ -121,14 +129,6 @@ fn describe_tree(root: &Path) -> Result<Vec<(String, String)>, VerifyError> {
             .into_iter()
             .map(|(name, value)| format!("{name}={}", Digest::of(&value)))
             .collect();
-        let rel = path.strip_prefix(root).unwrap_or(path);
-        if kind.is_char_device() && meta.rdev() == 0 {
-            // A whiteout: only its name means something. overlayfs links
-            // a step's whiteouts to one shared inode, owned as it was
-            // made, where an unpacked one is owned as its directory gives.
-            out.push((format!("/{}", rel.display()), "whiteout".to_string()));
-            continue;
-        }
         out.push((
             format!("/{}", rel.display()),
             format!(

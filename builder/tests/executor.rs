@@ -1125,8 +1125,8 @@ fn describe_tree(root: &Path) -> Vec<String> {
 /// (one in a setgid directory, one sorting before everything as `.wh.`),
 /// an opaque directory, a directory moved (copied, its old name whited
 /// out), hard and symbolic links, a fifo, a device, names whose order
-/// differs between by-name and by-path (`a` and `a-b`), user xattrs, and
-/// overlayfs's own xattrs (dropped).
+/// differs between by-name and by-path (`a` and `a-b`), a 0700 directory
+/// of another uid, user xattrs, and overlayfs's own xattrs (dropped).
 #[test]
 fn an_upper_dir_writes_the_layer_its_conversion_would() {
     let mut f = Fixture::new(Etc::Users);
@@ -1146,7 +1146,8 @@ fn an_upper_dir_writes_the_layer_its_conversion_would() {
         "echo hi > /new && rm /data/gone && rm -rf /dir && mkdir /dir && echo c > /dir/c \
          && mv /tree /moved && rm /sg/old && rm -rf /zzz \
          && mkdir -p /a/b /a-b && echo x > /a/b/f && ln /a/b/f /a/b/g && ln -s b/f /a/link \
-         && echo y > /a-b/f && mkfifo /a/fifo && mknod /a/null c 1 3 && chmod 4755 /a/b/f",
+         && echo y > /a-b/f && mkfifo /a/fifo && mknod /a/null c 1 3 && chmod 4755 /a/b/f \
+         && mkdir /priv && echo p > /priv/f && chown -R 1000:1000 /priv && chmod 700 /priv",
     ));
     xattr::set(f.upper.join("a/b/f"), "user.estiba", b"file").expect("setxattr");
     xattr::set(f.upper.join("a"), "user.estiba", b"dir").expect("setxattr");

@@ -650,10 +650,13 @@ fn remove_tree_at(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
         parent: (u64, u64),
     }
     let id = |fd: BorrowedFd<'_>| rfs::fstat(fd).map(|st| (st.st_dev, st.st_ino));
+    let gone = |removed: rustix::io::Result<()>| match removed {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(io::Error::from(e)),
+    };
     // Depth first without recursion, whatever the depth (a layer can hold
     // a tree deeper than any stack): only the current directory's
-    // descriptor is open; its parent is opened again through `..`, checked
-    // to be the same directory, once it is empty.
+    // descriptor is open; its parent is opened again once it is empty.
     let mut fd = rfs::openat(parent, name, DIR_FLAGS, Mode::empty())?;
     let mut stack = vec![Level {
         name: name.to_os_string(),
@@ -663,7 +666,6 @@ fn remove_tree_at(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     while let Some(top) = stack.last_mut() {
         if let Some(child) = top.left.pop() {
             match rfs::unlinkat(&fd, &child, AtFlags::empty()) {
-                Ok(()) | Err(Errno::NOENT) => {}
                 Err(Errno::ISDIR) => {
                     let sub = rfs::openat(&fd, &child, DIR_FLAGS, Mode::empty())?;
                     stack.push(Level {
@@ -673,34 +675,16 @@ fn remove_tree_at(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
                     });
                     fd = sub;
                 }
-                Err(e) => return Err(e.into()),
+                other => gone(other)?,
             }
             continue;
         }
         let Some(done) = stack.pop() else { break };
-        let up = match stack.last() {
-            Some(_) => {
-                let up = rfs::openat(&fd, "..", DIR_FLAGS, Mode::empty())?;
-                if id(up.as_fd())? != done.parent {
-                    return Err(io::Error::other(
-                        "a directory being removed moved meanwhile",
-                    ));
-                }
-                Some(up)
-            }
-            None => None,
-        };
-        let removed = match &up {
-            Some(up) => rfs::unlinkat(up, &done.name, AtFlags::REMOVEDIR),
-            None => rfs::unlinkat(parent, &done.name, AtFlags::REMOVEDIR),
-        };
-        match removed {
-            Ok(()) | Err(Errno::NOENT) => {}
-            Err(e) => return Err(e.into()),
+        if stack.is_empty() {
+            return gone(rfs::unlinkat(parent, &done.name, AtFlags::REMOVEDIR));
         }
-        if let Some(up) = up {
-            fd = up;
-        }
+        fd = super::reopen_parent(fd.as_fd(), done.parent)?;
+        gone(rfs::unlinkat(&fd, &done.name, AtFlags::REMOVEDIR))?;
     }
     Ok(())
 }

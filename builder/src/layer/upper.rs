@@ -14,7 +14,9 @@
 //! devices and opaque xattrs as overlayfs wrote them, every other overlayfs
 //! xattr removed, as the conversions there and back leave it.
 
-use super::{layer_xattr, EntryKind, LayerError, LayerOptions, LayerStream, TarHeader};
+use super::{
+    layer_xattr, reopen_parent, EntryKind, LayerError, LayerOptions, LayerStream, TarHeader,
+};
 use super::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::rootfs::{is_overlay_xattr, opaque_xattr, unconvertible_overlay_xattr};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
@@ -115,7 +117,7 @@ impl<W: Write> Walk<'_, W> {
     /// a parent is opened again through `..` (checked to be the same
     /// directory) when its child is done.
     fn run(&mut self, root: OwnedFd, root_stat: rfs::Stat, upper: &Path) -> Result<(), LayerError> {
-        let children = self.children(root.as_fd(), upper, false)?;
+        let children = layer_children(root.as_fd(), upper, false)?;
         let mut fd = root;
         let mut stack = vec![Frame {
             stat: root_stat,
@@ -127,7 +129,9 @@ impl<W: Write> Walk<'_, W> {
             let Some(child) = top.children.next() else {
                 let done = stack.pop();
                 if let (Some(parent), Some(done)) = (stack.last(), done) {
-                    fd = reopen_parent(&fd, parent, &done.path)?;
+                    let expected = (parent.stat.st_dev, parent.stat.st_ino);
+                    fd = reopen_parent(fd.as_fd(), expected)
+                        .map_err(|e| fs_err("open the parent of", &done.path, e))?;
                 }
                 continue;
             };
@@ -161,7 +165,7 @@ impl<W: Write> Walk<'_, W> {
                     .map(|sub| (sub, st)),
             };
             if let Some((sub, stat)) = sub {
-                let children = self.children(sub.fd.as_fd(), &sub.path, sub.opaque)?;
+                let children = layer_children(sub.fd.as_fd(), &sub.path, sub.opaque)?;
                 fd = sub.fd;
                 stack.push(Frame {
                     stat,
@@ -172,61 +176,6 @@ impl<W: Write> Walk<'_, W> {
             }
         }
         Ok(())
-    }
-
-    /// The entries of the open directory `fd` (at `path`) in layer order,
-    /// with its opaque marker if it is `opaque`.
-    fn children(
-        &self,
-        fd: BorrowedFd<'_>,
-        path: &Path,
-        opaque: bool,
-    ) -> Result<Vec<Child>, LayerError> {
-        let list_err = |e: io::Error| fs_err("walk", path, e);
-        let mut children = Vec::new();
-        for entry in rfs::Dir::read_from(fd).map_err(|e| list_err(e.into()))? {
-            let entry = entry.map_err(|e| list_err(e.into()))?;
-            let name = entry.file_name().to_bytes();
-            if name == b"." || name == b".." {
-                continue;
-            }
-            let name = OsStr::from_bytes(name).to_os_string();
-            let st = rfs::statat(fd, &name, AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| fs_err("stat", &path.join(&name), e))?;
-            let kind = FileType::from_raw_mode(st.st_mode);
-            children.push(if kind == FileType::CharacterDevice && st.st_rdev == 0 {
-                let mut layer_name = WHITEOUT_PREFIX.as_bytes().to_vec();
-                layer_name.extend_from_slice(name.as_bytes());
-                Child {
-                    layer_name,
-                    what: ChildKind::Whiteout(st),
-                }
-            } else {
-                Child {
-                    layer_name: name.as_bytes().to_vec(),
-                    what: ChildKind::Entry(name, st),
-                }
-            });
-        }
-        if opaque {
-            children.push(Child {
-                layer_name: OPAQUE_MARKER.as_bytes().to_vec(),
-                what: ChildKind::Opaque,
-            });
-        }
-        children.sort_unstable_by(|a, b| a.layer_name.cmp(&b.layer_name));
-        for pair in children.windows(2) {
-            if pair[0].layer_name == pair[1].layer_name {
-                // A file named as the marker the layer needs (`.wh.x` beside
-                // a deleted `x`): the conversion could not make it either.
-                return Err(fs_err(
-                    "write the whiteout",
-                    &path.join(OsStr::from_bytes(&pair[0].layer_name)),
-                    io::Error::from_raw_os_error(libc::EEXIST),
-                ));
-            }
-        }
-        Ok(children)
     }
 
     /// An empty regular file as the conversion makes it: `mode`, `owner`,
@@ -360,27 +309,54 @@ impl<W: Write> Walk<'_, W> {
     }
 }
 
-/// The parent of the directory open as `child` (at `child_path`), opened
-/// through `..`, once it is shown to be `parent` (same device and inode).
-fn reopen_parent(
-    child: &OwnedFd,
-    parent: &Frame,
-    child_path: &Path,
-) -> Result<OwnedFd, LayerError> {
-    let up = rfs::openat(
-        child,
-        "..",
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| fs_err("open the parent of", child_path, e))?;
-    let st = rfs::fstat(&up).map_err(|e| fs_err("stat", &parent.path, e))?;
-    if (st.st_dev, st.st_ino) != (parent.stat.st_dev, parent.stat.st_ino) {
-        return Err(LayerError::Changed {
-            path: parent.path.clone(),
+/// The entries of the open directory `fd` (at `path`) in layer order,
+/// with its opaque marker if it is `opaque`.
+fn layer_children(fd: BorrowedFd<'_>, path: &Path, opaque: bool) -> Result<Vec<Child>, LayerError> {
+    let list_err = |e: io::Error| fs_err("walk", path, e);
+    let mut children = Vec::new();
+    for entry in rfs::Dir::read_from(fd).map_err(|e| list_err(e.into()))? {
+        let entry = entry.map_err(|e| list_err(e.into()))?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let name = OsStr::from_bytes(name).to_os_string();
+        let st = rfs::statat(fd, &name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| fs_err("stat", &path.join(&name), e))?;
+        let kind = FileType::from_raw_mode(st.st_mode);
+        children.push(if kind == FileType::CharacterDevice && st.st_rdev == 0 {
+            let mut layer_name = WHITEOUT_PREFIX.as_bytes().to_vec();
+            layer_name.extend_from_slice(name.as_bytes());
+            Child {
+                layer_name,
+                what: ChildKind::Whiteout(st),
+            }
+        } else {
+            Child {
+                layer_name: name.as_bytes().to_vec(),
+                what: ChildKind::Entry(name, st),
+            }
         });
     }
-    Ok(up)
+    if opaque {
+        children.push(Child {
+            layer_name: OPAQUE_MARKER.as_bytes().to_vec(),
+            what: ChildKind::Opaque,
+        });
+    }
+    children.sort_unstable_by(|a, b| a.layer_name.cmp(&b.layer_name));
+    for pair in children.windows(2) {
+        if pair[0].layer_name == pair[1].layer_name {
+            // A file named as the marker the layer needs (`.wh.x` beside
+            // a deleted `x`): the conversion could not make it either.
+            return Err(fs_err(
+                "write the whiteout",
+                &path.join(OsStr::from_bytes(&pair[0].layer_name)),
+                io::Error::from_raw_os_error(libc::EEXIST),
+            ));
+        }
+    }
+    Ok(children)
 }
 
 /// Every xattr of `source`, sorted by name; none on a file system without
